@@ -1,0 +1,152 @@
+"""Settings: one YAML file with a section per service, overridden by environment variables.
+
+Precedence, highest first: explicit keyword arguments (tests), environment variables
+(``SLUICE_<SERVICE>_<FIELD>``, nested fields joined by ``__``), the service's YAML
+section, the top-level shared sections (``tracing``), field defaults. A bad value stops
+start-up with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+
+CONFIG_ENV = "SLUICE_CONFIG"
+SHARED_SECTIONS = ("tracing",)
+
+
+class ConfigError(Exception):
+    """Configuration that cannot be loaded or does not validate."""
+
+
+class TracingSettings(BaseModel):
+    """OpenTelemetry export settings, shared by every service unless overridden."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    enabled: bool = True
+    """Export spans at all."""
+    endpoint: str = "127.0.0.1:4317"
+    """OTLP/gRPC endpoint (host:port) of the telemetry service."""
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    """Head-sampling ratio for new traces; children follow their parent's decision."""
+    export_delay_ms: int = Field(500, ge=10, le=60_000)
+    """Longest time a finished span waits in the batch before export."""
+    max_queue_size: int = Field(8192, ge=64)
+    """Spans buffered before new ones are dropped (dropping never blocks serving)."""
+
+
+class ServerSettings(BaseModel):
+    """How a service's gRPC server listens and stops."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    """Address to bind."""
+    port: int = Field(ge=0, le=65535)
+    """gRPC port; 0 picks a free one."""
+    metrics_port: int = Field(ge=0, le=65535)
+    """Prometheus /metrics port; 0 picks a free one."""
+    shutdown_grace_s: float = Field(15.0, ge=0.0, le=600.0)
+    """How long in-flight RPCs may run after SIGTERM before they are cancelled."""
+    max_concurrent_streams: int = Field(10_000, ge=1)
+    """HTTP/2 streams allowed per connection."""
+
+
+class ServiceSettings(BaseSettings):
+    """Base of every service's settings: server, tracing, logging."""
+
+    server: ServerSettings
+    """gRPC and metrics listeners."""
+    tracing: TracingSettings = TracingSettings()
+    """OpenTelemetry export."""
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    """Minimum level of the JSON log."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # YAML is passed through init kwargs below; env must beat it, so env goes first
+        # and explicit test overrides are merged into the YAML dict by load_settings.
+        return (env_settings, init_settings)
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def read_config_file(path: Path | str | None = None) -> dict[str, Any]:
+    """Read the suite's YAML file (``$SLUICE_CONFIG`` when path is None; {} when neither)."""
+    chosen = path if path is not None else os.environ.get(CONFIG_ENV)
+    if not chosen:
+        return {}
+    try:
+        data = yaml.safe_load(Path(chosen).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {chosen}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {chosen} is not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {chosen} must hold a mapping of sections")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def section_data(data: dict[str, Any], section: str) -> dict[str, Any]:
+    """The YAML values for one service: shared sections first, its own section on top."""
+    values: dict[str, Any] = {k: data[k] for k in SHARED_SECTIONS if isinstance(data.get(k), dict)}
+    own = data.get(section) or {}
+    if not isinstance(own, dict):
+        raise ConfigError(f"config section '{section}' must be a mapping")
+    return _deep_merge(values, own)
+
+
+def describe_validation_error(section: str, err: ValidationError) -> str:
+    """One line per bad field, each naming the field by its dotted path."""
+    lines = []
+    for problem in err.errors():
+        path = ".".join(str(part) for part in (section, *problem["loc"]))
+        given = problem.get("input")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"{path}: {problem['msg']}{shown}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(
+    settings_cls: type[S],
+    section: str,
+    *,
+    path: Path | str | None = None,
+    data: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> S:
+    """Build validated settings for one service; raises ConfigError naming any bad field."""
+    raw = data if data is not None else read_config_file(path)
+    values = section_data(raw, section)
+    if overrides:
+        values = _deep_merge(values, overrides)
+    try:
+        return settings_cls(**values)
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(section, err)) from err

@@ -1,0 +1,284 @@
+"""The error taxonomy of SPEC §2.1 and its mapping to rich gRPC statuses.
+
+Every failure a client can see is a ``SluiceError`` subclass that declares its reason
+and gRPC code; ``to_rpc_status`` turns it into ``google.rpc.Status`` with ErrorInfo
+plus the details that apply. The error-mapping interceptor is the only caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+DOMAIN = "sluice.dev"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One bad request field (becomes a BadRequest.FieldViolation)."""
+
+    field: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaViolation:
+    """One exceeded limit (becomes a QuotaFailure.Violation)."""
+
+    subject: str
+    description: str
+
+
+class SluiceError(Exception):
+    """Base of every error a client may see. Subclasses set ``reason`` and ``code``."""
+
+    reason: str = "INTERNAL"
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        retry_after_s: float | None = None,
+        field_violations: Sequence[FieldViolation] = (),
+        quota_violations: Sequence[QuotaViolation] = (),
+        code: grpc.StatusCode | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata = dict(metadata or {})
+        self.retry_after_s = retry_after_s
+        self.field_violations = tuple(field_violations)
+        self.quota_violations = tuple(quota_violations)
+        if code is not None:
+            self.code = code
+
+
+class OutOfMemoryError(SluiceError):
+    """The gateway sheds load because its memory passed the configured bound."""
+
+    reason = "OUT_OF_MEMORY"
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class NetworkFailureError(SluiceError):
+    """A network hop failed."""
+
+    reason = "NETWORK_FAILURE"
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ServiceUnavailableError(SluiceError):
+    """A dependency is down or not ready."""
+
+    reason = "SERVICE_UNAVAILABLE"
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class RateLimitExceededError(SluiceError):
+    """The upstream provider answered 429."""
+
+    reason = "RATE_LIMIT_EXCEEDED"
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class TokenLimitExceededError(SluiceError):
+    """The prompt or max_tokens is over the model's limit."""
+
+    reason = "TOKEN_LIMIT_EXCEEDED"
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class InvalidResponseError(SluiceError):
+    """The upstream answered something outside its documented format."""
+
+    reason = "INVALID_RESPONSE"
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ValidationError(SluiceError):
+    """A field failed validation; field_violations say which."""
+
+    reason = "VALIDATION_ERROR"
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class AuthenticationError(SluiceError):
+    """The API key is missing or unknown."""
+
+    reason = "AUTHORIZATION_ERROR"
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDeniedError(SluiceError):
+    """The API key is valid but may not do this."""
+
+    reason = "AUTHORIZATION_ERROR"
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class BusinessRuleViolationError(SluiceError):
+    """A business rule (budget, tier) refused the request."""
+
+    reason = "BUSINESS_RULE_VIOLATION"
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class InvalidInputError(SluiceError):
+    """The input is malformed."""
+
+    reason = "INVALID_INPUT"
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class MissingParameterError(SluiceError):
+    """A required field is absent; field_violations name it."""
+
+    reason = "MISSING_PARAMETER"
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class UnsupportedOperationError(SluiceError):
+    """The operation is not supported."""
+
+    reason = "UNSUPPORTED_OPERATION"
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class QuotaExceededError(SluiceError):
+    """One of the gateway's own limits refused the request."""
+
+    reason = "QUOTA_EXCEEDED"
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceededError(SluiceError):
+    """The request's deadline passed or cannot be met."""
+
+    reason = "DEADLINE_EXCEEDED"
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class InternalError(SluiceError):
+    """An unexpected failure; the message shown to clients is generic."""
+
+    reason = "INTERNAL"
+    code = grpc.StatusCode.INTERNAL
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def to_rpc_status(error: SluiceError) -> status_pb2.Status:
+    """The google.rpc.Status for an error: ErrorInfo first, then the details that apply."""
+    code_value: int = error.code.value[0]
+    details = [
+        _pack(
+            error_details_pb2.ErrorInfo(
+                reason=error.reason, domain=DOMAIN, metadata=dict(error.metadata)
+            )
+        )
+    ]
+    if error.field_violations:
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in error.field_violations
+                    ]
+                )
+            )
+        )
+    if error.quota_violations:
+        details.append(
+            _pack(
+                error_details_pb2.QuotaFailure(
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(
+                            subject=v.subject, description=v.description
+                        )
+                        for v in error.quota_violations
+                    ]
+                )
+            )
+        )
+    if error.retry_after_s is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(max(error.retry_after_s, 0.0) * 1e9))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    return status_pb2.Status(code=code_value, message=error.message, details=details)
+
+
+_ERROR_BY_REASON: dict[str, type[SluiceError]] = {
+    cls.reason: cls
+    for cls in (
+        OutOfMemoryError,
+        NetworkFailureError,
+        ServiceUnavailableError,
+        RateLimitExceededError,
+        TokenLimitExceededError,
+        InvalidResponseError,
+        ValidationError,
+        AuthenticationError,
+        BusinessRuleViolationError,
+        InvalidInputError,
+        MissingParameterError,
+        UnsupportedOperationError,
+        QuotaExceededError,
+        DeadlineExceededError,
+        InternalError,
+    )
+}
+
+_CODE_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def from_rpc_status(status: status_pb2.Status) -> SluiceError:
+    """Rebuild the SluiceError a downstream service raised, so it can be passed on as is."""
+    code = _CODE_BY_VALUE.get(status.code, grpc.StatusCode.UNKNOWN)
+    reason, metadata = "", {}
+    retry_after_s: float | None = None
+    fields: list[FieldViolation] = []
+    quotas: list[QuotaViolation] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_after_s = retry.retry_delay.ToNanoseconds() / 1e9
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields.extend(FieldViolation(v.field, v.description) for v in bad.field_violations)
+        elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            quota = error_details_pb2.QuotaFailure()
+            detail.Unpack(quota)
+            quotas.extend(QuotaViolation(v.subject, v.description) for v in quota.violations)
+    error_cls = _ERROR_BY_REASON.get(reason, ServiceUnavailableError)
+    return error_cls(
+        status.message,
+        metadata=metadata,
+        retry_after_s=retry_after_s,
+        field_violations=fields,
+        quota_violations=quotas,
+        code=code,
+    )
+
+
+def grpc_code_name(code: grpc.StatusCode) -> str:
+    """'UNAVAILABLE' for grpc.StatusCode.UNAVAILABLE (the name clients see in JSON)."""
+    return code.name

@@ -1,0 +1,49 @@
+"""Wrapping of grpc.aio method handlers, shared by our server interceptors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+# A "stream behaviour" is what grpc.aio calls for a server-streaming method; a
+# "unary behaviour" returns one response. Interceptors provide one wrapper for each.
+StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
+UnaryBehaviour = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+StreamWrapper = Callable[[StreamBehaviour], StreamBehaviour]
+UnaryWrapper = Callable[[UnaryBehaviour], UnaryBehaviour]
+
+
+def wrap_handler(
+    handler: grpc.RpcMethodHandler | None,
+    *,
+    unary: UnaryWrapper,
+    stream: StreamWrapper,
+) -> grpc.RpcMethodHandler | None:
+    """A copy of handler whose behaviour is wrapped; response-streaming RPCs get `stream`."""
+    if handler is None:
+        return None
+    if handler.response_streaming:
+        if handler.request_streaming:
+            return grpc.stream_stream_rpc_method_handler(
+                stream(handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.unary_stream_rpc_method_handler(
+            stream(handler.unary_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(
+            unary(handler.stream_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return grpc.unary_unary_rpc_method_handler(
+        unary(handler.unary_unary),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

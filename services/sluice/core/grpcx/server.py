@@ -1,0 +1,183 @@
+"""Server bootstrap shared by every service: interceptors, health, reflection,
+metrics, tracing, and graceful shutdown.
+
+Shutdown order (STYLE): health NOT_SERVING -> server.stop(grace) drains in-flight
+streams -> close clients -> flush telemetry -> stop the metrics listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
+
+from sluice.core.config import ServiceSettings
+from sluice.core.grpcx.interceptors import (
+    DeadlineInterceptor,
+    ErrorMappingInterceptor,
+    MetricsInterceptor,
+    RequestIdInterceptor,
+)
+from sluice.core.telemetry.metrics import RpcMetrics, serve_metrics
+from sluice.core.telemetry.tracing import build_tracer_provider, server_tracing_interceptor
+
+log = logging.getLogger("sluice.server")
+
+Cleanup = Callable[[], Awaitable[None]]
+
+# Keepalive and flow-control options suited to many long-lived streams on loopback.
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.so_reuseport", 0),
+)
+
+
+class ServiceHost:
+    """One running gRPC service: its server, health state, metrics and tracer provider.
+
+    A service's ``build_server`` creates a host, registers its servicers on
+    ``host.server``, lists them in ``service_names`` and adds cleanups; the host does
+    the rest.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        settings: ServiceSettings,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        registry: CollectorRegistry | None = None,
+        trace_rpcs: bool = True,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.tracer_provider = tracer_provider or build_tracer_provider(
+            f"sluice-{name}", settings.tracing
+        )
+        self.metrics = RpcMetrics(name, self.registry)
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            RequestIdInterceptor(),
+            DeadlineInterceptor(),
+        ]
+        if trace_rpcs:
+            interceptors.append(server_tracing_interceptor(self.tracer_provider))
+        interceptors += [
+            MetricsInterceptor(self.metrics),
+            ErrorMappingInterceptor(on_error=self._count_error),
+        ]
+        self.server = grpc.aio.server(
+            interceptors=interceptors,
+            options=(
+                *SERVER_OPTIONS,
+                ("grpc.max_concurrent_streams", settings.server.max_concurrent_streams),
+            ),
+        )
+        self.health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.service_names: list[str] = []
+        self._cleanups: list[Cleanup] = []
+        self._metrics_server: object | None = None
+        self.port = 0
+        self.metrics_port = 0
+        self._stopped = asyncio.Event()
+
+    def _count_error(self, method: str, error: Exception) -> None:
+        self.metrics.count_error(method, getattr(error, "reason", "INTERNAL"))
+
+    def add_service(self, full_name: str) -> None:
+        """Declare a registered service, for health and reflection."""
+        self.service_names.append(full_name)
+
+    def add_cleanup(self, cleanup: Cleanup) -> None:
+        """Run `cleanup` after the server drained (e.g. close client channels)."""
+        self._cleanups.append(cleanup)
+
+    async def start(self) -> None:
+        """Bind, start serving, and report SERVING for every declared service."""
+        server_settings = self.settings.server
+        reflection.enable_server_reflection(
+            (*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(f"{server_settings.host}:{server_settings.port}")
+        if self.port == 0:
+            raise OSError(f"{self.name}: cannot bind {server_settings.host}:{server_settings.port}")
+        self._metrics_server, self.metrics_port = serve_metrics(
+            server_settings.host, server_settings.metrics_port, self.registry
+        )
+        await self.server.start()
+        await self.set_serving(True)
+        log.info(
+            "%s listening on %s:%d (metrics :%d)",
+            self.name, server_settings.host, self.port, self.metrics_port,
+        )
+
+    async def set_serving(self, serving: bool) -> None:
+        """Report SERVING or NOT_SERVING for the whole server and each service."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful stop: NOT_SERVING, drain in-flight RPCs, close clients, flush spans."""
+        if self._stopped.is_set():
+            return
+        grace = self.settings.server.shutdown_grace_s if grace_s is None else grace_s
+        await self.set_serving(False)
+        await self.server.stop(grace)
+        for cleanup in reversed(self._cleanups):
+            try:
+                await cleanup()
+            except Exception:
+                log.exception("%s: cleanup failed", self.name)
+        # Flushing spans blocks on network I/O: keep it off the event loop.
+        await asyncio.to_thread(self.tracer_provider.shutdown)
+        if self._metrics_server is not None:
+            shutdown = getattr(self._metrics_server, "shutdown", None)
+            if shutdown is not None:
+                await asyncio.to_thread(shutdown)
+        self._stopped.set()
+        log.info("%s stopped", self.name)
+
+    async def run_until_signalled(self) -> None:
+        """Serve until SIGTERM or SIGINT, then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, requested.set)
+        await requested.wait()
+        log.info("%s: shutdown requested", self.name)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await self.stop()
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    """Run a service's async main on uvloop when available."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional accelerator
+    except ImportError:  # pragma: no cover - uvloop ships on Linux
+        asyncio.run(main())
+        return
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(main())
+
+

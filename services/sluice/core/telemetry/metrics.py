@@ -1,0 +1,61 @@
+"""Prometheus metrics every service exposes, each service on its own registry and port."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+
+
+class RpcMetrics:
+    """RED metrics per RPC method: requests by final status code and latency."""
+
+    def __init__(self, service: str, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._requests = Counter(
+            "sluice_rpc_requests",
+            "RPCs served, by method and final gRPC status code.",
+            ["service", "method", "code"],
+            registry=registry,
+        )
+        self._latency = Histogram(
+            "sluice_rpc_duration_seconds",
+            "Time from RPC start to final status (whole stream for streaming RPCs).",
+            ["service", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._errors = Counter(
+            "sluice_errors",
+            "Errors returned to callers, by SPEC §2.1 reason.",
+            ["service", "method", "reason"],
+            registry=registry,
+        )
+        self._service = service
+        self._latency_children: dict[str, Histogram] = {}
+        self._request_children: dict[tuple[str, str], Counter] = {}
+
+    def observe(self, method: str, code: str, seconds: float) -> None:
+        """Record one finished RPC (children are cached: label lookup is the costly part)."""
+        counter = self._request_children.get((method, code))
+        if counter is None:
+            counter = self._requests.labels(self._service, method, code)
+            self._request_children[(method, code)] = counter
+        counter.inc()
+        histogram = self._latency_children.get(method)
+        if histogram is None:
+            histogram = self._latency.labels(self._service, method)
+            self._latency_children[method] = histogram
+        histogram.observe(seconds)
+
+    def count_error(self, method: str, reason: str) -> None:
+        """Record one error by reason."""
+        self._errors.labels(self._service, method, reason).inc()
+
+
+def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> tuple[object, int]:
+    """Start the /metrics HTTP server in a daemon thread; returns (server, bound port)."""
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server, int(server.server_port)

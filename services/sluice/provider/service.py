@@ -1,0 +1,90 @@
+"""ProviderService servicer and the provider's build_server."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from prometheus_client import Counter
+
+from sluice.core.clock import Clock
+from sluice.core.errors import ValidationError
+from sluice.core.grpcx.server import ServiceHost
+from sluice.provider.settings import ProviderSettings
+from sluice.provider.simulated import SimulatedBackend
+from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
+
+log = logging.getLogger("sluice.provider")
+
+
+class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
+    """Runs generations on configured back ends."""
+
+    def __init__(self, backends: dict[str, SimulatedBackend], host: ServiceHost) -> None:
+        self._backends = backends
+        self._streams = Counter(
+            "sluice_provider_streams",
+            "Provider streams by back end and outcome (completed, failed, cancelled).",
+            ["backend", "outcome"],
+            registry=host.registry,
+        )
+        self._tokens = Counter(
+            "sluice_provider_output_tokens",
+            "Output tokens streamed, by back end.",
+            ["backend"],
+            registry=host.registry,
+        )
+
+    async def Stream(  # noqa: N802 - gRPC method name
+        self, request: provider_pb2.StreamRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[provider_pb2.StreamEvent]:
+        backend = self._backends.get(request.backend)
+        if backend is None:
+            raise ValidationError(
+                f"unknown back end '{request.backend}'", metadata={"backend": request.backend}
+            )
+        outcome = "failed"
+        output_tokens = 0
+        try:
+            async for event in backend.stream(request):
+                if event.HasField("end"):
+                    output_tokens = event.end.usage.output_tokens
+                yield event
+            outcome = "completed"
+        except BaseException as err:
+            if not isinstance(err, Exception):
+                # Cancelled: the caller went away; stop generating at once.
+                outcome = "cancelled"
+            raise
+        finally:
+            self._streams.labels(request.backend, outcome).inc()
+            if output_tokens:
+                self._tokens.labels(request.backend).inc(output_tokens)
+
+    async def ListBackends(  # noqa: N802 - gRPC method name
+        self,
+        request: provider_pb2.ListBackendsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> provider_pb2.ListBackendsResponse:
+        return provider_pb2.ListBackendsResponse(
+            backends=[
+                provider_pb2.BackendInfo(name=name, kind=backend.kind)
+                for name, backend in self._backends.items()
+            ]
+        )
+
+
+def build_server(settings: ProviderSettings, *, clock: Clock | None = None) -> ServiceHost:
+    """Wire the provider service. Call ``await host.start()`` to bind and serve."""
+    host = ServiceHost("provider", settings)
+    backends = {
+        name: SimulatedBackend(name, backend_settings, clock)
+        for name, backend_settings in settings.backends.items()
+    }
+    provider_pb2_grpc.add_ProviderServiceServicer_to_server(
+        ProviderServicer(backends, host), host.server
+    )
+    host.add_service(provider_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name)
+    return host

@@ -1,0 +1,111 @@
+"""The built-in simulated model: the suite's default back end, not a test fake.
+
+It produces deterministic text derived from the prompt, paced by a configured time to
+first token and token rate, with exact token counts. The per-stream cost is one RNG
+draw for the whole answer and one message per tick, so thousands of concurrent
+streams are cheap: tokens due within one tick are sent together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import AsyncIterator
+
+from sluice.common.v1 import common_pb2
+from sluice.core.clock import Clock, SystemClock
+from sluice.core.errors import TokenLimitExceededError
+from sluice.core.tokens import count_tokens
+from sluice.provider.settings import SimulatedBackendSettings
+from sluice.provider.v1 import provider_pb2
+
+_VOCABULARY = (
+    "a sluice is a water channel controlled at its head by a gate that regulates the flow "
+    "of water ; gates lift and lower to keep levels even , and mills , canals and locks "
+    "have used them for centuries . the operator opens the gate slowly so the stream "
+    "stays calm , measures the level , and closes it when the basin is full . modern "
+    "sluices use steel gates , sensors and remote control , yet the idea remains simple : "
+    "hold back what would flood , release what is needed , and keep every channel moving"
+).split()
+_STOP = common_pb2.FINISH_REASON_STOP
+_LENGTH = common_pb2.FINISH_REASON_LENGTH
+
+
+def _prompt_text(request: provider_pb2.StreamRequest) -> str:
+    return "\n".join(m.content for m in request.messages)
+
+
+class SimulatedBackend:
+    """Streams a deterministic answer for each prompt."""
+
+    kind = "simulated"
+
+    def __init__(self, name: str, settings: SimulatedBackendSettings, clock: Clock | None = None):
+        self.name = name
+        self.settings = settings
+        self._clock = clock or SystemClock()
+
+    def answer_words(self, prompt: str, max_tokens: int) -> list[str]:
+        """The answer for a prompt: same prompt, same words."""
+        seed = int.from_bytes(hashlib.blake2b(prompt.encode(), digest_size=8).digest(), "big")
+        rng = random.Random(seed)  # noqa: S311 - deterministic text, not security
+        natural = self.settings.answer_tokens
+        length = max(1, natural // 2 + rng.randrange(natural + 1))
+        return rng.choices(_VOCABULARY, k=min(length, max_tokens))
+
+    async def stream(
+        self, request: provider_pb2.StreamRequest
+    ) -> AsyncIterator[provider_pb2.StreamEvent]:
+        """Yield start, paced deltas, and end with exact usage."""
+        settings = self.settings
+        prompt = _prompt_text(request)
+        input_tokens = count_tokens(prompt)
+        max_tokens = request.max_tokens or settings.answer_tokens
+        if input_tokens + max_tokens > settings.context_window:
+            raise TokenLimitExceededError(
+                f"prompt ({input_tokens} tokens) plus max_tokens ({max_tokens}) exceeds the "
+                f"context window of {settings.model} ({settings.context_window} tokens)",
+                metadata={"model": settings.model, "context_window": str(settings.context_window)},
+            )
+        words = self.answer_words(prompt, max_tokens)
+        finish = _LENGTH if len(words) >= max_tokens else _STOP
+        yield provider_pb2.StreamEvent(
+            start=provider_pb2.StreamStart(backend=self.name, model=settings.model)
+        )
+        if settings.time_to_first_token_ms > 0:
+            await asyncio.sleep(settings.time_to_first_token_ms / 1000.0)
+        async for text, count in self._paced(words):
+            yield provider_pb2.StreamEvent(
+                delta=provider_pb2.TokenDelta(text=text, token_count=count)
+            )
+        yield provider_pb2.StreamEvent(
+            end=provider_pb2.StreamEnd(
+                finish_reason=finish,
+                usage=common_pb2.Usage(
+                    input_tokens=input_tokens,
+                    output_tokens=len(words),
+                    total_tokens=input_tokens + len(words),
+                ),
+            )
+        )
+
+    async def _paced(self, words: list[str]) -> AsyncIterator[tuple[str, int]]:
+        rate = self.settings.tokens_per_second
+        if rate <= 0:
+            yield " ".join(words), len(words)
+            return
+        tick = max(self.settings.min_tick_ms / 1000.0, 1.0 / rate)
+        started = self._clock.monotonic()
+        sent = 0
+        total = len(words)
+        while sent < total:
+            # The first token is due at once; then one every 1/rate seconds.
+            due = min(total, 1 + int((self._clock.monotonic() - started) * rate))
+            if due > sent:
+                chunk = words[sent:due]
+                text = " ".join(chunk)
+                yield (text if sent == 0 else " " + text), len(chunk)
+                sent = due
+            if sent < total:
+                await asyncio.sleep(tick)

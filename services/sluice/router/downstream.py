@@ -1,0 +1,37 @@
+"""Turning failed calls to other Sluice services into our typed errors."""
+
+from __future__ import annotations
+
+import grpc
+from google.rpc import status_pb2
+
+from sluice.core.errors import (
+    DeadlineExceededError,
+    NetworkFailureError,
+    ServiceUnavailableError,
+    SluiceError,
+    from_rpc_status,
+)
+
+_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def error_from_rpc(err: grpc.aio.AioRpcError, dependency: str) -> SluiceError:
+    """The typed error behind a failed downstream call.
+
+    A status that carries rich details came from a Sluice service and is passed on as
+    is; a bare status came from the transport and is classified by its code.
+    """
+    for key, value in err.trailing_metadata() or ():
+        if key == _DETAILS_KEY and isinstance(value, bytes):
+            return from_rpc_status(status_pb2.Status.FromString(value))
+    code = err.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceededError(f"deadline exceeded waiting for the {dependency}")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return NetworkFailureError(
+            f"the {dependency} service is unreachable", metadata={"dependency": dependency}
+        )
+    return ServiceUnavailableError(
+        f"the {dependency} service failed ({code.name})", metadata={"dependency": dependency}
+    )

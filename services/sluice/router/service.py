@@ -1,0 +1,367 @@
+"""RouterService: authenticate, validate, admit, route to a provider, stream back.
+
+The per-token path (``_relay``) is the hot path: one provider message in, one client
+message out, no log line or metric label lookup per token; counters are updated once
+per stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram
+
+from sluice.common.v1 import common_pb2
+from sluice.core.errors import (
+    BusinessRuleViolationError,
+    FieldViolation,
+    InternalError,
+    InvalidResponseError,
+    SluiceError,
+    ValidationError,
+)
+from sluice.core.grpcx.channels import internal_channel
+from sluice.core.grpcx.request_context import current_request_id
+from sluice.core.grpcx.server import ServiceHost
+from sluice.core.telemetry.metrics import LATENCY_BUCKETS
+from sluice.core.telemetry.tracing import current_trace_id
+from sluice.core.tokens import count_tokens
+from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
+from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
+from sluice.router.auth import ApiKeyAuthenticator, Principal
+from sluice.router.downstream import error_from_rpc
+from sluice.router.settings import ModelAliasSettings, RouterSettings
+from sluice.router.v1 import router_pb2, router_pb2_grpc
+from sluice.router.validation import GenerationRequest, validate_request
+
+log = logging.getLogger("sluice.router")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+_PRIMARY = common_pb2.FALLBACK_STEP_PRIMARY
+_GENERATE = "/sluice.router.v1.RouterService/Generate"
+
+
+class RouterMetrics:
+    """Router-specific metrics: time to first token, tokens, streams in flight."""
+
+    def __init__(self, host: ServiceHost) -> None:
+        self.time_to_first_token = Histogram(
+            "sluice_router_time_to_first_token_seconds",
+            "Time from request received to first token sent, by model alias.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=host.registry,
+        )
+        self.tokens_streamed = Counter(
+            "sluice_router_tokens_streamed",
+            "Output tokens streamed to clients, by model alias and back end.",
+            ["model", "backend"],
+            registry=host.registry,
+        )
+        self.streams_in_flight = Gauge(
+            "sluice_router_streams_in_flight",
+            "Generations being streamed right now.",
+            registry=host.registry,
+        )
+        self.limiter_fail_open = Counter(
+            "sluice_router_limiter_fail_open",
+            "Requests admitted without a limiter decision because the limiter failed.",
+            registry=host.registry,
+        )
+
+
+@dataclass(slots=True)
+class StreamState:
+    """What one stream has produced so far."""
+
+    started: float
+    sequence: int = 0
+    output_tokens: int = 0
+    first_token_at: float = 0.0
+    backend: str = ""
+    finished: bool = False
+
+
+class RouterServicer(router_pb2_grpc.RouterServiceServicer):
+    """The public API."""
+
+    def __init__(
+        self,
+        settings: RouterSettings,
+        authenticator: ApiKeyAuthenticator,
+        limiter: limiter_pb2_grpc.LimiterServiceStub,
+        provider: provider_pb2_grpc.ProviderServiceStub,
+        metrics: RouterMetrics,
+    ) -> None:
+        self._settings = settings
+        self._auth = authenticator
+        self._limiter = limiter
+        self._provider = provider
+        self._metrics = metrics
+        self._progress_interval_s = settings.progress_interval_ms / 1000.0
+
+    # -- admission ---------------------------------------------------------------------
+
+    def _resolve_model(self, request: GenerationRequest, principal: Principal) -> ModelAliasSettings:
+        alias = self._settings.models.get(request.model)
+        if alias is None:
+            known = ", ".join(sorted(self._settings.models))
+            raise ValidationError(
+                f"unknown model '{request.model[:64]}'; available: {known}",
+                metadata={"model": request.model[:64]},
+                field_violations=[
+                    FieldViolation("model", f"unknown model alias '{request.model[:64]}'")
+                ],
+            )
+        if not principal.may_use(request.model):
+            raise BusinessRuleViolationError(
+                f"model '{request.model}' is not available to this API key",
+                metadata={"model": request.model, "tier": principal.tier},
+            )
+        return alias
+
+    async def _admit(
+        self, request: GenerationRequest, principal: Principal, max_tokens: int
+    ) -> None:
+        estimate = sum(count_tokens(m.content) for m in request.messages) + max_tokens
+        try:
+            await self._limiter.Acquire(
+                limiter_pb2.AcquireRequest(
+                    api_key_id=principal.key_id,
+                    tenant=principal.tenant,
+                    user=request.user,
+                    endpoint=_GENERATE,
+                    model=request.model,
+                    requests=1,
+                    tokens=estimate,
+                ),
+                timeout=self._settings.limiter_timeout_ms / 1000.0,
+            )
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise error_from_rpc(err, "limiter") from err
+            # Graceful degradation (SPEC §2.2): a broken limiter must not stop serving.
+            self._metrics.limiter_fail_open.inc()
+            log.warning("limiter unavailable (%s); admitting without a decision", err.code().name)
+
+    # -- streaming ---------------------------------------------------------------------
+
+    def _event(self, state: StreamState, **fields: Any) -> router_pb2.GenerateEvent:
+        event = router_pb2.GenerateEvent(sequence=state.sequence, **fields)
+        state.sequence += 1
+        return event
+
+    def _progress(self, state: StreamState, now: float) -> router_pb2.GenerateEvent:
+        generating = now - state.first_token_at if state.first_token_at else 0.0
+        rate = state.output_tokens / generating if generating > 0 else 0.0
+        return self._event(
+            state,
+            progress=router_pb2.ProgressEvent(
+                output_tokens=state.output_tokens,
+                tokens_per_second=round(rate, 2),
+                elapsed_ms=int((now - state.started) * 1000),
+            ),
+        )
+
+    async def _generate(
+        self, request: GenerationRequest, context: Context
+    ) -> AsyncIterator[router_pb2.GenerateEvent]:
+        state = StreamState(started=time.perf_counter())
+        principal = self._auth.authenticate(context.invocation_metadata() or ())
+        validate_request(request, self._settings)
+        alias = self._resolve_model(request, principal)
+        max_tokens = request.max_tokens or alias.default_max_tokens
+        await self._admit(request, principal, max_tokens)
+
+        target = alias.backends[0]
+        remaining = context.time_remaining()
+        timeout = remaining if remaining is not None else self._settings.request_timeout_s
+        call = self._provider.Stream(
+            provider_pb2.StreamRequest(
+                request_id=current_request_id(),
+                backend=target.backend,
+                model=target.model,
+                messages=request.messages,
+                max_tokens=max_tokens,
+                temperature=request.temperature if request.HasField("temperature") else None,
+                stop=request.stop,
+            ),
+            timeout=timeout,
+        )
+        state.backend = target.backend
+        self._metrics.streams_in_flight.inc()
+        try:
+            async for event in self._relay(call, request, state):
+                yield event
+        except grpc.aio.AioRpcError as err:
+            failure: SluiceError = error_from_rpc(err, "provider")
+            if state.sequence == 0:
+                raise failure from err  # nothing sent yet: the status alone tells the client
+            yield self._error_event(state, failure)
+            raise failure from err
+        except SluiceError as failure:
+            if state.sequence > 0:
+                yield self._error_event(state, failure)
+            raise
+        except Exception as err:
+            if state.sequence > 0:
+                yield self._error_event(state, InternalError("internal error"))
+            raise
+        finally:
+            call.cancel()  # no-op when finished; stops the provider at once on disconnect
+            self._metrics.streams_in_flight.dec()
+            if state.output_tokens:
+                self._metrics.tokens_streamed.labels(request.model, state.backend).inc(
+                    state.output_tokens
+                )
+
+    async def _relay(
+        self,
+        call: Any,
+        request: GenerationRequest,
+        state: StreamState,
+    ) -> AsyncIterator[router_pb2.GenerateEvent]:
+        """The per-token loop: provider events in, client events out."""
+        last_progress = state.started
+        interval = self._progress_interval_s
+        perf_counter = time.perf_counter
+        async for upstream in call:
+            kind = upstream.WhichOneof("event")
+            if kind == "delta":
+                delta = upstream.delta
+                now = perf_counter()
+                if not state.first_token_at:
+                    state.first_token_at = now
+                    self._metrics.time_to_first_token.labels(request.model).observe(
+                        now - state.started
+                    )
+                state.output_tokens += delta.token_count
+                yield self._event(
+                    state, data=router_pb2.DataEvent(text=delta.text, token_count=delta.token_count)
+                )
+                if now - last_progress >= interval:
+                    last_progress = now
+                    yield self._progress(state, now)
+            elif kind == "start":
+                yield self._event(
+                    state,
+                    metadata=router_pb2.MetadataEvent(
+                        request_id=current_request_id(),
+                        trace_id=current_trace_id(),
+                        model=request.model,
+                        provider=upstream.start.backend,
+                        provider_model=upstream.start.model,
+                        attempt=1,
+                        fallback_step=_PRIMARY,
+                    ),
+                )
+            elif kind == "end":
+                now = perf_counter()
+                yield self._progress(state, now)
+                ttft = state.first_token_at - state.started if state.first_token_at else 0.0
+                state.finished = True
+                yield self._event(
+                    state,
+                    complete=router_pb2.CompleteEvent(
+                        finish_reason=upstream.end.finish_reason,
+                        usage=upstream.end.usage,
+                        fallback_step=_PRIMARY,
+                        time_to_first_token_ms=int(ttft * 1000),
+                        total_ms=int((now - state.started) * 1000),
+                    ),
+                )
+        # Reading on to the end of the call (rather than returning at `end`) lets it
+        # finish with OK instead of being cancelled.
+        if not state.finished:
+            raise InvalidResponseError(
+                "the provider stream ended without a final event",
+                metadata={"backend": state.backend},
+            )
+
+    def _error_event(self, state: StreamState, error: SluiceError) -> router_pb2.GenerateEvent:
+        return self._event(
+            state,
+            error=router_pb2.ErrorEvent(
+                reason=error.reason,
+                message=error.message,
+                grpc_code=error.code.name,
+                retry_after_ms=int((error.retry_after_s or 0.0) * 1000),
+                usage=common_pb2.Usage(output_tokens=state.output_tokens, estimated=True),
+            ),
+        )
+
+    # -- RPCs --------------------------------------------------------------------------
+
+    async def Generate(  # noqa: N802 - gRPC method name
+        self, request: router_pb2.GenerateRequest, context: Context
+    ) -> AsyncIterator[router_pb2.GenerateEvent]:
+        async for event in self._generate(request, context):
+            yield event
+
+    async def Complete(  # noqa: N802 - gRPC method name
+        self, request: router_pb2.CompleteRequest, context: Context
+    ) -> router_pb2.CompleteResponse:
+        response = router_pb2.CompleteResponse(model=request.model)
+        text: list[str] = []
+        async for event in self._generate(request, context):
+            kind = event.WhichOneof("event")
+            if kind == "data":
+                text.append(event.data.text)
+            elif kind == "metadata":
+                response.request_id = event.metadata.request_id
+                response.trace_id = event.metadata.trace_id
+                response.provider = event.metadata.provider
+            elif kind == "complete":
+                response.finish_reason = event.complete.finish_reason
+                response.usage.CopyFrom(event.complete.usage)
+                response.fallback_step = event.complete.fallback_step
+        response.text = "".join(text)
+        return response
+
+    async def ListModels(  # noqa: N802 - gRPC method name
+        self, request: router_pb2.ListModelsRequest, context: Context
+    ) -> router_pb2.ListModelsResponse:
+        principal = self._auth.authenticate(context.invocation_metadata() or ())
+        return router_pb2.ListModelsResponse(
+            models=[
+                router_pb2.ModelInfo(
+                    id=name,
+                    backends=[ref.backend for ref in alias.backends],
+                    default_max_tokens=alias.default_max_tokens,
+                )
+                for name, alias in sorted(self._settings.models.items())
+                if principal.may_use(name)
+            ]
+        )
+
+
+def build_server(settings: RouterSettings) -> ServiceHost:
+    """Wire the router service. Call ``await host.start()`` to bind and serve."""
+    host = ServiceHost("router", settings)
+    limiter_channel = internal_channel(
+        settings.limiter_address, "sluice.limiter.v1.LimiterService", host.tracer_provider
+    )
+    provider_channel = internal_channel(
+        settings.provider_address, "sluice.provider.v1.ProviderService", host.tracer_provider
+    )
+    servicer = RouterServicer(
+        settings,
+        ApiKeyAuthenticator(settings.api_keys),
+        limiter_pb2_grpc.LimiterServiceStub(limiter_channel),
+        provider_pb2_grpc.ProviderServiceStub(provider_channel),
+        RouterMetrics(host),
+    )
+    router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, host.server)
+    host.add_service(router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name)
+
+    async def close_channels() -> None:
+        await limiter_channel.close()
+        await provider_channel.close()
+
+    host.add_cleanup(close_channels)
+    return host

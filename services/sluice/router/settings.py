@@ -1,0 +1,103 @@
+"""Router service settings (YAML section `router`, env prefix SLUICE_ROUTER_)."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from sluice.core.config import ServerSettings, ServiceSettings
+
+# sha256("sk-sluice-dev"): the development key of the default configuration.
+DEV_KEY_SHA256 = "f54ca937b7efefe972b761a7b8dc7dd477c073770dec53b33fe59a66f6ef9a9f"
+
+
+class ApiKeySettings(BaseModel):
+    """One API key. Only its SHA-256 is stored; the key itself never is."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Stable, non-secret id used in limits, logs and metrics."""
+    sha256: str
+    """Hex SHA-256 of the key."""
+    tenant: str = "default"
+    """Tenant that owns the key."""
+    tier: str = Field("normal", pattern=r"^(premium|critical|normal|background)$")
+    """Priority class of the key's requests."""
+    models: list[str] = Field(default_factory=lambda: ["*"])
+    """Model aliases the key may use; "*" allows all."""
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{64}", value.lower()):
+            raise ValueError("must be 64 hex digits (sha256 of the key)")
+        return value.lower()
+
+
+class BackendRef(BaseModel):
+    """A back end of the provider service serving a model alias."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    backend: str = Field(min_length=1)
+    """Back-end name as configured in the provider service."""
+    model: str = ""
+    """Model name to ask the back end for; empty uses the back end's default."""
+
+
+class ModelAliasSettings(BaseModel):
+    """A model alias clients send as `model`."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    backends: list[BackendRef] = Field(min_length=1)
+    """Back ends in fallback order; the first is the primary."""
+    default_max_tokens: int = Field(256, ge=1, le=32_768)
+    """max_tokens when a request leaves it 0."""
+
+
+class RouterSettings(ServiceSettings):
+    """Settings of the router service."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SLUICE_ROUTER_", env_nested_delimiter="__", use_attribute_docstrings=True
+    )
+
+    server: ServerSettings = ServerSettings(port=50051, metrics_port=9101)
+    """Listeners."""
+    limiter_address: str = "127.0.0.1:50052"
+    """host:port of the limiter service."""
+    provider_address: str = "127.0.0.1:50053"
+    """host:port of the provider service."""
+    limiter_timeout_ms: int = Field(250, ge=1, le=60_000)
+    """Longest wait for an admission decision before failing open."""
+    api_keys: list[ApiKeySettings] = Field(
+        default_factory=lambda: [ApiKeySettings(id="dev", sha256=DEV_KEY_SHA256)]
+    )
+    """Accepted API keys (hashed)."""
+    models: dict[str, ModelAliasSettings] = Field(
+        default_factory=lambda: {
+            "default": ModelAliasSettings(backends=[BackendRef(backend="simulated")])
+        }
+    )
+    """Model aliases by name."""
+    max_tokens_limit: int = Field(32_768, ge=1)
+    """Largest max_tokens a request may ask for."""
+    max_messages: int = Field(256, ge=1)
+    """Most messages one request may carry."""
+    max_prompt_chars: int = Field(1_000_000, ge=1)
+    """Largest total message length in characters."""
+    progress_interval_ms: int = Field(1000, ge=10)
+    """Gap between two progress events of a stream."""
+    request_timeout_s: float = Field(300.0, gt=0.0)
+    """Deadline applied when the caller sets none."""
+
+    @model_validator(mode="after")
+    def _unique_key_ids(self) -> RouterSettings:
+        ids = [key.id for key in self.api_keys]
+        if len(ids) != len(set(ids)):
+            raise ValueError("api_keys ids must be unique")
+        return self
