@@ -19,13 +19,16 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 DESCRIPTOR_NAME = "sluice.binpb"
+# Error detail types are not imported by our protos, but Envoy's transcoder must know
+# them to render google.rpc.Status details as JSON, so the image carries them too.
+EXTRA_DESCRIPTOR_SOURCES = ("google/rpc/error_details.proto", "google/rpc/status.proto")
 
 
 def _include_dirs() -> list[str]:
     """Proto include roots: ours, googleapis-common-protos, protobuf's well-known types."""
-    import google.api  # noqa: PLC0415 - only needed to locate the googleapis sources
+    from google.api import annotations_pb2  # noqa: PLC0415 - locates the googleapis sources
 
-    googleapis_root = Path(google.api.__file__).resolve().parent.parent.parent
+    googleapis_root = Path(annotations_pb2.__file__).resolve().parent.parent.parent
     well_known = Path(str(resources.files("grpc_tools") / "_proto"))
     return [str(PROTOS), str(googleapis_root), str(well_known)]
 
@@ -36,18 +39,24 @@ def generate(out_dir: Path) -> None:
     includes = [f"-I{d}" for d in _include_dirs()]
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp)
-        args = [
+        stubs = [
             "grpc_tools.protoc",
             *includes,
             f"--python_out={staging}",
             f"--pyi_out={staging}",
             f"--grpc_python_out={staging}",
+            *sources,
+        ]
+        image = [
+            "grpc_tools.protoc",
+            *includes,
             "--include_imports",
             "--include_source_info",
             f"--descriptor_set_out={staging / DESCRIPTOR_NAME}",
             *sources,
+            *EXTRA_DESCRIPTOR_SOURCES,
         ]
-        if protoc.main(args) != 0:
+        if protoc.main(stubs) != 0 or protoc.main(image) != 0:
             raise SystemExit("protoc failed")
         if out_dir.exists():
             shutil.rmtree(out_dir)

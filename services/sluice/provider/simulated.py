@@ -22,11 +22,11 @@ from sluice.provider.v1 import provider_pb2
 
 _VOCABULARY = (
     "a sluice is a water channel controlled at its head by a gate that regulates the flow "
-    "of water ; gates lift and lower to keep levels even , and mills , canals and locks "
-    "have used them for centuries . the operator opens the gate slowly so the stream "
-    "stays calm , measures the level , and closes it when the basin is full . modern "
-    "sluices use steel gates , sensors and remote control , yet the idea remains simple : "
-    "hold back what would flood , release what is needed , and keep every channel moving"
+    "of water gates lift and lower to keep levels even and mills canals and locks have "
+    "used them for centuries the operator opens the gate slowly so the stream stays calm "
+    "measures the level and closes it when the basin is full modern sluices use steel "
+    "gates sensors and remote control yet the idea remains simple hold back what would "
+    "flood release what is needed and keep every channel moving"
 ).split()
 _STOP = common_pb2.FINISH_REASON_STOP
 _LENGTH = common_pb2.FINISH_REASON_LENGTH

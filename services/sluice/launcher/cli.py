@@ -1,0 +1,86 @@
+"""`sluice`: start the suite (`sluice up`) or print its Envoy configuration."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from sluice.core.config import ConfigError
+from sluice.launcher.envoy import descriptor_path, render_yaml
+from sluice.launcher.settings import load_suite
+from sluice.launcher.supervisor import StartupError, Suite
+
+
+def _up(args: argparse.Namespace) -> int:
+    settings = load_suite(args.config)
+    suite = Suite(
+        settings,
+        run_dir=Path(args.run_dir),
+        log_dir=Path(args.log_dir) if args.log_dir else None,
+        start_envoy=False if args.no_envoy else None,
+    )
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        suite.start()
+    except StartupError as err:
+        print(f"sluice up: {err}", file=sys.stderr)
+        return 1
+    print(suite.banner(), flush=True)
+    while not stop.wait(0.5):
+        failed = suite.failed_part()
+        if failed is not None:
+            print(f"sluice up: {failed.name} exited; stopping the suite", file=sys.stderr)
+            suite.stop()
+            return 1
+    print("stopping...", flush=True)
+    suite.stop()
+    print("stopped.", flush=True)
+    return 0
+
+
+def _envoy_config(args: argparse.Namespace) -> int:
+    settings = load_suite(args.config)
+    descriptor = Path(args.descriptor) if args.descriptor else descriptor_path()
+    text = render_yaml(settings, descriptor)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the chosen command."""
+    parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="start the whole suite in the foreground")
+    up.add_argument("--config", help="suite YAML file (default: $SLUICE_CONFIG or built-in defaults)")
+    up.add_argument("--run-dir", default=".run", help="where generated files go (default .run)")
+    up.add_argument("--log-dir", help="write each part's log to DIR/<part>.log instead of stderr")
+    up.add_argument("--no-envoy", action="store_true", help="start the services only")
+    up.set_defaults(run=_up)
+    envoy = commands.add_parser("envoy-config", help="print the Envoy configuration")
+    envoy.add_argument("--config", help="suite YAML file")
+    envoy.add_argument("--descriptor", help="path of sluice.binpb as Envoy will see it")
+    envoy.add_argument("--output", help="write to this file instead of stdout")
+    envoy.set_defaults(run=_envoy_config)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ConfigError as err:
+        print(f"sluice: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

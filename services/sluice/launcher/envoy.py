@@ -1,0 +1,231 @@
+"""Renders the Envoy front's configuration from the suite's settings.
+
+Nothing here is hand-synchronised with the services: ports, the router's service
+name and the transcoder's descriptor all come from settings and gen/. The committed
+`deploy/envoy/envoy.yaml` is this renderer's output for the default settings (a test
+keeps them equal).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sluice.launcher.settings import SuiteSettings
+from sluice.router.v1 import router_pb2
+
+ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"  # noqa: E501
+_TRANSCODER = (
+    "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
+)
+_ROUTER_FILTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_H2_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+DOMAIN = "sluice.dev"
+
+# Envoy's own replies, rewritten into the google.rpc.Status JSON shape our services
+# produce through the transcoder: {"code": <gRPC code>, "message": ..., "details": [...]}.
+# (HTTP status, gRPC code, reason)
+_LOCAL_REPLIES: tuple[tuple[int, int, str], ...] = (
+    (400, 3, "INVALID_INPUT"),
+    (404, 12, "UNSUPPORTED_OPERATION"),
+    (405, 12, "UNSUPPORTED_OPERATION"),
+    (408, 4, "DEADLINE_EXCEEDED"),
+    (413, 3, "INVALID_INPUT"),
+    (429, 8, "QUOTA_EXCEEDED"),
+    (431, 3, "INVALID_INPUT"),
+    (502, 14, "NETWORK_FAILURE"),
+    (503, 14, "SERVICE_UNAVAILABLE"),
+    (504, 4, "DEADLINE_EXCEEDED"),
+)
+
+
+def descriptor_path() -> Path:
+    """The compiled contract image (gen/sluice.binpb in a checkout, packaged in a wheel)."""
+    from sluice.common.v1 import common_pb2  # noqa: PLC0415 - locates gen/
+
+    stub = Path(common_pb2.__file__).resolve()
+    for candidate in (stub.parents[3] / "sluice.binpb", stub.parents[2] / "_descriptors" / "sluice.binpb"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("sluice.binpb not found; run `make gen`")
+
+
+def _status_body(grpc_code: int, reason: str) -> dict[str, Any]:
+    return {
+        "json_format": {
+            "code": grpc_code,
+            "message": "%LOCAL_REPLY_BODY%",
+            "details": [{"@type": _ERROR_INFO, "reason": reason, "domain": DOMAIN}],
+        },
+        "json_format_options": {"sort_properties": False},
+    }
+
+
+def _local_reply_config() -> dict[str, Any]:
+    mappers = [
+        {
+            "filter": {
+                "status_code_filter": {
+                    "comparison": {
+                        "op": "EQ",
+                        "value": {"default_value": http, "runtime_key": f"sluice.local_reply.{http}"},
+                    }
+                }
+            },
+            "body_format_override": _status_body(code, reason),
+        }
+        for http, code, reason in _LOCAL_REPLIES
+    ]
+    return {"mappers": mappers, "body_format": _status_body(13, "INTERNAL")}
+
+
+def _upstream_cluster(name: str, host: str, port: int, health_service: str, interval_ms: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _H2_OPTIONS,
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "max_concurrent_streams": 10_000,
+                        "connection_keepalive": {"interval": "30s", "timeout": "10s"},
+                    }
+                },
+            }
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+                    ]
+                }
+            ],
+        },
+        "health_checks": [
+            {
+                "timeout": "1s",
+                "interval": f"{interval_ms / 1000:g}s",
+                # Without this the second check waits ~60 s after start (ENVOY-FACTS).
+                "no_traffic_interval": f"{interval_ms / 1000:g}s",
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "grpc_health_check": {"service_name": health_service},
+            }
+        ],
+        # Never send traffic to a host that fails its health check (no panic routing).
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
+    }
+
+
+def _grpc_route(prefix: str, cluster: str, timeout: str) -> dict[str, Any]:
+    return {
+        "match": {"prefix": prefix, "grpc": {}},
+        "route": {"cluster": cluster, "timeout": timeout},
+    }
+
+
+def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
+    """The Envoy bootstrap as a dict."""
+    envoy = settings.envoy
+    router = settings.router.server
+    unary_timeout = f"{envoy.unary_timeout_s:g}s"
+    routes = [
+        # Streams run as long as they produce; idle ones are cut by stream_idle_timeout.
+        _grpc_route(f"/{ROUTER_SERVICE}/Generate", "router", "0s"),
+        _grpc_route(f"/{ROUTER_SERVICE}/", "router", unary_timeout),
+        _grpc_route("/grpc.health.v1.Health/", "router", "5s"),
+        _grpc_route("/grpc.reflection.v1alpha.ServerReflection/", "router", "0s"),
+        {
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 404, "body": {"inline_string": "no such route"}},
+        },
+    ]
+    transcoder = {
+        "name": "envoy.filters.http.grpc_json_transcoder",
+        "typed_config": {
+            "@type": _TRANSCODER,
+            "proto_descriptor": str(descriptor),
+            "services": [ROUTER_SERVICE],
+            "print_options": {
+                "add_whitespace": False,
+                "always_print_primitive_fields": True,
+                "preserve_proto_field_names": True,
+                "stream_sse_style_delimited": True,
+            },
+            "convert_grpc_status": True,
+            "max_request_body_size": envoy.max_request_bytes,
+            "request_validation_options": {
+                "reject_unknown_method": True,
+                "reject_unknown_query_parameters": True,
+            },
+        },
+    }
+    connection_manager = {
+        "@type": _HCM,
+        "stat_prefix": "edge",
+        "codec_type": "AUTO",
+        "generate_request_id": True,
+        "stream_idle_timeout": f"{envoy.stream_idle_timeout_s:g}s",
+        "request_headers_timeout": "10s",
+        "common_http_protocol_options": {"idle_timeout": "3600s", "max_headers_count": 100},
+        "http2_protocol_options": {"max_concurrent_streams": 1000},
+        "max_request_headers_kb": 60,
+        "local_reply_config": _local_reply_config(),
+        "route_config": {
+            "name": "edge",
+            "virtual_hosts": [{"name": "sluice", "domains": ["*"], "routes": routes}],
+        },
+        "http_filters": [transcoder, {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_FILTER}}],
+    }
+    return {
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
+                        "downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": envoy.max_connections,
+                    },
+                }
+            ]
+        },
+        "admin": {"address": {"socket_address": {"address": envoy.host, "port_value": envoy.admin_port}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "edge",
+                    "address": {"socket_address": {"address": envoy.host, "port_value": envoy.port}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": connection_manager,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                _upstream_cluster(
+                    "router", router.host, router.port, ROUTER_SERVICE, envoy.health_check_interval_ms
+                )
+            ],
+        },
+    }
+
+
+def render_yaml(settings: SuiteSettings, descriptor: Path) -> str:
+    """The Envoy bootstrap as YAML text."""
+    header = "# Generated by `sluice envoy-config` from the suite's settings. Do not edit.\n"
+    return header + yaml.safe_dump(render(settings, descriptor), sort_keys=False, width=120)

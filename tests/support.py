@@ -1,0 +1,239 @@
+"""Shared testing helpers: a fake clock, settings builders, in-process services, metrics.
+
+Every test module imports from here (STYLE "Tests": fakes from one shared testing module).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+import grpc
+import httpx
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from prometheus_client.parser import text_string_to_metric_families
+
+from sluice.core.config import ServiceSettings, load_settings
+from sluice.core.grpcx.server import ServiceHost
+
+S = TypeVar("S", bound=ServiceSettings)
+T = TypeVar("T")
+
+# The key every integration router accepts, and its configured id.
+API_KEY = "sk-test-key"
+API_KEY_ID = "test"
+AUTH = (("authorization", f"Bearer {API_KEY}"),)
+
+
+def sha256_hex(text: str) -> str:
+    """Hex SHA-256 of a key, as API keys are configured."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class FakeClock:
+    """A `sluice.core.clock.Clock` that moves only when told to."""
+
+    def __init__(self, monotonic: float = 1_000.0, wall: float = 1_700_000_000.0) -> None:
+        self._monotonic = monotonic
+        self._wall = wall
+
+    def monotonic(self) -> float:
+        return self._monotonic
+
+    def wall(self) -> float:
+        return self._wall
+
+    def advance(self, seconds: float) -> None:
+        """Move both clocks forward; time never runs backwards."""
+        if seconds < 0 or math.isnan(seconds):
+            raise ValueError(f"a clock cannot move by {seconds}")
+        self._monotonic += seconds
+        self._wall += seconds
+
+
+# -- settings -------------------------------------------------------------------------
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`, merging nested dicts."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def service_settings(cls: type[S], section: str, **fields: Any) -> S:
+    """Settings for an in-process service on free ports with tracing off, plus `fields`."""
+    base: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": 0, "metrics_port": 0},
+        "tracing": {"enabled": False},
+    }
+    return load_settings(cls, section, data={section: deep_merge(base, fields)})
+
+
+def tracing_to(port: int) -> dict[str, Any]:
+    """Tracing settings exporting quickly to an in-process telemetry service."""
+    return {"enabled": True, "endpoint": f"127.0.0.1:{port}", "export_delay_ms": 50}
+
+
+# -- running services -----------------------------------------------------------------
+
+
+def close_metrics_listener(host: ServiceHost) -> None:
+    """Close the /metrics listening socket that ServiceHost.stop leaves open.
+
+    ServiceHost.stop shuts the HTTP server's loop down but never calls server_close(),
+    so the socket leaks and surfaces later as a ResourceWarning in an unrelated test
+    (warnings are errors). test_server.py asserts the bug itself; fixtures tidy up.
+    """
+    server = getattr(host, "_metrics_server", None)
+    close = getattr(server, "server_close", None)
+    if close is not None:
+        close()
+
+
+class ServiceStack:
+    """Services started in-process and the client channels to them, all torn down at exit."""
+
+    def __init__(self) -> None:
+        self.hosts: list[ServiceHost] = []
+        self._channels: list[grpc.aio.Channel] = []
+
+    async def start(self, host: ServiceHost) -> ServiceHost:
+        """Start a host built by some build_server(settings) and track it for teardown."""
+        self.hosts.append(host)
+        await host.start()
+        return host
+
+    def channel(self, host_or_port: ServiceHost | int) -> grpc.aio.Channel:
+        """A plain client channel to a service (closed at teardown)."""
+        port = host_or_port if isinstance(host_or_port, int) else host_or_port.port
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self._channels.append(channel)
+        return channel
+
+    async def stop(self, host: ServiceHost) -> None:
+        """Stop one host now (idempotent; teardown stops it again harmlessly)."""
+        await host.stop(0)
+        close_metrics_listener(host)
+
+    async def aclose(self) -> None:
+        """Close channels, then stop hosts: telemetry last, so others can flush to it."""
+        for channel in self._channels:
+            await channel.close()
+        others = [h for h in self.hosts if h.name != "telemetry"]
+        sinks = [h for h in self.hosts if h.name == "telemetry"]
+        # Each stop waits ~0.5 s for the metrics HTTP loop; stopping together keeps tests fast.
+        results = await asyncio.gather(*(self.stop(h) for h in others), return_exceptions=True)
+        results += await asyncio.gather(*(self.stop(h) for h in sinks), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise failures[0]
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+def rich_status(err: grpc.aio.AioRpcError) -> status_pb2.Status:
+    """The google.rpc.Status carried in grpc-status-details-bin (fails when absent)."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None, f"no grpc-status-details-bin in {err.code().name}: {err.details()}"
+    return status
+
+
+def details_of(status: status_pb2.Status, message_type: type[T]) -> list[T]:
+    """Every detail of the given google.rpc type, unpacked."""
+    found: list[T] = []
+    for detail in status.details:
+        assert isinstance(detail, any_pb2.Any)
+        if detail.Is(message_type.DESCRIPTOR):  # type: ignore[attr-defined]
+            message = message_type()
+            detail.Unpack(message)  # type: ignore[arg-type]
+            found.append(message)
+    return found
+
+
+def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    """The single ErrorInfo of a failed call."""
+    infos = details_of(rich_status(err), error_details_pb2.ErrorInfo)
+    assert len(infos) == 1, infos
+    return infos[0]
+
+
+# -- metrics --------------------------------------------------------------------------
+
+
+async def scrape(port: int) -> str:
+    """The Prometheus text exposition of a service's /metrics endpoint."""
+    async with httpx.AsyncClient(trust_env=False, timeout=5.0) as client:
+        response = await client.get(f"http://127.0.0.1:{port}/metrics")
+    response.raise_for_status()
+    return response.text
+
+
+def sample_value(exposition: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """The value of one sample (0.0 when the series does not exist yet)."""
+    wanted = labels or {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in wanted.items()):
+                return float(sample.value)
+    return 0.0
+
+
+async def metric(port: int, name: str, **labels: str) -> float:
+    """Scrape a service and read one sample."""
+    return sample_value(await scrape(port), name, labels)
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    accept: Callable[[T], bool],
+    *,
+    within_s: float = 2.0,
+    every_s: float = 0.02,
+) -> T:
+    """Poll `probe` until `accept` holds; the last value is returned either way.
+
+    For effects that complete asynchronously elsewhere (a counter bumped after a
+    cancellation, a span exported in a batch), not for timing logic.
+    """
+    deadline = time.monotonic() + within_s
+    while True:
+        value = await probe()
+        if accept(value) or time.monotonic() >= deadline:
+            return value
+        await asyncio.sleep(every_s)
+
+
+async def collect(call: Any, *, limit_s: float = 10.0) -> list[Any]:
+    """Every message of a server stream; a hang fails the test after `limit_s`."""
+
+    async def read() -> list[Any]:
+        return [message async for message in call]
+
+    return await asyncio.wait_for(read(), timeout=limit_s)
+
+
+def kinds(events: Iterable[Any]) -> list[str]:
+    """The oneof kind of each GenerateEvent."""
+    return [event.WhichOneof("event") for event in events]
+
+
+@contextlib.asynccontextmanager
+async def cancelling(call: Any) -> Any:
+    """Cancel a streaming call on exit, whatever happened."""
+    try:
+        yield call
+    finally:
+        call.cancel()
