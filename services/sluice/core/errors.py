@@ -281,4 +281,4 @@ def from_rpc_status(status: status_pb2.Status) -> SluiceError:
 
 def grpc_code_name(code: grpc.StatusCode) -> str:
     """'UNAVAILABLE' for grpc.StatusCode.UNAVAILABLE (the name clients see in JSON)."""
-    return code.name
+    return str(code.name)

@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start the whole suite in the foreground")
-    up.add_argument("--config", help="suite YAML file (default: $SLUICE_CONFIG or built-in defaults)")
+    up.add_argument(
+        "--config", help="suite YAML file (default: $SLUICE_CONFIG or built-in defaults)"
+    )
     up.add_argument("--run-dir", default=".run", help="where generated files go (default .run)")
     up.add_argument("--log-dir", help="write each part's log to DIR/<part>.log instead of stderr")
     up.add_argument("--no-envoy", action="store_true", help="start the services only")

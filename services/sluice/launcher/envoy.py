@@ -48,7 +48,10 @@ def descriptor_path() -> Path:
     from sluice.common.v1 import common_pb2  # noqa: PLC0415 - locates gen/
 
     stub = Path(common_pb2.__file__).resolve()
-    for candidate in (stub.parents[3] / "sluice.binpb", stub.parents[2] / "_descriptors" / "sluice.binpb"):
+    for candidate in (
+        stub.parents[3] / "sluice.binpb",
+        stub.parents[2] / "_descriptors" / "sluice.binpb",
+    ):
         if candidate.is_file():
             return candidate
     raise FileNotFoundError("sluice.binpb not found; run `make gen`")
@@ -72,7 +75,10 @@ def _local_reply_config() -> dict[str, Any]:
                 "status_code_filter": {
                     "comparison": {
                         "op": "EQ",
-                        "value": {"default_value": http, "runtime_key": f"sluice.local_reply.{http}"},
+                        "value": {
+                            "default_value": http,
+                            "runtime_key": f"sluice.local_reply.{http}",
+                        },
                     }
                 }
             },
@@ -83,7 +89,9 @@ def _local_reply_config() -> dict[str, Any]:
     return {"mappers": mappers, "body_format": _status_body(13, "INTERNAL")}
 
 
-def _upstream_cluster(name: str, host: str, port: int, health_service: str, interval_ms: int) -> dict[str, Any]:
+def _upstream_cluster(
+    name: str, host: str, port: int, health_service: str, interval_ms: int
+) -> dict[str, Any]:
     return {
         "name": name,
         "type": "STATIC",
@@ -104,7 +112,11 @@ def _upstream_cluster(name: str, host: str, port: int, health_service: str, inte
             "endpoints": [
                 {
                     "lb_endpoints": [
-                        {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": host, "port_value": port}}
+                            }
+                        }
                     ]
                 }
             ],
@@ -183,7 +195,10 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
             "name": "edge",
             "virtual_hosts": [{"name": "sluice", "domains": ["*"], "routes": routes}],
         },
-        "http_filters": [transcoder, {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_FILTER}}],
+        "http_filters": [
+            transcoder,
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_FILTER}},
+        ],
     }
     return {
         "overload_manager": {
@@ -198,12 +213,16 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
                 }
             ]
         },
-        "admin": {"address": {"socket_address": {"address": envoy.host, "port_value": envoy.admin_port}}},
+        "admin": {
+            "address": {"socket_address": {"address": envoy.host, "port_value": envoy.admin_port}}
+        },
         "static_resources": {
             "listeners": [
                 {
                     "name": "edge",
-                    "address": {"socket_address": {"address": envoy.host, "port_value": envoy.port}},
+                    "address": {
+                        "socket_address": {"address": envoy.host, "port_value": envoy.port}
+                    },
                     "filter_chains": [
                         {
                             "filters": [
@@ -218,7 +237,11 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
             ],
             "clusters": [
                 _upstream_cluster(
-                    "router", router.host, router.port, ROUTER_SERVICE, envoy.health_check_interval_ms
+                    "router",
+                    router.host,
+                    router.port,
+                    ROUTER_SERVICE,
+                    envoy.health_check_interval_ms,
                 )
             ],
         },

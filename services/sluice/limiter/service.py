@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
 
-import grpc
 from prometheus_client import Counter
 
 from sluice.core.clock import Clock, SystemClock
@@ -17,6 +15,7 @@ from sluice.core.errors import (
     QuotaViolation,
 )
 from sluice.core.grpcx.server import ServiceHost
+from sluice.core.grpcx.types import ServicerContext
 from sluice.limiter.settings import LimiterSettings
 from sluice.limiter.token_bucket import TokenBuckets
 from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
@@ -37,7 +36,7 @@ class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
         self._denied = decisions.labels("per_key", "denied")
 
     async def Acquire(  # noqa: N802 - gRPC method name
-        self, request: limiter_pb2.AcquireRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: limiter_pb2.AcquireRequest, context: ServicerContext
     ) -> limiter_pb2.AcquireResponse:
         if not request.api_key_id:
             raise MissingParameterError(

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
-import grpc
 from prometheus_client import Counter
 
 from sluice.core.clock import Clock
 from sluice.core.errors import ValidationError
 from sluice.core.grpcx.server import ServiceHost
+from sluice.core.grpcx.types import ServicerContext
 from sluice.provider.settings import ProviderSettings
 from sluice.provider.simulated import SimulatedBackend
 from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
@@ -38,7 +37,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         )
 
     async def Stream(  # noqa: N802 - gRPC method name
-        self, request: provider_pb2.StreamRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: provider_pb2.StreamRequest, context: ServicerContext
     ) -> AsyncIterator[provider_pb2.StreamEvent]:
         backend = self._backends.get(request.backend)
         if backend is None:
@@ -66,7 +65,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     async def ListBackends(  # noqa: N802 - gRPC method name
         self,
         request: provider_pb2.ListBackendsRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        context: ServicerContext,
     ) -> provider_pb2.ListBackendsResponse:
         return provider_pb2.ListBackendsResponse(
             backends=[

@@ -20,14 +20,15 @@ from sluice.core.tokens import count_tokens
 from sluice.provider.settings import SimulatedBackendSettings
 from sluice.provider.v1 import provider_pb2
 
-_VOCABULARY = (
+_PROSE = (
     "a sluice is a water channel controlled at its head by a gate that regulates the flow "
     "of water gates lift and lower to keep levels even and mills canals and locks have "
     "used them for centuries the operator opens the gate slowly so the stream stays calm "
     "measures the level and closes it when the basin is full modern sluices use steel "
     "gates sensors and remote control yet the idea remains simple hold back what would "
     "flood release what is needed and keep every channel moving"
-).split()
+)
+_VOCABULARY = tuple(_PROSE.split())
 _STOP = common_pb2.FINISH_REASON_STOP
 _LENGTH = common_pb2.FINISH_REASON_LENGTH
 
@@ -41,7 +42,9 @@ class SimulatedBackend:
 
     kind = "simulated"
 
-    def __init__(self, name: str, settings: SimulatedBackendSettings, clock: Clock | None = None):
+    def __init__(
+        self, name: str, settings: SimulatedBackendSettings, clock: Clock | None = None
+    ) -> None:
         self.name = name
         self.settings = settings
         self._clock = clock or SystemClock()
@@ -49,7 +52,8 @@ class SimulatedBackend:
     def answer_words(self, prompt: str, max_tokens: int) -> list[str]:
         """The answer for a prompt: same prompt, same words."""
         seed = int.from_bytes(hashlib.blake2b(prompt.encode(), digest_size=8).digest(), "big")
-        rng = random.Random(seed)  # noqa: S311 - deterministic text, not security
+        # Deterministic text, not security: a seeded PRNG is exactly what we want.
+        rng = random.Random(seed)  # noqa: S311  # nosec B311
         natural = self.settings.answer_tokens
         length = max(1, natural // 2 + rng.randrange(natural + 1))
         return rng.choices(_VOCABULARY, k=min(length, max_tokens))

@@ -28,6 +28,7 @@ from sluice.core.errors import (
 from sluice.core.grpcx.channels import internal_channel
 from sluice.core.grpcx.request_context import current_request_id
 from sluice.core.grpcx.server import ServiceHost
+from sluice.core.grpcx.types import ServicerContext
 from sluice.core.telemetry.metrics import LATENCY_BUCKETS
 from sluice.core.telemetry.tracing import current_trace_id
 from sluice.core.tokens import count_tokens
@@ -41,7 +42,6 @@ from sluice.router.validation import GenerationRequest, validate_request
 
 log = logging.getLogger("sluice.router")
 
-Context = grpc.aio.ServicerContext[Any, Any]
 _PRIMARY = common_pb2.FALLBACK_STEP_PRIMARY
 _GENERATE = "/sluice.router.v1.RouterService/Generate"
 
@@ -107,7 +107,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     # -- admission ---------------------------------------------------------------------
 
-    def _resolve_model(self, request: GenerationRequest, principal: Principal) -> ModelAliasSettings:
+    def _resolve_model(
+        self, request: GenerationRequest, principal: Principal
+    ) -> ModelAliasSettings:
         alias = self._settings.models.get(request.model)
         if alias is None:
             known = ", ".join(sorted(self._settings.models))
@@ -169,7 +171,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         )
 
     async def _generate(
-        self, request: GenerationRequest, context: Context
+        self, request: GenerationRequest, context: ServicerContext
     ) -> AsyncIterator[router_pb2.GenerateEvent]:
         state = StreamState(started=time.perf_counter())
         principal = self._auth.authenticate(context.invocation_metadata() or ())
@@ -208,7 +210,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             if state.sequence > 0:
                 yield self._error_event(state, failure)
             raise
-        except Exception as err:
+        except Exception:
             if state.sequence > 0:
                 yield self._error_event(state, InternalError("internal error"))
             raise
@@ -298,13 +300,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     # -- RPCs --------------------------------------------------------------------------
 
     async def Generate(  # noqa: N802 - gRPC method name
-        self, request: router_pb2.GenerateRequest, context: Context
+        self, request: router_pb2.GenerateRequest, context: ServicerContext
     ) -> AsyncIterator[router_pb2.GenerateEvent]:
         async for event in self._generate(request, context):
             yield event
 
     async def Complete(  # noqa: N802 - gRPC method name
-        self, request: router_pb2.CompleteRequest, context: Context
+        self, request: router_pb2.CompleteRequest, context: ServicerContext
     ) -> router_pb2.CompleteResponse:
         response = router_pb2.CompleteResponse(model=request.model)
         text: list[str] = []
@@ -324,7 +326,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return response
 
     async def ListModels(  # noqa: N802 - gRPC method name
-        self, request: router_pb2.ListModelsRequest, context: Context
+        self, request: router_pb2.ListModelsRequest, context: ServicerContext
     ) -> router_pb2.ListModelsResponse:
         principal = self._auth.authenticate(context.invocation_metadata() or ())
         return router_pb2.ListModelsResponse(

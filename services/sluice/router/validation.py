@@ -45,7 +45,8 @@ def validate_request(request: GenerationRequest, settings: RouterSettings) -> No
     if not 0 <= request.max_tokens <= settings.max_tokens_limit:
         invalid.append(
             FieldViolation(
-                "max_tokens", f"must be between 1 and {settings.max_tokens_limit} (or 0 for default)"
+                "max_tokens",
+                f"must be between 1 and {settings.max_tokens_limit} (or 0 for default)",
             )
         )
     if request.HasField("temperature") and not (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -11,6 +10,7 @@ from prometheus_client import Counter, Gauge
 
 from sluice.core.errors import FieldViolation, SluiceError, ValidationError
 from sluice.core.grpcx.server import ServiceHost
+from sluice.core.grpcx.types import ServicerContext
 from sluice.core.telemetry.tracing import build_tracer_provider
 from sluice.telemetry.settings import TelemetrySettings
 from sluice.telemetry.store import SpanStore
@@ -46,7 +46,7 @@ class OtlpTraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):
     async def Export(  # noqa: N802 - gRPC method name
         self,
         request: trace_service_pb2.ExportTraceServiceRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        context: ServicerContext,
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         total = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
         rejected = self._store.add(list(request.resource_spans))
@@ -67,7 +67,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         self._store = store
 
     async def GetTrace(  # noqa: N802 - gRPC method name
-        self, request: telemetry_pb2.GetTraceRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: telemetry_pb2.GetTraceRequest, context: ServicerContext
     ) -> telemetry_pb2.GetTraceResponse:
         trace_id = request.trace_id.lower()
         if not _TRACE_ID.match(trace_id):

@@ -7,10 +7,12 @@ from typing import Any
 
 import grpc
 
+from sluice.core.grpcx.types import ServicerContext
+
 # A "stream behaviour" is what grpc.aio calls for a server-streaming method; a
 # "unary behaviour" returns one response. Interceptors provide one wrapper for each.
-StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
-UnaryBehaviour = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+StreamBehaviour = Callable[[Any, ServicerContext], AsyncIterator[Any]]
+UnaryBehaviour = Callable[[Any, ServicerContext], Awaitable[Any]]
 StreamWrapper = Callable[[StreamBehaviour], StreamBehaviour]
 UnaryWrapper = Callable[[UnaryBehaviour], UnaryBehaviour]
 

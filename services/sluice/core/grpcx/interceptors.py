@@ -27,12 +27,12 @@ from sluice.core.grpcx.handlers import (
     wrap_handler,
 )
 from sluice.core.grpcx.request_context import new_request_id, request_id_var
+from sluice.core.grpcx.types import ServicerContext
 from sluice.core.telemetry.metrics import RpcMetrics
 
 log = logging.getLogger("sluice.rpc")
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
-Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def _metadata_value(details: grpc.HandlerCallDetails, key: str) -> str | None:
@@ -54,14 +54,14 @@ class RequestIdInterceptor(grpc.aio.ServerInterceptor):
         request_id = given if given and len(given) <= 64 and given.isprintable() else None
 
         def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
-            async def run(request: Any, context: Context) -> Any:
+            async def run(request: Any, context: ServicerContext) -> Any:
                 request_id_var.set(request_id or new_request_id())
                 return await behaviour(request, context)
 
             return run
 
         def stream(behaviour: StreamBehaviour) -> StreamBehaviour:
-            async def run(request: Any, context: Context) -> AsyncIterator[Any]:
+            async def run(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
                 request_id_var.set(request_id or new_request_id())
                 async for response in behaviour(request, context):
                     yield response
@@ -77,7 +77,7 @@ class DeadlineInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, min_remaining_s: float = 0.005) -> None:
         self._min_remaining_s = min_remaining_s
 
-    async def _check(self, context: Context) -> None:
+    async def _check(self, context: ServicerContext) -> None:
         remaining = context.time_remaining()
         if remaining is not None and remaining < self._min_remaining_s:
             # This layer sits outside error mapping, so it aborts with the rich status itself.
@@ -92,14 +92,14 @@ class DeadlineInterceptor(grpc.aio.ServerInterceptor):
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
-            async def run(request: Any, context: Context) -> Any:
+            async def run(request: Any, context: ServicerContext) -> Any:
                 await self._check(context)
                 return await behaviour(request, context)
 
             return run
 
         def stream(behaviour: StreamBehaviour) -> StreamBehaviour:
-            async def run(request: Any, context: Context) -> AsyncIterator[Any]:
+            async def run(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
                 await self._check(context)
                 async for response in behaviour(request, context):
                     yield response
@@ -109,15 +109,13 @@ class DeadlineInterceptor(grpc.aio.ServerInterceptor):
         return wrap_handler(await continuation(handler_call_details), unary=unary, stream=stream)
 
 
-def _final_code(context: Context, error: BaseException | None) -> str:
+def _final_code(context: ServicerContext, error: BaseException | None) -> str:
     if error is not None and not isinstance(error, Exception):
         return "CANCELLED"
     code = context.code()
     if code is None:
         return "UNKNOWN" if error is not None else "OK"
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    return grpc.StatusCode(code).name if code in grpc.StatusCode else str(code)
+    return str(getattr(code, "name", code))
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -133,7 +131,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         observe = self._metrics.observe
 
         def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
-            async def run(request: Any, context: Context) -> Any:
+            async def run(request: Any, context: ServicerContext) -> Any:
                 started = time.perf_counter()
                 failure: BaseException | None = None
                 try:
@@ -147,7 +145,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             return run
 
         def stream(behaviour: StreamBehaviour) -> StreamBehaviour:
-            async def run(request: Any, context: Context) -> AsyncIterator[Any]:
+            async def run(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
                 started = time.perf_counter()
                 failure: BaseException | None = None
                 try:
@@ -170,7 +168,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, on_error: Callable[[str, SluiceError], None] | None = None) -> None:
         self._on_error = on_error
 
-    async def _abort(self, method: str, error: BaseException, context: Context) -> None:
+    async def _abort(self, method: str, error: BaseException, context: ServicerContext) -> None:
         if isinstance(error, SluiceError):
             mapped = error
         else:
@@ -187,7 +185,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
 
         def unary(behaviour: UnaryBehaviour) -> UnaryBehaviour:
-            async def run(request: Any, context: Context) -> Any:
+            async def run(request: Any, context: ServicerContext) -> Any:
                 try:
                     return await behaviour(request, context)
                 except Exception as err:
@@ -199,7 +197,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             return run
 
         def stream(behaviour: StreamBehaviour) -> StreamBehaviour:
-            async def run(request: Any, context: Context) -> AsyncIterator[Any]:
+            async def run(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
                 try:
                     async for response in behaviour(request, context):
                         yield response
@@ -219,7 +217,7 @@ def _is_abort(error: Exception) -> bool:
     return isinstance(error, grpc.aio.AbortError)
 
 
-async def abort_with(context: Context, error: SluiceError) -> None:
+async def abort_with(context: ServicerContext, error: SluiceError) -> None:
     """End the RPC with the rich status of `error` (raises grpc.aio.AbortError)."""
     status = rpc_status.to_status(to_rpc_status(error))
     await context.abort(status.code, status.details, status.trailing_metadata)

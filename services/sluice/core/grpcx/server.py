@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -109,8 +109,11 @@ class ServiceHost:
         """Bind, start serving, and report SERVING for every declared service."""
         server_settings = self.settings.server
         reflection.enable_server_reflection(
-            (*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
+            (
+                *self.service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             self.server,
         )
         self.port = self.server.add_insecure_port(f"{server_settings.host}:{server_settings.port}")
@@ -123,7 +126,10 @@ class ServiceHost:
         await self.set_serving(True)
         log.info(
             "%s listening on %s:%d (metrics :%d)",
-            self.name, server_settings.host, self.port, self.metrics_port,
+            self.name,
+            server_settings.host,
+            self.port,
+            self.metrics_port,
         )
 
     async def set_serving(self, serving: bool) -> None:
@@ -170,7 +176,7 @@ class ServiceHost:
         await self.stop()
 
 
-def run(main: Callable[[], Awaitable[None]]) -> None:
+def run(main: Callable[[], Coroutine[None, None, None]]) -> None:
     """Run a service's async main on uvloop when available."""
     try:
         import uvloop  # noqa: PLC0415 - optional accelerator
@@ -179,5 +185,3 @@ def run(main: Callable[[], Awaitable[None]]) -> None:
         return
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(main())
-
-

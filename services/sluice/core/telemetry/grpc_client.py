@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import Setter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 _ERROR_CODES = frozenset(
@@ -28,7 +29,7 @@ _ERROR_CODES = frozenset(
 )
 
 
-class _MetadataSetter:
+class _MetadataSetter(Setter[list[tuple[str, str]]]):
     def set(self, carrier: list[tuple[str, str]], key: str, value: str) -> None:
         carrier.append((key, value))
 

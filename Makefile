@@ -1,0 +1,52 @@
+# Sluice developer commands. `make up` and `make test` create the environment first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+CONFIG ?=
+
+.PHONY: venv up test test-fast gen lint security bench envoy-config clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## up: start the whole suite in the foreground (Ctrl-C stops it). CONFIG=file.yaml to override.
+up: $(STAMP)
+	$(BIN)/sluice up $(if $(CONFIG),--config $(CONFIG))
+
+## test: lint, then every test (unit, integration, end-to-end with real Envoy).
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/unit tests/integration
+
+## gen: regenerate gen/ (stubs + descriptor image) from protos/.
+gen: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py
+
+lint: $(STAMP)
+	$(BIN)/buf lint gen/sluice.binpb --path sluice --config buf.yaml
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/bandit -q -c pyproject.toml -r services scripts
+
+security: $(STAMP)
+	$(BIN)/bandit -q -c pyproject.toml -r services scripts
+	$(BIN)/pip-audit --skip-editable
+
+## bench: bounded load scenarios; prints req/s, latency, TTFT and CPU per request.
+bench: $(STAMP)
+	$(BIN)/python loadtest/bench.py
+
+envoy-config: $(STAMP)
+	$(BIN)/sluice envoy-config --descriptor /etc/sluice/sluice.binpb --output deploy/envoy/envoy.yaml
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,171 @@
+"""Fixtures that start the real suite (`sluice up`: four services and Envoy) on free ports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+BIN = Path(sys.executable).parent
+DEV_KEY = "sk-sluice-dev"
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports (held open together so they differ)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass
+class RunningSuite:
+    """A started suite: its ports, process and log directory."""
+
+    process: subprocess.Popen[str]
+    ports: dict[str, int]
+    log_dir: Path
+    banner: str
+
+    @property
+    def edge(self) -> str:
+        return f"http://127.0.0.1:{self.ports['envoy']}"
+
+    def grpc(self, part: str) -> str:
+        return f"127.0.0.1:{self.ports[part]}"
+
+    def metrics_url(self, part: str) -> str:
+        return f"http://127.0.0.1:{self.ports[part + '_metrics']}/metrics"
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
+            for p in sorted(self.log_dir.glob("*.log"))
+        )
+
+    def descendants(self) -> list[int]:
+        """PIDs of every process below the supervisor (from /proc)."""
+        children: dict[int, list[int]] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+        found, queue = [], [self.process.pid]
+        while queue:
+            for child in children.get(queue.pop(), []):
+                found.append(child)
+                queue.append(child)
+        return found
+
+
+def suite_config(ports: dict[str, int], **overrides: Any) -> dict[str, Any]:
+    """A suite config on the given ports; the simulated model paces 20 tokens/s."""
+    config: dict[str, Any] = {
+        "tracing": {"endpoint": f"127.0.0.1:{ports['telemetry']}", "export_delay_ms": 100},
+        "router": {
+            "server": {"port": ports["router"], "metrics_port": ports["router_metrics"]},
+            "limiter_address": f"127.0.0.1:{ports['limiter']}",
+            "provider_address": f"127.0.0.1:{ports['provider']}",
+            "progress_interval_ms": 200,
+        },
+        "limiter": {"server": {"port": ports["limiter"], "metrics_port": ports["limiter_metrics"]}},
+        "provider": {
+            "server": {"port": ports["provider"], "metrics_port": ports["provider_metrics"]},
+            "backends": {
+                "simulated": {
+                    "time_to_first_token_ms": 50,
+                    "tokens_per_second": 20,
+                    "answer_tokens": 24,
+                }
+            },
+        },
+        "telemetry": {
+            "server": {"port": ports["telemetry"], "metrics_port": ports["telemetry_metrics"]}
+        },
+        "envoy": {
+            "port": ports["envoy"],
+            "admin_port": ports["envoy_admin"],
+            "health_check_interval_ms": 500,
+            "drain_time_s": 1,
+        },
+    }
+    for section, values in overrides.items():
+        config.setdefault(section, {}).update(values)
+    return config
+
+
+PORT_NAMES = (
+    "router", "router_metrics", "limiter", "limiter_metrics", "provider", "provider_metrics",
+    "telemetry", "telemetry_metrics", "envoy", "envoy_admin",
+)
+
+
+@contextlib.contextmanager
+def start_suite(tmp: Path, **overrides: Any) -> Iterator[RunningSuite]:
+    """Start `sluice up` with its own ports and logs; stop it (and check) on exit."""
+    ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
+    config_file = tmp / "sluice.yaml"
+    config_file.write_text(yaml.safe_dump(suite_config(ports, **overrides)))
+    log_dir = tmp / "logs"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    process = subprocess.Popen(
+        [str(BIN / "sluice"), "up", "--config", str(config_file),
+         "--log-dir", str(log_dir), "--run-dir", str(tmp / "run")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    banner: list[str] = []
+    suite = RunningSuite(process, ports, log_dir, "")
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                raise AssertionError(f"sluice up exited early:\n{''.join(banner)}\n{suite.logs()}")
+            banner.append(line)
+            if line.startswith("Ctrl-C stops everything"):
+                break
+        suite.banner = "".join(banner)
+        yield suite
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                for pid in suite.descendants():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                process.kill()
+                process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuite]:
+    """One suite shared by the read-only end-to-end tests."""
+    with start_suite(tmp_path_factory.mktemp("suite")) as running:
+        yield running

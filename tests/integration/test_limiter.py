@@ -1,0 +1,147 @@
+"""LimiterService.Acquire over a real channel, on a fake clock."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+
+from sluice.core.grpcx.server import ServiceHost
+from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
+from tests.support import FakeClock, ServiceStack, details_of, error_info, metric, rich_status
+
+
+@pytest.fixture
+def limiter(stack: ServiceStack, limiter_host: ServiceHost) -> limiter_pb2_grpc.LimiterServiceStub:
+    return limiter_pb2_grpc.LimiterServiceStub(stack.channel(limiter_host))
+
+
+def acquire(key: str = "k1", requests: int = 1) -> limiter_pb2.AcquireRequest:
+    return limiter_pb2.AcquireRequest(
+        api_key_id=key, tenant="t", endpoint="/x", model="default", requests=requests, tokens=10
+    )
+
+
+async def test_acquire_allowed_reports_the_bucket(limiter: limiter_pb2_grpc.LimiterServiceStub) -> None:
+    first = await limiter.Acquire(acquire())
+    second = await limiter.Acquire(acquire())
+
+    assert first.limit == 3
+    assert (first.remaining, second.remaining) == (2, 1)
+    assert first.reset_after_ms == 1000  # one token short of full at 1/s
+    assert second.reset_after_ms == 2000
+    assert len(first.reservation_id) == 16
+    assert first.reservation_id != second.reservation_id
+
+
+async def test_exhausted_bucket_is_resource_exhausted_with_quota_failure_and_retry_info(
+    limiter: limiter_pb2_grpc.LimiterServiceStub,
+) -> None:
+    for _ in range(3):
+        await limiter.Acquire(acquire())
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await limiter.Acquire(acquire())
+
+    err = caught.value
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = rich_status(err)
+    assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    info = error_info(err)
+    assert info.reason == "QUOTA_EXCEEDED"
+    assert info.domain == "sluice.dev"
+    assert info.metadata["policy"] == "per_key"
+    assert info.metadata["limit"] == "3"
+    [quota] = details_of(status, error_details_pb2.QuotaFailure)
+    assert [v.subject for v in quota.violations] == ["api_key:k1"]
+    [retry] = details_of(status, error_details_pb2.RetryInfo)
+    assert retry.retry_delay.ToNanoseconds() == 1_000_000_000
+
+
+async def test_waiting_retry_after_admits_again(
+    limiter: limiter_pb2_grpc.LimiterServiceStub, fake_clock: FakeClock
+) -> None:
+    for _ in range(3):
+        await limiter.Acquire(acquire())
+    with pytest.raises(grpc.aio.AioRpcError):
+        await limiter.Acquire(acquire())
+
+    fake_clock.advance(1.0)
+
+    assert (await limiter.Acquire(acquire())).remaining == 0
+
+
+async def test_keys_are_limited_separately_and_overrides_apply(
+    limiter: limiter_pb2_grpc.LimiterServiceStub,
+) -> None:
+    for _ in range(3):
+        await limiter.Acquire(acquire("k1"))
+
+    assert (await limiter.Acquire(acquire("k2"))).remaining == 2
+    big = await limiter.Acquire(acquire("big"))
+    assert (big.limit, big.remaining) == (100, 99)
+
+
+async def test_request_larger_than_capacity_has_no_retry_info(
+    limiter: limiter_pb2_grpc.LimiterServiceStub,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await limiter.Acquire(acquire(requests=4))
+
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = rich_status(caught.value)
+    assert details_of(status, error_details_pb2.RetryInfo) == []
+    assert len(details_of(status, error_details_pb2.QuotaFailure)) == 1
+
+
+async def test_missing_api_key_id_is_invalid_argument(
+    limiter: limiter_pb2_grpc.LimiterServiceStub,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await limiter.Acquire(acquire(key=""))
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).reason == "MISSING_PARAMETER"
+    [bad] = details_of(rich_status(caught.value), error_details_pb2.BadRequest)
+    assert [v.field for v in bad.field_violations] == ["api_key_id"]
+
+
+async def test_negative_request_count_cannot_mint_tokens(
+    limiter: limiter_pb2_grpc.LimiterServiceStub,
+) -> None:
+    # A negative count must be refused (or at least not refill the bucket past capacity).
+    try:
+        response = await limiter.Acquire(acquire(requests=-100))
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    else:
+        assert response.remaining <= response.limit
+
+    allowed = 0
+    for _ in range(10):
+        try:
+            await limiter.Acquire(acquire())
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        else:
+            allowed += 1
+    assert allowed == 3
+
+
+async def test_decisions_are_counted(
+    limiter: limiter_pb2_grpc.LimiterServiceStub, limiter_host: ServiceHost
+) -> None:
+    for _ in range(4):
+        try:
+            await limiter.Acquire(acquire())
+        except grpc.aio.AioRpcError:
+            pass
+
+    port = limiter_host.metrics_port
+    assert await metric(port, "sluice_limiter_decisions_total", result="allowed") == 3
+    assert await metric(port, "sluice_limiter_decisions_total", result="denied") == 1
+    assert await metric(
+        port, "sluice_rpc_requests_total",
+        method="/sluice.limiter.v1.LimiterService/Acquire", code="RESOURCE_EXHAUSTED",
+    ) == 1
+    assert await metric(port, "sluice_errors_total", reason="QUOTA_EXCEEDED") == 1
