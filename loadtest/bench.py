@@ -236,7 +236,9 @@ class RunningSuite:
 
     def _command(self) -> list[str]:
         beside = Path(sys.executable).parent / "sluice"
-        launcher = [str(beside)] if beside.is_file() else [sys.executable, "-m", "sluice.launcher.cli"]
+        launcher = (
+            [str(beside)] if beside.is_file() else [sys.executable, "-m", "sluice.launcher.cli"]
+        )
         return [
             *launcher,
             "up",
@@ -347,6 +349,7 @@ def run_scenario(
     scenario: Scenario,
     target: str,
     cpu: SuiteCpu,
+    *,
     duration_s: float,
     settle_s: float,
     cpus: set[int] | None,
@@ -498,7 +501,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"running {scenario.name} ({scenario.about}, c={scenario.concurrency})...",
                       flush=True)  # fmt: skip
                 figures = run_scenario(
-                    scenario, target, cpu, args.duration, args.settle, gen_cpus
+                    scenario,
+                    target,
+                    cpu,
+                    duration_s=args.duration,
+                    settle_s=args.settle,
+                    cpus=gen_cpus,
                 )
                 results.append(figures)
                 print(

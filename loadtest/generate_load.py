@@ -173,7 +173,7 @@ async def _one(
     return RequestRecord(perf() - started, ttft, completed, code, data_events)
 
 
-async def run_load(
+async def run_load(  # noqa: PLR0917 - positional order is the documented API
     target: str,
     concurrency: int = 1,
     requests: int | None = None,
@@ -260,7 +260,7 @@ def _run(main: Coroutine[Any, Any, LoadResult], use_uvloop: bool) -> LoadResult:
         except ImportError:  # pragma: no cover - uvloop ships on Linux
             pass
         else:
-            return uvloop.run(main)  # type: ignore[no-any-return]
+            return uvloop.run(main)
     return asyncio.run(main)
 
 

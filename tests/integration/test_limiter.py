@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -22,7 +24,9 @@ def acquire(key: str = "k1", requests: int = 1) -> limiter_pb2.AcquireRequest:
     )
 
 
-async def test_acquire_allowed_reports_the_bucket(limiter: limiter_pb2_grpc.LimiterServiceStub) -> None:
+async def test_acquire_allowed_reports_the_bucket(
+    limiter: limiter_pb2_grpc.LimiterServiceStub,
+) -> None:
     first = await limiter.Acquire(acquire())
     second = await limiter.Acquire(acquire())
 
@@ -132,16 +136,19 @@ async def test_decisions_are_counted(
     limiter: limiter_pb2_grpc.LimiterServiceStub, limiter_host: ServiceHost
 ) -> None:
     for _ in range(4):
-        try:
+        with contextlib.suppress(grpc.aio.AioRpcError):
             await limiter.Acquire(acquire())
-        except grpc.aio.AioRpcError:
-            pass
 
     port = limiter_host.metrics_port
     assert await metric(port, "sluice_limiter_decisions_total", result="allowed") == 3
     assert await metric(port, "sluice_limiter_decisions_total", result="denied") == 1
-    assert await metric(
-        port, "sluice_rpc_requests_total",
-        method="/sluice.limiter.v1.LimiterService/Acquire", code="RESOURCE_EXHAUSTED",
-    ) == 1
+    assert (
+        await metric(
+            port,
+            "sluice_rpc_requests_total",
+            method="/sluice.limiter.v1.LimiterService/Acquire",
+            code="RESOURCE_EXHAUSTED",
+        )
+        == 1
+    )
     assert await metric(port, "sluice_errors_total", reason="QUOTA_EXCEEDED") == 1

@@ -44,7 +44,9 @@ async def test_stream_happy_path(
     usage = events[-1].end.usage
     text = "".join(e.delta.text for e in events[1:-1])
     assert usage.input_tokens == count_tokens(PROMPT)
-    assert usage.output_tokens == count_tokens(text) == sum(e.delta.token_count for e in events[1:-1])
+    assert (
+        usage.output_tokens == count_tokens(text) == sum(e.delta.token_count for e in events[1:-1])
+    )
     assert events[-1].end.finish_reason == common_pb2.FINISH_REASON_STOP
 
     port = provider_host.metrics_port

@@ -20,8 +20,16 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from sluice.core.grpcx.server import ServiceHost
+from sluice.telemetry.service import build_server
 from sluice.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
-from tests.support import ServiceStack, details_of, error_info, metric, rich_status
+from tests.support import (
+    ServiceStack,
+    details_of,
+    error_info,
+    metric,
+    rich_status,
+    telemetry_settings,
+)
 
 
 def otlp_span(
@@ -44,7 +52,9 @@ def otlp_span(
     )
 
 
-def export_request(service: str, *spans: otlp_trace.Span) -> trace_service_pb2.ExportTraceServiceRequest:
+def export_request(
+    service: str, *spans: otlp_trace.Span
+) -> trace_service_pb2.ExportTraceServiceRequest:
     resource = resource_pb2.Resource(
         attributes=[
             otlp_common.KeyValue(
@@ -70,8 +80,9 @@ async def test_raw_export_then_get_trace(
     receiver = trace_service_pb2_grpc.TraceServiceStub(stack.channel(telemetry_host))
     # Exported child first, by another service, in a separate request.
     await receiver.Export(
-        export_request("svc-b", otlp_span(trace_id, child_id, root_id, name="child",
-                                          start=2_000, end=3_000))
+        export_request(
+            "svc-b", otlp_span(trace_id, child_id, root_id, name="child", start=2_000, end=3_000)
+        )
     )
     response = await receiver.Export(
         export_request("svc-a", otlp_span(trace_id, root_id, name="root", start=1_000, end=4_000))
@@ -91,8 +102,10 @@ async def test_raw_export_then_get_trace(
     assert child.status_message == "boom"
     assert dict(child.attributes) == {"rpc.method": "Go", "retries": "2"}
     assert list(child.event_names) == ["cancelled"]
-    assert await metric(telemetry_host.metrics_port, "sluice_telemetry_spans_total",
-                        result="stored") == 2
+    assert (
+        await metric(telemetry_host.metrics_port, "sluice_telemetry_spans_total", result="stored")
+        == 2
+    )
     assert await metric(telemetry_host.metrics_port, "sluice_telemetry_traces_stored") == 1
 
 
@@ -103,12 +116,15 @@ async def test_sdk_otlp_exporter_spans_are_stored(
     provider = TracerProvider(resource=Resource.create({"service.name": "sdk-test"}))
     provider.add_span_processor(SimpleSpanProcessor(memory))
     tracer = provider.get_tracer("test")
-    with tracer.start_as_current_span("outer", kind=SpanKind.SERVER) as outer:
-        with tracer.start_as_current_span("inner", kind=SpanKind.CLIENT):
-            pass
+    with (
+        tracer.start_as_current_span("outer", kind=SpanKind.SERVER) as outer,
+        tracer.start_as_current_span("inner", kind=SpanKind.CLIENT),
+    ):
+        pass
     trace_hex = format(outer.get_span_context().trace_id, "032x")
-    exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{telemetry_host.port}", insecure=True,
-                                timeout=5)
+    exporter = OTLPSpanExporter(
+        endpoint=f"127.0.0.1:{telemetry_host.port}", insecure=True, timeout=5
+    )
     try:
         # The exporter blocks on network I/O; the server runs on this event loop.
         result = await asyncio.to_thread(exporter.export, memory.get_finished_spans())
@@ -152,10 +168,6 @@ async def test_unknown_trace_is_not_found(
 
 
 async def test_spans_beyond_the_per_trace_limit_are_rejected(stack: ServiceStack) -> None:
-    from sluice.telemetry.service import build_server
-
-    from .conftest import telemetry_settings
-
     host = await stack.start(build_server(telemetry_settings(max_spans_per_trace=2)))
     receiver = trace_service_pb2_grpc.TraceServiceStub(stack.channel(host))
     trace_id = os.urandom(16)

@@ -28,7 +28,11 @@ ALL_ERRORS = [
     (errors.InvalidResponseError, "INVALID_RESPONSE", grpc.StatusCode.UNAVAILABLE),
     (errors.ValidationError, "VALIDATION_ERROR", grpc.StatusCode.INVALID_ARGUMENT),
     (errors.AuthenticationError, "AUTHORIZATION_ERROR", grpc.StatusCode.UNAUTHENTICATED),
-    (errors.BusinessRuleViolationError, "BUSINESS_RULE_VIOLATION", grpc.StatusCode.FAILED_PRECONDITION),
+    (
+        errors.BusinessRuleViolationError,
+        "BUSINESS_RULE_VIOLATION",
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
     (errors.InvalidInputError, "INVALID_INPUT", grpc.StatusCode.INVALID_ARGUMENT),
     (errors.MissingParameterError, "MISSING_PARAMETER", grpc.StatusCode.INVALID_ARGUMENT),
     (errors.UnsupportedOperationError, "UNSUPPORTED_OPERATION", grpc.StatusCode.UNIMPLEMENTED),
@@ -112,10 +116,14 @@ def test_quota_error_packs_quota_failure_and_retry_info() -> None:
 
 
 def test_retry_after_zero_is_still_sent_and_negative_is_clamped() -> None:
-    zero = _only(to_rpc_status(errors.QuotaExceededError("x", retry_after_s=0.0)),
-                 error_details_pb2.RetryInfo)
-    negative = _only(to_rpc_status(errors.QuotaExceededError("x", retry_after_s=-3.0)),
-                     error_details_pb2.RetryInfo)
+    zero = _only(
+        to_rpc_status(errors.QuotaExceededError("x", retry_after_s=0.0)),
+        error_details_pb2.RetryInfo,
+    )
+    negative = _only(
+        to_rpc_status(errors.QuotaExceededError("x", retry_after_s=-3.0)),
+        error_details_pb2.RetryInfo,
+    )
 
     assert isinstance(zero, error_details_pb2.RetryInfo)
     assert isinstance(negative, error_details_pb2.RetryInfo)
@@ -195,8 +203,9 @@ def test_grpc_status_library_accepts_our_status() -> None:
     assert status.details == "q"
     key, value = status.trailing_metadata[0]
     assert key == "grpc-status-details-bin"
-    assert isinstance(from_rpc_status(status_pb2.Status.FromString(value)),
-                      errors.QuotaExceededError)
+    assert isinstance(
+        from_rpc_status(status_pb2.Status.FromString(value)), errors.QuotaExceededError
+    )
 
 
 def test_grpc_code_name() -> None:

@@ -117,7 +117,10 @@ def test_cost_above_capacity_is_refused_forever() -> None:
 def test_subjects_are_independent_and_overrides_apply() -> None:
     clock = FakeClock()
     limiter = buckets(
-        clock, capacity=2, rate=1, overrides={"vip": BucketSettings(capacity=5, refill_per_second=1)}
+        clock,
+        capacity=2,
+        rate=1,
+        overrides={"vip": BucketSettings(capacity=5, refill_per_second=1)},
     )
 
     assert [limiter.take("a").allowed for _ in range(3)] == [True, True, False]

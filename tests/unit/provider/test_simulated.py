@@ -27,7 +27,9 @@ def stream_request(*contents: str, max_tokens: int = 0) -> provider_pb2.StreamRe
     )
 
 
-async def run(model: SimulatedBackend, req: provider_pb2.StreamRequest) -> list[provider_pb2.StreamEvent]:
+async def run(
+    model: SimulatedBackend, req: provider_pb2.StreamRequest
+) -> list[provider_pb2.StreamEvent]:
     return [event async for event in model.stream(req)]
 
 

@@ -34,8 +34,15 @@ def authenticator() -> ApiKeyAuthenticator:
         [("x-api-key", ALICE_KEY.encode())],
         [("user-agent", "grpc-python"), ("x-request-id", "r1"), ("x-api-key", ALICE_KEY)],
     ],
-    ids=["bearer", "lowercase", "uppercase-padded", "bearer-bytes", "x-api-key", "x-api-key-bytes",
-         "among-others"],
+    ids=[
+        "bearer",
+        "lowercase",
+        "uppercase-padded",
+        "bearer-bytes",
+        "x-api-key",
+        "x-api-key-bytes",
+        "among-others",
+    ],
 )
 def test_known_key_resolves_to_its_principal(
     authenticator: ApiKeyAuthenticator, metadata: list[tuple[str, str | bytes]]
@@ -67,8 +74,14 @@ def test_each_key_maps_to_its_own_principal(authenticator: ApiKeyAuthenticator) 
         [("authorization", f"Basic {ALICE_KEY}")],
         [("authorization", ALICE_KEY)],
     ],
-    ids=["nothing", "unrelated", "bearer-no-credential", "bearer-blank", "basic-scheme",
-         "no-scheme"],
+    ids=[
+        "nothing",
+        "unrelated",
+        "bearer-no-credential",
+        "bearer-blank",
+        "basic-scheme",
+        "no-scheme",
+    ],
 )
 def test_missing_or_non_bearer_credentials_are_rejected(
     authenticator: ApiKeyAuthenticator, metadata: list[tuple[str, str | bytes]]
@@ -91,8 +104,14 @@ def test_missing_or_non_bearer_credentials_are_rejected(
         [("x-api-key", sha256_hex(ALICE_KEY))],
         [("authorization", f"Bearer {sha256_hex(ALICE_KEY)}")],
     ],
-    ids=["bearer-wrong", "x-api-key-wrong", "trailing-space", "case-changed", "digest-as-key",
-         "digest-as-bearer"],
+    ids=[
+        "bearer-wrong",
+        "x-api-key-wrong",
+        "trailing-space",
+        "case-changed",
+        "digest-as-key",
+        "digest-as-bearer",
+    ],
 )
 def test_wrong_keys_are_rejected(
     authenticator: ApiKeyAuthenticator, metadata: list[tuple[str, str | bytes]]

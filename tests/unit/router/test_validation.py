@@ -36,8 +36,9 @@ def fields_of(error: SluiceError) -> list[str]:
     return [violation.field for violation in error.field_violations]
 
 
-def rejected(req: router_pb2.GenerateRequest | router_pb2.CompleteRequest,
-             settings: RouterSettings) -> SluiceError:
+def rejected(
+    req: router_pb2.GenerateRequest | router_pb2.CompleteRequest, settings: RouterSettings
+) -> SluiceError:
     with pytest.raises(SluiceError) as caught:
         validate_request(req, settings)
     return caught.value
@@ -56,8 +57,17 @@ def rejected(req: router_pb2.GenerateRequest | router_pb2.CompleteRequest,
         request(messages=[message("tool", "x" * 100)]),
         request(user="u" * 256, session_id="s" * 256),
     ],
-    ids=["minimal", "max-tokens-default", "max-tokens-limit", "temp-0", "temp-2", "stop-4",
-         "three-roles", "prompt-at-limit", "ids-at-limit"],
+    ids=[
+        "minimal",
+        "max-tokens-default",
+        "max-tokens-limit",
+        "temp-0",
+        "temp-2",
+        "stop-4",
+        "three-roles",
+        "prompt-at-limit",
+        "ids-at-limit",
+    ],
 )
 def test_valid_requests_pass(good: router_pb2.GenerateRequest, settings: RouterSettings) -> None:
     validate_request(good, settings)
@@ -135,8 +145,9 @@ def test_too_many_messages(settings: RouterSettings) -> None:
 
 
 def test_prompt_too_long(settings: RouterSettings) -> None:
-    error = rejected(request(messages=[message(content="x" * 60), message(content="y" * 41)]),
-                     settings)
+    error = rejected(
+        request(messages=[message(content="x" * 60), message(content="y" * 41)]), settings
+    )
 
     assert type(error) is ValidationError
     assert fields_of(error) == ["messages"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 
@@ -21,14 +22,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from sluice.core.config import ServiceSettings
-from sluice.core.grpcx.interceptors import (
-    DeadlineInterceptor,
-    ErrorMappingInterceptor,
-    MetricsInterceptor,
-    RequestIdInterceptor,
-)
+from sluice.core.grpcx.interceptors import ServerPipeline
 from sluice.core.telemetry.metrics import RpcMetrics, serve_metrics
-from sluice.core.telemetry.tracing import build_tracer_provider, server_tracing_interceptor
+from sluice.core.telemetry.tracing import build_tracer_provider
 
 log = logging.getLogger("sluice.server")
 
@@ -68,18 +64,10 @@ class ServiceHost:
             f"sluice-{name}", settings.tracing
         )
         self.metrics = RpcMetrics(name, self.registry)
-        interceptors: list[grpc.aio.ServerInterceptor] = [
-            RequestIdInterceptor(),
-            DeadlineInterceptor(),
-        ]
-        if trace_rpcs:
-            interceptors.append(server_tracing_interceptor(self.tracer_provider))
-        interceptors += [
-            MetricsInterceptor(self.metrics),
-            ErrorMappingInterceptor(on_error=self._count_error),
-        ]
+        tracer = self.tracer_provider.get_tracer("sluice.core.grpcx") if trace_rpcs else None
+        pipeline = ServerPipeline(self.metrics, tracer)
         self.server = grpc.aio.server(
-            interceptors=interceptors,
+            interceptors=(pipeline,),
             options=(
                 *SERVER_OPTIONS,
                 ("grpc.max_concurrent_streams", settings.server.max_concurrent_streams),
@@ -93,9 +81,6 @@ class ServiceHost:
         self.port = 0
         self.metrics_port = 0
         self._stopped = asyncio.Event()
-
-    def _count_error(self, method: str, error: Exception) -> None:
-        self.metrics.count_error(method, getattr(error, "reason", "INTERNAL"))
 
     def add_service(self, full_name: str) -> None:
         """Declare a registered service, for health and reflection."""
@@ -177,11 +162,12 @@ class ServiceHost:
 
 
 def run(main: Callable[[], Coroutine[None, None, None]]) -> None:
-    """Run a service's async main on uvloop when available."""
-    try:
-        import uvloop  # noqa: PLC0415 - optional accelerator
-    except ImportError:  # pragma: no cover - uvloop ships on Linux
-        asyncio.run(main())
+    """Run a service's async main on uvloop (SLUICE_EVENT_LOOP=asyncio opts out)."""
+    if os.environ.get("SLUICE_EVENT_LOOP", "uvloop") == "asyncio":
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(main())
         return
+    import uvloop  # noqa: PLC0415 - the default loop, imported only when used
+
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(main())

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import grpc
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.instrumentation.grpc.filters import negate, service_prefix
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -16,9 +16,6 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from sluice.core.config import TracingSettings
 from sluice.core.telemetry.grpc_client import TracedUnaryStreamInterceptor
-
-# Health probes and reflection would flood traces (Envoy checks every second).
-_UNTRACED_PREFIXES = ("grpc.health.v1", "grpc.reflection")
 
 
 def build_tracer_provider(service_name: str, settings: TracingSettings) -> TracerProvider:
@@ -38,21 +35,6 @@ def build_tracer_provider(service_name: str, settings: TracingSettings) -> Trace
             )
         )
     return provider
-
-
-def _not_plumbing(details: object) -> bool:
-    method = getattr(details, "method", "")
-    if isinstance(method, bytes):
-        method = method.decode()
-    return not any(str(method).lstrip("/").startswith(p) for p in _UNTRACED_PREFIXES)
-
-
-def server_tracing_interceptor(provider: TracerProvider) -> grpc.aio.ServerInterceptor:
-    """OpenTelemetry's aio server interceptor, skipping health checks and reflection."""
-    interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(
-        tracer_provider=provider, filter_=_not_plumbing
-    )
-    return interceptor
 
 
 def client_tracing_interceptors(provider: TracerProvider) -> Sequence[grpc.aio.ClientInterceptor]:

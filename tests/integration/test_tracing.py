@@ -1,0 +1,141 @@
+"""Distributed tracing: one Generate is one trace across router, limiter and provider."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+
+from sluice.common.v1 import common_pb2
+from sluice.core.grpcx.server import ServiceHost
+from sluice.router.v1 import router_pb2
+from sluice.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
+from tests.support import (
+    AUTH,
+    SLOW_BACKEND,
+    ServiceStack,
+    collect,
+    eventually,
+    start_suite,
+    tracing_to,
+)
+
+SERVICES = {"sluice-router", "sluice-limiter", "sluice-provider"}
+PROVIDER_STREAM = "/sluice.provider.v1.ProviderService/Stream"
+LIMITER_ACQUIRE = "/sluice.limiter.v1.LimiterService/Acquire"
+ROUTER_GENERATE = "/sluice.router.v1.RouterService/Generate"
+
+Spans = list[telemetry_pb2.Span]
+
+
+def request(prompt: str = "trace me") -> router_pb2.GenerateRequest:
+    return router_pb2.GenerateRequest(
+        model="default", messages=[common_pb2.Message(role="user", content=prompt)]
+    )
+
+
+def trace_reader(
+    stub: telemetry_pb2_grpc.TelemetryServiceStub, trace_id: str
+) -> Callable[[], object]:
+    async def read() -> Spans:
+        try:
+            response = await stub.GetTrace(telemetry_pb2.GetTraceRequest(trace_id=trace_id))
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return []
+            raise
+        return list(response.spans)
+
+    return read
+
+
+def signature(spans: Spans) -> set[tuple[str, str, str]]:
+    return {(s.service_name, s.kind, s.name) for s in spans}
+
+
+EXPECTED = {
+    ("sluice-router", "SPAN_KIND_SERVER", ROUTER_GENERATE),
+    ("sluice-router", "SPAN_KIND_CLIENT", LIMITER_ACQUIRE),
+    ("sluice-limiter", "SPAN_KIND_SERVER", LIMITER_ACQUIRE),
+    ("sluice-router", "SPAN_KIND_CLIENT", PROVIDER_STREAM),
+    ("sluice-provider", "SPAN_KIND_SERVER", PROVIDER_STREAM),
+}
+
+
+async def test_generate_is_one_connected_trace(
+    stack: ServiceStack,
+    telemetry_host: ServiceHost,
+    telemetry_stub: telemetry_pb2_grpc.TelemetryServiceStub,
+) -> None:
+    suite = await start_suite(stack, tracing=tracing_to(telemetry_host.port))
+
+    events = await collect(suite.router_stub.Generate(request(), metadata=AUTH))
+    trace_id = events[0].metadata.trace_id
+    assert len(trace_id) == 32
+
+    spans: Spans = await eventually(  # type: ignore[assignment]
+        trace_reader(telemetry_stub, trace_id),
+        lambda found: EXPECTED <= signature(found),  # type: ignore[arg-type]
+        within_s=5,
+    )
+
+    assert EXPECTED <= signature(spans), signature(spans)
+    assert {s.service_name for s in spans} == SERVICES
+    ids = {s.span_id for s in spans}
+    assert len(ids) == len(spans)
+    roots = [s for s in spans if not s.parent_span_id]
+    assert [(r.service_name, r.kind, r.name) for r in roots] == [
+        ("sluice-router", "SPAN_KIND_SERVER", ROUTER_GENERATE)
+    ]
+    orphans = [s.name for s in spans if s.parent_span_id and s.parent_span_id not in ids]
+    assert orphans == []
+    assert all(s.end_time_unix_nano >= s.start_time_unix_nano > 0 for s in spans)
+    by_id = {s.span_id: s for s in spans}
+    # Each server span hangs off the router's client span for the same method.
+    for server in (s for s in spans if s.kind == "SPAN_KIND_SERVER" and s.parent_span_id):
+        parent = by_id[server.parent_span_id]
+        assert (parent.service_name, parent.kind, parent.name) == (
+            "sluice-router",
+            "SPAN_KIND_CLIENT",
+            server.name,
+        )
+        assert parent.start_time_unix_nano <= server.start_time_unix_nano
+
+
+async def test_cancelled_stream_still_ends_the_router_client_span(
+    stack: ServiceStack,
+    telemetry_host: ServiceHost,
+    telemetry_stub: telemetry_pb2_grpc.TelemetryServiceStub,
+) -> None:
+    suite = await start_suite(stack, backend=SLOW_BACKEND, tracing=tracing_to(telemetry_host.port))
+    call = suite.router_stub.Generate(request("a long answer, please"), metadata=AUTH)
+    trace_id = ""
+    async for event in call:
+        if event.HasField("metadata"):
+            trace_id = event.metadata.trace_id
+        if event.HasField("data"):
+            break
+    call.cancel()
+    assert len(trace_id) == 32
+
+    def client_stream_span(found: Spans) -> telemetry_pb2.Span | None:
+        for span in found:
+            if (span.service_name, span.kind, span.name) == (
+                "sluice-router",
+                "SPAN_KIND_CLIENT",
+                PROVIDER_STREAM,
+            ):
+                return span
+        return None
+
+    spans: Spans = await eventually(  # type: ignore[assignment]
+        trace_reader(telemetry_stub, trace_id),
+        lambda found: client_stream_span(found) is not None,  # type: ignore[arg-type]
+        within_s=5,
+    )
+
+    span = client_stream_span(spans)
+    assert span is not None, "the router's client span for the provider stream never ended"
+    assert span.end_time_unix_nano >= span.start_time_unix_nano
+    assert "cancelled" in span.event_names
+    assert span.attributes["rpc.grpc.status_code"] == str(grpc.StatusCode.CANCELLED.value[0])
