@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -57,7 +58,7 @@ SCENARIOS = (
     Scenario("st0-router-c50", "router", "instant", 50, "20 tokens at once, router direct"),
     Scenario("st10-envoy-c50", "envoy", "paced", 50, "20 tokens 10 ms apart, via Envoy"),
     Scenario(
-        "st0x20-envoy-c50", "envoy", "burst", 50, "20 tokens as 20 events 0.5 ms apart, Envoy"
+        "st0x20-envoy-c50", "envoy", "burst", 50, "20 tokens at 2000/s (0.5 ms ticks), via Envoy"
     ),
 )
 
@@ -66,14 +67,15 @@ SCENARIOS = (
 BACKENDS: dict[str, dict[str, Any]] = {
     # Whole answer in one delta: one data event per stream.
     "instant": {"time_to_first_token_ms": 0, "tokens_per_second": 0, "answer_tokens": 40},
-    # 100 tokens/s = 10 ms per token: one data event per token.
+    # 100 tokens/s = 10 ms per token: one data event per token (fewer when ticks run late).
     "paced": {
         "time_to_first_token_ms": 0,
         "tokens_per_second": 100,
         "min_tick_ms": 1,
         "answer_tokens": 40,
     },
-    # One data event per token with the shortest tick: the per-event cost at full speed.
+    # One data event per token at the shortest tick (0.5 ms), so up to 20 events per
+    # stream: the per-event cost at full speed. Under load, late ticks coalesce tokens.
     "burst": {
         "time_to_first_token_ms": 0,
         "tokens_per_second": 2000,
@@ -256,7 +258,8 @@ class RunningSuite:
             if line.startswith(b"Sluice is up"):
                 self._up.set()
 
-    def __enter__(self) -> RunningSuite:
+    def start(self) -> None:
+        """Start `sluice up` and wait for its banner; stops it again on failure."""
         self._output = (self.workdir / "sluice-up.log").open("wb")
         self.process = subprocess.Popen(  # noqa: S603 - our own launcher
             self._command(),
@@ -282,6 +285,9 @@ class RunningSuite:
         except BaseException:
             self.stop()
             raise
+
+    def __enter__(self) -> RunningSuite:
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -416,18 +422,22 @@ def print_tables(results: list[dict[str, Any]], idle_ms_per_s: float) -> None:
     """The compact table plus the CPU breakdown by part."""
     head = (
         f"{'scenario':<17} {'req':>6} {'req/s':>7} {'lat p50/p95/p99 ms':>20} "
-        f"{'TTFT p50/p95/p99 ms':>20} {'err':>4} {'suite CPU':>9} {'cores':>5} {'gen CPU':>7}"
+        f"{'TTFT p50/p95/p99 ms':>20} {'ev/req':>6} {'err':>4} {'suite CPU':>9} {'cores':>5} "
+        f"{'gen CPU':>7}"
     )
     print()
     print(head)
-    print(f"{'':<17} {'':>6} {'':>7} {'':>20} {'':>20} {'':>4} {'ms/req':>9} {'':>5} {'ms/req':>7}")
+    print(f"{'':<82} {'ms/req':>9} {'':>5} {'ms/req':>7}")
+
+    def ms(values: dict[str, float | None]) -> str:
+        return "/".join("     -" if v is None else f"{v:>6.1f}" for v in values.values())
+
     for r in results:
-        lat, ttft = r["latency_ms"], r["ttft_ms"]
         print(
             f"{r['name']:<17} {r['requests']:>6} {r['rps']:>7.0f} "
-            f"{lat['p50']:>6.1f}/{lat['p95']:>6.1f}/{lat['p99']:>6.1f} "
-            f"{ttft['p50']:>6.1f}/{ttft['p95']:>6.1f}/{ttft['p99']:>6.1f} "
-            f"{r['errors']:>4} {r['suite_cpu_ms_per_request']:>9.3f} {r['suite_cores']:>5.2f} "
+            f"{ms(r['latency_ms'])} {ms(r['ttft_ms'])} "
+            f"{r['data_events_per_request']:>6.1f} {r['errors']:>4} "
+            f"{r['suite_cpu_ms_per_request']:>9.3f} {r['suite_cores']:>5.2f} "
             f"{r['loadgen_cpu_ms_per_request']:>7.3f}"
         )
     print()
@@ -440,6 +450,10 @@ def print_tables(results: list[dict[str, Any]], idle_ms_per_s: float) -> None:
     errors = {r["name"]: r["errors_by_code"] for r in results if r["errors"]}
     if errors:
         print(f"errors by code: {errors}")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -460,6 +474,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Start the suite, run every scenario, print and save the figures, stop the suite."""
     args = _parse(argv)
+    # SIGTERM (and SIGINT even when started in the background) unwind through the
+    # finally below, which stops the suite.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     chosen = list(SCENARIOS)
     if args.only:
         wanted = {name.strip() for name in args.only.split(",")}
@@ -487,37 +505,40 @@ def main(argv: list[str] | None = None) -> int:
     leftovers: list[str] = []
     idle_ms_per_s = 0.0
     try:
-        with suite:
-            assert suite.process is not None
-            cpu = SuiteCpu(suite.process.pid)
-            found = sorted(set(suite.pids.values()))
-            print(f"suite up: {len(suite.pids)} processes ({', '.join(found)})", flush=True)
-            time.sleep(1.0)  # let start-up work (health checks, first exports) settle
-            idle_before = cpu.sample()
-            time.sleep(2.0)
-            idle_ms_per_s = _delta(cpu.sample(), idle_before)["total"] * 1000.0 / 2.0
-            for scenario in chosen:
-                target = suite.address(config, scenario.via)
-                print(f"running {scenario.name} ({scenario.about}, c={scenario.concurrency})...",
-                      flush=True)  # fmt: skip
-                figures = run_scenario(
-                    scenario,
-                    target,
-                    cpu,
-                    duration_s=args.duration,
-                    settle_s=args.settle,
-                    cpus=gen_cpus,
-                )
-                results.append(figures)
-                print(
-                    f"  {figures['requests']} requests, {figures['rps']:.0f} req/s, "
-                    f"{figures['errors']} errors, suite {figures['suite_cpu_ms_per_request']:.3f}"
-                    f" ms CPU/request",
-                    flush=True,
-                )
-            leftovers = suite.stop()
+        suite.start()
+        assert suite.process is not None
+        cpu = SuiteCpu(suite.process.pid)
+        found = sorted(set(suite.pids.values()))
+        print(f"suite up: {len(suite.pids)} processes ({', '.join(found)})", flush=True)
+        time.sleep(1.0)  # let start-up work (health checks, first exports) settle
+        idle_before = cpu.sample()
+        time.sleep(3.0)
+        idle_ms_per_s = _delta(cpu.sample(), idle_before)["total"] * 1000.0 / 3.0
+        for scenario in chosen:
+            target = suite.address(config, scenario.via)
+            print(f"running {scenario.name} ({scenario.about}, c={scenario.concurrency})...",
+                  flush=True)  # fmt: skip
+            figures = run_scenario(
+                scenario,
+                target,
+                cpu,
+                duration_s=args.duration,
+                settle_s=args.settle,
+                cpus=gen_cpus,
+            )
+            results.append(figures)
+            print(
+                f"  {figures['requests']} requests, {figures['rps']:.0f} req/s, "
+                f"{figures['errors']} errors, suite {figures['suite_cpu_ms_per_request']:.3f}"
+                " ms CPU/request",
+                flush=True,
+            )
+    except BaseException:
+        print(f"bench failed; config and logs kept in {workdir}", file=sys.stderr)
+        args.keep = True
+        raise
     finally:
-        leftovers += suite.stop()
+        leftovers = suite.stop()
     print_tables(results, idle_ms_per_s)
     if leftovers:
         print(f"WARNING: processes left after stop (killed): {', '.join(leftovers)}")
@@ -546,8 +567,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"results written to {args.json}")
     if not args.keep:
-        import shutil
-
         shutil.rmtree(workdir, ignore_errors=True)
     else:
         print(f"kept {workdir}")
@@ -555,4 +574,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as stop:
+        print(f"interrupted ({stop}); suite stopped", file=sys.stderr)
+        sys.exit(130)

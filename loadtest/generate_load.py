@@ -88,8 +88,11 @@ class LoadResult:
         failed = sum(1 for r in self.records if not r.completed)
         events = sum(r.data_events for r in self.records)
 
-        def pcts(values: list[float]) -> dict[str, float]:
-            return {f"p{p}": round(percentile(values, p), 3) for p in (50, 95, 99)}
+        def pcts(values: list[float]) -> dict[str, float | None]:
+            # None rather than NaN when nothing completed: NaN is not valid JSON.
+            return {
+                f"p{p}": round(percentile(values, p), 3) if values else None for p in (50, 95, 99)
+            }
 
         return {
             "target": self.target,
@@ -111,14 +114,18 @@ class LoadResult:
     def format(self) -> str:
         """A few human-readable lines."""
         s = self.summary()
+
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value:.2f}"
+
         lat, ttft = s["latency_ms"], s["ttft_ms"]
         codes = ", ".join(f"{k}={v}" for k, v in sorted(s["errors_by_code"].items())) or "none"
         return "\n".join(
             [
                 f"target {s['target']}  concurrency {s['concurrency']}",
                 f"requests {s['requests']} in {s['wall_s']:.2f} s = {s['rps']:.1f} req/s",
-                f"latency ms  p50 {lat['p50']:.2f}  p95 {lat['p95']:.2f}  p99 {lat['p99']:.2f}",
-                f"TTFT ms     p50 {ttft['p50']:.2f}  p95 {ttft['p95']:.2f}  p99 {ttft['p99']:.2f}",
+                f"latency ms  p50 {ms(lat['p50'])}  p95 {ms(lat['p95'])}  p99 {ms(lat['p99'])}",
+                f"TTFT ms     p50 {ms(ttft['p50'])}  p95 {ms(ttft['p95'])}  p99 {ms(ttft['p99'])}",
                 f"errors {s['errors']} ({s['error_rate']:.2%}): {codes}",
                 f"data events/request {s['data_events_per_request']}  "
                 f"generator CPU {s['loadgen_cpu_ms_per_request']:.3f} ms/request",
@@ -322,7 +329,7 @@ async def _main(args: argparse.Namespace) -> LoadResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry: run once, print the figures."""
+    """CLI entry: run once, print the figures; exit status 1 when any request failed."""
     args = _parse(argv)
     result = _run(_main(args), use_uvloop=not args.no_uvloop)
     summary = result.summary()
@@ -333,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(summary), flush=True)
     else:
         print(result.format())
-    return 0 if summary["requests"] else 1
+    return 0 if summary["requests"] and not summary["errors"] else 1
 
 
 if __name__ == "__main__":

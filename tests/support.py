@@ -101,11 +101,11 @@ def tracing_to(port: int) -> dict[str, Any]:
 
 
 def close_metrics_listener(host: ServiceHost) -> None:
-    """Close the /metrics listening socket that ServiceHost.stop leaves open.
+    """Make sure a stopped host's /metrics listening socket is closed (idempotent).
 
-    ServiceHost.stop shuts the HTTP server's loop down but never calls server_close(),
-    so the socket leaks and surfaces later as a ResourceWarning in an unrelated test
-    (warnings are errors). test_server.py asserts the bug itself; fixtures tidy up.
+    ServiceHost.stop closes it itself; this safety net keeps a regression from
+    surfacing as a ResourceWarning in some unrelated later test (warnings are errors),
+    while test_server.py::test_stop_releases_the_metrics_port reports it where it belongs.
     """
     server = getattr(host, "_metrics_server", None)
     close = getattr(server, "server_close", None)
@@ -155,9 +155,13 @@ class ServiceStack:
 # -- the suite, wired like production ---------------------------------------------
 
 # Fast but still streamed: several deltas per answer, a few milliseconds in all.
-FAST_BACKEND = {"time_to_first_token_ms": 1, "tokens_per_second": 5_000, "min_tick_ms": 1}
+FAST_BACKEND: dict[str, object] = {
+    "time_to_first_token_ms": 1,
+    "tokens_per_second": 5_000,
+    "min_tick_ms": 1,
+}
 # Slow enough that a client can act while the stream is still running.
-SLOW_BACKEND = {
+SLOW_BACKEND: dict[str, object] = {
     "time_to_first_token_ms": 1,
     "tokens_per_second": 20,
     "min_tick_ms": 10,
@@ -239,7 +243,7 @@ async def start_suite(
 
 def rich_status(err: grpc.aio.AioRpcError) -> status_pb2.Status:
     """The google.rpc.Status carried in grpc-status-details-bin (fails when absent)."""
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    status = rpc_status.from_call(err)
     assert status is not None, f"no grpc-status-details-bin in {err.code().name}: {err.details()}"
     return status
 

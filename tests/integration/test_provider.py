@@ -77,7 +77,7 @@ async def test_unknown_backend_is_invalid_argument_with_error_info(
 
 
 async def test_prompt_over_context_window_is_token_limit_exceeded(
-    provider: provider_pb2_grpc.ProviderServiceStub,
+    provider: provider_pb2_grpc.ProviderServiceStub, provider_host: ServiceHost
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await collect(provider.Stream(stream_request(max_tokens=40_000)))
@@ -86,6 +86,9 @@ async def test_prompt_over_context_window_is_token_limit_exceeded(
     info = error_info(caught.value)
     assert info.reason == "TOKEN_LIMIT_EXCEEDED"
     assert info.metadata["context_window"] == "32768"
+    port = provider_host.metrics_port
+    assert await metric(port, "sluice_provider_streams_total", outcome="failed") == 1
+    assert await metric(port, "sluice_provider_streams_total", outcome="completed") == 0
 
 
 async def test_list_backends(provider: provider_pb2_grpc.ProviderServiceStub) -> None:

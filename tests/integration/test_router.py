@@ -54,7 +54,7 @@ def complete_request(prompt: str = PROMPT, **fields: object) -> router_pb2.Compl
 async def generate(
     stub: router_pb2_grpc.RouterServiceStub, request: router_pb2.GenerateRequest, **kwargs: object
 ) -> list[router_pb2.GenerateEvent]:
-    return await collect(stub.Generate(request, metadata=AUTH, **kwargs))  # type: ignore[arg-type]
+    return await collect(stub.Generate(request, metadata=AUTH, **kwargs))
 
 
 async def failed(awaitable: object) -> grpc.aio.AioRpcError:
@@ -360,3 +360,34 @@ async def test_rpc_metrics_count_by_code_and_reason(suite: Suite) -> None:
     assert await metric(port, "sluice_errors_total", reason="AUTHORIZATION_ERROR") == 1
     assert await metric(port, "sluice_router_time_to_first_token_seconds_count") == 1
     assert await metric(port, "sluice_router_tokens_streamed_total", backend="simulated") > 0
+
+
+async def test_provider_dying_mid_stream_ends_with_an_error_event(stack: ServiceStack) -> None:
+    suite = await start_suite(stack, backend=SLOW_BACKEND)
+    call = suite.router_stub.Generate(generate_request(), metadata=AUTH)
+    events = []
+    async for event in call:
+        events.append(event)
+        if event.HasField("data"):
+            break
+
+    await stack.stop(suite.provider)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async with asyncio.timeout(10):
+            async for event in call:
+                events.append(event)
+
+    order = kinds(events)
+    assert order[0] == "metadata"
+    assert order[-1] == "error"
+    assert order.count("error") == 1
+    assert "complete" not in order
+    error = events[-1].error
+    assert error.grpc_code == caught.value.code().name
+    assert caught.value.code() != grpc.StatusCode.OK
+    assert error_info(caught.value).reason == error.reason
+    assert error.reason in {"NETWORK_FAILURE", "SERVICE_UNAVAILABLE"}
+    assert error.usage.estimated
+    assert error.usage.output_tokens == sum(
+        e.data.token_count for e in events if e.HasField("data")
+    )

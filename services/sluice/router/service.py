@@ -345,11 +345,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 def build_server(settings: RouterSettings) -> ServiceHost:
     """Wire the router service. Call ``await host.start()`` to bind and serve."""
     host = ServiceHost("router", settings)
+    tracing = host.tracer_provider if host.tracing_active else None
     limiter_channel = internal_channel(
-        settings.limiter_address, "sluice.limiter.v1.LimiterService", host.tracer_provider
+        settings.limiter_address, "sluice.limiter.v1.LimiterService", tracing
     )
     provider_channel = internal_channel(
-        settings.provider_address, "sluice.provider.v1.ProviderService", host.tracer_provider
+        settings.provider_address, "sluice.provider.v1.ProviderService", tracing
     )
     servicer = RouterServicer(
         settings,

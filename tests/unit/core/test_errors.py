@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
@@ -42,8 +44,8 @@ ALL_ERRORS = [
 ]
 
 
-def _only(status: status_pb2.Status, message_type: type) -> object:
-    found = details_of(status, message_type)
+def _only(status: status_pb2.Status, message_type: type[Any]) -> object:
+    found: list[Any] = details_of(status, message_type)
     assert len(found) == 1, f"expected one {message_type.__name__}, got {found}"
     return found[0]
 

@@ -16,7 +16,7 @@ from tests.support import FakeClock
 def backend(clock: FakeClock | None = None, **fields: object) -> SimulatedBackend:
     values: dict[str, object] = {"time_to_first_token_ms": 0, "tokens_per_second": 0}
     values.update(fields)
-    return SimulatedBackend("sim", SimulatedBackendSettings(**values), clock)  # type: ignore[arg-type]
+    return SimulatedBackend("sim", SimulatedBackendSettings(**values), clock)
 
 
 def stream_request(*contents: str, max_tokens: int = 0) -> provider_pb2.StreamRequest:
@@ -192,3 +192,23 @@ async def test_paced_stream_follows_the_clock() -> None:
     assert counts == [1, 8, 8, 3]
     assert event.end.usage.output_tokens == 20
     assert event.end.finish_reason == common_pb2.FINISH_REASON_LENGTH
+
+
+async def test_stop_sequence_ends_the_answer() -> None:
+    # The contract (router.proto, provider.proto): stop sequences end the answer when
+    # generated, and FINISH_REASON_STOP covers "hit a stop sequence".
+    full_events = await run(backend(), stream_request("tell me about gates", max_tokens=200))
+    full = text_of(full_events)
+    words = full.split(" ")
+    stop = " ".join(words[4:6])  # a sequence that first occurs mid-answer
+    request = stream_request("tell me about gates", max_tokens=200)
+    request.stop.append(stop)
+
+    events = await run(backend(), request)
+
+    text = text_of(events)
+    assert stop not in text
+    assert full.startswith(text.rstrip())
+    assert len(text) <= full.index(stop)
+    assert events[-1].end.finish_reason == common_pb2.FINISH_REASON_STOP
+    assert events[-1].end.usage.output_tokens == count_tokens(text)

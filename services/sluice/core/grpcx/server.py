@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -64,7 +65,11 @@ class ServiceHost:
             f"sluice-{name}", settings.tracing
         )
         self.metrics = RpcMetrics(name, self.registry)
-        tracer = self.tracer_provider.get_tracer("sluice.core.grpcx") if trace_rpcs else None
+        # With export off, spans would be built only to be dropped: skip them entirely.
+        self.tracing_active = trace_rpcs and settings.tracing.enabled
+        tracer = (
+            self.tracer_provider.get_tracer("sluice.core.grpcx") if self.tracing_active else None
+        )
         pipeline = ServerPipeline(self.metrics, tracer)
         self.server = grpc.aio.server(
             interceptors=(pipeline,),
@@ -77,7 +82,7 @@ class ServiceHost:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names: list[str] = []
         self._cleanups: list[Cleanup] = []
-        self._metrics_server: object | None = None
+        self._metrics_server: WSGIServer | None = None
         self.port = 0
         self.metrics_port = 0
         self._stopped = asyncio.Event()
@@ -142,9 +147,9 @@ class ServiceHost:
         # Flushing spans blocks on network I/O: keep it off the event loop.
         await asyncio.to_thread(self.tracer_provider.shutdown)
         if self._metrics_server is not None:
-            shutdown = getattr(self._metrics_server, "shutdown", None)
-            if shutdown is not None:
-                await asyncio.to_thread(shutdown)
+            # shutdown() stops serve_forever; server_close() releases the listening socket.
+            await asyncio.to_thread(self._metrics_server.shutdown)
+            self._metrics_server.server_close()
         self._stopped.set()
         log.info("%s stopped", self.name)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from wsgiref.simple_server import WSGIServer
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 LATENCY_BUCKETS = (
@@ -69,7 +71,7 @@ class RpcMetrics:
         self._errors.labels(self._service, method, reason).inc()
 
 
-def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> tuple[object, int]:
+def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> tuple[WSGIServer, int]:
     """Start the /metrics HTTP server in a daemon thread; returns (server, bound port)."""
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server, int(server.server_port)
