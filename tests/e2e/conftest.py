@@ -114,8 +114,16 @@ def suite_config(ports: dict[str, int], **overrides: Any) -> dict[str, Any]:
 
 
 PORT_NAMES = (
-    "router", "router_metrics", "limiter", "limiter_metrics", "provider", "provider_metrics",
-    "telemetry", "telemetry_metrics", "envoy", "envoy_admin",
+    "router",
+    "router_metrics",
+    "limiter",
+    "limiter_metrics",
+    "provider",
+    "provider_metrics",
+    "telemetry",
+    "telemetry_metrics",
+    "envoy",
+    "envoy_admin",
 )
 
 
@@ -128,8 +136,16 @@ def start_suite(tmp: Path, **overrides: Any) -> Iterator[RunningSuite]:
     log_dir = tmp / "logs"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     process = subprocess.Popen(
-        [str(BIN / "sluice"), "up", "--config", str(config_file),
-         "--log-dir", str(log_dir), "--run-dir", str(tmp / "run")],
+        [
+            str(BIN / "sluice"),
+            "up",
+            "--config",
+            str(config_file),
+            "--log-dir",
+            str(log_dir),
+            "--run-dir",
+            str(tmp / "run"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -24,7 +24,7 @@ from tests.e2e.conftest import BIN, DEV_KEY, RunningSuite, start_suite
 pytestmark = pytest.mark.e2e
 
 AUTH = {"authorization": f"Bearer {DEV_KEY}"}
-BODY = {
+BODY: dict[str, Any] = {
     "model": "default",
     "messages": [{"role": "user", "content": "Tell me about sluices"}],
     "max_tokens": 8,
@@ -34,13 +34,17 @@ BODY = {
 def grpcurl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "grpcurl"), "-plaintext", *args],
-        capture_output=True, text=True, timeout=timeout, check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
 def json_stream(text: str) -> list[dict[str, Any]]:
     """Parse grpcurl's concatenated pretty-printed JSON messages."""
-    decoder, objects, index = json.JSONDecoder(), [], 0
+    decoder, index = json.JSONDecoder(), 0
+    objects: list[dict[str, Any]] = []
     while True:
         while index < len(text) and text[index].isspace():
             index += 1
@@ -55,7 +59,7 @@ def sse_events(response: httpx.Response) -> list[tuple[float, dict[str, Any]]]:
     events = []
     for line in response.iter_lines():
         if line.startswith("data: "):
-            events.append((time.monotonic(), json.loads(line[len("data: "):])))
+            events.append((time.monotonic(), json.loads(line[len("data: ") :])))
     return events
 
 
@@ -133,8 +137,12 @@ def test_all_four_services_report_serving(suite: RunningSuite) -> None:
 
 def test_grpcurl_generate_streams_metadata_data_progress_complete(suite: RunningSuite) -> None:
     result = grpcurl(
-        "-H", f"authorization: Bearer {DEV_KEY}", "-d", json.dumps({**BODY, "max_tokens": 64}),
-        suite.grpc("router"), "sluice.router.v1.RouterService/Generate",
+        "-H",
+        f"authorization: Bearer {DEV_KEY}",
+        "-d",
+        json.dumps({**BODY, "max_tokens": 64}),
+        suite.grpc("router"),
+        "sluice.router.v1.RouterService/Generate",
     )
     assert result.returncode == 0, result.stderr
     events = json_stream(result.stdout)
@@ -192,7 +200,9 @@ def test_unary_complete_returns_whole_text_and_usage(suite: RunningSuite) -> Non
     assert body["finish_reason"] == "FINISH_REASON_LENGTH"
     assert body["fallback_step"] == "FALLBACK_STEP_PRIMARY"
     # Same prompt, same answer: the streamed text concatenates to the unary text.
-    with httpx.stream("POST", f"{suite.edge}/v1/generate", json=BODY, headers=AUTH, timeout=30) as r:
+    with httpx.stream(
+        "POST", f"{suite.edge}/v1/generate", json=BODY, headers=AUTH, timeout=30
+    ) as r:
         streamed = "".join(e["data"]["text"] for _, e in sse_events(r) if "data" in e)
     assert streamed == body["text"]
 
@@ -217,7 +227,9 @@ def field_violations(body: dict[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
-@pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer sk-wrong"}, {"x-api-key": "nope"}])
+@pytest.mark.parametrize(
+    "headers", [{}, {"authorization": "Bearer sk-wrong"}, {"x-api-key": "nope"}]
+)
 def test_missing_or_wrong_key_is_401_json(suite: RunningSuite, headers: dict[str, str]) -> None:
     response = httpx.post(f"{suite.edge}/v1/generate", json=BODY, headers=headers, timeout=10)
     assert response.status_code == 401
@@ -243,7 +255,11 @@ def test_missing_key_over_grpc_is_unauthenticated_with_error_info(suite: Running
         ({**BODY, "max_tokens": 100000}, "max_tokens", "VALIDATION_ERROR"),
         ({**BODY, "max_tokens": -1}, "max_tokens", "VALIDATION_ERROR"),
         ({**BODY, "model": "gpt-unknown"}, "model", "VALIDATION_ERROR"),
-        ({**BODY, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role", "VALIDATION_ERROR"),
+        (
+            {**BODY, "messages": [{"role": "wizard", "content": "x"}]},
+            "messages[0].role",
+            "VALIDATION_ERROR",
+        ),
     ],
 )
 def test_invalid_requests_are_400_with_field_violations(
@@ -287,7 +303,9 @@ def test_malformed_json_is_400_json(suite: RunningSuite, raw: bytes) -> None:
     assert error_info(body)["reason"] == "INVALID_INPUT"
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/nope"), ("DELETE", "/v1/models"), ("GET", "/v1/generate")])
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/nope"), ("DELETE", "/v1/models"), ("GET", "/v1/generate")]
+)
 def test_unknown_paths_and_methods_are_rejected_as_json(
     suite: RunningSuite, method: str, path: str
 ) -> None:
@@ -300,7 +318,9 @@ def test_unknown_paths_and_methods_are_rejected_as_json(
 
 
 def test_one_generate_is_one_trace_across_router_limiter_provider(suite: RunningSuite) -> None:
-    with httpx.stream("POST", f"{suite.edge}/v1/generate", json=BODY, headers=AUTH, timeout=30) as r:
+    with httpx.stream(
+        "POST", f"{suite.edge}/v1/generate", json=BODY, headers=AUTH, timeout=30
+    ) as r:
         events = [e for _, e in sse_events(r)]
     trace_id = events[0]["metadata"]["trace_id"]
     with grpc.insecure_channel(suite.grpc("telemetry")) as channel:
@@ -325,24 +345,47 @@ def test_one_generate_is_one_trace_across_router_limiter_provider(suite: Running
     assert all(s.parent_span_id in ids for s in spans if s.parent_span_id)
     assert all(s.end_time_unix_nano >= s.start_time_unix_nano > 0 for s in spans)
     names = {(s.service_name, s.kind, s.name) for s in spans}
-    assert ("sluice-provider", "SPAN_KIND_SERVER", "/sluice.provider.v1.ProviderService/Stream") in names
-    assert ("sluice-limiter", "SPAN_KIND_SERVER", "/sluice.limiter.v1.LimiterService/Acquire") in names
+    assert (
+        "sluice-provider",
+        "SPAN_KIND_SERVER",
+        "/sluice.provider.v1.ProviderService/Stream",
+    ) in names
+    assert (
+        "sluice-limiter",
+        "SPAN_KIND_SERVER",
+        "/sluice.limiter.v1.LimiterService/Acquire",
+    ) in names
 
 
 def test_every_service_exposes_prometheus_metrics(suite: RunningSuite) -> None:
     httpx.post(f"{suite.edge}/v1/complete", json=BODY, headers=AUTH, timeout=30)
     router = scrape(suite.metrics_url("router"))
-    assert metric_value(router, "sluice_rpc_requests_total", method="/sluice.router.v1.RouterService/Complete", code="OK") >= 1
-    assert metric_value(router, "sluice_router_time_to_first_token_seconds_count", model="default") >= 1
+    assert (
+        metric_value(
+            router,
+            "sluice_rpc_requests_total",
+            method="/sluice.router.v1.RouterService/Complete",
+            code="OK",
+        )
+        >= 1
+    )
+    assert (
+        metric_value(router, "sluice_router_time_to_first_token_seconds_count", model="default")
+        >= 1
+    )
     assert metric_value(router, "sluice_router_tokens_streamed_total", model="default") >= 8
     for part in ("limiter", "provider", "telemetry"):
         assert "sluice_rpc_duration_seconds" in scrape(suite.metrics_url(part)), part
 
 
 def test_client_disconnect_cancels_the_provider_stream(suite: RunningSuite) -> None:
-    before = metric_value(scrape(suite.metrics_url("provider")), "sluice_provider_streams_total", outcome="cancelled")
+    before = metric_value(
+        scrape(suite.metrics_url("provider")), "sluice_provider_streams_total", outcome="cancelled"
+    )
     long_body = {**BODY, "max_tokens": 200, "messages": [{"role": "user", "content": "long one"}]}
-    with httpx.stream("POST", f"{suite.edge}/v1/generate", json=long_body, headers=AUTH, timeout=30) as r:
+    with httpx.stream(
+        "POST", f"{suite.edge}/v1/generate", json=long_body, headers=AUTH, timeout=30
+    ) as r:
         for line in r.iter_lines():
             if '"data"' in line:
                 break  # leave mid-stream: the context manager closes the connection
@@ -350,7 +393,11 @@ def test_client_disconnect_cancels_the_provider_stream(suite: RunningSuite) -> N
     after = before
     while time.monotonic() < deadline and after <= before:
         time.sleep(0.05)
-        after = metric_value(scrape(suite.metrics_url("provider")), "sluice_provider_streams_total", outcome="cancelled")
+        after = metric_value(
+            scrape(suite.metrics_url("provider")),
+            "sluice_provider_streams_total",
+            outcome="cancelled",
+        )
     assert after == before + 1
 
 
@@ -398,7 +445,10 @@ def test_bad_config_fails_fast_naming_the_field(tmp_path: Path) -> None:
     config.write_text("router:\n  server:\n    port: 99999\n")
     result = subprocess.run(
         [str(BIN / "sluice"), "up", "--config", str(config)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
     assert "router.server.port" in result.stderr

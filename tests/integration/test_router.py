@@ -89,7 +89,7 @@ async def test_generate_streams_metadata_data_progress_complete(suite: Suite) ->
     assert metadata.attempt == 1
     assert metadata.fallback_step == common_pb2.FALLBACK_STEP_PRIMARY
     assert re.fullmatch(r"[0-9a-f]{32}", metadata.request_id)
-    assert re.fullmatch(r"[0-9a-f]{32}", metadata.trace_id)
+    assert metadata.trace_id == ""  # tracing is off in this suite: no trace to point at
 
     data = [e.data for e in events if e.HasField("data")]
     text = "".join(d.text for d in data)

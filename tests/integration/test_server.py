@@ -110,9 +110,6 @@ async def test_health_is_not_serving_while_stop_drains(
         close_metrics_listener(host)
 
 
-# While Watch is broken the servicer's never-awaited coroutine is reported at teardown; that
-# knock-on warning is silenced so the assertion below is the one failure reported.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_health_watch_sees_not_serving_when_stop_begins(stack: ServiceStack) -> None:
     # Watch is how a client observes the switch: new RPCs are refused once stop begins.
     host = await stack.start(build_limiter(limiter_settings()))

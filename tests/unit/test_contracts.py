@@ -30,16 +30,26 @@ def test_gen_is_up_to_date_with_protos(tmp_path: Path) -> None:
     fresh = tmp_path / "gen"
     subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gen_protos.py"), str(fresh)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     assert _differences(ROOT / "gen", fresh) == [], "gen/ is stale: run `make gen`"
 
 
 def test_buf_lint_is_clean() -> None:
     result = subprocess.run(
-        [str(BIN / "buf"), "lint", str(ROOT / "gen" / "sluice.binpb"), "--path", "sluice",
-         "--config", str(ROOT / "buf.yaml")],
-        capture_output=True, text=True, check=False,
+        [
+            str(BIN / "buf"),
+            "lint",
+            str(ROOT / "gen" / "sluice.binpb"),
+            "--path",
+            "sluice",
+            "--config",
+            str(ROOT / "buf.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -60,6 +70,9 @@ def test_rendered_envoy_config_is_accepted_by_envoy(tmp_path: Path) -> None:
     config.write_text(render_yaml(load_suite(None), descriptor_path()))
     result = subprocess.run(
         [str(BIN / "envoy"), "--mode", "validate", "-c", str(config)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -9,11 +9,13 @@ start-up with a message naming the field.
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 CONFIG_ENV = "SLUICE_CONFIG"
@@ -77,9 +79,33 @@ class ServiceSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # YAML is passed through init kwargs below; env must beat it, so env goes first
-        # and explicit test overrides are merged into the YAML dict by load_settings.
-        return (env_settings, init_settings)
+        # Highest first; pydantic-settings deep-merges them, so a source may set one
+        # nested field (e.g. server.port) and keep the others.
+        return (init_settings, env_settings, _FileValuesSource(settings_cls))
+
+
+# The YAML values (with defaults of nested models under them) for the settings object
+# being built right now; load_settings sets it around construction.
+_file_values: ContextVar[dict[str, Any]] = ContextVar("sluice_file_values", default={})  # noqa: B039
+
+
+class _FileValuesSource(PydanticBaseSettingsSource):
+    """Lowest-priority source: the config file's section for this service."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return _file_values.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_file_values.get())
+
+
+def _nested_defaults(settings_cls: type[BaseSettings]) -> dict[str, Any]:
+    # A file or env var that sets only server.port must keep the other server defaults.
+    defaults: dict[str, Any] = {}
+    for name, info in settings_cls.model_fields.items():
+        if isinstance(info.default, BaseModel):
+            defaults[name] = info.default.model_dump()
+    return defaults
 
 
 S = TypeVar("S", bound=ServiceSettings)
@@ -94,6 +120,8 @@ def read_config_file(path: Path | str | None = None) -> dict[str, Any]:
         data = yaml.safe_load(Path(chosen).read_text(encoding="utf-8"))
     except OSError as err:
         raise ConfigError(f"cannot read config file {chosen}: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {chosen} is not UTF-8 text: {err.reason}") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {chosen} is not valid YAML: {err}") from err
     if data is None:
@@ -143,10 +171,12 @@ def load_settings(
 ) -> S:
     """Build validated settings for one service; raises ConfigError naming any bad field."""
     raw = data if data is not None else read_config_file(path)
-    values = section_data(raw, section)
-    if overrides:
-        values = _deep_merge(values, overrides)
+    token = _file_values.set(
+        _deep_merge(_nested_defaults(settings_cls), section_data(raw, section))
+    )
     try:
-        return settings_cls(**values)
+        return settings_cls(**(overrides or {}))
     except ValidationError as err:
         raise ConfigError(describe_validation_error(section, err)) from err
+    finally:
+        _file_values.reset(token)

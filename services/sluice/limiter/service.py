@@ -13,6 +13,7 @@ from sluice.core.errors import (
     MissingParameterError,
     QuotaExceededError,
     QuotaViolation,
+    ValidationError,
 )
 from sluice.core.grpcx.server import ServiceHost
 from sluice.core.grpcx.types import ServicerContext
@@ -42,6 +43,15 @@ class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
             raise MissingParameterError(
                 "api_key_id is required",
                 field_violations=[FieldViolation("api_key_id", "must not be empty")],
+            )
+        negative = [
+            FieldViolation(name, "must not be negative")
+            for name, value in (("requests", request.requests), ("tokens", request.tokens))
+            if value < 0
+        ]
+        if negative:
+            raise ValidationError(
+                "request and token counts must not be negative", field_violations=negative
             )
         decision = self._buckets.take(request.api_key_id, float(request.requests or 1))
         if not decision.allowed:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from sluice.common.v1 import common_pb2
 from sluice.core.clock import Clock, SystemClock
@@ -35,6 +35,15 @@ _LENGTH = common_pb2.FINISH_REASON_LENGTH
 
 def _prompt_text(request: provider_pb2.StreamRequest) -> str:
     return "\n".join(m.content for m in request.messages)
+
+
+def _cut_at_stop(words: list[str], stops: Sequence[str]) -> list[str] | None:
+    """The words before the earliest stop sequence (which is not emitted), or None."""
+    text = " ".join(words)
+    cuts = [index for index in (text.find(stop) for stop in stops if stop) if index >= 0]
+    if not cuts:
+        return None
+    return [word for word in text[: min(cuts)].split(" ") if word]
 
 
 class SimulatedBackend:
@@ -65,8 +74,9 @@ class SimulatedBackend:
         settings = self.settings
         prompt = _prompt_text(request)
         input_tokens = count_tokens(prompt)
-        max_tokens = request.max_tokens or settings.answer_tokens
-        if input_tokens + max_tokens > settings.context_window:
+        # max_tokens 0 means "no cap": the answer's natural length, within the window.
+        max_tokens = request.max_tokens or max(1, settings.context_window - input_tokens)
+        if input_tokens + (request.max_tokens or 1) > settings.context_window:
             raise TokenLimitExceededError(
                 f"prompt ({input_tokens} tokens) plus max_tokens ({max_tokens}) exceeds the "
                 f"context window of {settings.model} ({settings.context_window} tokens)",
@@ -74,6 +84,9 @@ class SimulatedBackend:
             )
         words = self.answer_words(prompt, max_tokens)
         finish = _LENGTH if len(words) >= max_tokens else _STOP
+        stopped = _cut_at_stop(words, request.stop)
+        if stopped is not None:
+            words, finish = stopped, _STOP
         yield provider_pb2.StreamEvent(
             start=provider_pb2.StreamStart(backend=self.name, model=settings.model)
         )

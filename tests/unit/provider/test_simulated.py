@@ -145,11 +145,18 @@ async def test_prompt_exactly_filling_the_context_window_is_accepted() -> None:
     assert events[-1].end.usage.input_tokens + 6 == 16
 
 
-async def test_default_max_tokens_counts_against_the_context_window() -> None:
-    model = backend(context_window=16, answer_tokens=10)
+async def test_no_max_tokens_means_natural_length_within_the_window() -> None:
+    model = backend(context_window=16, answer_tokens=40)
+    prompt = "seven tokens in this prompt right here"
+    long_prompt = " ".join(["word"] * 17)
 
+    events = await run(model, stream_request(prompt))
+
+    usage = events[-1].end.usage
+    assert usage.input_tokens == 7
+    assert usage.input_tokens + usage.output_tokens <= 16
     with pytest.raises(TokenLimitExceededError):
-        await run(model, stream_request("seven tokens in this prompt right here"))
+        await run(model, stream_request(long_prompt))
 
 
 async def test_zero_rate_sends_the_whole_answer_at_once() -> None:

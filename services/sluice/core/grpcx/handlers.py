@@ -11,7 +11,7 @@ from sluice.core.grpcx.types import ServicerContext
 
 # A "stream behaviour" is what grpc.aio calls for a server-streaming method; a
 # "unary behaviour" returns one response. Interceptors provide one wrapper for each.
-StreamBehaviour = Callable[[Any, ServicerContext], AsyncIterator[Any]]
+StreamBehaviour = Callable[[Any, ServicerContext], AsyncIterator[Any] | Awaitable[None]]
 UnaryBehaviour = Callable[[Any, ServicerContext], Awaitable[Any]]
 StreamWrapper = Callable[[StreamBehaviour], StreamBehaviour]
 UnaryWrapper = Callable[[UnaryBehaviour], UnaryBehaviour]

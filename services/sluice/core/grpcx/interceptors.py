@@ -177,8 +177,14 @@ class ServerPipeline(grpc.aio.ServerInterceptor):
             failure: BaseException | None = None
             try:
                 await self._check_deadline(context)
-                async for response in behaviour(request, context):
-                    yield response
+                responses = behaviour(request, context)
+                if hasattr(responses, "__aiter__"):
+                    async for response in responses:
+                        yield response
+                else:
+                    # A handler may also stream with context.write() and return nothing
+                    # (grpc's own health Watch does).
+                    await responses
             except grpc.aio.AbortError as err:
                 failure = err
                 raise

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from wsgiref.simple_server import WSGIServer
+import threading
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -71,7 +74,29 @@ class RpcMetrics:
         self._errors.labels(self._service, method, reason).inc()
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not worth a log line each."""
+
+
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
 def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> tuple[WSGIServer, int]:
-    """Start the /metrics HTTP server in a daemon thread; returns (server, bound port)."""
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    """Start the /metrics HTTP server in a daemon thread; returns (server, bound port).
+
+    prometheus_client's own start_http_server polls for shutdown every 0.5 s; ours polls
+    every 50 ms so a service stops promptly.
+    """
+    server = make_server(
+        host, port, make_wsgi_app(registry), _MetricsServer, handler_class=_QuietHandler
+    )
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": 0.05},
+        daemon=True,
+        name="metrics-http",
+    )
+    thread.start()
     return server, int(server.server_port)
