@@ -21,7 +21,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 
-from sluice.core.config import ServiceSettings, load_settings
+from sluice.core.config import ServiceSettings, deep_merge, load_settings
 from sluice.core.grpcx.server import ServiceHost
 from sluice.limiter.service import build_server as build_limiter
 from sluice.limiter.settings import LimiterSettings
@@ -70,17 +70,6 @@ class FakeClock:
 
 
 # -- settings -------------------------------------------------------------------------
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """`override` on top of `base`, merging nested dicts."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def service_settings(cls: type[S], section: str, **fields: Any) -> S:
