@@ -28,17 +28,17 @@ from sluice.limiter.redis import RedisBackend
 from sluice.limiter.settings import LimiterSettings
 from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
 
-_PER = {
-    "token_bucket": "in a burst",
-    "fixed_window": "per {w:g} s window",
-    "sliding_log": "in any {w:g} s",
-    "sliding_counter": "in any {w:g} s (estimated)",
-}
-
-
 def _describe(check: Check) -> str:
     limit, second = check.algorithm.params
-    per = _PER[check.algorithm.name].format(w=second)
+    name = check.algorithm.name
+    if name == "fixed_window":
+        per = f"per {second:g} s window"
+    elif name == "sliding_log":
+        per = f"in any {second:g} s"
+    elif name == "sliding_counter":
+        per = f"in any {second:g} s (estimated)"
+    else:
+        per = "in a burst"
     return f"policy {check.policy}: at most {limit:g} {check.unit} {per}"
 
 
