@@ -28,6 +28,7 @@ from sluice.limiter.redis import RedisBackend
 from sluice.limiter.settings import LimiterSettings
 from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
 
+
 def _describe(check: Check) -> str:
     limit, second = check.algorithm.params
     name = check.algorithm.name
