@@ -80,6 +80,7 @@ def report(name: str, rate: float, latencies: list[float]) -> None:
 
 async def backend_figures(url: str, total: int, concurrency: int) -> None:
     print("1. backend decisions (direct calls)")
+    keys = [Subjects(api_key=f"k{i}", tenant=f"t{i % 10}") for i in range(1000)]
     for label, make in (
         ("memory", lambda: MemoryBackend(SystemClock())),
         ("redis", lambda: RedisBackend(RedisSettings(url=url))),
@@ -87,7 +88,6 @@ async def backend_figures(url: str, total: int, concurrency: int) -> None:
         for shape, policies in (("1 policy", SINGLE), ("3 policies", MULTI)):
             backend: Backend = make()
             compiled = Policies(policies)
-            keys = [Subjects(api_key=f"k{i}", tenant=f"t{i % 10}") for i in range(1000)]
 
             async def decide(index: int, b: Backend = backend, p: Policies = compiled) -> object:
                 return await b.acquire(p.checks(keys[index % 1000], 1, 300), f"r{index}")
@@ -146,7 +146,12 @@ async def accuracy(url: str, requests: int) -> None:
                 "redis": {"url": url, "replicas": 3, "key_prefix": prefix},
                 "policies": [
                     {"name": "rpm", "limit": limit_requests, "refill_per_second": 1e-6},
-                    {"name": "tpm", "unit": "tokens", "limit": limit_tokens, "refill_per_second": 1e-6},
+                    {
+                        "name": "tpm",
+                        "unit": "tokens",
+                        "limit": limit_tokens,
+                        "refill_per_second": 1e-6,
+                    },
                 ],
             }
         )
