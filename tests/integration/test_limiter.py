@@ -329,3 +329,25 @@ async def test_unknown_reservation_changes_nothing(
     )
 
     assert (settled.applied, settled.reserved_tokens, settled.delta_tokens) == (False, 0, 0)
+
+
+async def test_a_request_no_policy_matches_is_admitted_unlimited(
+    stack: ServiceStack, fake_clock: FakeClock
+) -> None:
+    host = await stack.start(
+        build_limiter(
+            limiter_settings(policies=[{"name": "per_user", "scope": "user", "limit": 1}]),
+            clock=fake_clock,
+        )
+    )
+    limiter = limiter_pb2_grpc.LimiterServiceStub(stack.channel(host))
+
+    anonymous = [await limiter.Acquire(ask(10)) for _ in range(3)]
+    named = limiter_pb2.AcquireRequest(api_key_id="k", user="u1")
+    await limiter.Acquire(named)
+
+    assert [(r.limit, list(r.policies)) for r in anonymous] == [(0, [])] * 3
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await limiter.Acquire(named)
+    [quota] = details_of(rich_status(caught.value), error_details_pb2.QuotaFailure)
+    assert [v.subject for v in quota.violations] == ["user:u1"]

@@ -246,3 +246,42 @@ async def test_a_store_that_never_answers_still_decides_locally(stack: ServiceSt
 
     assert outcomes == [grpc.StatusCode.OK, grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED]
     assert await metric(host.metrics_port, "sluice_limiter_degraded") == 1
+
+
+async def test_a_store_that_hangs_times_out_into_the_local_share(stack: ServiceStack) -> None:
+    # Accepts connections, reads commands, never answers: only the timeout can save us.
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        while await reader.read(4096):
+            pass
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    clock = FakeClock()
+    try:
+        host = await stack.start(
+            build_server(
+                limiter_settings(
+                    backend="redis",
+                    redis={"url": f"redis://127.0.0.1:{port}/0", "timeout_s": 0.1, "replicas": 4},
+                    policies=[{"name": "rpm", "limit": 8, "refill_per_second": 0.0001}],
+                ),
+                clock=clock,
+            )
+        )
+        limiter = limiter_pb2_grpc.LimiterServiceStub(stack.channel(host))
+        first = await limiter.Acquire(limiter_pb2.AcquireRequest(api_key_id="k"), timeout=5)
+        second = await limiter.Acquire(limiter_pb2.AcquireRequest(api_key_id="k"), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await limiter.Acquire(limiter_pb2.AcquireRequest(api_key_id="k"), timeout=5)
+
+        assert (first.limit, first.remaining, second.remaining) == (2, 1, 0)  # 8 / 4 replicas
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await metric(host.metrics_port, "sluice_limiter_degraded") == 1
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()

@@ -126,6 +126,9 @@ class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
         )
         checks = self._policies.checks(subjects, float(request.requests or 1), request.tokens)
         reservation_id = os.urandom(8).hex()
+        if not checks:
+            # No policy applies: admitted, and nothing to remember (limit 0 = unlimited).
+            return limiter_pb2.AcquireResponse(reservation_id=reservation_id)
         started = time.perf_counter()
         outcome = await self._backend.acquire(checks, reservation_id)
         self._latency.observe(time.perf_counter() - started)
