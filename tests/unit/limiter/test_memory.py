@@ -66,7 +66,7 @@ algorithms = st.sampled_from(
         max_size=40,
     ),
 )
-async def test_decisions_are_all_or_nothing(
+def test_decisions_are_all_or_nothing(
     limits: list[object], requests: list[tuple[int, list[int], int]]
 ) -> None:
     clock = FakeClock()
