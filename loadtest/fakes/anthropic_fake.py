@@ -158,7 +158,7 @@ class AnthropicFake(FakeServer):
                     "usage": usage,
                 }
             )
-        response = web.StreamResponse(
+        stream = web.StreamResponse(
             status=200,
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",
@@ -166,7 +166,35 @@ class AnthropicFake(FakeServer):
                 "request-id": f"req_{uuid.uuid4().hex[:24]}",
             },
         )
-        await response.prepare(request)
+        await stream.prepare(request)
+        return await self._stream(
+            request,
+            stream,
+            body=body,
+            model=model,
+            message_id=message_id,
+            usage=usage,
+            words=words,
+            stop_reason=stop_reason,
+            tool_name=tool_name,
+            prompt=prompt,
+        )
+
+    async def _stream(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        *,
+        body: dict[str, Any],
+        model: str,
+        message_id: str,
+        usage: dict[str, int],
+        words: list[str],
+        stop_reason: str,
+        tool_name: str,
+        prompt: str,
+    ) -> web.StreamResponse:
+        b = self.behaviour
 
         async def send(kind: str, payload: dict[str, Any]) -> None:
             await response.write(sse(json.dumps({"type": kind, **payload}), event=kind))

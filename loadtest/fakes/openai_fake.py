@@ -193,10 +193,10 @@ class OpenAIFake(FakeServer):
         if not body.get("stream"):
             if b.fault == "malformed_json":
                 return web.Response(text='{"id": "chatcmpl-1", "choices": [', status=200)
-            message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
+            reply: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
             if tool_name:
                 arguments = "".join(tool_arguments(prompt))
-                message["tool_calls"] = [
+                reply["tool_calls"] = [
                     {
                         "id": "call_fake0",
                         "type": "function",
@@ -205,13 +205,13 @@ class OpenAIFake(FakeServer):
                 ]
                 finish = "tool_calls"
             else:
-                message["content"] = " ".join(words)
+                reply["content"] = " ".join(words)
             return web.json_response(
                 {
                     **common,
                     "object": "chat.completion",
                     "choices": [
-                        {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+                        {"index": 0, "message": reply, "logprobs": None, "finish_reason": finish}
                     ],
                     "usage": usage,
                 }

@@ -13,13 +13,15 @@ import anthropic
 import httpx
 import openai
 import pytest
+from anthropic.types import MessageParam, ToolParam
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from loadtest.fakes.anthropic_fake import AnthropicFake
 from loadtest.fakes.common import FakeBehaviour
 from loadtest.fakes.openai_fake import OpenAIFake
 
 KEY = "sk-fidelity-0123456789"
-TOOL = {
+TOOL: ChatCompletionToolParam = {
     "type": "function",
     "function": {
         "name": "lookup",
@@ -27,7 +29,7 @@ TOOL = {
         "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
     },
 }
-ANTHROPIC_TOOL = {
+ANTHROPIC_TOOL: ToolParam = {
     "name": "lookup",
     "description": "Look something up.",
     "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}},
@@ -36,13 +38,15 @@ ANTHROPIC_TOOL = {
 
 @pytest.fixture
 async def oa_fake() -> AsyncIterator[OpenAIFake]:
-    async with OpenAIFake(FakeBehaviour(api_key=KEY, answer_tokens=5)) as fake:
+    fake = OpenAIFake(FakeBehaviour(api_key=KEY, answer_tokens=5))
+    async with fake:
         yield fake
 
 
 @pytest.fixture
 async def an_fake() -> AsyncIterator[AnthropicFake]:
-    async with AnthropicFake(FakeBehaviour(api_key=KEY, answer_tokens=5)) as fake:
+    fake = AnthropicFake(FakeBehaviour(api_key=KEY, answer_tokens=5))
+    async with fake:
         yield fake
 
 
@@ -62,7 +66,10 @@ async def an(an_fake: AnthropicFake) -> AsyncIterator[anthropic.AsyncAnthropic]:
     await client.close()
 
 
-USER = [{"role": "user", "content": "how does a sluice gate work?"}]
+USER: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "how does a sluice gate work?"}
+]
+AN_USER: list[MessageParam] = [{"role": "user", "content": "how does a sluice gate work?"}]
 
 
 # -- OpenAI -------------------------------------------------------------------------
@@ -71,7 +78,7 @@ USER = [{"role": "user", "content": "how does a sluice gate work?"}]
 async def test_openai_stream_parses_with_usage(oa: openai.AsyncOpenAI) -> None:
     stream = await oa.chat.completions.create(
         model="gpt-4o-mini",
-        messages=USER,  # type: ignore[arg-type]
+        messages=USER,
         stream=True,
         stream_options={"include_usage": True},
     )
@@ -91,7 +98,7 @@ async def test_openai_stream_parses_with_usage(oa: openai.AsyncOpenAI) -> None:
 
 
 async def test_openai_non_streaming_and_models(oa: openai.AsyncOpenAI) -> None:
-    completion = await oa.chat.completions.create(model="gpt-4o", messages=USER, max_tokens=3)  # type: ignore[arg-type]
+    completion = await oa.chat.completions.create(model="gpt-4o", messages=USER, max_tokens=3)
     assert completion.object == "chat.completion"
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage is not None and completion.usage.completion_tokens == 3
@@ -102,8 +109,8 @@ async def test_openai_non_streaming_and_models(oa: openai.AsyncOpenAI) -> None:
 async def test_openai_tool_call_deltas(oa: openai.AsyncOpenAI) -> None:
     stream = await oa.chat.completions.create(
         model="gpt-4o-mini",
-        messages=USER,  # type: ignore[arg-type]
-        tools=[TOOL],  # type: ignore[list-item]
+        messages=USER,
+        tools=[TOOL],
         stream=True,
     )
     calls = [c.choices[0].delta.tool_calls async for c in stream if c.choices]
@@ -137,7 +144,7 @@ async def test_openai_errors_parse(
 ) -> None:
     oa_fake.behaviour.fault = fault
     with pytest.raises(error_type) as caught:
-        await oa.chat.completions.create(model="gpt-4o-mini", messages=USER, stream=True)  # type: ignore[arg-type]
+        await oa.chat.completions.create(model="gpt-4o-mini", messages=USER, stream=True)
     assert caught.value.status_code == status
     body = caught.value.body
     assert isinstance(body, dict) and body["message"]  # the SDK unwrapped {"error": {...}}
@@ -154,13 +161,13 @@ async def test_openai_wrong_key_is_401(oa_fake: OpenAIFake) -> None:
         api_key="sk-wrong-key-000", base_url=oa_fake.base_url, max_retries=0
     ) as client:
         with pytest.raises(openai.AuthenticationError) as caught:
-            await client.chat.completions.create(model="gpt-4o-mini", messages=USER)  # type: ignore[arg-type]
+            await client.chat.completions.create(model="gpt-4o-mini", messages=USER)
     assert "sk-wrong-key-000" not in str(caught.value)  # masked, as OpenAI does
 
 
 async def test_openai_in_stream_error_raises(oa_fake: OpenAIFake, oa: openai.AsyncOpenAI) -> None:
     oa_fake.behaviour.fault, oa_fake.behaviour.fault_after = "stream_error", 2
-    stream = await oa.chat.completions.create(model="gpt-4o-mini", messages=USER, stream=True)  # type: ignore[arg-type]
+    stream = await oa.chat.completions.create(model="gpt-4o-mini", messages=USER, stream=True)
     with pytest.raises(openai.APIError, match="error while processing"):
         async for _ in stream:
             pass
@@ -171,14 +178,14 @@ async def test_openai_reset_is_a_connection_error(
 ) -> None:
     oa_fake.behaviour.fault = "reset"
     with pytest.raises(openai.APIConnectionError):
-        await oa.chat.completions.create(model="gpt-4o-mini", messages=USER)  # type: ignore[arg-type]
+        await oa.chat.completions.create(model="gpt-4o-mini", messages=USER)
 
 
 async def test_openai_malformed_stream_fails_to_parse(
     oa_fake: OpenAIFake, oa: openai.AsyncOpenAI
 ) -> None:
     oa_fake.behaviour.fault, oa_fake.behaviour.fault_after = "malformed_json", 1
-    stream = await oa.chat.completions.create(model="gpt-4o-mini", messages=USER, stream=True)  # type: ignore[arg-type]
+    stream = await oa.chat.completions.create(model="gpt-4o-mini", messages=USER, stream=True)
     with pytest.raises(ValueError):  # json.JSONDecodeError
         async for _ in stream:
             pass
@@ -191,7 +198,7 @@ async def test_anthropic_stream_parses_with_usage(an: anthropic.AsyncAnthropic) 
     async with an.messages.stream(
         model="claude-x",
         max_tokens=100,
-        messages=USER,  # type: ignore[arg-type]
+        messages=AN_USER,
     ) as stream:
         types = [event.type async for event in stream]
         final = await stream.get_final_message()
@@ -205,7 +212,7 @@ async def test_anthropic_stream_parses_with_usage(an: anthropic.AsyncAnthropic) 
 
 
 async def test_anthropic_non_streaming(an: anthropic.AsyncAnthropic) -> None:
-    message = await an.messages.create(model="claude-x", max_tokens=2, messages=USER)  # type: ignore[arg-type]
+    message = await an.messages.create(model="claude-x", max_tokens=2, messages=AN_USER)
     assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 2
 
 
@@ -213,8 +220,8 @@ async def test_anthropic_tool_use_stream(an: anthropic.AsyncAnthropic) -> None:
     async with an.messages.stream(
         model="claude-x",
         max_tokens=100,
-        messages=USER,  # type: ignore[arg-type]
-        tools=[ANTHROPIC_TOOL],  # type: ignore[list-item]
+        messages=AN_USER,
+        tools=[ANTHROPIC_TOOL],
     ) as stream:
         final = await stream.get_final_message()
     assert final.stop_reason == "tool_use"
@@ -246,7 +253,7 @@ async def test_anthropic_errors_parse(
 ) -> None:
     an_fake.behaviour.fault = fault
     with pytest.raises(error_type) as caught:
-        await an.messages.create(model="claude-x", max_tokens=10, messages=USER)  # type: ignore[arg-type]
+        await an.messages.create(model="claude-x", max_tokens=10, messages=AN_USER)
     assert caught.value.status_code == status
     body = caught.value.body
     assert isinstance(body, dict) and body["error"]["type"] == kind
@@ -260,7 +267,7 @@ async def test_anthropic_in_stream_error_event(
 ) -> None:
     an_fake.behaviour.fault, an_fake.behaviour.fault_after = "stream_error", 2
     with pytest.raises(anthropic.APIStatusError, match="Overloaded"):
-        async with an.messages.stream(model="claude-x", max_tokens=10, messages=USER) as stream:  # type: ignore[arg-type]
+        async with an.messages.stream(model="claude-x", max_tokens=10, messages=AN_USER) as stream:
             async for _ in stream:
                 pass
 
