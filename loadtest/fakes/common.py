@@ -72,6 +72,8 @@ def count_tokens(text: str) -> int:
 class FakeBehaviour:
     """How a fake answers; tests change it between requests."""
 
+    head_delay_ms: float = 0.0
+    """Delay before the response head (status and headers) is sent."""
     ttft_ms: float = 0.0
     """Delay before the first content chunk."""
     tokens_per_second: float = 0.0

@@ -127,6 +127,8 @@ class OpenAIFake(FakeServer):
             await abort(request)
             return web.Response(status=500)
         raw = await request.read()
+        if b.head_delay_ms > 0:
+            await asyncio.sleep(b.head_delay_ms / 1000.0)
         b.headers.append(dict(request.headers))
         try:
             body: dict[str, Any] = json.loads(raw)
