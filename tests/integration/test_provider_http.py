@@ -162,10 +162,13 @@ async def test_stream_text_with_exact_usage(rig: Rig, backend: str) -> None:
     events = await collect(rig.stub.Stream(request(backend, max_tokens=100)))
 
     kinds = [e.WhichOneof("event") for e in events]
-    assert kinds == ["start"] + ["delta"] * ANSWER + ["end"]
+    assert kinds[0] == "start" and kinds[-1] == "end"
+    assert set(kinds[1:-1]) == {"delta"}
     assert events[0].start.backend == backend
-    text = "".join(e.delta.text for e in events if e.HasField("delta"))
-    assert len(text.split()) == ANSWER
+    deltas = [e.delta for e in events if e.HasField("delta")]
+    text = "".join(d.text for d in deltas)
+    assert text.split() == text.split(" ") and len(text.split()) == ANSWER
+    assert sum(d.token_count for d in deltas) == ANSWER
     end = events[-1].end
     assert end.finish_reason == common_pb2.FINISH_REASON_STOP
     usage = end.usage
@@ -242,7 +245,7 @@ async def test_openai_without_streaming(
     )
     for backend in ("oa", "an"):
         events = await collect(rig.stub.Stream(request(backend)))
-        assert [e.WhichOneof("event") for e in events] == ["start", "delta", "end"]
+        assert [e.WhichOneof("event") for e in events] == ["start", "delta", "end"]  # one body
         assert len(events[1].delta.text.split()) == ANSWER
         assert events[-1].end.usage.output_tokens == ANSWER
         assert not events[-1].end.usage.estimated
@@ -451,6 +454,9 @@ async def test_usage_recorded_when_the_client_cancels(rig: Rig) -> None:
         lambda value: value >= 3,
     )
     assert 3 <= recorded < 500
+    assert recorded == await metric(
+        port, "sluice_provider_upstream_tokens_total", backend="oa", type="output", estimated="true"
+    )
     assert (
         await metric(
             port,

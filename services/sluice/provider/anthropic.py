@@ -11,15 +11,13 @@ skipped, as Anthropic's versioning policy asks of clients.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from httpx_sse import ServerSentEvent
 
 from sluice.common.v1 import common_pb2
 from sluice.provider.http_backend import CallState, HttpBackend
-from sluice.provider.upstream import malformed, parse_json, translate_stream_error
+from sluice.provider.upstream import SseEvent, malformed, parse_json, translate_stream_error
 from sluice.provider.v1 import provider_pb2
 
 STOP_REASONS = {
@@ -158,15 +156,10 @@ class AnthropicBackend(HttpBackend):
             )
         return []  # ping, content_block_stop, and event types newer than this adapter
 
-    async def events(
-        self, sse: AsyncIterator[ServerSentEvent], state: CallState
-    ) -> AsyncIterator[provider_pb2.StreamEvent]:
-        async for item in sse:
-            payload = parse_json(item.data, self.name)
-            for event in self._event(payload, state):
-                yield event
-            if state.done:
-                break
+    def convert(self, item: SseEvent, state: CallState) -> list[provider_pb2.StreamEvent]:
+        return self._event(parse_json(item.data, self.name), state)
+
+    def check_complete(self, state: CallState) -> None:
         if not state.done:
             raise malformed(self.name, "the stream ended before message_stop")
 

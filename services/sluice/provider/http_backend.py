@@ -8,12 +8,12 @@ builds the request and turns the provider's events into ours.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from httpx_sse import ServerSentEvent
 
 from sluice.common.v1 import common_pb2
 from sluice.core.clock import Clock
@@ -25,11 +25,12 @@ from sluice.provider.upstream import (
     ApiKey,
     Deadlines,
     Pacer,
+    SseEvent,
     UsageCount,
     parse_json,
     send,
     server_address,
-    timed_events,
+    timed_batches,
     translate_status,
     translate_transport,
     usage_metadata,
@@ -38,6 +39,7 @@ from sluice.provider.v1 import provider_pb2
 
 _UNSPECIFIED = common_pb2.FINISH_REASON_UNSPECIFIED
 _MAX_ERROR_BODY = 64 * 1024
+_DRAIN_S = 0.5
 
 
 @dataclass(slots=True)
@@ -112,11 +114,40 @@ class HttpBackend:
         """The upstream HTTP request."""
         raise NotImplementedError
 
-    def events(
-        self, sse: AsyncIterator[ServerSentEvent], state: CallState
-    ) -> AsyncIterator[provider_pb2.StreamEvent]:
-        """Our events from the provider's stream; sets state.finish/done and usage."""
+    def convert(self, item: SseEvent, state: CallState) -> list[provider_pb2.StreamEvent]:
+        """Our events for one provider event; sets state.finish/done and usage."""
         raise NotImplementedError
+
+    def check_complete(self, state: CallState) -> None:
+        """Raise INVALID_RESPONSE when the stream ended before the answer did."""
+        raise NotImplementedError
+
+    async def events(
+        self, batches: AsyncIterator[list[SseEvent]], state: CallState
+    ) -> AsyncIterator[provider_pb2.StreamEvent]:
+        """Our events from the provider's stream, text that arrived together coalesced."""
+        async for batch in batches:
+            merged: provider_pb2.StreamEvent | None = None
+            for item in batch:
+                for event in self.convert(item, state):
+                    if event.HasField("delta"):
+                        if merged is None:
+                            merged = event
+                        else:
+                            merged.delta.text += event.delta.text
+                            merged.delta.token_count += event.delta.token_count
+                        continue
+                    if merged is not None:
+                        yield merged
+                        merged = None
+                    yield event
+                if state.done:
+                    break
+            if merged is not None:
+                yield merged
+            if state.done:
+                break
+        self.check_complete(state)
 
     def whole(self, body: dict[str, Any], state: CallState) -> list[provider_pb2.StreamEvent]:
         """Our events from a non-streaming answer."""
@@ -164,9 +195,15 @@ class HttpBackend:
                     start=provider_pb2.StreamStart(backend=self.name, model=model)
                 )
                 if settings.stream:
-                    sse = timed_events(response, deadlines, self.name)
+                    sse = timed_batches(response, deadlines, self.name)
                     async for event in self.events(sse, state):
                         yield event
+                    # Read the rest of the body (normally just its terminating chunk) so
+                    # the connection goes back to the pool instead of being closed.
+                    with contextlib.suppress(SluiceError, httpx.HTTPError, TimeoutError):
+                        async with asyncio.timeout(_DRAIN_S):
+                            async for _ in sse:
+                                pass
                 else:
                     wait, _ = deadlines.next_wait()
                     raw = await asyncio.wait_for(response.aread(), wait)

@@ -10,15 +10,13 @@ flagged usage. Tool calls arrive as ``delta.tool_calls`` pieces keyed by ``index
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from httpx_sse import ServerSentEvent
 
 from sluice.common.v1 import common_pb2
 from sluice.provider.http_backend import CallState, HttpBackend
-from sluice.provider.upstream import malformed, parse_json, translate_stream_error
+from sluice.provider.upstream import SseEvent, malformed, parse_json, translate_stream_error
 from sluice.provider.v1 import provider_pb2
 
 FINISH_REASONS = {
@@ -143,15 +141,13 @@ class OpenAIBackend(HttpBackend):
             raise malformed(self.name, "no choices")
         return [event for choice in choices for event in self._choice(choice, state, key)]
 
-    async def events(
-        self, sse: AsyncIterator[ServerSentEvent], state: CallState
-    ) -> AsyncIterator[provider_pb2.StreamEvent]:
-        async for item in sse:
-            if item.data == "[DONE]":
-                state.done = True
-                break
-            for event in self._chunk(parse_json(item.data, self.name), state, "delta"):
-                yield event
+    def convert(self, item: SseEvent, state: CallState) -> list[provider_pb2.StreamEvent]:
+        if item.data == "[DONE]":
+            state.done = True
+            return []
+        return self._chunk(parse_json(item.data, self.name), state, "delta")
+
+    def check_complete(self, state: CallState) -> None:
         # Lenient where servers differ: a finished answer without [DONE] is complete.
         if not state.done and state.finish == common_pb2.FINISH_REASON_UNSPECIFIED:
             raise malformed(self.name, "the stream ended before the answer finished")

@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 from aiolimiter import AsyncLimiter
-from httpx_sse import EventSource, ServerSentEvent, SSEError
 
 from sluice.common.v1 import common_pb2
 from sluice.core.clock import Clock
@@ -221,32 +220,85 @@ async def send(
         raise _timeout_error(backend, which, wait) from None
 
 
-async def timed_events(
+@dataclass(slots=True)
+class SseEvent:
+    """One Server-Sent Event: its type ("message" when unnamed) and its data."""
+
+    event: str
+    data: str
+
+
+class SseDecoder:
+    """The WHATWG event-stream parser, fed text as it arrives, returning whole events."""
+
+    def __init__(self) -> None:
+        self._pending = ""
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, text: str) -> list[SseEvent]:
+        """Every event completed by `text` (an incomplete line waits for more)."""
+        lines = (self._pending + text).splitlines(keepends=True)
+        self._pending = ""
+        if lines and not lines[-1].endswith(("\n", "\r")):
+            self._pending = lines.pop()
+        elif lines and lines[-1].endswith("\r"):
+            # "\r" may be the first half of "\r\n": keep it until the next byte says.
+            self._pending = lines.pop()
+        events: list[SseEvent] = []
+        for raw in lines:
+            line = raw.rstrip("\r\n")
+            if not line:
+                if self._data:
+                    events.append(SseEvent(self._event or "message", "\n".join(self._data)))
+                self._event, self._data = "", []
+                continue
+            if line.startswith(":"):
+                continue  # a comment (keep-alive)
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "data":
+                self._data.append(value)
+            elif name == "event":
+                self._event = value
+            # "id" and "retry" matter to reconnecting browsers, not to one LLM call.
+        return events
+
+    def flush(self) -> None:
+        """Account for the end of the body (a trailing "\r" line ending)."""
+        if self._pending.endswith("\r"):
+            self.feed("\n")
+
+
+async def timed_batches(
     response: httpx.Response, deadlines: Deadlines, backend: str
-) -> AsyncIterator[ServerSentEvent]:
-    """The response's SSE events, each within the first-token / idle / total limit."""
-    try:
-        events = EventSource(response).aiter_sse()
-    except SSEError as err:
+) -> AsyncIterator[list[SseEvent]]:
+    """The response's SSE events, grouped by the network read that completed them, each
+    read within the first-token / idle / total limit. Events that arrive together can
+    then travel together (one gRPC message instead of many)."""
+    content_type = response.headers.get("content-type", "").partition(";")[0].strip()
+    if content_type != "text/event-stream":
         raise InvalidResponseError(
             f"back end '{backend}' did not answer with an event stream",
-            metadata={"backend": backend},
-        ) from err
+            metadata={"backend": backend, "content_type": content_type[:64]},
+        )
+    decoder = SseDecoder()
+    reads = response.aiter_text()
     while True:
         wait, which = deadlines.next_wait()
         try:
-            event = await asyncio.wait_for(anext(events), wait)
+            # asyncio.timeout (not wait_for): no task per read on the per-token path.
+            async with asyncio.timeout(wait):
+                text = await anext(reads)
         except StopAsyncIteration:
+            decoder.flush()
             return
         except TimeoutError:
             raise _timeout_error(backend, which, wait) from None
-        except SSEError as err:
-            raise InvalidResponseError(
-                f"back end '{backend}' sent a malformed event stream",
-                metadata={"backend": backend},
-            ) from err
-        deadlines.first = False
-        yield event
+        batch = decoder.feed(text)
+        if batch:
+            deadlines.first = False
+            yield batch
 
 
 def parse_json(data: str, backend: str) -> dict[str, Any]:

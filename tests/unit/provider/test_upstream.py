@@ -23,6 +23,8 @@ from sluice.provider.upstream import (
     ApiKey,
     Deadlines,
     Pacer,
+    SseDecoder,
+    SseEvent,
     UsageCount,
     load_api_key,
     retry_after_s,
@@ -235,3 +237,22 @@ def test_usage_exact_only_when_both_counts_reported() -> None:
     usage.output_tokens, usage.output_exact = 6, True
     final = usage.finish()
     assert not final.estimated and final.output_tokens == 6 and final.total_tokens == 13
+
+
+# -- the event-stream parser ------------------------------------------------------------------
+
+
+def test_sse_decoder_handles_split_reads_and_line_endings() -> None:
+    decoder = SseDecoder()
+    assert decoder.feed('event: message_start\ndata: {"a"') == []
+    assert decoder.feed(": 1}\n: keep-alive comment\n") == []
+    got = decoder.feed("\ndata: first\r\ndata: second\r")
+    assert got == [SseEvent("message_start", '{"a": 1}')]
+    assert decoder.feed("\n\r\n") == [SseEvent("message", "first\nsecond")]
+    assert decoder.feed("data:no-space\n\n\n\n") == [SseEvent("message", "no-space")]
+    assert decoder.feed("retry: 10\nid: 7\n\n") == []  # no data: no event
+
+
+def test_sse_decoder_many_events_in_one_read() -> None:
+    text = "".join(f"data: {i}\n\n" for i in range(5)) + "data: [DONE]\n\n"
+    assert [e.data for e in SseDecoder().feed(text)] == ["0", "1", "2", "3", "4", "[DONE]"]
