@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -593,3 +595,32 @@ async def test_pacing_holds_requests_over_the_quota(
         await asyncio.wait_for(third.read(), timeout=0.3)
     third.cancel()
     assert len(oa_fake.behaviour.requests) == 2
+
+
+# -- start-up ---------------------------------------------------------------------------------
+
+
+async def test_missing_key_stops_the_service_naming_the_variable(tmp_path: Any) -> None:
+    config = tmp_path / "sluice.yaml"
+    config.write_text(
+        "provider:\n"
+        "  server: {host: 127.0.0.1, port: 0, metrics_port: 0}\n"
+        "  backends:\n"
+        "    oa: {kind: openai, base_url: 'http://127.0.0.1:1/v1', model: m,\n"
+        "         api_key_env: SLUICE_TEST_ABSENT_KEY}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SLUICE_TEST_ABSENT_KEY"}
+    env["SLUICE_CONFIG"] = str(config)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sluice.provider",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 2
+    message = stderr.decode()
+    assert "provider.backends.oa: environment variable SLUICE_TEST_ABSENT_KEY is not set" in message
+    assert "Traceback" not in message

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Protocol
 
 from sluice.core.clock import Clock, SystemClock
+from sluice.core.config import ConfigError
 from sluice.provider.anthropic import AnthropicBackend
 from sluice.provider.genai import GenAIInstruments
 from sluice.provider.http_backend import HttpBackend
@@ -42,7 +43,8 @@ def build_backends(
     instruments: GenAIInstruments,
     environ: Mapping[str, str] | None = None,
 ) -> dict[str, Backend]:
-    """Every configured back end by name. Keys are read now: a missing one fails start-up."""
+    """Every configured back end by name. Keys are read now: a missing one fails start-up
+    (ConfigError naming the back end and the source, never a value)."""
     clock = clock or SystemClock()
     backends: dict[str, Backend] = {}
     for name, backend_settings in settings.backends.items():
@@ -50,7 +52,7 @@ def build_backends(
             try:
                 key = load_api_key(backend_settings, environ)
             except ValueError as err:
-                raise ValueError(f"provider.backends.{name}: {err}") from None
+                raise ConfigError(f"provider.backends.{name}: {err}") from None
             backends[name] = _HTTP_KINDS[backend_settings.kind](
                 name,
                 backend_settings,

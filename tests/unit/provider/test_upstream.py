@@ -10,6 +10,7 @@ import httpx
 import pytest
 from pydantic import ValidationError as PydanticValidationError
 
+from sluice.core.config import ConfigError
 from sluice.core.errors import (
     InvalidInputError,
     RateLimitExceededError,
@@ -72,7 +73,7 @@ def test_missing_key_fails_naming_the_source_not_the_value(tmp_path: Path) -> No
 def test_start_up_fails_when_a_key_is_missing() -> None:
     settings = ProviderSettings.model_validate({"backends": {"oa": backend(api_key_env="NOPE")}})
     instruments = GenAIInstruments(__import__("prometheus_client").CollectorRegistry(), None)
-    with pytest.raises(ValueError, match=r"provider\.backends\.oa: environment variable NOPE"):
+    with pytest.raises(ConfigError, match=r"provider\.backends\.oa: environment variable NOPE"):
         build_backends(settings, instruments=instruments, environ={})
 
 
