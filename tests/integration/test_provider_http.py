@@ -624,3 +624,22 @@ async def test_missing_key_stops_the_service_naming_the_variable(tmp_path: Any) 
     message = stderr.decode()
     assert "provider.backends.oa: environment variable SLUICE_TEST_ABSENT_KEY is not set" in message
     assert "Traceback" not in message
+
+
+async def test_total_timeout_ends_a_slow_but_steady_stream(
+    stack: ServiceStack, an_fake: AnthropicFake
+) -> None:
+    backend = http_backend(
+        "anthropic", an_fake, timeouts={"first_token_s": 5, "idle_s": 5, "total_s": 0.4}
+    )
+    rig = await start_rig(stack, {"an": an_fake}, {"an": backend})
+    an_fake.behaviour.tokens_per_second = 20  # never idle for long, never finished in time
+    an_fake.behaviour.answer_tokens = 100
+
+    err = await failure(rig.stub.Stream(request("an", max_tokens=100)))
+
+    info = error_info(err)
+    assert info.reason == "SERVICE_UNAVAILABLE"
+    assert info.metadata["timeout"] == "total"
+    assert info.metadata["usage_input_tokens"] == "7"  # exact, from message_start
+    assert 1 <= int(info.metadata["usage_output_tokens"]) < 100
