@@ -643,3 +643,34 @@ async def test_total_timeout_ends_a_slow_but_steady_stream(
     assert info.metadata["timeout"] == "total"
     assert info.metadata["usage_input_tokens"] == "7"  # exact, from message_start
     assert 1 <= int(info.metadata["usage_output_tokens"]) < 100
+
+
+@BOTH
+async def test_a_refused_call_records_no_usage(rig: Rig, backend: str) -> None:
+    rig.fake(backend).behaviour.fault = "rate_limit"
+
+    err = await failure(rig.stub.Stream(request(backend)))
+
+    metadata = error_info(err).metadata
+    assert (metadata["usage_input_tokens"], metadata["usage_output_tokens"]) == ("0", "0")
+    port = rig.host.metrics_port
+    assert await metric(port, "sluice_provider_upstream_tokens_total", backend=backend) == 0
+    assert (
+        await metric(
+            port,
+            "gen_ai_client_operation_duration_seconds_count",
+            backend=backend,
+            error_type="RATE_LIMIT_EXCEEDED",
+        )
+        == 1
+    )
+
+
+async def test_non_streaming_body_timeout(stack: ServiceStack, oa_fake: OpenAIFake) -> None:
+    backend = http_backend("openai", oa_fake, stream=False, timeouts={"first_token_s": 0.2})
+    rig = await start_rig(stack, {"oa": oa_fake}, {"oa": backend})
+    oa_fake.behaviour.head_delay_ms = 5_000
+
+    err = await failure(rig.stub.Stream(request("oa")))
+
+    assert error_info(err).metadata["timeout"] == "first_token"

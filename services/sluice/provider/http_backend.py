@@ -31,6 +31,7 @@ from sluice.provider.upstream import (
     send,
     server_address,
     timed_batches,
+    timeout_error,
     translate_status,
     translate_transport,
     usage_metadata,
@@ -191,6 +192,7 @@ class HttpBackend:
             try:
                 if response.status_code != 200:
                     raise await self._status_error(response, deadlines)
+                state.usage.accepted = True
                 yield provider_pb2.StreamEvent(
                     start=provider_pb2.StreamStart(backend=self.name, model=model)
                 )
@@ -205,8 +207,11 @@ class HttpBackend:
                             async for _ in sse:
                                 pass
                 else:
-                    wait, _ = deadlines.next_wait()
-                    raw = await asyncio.wait_for(response.aread(), wait)
+                    wait, which = deadlines.next_wait()
+                    try:
+                        raw = await asyncio.wait_for(response.aread(), wait)
+                    except TimeoutError:
+                        raise timeout_error(self.name, which, wait) from None
                     for event in self.whole(
                         parse_json(raw.decode(errors="replace"), self.name), state
                     ):

@@ -155,9 +155,14 @@ class UsageCount:
     output_exact: bool = False
     streamed_output: int = 0
     """Sum of the estimated counts of every delta sent (the fallback for output)."""
+    accepted: bool = False
+    """The upstream accepted the request (answered 200): from then on it counts."""
 
     def finish(self) -> common_pb2.Usage:
-        """The Usage to report: exact counts where known, else estimates, flagged."""
+        """The Usage to report: exact counts where known, else estimates, flagged.
+        Nothing before the upstream accepted the request (a refused call costs nothing)."""
+        if not self.accepted:
+            return common_pb2.Usage()
         output = self.output_tokens if self.output_exact else self.streamed_output
         return common_pb2.Usage(
             input_tokens=self.input_tokens,
@@ -199,7 +204,8 @@ class Deadlines:
         return phase, "first_token" if self.first else "idle"
 
 
-def _timeout_error(backend: str, which: str, seconds: float) -> ServiceUnavailableError:
+def timeout_error(backend: str, which: str, seconds: float) -> ServiceUnavailableError:
+    """SERVICE_UNAVAILABLE for an upstream that sent nothing in time (`which` limit)."""
     return ServiceUnavailableError(
         f"back end '{backend}' sent nothing within its {which} timeout",
         metadata={"backend": backend, "timeout": which, "timeout_s": f"{seconds:g}"},
@@ -217,7 +223,7 @@ async def send(
     try:
         return await asyncio.wait_for(client.send(request, stream=True), wait)
     except TimeoutError:
-        raise _timeout_error(backend, which, wait) from None
+        raise timeout_error(backend, which, wait) from None
 
 
 @dataclass(slots=True)
@@ -294,7 +300,7 @@ async def timed_batches(
             decoder.flush()
             return
         except TimeoutError:
-            raise _timeout_error(backend, which, wait) from None
+            raise timeout_error(backend, which, wait) from None
         batch = decoder.feed(text)
         if batch:
             deadlines.first = False
@@ -419,6 +425,10 @@ def translate_status(
     if request_id:
         metadata["upstream_request_id"] = request_id[:128]
     said = f": {upstream_message}" if upstream_message else ""
+    if status < 400:
+        return InvalidResponseError(
+            f"back end '{backend}' answered HTTP {status} instead of a result", metadata=metadata
+        )
     if status == 401:
         # The upstream's own text may echo (part of) our key: never pass it on.
         return AuthenticationError(

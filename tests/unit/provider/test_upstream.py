@@ -10,6 +10,7 @@ import httpx
 import pytest
 from pydantic import ValidationError as PydanticValidationError
 
+from sluice.common.v1 import common_pb2
 from sluice.core.config import ConfigError
 from sluice.core.errors import (
     InvalidInputError,
@@ -232,7 +233,7 @@ async def test_pacer_caps_a_request_larger_than_the_quota() -> None:
 
 
 def test_usage_exact_only_when_both_counts_reported() -> None:
-    usage = UsageCount(input_tokens=7, streamed_output=5)
+    usage = UsageCount(input_tokens=7, streamed_output=5, accepted=True)
     assert usage.finish().estimated and usage.finish().output_tokens == 5
     usage.input_exact = True
     usage.output_tokens, usage.output_exact = 6, True
@@ -257,3 +258,15 @@ def test_sse_decoder_handles_split_reads_and_line_endings() -> None:
 def test_sse_decoder_many_events_in_one_read() -> None:
     text = "".join(f"data: {i}\n\n" for i in range(5)) + "data: [DONE]\n\n"
     assert [e.data for e in SseDecoder().feed(text)] == ["0", "1", "2", "3", "4", "[DONE]"]
+
+
+def test_a_redirect_is_not_a_result() -> None:
+    error = translate_status("oa", 302, httpx.Headers(), b"", key=None, clock=FakeClock())
+    assert error.reason == "INVALID_RESPONSE"
+
+
+def test_nothing_counts_before_the_upstream_accepted() -> None:
+    usage = UsageCount(input_tokens=7, streamed_output=0)
+    assert usage.finish() == common_pb2.Usage()
+    usage.accepted = True
+    assert usage.finish().input_tokens == 7
