@@ -674,3 +674,12 @@ async def test_non_streaming_body_timeout(stack: ServiceStack, oa_fake: OpenAIFa
     err = await failure(rig.stub.Stream(request("oa")))
 
     assert error_info(err).metadata["timeout"] == "first_token"
+
+
+async def test_list_backends_names_every_kind(rig: Rig) -> None:
+    listed = await rig.stub.ListBackends(provider_pb2.ListBackendsRequest())
+    assert {(b.name, b.kind) for b in listed.backends} == {
+        ("simulated", "simulated"),
+        ("oa", "openai"),
+        ("an", "anthropic"),
+    }
