@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import Counter
 
 from sluice.core.clock import Clock
 from sluice.core.errors import ValidationError
 from sluice.core.grpcx.server import ServiceHost
 from sluice.core.grpcx.types import ServicerContext
+from sluice.provider.backends import Backend, build_backends, close_backends
+from sluice.provider.genai import GenAIInstruments
 from sluice.provider.settings import ProviderSettings
-from sluice.provider.simulated import SimulatedBackend
 from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
 
 log = logging.getLogger("sluice.provider")
@@ -21,7 +23,7 @@ log = logging.getLogger("sluice.provider")
 class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     """Runs generations on configured back ends."""
 
-    def __init__(self, backends: dict[str, SimulatedBackend], host: ServiceHost) -> None:
+    def __init__(self, backends: Mapping[str, Backend], host: ServiceHost) -> None:
         self._backends = backends
         self._streams = Counter(
             "sluice_provider_streams",
@@ -75,13 +77,27 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         )
 
 
-def build_server(settings: ProviderSettings, *, clock: Clock | None = None) -> ServiceHost:
-    """Wire the provider service. Call ``await host.start()`` to bind and serve."""
-    host = ServiceHost("provider", settings)
-    backends = {
-        name: SimulatedBackend(name, backend_settings, clock)
-        for name, backend_settings in settings.backends.items()
-    }
+def build_server(
+    settings: ProviderSettings,
+    *,
+    clock: Clock | None = None,
+    tracer_provider: TracerProvider | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ServiceHost:
+    """Wire the provider service. Call ``await host.start()`` to bind and serve.
+
+    `environ` replaces os.environ as the source of API keys named by ``api_key_env``.
+    """
+    host = ServiceHost("provider", settings, tracer_provider=tracer_provider)
+    tracer = host.tracer_provider.get_tracer("sluice.provider") if host.tracing_active else None
+    backends = build_backends(
+        settings, clock=clock, instruments=GenAIInstruments(host.registry, tracer), environ=environ
+    )
+
+    async def close_pools() -> None:
+        await close_backends(backends)
+
+    host.add_cleanup(close_pools)
     provider_pb2_grpc.add_ProviderServiceServicer_to_server(
         ProviderServicer(backends, host), host.server
     )

@@ -192,6 +192,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 max_tokens=max_tokens,
                 temperature=request.temperature if request.HasField("temperature") else None,
                 stop=request.stop,
+                tools=request.tools if isinstance(request, router_pb2.GenerateRequest) else (),
             ),
             timeout=timeout,
         )
@@ -262,6 +263,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                         fallback_step=_PRIMARY,
                     ),
                 )
+            elif kind == "tool_call":
+                yield self._event(state, tool_call=upstream.tool_call)
             elif kind == "end":
                 now = perf_counter()
                 yield self._progress(state, now)
