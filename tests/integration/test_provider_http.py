@@ -29,7 +29,7 @@ from loadtest.fakes.anthropic_fake import AnthropicFake
 from loadtest.fakes.common import FakeBehaviour, FakeServer
 from loadtest.fakes.openai_fake import OpenAIFake
 from sluice.common.v1 import common_pb2
-from sluice.core.config import load_settings
+from sluice.core.config import deep_merge, load_settings
 from sluice.core.grpcx.server import ServiceHost
 from sluice.provider.service import build_server as build_provider
 from sluice.provider.settings import ProviderSettings
@@ -38,7 +38,6 @@ from tests.support import (
     FAST_BACKEND,
     ServiceStack,
     collect,
-    deep_merge,
     details_of,
     error_info,
     eventually,
