@@ -113,7 +113,17 @@ class Forwarder:
         self._backoff = (backoff_initial_s, backoff_max_s)
         self._max_attempts = max_attempts
         self._ready = asyncio.Event()
-        self._channel = grpc.aio.insecure_channel(endpoint)
+        # gRPC's own reconnect backoff (up to 2 min by default) would outlast ours: align
+        # it, and keep this channel's connection state out of the process-wide pool.
+        self._channel = grpc.aio.insecure_channel(
+            endpoint,
+            options=(
+                ("grpc.use_local_subchannel_pool", 1),
+                ("grpc.initial_reconnect_backoff_ms", int(backoff_initial_s * 1000)),
+                ("grpc.min_reconnect_backoff_ms", int(backoff_initial_s * 1000)),
+                ("grpc.max_reconnect_backoff_ms", int(backoff_max_s * 1000)),
+            ),
+        )
         self._stub = trace_service_pb2_grpc.TraceServiceStub(self._channel)
         self._sent = metrics.spans.labels(endpoint, "sent")
         self._dropped = metrics.spans.labels(endpoint, "dropped")
