@@ -131,7 +131,7 @@ class Forwarder:
         self._retries = metrics.retries.labels(endpoint)
         self._gauge = metrics.buffered.labels(endpoint)
         self._task: asyncio.Task[None] | None = None
-        self._random = random.Random()  # noqa: S311  # nosec B311 - jitter, not security
+        self._random = random.Random()  # noqa: S311  # nosec B311
 
     def offer(self, spans: list[StoredSpan]) -> None:
         """Queue spans for sending; never blocks. The oldest are dropped beyond the bound."""
