@@ -7,11 +7,11 @@ from typing import Any
 
 import grpc
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.instrumentation.grpc.filters import negate, service_prefix
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import (
@@ -40,7 +40,7 @@ class RecordUnsampled(Sampler):
     def __init__(self, inner: Sampler) -> None:
         self._inner = inner
 
-    def should_sample(
+    def should_sample(  # noqa: PLR0917 - the SDK's Sampler signature
         self,
         parent_context: Context | None,
         trace_id: int,
