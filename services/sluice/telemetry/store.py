@@ -22,7 +22,15 @@ DEFAULT_SEARCH_RESULTS = 20
 def value_text(value: otlp_common.AnyValue) -> str:
     """An attribute value as a string (as shown and as searched)."""
     kind = value.WhichOneof("value")
-    return "" if kind is None else str(getattr(value, kind))
+    if kind is None:
+        return ""
+    if kind == "array_value":
+        return ",".join(value_text(item) for item in value.array_value.values)
+    if kind == "kvlist_value":
+        return ",".join(f"{kv.key}={value_text(kv.value)}" for kv in value.kvlist_value.values)
+    if kind == "bytes_value":
+        return value.bytes_value.hex()
+    return str(getattr(value, kind))
 
 
 def service_name(resource_spans: otlp_trace.ResourceSpans) -> str:
