@@ -64,7 +64,7 @@ def test_prometheus_scrapes_the_suite_and_sees_the_request_rate(tmp_path: Path) 
         (tmp_path / "prom").mkdir()
         config = render_config(suite.ports, tmp_path / "prom")
         log = (tmp_path / "prometheus.log").open("w")
-        process = subprocess.Popen(  # noqa: S603 - fixed binary and arguments
+        process = subprocess.Popen(
             [
                 binary,
                 f"--config.file={config}",
