@@ -15,8 +15,9 @@ class TailSamplingSettings(BaseModel):
 
     decision_wait_s: float = Field(2.0, gt=0.0, le=300.0)
     """A trace is decided once no span of it arrived for this long."""
-    keep_ratio: float = Field(0.1, ge=0.0, le=1.0)
-    """Share of traces kept that neither failed nor were slow (by trace id, like OTel)."""
+    keep_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    """Share of traces kept that neither failed nor were slow (by trace id, like OTel).
+    1.0 suits development (every trace can be looked up); production sets e.g. 0.1."""
     slow_threshold_ms: float = Field(2_000.0, ge=0.0)
     """Traces lasting at least this long (first start to last end) are always kept."""
     max_pending_traces: int = Field(50_000, ge=1)
