@@ -13,11 +13,12 @@ from sluice.router import genai
 from sluice.router.v1 import router_pb2
 
 
-def request(**fields: object) -> router_pb2.GenerateRequest:
+def request(user: str = "", session_id: str = "") -> router_pb2.GenerateRequest:
     return router_pb2.GenerateRequest(
         model="default",
         messages=[common_pb2.Message(role="user", content="secret prompt")],
-        **fields,
+        user=user,
+        session_id=session_id,
     )
 
 
