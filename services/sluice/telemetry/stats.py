@@ -248,15 +248,24 @@ class WindowStats:
         )
 
 
+def service_label(service_name: str) -> str:
+    """`sluice-router` -> `router`: the `service` label value the RPC metrics use."""
+    return service_name.removeprefix("sluice-")
+
+
 class StatsCollector(Collector):
-    """Exports the window statistics to Prometheus at scrape time."""
+    """Exports the window statistics to Prometheus at scrape time.
+
+    Labels match the RED metrics (`sluice_rpc_*{service, method}`): `service` without the
+    `sluice-` prefix of service.name, `method` the span name (the gRPC method path).
+    """
 
     def __init__(self, stats: WindowStats) -> None:
         self._stats = stats
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        """Gauges per (service, operation) and per service-graph edge."""
-        labels = ["service", "operation"]
+        """Gauges per (service, method) and per service-graph edge."""
+        labels = ["service", "method"]
         rate = GaugeMetricFamily(
             "sluice_slo_request_rate", "Requests/s over the stats window.", labels=labels
         )
@@ -277,7 +286,7 @@ class StatsCollector(Collector):
             "sluice_slo_apdex", "Apdex over the window with the configured T.", labels=labels
         )
         for op in self._stats.operations().operations:
-            key = [op.service_name, op.operation]
+            key = [service_label(op.service_name), op.operation]
             rate.add_metric(key, op.request_rate)
             errors.add_metric(key, op.error_rate)
             for quantile, value in (("0.5", op.p50_ms), ("0.95", op.p95_ms), ("0.99", op.p99_ms)):
@@ -296,6 +305,7 @@ class StatsCollector(Collector):
             labels=["client", "server"],
         )
         for edge in self._stats.graph().edges:
-            calls.add_metric([edge.client, edge.server], edge.calls)
-            failed.add_metric([edge.client, edge.server], edge.errors)
+            pair = [service_label(edge.client), service_label(edge.server)]
+            calls.add_metric(pair, edge.calls)
+            failed.add_metric(pair, edge.errors)
         yield from (rate, errors, latency, ttft, score, calls, failed)

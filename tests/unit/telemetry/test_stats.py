@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from sluice.telemetry.sampling import StoredSpan
-from sluice.telemetry.stats import StatsCollector, WindowStats
+from sluice.telemetry.stats import StatsCollector, WindowStats, service_label
 from tests.support import FakeClock, sample_value
 from tests.unit.telemetry.spans import stored
 
@@ -194,7 +194,7 @@ def test_prometheus_export_carries_the_same_figures() -> None:
     text = generate_latest(registry).decode()
 
     op = next(o for o in stats.operations().operations if o.service_name == "router")
-    labels = {"service": "router", "operation": op.operation}
+    labels = {"service": "router", "method": op.operation}
     assert sample_value(text, "sluice_slo_request_rate", labels) == pytest.approx(op.request_rate)
     assert sample_value(text, "sluice_slo_apdex", labels) == pytest.approx(op.apdex)
     assert sample_value(
@@ -204,3 +204,4 @@ def test_prometheus_export_carries_the_same_figures() -> None:
     assert sample_value(
         text, "sluice_service_graph_calls", {"client": edge.client, "server": edge.server}
     ) == float(edge.calls)
+    assert service_label("sluice-router") == "router" and service_label("envoy") == "envoy"
