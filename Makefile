@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?=
 
-.PHONY: venv up test test-fast gen lint security bench bench-limiter envoy-config clean
+.PHONY: venv up test test-fast gen lint security bench bench-limiter envoy-config clean obs-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,17 @@ venv: $(STAMP)
 up: $(STAMP)
 	$(BIN)/sluice up $(if $(CONFIG),--config $(CONFIG))
 
+## obs-tools: Prometheus, promtool and amtool from Debian (no PyPI option); used by tests.
+obs-tools:
+	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null \
+	    || ! command -v prometheus >/dev/null; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	    prometheus prometheus-alertmanager; \
+	fi
+
 ## test: lint, then every test (unit, integration, end-to-end with real Envoy).
-test: $(STAMP) lint
+test: $(STAMP) obs-tools lint
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

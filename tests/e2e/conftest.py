@@ -99,7 +99,8 @@ def suite_config(ports: dict[str, int], **overrides: Any) -> dict[str, Any]:
             },
         },
         "telemetry": {
-            "server": {"port": ports["telemetry"], "metrics_port": ports["telemetry_metrics"]}
+            "server": {"port": ports["telemetry"], "metrics_port": ports["telemetry_metrics"]},
+            "sampling": {"keep_ratio": 1.0, "decision_wait_s": 0.2},
         },
         "envoy": {
             "port": ports["envoy"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -139,3 +140,137 @@ async def test_cancelled_stream_still_ends_the_router_client_span(
     assert span.end_time_unix_nano >= span.start_time_unix_nano
     assert "cancelled" in span.event_names
     assert span.attributes["rpc.grpc.status_code"] == str(grpc.StatusCode.CANCELLED.value[0])
+
+
+def by_signature(spans: Spans) -> dict[tuple[str, str, str], telemetry_pb2.Span]:
+    return {(s.service_name, s.kind, s.name): s for s in spans}
+
+
+async def test_every_stream_span_ends_ok_on_completion(
+    stack: ServiceStack,
+    telemetry_host: ServiceHost,
+    telemetry_stub: telemetry_pb2_grpc.TelemetryServiceStub,
+) -> None:
+    suite = await start_suite(stack, tracing=tracing_to(telemetry_host.port))
+    events = await collect(suite.router_stub.Generate(request(), metadata=AUTH))
+    trace_id = events[0].metadata.trace_id
+
+    spans = await eventually(
+        trace_reader(telemetry_stub, trace_id), lambda found: signature(found) >= EXPECTED
+    )
+
+    assert signature(spans) >= EXPECTED
+    for span in spans:
+        assert span.attributes["rpc.grpc.status_code"] == "0", span.name
+        assert span.status_code == "STATUS_CODE_UNSET", span.name
+        assert span.end_time_unix_nano >= span.start_time_unix_nano
+    # The stream spans end with the stream, not at the first message.
+    generate = by_signature(spans)[("sluice-router", "SPAN_KIND_SERVER", ROUTER_GENERATE)]
+    stream = by_signature(spans)[("sluice-provider", "SPAN_KIND_SERVER", PROVIDER_STREAM)]
+    assert generate.end_time_unix_nano >= stream.end_time_unix_nano
+
+
+async def test_stream_spans_end_with_the_error_when_the_provider_is_down(
+    stack: ServiceStack,
+    telemetry_host: ServiceHost,
+    telemetry_stub: telemetry_pb2_grpc.TelemetryServiceStub,
+) -> None:
+    suite = await start_suite(stack, tracing=tracing_to(telemetry_host.port))
+    await stack.stop(suite.provider)
+    call = suite.router_stub.Generate(request(), metadata=AUTH)
+    try:
+        await collect(call)
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+    else:
+        raise AssertionError("Generate succeeded without a provider")
+
+    async def errors() -> list[telemetry_pb2.TraceSummary]:
+        response = await telemetry_stub.SearchTraces(
+            telemetry_pb2.SearchTracesRequest(status=telemetry_pb2.TRACE_STATUS_ERROR)
+        )
+        return list(response.traces)
+
+    [summary] = await eventually(errors, lambda traces: len(traces) == 1, within_s=5)
+    spans = await eventually(
+        trace_reader(telemetry_stub, summary.trace_id),
+        lambda found: len(found) >= 3,
+    )
+    spans_by = by_signature(spans)
+    server = spans_by[("sluice-router", "SPAN_KIND_SERVER", ROUTER_GENERATE)]
+    client = spans_by[("sluice-router", "SPAN_KIND_CLIENT", PROVIDER_STREAM)]
+    unavailable = str(grpc.StatusCode.UNAVAILABLE.value[0])
+    for span in (server, client):
+        assert span.status_code == "STATUS_CODE_ERROR", span.name
+        assert span.attributes["rpc.grpc.status_code"] == unavailable, span.name
+        assert span.end_time_unix_nano >= span.start_time_unix_nano
+    assert client.parent_span_id == server.span_id
+
+
+async def test_every_stream_span_ends_cancelled_when_the_client_goes(
+    stack: ServiceStack,
+    telemetry_host: ServiceHost,
+    telemetry_stub: telemetry_pb2_grpc.TelemetryServiceStub,
+) -> None:
+    suite = await start_suite(stack, backend=SLOW_BACKEND, tracing=tracing_to(telemetry_host.port))
+    call = suite.router_stub.Generate(request("a long answer, please"), metadata=AUTH)
+    trace_id = ""
+    async for event in call:
+        if event.HasField("metadata"):
+            trace_id = event.metadata.trace_id
+        if event.HasField("data"):
+            break
+    call.cancel()
+    wanted = {
+        ("sluice-router", "SPAN_KIND_SERVER", ROUTER_GENERATE),
+        ("sluice-router", "SPAN_KIND_CLIENT", PROVIDER_STREAM),
+        ("sluice-provider", "SPAN_KIND_SERVER", PROVIDER_STREAM),
+    }
+
+    spans = await eventually(
+        trace_reader(telemetry_stub, trace_id),
+        lambda found: signature(found) >= wanted,
+        within_s=5,
+    )
+
+    assert signature(spans) >= wanted, "a stream span never ended after cancellation"
+    cancelled = str(grpc.StatusCode.CANCELLED.value[0])
+    spans_by = by_signature(spans)
+    for key in wanted:
+        span = spans_by[key]
+        assert span.attributes["rpc.grpc.status_code"] == cancelled, key
+        assert "cancelled" in span.event_names, key
+        assert span.end_time_unix_nano >= span.start_time_unix_nano
+    # Admission finished normally before the stream was cancelled.
+    acquire = spans_by[("sluice-limiter", "SPAN_KIND_SERVER", LIMITER_ACQUIRE)]
+    assert acquire.attributes["rpc.grpc.status_code"] == "0"
+
+
+async def test_low_head_sampling_still_delivers_every_error(
+    stack: ServiceStack,
+    telemetry_host: ServiceHost,
+    telemetry_stub: telemetry_pb2_grpc.TelemetryServiceStub,
+) -> None:
+    tracing = {**tracing_to(telemetry_host.port), "sample_ratio": 0.0}
+    suite = await start_suite(stack, tracing=tracing)
+    events = await collect(suite.router_stub.Generate(request(), metadata=AUTH))
+    ok_trace = events[0].metadata.trace_id
+    await stack.stop(suite.provider)
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await collect(suite.router_stub.Generate(request(), metadata=AUTH))
+
+    async def errors() -> list[telemetry_pb2.TraceSummary]:
+        response = await telemetry_stub.SearchTraces(
+            telemetry_pb2.SearchTracesRequest(status=telemetry_pb2.TRACE_STATUS_ERROR)
+        )
+        return list(response.traces)
+
+    [summary] = await eventually(errors, lambda traces: len(traces) == 1, within_s=5)
+
+    spans = await trace_reader(telemetry_stub, summary.trace_id)()
+    # Only the failed spans of the unsampled trace were exported, still parented.
+    assert {(s.kind, s.name, s.status_code) for s in spans} == {
+        ("SPAN_KIND_SERVER", ROUTER_GENERATE, "STATUS_CODE_ERROR"),
+        ("SPAN_KIND_CLIENT", PROVIDER_STREAM, "STATUS_CODE_ERROR"),
+    }
+    assert await trace_reader(telemetry_stub, ok_trace)() == []  # sampled out at the head

@@ -1,4 +1,5 @@
-"""`sluice`: start the suite (`sluice up`) or print its Envoy configuration."""
+"""`sluice`: start the suite (`sluice up`), print its Envoy configuration, or show
+where time goes (`sluice top`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+import grpc
+
 from sluice.core.config import ConfigError
 from sluice.launcher.envoy import descriptor_path, render_yaml
 from sluice.launcher.settings import load_suite
 from sluice.launcher.supervisor import StartupError, Suite
+from sluice.launcher.top import fetch
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -59,6 +63,20 @@ def _envoy_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _top(args: argparse.Namespace) -> int:
+    if args.address:
+        address = args.address
+    else:
+        server = load_suite(args.config).telemetry.server
+        address = f"{server.host}:{server.port}"
+    try:
+        sys.stdout.write(fetch(address, args.window, args.limit))
+    except grpc.RpcError as err:
+        print(f"sluice top: telemetry at {address}: {err.code().name}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the chosen command."""
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
@@ -76,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     envoy.add_argument("--descriptor", help="path of sluice.binpb as Envoy will see it")
     envoy.add_argument("--output", help="write to this file instead of stdout")
     envoy.set_defaults(run=_envoy_config)
+    top = commands.add_parser("top", help="slowest operations and time per span kind")
+    top.add_argument("--config", help="suite YAML file (for the telemetry address)")
+    top.add_argument("--address", help="telemetry host:port (overrides --config)")
+    top.add_argument("--window", type=int, default=60, help="window in seconds (default 60)")
+    top.add_argument("--limit", type=int, default=10, help="operations to list (default 10)")
+    top.set_defaults(run=_top)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))

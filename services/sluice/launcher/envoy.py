@@ -25,6 +25,8 @@ _ROUTER_FILTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Ro
 _H2_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 DOMAIN = "sluice.dev"
+_OTEL_TRACER = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
+TELEMETRY_CLUSTER = "telemetry"
 
 # Envoy's own replies, rewritten into the google.rpc.Status JSON shape our services
 # produce through the transcoder: {"code": <gRPC code>, "message": ..., "details": [...]}.
@@ -137,6 +139,61 @@ def _upstream_cluster(
     }
 
 
+def _telemetry_cluster(endpoint: str) -> dict[str, Any]:
+    """HTTP/2 cluster of the OTLP/gRPC endpoint Envoy's tracer exports to."""
+    host, _, port = endpoint.rpartition(":")
+    return {
+        "name": TELEMETRY_CLUSTER,
+        "type": "STRICT_DNS",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _H2_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": TELEMETRY_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {
+                                        "address": host.strip("[]") or "127.0.0.1",
+                                        "port_value": int(port),
+                                    }
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+
+
+def _tracing(settings: SuiteSettings) -> dict[str, Any]:
+    """Envoy's OpenTelemetry tracer: joins an incoming W3C traceparent or starts a trace
+    (sampled at the suite's head ratio), and exports OTLP/gRPC to the telemetry service."""
+    return {
+        "random_sampling": {"value": settings.router.tracing.sample_ratio * 100},
+        "spawn_upstream_span": True,
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": _OTEL_TRACER,
+                "grpc_service": {
+                    "envoy_grpc": {"cluster_name": TELEMETRY_CLUSTER},
+                    "timeout": "1s",
+                },
+                "service_name": "sluice-envoy",
+            },
+        },
+    }
+
+
 def _grpc_route(prefix: str, cluster: str, timeout: str) -> dict[str, Any]:
     return {
         "match": {"prefix": prefix, "grpc": {}},
@@ -195,6 +252,7 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
             "name": "edge",
             "virtual_hosts": [{"name": "sluice", "domains": ["*"], "routes": routes}],
         },
+        **({"tracing": _tracing(settings)} if settings.router.tracing.enabled else {}),
         "http_filters": [
             transcoder,
             {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_FILTER}},
@@ -215,6 +273,19 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
         },
         "admin": {
             "address": {"socket_address": {"address": envoy.host, "port_value": envoy.admin_port}}
+        },
+        # Envoy's OpenTelemetry tracer exports every 5 s (or per 5 spans) by default:
+        # batch up to 64 spans, at least once a second, like the services' exporters.
+        "layered_runtime": {
+            "layers": [
+                {
+                    "name": "static",
+                    "static_layer": {
+                        "tracing.opentelemetry.flush_interval_ms": 1000,
+                        "tracing.opentelemetry.min_flush_spans": 64,
+                    },
+                }
+            ]
         },
         "static_resources": {
             "listeners": [
@@ -242,7 +313,12 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
                     router.port,
                     ROUTER_SERVICE,
                     envoy.health_check_interval_ms,
-                )
+                ),
+                *(
+                    [_telemetry_cluster(settings.router.tracing.endpoint)]
+                    if settings.router.tracing.enabled
+                    else []
+                ),
             ],
         },
     }

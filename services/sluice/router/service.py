@@ -34,6 +34,7 @@ from sluice.core.telemetry.tracing import current_trace_id
 from sluice.core.tokens import count_tokens
 from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
 from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
+from sluice.router import genai
 from sluice.router.auth import ApiKeyAuthenticator, Principal
 from sluice.router.downstream import error_from_rpc
 from sluice.router.settings import ModelAliasSettings, RouterSettings
@@ -181,6 +182,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         await self._admit(request, principal, max_tokens)
 
         target = alias.backends[0]
+        genai.annotate_request(request, target.backend, max_tokens)
         remaining = context.time_remaining()
         timeout = remaining if remaining is not None else self._settings.request_timeout_s
         call = self._provider.Stream(
@@ -251,6 +253,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     last_progress = now
                     yield self._progress(state, now)
             elif kind == "start":
+                genai.annotate_response_model(upstream.start.model)
                 yield self._event(
                     state,
                     metadata=router_pb2.MetadataEvent(
@@ -270,6 +273,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 yield self._progress(state, now)
                 ttft = state.first_token_at - state.started if state.first_token_at else 0.0
                 state.finished = True
+                genai.annotate_completion(upstream.end.finish_reason, upstream.end.usage, ttft)
                 yield self._event(
                     state,
                     complete=router_pb2.CompleteEvent(

@@ -2,10 +2,60 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
 from sluice.core.config import ServerSettings, ServiceSettings
+
+
+class TailSamplingSettings(BaseModel):
+    """Tail-based sampling: one keep/drop decision per whole trace."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    decision_wait_s: float = Field(2.0, gt=0.0, le=300.0)
+    """A trace is decided once no span of it arrived for this long."""
+    keep_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    """Share of traces kept that neither failed nor were slow (by trace id, like OTel).
+    1.0 suits development (every trace can be looked up); production sets e.g. 0.1."""
+    slow_threshold_ms: float = Field(2_000.0, ge=0.0)
+    """Traces lasting at least this long (first start to last end) are always kept."""
+    max_pending_traces: int = Field(50_000, ge=1)
+    """Traces waiting for a decision; beyond this the least recently active is decided."""
+
+
+class ForwardSettings(BaseModel):
+    """One OTLP/gRPC endpoint kept traces are forwarded to (Jaeger, Tempo, a collector)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    endpoint: str
+    """host:port of the OTLP/gRPC receiver (plaintext)."""
+    max_buffer_spans: int = Field(20_000, ge=1)
+    """Spans buffered for this endpoint; the oldest are dropped (and counted) beyond."""
+    max_batch_spans: int = Field(512, ge=1)
+    """Spans per export request."""
+    timeout_s: float = Field(5.0, gt=0.0, le=60.0)
+    """Deadline of one export attempt."""
+    backoff_initial_s: float = Field(0.1, gt=0.0, le=60.0)
+    """Delay before the first retry; doubled per retry (with jitter)."""
+    backoff_max_s: float = Field(5.0, gt=0.0, le=300.0)
+    """Longest delay between retries."""
+    max_attempts: int = Field(5, ge=1, le=100)
+    """Attempts per batch before it is dropped (counted as failed)."""
+
+
+class StatsSettings(BaseModel):
+    """Sliding-window statistics (GetStats, GetServiceGraph, GetBreakdown, /metrics)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    window_s: int = Field(60, ge=1, le=3_600)
+    """Length of the sliding window, seconds (also the longest a query may ask for)."""
+    apdex_t_ms: float = Field(500.0, gt=0.0)
+    """Apdex threshold T: satisfied at most T, tolerating at most 4T."""
+    max_samples: int = Field(500_000, ge=100)
+    """Span samples held for the window at most (the oldest go first)."""
 
 
 class TelemetrySettings(ServiceSettings):
@@ -18,6 +68,15 @@ class TelemetrySettings(ServiceSettings):
     server: ServerSettings = ServerSettings(port=4317, metrics_port=9104)
     """Listeners (4317 is the standard OTLP/gRPC port)."""
     max_traces: int = Field(10_000, ge=1)
-    """Recent traces kept in memory; the oldest are dropped beyond this."""
+    """Recent kept traces stored; the oldest are dropped beyond this."""
     max_spans_per_trace: int = Field(2_000, ge=1)
     """Spans kept per trace; later ones are dropped and counted."""
+    ingest_queue_spans: int = Field(100_000, ge=1)
+    """Spans received but not yet processed; an export that does not fit is rejected
+    (reported in the OTLP partial_success and counted), never waited for."""
+    sampling: TailSamplingSettings = TailSamplingSettings()
+    """Tail-based sampling."""
+    forward: list[ForwardSettings] = []
+    """OTLP/gRPC endpoints kept traces are forwarded to; each has its own buffer."""
+    stats: StatsSettings = StatsSettings()
+    """Sliding-window statistics."""

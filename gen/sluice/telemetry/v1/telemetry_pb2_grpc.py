@@ -40,6 +40,26 @@ class TelemetryServiceStub:
                 request_serializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetTraceRequest.SerializeToString,
                 response_deserializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetTraceResponse.FromString,
                 _registered_method=True)
+        self.SearchTraces = channel.unary_unary(
+                '/sluice.telemetry.v1.TelemetryService/SearchTraces',
+                request_serializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.SearchTracesRequest.SerializeToString,
+                response_deserializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.SearchTracesResponse.FromString,
+                _registered_method=True)
+        self.GetServiceGraph = channel.unary_unary(
+                '/sluice.telemetry.v1.TelemetryService/GetServiceGraph',
+                request_serializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetServiceGraphRequest.SerializeToString,
+                response_deserializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetServiceGraphResponse.FromString,
+                _registered_method=True)
+        self.GetStats = channel.unary_unary(
+                '/sluice.telemetry.v1.TelemetryService/GetStats',
+                request_serializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetStatsRequest.SerializeToString,
+                response_deserializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetStatsResponse.FromString,
+                _registered_method=True)
+        self.GetBreakdown = channel.unary_unary(
+                '/sluice.telemetry.v1.TelemetryService/GetBreakdown',
+                request_serializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetBreakdownRequest.SerializeToString,
+                response_deserializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetBreakdownResponse.FromString,
+                _registered_method=True)
 
 
 class TelemetryServiceServicer:
@@ -53,6 +73,37 @@ class TelemetryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchTraces(self, request, context):
+        """SearchTraces lists recent stored traces matching every given filter, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetServiceGraph(self, request, context):
+        """GetServiceGraph returns which service called which over the recent window, with
+        call counts and error rates (computed from every trace, sampled out or not).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStats(self, request, context):
+        """GetStats returns request rate, error rate, latency percentiles, time to first token
+        and Apdex per service and RPC over a sliding window (every trace, before sampling).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBreakdown(self, request, context):
+        """GetBreakdown returns the slowest operations and where time goes per span kind over
+        the recent window (what `sluice top` prints).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TelemetryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +111,26 @@ def add_TelemetryServiceServicer_to_server(servicer, server):
                     servicer.GetTrace,
                     request_deserializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetTraceRequest.FromString,
                     response_serializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetTraceResponse.SerializeToString,
+            ),
+            'SearchTraces': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchTraces,
+                    request_deserializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.SearchTracesRequest.FromString,
+                    response_serializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.SearchTracesResponse.SerializeToString,
+            ),
+            'GetServiceGraph': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServiceGraph,
+                    request_deserializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetServiceGraphRequest.FromString,
+                    response_serializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetServiceGraphResponse.SerializeToString,
+            ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetStatsRequest.FromString,
+                    response_serializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'GetBreakdown': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBreakdown,
+                    request_deserializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetBreakdownRequest.FromString,
+                    response_serializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetBreakdownResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +161,114 @@ class TelemetryService:
             '/sluice.telemetry.v1.TelemetryService/GetTrace',
             sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetTraceRequest.SerializeToString,
             sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetTraceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchTraces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.telemetry.v1.TelemetryService/SearchTraces',
+            sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.SearchTracesRequest.SerializeToString,
+            sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.SearchTracesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServiceGraph(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.telemetry.v1.TelemetryService/GetServiceGraph',
+            sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetServiceGraphRequest.SerializeToString,
+            sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetServiceGraphResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.telemetry.v1.TelemetryService/GetStats',
+            sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetStatsRequest.SerializeToString,
+            sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBreakdown(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.telemetry.v1.TelemetryService/GetBreakdown',
+            sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetBreakdownRequest.SerializeToString,
+            sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetBreakdownResponse.FromString,
             options,
             channel_credentials,
             insecure,

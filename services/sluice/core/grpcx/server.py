@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from sluice.core.config import ServiceSettings
 from sluice.core.grpcx.interceptors import ServerPipeline
@@ -61,6 +61,9 @@ class ServiceHost:
         self.name = name
         self.settings = settings
         self.registry = registry or CollectorRegistry()
+        if registry is None:
+            # process_resident_memory_bytes & co., for the memory-growth alert.
+            ProcessCollector(registry=self.registry)
         self.tracer_provider = tracer_provider or build_tracer_provider(
             f"sluice-{name}", settings.tracing
         )

@@ -1,4 +1,4 @@
-"""A client-span interceptor for server-streaming calls.
+"""Client-span interceptors for unary and server-streaming calls.
 
 opentelemetry-instrumentation-grpc ends a streaming client span only when the caller
 iterates the stream to its end; a stream that is cancelled or abandoned leaves the span
@@ -38,6 +38,61 @@ async def _finish(span: trace.Span, call: Any) -> None:
     span.end()
 
 
+def _start(
+    tracer: trace.Tracer, client_call_details: grpc.aio.ClientCallDetails
+) -> tuple[trace.Span, grpc.aio.ClientCallDetails]:
+    """A CLIENT span for the call and the call details carrying its traceparent."""
+    method = client_call_details.method
+    name = method.decode() if isinstance(method, bytes) else str(method)
+    service, _, rpc_method = name.lstrip("/").partition("/")
+    span = tracer.start_span(
+        name,
+        kind=SpanKind.CLIENT,
+        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc_method},
+    )
+    metadata: list[tuple[str, str]] = list(client_call_details.metadata or ())
+    propagate.inject(metadata, context=trace.set_span_in_context(span), setter=_SETTER)
+    details = grpc.aio.ClientCallDetails(
+        client_call_details.method,
+        client_call_details.timeout,
+        grpc.aio.Metadata(*metadata),
+        client_call_details.credentials,
+        client_call_details.wait_for_ready,
+    )
+    return span, details
+
+
+class TracedUnaryUnaryInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    """CLIENT span per unary call, W3C trace context injected, ended when the call is done.
+
+    Replaces opentelemetry-instrumentation-grpc's aio unary interceptor on the hot path
+    (the router's limiter check): same span shape, a fraction of the cost.
+    """
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self._tracer = tracer
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        span, details = _start(self._tracer, client_call_details)
+        try:
+            call = await continuation(details, request)
+        except BaseException:
+            span.set_status(Status(StatusCode.ERROR, "call failed to start"))
+            span.end()
+            raise
+
+        def done(finished: Any) -> None:
+            task = asyncio.ensure_future(_finish(span, finished))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+        call.add_done_callback(done)
+        return call
+
+
 class TracedUnaryStreamInterceptor(grpc.aio.UnaryStreamClientInterceptor):
     """Starts a CLIENT span per call, injects W3C trace context, ends the span when done."""
 
@@ -48,23 +103,7 @@ class TracedUnaryStreamInterceptor(grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(
         self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
-        method = client_call_details.method
-        name = method.decode() if isinstance(method, bytes) else str(method)
-        service, _, rpc_method = name.lstrip("/").partition("/")
-        span = self._tracer.start_span(
-            name,
-            kind=SpanKind.CLIENT,
-            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc_method},
-        )
-        metadata: list[tuple[str, str]] = list(client_call_details.metadata or ())
-        propagate.inject(metadata, context=trace.set_span_in_context(span), setter=_SETTER)
-        details = grpc.aio.ClientCallDetails(
-            client_call_details.method,
-            client_call_details.timeout,
-            grpc.aio.Metadata(*metadata),
-            client_call_details.credentials,
-            client_call_details.wait_for_ready,
-        )
+        span, details = _start(self._tracer, client_call_details)
         try:
             call = await continuation(details, request)
         except BaseException:

@@ -1,0 +1,171 @@
+"""Tail-based sampling: spans are held per trace and one decision is taken per whole trace.
+
+A trace is decided once no span of it arrived for `decision_wait_s` (it is quiet, so
+probably complete). It is kept when any span failed, when it lasted at least
+`slow_threshold_ms`, or else with probability `keep_ratio`, taken from the trace id
+the way OpenTelemetry's TraceIdRatioBased does (its lower 64 bits against
+ratio * 2^64), so every replica decides the same. Late spans of a decided trace follow
+the decision already taken. Memory is bounded: at most `max_pending_traces` traces wait,
+beyond which the oldest is decided early; at most `max_spans_per_trace` spans each.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from enum import Enum
+
+from opentelemetry.proto.common.v1 import common_pb2 as otlp_common
+from opentelemetry.proto.resource.v1 import resource_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2 as otlp_trace
+
+from sluice.core.clock import Clock
+
+ERROR = otlp_trace.Status.STATUS_CODE_ERROR
+
+
+@dataclass(slots=True)
+class StoredSpan:
+    """An OTLP span with the service, resource and scope it was exported under."""
+
+    service_name: str
+    span: otlp_trace.Span
+    resource: resource_pb2.Resource
+    scope: otlp_common.InstrumentationScope
+
+
+class Decision(Enum):
+    """Why a trace was kept or dropped (the label of sluice_telemetry_traces_total)."""
+
+    KEPT_ERROR = "kept_error"
+    KEPT_SLOW = "kept_slow"
+    KEPT_SAMPLED = "kept_sampled"
+    DROPPED = "dropped"
+
+    @property
+    def kept(self) -> bool:
+        """Whether the trace is stored and forwarded."""
+        return self is not Decision.DROPPED
+
+
+@dataclass(slots=True)
+class PendingTrace:
+    """Spans of a trace not decided yet."""
+
+    spans: list[StoredSpan] = field(default_factory=list)
+    last_seen: float = 0.0
+    error: bool = False
+
+
+@dataclass(slots=True)
+class DecidedTrace:
+    """A trace and the decision taken on it (spans are the ones decided at once)."""
+
+    trace_id: bytes
+    spans: list[StoredSpan]
+    decision: Decision
+    late: bool = False
+
+
+def trace_duration_ns(spans: list[StoredSpan]) -> int:
+    """Earliest start to latest end."""
+    if not spans:
+        return 0
+    start = min(s.span.start_time_unix_nano for s in spans)
+    end = max(s.span.end_time_unix_nano for s in spans)
+    return max(0, end - start)
+
+
+def ratio_keeps(trace_id: bytes, ratio: float) -> bool:
+    """OpenTelemetry's TraceIdRatioBased rule: lower 64 bits of the id below ratio * 2^64."""
+    bound = round(ratio * (1 << 64))
+    return int.from_bytes(trace_id[-8:], "big") < bound
+
+
+class TailSampler:
+    """Holds spans per trace until the trace is quiet, then decides keep or drop."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        decision_wait_s: float,
+        keep_ratio: float,
+        slow_threshold_ms: float,
+        max_pending_traces: int,
+        max_spans_per_trace: int,
+    ) -> None:
+        self._clock = clock
+        self._wait = decision_wait_s
+        self._ratio = keep_ratio
+        self._slow_ns = int(slow_threshold_ms * 1_000_000)
+        self._max_pending = max_pending_traces
+        self._max_spans = max_spans_per_trace
+        # Insertion order = order of last activity (moved to the end on every span).
+        self._pending: OrderedDict[bytes, PendingTrace] = OrderedDict()
+        # Recent decisions, for late spans; bounded like the pending set.
+        self._decided: OrderedDict[bytes, Decision] = OrderedDict()
+        self._forced: list[DecidedTrace] = []
+        self._late: dict[bytes, tuple[Decision, list[StoredSpan]]] = {}
+
+    def add(self, item: StoredSpan) -> bool:
+        """Hold one span; False when it is rejected (its trace is at the span limit)."""
+        trace_id = item.span.trace_id
+        decision = self._decided.get(trace_id)
+        if decision is not None:
+            # A late span: it follows the decision taken (kept traces get it forwarded).
+            if decision.kept:
+                self._late.setdefault(trace_id, (decision, []))[1].append(item)
+            return True
+        pending = self._pending.get(trace_id)
+        if pending is None:
+            pending = self._pending[trace_id] = PendingTrace()
+            if len(self._pending) > self._max_pending:
+                oldest_id, oldest = self._pending.popitem(last=False)
+                self._forced.append(self._decide(oldest_id, oldest))
+        else:
+            self._pending.move_to_end(trace_id)
+        if len(pending.spans) >= self._max_spans:
+            return False
+        pending.spans.append(item)
+        pending.last_seen = self._clock.monotonic()
+        if item.span.status.code == ERROR:
+            pending.error = True
+        return True
+
+    def pending(self, trace_id: bytes) -> list[StoredSpan]:
+        """Spans of a trace still waiting for its decision (empty when none)."""
+        pending = self._pending.get(trace_id)
+        return list(pending.spans) if pending else []
+
+    def due(self, *, flush: bool = False) -> list[DecidedTrace]:
+        """Decide every trace quiet for the decision wait (all of them with flush=True)."""
+        decided, self._forced = self._forced, []
+        for trace_id, (decision, late) in self._late.items():
+            decided.append(DecidedTrace(trace_id, late, decision, late=True))
+        self._late = {}
+        cutoff = self._clock.monotonic() - self._wait
+        while self._pending:
+            trace_id, pending = next(iter(self._pending.items()))
+            if not flush and pending.last_seen > cutoff:
+                break
+            del self._pending[trace_id]
+            decided.append(self._decide(trace_id, pending))
+        return decided
+
+    def _decide(self, trace_id: bytes, pending: PendingTrace) -> DecidedTrace:
+        if pending.error:
+            decision = Decision.KEPT_ERROR
+        elif trace_duration_ns(pending.spans) >= self._slow_ns:
+            decision = Decision.KEPT_SLOW
+        elif ratio_keeps(trace_id, self._ratio):
+            decision = Decision.KEPT_SAMPLED
+        else:
+            decision = Decision.DROPPED
+        self._decided[trace_id] = decision
+        if len(self._decided) > self._max_pending:
+            self._decided.popitem(last=False)
+        return DecidedTrace(trace_id, pending.spans, decision)
+
+    def __len__(self) -> int:
+        return len(self._pending)

@@ -1,0 +1,311 @@
+"""Sliding-window statistics over every decided trace (before sampling drops any).
+
+Per service and RPC (SERVER spans): request rate, error rate, P50/P95/P99 latency,
+time to first token and Apdex; the service dependency map (a span whose parent is in
+another service is one call from that service to its own); and where time goes (self
+time per span kind, slowest operations). Samples older than the window are trimmed on
+every write, so memory is bounded by traffic in one window and by `max_samples`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from opentelemetry.proto.common.v1 import common_pb2 as otlp_common
+from opentelemetry.proto.trace.v1 import trace_pb2 as otlp_trace
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from sluice.core.clock import Clock
+from sluice.telemetry.sampling import ERROR, StoredSpan
+from sluice.telemetry.v1 import telemetry_pb2
+
+SERVER = otlp_trace.Span.SPAN_KIND_SERVER
+# The GenAI semantic conventions' name for time to first token (seconds).
+TTFT_ATTRIBUTE = "gen_ai.server.time_to_first_token"
+
+
+@dataclass(slots=True, frozen=True)
+class SpanSample:
+    """What the statistics need of one finished span."""
+
+    end_s: float
+    service: str
+    operation: str
+    kind: int
+    duration_s: float
+    error: bool
+    ttft_s: float | None
+    self_s: float
+
+
+@dataclass(slots=True, frozen=True)
+class EdgeSample:
+    """One call from one service to another."""
+
+    end_s: float
+    client: str
+    server: str
+    error: bool
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list (0.0 when empty)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def apdex(durations_s: Iterable[float], errors: Iterable[bool], t_s: float) -> float:
+    """(satisfied + tolerating / 2) / n; satisfied <= T < tolerating <= 4T; errors frustrate."""
+    satisfied = tolerating = n = 0
+    for duration, error in zip(durations_s, errors, strict=True):
+        n += 1
+        if error:
+            continue
+        if duration <= t_s:
+            satisfied += 1
+        elif duration <= 4 * t_s:
+            tolerating += 1
+    return (satisfied + tolerating / 2) / n if n else 0.0
+
+
+def _number(value: otlp_common.AnyValue) -> float | None:
+    kind = value.WhichOneof("value")
+    if kind == "double_value":
+        return value.double_value
+    if kind == "int_value":
+        return float(value.int_value)
+    return None
+
+
+def samples_of(spans: list[StoredSpan]) -> tuple[list[SpanSample], list[EdgeSample]]:
+    """Span samples (with self time) and cross-service call edges of one trace's spans."""
+    by_id = {s.span.span_id: s for s in spans}
+    children_ns: dict[bytes, int] = defaultdict(int)
+    for item in spans:
+        span = item.span
+        if span.parent_span_id in by_id:
+            children_ns[span.parent_span_id] += max(
+                0, span.end_time_unix_nano - span.start_time_unix_nano
+            )
+    samples: list[SpanSample] = []
+    edges: list[EdgeSample] = []
+    for item in spans:
+        span = item.span
+        duration_ns = max(0, span.end_time_unix_nano - span.start_time_unix_nano)
+        ttft = None
+        for attribute in span.attributes:
+            if attribute.key == TTFT_ATTRIBUTE:
+                ttft = _number(attribute.value)
+        end_s = span.end_time_unix_nano / 1e9
+        error = span.status.code == ERROR
+        samples.append(
+            SpanSample(
+                end_s=end_s,
+                service=item.service_name,
+                operation=span.name,
+                kind=span.kind,
+                duration_s=duration_ns / 1e9,
+                error=error,
+                ttft_s=ttft,
+                self_s=max(0, duration_ns - children_ns.get(span.span_id, 0)) / 1e9,
+            )
+        )
+        parent = by_id.get(span.parent_span_id)
+        if parent is not None and parent.service_name != item.service_name:
+            edges.append(EdgeSample(end_s, parent.service_name, item.service_name, error))
+    return samples, edges
+
+
+class WindowStats:
+    """Samples of the last `max_window_s` seconds and the figures computed from them."""
+
+    def __init__(
+        self, *, clock: Clock, max_window_s: int, apdex_t_ms: float, max_samples: int
+    ) -> None:
+        self._clock = clock
+        self.max_window_s = max_window_s
+        self.apdex_t_ms = apdex_t_ms
+        self._spans: deque[SpanSample] = deque(maxlen=max_samples)
+        self._edges: deque[EdgeSample] = deque(maxlen=max_samples)
+
+    def record(self, spans: list[StoredSpan]) -> None:
+        """Add the spans of one trace (or late spans of one)."""
+        samples, edges = samples_of(spans)
+        self._spans.extend(samples)
+        self._edges.extend(edges)
+        self._trim()
+
+    def _trim(self) -> None:
+        oldest = self._clock.wall() - self.max_window_s
+        for samples in (self._spans, self._edges):
+            while samples and samples[0].end_s < oldest:
+                samples.popleft()
+
+    def window(self, window_s: int) -> int:
+        """The window used for a request: 0 means the configured one; never longer."""
+        return self.max_window_s if window_s <= 0 else min(window_s, self.max_window_s)
+
+    def _recent(self, samples: Iterable[SpanSample], window_s: int) -> Iterator[SpanSample]:
+        oldest = self._clock.wall() - window_s
+        return (s for s in samples if s.end_s >= oldest)
+
+    def operations(self, window_s: int = 0, service: str = "") -> telemetry_pb2.GetStatsResponse:
+        """Statistics per (service, SERVER span name) over the window."""
+        window = self.window(window_s)
+        self._trim()
+        groups: dict[tuple[str, str], list[SpanSample]] = defaultdict(list)
+        for sample in self._recent(self._spans, window):
+            if sample.kind == SERVER and (not service or sample.service == service):
+                groups[(sample.service, sample.operation)].append(sample)
+        t_s = self.apdex_t_ms / 1000
+        response = telemetry_pb2.GetStatsResponse(window_s=window, apdex_t_ms=self.apdex_t_ms)
+        for (svc, operation), group in sorted(groups.items()):
+            durations = sorted(s.duration_s * 1000 for s in group)
+            ttfts = sorted(s.ttft_s * 1000 for s in group if s.ttft_s is not None)
+            errors = sum(1 for s in group if s.error)
+            response.operations.append(
+                telemetry_pb2.OperationStats(
+                    service_name=svc,
+                    operation=operation,
+                    count=len(group),
+                    request_rate=len(group) / window,
+                    error_rate=errors / len(group),
+                    p50_ms=percentile(durations, 0.50),
+                    p95_ms=percentile(durations, 0.95),
+                    p99_ms=percentile(durations, 0.99),
+                    ttft_p50_ms=percentile(ttfts, 0.50),
+                    ttft_p95_ms=percentile(ttfts, 0.95),
+                    apdex=apdex((s.duration_s for s in group), (s.error for s in group), t_s),
+                )
+            )
+        return response
+
+    def graph(self, window_s: int = 0) -> telemetry_pb2.GetServiceGraphResponse:
+        """Calls and errors per (client service, server service) over the window."""
+        window = self.window(window_s)
+        self._trim()
+        oldest = self._clock.wall() - window
+        counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+        for edge in self._edges:
+            if edge.end_s >= oldest:
+                count = counts[(edge.client, edge.server)]
+                count[0] += 1
+                count[1] += edge.error
+        response = telemetry_pb2.GetServiceGraphResponse()
+        for (client, server), (calls, errors) in sorted(counts.items()):
+            response.edges.append(
+                telemetry_pb2.ServiceEdge(
+                    client=client,
+                    server=server,
+                    calls=calls,
+                    errors=errors,
+                    error_rate=errors / calls,
+                )
+            )
+        return response
+
+    def breakdown(self, window_s: int = 0, limit: int = 0) -> telemetry_pb2.GetBreakdownResponse:
+        """Slowest operations by p99 and the share of self time per span kind."""
+        window = self.window(window_s)
+        self._trim()
+        groups: dict[tuple[str, str, int], list[SpanSample]] = defaultdict(list)
+        by_kind: dict[int, float] = defaultdict(float)
+        for sample in self._recent(self._spans, window):
+            groups[(sample.service, sample.operation, sample.kind)].append(sample)
+            by_kind[sample.kind] += sample.self_s
+        slowest = []
+        for (svc, operation, kind), group in groups.items():
+            durations = sorted(s.duration_s * 1000 for s in group)
+            slowest.append(
+                telemetry_pb2.SlowOperation(
+                    service_name=svc,
+                    operation=operation,
+                    kind=otlp_trace.Span.SpanKind.Name(otlp_trace.Span.SpanKind.ValueType(kind)),
+                    count=len(group),
+                    p99_ms=percentile(durations, 0.99),
+                    mean_self_ms=sum(s.self_s for s in group) * 1000 / len(group),
+                )
+            )
+        slowest.sort(key=lambda op: (-op.p99_ms, op.service_name, op.operation))
+        total = sum(by_kind.values())
+        kinds = [
+            telemetry_pb2.KindShare(
+                kind=otlp_trace.Span.SpanKind.Name(otlp_trace.Span.SpanKind.ValueType(kind)),
+                self_time_ms=seconds * 1000,
+                share=seconds / total if total else 0.0,
+            )
+            for kind, seconds in by_kind.items()
+        ]
+        kinds.sort(key=lambda k: (-k.self_time_ms, k.kind))
+        return telemetry_pb2.GetBreakdownResponse(
+            window_s=window, slowest=slowest[: limit or 10], kinds=kinds
+        )
+
+
+def service_label(service_name: str) -> str:
+    """`sluice-router` -> `router`: the `service` label value the RPC metrics use."""
+    return service_name.removeprefix("sluice-")
+
+
+class StatsCollector(Collector):
+    """Exports the window statistics to Prometheus at scrape time.
+
+    Labels match the RED metrics (`sluice_rpc_*{service, method}`): `service` without the
+    `sluice-` prefix of service.name, `method` the span name (the gRPC method path).
+    """
+
+    def __init__(self, stats: WindowStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Gauges per (service, method) and per service-graph edge."""
+        labels = ["service", "method"]
+        rate = GaugeMetricFamily(
+            "sluice_slo_request_rate", "Requests/s over the stats window.", labels=labels
+        )
+        errors = GaugeMetricFamily(
+            "sluice_slo_error_ratio", "Share of failed requests over the window.", labels=labels
+        )
+        latency = GaugeMetricFamily(
+            "sluice_slo_latency_seconds",
+            "Latency percentiles over the window (nearest rank).",
+            labels=[*labels, "quantile"],
+        )
+        ttft = GaugeMetricFamily(
+            "sluice_slo_time_to_first_token_seconds",
+            "Time-to-first-token percentiles over the window.",
+            labels=[*labels, "quantile"],
+        )
+        score = GaugeMetricFamily(
+            "sluice_slo_apdex", "Apdex over the window with the configured T.", labels=labels
+        )
+        for op in self._stats.operations().operations:
+            key = [service_label(op.service_name), op.operation]
+            rate.add_metric(key, op.request_rate)
+            errors.add_metric(key, op.error_rate)
+            for quantile, value in (("0.5", op.p50_ms), ("0.95", op.p95_ms), ("0.99", op.p99_ms)):
+                latency.add_metric([*key, quantile], value / 1000)
+            for quantile, value in (("0.5", op.ttft_p50_ms), ("0.95", op.ttft_p95_ms)):
+                ttft.add_metric([*key, quantile], value / 1000)
+            score.add_metric(key, op.apdex)
+        calls = GaugeMetricFamily(
+            "sluice_service_graph_calls",
+            "Calls between services over the stats window.",
+            labels=["client", "server"],
+        )
+        failed = GaugeMetricFamily(
+            "sluice_service_graph_errors",
+            "Failed calls between services over the stats window.",
+            labels=["client", "server"],
+        )
+        for edge in self._stats.graph().edges:
+            pair = [service_label(edge.client), service_label(edge.server)]
+            calls.add_metric(pair, edge.calls)
+            failed.add_metric(pair, edge.errors)
+        yield from (rate, errors, latency, ttft, score, calls, failed)

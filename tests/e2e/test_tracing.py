@@ -1,0 +1,138 @@
+"""One HTTP request through real Envoy is one trace: Envoy → router → limiter, provider."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+
+from sluice.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
+from tests.e2e.conftest import DEV_KEY, RunningSuite
+
+pytestmark = pytest.mark.e2e
+
+BODY: dict[str, Any] = {
+    "model": "default",
+    "messages": [{"role": "user", "content": "trace this"}],
+    "max_tokens": 4,
+    "user": "user-7",
+    "session_id": "session-9",
+}
+COMPLETE = "/sluice.router.v1.RouterService/Complete"
+ACQUIRE = "/sluice.limiter.v1.LimiterService/Acquire"
+STREAM = "/sluice.provider.v1.ProviderService/Stream"
+
+
+def wait_for_trace(suite: RunningSuite, trace_id: str, count: int) -> list[telemetry_pb2.Span]:
+    with grpc.insecure_channel(suite.grpc("telemetry")) as channel:
+        stub = telemetry_pb2_grpc.TelemetryServiceStub(channel)
+        deadline = time.monotonic() + 15
+        spans: list[telemetry_pb2.Span] = []
+        while time.monotonic() < deadline:
+            try:
+                request = telemetry_pb2.GetTraceRequest(trace_id=trace_id)
+                spans = list(stub.GetTrace(request, timeout=5).spans)
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.NOT_FOUND
+            if len(spans) >= count:
+                break
+            time.sleep(0.1)
+    return spans
+
+
+def one(spans: list[telemetry_pb2.Span], service: str, kind: str, name: str) -> telemetry_pb2.Span:
+    found = [s for s in spans if (s.service_name, s.kind, s.name) == (service, kind, name)]
+    assert len(found) == 1, [(s.service_name, s.kind, s.name) for s in spans]
+    return found[0]
+
+
+def test_a_request_joins_the_callers_traceparent_and_is_one_tree(suite: RunningSuite) -> None:
+    trace_id, caller_span = os.urandom(16).hex(), os.urandom(8).hex()
+    response = httpx.post(
+        f"{suite.edge}/v1/complete",
+        json=BODY,
+        headers={
+            "authorization": f"Bearer {DEV_KEY}",
+            "traceparent": f"00-{trace_id}-{caller_span}-01",
+        },
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["trace_id"] == trace_id
+
+    spans = wait_for_trace(suite, trace_id, 7)
+
+    ingress = one(spans, "sluice-envoy", "SPAN_KIND_SERVER", "ingress")
+    egress = one(spans, "sluice-envoy", "SPAN_KIND_CLIENT", "router router egress")
+    router = one(spans, "sluice-router", "SPAN_KIND_SERVER", COMPLETE)
+    acquire_client = one(spans, "sluice-router", "SPAN_KIND_CLIENT", ACQUIRE)
+    acquire = one(spans, "sluice-limiter", "SPAN_KIND_SERVER", ACQUIRE)
+    stream_client = one(spans, "sluice-router", "SPAN_KIND_CLIENT", STREAM)
+    stream = one(spans, "sluice-provider", "SPAN_KIND_SERVER", STREAM)
+    assert len(spans) == 7
+    parent_of = {
+        ingress.span_id: caller_span,  # the web client's span, from its traceparent
+        egress.span_id: ingress.span_id,
+        router.span_id: egress.span_id,
+        acquire_client.span_id: router.span_id,
+        acquire.span_id: acquire_client.span_id,
+        stream_client.span_id: router.span_id,
+        stream.span_id: stream_client.span_id,
+    }
+    assert {s.span_id: s.parent_span_id for s in spans} == parent_of
+    for child in spans:
+        parent = next((s for s in spans if s.span_id == child.parent_span_id), None)
+        if parent is not None:
+            assert parent.start_time_unix_nano <= child.start_time_unix_nano
+            assert child.end_time_unix_nano <= parent.end_time_unix_nano + 5_000_000
+    assert {s.status_code for s in spans} == {"STATUS_CODE_UNSET"}
+    assert ingress.attributes["http.status_code"] == "200"
+    attributes = dict(router.attributes)
+    assert attributes["gen_ai.operation.name"] == "chat"
+    assert attributes["gen_ai.request.model"] == attributes["model_name"] == "default"
+    assert attributes["user_id"] == "user-7"
+    assert attributes["session_id"] == attributes["gen_ai.conversation.id"] == "session-9"
+    assert int(attributes["gen_ai.usage.output_tokens"]) == 4
+    assert int(attributes["token_count"]) == int(attributes["gen_ai.usage.input_tokens"]) + 4
+    assert attributes["gen_ai.response.finish_reasons"] == "length"
+    assert float(attributes["gen_ai.server.time_to_first_token"]) > 0
+    assert "trace this" not in str(attributes)  # prompt text is never recorded
+
+
+def test_a_failed_request_is_one_tree_with_the_failure_on_each_hop(suite: RunningSuite) -> None:
+    trace_id, caller_span = os.urandom(16).hex(), os.urandom(8).hex()
+    response = httpx.post(
+        f"{suite.edge}/v1/complete",
+        json=BODY,
+        headers={"traceparent": f"00-{trace_id}-{caller_span}-01"},  # no API key
+        timeout=30,
+    )
+    assert response.status_code == 401
+
+    spans = wait_for_trace(suite, trace_id, 3)
+
+    ingress = one(spans, "sluice-envoy", "SPAN_KIND_SERVER", "ingress")
+    egress = one(spans, "sluice-envoy", "SPAN_KIND_CLIENT", "router router egress")
+    router = one(spans, "sluice-router", "SPAN_KIND_SERVER", COMPLETE)
+    assert len(spans) == 3  # rejected before the limiter and the provider
+    assert (ingress.parent_span_id, egress.parent_span_id, router.parent_span_id) == (
+        caller_span,
+        ingress.span_id,
+        egress.span_id,
+    )
+    assert ingress.attributes["http.status_code"] == "401"
+    assert egress.attributes["grpc.status_code"] == "16"
+    assert router.attributes["rpc.grpc.status_code"] == "16"
+    assert router.attributes["error.type"] == "AUTHORIZATION_ERROR"
+    # A caller's mistake is not a server error on the router's span.
+    assert router.status_code == "STATUS_CODE_UNSET"
+    with grpc.insecure_channel(suite.grpc("telemetry")) as channel:
+        stub = telemetry_pb2_grpc.TelemetryServiceStub(channel)
+        found = stub.SearchTraces(
+            telemetry_pb2.SearchTracesRequest(attributes={"user_id": "user-7"}), timeout=5
+        )
+    assert trace_id not in {t.trace_id for t in found.traces}  # never reached the GenAI part
