@@ -11,6 +11,7 @@ from sluice.core.clock import Clock
 from sluice.core.errors import ValidationError
 from sluice.core.grpcx.server import ServiceHost
 from sluice.core.grpcx.types import ServicerContext
+from sluice.provider.faults import FAULT_HEADER, parse_fault_header
 from sluice.provider.settings import ProviderSettings
 from sluice.provider.simulated import SimulatedBackend
 from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
@@ -21,8 +22,15 @@ log = logging.getLogger("sluice.provider")
 class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     """Runs generations on configured back ends."""
 
-    def __init__(self, backends: dict[str, SimulatedBackend], host: ServiceHost) -> None:
+    def __init__(
+        self,
+        backends: dict[str, SimulatedBackend],
+        host: ServiceHost,
+        *,
+        fault_injection: bool = False,
+    ) -> None:
         self._backends = backends
+        self._fault_injection = fault_injection
         self._streams = Counter(
             "sluice_provider_streams",
             "Provider streams by back end and outcome (completed, failed, cancelled).",
@@ -44,10 +52,15 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
             raise ValidationError(
                 f"unknown back end '{request.backend}'", metadata={"backend": request.backend}
             )
+        faults = None
+        if self._fault_injection:
+            values = [v for k, v in context.invocation_metadata() or () if k == FAULT_HEADER]
+            if values:
+                faults = parse_fault_header([str(v) for v in values], request.backend)
         outcome = "failed"
         output_tokens = 0
         try:
-            async for event in backend.stream(request):
+            async for event in backend.stream(request, faults):
                 if event.HasField("end"):
                     output_tokens = event.end.usage.output_tokens
                 yield event
@@ -83,7 +96,7 @@ def build_server(settings: ProviderSettings, *, clock: Clock | None = None) -> S
         for name, backend_settings in settings.backends.items()
     }
     provider_pb2_grpc.add_ProviderServiceServicer_to_server(
-        ProviderServicer(backends, host), host.server
+        ProviderServicer(backends, host, fault_injection=settings.fault_injection), host.server
     )
     host.add_service(provider_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name)
     return host

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from sluice.core.config import ServerSettings, ServiceSettings
+from sluice.provider.faults import FaultSettings
 
 
 class SimulatedBackendSettings(BaseModel):
@@ -29,6 +30,8 @@ class SimulatedBackendSettings(BaseModel):
     """Natural answer length before max_tokens applies (varies ±50% with the prompt)."""
     context_window: int = Field(32_768, ge=16)
     """Largest prompt + max_tokens the model accepts."""
+    faults: FaultSettings = FaultSettings()
+    """Faults injected into every request of this back end (see provider/faults.py)."""
 
 
 class ProviderSettings(ServiceSettings):
@@ -44,6 +47,8 @@ class ProviderSettings(ServiceSettings):
         default_factory=lambda: {"simulated": SimulatedBackendSettings()}
     )
     """Back ends by name."""
+    fault_injection: bool = False
+    """Honour per-request faults from the x-sluice-fault header (tests and chaos runs only)."""
 
     @model_validator(mode="after")
     def _has_backend(self) -> ProviderSettings:
