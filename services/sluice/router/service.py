@@ -459,7 +459,7 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Ser
         settings.limiter_address, "sluice.limiter.v1.LimiterService", tracing
     )
     provider_channel = internal_channel(
-        settings.provider_address, "sluice.provider.v1.ProviderService", tracing
+        settings.provider_address, "sluice.provider.v1.ProviderService", tracing, retries=False
     )
     servicer = RouterServicer(
         settings,
