@@ -34,6 +34,17 @@ class SimulatedBackendSettings(BaseModel):
     """Faults injected into every request of this back end (see provider/faults.py)."""
 
 
+class ReplicaPorts(BaseModel):
+    """Listeners of one extra provider replica started by `sluice up`."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    port: int = Field(ge=1, le=65535)
+    """gRPC port."""
+    metrics_port: int = Field(ge=1, le=65535)
+    """Prometheus port."""
+
+
 class ProviderSettings(ServiceSettings):
     """Settings of the provider service."""
 
@@ -47,6 +58,10 @@ class ProviderSettings(ServiceSettings):
         default_factory=lambda: {"simulated": SimulatedBackendSettings()}
     )
     """Back ends by name."""
+    replicas: int = Field(1, ge=1, le=16)
+    """Provider processes `sluice up` starts (the router balances over them)."""
+    replica_ports: list[ReplicaPorts] = Field(default_factory=list)
+    """Listeners of replicas 2..N; a missing entry uses port + 100*i and metrics_port + 100*i."""
     fault_injection: bool = False
     """Honour per-request faults from the x-sluice-fault header (tests and chaos runs only)."""
 

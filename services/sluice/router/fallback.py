@@ -334,6 +334,10 @@ class FallbackChain:
                     retry += 1
                     if retry >= self._resilience.retry.max_attempts:
                         break
+                    if (
+                        err.retry_after_s or 0.0
+                    ) * 1000.0 > self._resilience.retry.max_retry_after_ms:
+                        break
                     delay = self._backoff.delay_s(retry, err.retry_after_s)
                     left_ms = (deadline - self._clock.monotonic() - delay) * 1000.0
                     if left_ms < self._resilience.min_deadline_ms:
@@ -350,7 +354,7 @@ class FallbackChain:
                     self._store(key, state)
                 return
         if state.output_tokens:
-            assert last_error is not None  # nosec B101 - tokens imply an attempt
+            assert last_error is not None  # nosec B101
             raise last_error
         if self.cache is not None:
             cached = self.cache.get(key)

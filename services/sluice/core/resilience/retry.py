@@ -29,6 +29,8 @@ class RetrySettings(BaseModel):
     """Largest delay cap."""
     multiplier: float = Field(2.0, ge=1.0)
     """Growth of the cap per retry."""
+    max_retry_after_ms: float = Field(5_000.0, ge=0.0)
+    """An upstream asking to wait longer than this is not retried; the chain moves on."""
     budget_ratio: float = Field(0.2, ge=0.0, le=1.0)
     """Retries allowed as a share of requests in the budget window."""
     budget_window_s: float = Field(10.0, gt=0.0)
