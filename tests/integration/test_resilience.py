@@ -7,6 +7,7 @@ scoped to one back end per request through the x-sluice-fault header.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import grpc
@@ -383,3 +384,61 @@ async def test_a_deadline_that_cannot_be_met_is_refused_early(stack: ServiceStac
     assert error_info(err).reason == "DEADLINE_EXCEEDED"
     assert await chain.upstream("primary") == 0
     assert await chain.upstream("secondary") == 0
+
+
+# -- graceful degradation and load shedding ------------------------------------------------
+
+
+async def start_without_limiter(stack: ServiceStack, **resilience: Any) -> Chain:
+    """A router whose limiter address has nothing listening."""
+    provider = await stack.start(
+        build_provider(provider_settings(backends={"simulated": FAST_BACKEND}))
+    )
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    router = await stack.start(
+        build_router(router_settings(f"127.0.0.1:{dead}", provider, resilience=resilience))
+    )
+    return Chain(provider, router, stack)
+
+
+async def test_limiter_down_admits_locally_flags_and_limits(stack: ServiceStack) -> None:
+    chain = await start_without_limiter(stack, local_limit_rps=2)
+    events = await chain.generate("first")
+    assert final(events).HasField("complete")
+    assert list(metadata_events(events)[0].degradations) == ["limiter_unavailable"]
+    await chain.generate("second")
+    err = await chain.failure("third, over the local limit")
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_info(err).reason == "QUOTA_EXCEEDED"
+    assert (
+        await chain.router_metric("sluice_router_limiter_degraded_total", outcome="admitted") == 2
+    )
+    assert await chain.router_metric("sluice_router_limiter_degraded_total", outcome="limited") == 1
+
+
+async def test_limiter_down_fail_closed_refuses(stack: ServiceStack) -> None:
+    chain = await start_without_limiter(stack, limiter_fail_closed=True)
+    err = await chain.failure()
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(err).reason == "SERVICE_UNAVAILABLE"
+    assert error_info(err).metadata["dependency"] == "limiter"
+    assert await chain.upstream("simulated") == 0
+
+
+async def test_router_over_its_memory_bound_sheds_with_out_of_memory(stack: ServiceStack) -> None:
+    chain = await start_chain(stack, resilience={"memory_limit_mb": 1})
+    err = await chain.failure()
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_info(err).reason == "OUT_OF_MEMORY"
+    assert await chain.upstream("primary") == 0
+    assert await chain.router_metric("sluice_router_shed_total", reason="OUT_OF_MEMORY") == 1
+
+
+async def test_healthy_streams_carry_no_degradation(stack: ServiceStack) -> None:
+    chain = await start_chain(stack)
+    events = await chain.generate()
+    assert list(metadata_events(events)[0].degradations) == []
+    failed_over = await chain.generate("x", fault="drop_after_tokens=2,backend=primary")
+    assert list(metadata_events(failed_over)[1].degradations) == ["failover"]

@@ -74,6 +74,7 @@ class ChainState(Protocol):
     text: list[str]
     prior_usage: common_pb2.Usage
     completed: router_pb2.CompleteEvent | None
+    degradations: list[str]
 
 
 EventFactory = Callable[..., router_pb2.GenerateEvent]
@@ -329,6 +330,8 @@ class FallbackChain:
                         # Tokens reached the client: no retry here; the next back end
                         # continues the answer (or the error goes out in-band).
                         self._metrics.failovers.labels(target.backend).inc()
+                        if "failover" not in state.degradations:
+                            state.degradations.append("failover")
                         self._remember_partial(state, prompt)
                         break
                     retry += 1
@@ -448,4 +451,5 @@ class FallbackChain:
             provider=provider,
             attempt=state.attempt,
             fallback_step=state.step,  # type: ignore[arg-type]
+            degradations=state.degradations,
         )

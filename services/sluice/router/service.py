@@ -38,6 +38,7 @@ from sluice.core.tokens import count_tokens
 from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
 from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
 from sluice.router.auth import ApiKeyAuthenticator, Principal
+from sluice.router.degradation import LIMITER_DEGRADED, LocalLimits, MemoryGuard
 from sluice.router.downstream import error_from_rpc
 from sluice.router.fallback import FallbackChain, ResilienceMetrics
 from sluice.router.settings import BackendRef, ModelAliasSettings, RouterSettings
@@ -95,6 +96,7 @@ class StreamState:
     text: list[str] = field(default_factory=list)
     prior_usage: common_pb2.Usage = field(default_factory=common_pb2.Usage)
     completed: router_pb2.CompleteEvent | None = None
+    degradations: list[str] = field(default_factory=list)
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
@@ -110,7 +112,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         metrics: RouterMetrics,
         chain: FallbackChain,
         clock: Clock,
+        memory: MemoryGuard,
+        local_limits: LocalLimits,
     ) -> None:
+        self._memory = memory
+        self._local_limits = local_limits
         self._settings = settings
         self._chain = chain
         self._clock = clock
@@ -143,7 +149,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return alias
 
     async def _admit(
-        self, request: GenerationRequest, principal: Principal, max_tokens: int
+        self,
+        request: GenerationRequest,
+        principal: Principal,
+        max_tokens: int,
+        state: StreamState,
     ) -> None:
         estimate = sum(count_tokens(m.content) for m in request.messages) + max_tokens
         try:
@@ -162,9 +172,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise error_from_rpc(err, "limiter") from err
-            # Graceful degradation (SPEC §2.2): a broken limiter must not stop serving.
+            # Graceful degradation (SPEC §2.2): a broken limiter must not stop serving;
+            # the router's local approximate limit (or, fail-closed, a refusal) stands in.
+            log.warning("limiter unavailable (%s); deciding locally", err.code().name)
+            await self._local_limits.admit(principal.key_id)
             self._metrics.limiter_fail_open.inc()
-            log.warning("limiter unavailable (%s); admitting without a decision", err.code().name)
+            state.degradations.append(LIMITER_DEGRADED)
 
     # -- streaming ---------------------------------------------------------------------
 
@@ -194,11 +207,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             remaining if remaining is not None else self._settings.request_timeout_s
         )
         self._chain.check_deadline(deadline)
+        self._memory.check()
         principal = self._auth.authenticate(context.invocation_metadata() or ())
         validate_request(request, self._settings)
         alias = self._resolve_model(request, principal)
         max_tokens = request.max_tokens or alias.default_max_tokens
-        await self._admit(request, principal, max_tokens)
+        await self._admit(request, principal, max_tokens, state)
 
         metadata = context.invocation_metadata() or ()
         forwarded = tuple((k, v) for k, v in metadata if k == _FAULT_HEADER)
@@ -328,6 +342,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                         provider_model=upstream.start.model,
                         attempt=state.attempt,
                         fallback_step=state.step,  # type: ignore[arg-type]
+                        degradations=state.degradations,
                     ),
                 )
             elif kind == "end":
@@ -469,6 +484,12 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Ser
         metrics=RouterMetrics(host),
         chain=FallbackChain(settings, ResilienceMetrics(host.registry), clock),
         clock=clock,
+        memory=MemoryGuard(settings.resilience.memory_limit_mb, clock, host.registry),
+        local_limits=LocalLimits(
+            settings.resilience.local_limit_rps,
+            settings.resilience.limiter_fail_closed,
+            host.registry,
+        ),
     )
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, host.server)
     host.add_service(router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name)
