@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?=
 
-.PHONY: venv up test test-fast gen lint security bench envoy-config clean
+.PHONY: venv tools up test test-fast gen lint security bench envoy-config clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+## tools: system tools with no PyPI package: promtool (Debian `prometheus`), for the alert-rule tests.
+tools:
+	@command -v promtool >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
 ## up: start the whole suite in the foreground (Ctrl-C stops it). CONFIG=file.yaml to override.
 up: $(STAMP)
