@@ -17,7 +17,7 @@ RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("promtool")
     assert binary, "promtool is missing: run `make tools` (apt-get install prometheus)"
-    return subprocess.run(  # noqa: S603  # nosec B603
+    return subprocess.run(  # nosec B603
         [binary, *args], cwd=RULES, capture_output=True, text=True, timeout=60, check=False
     )
 
