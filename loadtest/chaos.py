@@ -33,6 +33,7 @@ import subprocess  # nosec B404 - we start our own `sluice up`
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,61 +271,84 @@ def read_pid(run_dir: Path, part: str) -> int:
     return int((run_dir / f"{part}.pid").read_text())
 
 
-async def chaos(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:  # noqa: PLR0915
-    """Start the suite, load it, break it, and return the figures."""
-    scale = args.scale
+@dataclass
+class Suite:
+    """The `sluice up` process of the run."""
+
+    process: subprocess.Popen[str]
+    ports: dict[str, int]
+    run_dir: Path
+
+
+@contextlib.contextmanager
+def running_suite(args: argparse.Namespace, workdir: Path) -> Iterator[Suite]:
+    """Start `sluice up` for the run (no Envoy: the load goes to the router) and stop it."""
     ports = dict(zip(PORTS, free_ports(len(PORTS)), strict=True))
-    reset_ms = int(args.reset_timeout_s * 1000)
     config = workdir / "chaos.yaml"
-    config.write_text(yaml.safe_dump(chaos_config(ports, reset_ms)))
+    config.write_text(yaml.safe_dump(chaos_config(ports, int(args.reset_timeout_s * 1000))))
     run_dir = workdir / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     sluice = str(Path(sys.executable).parent / "sluice")
-    suite = subprocess.Popen(  # noqa: S603  # nosec B603
+    process = subprocess.Popen(  # noqa: S603  # nosec B603
         [sluice, "up", "--config", str(config), "--run-dir", str(run_dir),
          "--log-dir", str(workdir / "logs"), "--no-envoy"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
-    run = Run()
     try:
-        assert suite.stdout is not None  # noqa: S101  # nosec B101
-        loop = asyncio.get_running_loop()
-        started = time.monotonic()
-        while True:
-            line = await loop.run_in_executor(None, suite.stdout.readline)
-            if not line:
-                raise RuntimeError("sluice up exited during start-up")
+        if process.stdout is None:
+            raise RuntimeError("no stdout from sluice up")
+        for line in process.stdout:
             if line.startswith("Ctrl-C stops everything"):
                 break
-            if time.monotonic() - started > 60:
-                raise RuntimeError("sluice up did not start within 60 s")
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{ports['router']}")
-        stub = router_pb2_grpc.RouterServiceStub(channel)
-        origin = time.monotonic()
-        tasks = [
-            asyncio.create_task(worker(stub, run, i, args.concurrency, args.deadline_s))
-            for i in range(args.concurrency)
-        ]
-        watcher = asyncio.create_task(
-            watch_breakers(f"http://127.0.0.1:{ports['router_metrics']}/metrics", run)
-        )
+        else:
+            raise RuntimeError("sluice up exited during start-up")
+        yield Suite(process, ports, run_dir)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
 
-        async def phase(name: str, seconds: float) -> Phase:
-            current = Phase(name, time.monotonic(), 0.0)
-            run.phases.append(current)
-            await asyncio.sleep(seconds)
-            current.end = time.monotonic()
-            return current
 
+async def chaos(args: argparse.Namespace, suite: Suite) -> dict[str, Any]:
+    """Load the suite, break it, and return the figures."""
+    scale = args.scale
+    ports, run_dir = suite.ports, suite.run_dir
+    run = Run()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{ports['router']}")
+    stub = router_pb2_grpc.RouterServiceStub(channel)
+    origin = time.monotonic()
+    tasks = [
+        asyncio.create_task(worker(stub, run, i, args.concurrency, args.deadline_s))
+        for i in range(args.concurrency)
+    ]
+    watcher = asyncio.create_task(
+        watch_breakers(f"http://127.0.0.1:{ports['router_metrics']}/metrics", run)
+    )
+
+    async def phase(name: str, seconds: float) -> None:
+        current = Phase(name, time.monotonic(), 0.0)
+        run.phases.append(current)
+        await asyncio.sleep(seconds)
+        current.end = time.monotonic()
+
+    try:
         gap = 8.0 * scale
         await asyncio.sleep(gap)  # steady state
         victim = read_pid(run_dir, "provider-2")
         kill = Phase("kill_replica", time.monotonic(), 0.0)
         run.phases.append(kill)
         os.kill(victim, signal.SIGKILL)
-        while read_pid(run_dir, "provider-2") == victim and time.monotonic() - kill.start < 30:
+        for _ in range(600):  # until the supervisor has restarted it (30 s at most)
+            if read_pid(run_dir, "provider-2") != victim:
+                break
             await asyncio.sleep(0.05)
-        kill.end = time.monotonic()  # the replica is back
+        kill.end = time.monotonic()
         await asyncio.sleep(gap)
         limiter = read_pid(run_dir, "limiter")
         os.kill(limiter, signal.SIGSTOP)
@@ -341,28 +365,18 @@ async def chaos(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:  # n
         await phase("429_storm", args.storm_s)
         run.fault_header = ""
         await asyncio.sleep(gap)
+    finally:
         run.stop = True
         # Every stream has a deadline, so this ends; a stream past it counts as hung.
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=args.deadline_s + 10)
         await watcher
         await channel.close()
-        figures = summarise(run, origin, after_s=gap)
-        figures["elapsed_s"] = round(time.monotonic() - origin, 1)
-        figures["concurrency"] = args.concurrency
-        figures["replica_restarted"] = read_pid(run_dir, "provider-2") != victim
-        figures["suite_alive"] = suite.poll() is None
-        return figures
-    finally:
-        run.stop = True
-        if suite.poll() is None:
-            suite.send_signal(signal.SIGTERM)
-            try:
-                suite.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                suite.kill()
-                suite.wait()
-        if suite.stdout is not None:
-            suite.stdout.close()
+    figures = summarise(run, origin, after_s=gap)
+    figures["elapsed_s"] = round(time.monotonic() - origin, 1)
+    figures["concurrency"] = args.concurrency
+    figures["replica_restarted"] = read_pid(run_dir, "provider-2") != victim
+    figures["suite_alive"] = suite.process.poll() is None
+    return figures
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -387,8 +401,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    with tempfile.TemporaryDirectory(prefix="sluice-chaos-") as tmp:
-        figures = asyncio.run(chaos(args, Path(tmp)))
+    with (
+        tempfile.TemporaryDirectory(prefix="sluice-chaos-") as tmp,
+        running_suite(args, Path(tmp)) as suite,
+    ):
+        figures = asyncio.run(chaos(args, suite))
     if args.json:
         print(json.dumps(figures))
     else:

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from sluice.core.config import ServiceSettings
 from sluice.core.grpcx.interceptors import ServerPipeline
+from sluice.core.telemetry.error_reporting import build_reporter
 from sluice.core.telemetry.metrics import RpcMetrics, serve_metrics
 from sluice.core.telemetry.tracing import build_tracer_provider
 
@@ -70,7 +71,8 @@ class ServiceHost:
         tracer = (
             self.tracer_provider.get_tracer("sluice.core.grpcx") if self.tracing_active else None
         )
-        pipeline = ServerPipeline(self.metrics, tracer)
+        self.error_reporter = build_reporter(settings.error_reporting, name)
+        pipeline = ServerPipeline(self.metrics, tracer, reporter=self.error_reporter)
         self.server = grpc.aio.server(
             interceptors=(pipeline,),
             options=(
@@ -82,6 +84,13 @@ class ServiceHost:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names: list[str] = []
         self._cleanups: list[Cleanup] = []
+        reporter = self.error_reporter
+        if reporter is not None:
+
+            async def close_reporter() -> None:
+                await asyncio.to_thread(reporter.close)
+
+            self._cleanups.append(close_reporter)
         self._metrics_server: WSGIServer | None = None
         self.port = 0
         self.metrics_port = 0
