@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -20,6 +21,9 @@ from tests.e2e.conftest import DEV_KEY, RunningSuite, free_ports, start_suite
 pytestmark = pytest.mark.e2e
 
 AUTH = [("authorization", f"Bearer {DEV_KEY}")]
+DEV_SHA = hashlib.sha256(DEV_KEY.encode()).hexdigest()
+NARROW_KEY = "sk-narrow-tier"
+NARROW_SHA = hashlib.sha256(NARROW_KEY.encode()).hexdigest()
 FAST = {"time_to_first_token_ms": 5, "tokens_per_second": 400, "answer_tokens": 24}
 
 
@@ -33,6 +37,10 @@ def resilient_overrides(replica: tuple[int, int]) -> dict[str, Any]:
             "backends": {"primary": FAST, "secondary": FAST},
         },
         "router": {
+            "api_keys": [
+                {"id": "dev", "sha256": DEV_SHA},
+                {"id": "narrow", "sha256": NARROW_SHA, "models": ["strict"]},
+            ],
             "models": {
                 "default": {
                     "backends": [{"backend": "primary"}, {"backend": "secondary"}],
@@ -124,7 +132,7 @@ def test_failover_through_envoy_sse(resilient: RunningSuite) -> None:
         ("error_rate=1", 503, "SERVICE_UNAVAILABLE"),
         ("rate_limit_rate=1,retry_after_ms=60000", 429, "RATE_LIMIT_EXCEEDED"),
         ("context_length_error=1", 400, "TOKEN_LIMIT_EXCEEDED"),
-        ("malformed_chunk=1", 503, "INVALID_RESPONSE"),
+        ("malformed_chunk=1", 502, "INVALID_RESPONSE"),
     ],
 )
 def test_upstream_failures_map_to_http_statuses_and_one_json_shape(
@@ -149,3 +157,62 @@ def test_upstream_failures_map_to_http_statuses_and_one_json_shape(
     infos = [d for d in error["details"] if d["@type"].endswith("ErrorInfo")]
     assert infos[0]["reason"] == reason
     assert "Traceback" not in response.text
+
+
+def error_body(response: httpx.Response) -> dict[str, Any]:
+    """The one JSON error shape of the edge: {code, message, details[]}."""
+    body: dict[str, Any] = response.json()
+    assert set(body) == {"code", "message", "details"}, body
+    assert "x-sluice-http-status" not in response.headers
+    return body
+
+
+def reason_of(body: dict[str, Any]) -> str:
+    infos = [d for d in body["details"] if d["@type"].endswith("google.rpc.ErrorInfo")]
+    assert len(infos) == 1
+    assert infos[0]["domain"] == "sluice.dev"
+    return str(infos[0]["reason"])
+
+
+def test_model_outside_the_tier_is_403(resilient: RunningSuite) -> None:
+    body = {"model": "default", "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(timeout=30, trust_env=False) as client:
+        response = client.post(
+            f"{resilient.edge}/v1/complete",
+            json=body,
+            headers={"authorization": f"Bearer {NARROW_KEY}"},
+        )
+    assert response.status_code == 403
+    assert reason_of(error_body(response)) == "BUSINESS_RULE_VIOLATION"
+
+
+def test_native_grpc_through_envoy_keeps_grpc_statuses(resilient: RunningSuite) -> None:
+    # The status rewrite applies to JSON only: a gRPC client still gets its own code.
+    with grpc.insecure_channel(f"127.0.0.1:{resilient.ports['envoy']}") as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            list(
+                stub.Generate(
+                    router_pb2.GenerateRequest(
+                        model="strict",
+                        messages=[{"role": "user", "content": "grpc malformed"}],
+                    ),
+                    metadata=[*AUTH, ("x-sluice-fault", "malformed_chunk=1")],
+                    timeout=20,
+                )
+            )
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_router_over_its_memory_bound_is_503_out_of_memory(tmp_path: Path) -> None:
+    with start_suite(tmp_path, router={"resilience": {"memory_limit_mb": 1}}) as running:
+        body = {"model": "default", "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.Client(timeout=30, trust_env=False) as client:
+            response = client.post(
+                f"{running.edge}/v1/complete",
+                json=body,
+                headers={"authorization": f"Bearer {DEV_KEY}"},
+            )
+        assert response.status_code == 503
+        assert reason_of(error_body(response)) == "OUT_OF_MEMORY"
+        assert running.process.poll() is None  # shed load, not killed

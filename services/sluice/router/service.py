@@ -145,6 +145,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise BusinessRuleViolationError(
                 f"model '{request.model}' is not available to this API key",
                 metadata={"model": request.model, "tier": principal.tier},
+                http_status=403,  # "model not in tier" (a spent budget is 412)
             )
         return alias
 

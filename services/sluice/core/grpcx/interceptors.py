@@ -25,7 +25,13 @@ import grpc
 from grpc_status import rpc_status
 from opentelemetry import trace
 
-from sluice.core.errors import DeadlineExceededError, InternalError, SluiceError, to_rpc_status
+from sluice.core.errors import (
+    HTTP_STATUS_HEADER,
+    DeadlineExceededError,
+    InternalError,
+    SluiceError,
+    to_rpc_status,
+)
 from sluice.core.grpcx.handlers import StreamBehaviour, UnaryBehaviour, wrap_handler
 from sluice.core.grpcx.request_context import new_request_id, request_id_var
 from sluice.core.grpcx.types import ServicerContext
@@ -46,7 +52,8 @@ _MAX_REQUEST_ID = 64
 async def abort_with(context: ServicerContext, error: SluiceError) -> None:
     """End the RPC with the rich status of `error` (raises grpc.aio.AbortError)."""
     status = rpc_status.to_status(to_rpc_status(error))
-    await context.abort(status.code, status.details, status.trailing_metadata)
+    trailing = (*status.trailing_metadata, (HTTP_STATUS_HEADER, str(error.http_status)))
+    await context.abort(status.code, status.details, trailing)
 
 
 def _request_id(metadata: Any) -> str:
