@@ -33,6 +33,8 @@ from tests.support import (
     metric,
     provider_settings,
     router_settings,
+    start_suite,
+    tracing_to,
 )
 
 PROMPT = "How does a sluice gate keep the canal level?"
@@ -442,3 +444,29 @@ async def test_healthy_streams_carry_no_degradation(stack: ServiceStack) -> None
     assert list(metadata_events(events)[0].degradations) == []
     failed_over = await chain.generate("x", fault="drop_after_tokens=2,backend=primary")
     assert list(metadata_events(failed_over)[1].degradations) == ["failover"]
+
+
+async def test_telemetry_unreachable_leaves_serving_unaffected(stack: ServiceStack) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    suite = await start_suite(stack, tracing=tracing_to(dead))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    results = await asyncio.gather(
+        *(
+            collect(
+                suite.router_stub.Generate(
+                    router_pb2.GenerateRequest(
+                        model="default",
+                        messages=[common_pb2.Message(role="user", content=f"traced {i}")],
+                    ),
+                    metadata=AUTH,
+                )
+            )
+            for i in range(20)
+        )
+    )
+    assert all(kinds(r)[-1] == "complete" for r in results)
+    # Export failures happen in the background; no request waits for them.
+    assert loop.time() - started < 2.0
