@@ -204,6 +204,27 @@ async def watch_breakers(metrics_url: str, run: Run) -> None:
             await asyncio.sleep(0.1)
 
 
+async def router_counters(metrics_url: str) -> dict[str, float]:
+    """Breaker transitions, retries, failovers and degradations, as the router counted them."""
+    wanted = (
+        "sluice_router_breaker_transitions_total",
+        "sluice_router_retries_total",
+        "sluice_router_retry_budget_exhausted_total",
+        "sluice_router_midstream_failovers_total",
+        "sluice_router_bulkhead_rejected_total",
+        "sluice_router_limiter_degraded_total",
+        "sluice_router_fallback_served_total",
+    )
+    async with httpx.AsyncClient(trust_env=False, timeout=5.0) as client:
+        text = (await client.get(metrics_url)).text
+    counters: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(wanted):
+            series, value = line.rsplit(" ", 1)
+            counters[series] = float(value)
+    return counters
+
+
 def pct(values: list[float], q: float) -> float | None:
     """The q-th percentile (nearest rank) in milliseconds."""
     if not values:
@@ -372,6 +393,9 @@ async def chaos(args: argparse.Namespace, suite: Suite) -> dict[str, Any]:
         await watcher
         await channel.close()
     figures = summarise(run, origin, after_s=gap)
+    figures["router_counters"] = await router_counters(
+        f"http://127.0.0.1:{ports['router_metrics']}/metrics"
+    )
     figures["elapsed_s"] = round(time.monotonic() - origin, 1)
     figures["concurrency"] = args.concurrency
     figures["replica_restarted"] = read_pid(run_dir, "provider-2") != victim

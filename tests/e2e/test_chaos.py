@@ -36,6 +36,9 @@ async def test_shortened_chaos_run_completes_every_stream(tmp_path: Path) -> Non
     primary = [t["state"] for t in figures["breaker_transitions"] if t["backend"] == "primary"]
     assert "open" in primary
     assert primary[-1] == "closed"
+    counters = figures["router_counters"]
+    opened = 'sluice_router_breaker_transitions_total{backend="primary",state="open"}'
+    assert counters[opened] >= 1
     # Back on the primary within the reset timeout (plus the probes' own time).
     back = figures["seconds_back_to_primary_after_outage"]
     assert back is not None
