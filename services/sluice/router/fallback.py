@@ -13,14 +13,10 @@ back end exists the error reaches the client in-band.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cachetools import TTLCache
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -39,6 +35,13 @@ from sluice.core.resilience.bulkhead import Bulkhead, BulkheadFullError
 from sluice.core.resilience.retry import Backoff, RetryBudget
 from sluice.core.telemetry.tracing import current_trace_id
 from sluice.core.tokens import count_tokens
+from sluice.router.cache import (
+    CachedAnswer,
+    RedisResponseCache,
+    ResponseCache,
+    ResponseStore,
+    cache_key,
+)
 from sluice.router.settings import BackendRef, ModelAliasSettings, RouterSettings
 from sluice.router.v1 import router_pb2
 
@@ -95,46 +98,11 @@ class Attempt(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class CachedAnswer:
-    """A completed answer, as the cache serves it."""
-
-    text: str
-    output_tokens: int
-    finish_reason: int
-    usage: bytes
-
-
-def cache_key(model: str, messages: Sequence[common_pb2.Message], extra: Sequence[Any]) -> str:
-    """Exact-match key of a normalised request: roles, trimmed texts and parameters."""
-    normalised = [model, [[m.role, m.content.strip()] for m in messages], list(extra)]
-    return hashlib.sha256(json.dumps(normalised, separators=(",", ":")).encode()).hexdigest()
-
-
-class ResponseCache:
-    """In-memory LRU with TTL over the injected clock."""
-
-    def __init__(self, max_entries: int, ttl_s: float, clock: Clock) -> None:
-        self._entries: TTLCache[str, CachedAnswer] = TTLCache(
-            maxsize=max_entries, ttl=ttl_s, timer=clock.monotonic
-        )
-
-    def get(self, key: str) -> CachedAnswer | None:
-        """The cached answer, if fresh."""
-        return self._entries.get(key)
-
-    def put(self, key: str, answer: CachedAnswer) -> None:
-        """Store an answer."""
-        self._entries[key] = answer
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
 class ResilienceMetrics:
     """Breaker state, fallback steps, retries, bulkhead refusals, errors by reason."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
         self.breaker_state = Gauge(
             "sluice_router_breaker_state",
             "Circuit breaker state per back end: 0 closed, 1 half-open, 2 open.",
@@ -235,8 +203,17 @@ class FallbackChain:
         self._backoff = backoff or Backoff(self._resilience.retry)
         self.budget = RetryBudget(self._resilience.retry, clock)
         cache = self._resilience.cache
-        self.cache = ResponseCache(cache.max_entries, cache.ttl_s, clock) if cache.enabled else None
+        self.cache: ResponseStore | None = None
+        if cache.enabled and cache.redis_url:
+            self.cache = RedisResponseCache(cache.redis_url, cache.ttl_s, metrics.registry)
+        elif cache.enabled:
+            self.cache = ResponseCache(cache.max_entries, cache.ttl_s, clock)
         self._guards: dict[str, BackendGuard] = {}
+
+    async def close(self) -> None:
+        """Release the cache's connections."""
+        if self.cache is not None:
+            await self.cache.close()
 
     def guard(self, backend: str) -> BackendGuard:
         """The guard of a back end (created on first use)."""
@@ -354,13 +331,13 @@ class FallbackChain:
                 guard.breaker.record_success()
                 self._metrics.served.labels(model, STEP_NAMES[step]).inc()
                 if self.cache is not None and not streamed_before:
-                    self._store(key, state)
+                    await self._store(key, state)
                 return
         if state.output_tokens:
             assert last_error is not None  # nosec B101
             raise last_error
         if self.cache is not None:
-            cached = self.cache.get(key)
+            cached = await self.cache.get(key)
             if cached is not None:
                 async for event in self._serve_cached(model, cached, state, make_event):
                     yield event
@@ -386,7 +363,7 @@ class FallbackChain:
         usage.total_tokens = usage.input_tokens + usage.output_tokens
         usage.estimated = True
 
-    def _store(self, key: str, state: ChainState) -> None:
+    async def _store(self, key: str, state: ChainState) -> None:
         assert self.cache is not None  # nosec B101
         completed = state.completed
         if completed is None:
@@ -394,7 +371,7 @@ class FallbackChain:
         text = "".join(state.text)
         if len(text) > self._resilience.cache.max_entry_chars:
             return
-        self.cache.put(
+        await self.cache.put(
             key,
             CachedAnswer(
                 text=text,

@@ -477,13 +477,14 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Ser
     provider_channel = internal_channel(
         settings.provider_address, "sluice.provider.v1.ProviderService", tracing, retries=False
     )
+    chain = FallbackChain(settings, ResilienceMetrics(host.registry), clock)
     servicer = RouterServicer(
         settings,
         authenticator=ApiKeyAuthenticator(settings.api_keys),
         limiter=limiter_pb2_grpc.LimiterServiceStub(limiter_channel),
         provider=provider_pb2_grpc.ProviderServiceStub(provider_channel),
         metrics=RouterMetrics(host),
-        chain=FallbackChain(settings, ResilienceMetrics(host.registry), clock),
+        chain=chain,
         clock=clock,
         memory=MemoryGuard(settings.resilience.memory_limit_mb, clock, host.registry),
         local_limits=LocalLimits(
@@ -498,6 +499,7 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Ser
     async def close_channels() -> None:
         await limiter_channel.close()
         await provider_channel.close()
+        await chain.close()
 
     host.add_cleanup(close_channels)
     return host

@@ -89,6 +89,8 @@ class ResponseCacheSettings(BaseModel):
     """How long an answer stays servable."""
     max_entry_chars: int = Field(65_536, ge=1)
     """Longer answers are not cached."""
+    redis_url: str = ""
+    """redis://host:port/db to share the cache across router replicas; empty keeps it in memory."""
 
 
 class ResilienceSettings(BaseModel):

@@ -8,13 +8,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 
 from sluice.common.v1 import common_pb2
-from sluice.router.fallback import (
-    BackendGuard,
-    CachedAnswer,
-    ResilienceMetrics,
-    ResponseCache,
-    cache_key,
-)
+from sluice.router.cache import CachedAnswer, ResponseCache, cache_key
+from sluice.router.fallback import BackendGuard, ResilienceMetrics
 from sluice.router.settings import RouterSettings
 from tests.support import FakeClock
 
@@ -67,16 +62,16 @@ def test_cache_key_normalises_whitespace_but_not_meaning() -> None:
     assert cache_key("default", [message("user", "hello")], [16, 0.5, []]) != base
 
 
-def test_cache_is_lru_with_ttl_on_the_injected_clock() -> None:
+async def test_cache_is_lru_with_ttl_on_the_injected_clock() -> None:
     clock = FakeClock()
     cache = ResponseCache(max_entries=2, ttl_s=10.0, clock=clock)
     answer = CachedAnswer("text", 1, common_pb2.FINISH_REASON_STOP, b"")
-    cache.put("a", answer)
-    cache.put("b", answer)
-    assert cache.get("a") == answer  # a is now the most recently used
-    cache.put("c", answer)
-    assert cache.get("b") is None
-    assert cache.get("a") == answer
+    await cache.put("a", answer)
+    await cache.put("b", answer)
+    assert await cache.get("a") == answer  # a is now the most recently used
+    await cache.put("c", answer)
+    assert await cache.get("b") is None
+    assert await cache.get("a") == answer
     clock.advance(10.0)
-    assert cache.get("a") is None
+    assert await cache.get("a") is None
     assert len(cache) == 0
