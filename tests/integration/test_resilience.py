@@ -472,6 +472,14 @@ async def test_telemetry_unreachable_leaves_serving_unaffected(stack: ServiceSta
     assert all(kinds(r)[-1] == "complete" for r in results)
     # Export failures happen in the background; no request waits for them.
     assert loop.time() - started < 2.0
+    # The lost spans are counted (the exporter gives up after its 5 s timeout).
+    dropped = await eventually(
+        lambda: metric(suite.router.metrics_port, "sluice_spans_dropped_total"),
+        lambda value: value > 0,
+        within_s=15.0,
+        every_s=0.2,
+    )
+    assert dropped > 0
 
 
 # -- shared response cache in Redis ----------------------------------------------------------

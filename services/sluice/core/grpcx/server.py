@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from sluice.core.config import ServiceSettings
 from sluice.core.grpcx.interceptors import ServerPipeline
@@ -62,8 +62,13 @@ class ServiceHost:
         self.name = name
         self.settings = settings
         self.registry = registry or CollectorRegistry()
+        self.spans_dropped = Counter(
+            "sluice_spans_dropped",
+            "Spans lost because the telemetry service could not take them.",
+            registry=self.registry,
+        )
         self.tracer_provider = tracer_provider or build_tracer_provider(
-            f"sluice-{name}", settings.tracing
+            f"sluice-{name}", settings.tracing, self.spans_dropped.inc
         )
         self.metrics = RpcMetrics(name, self.registry)
         # With export off, spans would be built only to be dropped: skip them entirely.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 from opentelemetry import trace
@@ -11,21 +11,33 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.instrumentation.grpc.filters import negate, service_prefix
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from sluice.core.config import TracingSettings
 from sluice.core.telemetry.grpc_client import TracedUnaryStreamInterceptor
+from sluice.core.telemetry.span_export import CountingSpanExporter
 
 
-def build_tracer_provider(service_name: str, settings: TracingSettings) -> TracerProvider:
-    """A provider that samples new traces at the configured ratio and exports in batches."""
+def build_tracer_provider(
+    service_name: str,
+    settings: TracingSettings,
+    on_dropped: Callable[[int], None] | None = None,
+) -> TracerProvider:
+    """A provider that samples new traces at the configured ratio and exports in batches.
+
+    `on_dropped` hears how many spans each failed export lost.
+    """
     provider = TracerProvider(
         resource=Resource.create({"service.name": service_name, "service.namespace": "sluice"}),
         sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
     )
     if settings.enabled:
-        exporter = OTLPSpanExporter(endpoint=settings.endpoint, insecure=True, timeout=5)
+        exporter: SpanExporter = OTLPSpanExporter(
+            endpoint=settings.endpoint, insecure=True, timeout=5
+        )
+        if on_dropped is not None:
+            exporter = CountingSpanExporter(exporter, on_dropped)
         provider.add_span_processor(
             BatchSpanProcessor(
                 exporter,
