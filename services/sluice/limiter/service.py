@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import time
+from collections.abc import Sequence
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge, Histogram
 
 from sluice.core.clock import Clock, SystemClock
 from sluice.core.errors import (
@@ -17,24 +19,86 @@ from sluice.core.errors import (
 )
 from sluice.core.grpcx.server import ServiceHost
 from sluice.core.grpcx.types import ServicerContext
+from sluice.limiter.algorithms import Verdict
+from sluice.limiter.backend import Backend
+from sluice.limiter.fallback import FallbackBackend
+from sluice.limiter.memory import MemoryBackend
+from sluice.limiter.policies import Check, Policies, Subjects
+from sluice.limiter.redis import RedisBackend
 from sluice.limiter.settings import LimiterSettings
-from sluice.limiter.token_bucket import TokenBuckets
 from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
 
 
-class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
-    """Admits requests against per-API-key token buckets."""
+def _describe(check: Check) -> str:
+    limit, second = check.algorithm.params
+    name = check.algorithm.name
+    if name == "fixed_window":
+        per = f"per {second:g} s window"
+    elif name == "sliding_log":
+        per = f"in any {second:g} s"
+    elif name == "sliding_counter":
+        per = f"in any {second:g} s (estimated)"
+    else:
+        per = "in a burst"
+    return f"policy {check.policy}: at most {limit:g} {check.unit} {per}"
 
-    def __init__(self, buckets: TokenBuckets, host: ServiceHost) -> None:
-        self._buckets = buckets
+
+def _refusal(checks: Sequence[Check], verdicts: Sequence[Verdict]) -> QuotaExceededError:
+    refused = [(c, v) for c, v in zip(checks, verdicts, strict=True) if not v.allowed]
+    first, first_verdict = refused[0]
+    waits = [v.retry_after_s for _, v in refused]
+    # Admission needs every refusing limit to have room again: the longest wait.
+    retry = None if any(math.isinf(w) for w in waits) else max(waits)
+    return QuotaExceededError(
+        f"{first.unit} limit of {first_verdict.limit:g} for {first.subject} exceeded "
+        f"(policy {first.policy})",
+        metadata={
+            "policy": first.policy,
+            "limit": f"{first_verdict.limit:g}",
+            "policies": ",".join(c.policy for c, _ in refused),
+        },
+        retry_after_s=retry,
+        quota_violations=[
+            QuotaViolation(subject=c.subject, description=_describe(c)) for c, _ in refused
+        ],
+    )
+
+
+class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
+    """Admits requests against every configured policy that matches them, atomically."""
+
+    def __init__(self, policies: Policies, backend: Backend, host: ServiceHost) -> None:
+        self._policies = policies
+        self._backend = backend
         decisions = Counter(
             "sluice_limiter_decisions",
-            "Admission decisions by result (allowed, denied).",
+            "Admission decisions per policy by result (allowed, denied).",
             ["policy", "result"],
             registry=host.registry,
         )
-        self._allowed = decisions.labels("per_key", "allowed")
-        self._denied = decisions.labels("per_key", "denied")
+        self._allowed = {name: decisions.labels(name, "allowed") for name in policies.names}
+        self._denied = {name: decisions.labels(name, "denied") for name in policies.names}
+        self._latency = Histogram(
+            "sluice_limiter_decision_seconds",
+            "Time to decide one Acquire in the backend.",
+            ["backend"],
+            registry=host.registry,
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0),
+        ).labels(backend.name)
+        reconciled = Counter(
+            "sluice_limiter_reconciliations",
+            "Reconcile calls by result (applied, unknown).",
+            ["result"],
+            registry=host.registry,
+        )
+        self._applied = reconciled.labels("applied")
+        self._unknown = reconciled.labels("unknown")
+        self._reconciled_tokens = Counter(
+            "sluice_limiter_reconciled_tokens",
+            "Tokens charged (positive) or refunded (negative) by reconciliation, by direction.",
+            ["direction"],
+            registry=host.registry,
+        )
 
     async def Acquire(  # noqa: N802 - gRPC method name
         self, request: limiter_pb2.AcquireRequest, context: ServicerContext
@@ -53,41 +117,124 @@ class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
             raise ValidationError(
                 "request and token counts must not be negative", field_violations=negative
             )
-        decision = self._buckets.take(request.api_key_id, float(request.requests or 1))
-        if not decision.allowed:
-            self._denied.inc()
-            retry = None if math.isinf(decision.retry_after_s) else decision.retry_after_s
-            raise QuotaExceededError(
-                f"request rate limit of {decision.capacity:g} per key exceeded",
-                metadata={"policy": "per_key", "limit": f"{decision.capacity:g}"},
-                retry_after_s=retry,
-                quota_violations=[
-                    QuotaViolation(
-                        subject=f"api_key:{request.api_key_id}",
-                        description=f"at most {decision.capacity:g} requests in a burst",
-                    )
-                ],
+        subjects = Subjects(
+            api_key=request.api_key_id,
+            tenant=request.tenant,
+            user=request.user,
+            endpoint=request.endpoint,
+            model=request.model,
+        )
+        checks = self._policies.checks(subjects, float(request.requests or 1), request.tokens)
+        reservation_id = os.urandom(8).hex()
+        if not checks:
+            # No policy applies: admitted, and nothing to remember (limit 0 = unlimited).
+            return limiter_pb2.AcquireResponse(reservation_id=reservation_id)
+        started = time.perf_counter()
+        outcome = await self._backend.acquire(checks, reservation_id)
+        self._latency.observe(time.perf_counter() - started)
+        if not outcome.allowed:
+            for check, verdict in zip(checks, outcome.verdicts, strict=True):
+                if not verdict.allowed:
+                    self._denied[check.policy].inc()
+            raise _refusal(checks, outcome.verdicts)
+        statuses = []
+        for check, verdict in zip(checks, outcome.verdicts, strict=True):
+            self._allowed[check.policy].inc()
+            statuses.append(
+                limiter_pb2.PolicyStatus(
+                    policy=check.policy,
+                    subject=check.subject,
+                    unit=check.unit,
+                    remaining=int(verdict.remaining),
+                    limit=int(verdict.limit),
+                    reset_after_ms=int(verdict.reset_after_s * 1000),
+                )
             )
-        self._allowed.inc()
-        return limiter_pb2.AcquireResponse(
-            reservation_id=os.urandom(8).hex(),
-            remaining=int(decision.remaining),
-            limit=int(decision.capacity),
-            reset_after_ms=int(decision.reset_after_s * 1000),
+        response = limiter_pb2.AcquireResponse(reservation_id=reservation_id, policies=statuses)
+        # The headline figures come from the tightest request limit (any limit if none).
+        candidates = [s for s in statuses if s.unit == "requests"] or statuses
+        if candidates:
+            tightest = min(candidates, key=lambda s: s.remaining)
+            response.remaining = tightest.remaining
+            response.limit = tightest.limit
+            response.reset_after_ms = tightest.reset_after_ms
+        return response
+
+    async def Reconcile(  # noqa: N802 - gRPC method name
+        self, request: limiter_pb2.ReconcileRequest, context: ServicerContext
+    ) -> limiter_pb2.ReconcileResponse:
+        if not request.reservation_id:
+            raise MissingParameterError(
+                "reservation_id is required",
+                field_violations=[FieldViolation("reservation_id", "must not be empty")],
+            )
+        if request.actual_tokens < 0:
+            raise ValidationError(
+                "actual_tokens must not be negative",
+                field_violations=[FieldViolation("actual_tokens", "must not be negative")],
+            )
+        settled = await self._backend.reconcile(request.reservation_id, request.actual_tokens)
+        if not settled.applied:
+            self._unknown.inc()
+            return limiter_pb2.ReconcileResponse(applied=False)
+        self._applied.inc()
+        delta = request.actual_tokens - int(settled.reserved_tokens)
+        if delta:
+            self._reconciled_tokens.labels("charged" if delta > 0 else "refunded").inc(abs(delta))
+        return limiter_pb2.ReconcileResponse(
+            applied=True, reserved_tokens=int(settled.reserved_tokens), delta_tokens=delta
         )
 
 
-def build_server(settings: LimiterSettings, *, clock: Clock | None = None) -> ServiceHost:
-    """Wire the limiter service. Call ``await host.start()`` to bind and serve."""
-    host = ServiceHost("limiter", settings)
-    buckets = TokenBuckets(
+def build_backend(settings: LimiterSettings, clock: Clock | None, host: ServiceHost) -> Backend:
+    """The configured backend; Redis comes wrapped in the local-share fallback."""
+    local = MemoryBackend(
         clock or SystemClock(),
-        settings.per_key,
-        settings.key_overrides,
-        settings.max_tracked_keys,
+        max_keys=settings.max_tracked_keys,
+        reservation_ttl_s=settings.reservation_ttl_s,
     )
+    if settings.backend == "memory":
+        return local
+    degraded = Gauge(
+        "sluice_limiter_degraded",
+        "1 while the shared store is unreachable and each replica enforces its local share.",
+        registry=host.registry,
+    )
+    switches = Counter(
+        "sluice_limiter_fallbacks",
+        "Times the limiter switched to local decisions because the store was unreachable.",
+        registry=host.registry,
+    )
+
+    def announce(is_degraded: bool) -> None:
+        degraded.set(1 if is_degraded else 0)
+        if is_degraded:
+            switches.inc()
+
+    shared = RedisBackend(settings.redis, clock=clock, reservation_ttl_s=settings.reservation_ttl_s)
+    return FallbackBackend(
+        shared,
+        local,
+        clock=clock or SystemClock(),
+        replicas=settings.redis.replicas,
+        retry_interval_s=settings.redis.retry_interval_s,
+        on_change=announce,
+    )
+
+
+def build_server(
+    settings: LimiterSettings, *, clock: Clock | None = None, backend: Backend | None = None
+) -> ServiceHost:
+    """Wire the limiter service. Call ``await host.start()`` to bind and serve.
+
+    With `clock` given, every backend (Redis included) takes `now` from it; otherwise
+    the Redis backend uses the server's clock, shared by all replicas.
+    """
+    host = ServiceHost("limiter", settings)
+    chosen = backend or build_backend(settings, clock, host)
+    host.add_cleanup(chosen.close)
     limiter_pb2_grpc.add_LimiterServiceServicer_to_server(
-        LimiterServicer(buckets, host), host.server
+        LimiterServicer(Policies(settings.effective_policies()), chosen, host), host.server
     )
     host.add_service(limiter_pb2.DESCRIPTOR.services_by_name["LimiterService"].full_name)
     return host

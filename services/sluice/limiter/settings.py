@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from sluice.core.config import ServerSettings, ServiceSettings
+from sluice.limiter.algorithms import AlgorithmName
+
+Scope = Literal["global", "user", "api_key", "tenant", "endpoint", "model"]
+Unit = Literal["requests", "tokens"]
 
 
 class BucketSettings(BaseModel):
@@ -19,6 +25,64 @@ class BucketSettings(BaseModel):
     """Sustained rate, in requests per second."""
 
 
+class LimitSettings(BaseModel):
+    """The numbers of one limit; which of them apply depends on the algorithm."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    limit: float = Field(gt=0.0)
+    """Token bucket: capacity (largest burst). Windows: units allowed per window."""
+    refill_per_second: float | None = Field(None, gt=0.0)
+    """Token bucket only: sustained rate in units per second (default: limit / window_s)."""
+    window_s: float = Field(1.0, gt=0.0)
+    """Windows: window length in seconds. Token bucket: the period `limit` refers to when
+    `refill_per_second` is not given."""
+
+    def rate(self) -> float:
+        """The token bucket's refill rate."""
+        return self.refill_per_second or self.limit / self.window_s
+
+
+class PolicySettings(LimitSettings):
+    """One configured limit: what it counts, per what subject, with which algorithm."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Identifier: appears in refusals (QuotaFailure, ErrorInfo `policy`) and metrics."""
+    scope: Scope = "api_key"
+    """Whose usage is counted together: everyone (`global`) or per user, API key, tenant,
+    endpoint (RPC or HTTP route) or model. A request lacking the field is not limited by
+    a per-field policy (`global` catches it)."""
+    unit: Unit = "requests"
+    """What is counted: requests, or LLM tokens (reserved at Acquire, reconciled later)."""
+    algorithm: AlgorithmName = "token_bucket"
+    """token_bucket, fixed_window, sliding_log or sliding_counter (see the README)."""
+    match: dict[Scope, list[str]] = Field(default_factory=dict)
+    """Only requests whose fields take one of these values, e.g. {model: [gpt-4o]}."""
+    overrides: dict[str, LimitSettings] = Field(default_factory=dict)
+    """Different numbers for particular subjects (e.g. one API key id)."""
+
+
+class RedisSettings(BaseModel):
+    """The shared Redis-protocol store."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    url: str = "redis://127.0.0.1:6379/0"
+    """Server URL (redis:// or rediss://)."""
+    key_prefix: str = "sluice:rl:"
+    """Prefix of every key the limiter writes."""
+    timeout_s: float = Field(0.25, gt=0.0, le=10.0)
+    """Connect and per-call timeout; beyond it the decision is taken locally."""
+    retry_interval_s: float = Field(1.0, gt=0.0, le=300.0)
+    """While Redis is unreachable, how often a decision tries it again."""
+    replicas: int = Field(1, ge=1)
+    """Limiter replicas sharing the store: each takes 1/replicas of every limit while
+    Redis is unreachable."""
+    use_server_time: bool = True
+    """Take `now` from the Redis server (one clock for all replicas) rather than the
+    replica's own clock."""
+
+
 class LimiterSettings(ServiceSettings):
     """Settings of the limiter service."""
 
@@ -29,8 +93,45 @@ class LimiterSettings(ServiceSettings):
     server: ServerSettings = ServerSettings(port=50052, metrics_port=9102)
     """Listeners."""
     per_key: BucketSettings = BucketSettings()
-    """The request bucket every API key gets unless overridden."""
+    """The request bucket every API key gets unless overridden (the default policy
+    `per_key`, used when `policies` is empty)."""
     key_overrides: dict[str, BucketSettings] = Field(default_factory=dict)
-    """Buckets for particular API key ids."""
+    """Buckets for particular API key ids (in the default policy)."""
+    policies: list[PolicySettings] = Field(default_factory=list)
+    """Configured limits; every request is checked against all that match it, at once.
+    Empty: the single `per_key` request bucket above."""
+    backend: Literal["memory", "redis"] = "memory"
+    """Where limit state lives: this process, or a Redis shared by all replicas."""
+    redis: RedisSettings = RedisSettings()
+    """The Redis store (backend `redis`)."""
     max_tracked_keys: int = Field(100_000, ge=1)
-    """Buckets kept in memory; the least recently used are forgotten beyond this."""
+    """Limit states kept in memory; the least recently used are forgotten beyond this."""
+    reservation_ttl_s: float = Field(3600.0, gt=0.0)
+    """How long a token reservation can still be reconciled."""
+
+    @model_validator(mode="after")
+    def _unique_policy_names(self) -> Self:
+        names = [policy.name for policy in self.policies]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise ValueError(f"policies: duplicate names {duplicated}")
+        return self
+
+    def effective_policies(self) -> list[PolicySettings]:
+        """The configured policies, or the default per-key request bucket."""
+        if self.policies:
+            return list(self.policies)
+        return [
+            PolicySettings(
+                name="per_key",
+                scope="api_key",
+                unit="requests",
+                algorithm="token_bucket",
+                limit=self.per_key.capacity,
+                refill_per_second=self.per_key.refill_per_second,
+                overrides={
+                    key: LimitSettings(limit=b.capacity, refill_per_second=b.refill_per_second)
+                    for key, b in self.key_overrides.items()
+                },
+            )
+        ]

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import Counter
 
 from sluice.core.clock import Clock
 from sluice.core.errors import ValidationError
 from sluice.core.grpcx.server import ServiceHost
 from sluice.core.grpcx.types import ServicerContext
+from sluice.provider.backends import Backend, build_backends, close_backends
 from sluice.provider.faults import FAULT_HEADER, parse_fault_header
+from sluice.provider.genai import GenAIInstruments
 from sluice.provider.settings import ProviderSettings
 from sluice.provider.simulated import SimulatedBackend
 from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
@@ -24,7 +27,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
 
     def __init__(
         self,
-        backends: dict[str, SimulatedBackend],
+        backends: Mapping[str, Backend],
         host: ServiceHost,
         *,
         fault_injection: bool = False,
@@ -60,7 +63,13 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         outcome = "failed"
         output_tokens = 0
         try:
-            async for event in backend.stream(request, faults):
+            # Faults are the simulated model's; HTTP back ends fail for real.
+            events = (
+                backend.stream(request, faults)
+                if faults is not None and isinstance(backend, SimulatedBackend)
+                else backend.stream(request)
+            )
+            async for event in events:
                 if event.HasField("end"):
                     output_tokens = event.end.usage.output_tokens
                 yield event
@@ -88,13 +97,27 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         )
 
 
-def build_server(settings: ProviderSettings, *, clock: Clock | None = None) -> ServiceHost:
-    """Wire the provider service. Call ``await host.start()`` to bind and serve."""
-    host = ServiceHost("provider", settings)
-    backends = {
-        name: SimulatedBackend(name, backend_settings, clock)
-        for name, backend_settings in settings.backends.items()
-    }
+def build_server(
+    settings: ProviderSettings,
+    *,
+    clock: Clock | None = None,
+    tracer_provider: TracerProvider | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ServiceHost:
+    """Wire the provider service. Call ``await host.start()`` to bind and serve.
+
+    `environ` replaces os.environ as the source of API keys named by ``api_key_env``.
+    """
+    host = ServiceHost("provider", settings, tracer_provider=tracer_provider)
+    tracer = host.tracer_provider.get_tracer("sluice.provider") if host.tracing_active else None
+    backends = build_backends(
+        settings, clock=clock, instruments=GenAIInstruments(host.registry, tracer), environ=environ
+    )
+
+    async def close_pools() -> None:
+        await close_backends(backends)
+
+    host.add_cleanup(close_pools)
     provider_pb2_grpc.add_ProviderServiceServicer_to_server(
         ProviderServicer(backends, host, fault_injection=settings.fault_injection), host.server
     )

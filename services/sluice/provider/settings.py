@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from sluice.core.config import ServerSettings, ServiceSettings
@@ -45,6 +45,99 @@ class ReplicaPorts(BaseModel):
     """Prometheus port."""
 
 
+class TimeoutSettings(BaseModel):
+    """Time limits of one upstream call."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    connect_s: float = Field(5.0, gt=0.0, le=600.0)
+    """Longest wait for a TCP/TLS connection."""
+    first_token_s: float = Field(60.0, gt=0.0, le=3600.0)
+    """Longest wait from sending the request to the first stream event."""
+    idle_s: float = Field(30.0, gt=0.0, le=3600.0)
+    """Longest gap between two stream events."""
+    total_s: float = Field(600.0, gt=0.0, le=86_400.0)
+    """Longest whole call, first byte to last."""
+
+
+class PacingSettings(BaseModel):
+    """The upstream's quota, so Sluice slows down before the upstream answers 429."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    requests_per_minute: int = Field(0, ge=0)
+    """Requests per minute; 0 means unpaced."""
+    tokens_per_minute: int = Field(0, ge=0)
+    """Tokens (prompt estimate + max_tokens) per minute; 0 means unpaced."""
+
+
+class HttpBackendSettings(BaseModel):
+    """A real LLM API over HTTP: OpenAI Chat Completions (or compatible) or Anthropic."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    kind: Literal["openai", "anthropic"]
+    """Wire format: "openai" (Chat Completions, any compatible server) or "anthropic"."""
+    base_url: str = Field(pattern=r"^https?://")
+    """API root including the version path, e.g. https://api.openai.com/v1."""
+    model: str = Field(min_length=1)
+    """Upstream model used when a request names none."""
+    models: dict[str, str] = Field(default_factory=dict)
+    """Model mapping: name in the request -> upstream model name (unlisted names pass as is)."""
+    api_key_env: str = ""
+    """Name of the environment variable holding the API key (never the key itself)."""
+    api_key_file: str = ""
+    """Path of a file holding the API key (e.g. a mounted secret); trailing space is stripped."""
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    """OpenAI only: the body field for max_tokens (newer OpenAI models want
+    max_completion_tokens; most compatible servers take max_tokens)."""
+    stream: bool = True
+    """Use the streaming API (false: one non-streaming call, replayed as one delta)."""
+    http2: bool = True
+    """Offer HTTP/2 (TLS back ends that support it multiplex streams on one connection)."""
+    max_connections: int = Field(100, ge=1, le=10_000)
+    """Pooled connections to this back end."""
+    timeouts: TimeoutSettings = TimeoutSettings()
+    """Connect, first-token, idle and total timeouts."""
+    pacing: PacingSettings = PacingSettings()
+    """Requests and tokens per minute allowed by the upstream's quota."""
+    anthropic_version: str = "2023-06-01"
+    """anthropic-version header (Anthropic only)."""
+    default_max_tokens: int = Field(1024, ge=1)
+    """max_tokens sent when a request leaves it 0 (Anthropic requires one)."""
+    record_content: bool = False
+    """Record prompt and completion text on spans (off: they are never recorded)."""
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> HttpBackendSettings:
+        if self.api_key_env and self.api_key_file:
+            raise ValueError("set at most one of api_key_env and api_key_file")
+        return self
+
+    def upstream_model(self, requested: str) -> str:
+        """The upstream model name for a requested one (the default when empty)."""
+        if not requested:
+            return self.model
+        return self.models.get(requested, requested)
+
+
+def _backend_kind(value: Any) -> str:
+    kind = value.get("kind", "simulated") if isinstance(value, dict) else value.kind
+    return "http" if kind in ("openai", "anthropic") else "simulated"
+
+
+BackendSettings = Annotated[
+    Annotated[SimulatedBackendSettings, Tag("simulated")]
+    | Annotated[HttpBackendSettings, Tag("http")],
+    Discriminator(_backend_kind),
+]
+"""One back end: the simulated model (default kind) or an HTTP API."""
+
+
+def _default_backend() -> SimulatedBackendSettings | HttpBackendSettings:
+    return SimulatedBackendSettings()
+
+
 class ProviderSettings(ServiceSettings):
     """Settings of the provider service."""
 
@@ -54,8 +147,8 @@ class ProviderSettings(ServiceSettings):
 
     server: ServerSettings = ServerSettings(port=50053, metrics_port=9103)
     """Listeners."""
-    backends: dict[str, SimulatedBackendSettings] = Field(
-        default_factory=lambda: {"simulated": SimulatedBackendSettings()}
+    backends: dict[str, BackendSettings] = Field(
+        default_factory=lambda: {"simulated": _default_backend()}
     )
     """Back ends by name."""
     replicas: int = Field(1, ge=1, le=16)

@@ -247,6 +247,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     max_tokens,
                     request.temperature if request.HasField("temperature") else None,
                     list(request.stop),
+                    [tool.SerializeToString().hex() for tool in getattr(request, "tools", ())],
                 ),
                 deadline=deadline,
                 state=state,
@@ -291,6 +292,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 max_tokens=max_tokens,
                 temperature=request.temperature if request.HasField("temperature") else None,
                 stop=request.stop,
+                tools=request.tools if isinstance(request, router_pb2.GenerateRequest) else (),
             ),
             timeout=max(0.001, timeout_s),
             metadata=forwarded or None,
@@ -346,6 +348,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                         degradations=state.degradations,
                     ),
                 )
+            elif kind == "tool_call":
+                yield self._event(state, tool_call=upstream.tool_call)
             elif kind == "end":
                 now = perf_counter()
                 yield self._progress(state, now)

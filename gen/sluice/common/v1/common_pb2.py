@@ -24,21 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsluice/common/v1/common.proto\x12\x10sluice.common.v1\"6\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"z\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x05\x12\x15\n\routput_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x04 \x01(\x05\x12\x11\n\testimated\x18\x05 \x01(\x08*\xbc\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x04\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x05*\x9c\x01\n\x0c\x46\x61llbackStep\x12\x1d\n\x19\x46\x41LLBACK_STEP_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46\x41LLBACK_STEP_PRIMARY\x10\x01\x12\x1b\n\x17\x46\x41LLBACK_STEP_SECONDARY\x10\x02\x12\x17\n\x13\x46\x41LLBACK_STEP_CACHE\x10\x03\x12\x1c\n\x18\x46\x41LLBACK_STEP_SIMPLIFIED\x10\x04*\xc2\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45RROR_REASON_OUT_OF_MEMORY\x10\x01\x12 \n\x1c\x45RROR_REASON_NETWORK_FAILURE\x10\x02\x12$\n ERROR_REASON_SERVICE_UNAVAILABLE\x10\x03\x12$\n ERROR_REASON_RATE_LIMIT_EXCEEDED\x10\x04\x12%\n!ERROR_REASON_TOKEN_LIMIT_EXCEEDED\x10\x05\x12!\n\x1d\x45RROR_REASON_INVALID_RESPONSE\x10\x06\x12!\n\x1d\x45RROR_REASON_VALIDATION_ERROR\x10\x07\x12$\n ERROR_REASON_AUTHORIZATION_ERROR\x10\x08\x12(\n$ERROR_REASON_BUSINESS_RULE_VIOLATION\x10\t\x12\x1e\n\x1a\x45RROR_REASON_INVALID_INPUT\x10\n\x12\"\n\x1e\x45RROR_REASON_MISSING_PARAMETER\x10\x0b\x12&\n\"ERROR_REASON_UNSUPPORTED_OPERATION\x10\x0c\x12\x1f\n\x1b\x45RROR_REASON_QUOTA_EXCEEDED\x10\r\x12\"\n\x1e\x45RROR_REASON_DEADLINE_EXCEEDED\x10\x0e\x12\x19\n\x15\x45RROR_REASON_INTERNAL\x10\x0f\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsluice/common/v1/common.proto\x12\x10sluice.common.v1\"6\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"B\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\"Q\n\rToolCallDelta\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x17\n\x0f\x61rguments_delta\x18\x04 \x01(\t\"z\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x05\x12\x15\n\routput_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x04 \x01(\x05\x12\x11\n\testimated\x18\x05 \x01(\x08*\xbc\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x04\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x05*\x9c\x01\n\x0c\x46\x61llbackStep\x12\x1d\n\x19\x46\x41LLBACK_STEP_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46\x41LLBACK_STEP_PRIMARY\x10\x01\x12\x1b\n\x17\x46\x41LLBACK_STEP_SECONDARY\x10\x02\x12\x17\n\x13\x46\x41LLBACK_STEP_CACHE\x10\x03\x12\x1c\n\x18\x46\x41LLBACK_STEP_SIMPLIFIED\x10\x04*\xc2\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45RROR_REASON_OUT_OF_MEMORY\x10\x01\x12 \n\x1c\x45RROR_REASON_NETWORK_FAILURE\x10\x02\x12$\n ERROR_REASON_SERVICE_UNAVAILABLE\x10\x03\x12$\n ERROR_REASON_RATE_LIMIT_EXCEEDED\x10\x04\x12%\n!ERROR_REASON_TOKEN_LIMIT_EXCEEDED\x10\x05\x12!\n\x1d\x45RROR_REASON_INVALID_RESPONSE\x10\x06\x12!\n\x1d\x45RROR_REASON_VALIDATION_ERROR\x10\x07\x12$\n ERROR_REASON_AUTHORIZATION_ERROR\x10\x08\x12(\n$ERROR_REASON_BUSINESS_RULE_VIOLATION\x10\t\x12\x1e\n\x1a\x45RROR_REASON_INVALID_INPUT\x10\n\x12\"\n\x1e\x45RROR_REASON_MISSING_PARAMETER\x10\x0b\x12&\n\"ERROR_REASON_UNSUPPORTED_OPERATION\x10\x0c\x12\x1f\n\x1b\x45RROR_REASON_QUOTA_EXCEEDED\x10\r\x12\"\n\x1e\x45RROR_REASON_DEADLINE_EXCEEDED\x10\x0e\x12\x19\n\x15\x45RROR_REASON_INTERNAL\x10\x0f\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sluice.common.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=232
-  _globals['_FINISHREASON']._serialized_end=420
-  _globals['_FALLBACKSTEP']._serialized_start=423
-  _globals['_FALLBACKSTEP']._serialized_end=579
-  _globals['_ERRORREASON']._serialized_start=582
-  _globals['_ERRORREASON']._serialized_end=1160
+  _globals['_FINISHREASON']._serialized_start=383
+  _globals['_FINISHREASON']._serialized_end=571
+  _globals['_FALLBACKSTEP']._serialized_start=574
+  _globals['_FALLBACKSTEP']._serialized_end=730
+  _globals['_ERRORREASON']._serialized_start=733
+  _globals['_ERRORREASON']._serialized_end=1311
   _globals['_MESSAGE']._serialized_start=51
   _globals['_MESSAGE']._serialized_end=105
-  _globals['_USAGE']._serialized_start=107
-  _globals['_USAGE']._serialized_end=229
+  _globals['_TOOL']._serialized_start=107
+  _globals['_TOOL']._serialized_end=173
+  _globals['_TOOLCALLDELTA']._serialized_start=175
+  _globals['_TOOLCALLDELTA']._serialized_end=256
+  _globals['_USAGE']._serialized_start=258
+  _globals['_USAGE']._serialized_end=380
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -23,13 +25,49 @@ class AcquireRequest(_message.Message):
     def __init__(self, api_key_id: _Optional[str] = ..., tenant: _Optional[str] = ..., user: _Optional[str] = ..., endpoint: _Optional[str] = ..., model: _Optional[str] = ..., requests: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
 
 class AcquireResponse(_message.Message):
-    __slots__ = ("reservation_id", "remaining", "limit", "reset_after_ms")
+    __slots__ = ("reservation_id", "remaining", "limit", "reset_after_ms", "policies")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     REMAINING_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     RESET_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
     remaining: int
     limit: int
     reset_after_ms: int
-    def __init__(self, reservation_id: _Optional[str] = ..., remaining: _Optional[int] = ..., limit: _Optional[int] = ..., reset_after_ms: _Optional[int] = ...) -> None: ...
+    policies: _containers.RepeatedCompositeFieldContainer[PolicyStatus]
+    def __init__(self, reservation_id: _Optional[str] = ..., remaining: _Optional[int] = ..., limit: _Optional[int] = ..., reset_after_ms: _Optional[int] = ..., policies: _Optional[_Iterable[_Union[PolicyStatus, _Mapping]]] = ...) -> None: ...
+
+class PolicyStatus(_message.Message):
+    __slots__ = ("policy", "subject", "unit", "remaining", "limit", "reset_after_ms")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RESET_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    policy: str
+    subject: str
+    unit: str
+    remaining: int
+    limit: int
+    reset_after_ms: int
+    def __init__(self, policy: _Optional[str] = ..., subject: _Optional[str] = ..., unit: _Optional[str] = ..., remaining: _Optional[int] = ..., limit: _Optional[int] = ..., reset_after_ms: _Optional[int] = ...) -> None: ...
+
+class ReconcileRequest(_message.Message):
+    __slots__ = ("reservation_id", "actual_tokens")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTUAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    actual_tokens: int
+    def __init__(self, reservation_id: _Optional[str] = ..., actual_tokens: _Optional[int] = ...) -> None: ...
+
+class ReconcileResponse(_message.Message):
+    __slots__ = ("applied", "reserved_tokens", "delta_tokens")
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DELTA_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    applied: bool
+    reserved_tokens: int
+    delta_tokens: int
+    def __init__(self, applied: _Optional[bool] = ..., reserved_tokens: _Optional[int] = ..., delta_tokens: _Optional[int] = ...) -> None: ...

@@ -40,6 +40,11 @@ class LimiterServiceStub:
                 request_serializer=sluice_dot_limiter_dot_v1_dot_limiter__pb2.AcquireRequest.SerializeToString,
                 response_deserializer=sluice_dot_limiter_dot_v1_dot_limiter__pb2.AcquireResponse.FromString,
                 _registered_method=True)
+        self.Reconcile = channel.unary_unary(
+                '/sluice.limiter.v1.LimiterService/Reconcile',
+                request_serializer=sluice_dot_limiter_dot_v1_dot_limiter__pb2.ReconcileRequest.SerializeToString,
+                response_deserializer=sluice_dot_limiter_dot_v1_dot_limiter__pb2.ReconcileResponse.FromString,
+                _registered_method=True)
 
 
 class LimiterServiceServicer:
@@ -55,6 +60,16 @@ class LimiterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reconcile(self, request, context):
+        """Reconcile settles a reservation's token estimate with the tokens really used:
+        the difference is refunded to (or charged against) every token limit the
+        reservation took from. Call it exactly once when the request ends, however it
+        ends (completed, cut off, failed); a second call changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LimiterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +77,11 @@ def add_LimiterServiceServicer_to_server(servicer, server):
                     servicer.Acquire,
                     request_deserializer=sluice_dot_limiter_dot_v1_dot_limiter__pb2.AcquireRequest.FromString,
                     response_serializer=sluice_dot_limiter_dot_v1_dot_limiter__pb2.AcquireResponse.SerializeToString,
+            ),
+            'Reconcile': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reconcile,
+                    request_deserializer=sluice_dot_limiter_dot_v1_dot_limiter__pb2.ReconcileRequest.FromString,
+                    response_serializer=sluice_dot_limiter_dot_v1_dot_limiter__pb2.ReconcileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +112,33 @@ class LimiterService:
             '/sluice.limiter.v1.LimiterService/Acquire',
             sluice_dot_limiter_dot_v1_dot_limiter__pb2.AcquireRequest.SerializeToString,
             sluice_dot_limiter_dot_v1_dot_limiter__pb2.AcquireResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reconcile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.limiter.v1.LimiterService/Reconcile',
+            sluice_dot_limiter_dot_v1_dot_limiter__pb2.ReconcileRequest.SerializeToString,
+            sluice_dot_limiter_dot_v1_dot_limiter__pb2.ReconcileResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,7 +20,11 @@ def service_main(section: str, settings_cls: type[S], build: Callable[[S], Servi
     configure_logging(f"sluice-{section}", settings.log_level)
 
     async def main() -> None:
-        host = build(settings)
+        try:
+            host = build(settings)
+        except ConfigError as err:  # e.g. a configured secret that is not there
+            print(f"sluice-{section}: {err}", file=sys.stderr)
+            raise SystemExit(2) from err
         await host.start()
         await host.run_until_signalled()
 

@@ -17,16 +17,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Setter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-_ERROR_CODES = frozenset(
-    {
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.UNIMPLEMENTED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DATA_LOSS,
-    }
-)
+from sluice.core.telemetry.grpc_server import SERVER_ERROR_CODES
 
 
 class _MetadataSetter(Setter[list[tuple[str, str]]]):
@@ -42,7 +33,7 @@ async def _finish(span: trace.Span, call: Any) -> None:
     span.set_attribute("rpc.grpc.status_code", code.value[0])
     if code == grpc.StatusCode.CANCELLED:
         span.add_event("cancelled")
-    if code in _ERROR_CODES:
+    if code in SERVER_ERROR_CODES:
         span.set_status(Status(StatusCode.ERROR, code.name))
     span.end()
 

@@ -1,0 +1,50 @@
+"""The storage protocol every limiter backend implements, and what it returns."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from sluice.limiter.algorithms import Verdict
+from sluice.limiter.policies import Check
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The all-or-nothing result of one Acquire."""
+
+    allowed: bool
+    verdicts: list[Verdict]
+    """One per check, in order. When refused, nothing was consumed from any of them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    """The result of reconciling a reservation with real token usage."""
+
+    applied: bool
+    """False when the reservation is unknown, expired, already reconciled or held no tokens."""
+    reserved_tokens: float = 0.0
+    """Tokens the reservation held."""
+
+
+class Backend(Protocol):
+    """Holds limit state and applies decisions atomically across all checks."""
+
+    @property
+    def name(self) -> str:
+        """`memory` or `redis` (a metric label)."""
+        ...
+
+    async def acquire(self, checks: Sequence[Check], reservation_id: str) -> Outcome:
+        """Admit against every check or none; remember token costs under the reservation."""
+        ...
+
+    async def reconcile(self, reservation_id: str, actual_tokens: float) -> Reconciled:
+        """Charge or refund the difference between reserved and actual tokens, once."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,118 @@
+"""A shared backend that degrades to each replica's share of every limit.
+
+While the shared store (Redis) is unreachable, each of `replicas` replicas decides
+alone against 1/replicas of every limit, so together they stay within the limit. The
+switch is announced (a gauge, a counter, a warning log); every `retry_interval_s` one
+decision tries the store again, and the first success switches back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from sluice.core.clock import Clock
+from sluice.limiter.algorithms import Algorithm
+from sluice.limiter.backend import Backend, Outcome, Reconciled
+from sluice.limiter.memory import MemoryBackend
+from sluice.limiter.policies import Check
+
+log = logging.getLogger(__name__)
+
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+
+
+class FallbackBackend:
+    """`shared` while it answers; otherwise a local share of each limit."""
+
+    def __init__(
+        self,
+        shared: Backend,
+        local: MemoryBackend,
+        *,
+        clock: Clock,
+        replicas: int,
+        retry_interval_s: float,
+        on_change: Callable[[bool], None] = lambda degraded: None,
+    ) -> None:
+        self._shared = shared
+        self._local = local
+        self._clock = clock
+        self._share = 1.0 / replicas
+        self._retry_interval_s = retry_interval_s
+        self._on_change = on_change
+        self._degraded = False
+        self._next_try = 0.0
+        self._scaled: dict[Algorithm, Algorithm] = {}
+
+    @property
+    def name(self) -> str:
+        return self._shared.name
+
+    @property
+    def degraded(self) -> bool:
+        """True while decisions are taken locally."""
+        return self._degraded
+
+    def _use_shared(self) -> bool:
+        return not self._degraded or self._clock.monotonic() >= self._next_try
+
+    def _fail(self, err: BaseException) -> None:
+        self._next_try = self._clock.monotonic() + self._retry_interval_s
+        if not self._degraded:
+            self._degraded = True
+            log.warning(
+                "limiter store unreachable (%s): deciding locally with 1/%d of each limit",
+                err,
+                round(1 / self._share),
+            )
+            self._on_change(True)
+
+    def _succeed(self) -> None:
+        if self._degraded:
+            self._degraded = False
+            log.warning("limiter store reachable again: limits are shared once more")
+            self._on_change(False)
+
+    def _local_checks(self, checks: Sequence[Check]) -> list[Check]:
+        local: list[Check] = []
+        for check in checks:
+            scaled = self._scaled.get(check.algorithm)
+            if scaled is None:
+                scaled = self._scaled[check.algorithm] = check.algorithm.scaled(self._share)
+            local.append(replace(check, algorithm=scaled))
+        return local
+
+    async def acquire(self, checks: Sequence[Check], reservation_id: str) -> Outcome:
+        if self._use_shared():
+            try:
+                outcome = await self._shared.acquire(checks, reservation_id)
+            except UNREACHABLE as err:
+                self._fail(err)
+            else:
+                self._succeed()
+                return outcome
+        return self._local.decide(self._local_checks(checks), reservation_id)
+
+    async def reconcile(self, reservation_id: str, actual_tokens: float) -> Reconciled:
+        # A reservation taken locally while degraded is settled locally.
+        local = self._local.settle(reservation_id, actual_tokens)
+        if local.applied:
+            return local
+        if self._use_shared():
+            try:
+                settled = await self._shared.reconcile(reservation_id, actual_tokens)
+            except UNREACHABLE as err:
+                self._fail(err)
+            else:
+                self._succeed()
+                return settled
+        return Reconciled(False)
+
+    async def close(self) -> None:
+        await self._shared.close()
+        await self._local.close()

@@ -1,0 +1,260 @@
+"""The shape of every HTTP back end's call: pace, send, translate, stream, account.
+
+``HttpBackend.stream`` owns what OpenAI and Anthropic share (pacing, timeouts, error
+translation, usage accounting on every exit path, the GenAI span); a subclass only
+builds the request and turns the provider's events into ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from sluice.common.v1 import common_pb2
+from sluice.core.clock import Clock
+from sluice.core.errors import SluiceError
+from sluice.core.tokens import count_tokens
+from sluice.provider.genai import GenAIInstruments, UpstreamCall
+from sluice.provider.settings import HttpBackendSettings
+from sluice.provider.upstream import (
+    ApiKey,
+    Deadlines,
+    Pacer,
+    SseEvent,
+    UsageCount,
+    parse_json,
+    send,
+    server_address,
+    timed_batches,
+    timeout_error,
+    translate_status,
+    translate_transport,
+    usage_metadata,
+)
+from sluice.provider.v1 import provider_pb2
+
+_UNSPECIFIED = common_pb2.FINISH_REASON_UNSPECIFIED
+_MAX_ERROR_BODY = 64 * 1024
+_DRAIN_S = 0.5
+
+
+@dataclass(slots=True)
+class CallState:
+    """What one upstream call has produced so far."""
+
+    usage: UsageCount
+    call: UpstreamCall
+    finish: common_pb2.FinishReason = _UNSPECIFIED
+    done: bool = False
+    tool_slots: dict[int, int] = field(default_factory=dict)
+
+    def text(self, text: str) -> provider_pb2.StreamEvent | None:
+        """A delta event for generated text (None for empty text)."""
+        if not text:
+            return None
+        count = count_tokens(text)
+        self.usage.streamed_output += count
+        self.call.chunk(text)
+        return provider_pb2.StreamEvent(delta=provider_pb2.TokenDelta(text=text, token_count=count))
+
+    def tool_call(
+        self, index: int, *, call_id: str = "", name: str = "", arguments: str = ""
+    ) -> provider_pb2.StreamEvent:
+        """A tool-call event; arguments count towards the output estimate."""
+        self.usage.streamed_output += count_tokens(arguments)
+        self.call.chunk()
+        self.call.tool(name)
+        return provider_pb2.StreamEvent(
+            tool_call=common_pb2.ToolCallDelta(
+                index=index, id=call_id, name=name, arguments_delta=arguments
+            )
+        )
+
+
+class HttpBackend:
+    """Base of the OpenAI and Anthropic back ends."""
+
+    kind = ""
+    provider_name = ""
+
+    def __init__(
+        self,
+        name: str,
+        settings: HttpBackendSettings,
+        *,
+        client: httpx.AsyncClient,
+        key: ApiKey | None,
+        clock: Clock,
+        instruments: GenAIInstruments,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.pacer = Pacer(settings.pacing)
+        self._client = client
+        self._key = key
+        self._clock = clock
+        self._instruments = instruments
+        self._address = server_address(settings.base_url)
+        self._base = settings.base_url.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.settings.base_url!r})"
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+    # -- what subclasses provide -------------------------------------------------------
+
+    def build(self, request: provider_pb2.StreamRequest, model: str) -> httpx.Request:
+        """The upstream HTTP request."""
+        raise NotImplementedError
+
+    def convert(self, item: SseEvent, state: CallState) -> list[provider_pb2.StreamEvent]:
+        """Our events for one provider event; sets state.finish/done and usage."""
+        raise NotImplementedError
+
+    def check_complete(self, state: CallState) -> None:
+        """Raise INVALID_RESPONSE when the stream ended before the answer did."""
+        raise NotImplementedError
+
+    async def events(
+        self, batches: AsyncIterator[list[SseEvent]], state: CallState
+    ) -> AsyncIterator[provider_pb2.StreamEvent]:
+        """Our events from the provider's stream, text that arrived together coalesced."""
+        async for batch in batches:
+            merged: provider_pb2.StreamEvent | None = None
+            for item in batch:
+                for event in self.convert(item, state):
+                    if event.HasField("delta"):
+                        if merged is None:
+                            merged = event
+                        else:
+                            merged.delta.text += event.delta.text
+                            merged.delta.token_count += event.delta.token_count
+                        continue
+                    if merged is not None:
+                        yield merged
+                        merged = None
+                    yield event
+                if state.done:
+                    break
+            if merged is not None:
+                yield merged
+            if state.done:
+                break
+        self.check_complete(state)
+
+    def whole(self, body: dict[str, Any], state: CallState) -> list[provider_pb2.StreamEvent]:
+        """Our events from a non-streaming answer."""
+        raise NotImplementedError
+
+    # -- the call ----------------------------------------------------------------------
+
+    def _max_tokens(self, request: provider_pb2.StreamRequest) -> int:
+        return request.max_tokens or self.settings.default_max_tokens
+
+    async def stream(
+        self, request: provider_pb2.StreamRequest
+    ) -> AsyncIterator[provider_pb2.StreamEvent]:
+        """Run one generation upstream and yield start, deltas/tool calls, end."""
+        settings = self.settings
+        model = settings.upstream_model(request.model)
+        prompt_tokens = sum(count_tokens(m.content) for m in request.messages)
+        call = UpstreamCall(
+            self._instruments,
+            self._clock,
+            backend=self.name,
+            provider=self.provider_name,
+            request_model=model,
+            address=self._address,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature if request.HasField("temperature") else None,
+            record_content=settings.record_content,
+            prompt=request.messages,
+        )
+        state = CallState(usage=UsageCount(input_tokens=prompt_tokens), call=call)
+        error_type: str | None = None
+        try:
+            await self.pacer.acquire(prompt_tokens + self._max_tokens(request))
+            deadlines = Deadlines(settings.timeouts, self._clock)
+            try:
+                response = await send(
+                    self._client, self.build(request, model), deadlines, self.name
+                )
+            except httpx.HTTPError as err:
+                raise translate_transport(self.name, err) from err
+            try:
+                if response.status_code != 200:
+                    raise await self._status_error(response, deadlines)
+                state.usage.accepted = True
+                yield provider_pb2.StreamEvent(
+                    start=provider_pb2.StreamStart(backend=self.name, model=model)
+                )
+                if settings.stream:
+                    sse = timed_batches(response, deadlines, self.name)
+                    async for event in self.events(sse, state):
+                        yield event
+                    # Read the rest of the body (normally just its terminating chunk) so
+                    # the connection goes back to the pool instead of being closed.
+                    with contextlib.suppress(SluiceError, httpx.HTTPError, TimeoutError):
+                        async with asyncio.timeout(_DRAIN_S):
+                            async for _ in sse:
+                                pass
+                else:
+                    wait, which = deadlines.next_wait()
+                    try:
+                        raw = await asyncio.wait_for(response.aread(), wait)
+                    except TimeoutError:
+                        raise timeout_error(self.name, which, wait) from None
+                    for event in self.whole(
+                        parse_json(raw.decode(errors="replace"), self.name), state
+                    ):
+                        yield event
+            except httpx.HTTPError as err:
+                raise translate_transport(self.name, err) from err
+            finally:
+                await response.aclose()
+            if state.finish == _UNSPECIFIED:
+                state.finish = common_pb2.FINISH_REASON_STOP
+            yield provider_pb2.StreamEvent(
+                end=provider_pb2.StreamEnd(finish_reason=state.finish, usage=state.usage.finish())
+            )
+        except SluiceError as err:
+            error_type = err.reason
+            # What the call consumed so far travels with the error (never lost).
+            err.metadata.update(usage_metadata(state.usage.finish()))
+            raise
+        except Exception:
+            error_type = "INTERNAL"
+            raise
+        except BaseException:
+            error_type = "CANCELLED"
+            raise
+        finally:
+            call.finish(state.usage.finish(), state.finish, error_type)
+
+    async def _status_error(self, response: httpx.Response, deadlines: Deadlines) -> SluiceError:
+        body = b""
+        try:
+            wait, _ = deadlines.next_wait()
+            body = await asyncio.wait_for(response.aread(), wait)
+        except (httpx.HTTPError, TimeoutError):
+            pass  # the status alone still says what went wrong
+        return translate_status(
+            self.name,
+            response.status_code,
+            response.headers,
+            body[:_MAX_ERROR_BODY],
+            key=self._key,
+            clock=self._clock,
+        )
+
+    def auth_headers(self) -> dict[str, str]:
+        """Subclasses override: the provider's auth header(s)."""
+        return {}

@@ -1,0 +1,287 @@
+"""The Redis backend on a real valkey-server: Lua mirrors Python, replicas share one
+limit exactly, and an unreachable store degrades to each replica's share and recovers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+
+from sluice.core.grpcx.server import ServiceHost
+from sluice.limiter.algorithms import (
+    Algorithm,
+    FixedWindow,
+    SlidingCounter,
+    SlidingLog,
+    TokenBucket,
+)
+from sluice.limiter.memory import MemoryBackend
+from sluice.limiter.policies import Check
+from sluice.limiter.redis import RedisBackend
+from sluice.limiter.service import build_server
+from sluice.limiter.settings import RedisSettings
+from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
+from tests.support import (
+    FakeClock,
+    RedisProcess,
+    ServiceStack,
+    error_info,
+    limiter_settings,
+    metric,
+)
+
+
+def same_time_clock() -> FakeClock:
+    # Memory reads monotonic(), Redis wall(): make them one clock for a bit-exact comparison.
+    return FakeClock(monotonic=1_000.0, wall=1_000.0)
+
+
+def token_check(key: str, algorithm: Algorithm, cost: float, unit: str = "tokens") -> Check:
+    return Check(key, f"api_key:{key}", key, unit, algorithm, cost)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "algorithm",
+    [TokenBucket(20, 7), FixedWindow(20, 1.5), SlidingLog(20, 1.5), SlidingCounter(20, 1.5)],
+    ids=lambda a: a.name,
+)
+async def test_lua_decides_exactly_as_the_python_algorithms(
+    redis_server: RedisProcess, algorithm: Algorithm
+) -> None:
+    clock = same_time_clock()
+    memory = MemoryBackend(clock)
+    shared = RedisBackend(RedisSettings(url=redis_server.url), clock=clock)
+    rng = random.Random(f"{algorithm.name}-5")
+    try:
+        for step in range(300):
+            clock.advance(rng.choice([0.0, 0.001, 0.05, 0.2, 0.7]))
+            cost = float(rng.randint(0, 8))
+            checks = [token_check("k", algorithm, cost)]
+            expected = await memory.acquire(checks, f"r{step}")
+            got = await shared.acquire(checks, f"r{step}")
+            assert got == expected, (step, cost)
+            if expected.allowed and rng.random() < 0.5:
+                actual = float(rng.randint(0, 12))
+                assert await shared.reconcile(f"r{step}", actual) == await memory.reconcile(
+                    f"r{step}", actual
+                )
+    finally:
+        await shared.close()
+
+
+async def test_state_keys_expire_and_a_refusal_writes_nothing(redis_server: RedisProcess) -> None:
+    shared = RedisBackend(RedisSettings(url=redis_server.url, key_prefix="t:"))
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        roomy, tight = TokenBucket(100, 10), FixedWindow(1, 60)
+        first = [token_check("a", roomy, 5), token_check("b", tight, 1, "requests")]
+        assert (await shared.acquire(first, "r1")).allowed
+        before = {key: await client.get(key) for key in ("t:a", "t:b")}
+
+        refused = await shared.acquire(first, "r2")
+
+        assert not refused.allowed
+        assert [v.allowed for v in refused.verdicts] == [True, False]
+        assert {key: await client.get(key) for key in ("t:a", "t:b")} == before
+        assert 0 < await client.pttl("t:a") <= 11_000  # refill time + 1 s
+        assert 0 < await client.pttl("t:b") <= 61_000
+        assert 0 < await client.pttl("t:res|r1") <= 3_600_000
+        assert await client.exists("t:res|r2") == 0
+    finally:
+        await shared.close()
+        await client.aclose()
+
+
+async def start_replicas(
+    stack: ServiceStack, count: int, **fields: object
+) -> list[limiter_pb2_grpc.LimiterServiceStub]:
+    hosts: list[ServiceHost] = []
+    for _ in range(count):
+        hosts.append(await stack.start(build_server(limiter_settings(backend="redis", **fields))))
+    return [limiter_pb2_grpc.LimiterServiceStub(stack.channel(h)) for h in hosts]
+
+
+async def test_three_replicas_enforce_one_limit_with_no_overshoot(
+    stack: ServiceStack, redis_server: RedisProcess
+) -> None:
+    replicas = await start_replicas(
+        stack,
+        3,
+        redis={"url": redis_server.url, "replicas": 3},
+        policies=[
+            {"name": "rpm", "limit": 60, "refill_per_second": 0.0001},
+            {
+                "name": "rph",
+                "scope": "tenant",
+                "algorithm": "sliding_log",
+                "limit": 90,
+                "window_s": 3600,
+            },
+            {"name": "tpm", "unit": "tokens", "limit": 20_000, "refill_per_second": 0.0001},
+        ],
+    )
+    rng = random.Random(7)
+    costs = [rng.randint(100, 900) for _ in range(300)]
+
+    async def one(index: int) -> tuple[str, int]:
+        request = limiter_pb2.AcquireRequest(
+            api_key_id=f"k{index % 2}", tenant="acme", requests=1, tokens=costs[index]
+        )
+        try:
+            await replicas[index % 3].Acquire(request)
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            return error_info(err).metadata["policy"], 0
+        return f"k{index % 2}", costs[index]
+
+    results = await asyncio.gather(*(one(i) for i in range(300)))
+
+    admitted = [(who, tokens) for who, tokens in results if tokens]
+    per_key = {key: [t for who, t in admitted if who == key] for key in ("k0", "k1")}
+    # Requests: each key's bucket of 60 and the tenant's 90 per hour, exactly.
+    assert len(admitted) <= 90
+    assert all(len(tokens) <= 60 for tokens in per_key.values())
+    # Tokens: never more than 20 000 reserved per key.
+    assert all(sum(tokens) <= 20_000 for tokens in per_key.values())
+    # And not refused early: the binding limit was really reached.
+    assert len(admitted) == 90 or any(sum(t) > 20_000 - 900 for t in per_key.values())
+
+
+async def test_reconcile_on_another_replica_refunds_the_shared_limit(
+    stack: ServiceStack, redis_server: RedisProcess
+) -> None:
+    first, second = await start_replicas(
+        stack,
+        2,
+        redis={"url": redis_server.url, "replicas": 2},
+        policies=[{"name": "tpm", "unit": "tokens", "limit": 1000, "refill_per_second": 0.0001}],
+    )
+    request = limiter_pb2.AcquireRequest(api_key_id="k", requests=1, tokens=900)
+    granted = await first.Acquire(request)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await second.Acquire(request)
+
+    settled = await second.Reconcile(
+        limiter_pb2.ReconcileRequest(reservation_id=granted.reservation_id, actual_tokens=150)
+    )
+
+    assert (settled.applied, settled.reserved_tokens, settled.delta_tokens) == (True, 900, -750)
+    retaken = await first.Acquire(limiter_pb2.AcquireRequest(api_key_id="k", tokens=800))
+    assert retaken.policies[0].remaining == 50  # 1000 - 150 really used - 800
+    again = await first.Reconcile(
+        limiter_pb2.ReconcileRequest(reservation_id=granted.reservation_id, actual_tokens=150)
+    )
+    assert not again.applied
+
+
+async def test_unreachable_redis_falls_back_to_the_local_share_and_recovers(
+    stack: ServiceStack, redis_server: RedisProcess
+) -> None:
+    clock = FakeClock()
+    host = await stack.start(
+        build_server(
+            limiter_settings(
+                backend="redis",
+                redis={"url": redis_server.url, "replicas": 3, "retry_interval_s": 5},
+                policies=[{"name": "rpm", "limit": 30, "refill_per_second": 0.0001}],
+            ),
+            clock=clock,
+        )
+    )
+    limiter = limiter_pb2_grpc.LimiterServiceStub(stack.channel(host))
+    request = limiter_pb2.AcquireRequest(api_key_id="k", requests=1)
+
+    async def admitted(count: int) -> int:
+        allowed = 0
+        for _ in range(count):
+            try:
+                await limiter.Acquire(request)
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            else:
+                allowed += 1
+        return allowed
+
+    assert await admitted(5) == 5  # shared: 25 left in Redis
+    assert await metric(host.metrics_port, "sluice_limiter_degraded") == 0
+    redis_server.stop()
+
+    # Redis gone: decided locally against a third of the limit (10), announced.
+    assert await admitted(15) == 10
+    assert await metric(host.metrics_port, "sluice_limiter_degraded") == 1
+    assert await metric(host.metrics_port, "sluice_limiter_fallbacks_total") == 1
+
+    redis_server.start()  # same port, empty
+    assert await admitted(1) == 0  # the next try waits for retry_interval_s
+    clock.advance(5)
+
+    assert await admitted(40) == 30  # shared again: the restarted store's full limit
+    assert await metric(host.metrics_port, "sluice_limiter_degraded") == 0
+    assert await metric(host.metrics_port, "sluice_limiter_fallbacks_total") == 1
+
+
+async def test_a_store_that_never_answers_still_decides_locally(stack: ServiceStack) -> None:
+    host = await stack.start(
+        build_server(
+            limiter_settings(
+                backend="redis",
+                redis={"url": "redis://127.0.0.1:9/0", "replicas": 2, "timeout_s": 0.2},
+                policies=[{"name": "rpm", "limit": 4, "refill_per_second": 0.0001}],
+            ),
+            clock=FakeClock(),
+        )
+    )
+    limiter = limiter_pb2_grpc.LimiterServiceStub(stack.channel(host))
+    outcomes = []
+    for _ in range(3):
+        try:
+            await limiter.Acquire(limiter_pb2.AcquireRequest(api_key_id="k"))
+        except grpc.aio.AioRpcError as err:
+            outcomes.append(err.code())
+        else:
+            outcomes.append(grpc.StatusCode.OK)
+
+    assert outcomes == [grpc.StatusCode.OK, grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED]
+    assert await metric(host.metrics_port, "sluice_limiter_degraded") == 1
+
+
+async def test_a_store_that_hangs_times_out_into_the_local_share(stack: ServiceStack) -> None:
+    # Accepts connections, reads commands, never answers: only the timeout can save us.
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        while await reader.read(4096):
+            pass
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    clock = FakeClock()
+    try:
+        host = await stack.start(
+            build_server(
+                limiter_settings(
+                    backend="redis",
+                    redis={"url": f"redis://127.0.0.1:{port}/0", "timeout_s": 0.1, "replicas": 4},
+                    policies=[{"name": "rpm", "limit": 8, "refill_per_second": 0.0001}],
+                ),
+                clock=clock,
+            )
+        )
+        limiter = limiter_pb2_grpc.LimiterServiceStub(stack.channel(host))
+        first = await limiter.Acquire(limiter_pb2.AcquireRequest(api_key_id="k"), timeout=5)
+        second = await limiter.Acquire(limiter_pb2.AcquireRequest(api_key_id="k"), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await limiter.Acquire(limiter_pb2.AcquireRequest(api_key_id="k"), timeout=5)
+
+        assert (first.limit, first.remaining, second.remaining) == (2, 1, 0)  # 8 / 4 replicas
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await metric(host.metrics_port, "sluice_limiter_degraded") == 1
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
