@@ -543,3 +543,37 @@ async def test_redis_down_is_a_cache_miss_not_a_failure(stack: ServiceStack) -> 
     assert final(events).complete.fallback_step == SIMPLIFIED
     assert await chain.router_metric("sluice_router_cache_failures_total", operation="put") == 1
     assert await chain.router_metric("sluice_router_cache_failures_total", operation="get") == 1
+
+
+async def test_a_probe_cancelled_by_its_client_does_not_wedge_the_breaker(
+    stack: ServiceStack,
+) -> None:
+    clock = FakeClock()
+    chain = await start_chain(
+        stack,
+        clock=clock,
+        resilience={
+            "retry": {"max_attempts": 1},
+            "breaker": {"failure_threshold": 1, "half_open_requests": 1},
+        },
+    )
+    await chain.generate("trip", fault="error_rate=1,backend=primary")
+    assert await chain.router_metric("sluice_router_breaker_state", backend="primary") == 2
+    clock.advance(60.0)
+    probe = chain.stub.Generate(
+        router_pb2.GenerateRequest(
+            model="default", messages=[common_pb2.Message(role="user", content="slow probe")]
+        ),
+        metadata=(*AUTH, ("x-sluice-fault", "added_latency_ms=10000,backend=primary")),
+    )
+    seen = await eventually(
+        lambda: chain.router_metric("sluice_router_backend_attempts_total", backend="primary"),
+        lambda v: v == 2,
+    )
+    assert seen == 2  # the probe went to the primary
+    probe.cancel()
+    await eventually(lambda: chain.upstream("primary", "cancelled"), lambda v: v == 1)
+    # The probe slot is free again: the next request probes the primary and closes it.
+    events = await chain.generate("after the cancelled probe")
+    assert final(events).complete.fallback_step == PRIMARY
+    assert await chain.router_metric("sluice_router_breaker_state", backend="primary") == 0

@@ -328,6 +328,10 @@ class FallbackChain:
                     self._metrics.retries.labels(target.backend).inc()
                     await self._sleep(delay)
                     continue
+                except BaseException:
+                    # Cancelled (the client left) or a bug of ours: no verdict on the back end.
+                    guard.breaker.record_abandoned()
+                    raise
                 guard.breaker.record_success()
                 self._metrics.served.labels(model, STEP_NAMES[step]).inc()
                 if self.cache is not None and not streamed_before:

@@ -237,3 +237,18 @@ async def test_bulkhead_without_wait_refuses_when_full() -> None:
         with pytest.raises(BulkheadFullError):
             async with bulkhead.slot():
                 pass
+
+
+def test_an_abandoned_probe_frees_its_slot() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(BreakerSettings(failure_threshold=1, reset_timeout=1000), clock)
+    breaker.record_failure()
+    clock.advance(1.0)
+    assert [breaker.allow() for _ in range(4)] == [True, True, True, False]
+    breaker.record_abandoned()  # one probe's client went away
+    assert breaker.allow()
+    for _ in range(3):
+        breaker.record_success()
+    assert state_of(breaker) is BreakerState.CLOSED
+    breaker.record_abandoned()  # closed: nothing to free
+    assert state_of(breaker) is BreakerState.CLOSED

@@ -111,6 +111,15 @@ class CircuitBreaker:
             if self._failures >= self.settings.failure_threshold:
                 self._move(BreakerState.OPEN)
 
+    def record_abandoned(self) -> None:
+        """An allowed call ended without a verdict (the client left): free its probe slot.
+
+        Without this a cancelled probe would hold a half-open breaker forever: it could
+        neither collect enough successes to close nor a failure to reopen.
+        """
+        if self._state is BreakerState.HALF_OPEN and self._probes_sent > self._probes_ok:
+            self._probes_sent -= 1
+
     def retry_after_s(self) -> float:
         """Seconds until an open breaker lets probes through (0 when not open)."""
         if self.state is not BreakerState.OPEN:
