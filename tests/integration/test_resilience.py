@@ -577,3 +577,19 @@ async def test_a_probe_cancelled_by_its_client_does_not_wedge_the_breaker(
     events = await chain.generate("after the cancelled probe")
     assert final(events).complete.fallback_step == PRIMARY
     assert await chain.router_metric("sluice_router_breaker_state", backend="primary") == 0
+
+
+async def test_the_deadline_propagates_to_the_provider(stack: ServiceStack) -> None:
+    chain = await start_chain(stack)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    err = await chain.failure(fault="added_latency_ms=5000", deadline_s=0.5)
+    elapsed = loop.time() - started
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert elapsed < 1.5
+    # The provider's work was abandoned at the deadline, not run to its end.
+    cancelled = await eventually(
+        lambda: chain.upstream("primary", "cancelled"), lambda v: v == 1, within_s=3.0
+    )
+    assert cancelled == 1
+    assert await chain.upstream("secondary") == 0  # a spent deadline is not failed over
