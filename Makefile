@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?=
 
-.PHONY: venv up test test-fast gen lint security bench bench-limiter envoy-config clean obs-tools
+.PHONY: venv tools up test test-fast gen lint security bench bench-limiter envoy-config clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,12 +15,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## up: start the whole suite in the foreground (Ctrl-C stops it). CONFIG=file.yaml to override.
-up: $(STAMP)
-	$(BIN)/sluice up $(if $(CONFIG),--config $(CONFIG))
-
-## obs-tools: Prometheus, promtool and amtool from Debian (no PyPI option); used by tests.
-obs-tools:
+## tools: system tools with no PyPI package, from Debian: prometheus, promtool, amtool
+## (alert-rule tests, the real-Prometheus e2e test). Installs only what is missing (needs root).
+tools:
 	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null \
 	    || ! command -v prometheus >/dev/null; then \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \
@@ -28,8 +25,12 @@ obs-tools:
 	    prometheus prometheus-alertmanager; \
 	fi
 
+## up: start the whole suite in the foreground (Ctrl-C stops it). CONFIG=file.yaml to override.
+up: $(STAMP)
+	$(BIN)/sluice up $(if $(CONFIG),--config $(CONFIG))
+
 ## test: lint, then every test (unit, integration, end-to-end with real Envoy).
-test: $(STAMP) obs-tools lint
+test: $(STAMP) tools lint
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

@@ -57,7 +57,7 @@ def query(base: str, promql: str) -> list[dict[str, Any]]:
 
 def test_prometheus_scrapes_the_suite_and_sees_the_request_rate(tmp_path: Path) -> None:
     binary = shutil.which("prometheus")
-    assert binary, "prometheus is not installed: run `make obs-tools`"
+    assert binary, "prometheus is not installed: run `make tools`"
     [web_port] = free_ports(1)
     (tmp_path / "suite").mkdir()
     with start_suite(tmp_path / "suite") as suite:

@@ -1,6 +1,6 @@
 """Alert rules and Alertmanager config, checked by Prometheus' own tools.
 
-promtool and amtool come from Debian (`make obs-tools`); without them these tests
+promtool and amtool come from Debian (`make tools`); without them these tests
 fail, they do not skip.
 """
 
@@ -28,7 +28,7 @@ ALERTS = {
 
 def tool(name: str) -> str:
     path = shutil.which(name)
-    assert path, f"{name} is not installed: run `make obs-tools` (Debian prometheus packages)"
+    assert path, f"{name} is not installed: run `make tools` (Debian prometheus packages)"
     return path
 
 

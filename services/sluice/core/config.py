@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
+from sluice.core.telemetry.error_reporting import ErrorReportingSettings
+
 CONFIG_ENV = "SLUICE_CONFIG"
 SHARED_SECTIONS = ("tracing",)
 
@@ -73,6 +75,8 @@ class ServiceSettings(BaseSettings):
     """OpenTelemetry export."""
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     """Minimum level of the JSON log."""
+    error_reporting: ErrorReportingSettings = ErrorReportingSettings()
+    """Optional Sentry reporting of server-side failures."""
 
     @classmethod
     def settings_customise_sources(

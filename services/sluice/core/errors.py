@@ -33,6 +33,29 @@ class QuotaViolation:
     description: str
 
 
+# The HTTP status of each reason (SPEC §2.1). Envoy's transcoder maps gRPC codes on its
+# own (RESOURCE_EXHAUSTED -> 429, UNAVAILABLE -> 503, FAILED_PRECONDITION -> 400 ...),
+# which differs for OUT_OF_MEMORY, INVALID_RESPONSE and BUSINESS_RULE_VIOLATION; the
+# status travels in this trailer and the edge applies it (launcher/envoy.py).
+HTTP_STATUS_HEADER = "x-sluice-http-status"
+_HTTP_STATUS = {
+    "OUT_OF_MEMORY": 503,
+    "NETWORK_FAILURE": 503,
+    "SERVICE_UNAVAILABLE": 503,
+    "RATE_LIMIT_EXCEEDED": 429,
+    "TOKEN_LIMIT_EXCEEDED": 400,  # nosec B105 - a reason name, not a secret
+    "INVALID_RESPONSE": 502,
+    "VALIDATION_ERROR": 400,
+    "BUSINESS_RULE_VIOLATION": 412,
+    "INVALID_INPUT": 400,
+    "MISSING_PARAMETER": 400,
+    "UNSUPPORTED_OPERATION": 501,
+    "QUOTA_EXCEEDED": 429,
+    "DEADLINE_EXCEEDED": 504,
+    "INTERNAL": 500,
+}
+
+
 class SluiceError(Exception):
     """Base of every error a client may see. Subclasses set ``reason`` and ``code``."""
 
@@ -48,8 +71,10 @@ class SluiceError(Exception):
         field_violations: Sequence[FieldViolation] = (),
         quota_violations: Sequence[QuotaViolation] = (),
         code: grpc.StatusCode | None = None,
+        http_status: int | None = None,
     ) -> None:
         super().__init__(message)
+        self._http_status = http_status
         self.message = message
         self.metadata = dict(metadata or {})
         self.retry_after_s = retry_after_s
@@ -57,6 +82,15 @@ class SluiceError(Exception):
         self.quota_violations = tuple(quota_violations)
         if code is not None:
             self.code = code
+
+    @property
+    def http_status(self) -> int:
+        """The HTTP status a web client gets for this error (SPEC §2.1)."""
+        if self._http_status is not None:
+            return self._http_status
+        if self.reason == "AUTHORIZATION_ERROR":
+            return 401 if self.code == grpc.StatusCode.UNAUTHENTICATED else 403
+        return _HTTP_STATUS.get(self.reason, 500)
 
 
 class OutOfMemoryError(SluiceError):

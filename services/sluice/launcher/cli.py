@@ -4,6 +4,7 @@ where time goes (`sluice top`)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import threading
@@ -21,6 +22,9 @@ from sluice.launcher.top import fetch
 
 def _up(args: argparse.Namespace) -> int:
     settings = load_suite(args.config)
+    if args.provider_replicas is not None:
+        provider = settings.provider.model_copy(update={"replicas": args.provider_replicas})
+        settings = dataclasses.replace(settings, provider=provider)
     suite = Suite(
         settings,
         run_dir=Path(args.run_dir),
@@ -41,7 +45,7 @@ def _up(args: argparse.Namespace) -> int:
         return 1
     print(suite.banner(), flush=True)
     while not stop.wait(0.5):
-        failed = suite.failed_part()
+        failed = suite.supervise()
         if failed is not None:
             print(f"sluice up: {failed.name} exited; stopping the suite", file=sys.stderr)
             suite.stop()
@@ -88,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--run-dir", default=".run", help="where generated files go (default .run)")
     up.add_argument("--log-dir", help="write each part's log to DIR/<part>.log instead of stderr")
     up.add_argument("--no-envoy", action="store_true", help="start the services only")
+    up.add_argument(
+        "--provider-replicas",
+        type=int,
+        choices=range(1, 17),
+        metavar="N",
+        help="provider processes to start (default: provider.replicas, 1)",
+    )
     up.set_defaults(run=_up)
     envoy = commands.add_parser("envoy-config", help="print the Envoy configuration")
     envoy.add_argument("--config", help="suite YAML file")

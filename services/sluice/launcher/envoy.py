@@ -254,6 +254,7 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
         },
         **({"tracing": _tracing(settings)} if settings.router.tracing.enabled else {}),
         "http_filters": [
+            _error_status_filter(),
             transcoder,
             {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_FILTER}},
         ],
@@ -320,6 +321,36 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
                     else []
                 ),
             ],
+        },
+    }
+
+
+# Applies the SPEC §2.1 HTTP status the router put in x-sluice-http-status to a
+# transcoded (JSON) error; gRPC and gRPC-Web responses keep their 200 + grpc-status.
+# Listed before the transcoder, so on the way out it sees the transcoded response.
+_ERROR_STATUS_LUA = """
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  local wanted = headers:get("x-sluice-http-status")
+  if wanted == nil then
+    return
+  end
+  headers:remove("x-sluice-http-status")
+  local content_type = headers:get("content-type") or ""
+  if string.find(content_type, "application/json", 1, true) == 1
+      and string.match(wanted, "^[1-5][0-9][0-9]$") then
+    headers:replace(":status", wanted)
+  end
+end
+"""
+
+
+def _error_status_filter() -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": _ERROR_STATUS_LUA.strip() + "\n"},
         },
     }
 

@@ -5,6 +5,12 @@ Start order: telemetry -> limiter -> provider -> router -> Envoy, each waited fo
 Stop order: router first, so it drains in-flight streams while Envoy and the provider
 are still up; then Envoy, provider, limiter and telemetry last, so final spans land.
 Children die with the supervisor (PR_SET_PDEATHSIG), so none is left behind.
+
+Provider replicas (``provider.replicas``) are restarted when they die, with an
+exponential backoff, instead of taking the suite down: the router balances over the
+replicas and retries a call a dead one refused, so losing one is a recoverable fault.
+Any other part exiting still stops the suite. Each part's PID is written to
+``<run_dir>/<part>.pid`` (for operators and chaos runs).
 """
 
 from __future__ import annotations
@@ -55,6 +61,27 @@ class Part:
     grace_s: float
     process: subprocess.Popen[bytes] | None = None
     log: IO[bytes] | None = field(default=None, repr=False)
+    role: str = ""
+    """The service the part runs (several provider replicas share one role)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment added for this part only."""
+    restart: bool = False
+    """Restart the part when it dies (instead of stopping the suite)."""
+    restarts: int = 0
+    """Times the part was restarted."""
+    started_at: float = 0.0
+    restart_at: float | None = None
+    failures_in_a_row: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.role:
+            self.role = self.name
+
+
+# A replica that lived this long before dying starts over at the shortest backoff.
+_STABLE_S = 10.0
+_RESTART_BACKOFF_S = 0.25
+_MAX_RESTART_BACKOFF_S = 8.0
 
 
 def _grpc_serving(target: str, service: str, timeout_s: float = 0.5) -> bool:
@@ -110,18 +137,36 @@ class Suite:
         stdout: IO[bytes] | None = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            part.log = (self.log_dir / f"{part.name}.log").open("ab")
+            if part.log is None:
+                part.log = (self.log_dir / f"{part.name}.log").open("ab")
             stdout = part.log
         part.process = subprocess.Popen(  # noqa: S603  # nosec B603
             part.argv,
-            env=self._env(),
+            env=self._env() | part.env,
             stdout=stdout,
             stderr=subprocess.STDOUT if stdout is not None else None,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops us in order
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads yet at spawn time
         )
-        self.parts.append(part)
+        part.started_at = time.monotonic()
+        if part not in self.parts:
+            self.parts.append(part)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / f"{part.name}.pid").write_text(f"{part.process.pid}\n", encoding="utf-8")
+
+    def provider_listeners(self) -> list[tuple[int, int]]:
+        """(port, metrics_port) of every provider replica, the first being the configured one."""
+        provider = self.settings.provider
+        server = provider.server
+        listeners = [(server.port, server.metrics_port)]
+        for index in range(1, provider.replicas):
+            if index - 1 < len(provider.replica_ports):
+                ports = provider.replica_ports[index - 1]
+                listeners.append((ports.port, ports.metrics_port))
+            else:
+                listeners.append((server.port + 100 * index, server.metrics_port + 100 * index))
+        return listeners
 
     def _wait_until(self, part: Part, ready: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
@@ -156,8 +201,35 @@ class Suite:
             ("provider", self.settings.provider.server, "sluice.provider.v1.ProviderService"),
             ("router", self.settings.router.server, ROUTER_SERVICE),
         )
+        replicas = self.provider_listeners()
         for name, server, health_service in services:
-            part = Part(name, [python, "-m", f"sluice.{name}"], server.shutdown_grace_s)
+            argv = [python, "-m", f"sluice.{name}"]
+            if name == "provider":
+                for index, (port, metrics_port) in enumerate(replicas):
+                    part = Part(
+                        name if index == 0 else f"provider-{index + 1}",
+                        argv,
+                        server.shutdown_grace_s,
+                        role="provider",
+                        env={
+                            "SLUICE_PROVIDER_SERVER__PORT": str(port),
+                            "SLUICE_PROVIDER_SERVER__METRICS_PORT": str(metrics_port),
+                        },
+                        restart=len(replicas) > 1,
+                    )
+                    self._spawn(part)
+                    target = f"{server.host}:{port}"
+                    self._wait_until(
+                        part, partial(_grpc_serving, target, health_service), "SERVING"
+                    )
+                continue
+            env = {}
+            if name == "router" and len(replicas) > 1:
+                # One target naming every replica; the router's channel balances round robin.
+                host = self.settings.provider.server.host
+                addresses = ",".join(f"{host}:{port}" for port, _ in replicas)
+                env["SLUICE_ROUTER_PROVIDER_ADDRESS"] = f"ipv4:{addresses}"
+            part = Part(name, argv, server.shutdown_grace_s, env=env)
             self._spawn(part)
             target = f"{server.host}:{server.port}"
             self._wait_until(part, partial(_grpc_serving, target, health_service), "SERVING")
@@ -223,20 +295,44 @@ class Suite:
     def stop(self) -> None:
         """Stop every part: router first (drains streams), telemetry last."""
         order = ["router", "envoy", "provider", "limiter", "telemetry"]
-        for name in order:
+        for role in order:
             for part in self.parts:
-                if part.name == name:
+                if part.role == role:
                     self._stop_part(part)
         for part in self.parts:
             if part.log is not None:
                 part.log.close()
 
     def failed_part(self) -> Part | None:
-        """The first part that exited on its own, if any."""
+        """The first part that exited on its own and is not restarted, if any."""
         for part in self.parts:
-            if part.process is not None and part.process.poll() is not None:
+            if not part.restart and part.process is not None and part.process.poll() is not None:
                 return part
         return None
+
+    def supervise(self, now: float | None = None) -> Part | None:
+        """Restart dead replicas (with backoff); return a dead part that stops the suite."""
+        now = time.monotonic() if now is None else now
+        for part in self.parts:
+            process = part.process
+            if not part.restart or process is None or process.poll() is None:
+                continue
+            if part.restart_at is None:
+                lived = now - part.started_at
+                part.failures_in_a_row = 0 if lived >= _STABLE_S else part.failures_in_a_row + 1
+                delay = min(_MAX_RESTART_BACKOFF_S, _RESTART_BACKOFF_S * 2**part.failures_in_a_row)
+                part.restart_at = now + delay
+                print(
+                    f"sluice up: {part.name} exited with status {process.returncode}; "
+                    f"restarting in {delay:g} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            elif now >= part.restart_at:
+                part.restart_at = None
+                part.restarts += 1
+                self._spawn(part)
+        return self.failed_part()
 
     # -- banner ------------------------------------------------------------------------
 
@@ -250,15 +346,23 @@ class Suite:
                 "POST /v1/generate (SSE), POST /v1/complete, GET /v1/models, gRPC",
                 f"  envoy admin   http://{s.envoy.host}:{s.envoy.admin_port}",
             ]
-        for name, server in (
-            ("router", s.router.server),
-            ("limiter", s.limiter.server),
-            ("provider", s.provider.server),
-            ("telemetry", s.telemetry.server),
-        ):
+        listeners = [
+            ("router", s.router.server.host, s.router.server.port, s.router.server.metrics_port),
+            (
+                "limiter",
+                s.limiter.server.host,
+                s.limiter.server.port,
+                s.limiter.server.metrics_port,
+            ),
+        ]
+        for index, (port, metrics_port) in enumerate(self.provider_listeners()):
+            name = "provider" if index == 0 else f"provider-{index + 1}"
+            listeners.append((name, s.provider.server.host, port, metrics_port))
+        server = s.telemetry.server
+        listeners.append(("telemetry", server.host, server.port, server.metrics_port))
+        for name, host, port, metrics_port in listeners:
             lines.append(
-                f"  {name:<12}  grpc {server.host}:{server.port}   "
-                f"metrics http://{server.host}:{server.metrics_port}/metrics"
+                f"  {name:<12}  grpc {host}:{port}   metrics http://{host}:{metrics_port}/metrics"
             )
         if any(key.sha256 == DEV_KEY_SHA256 for key in s.router.api_keys):
             lines.append(

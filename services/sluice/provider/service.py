@@ -13,8 +13,10 @@ from sluice.core.errors import ValidationError
 from sluice.core.grpcx.server import ServiceHost
 from sluice.core.grpcx.types import ServicerContext
 from sluice.provider.backends import Backend, build_backends, close_backends
+from sluice.provider.faults import FAULT_HEADER, parse_fault_header
 from sluice.provider.genai import GenAIInstruments
 from sluice.provider.settings import ProviderSettings
+from sluice.provider.simulated import SimulatedBackend
 from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
 
 log = logging.getLogger("sluice.provider")
@@ -23,8 +25,15 @@ log = logging.getLogger("sluice.provider")
 class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     """Runs generations on configured back ends."""
 
-    def __init__(self, backends: Mapping[str, Backend], host: ServiceHost) -> None:
+    def __init__(
+        self,
+        backends: Mapping[str, Backend],
+        host: ServiceHost,
+        *,
+        fault_injection: bool = False,
+    ) -> None:
         self._backends = backends
+        self._fault_injection = fault_injection
         self._streams = Counter(
             "sluice_provider_streams",
             "Provider streams by back end and outcome (completed, failed, cancelled).",
@@ -46,10 +55,21 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
             raise ValidationError(
                 f"unknown back end '{request.backend}'", metadata={"backend": request.backend}
             )
+        faults = None
+        if self._fault_injection:
+            values = [v for k, v in context.invocation_metadata() or () if k == FAULT_HEADER]
+            if values:
+                faults = parse_fault_header([str(v) for v in values], request.backend)
         outcome = "failed"
         output_tokens = 0
         try:
-            async for event in backend.stream(request):
+            # Faults are the simulated model's; HTTP back ends fail for real.
+            events = (
+                backend.stream(request, faults)
+                if faults is not None and isinstance(backend, SimulatedBackend)
+                else backend.stream(request)
+            )
+            async for event in events:
                 if event.HasField("end"):
                     output_tokens = event.end.usage.output_tokens
                 yield event
@@ -99,7 +119,7 @@ def build_server(
 
     host.add_cleanup(close_pools)
     provider_pb2_grpc.add_ProviderServiceServicer_to_server(
-        ProviderServicer(backends, host), host.server
+        ProviderServicer(backends, host, fault_injection=settings.fault_injection), host.server
     )
     host.add_service(provider_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name)
     return host

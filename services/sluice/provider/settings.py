@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_val
 from pydantic_settings import SettingsConfigDict
 
 from sluice.core.config import ServerSettings, ServiceSettings
+from sluice.provider.faults import FaultSettings
 
 
 class SimulatedBackendSettings(BaseModel):
@@ -29,6 +30,19 @@ class SimulatedBackendSettings(BaseModel):
     """Natural answer length before max_tokens applies (varies ±50% with the prompt)."""
     context_window: int = Field(32_768, ge=16)
     """Largest prompt + max_tokens the model accepts."""
+    faults: FaultSettings = FaultSettings()
+    """Faults injected into every request of this back end (see provider/faults.py)."""
+
+
+class ReplicaPorts(BaseModel):
+    """Listeners of one extra provider replica started by `sluice up`."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    port: int = Field(ge=1, le=65535)
+    """gRPC port."""
+    metrics_port: int = Field(ge=1, le=65535)
+    """Prometheus port."""
 
 
 class TimeoutSettings(BaseModel):
@@ -137,6 +151,12 @@ class ProviderSettings(ServiceSettings):
         default_factory=lambda: {"simulated": _default_backend()}
     )
     """Back ends by name."""
+    replicas: int = Field(1, ge=1, le=16)
+    """Provider processes `sluice up` starts (the router balances over them)."""
+    replica_ports: list[ReplicaPorts] = Field(default_factory=list)
+    """Listeners of replicas 2..N; a missing entry uses port + 100*i and metrics_port + 100*i."""
+    fault_injection: bool = False
+    """Honour per-request faults from the x-sluice-fault header (tests and chaos runs only)."""
 
     @model_validator(mode="after")
     def _has_backend(self) -> ProviderSettings:

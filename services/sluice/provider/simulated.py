@@ -17,6 +17,7 @@ from sluice.common.v1 import common_pb2
 from sluice.core.clock import Clock, SystemClock
 from sluice.core.errors import TokenLimitExceededError
 from sluice.core.tokens import count_tokens
+from sluice.provider.faults import FaultInjector, FaultSettings
 from sluice.provider.settings import SimulatedBackendSettings
 from sluice.provider.v1 import provider_pb2
 
@@ -33,8 +34,13 @@ _STOP = common_pb2.FINISH_REASON_STOP
 _LENGTH = common_pb2.FINISH_REASON_LENGTH
 
 
-def _prompt_text(request: provider_pb2.StreamRequest) -> str:
-    return "\n".join(m.content for m in request.messages)
+def _split_prefix(request: provider_pb2.StreamRequest) -> tuple[str, list[str]]:
+    """The prompt text and the words of a trailing assistant message (a prefix to continue)."""
+    messages = list(request.messages)
+    prefix: list[str] = []
+    if messages and messages[-1].role == "assistant":
+        prefix = messages.pop().content.split()
+    return "\n".join(m.content for m in messages), prefix
 
 
 def _cut_at_stop(words: list[str], stops: Sequence[str]) -> list[str] | None:
@@ -57,6 +63,7 @@ class SimulatedBackend:
         self.name = name
         self.settings = settings
         self._clock = clock or SystemClock()
+        self._rng = random.Random()  # noqa: S311  # nosec B311 - fault dice, not security
 
     def answer_words(self, prompt: str, max_tokens: int) -> list[str]:
         """The answer for a prompt: same prompt, same words."""
@@ -68,11 +75,20 @@ class SimulatedBackend:
         return rng.choices(_VOCABULARY, k=min(length, max_tokens))
 
     async def stream(
-        self, request: provider_pb2.StreamRequest
+        self, request: provider_pb2.StreamRequest, faults: FaultSettings | None = None
     ) -> AsyncIterator[provider_pb2.StreamEvent]:
-        """Yield start, paced deltas, and end with exact usage."""
+        """Yield start, paced deltas, and end with exact usage.
+
+        A trailing assistant message is a prefix to continue (mid-stream failover): when
+        it matches the start of this prompt's answer, only the rest is generated.
+        `faults` (else the configured ones) are injected on the way.
+        """
         settings = self.settings
-        prompt = _prompt_text(request)
+        faults = faults or settings.faults
+        injector = FaultInjector(faults, self.name, self._rng) if faults.active else None
+        if injector is not None:
+            await injector.before_start()
+        prompt, prefix = _split_prefix(request)
         input_tokens = count_tokens(prompt)
         # max_tokens 0 means "no cap": the answer's natural length, within the window.
         max_tokens = request.max_tokens or max(1, settings.context_window - input_tokens)
@@ -82,7 +98,10 @@ class SimulatedBackend:
                 f"context window of {settings.model} ({settings.context_window} tokens)",
                 metadata={"model": settings.model, "context_window": str(settings.context_window)},
             )
-        words = self.answer_words(prompt, max_tokens)
+        words = self.answer_words(prompt, max_tokens + len(prefix))
+        if prefix and words[: len(prefix)] == prefix:
+            words = words[len(prefix) :]
+        words = words[:max_tokens]
         finish = _LENGTH if len(words) >= max_tokens else _STOP
         stopped = _cut_at_stop(words, request.stop)
         if stopped is not None:
@@ -90,9 +109,26 @@ class SimulatedBackend:
         yield provider_pb2.StreamEvent(
             start=provider_pb2.StreamStart(backend=self.name, model=settings.model)
         )
+        if injector is not None:
+            await injector.after_start()
         if settings.time_to_first_token_ms > 0:
             await asyncio.sleep(settings.time_to_first_token_ms / 1000.0)
-        async for text, count in self._paced(words):
+        drop = faults.drop_after_tokens if injector is not None else -1
+        sent = 0
+        async for text, count in self._paced(words, continuing=bool(prefix)):
+            if injector is not None and drop >= 0 and sent + count > drop:
+                keep = drop - sent
+                if keep > 0:
+                    # The chunk's words are space-separated, with a leading space after the first.
+                    parts = text.split(" ")
+                    lead = 1 if parts[0] == "" else 0
+                    yield provider_pb2.StreamEvent(
+                        delta=provider_pb2.TokenDelta(
+                            text=" ".join(parts[: lead + keep]), token_count=keep
+                        )
+                    )
+                injector.check_tokens(drop)
+            sent += count
             yield provider_pb2.StreamEvent(
                 delta=provider_pb2.TokenDelta(text=text, token_count=count)
             )
@@ -107,7 +143,9 @@ class SimulatedBackend:
             )
         )
 
-    async def _paced(self, words: list[str]) -> AsyncIterator[tuple[str, int]]:
+    async def _paced(
+        self, words: list[str], *, continuing: bool = False
+    ) -> AsyncIterator[tuple[str, int]]:
         rate = self.settings.tokens_per_second
         if rate <= 0:
             yield " ".join(words), len(words)
@@ -122,7 +160,7 @@ class SimulatedBackend:
             if due > sent:
                 chunk = words[sent:due]
                 text = " ".join(chunk)
-                yield (text if sent == 0 else " " + text), len(chunk)
+                yield (text if sent == 0 and not continuing else " " + text), len(chunk)
                 sent = due
             if sent < total:
                 await asyncio.sleep(tick)

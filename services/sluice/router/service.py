@@ -7,21 +7,24 @@ per stream.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 from sluice.common.v1 import common_pb2
+from sluice.core.clock import Clock, SystemClock
 from sluice.core.errors import (
     BusinessRuleViolationError,
     FieldViolation,
     InternalError,
     InvalidResponseError,
+    ServiceUnavailableError,
     SluiceError,
     ValidationError,
 )
@@ -36,14 +39,17 @@ from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
 from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
 from sluice.router import genai
 from sluice.router.auth import ApiKeyAuthenticator, Principal
+from sluice.router.degradation import LIMITER_DEGRADED, LocalLimits, MemoryGuard
 from sluice.router.downstream import error_from_rpc
-from sluice.router.settings import ModelAliasSettings, RouterSettings
+from sluice.router.fallback import FallbackChain, ResilienceMetrics
+from sluice.router.settings import BackendRef, ModelAliasSettings, RouterSettings
 from sluice.router.v1 import router_pb2, router_pb2_grpc
 from sluice.router.validation import GenerationRequest, validate_request
 
 log = logging.getLogger("sluice.router")
 
 _PRIMARY = common_pb2.FALLBACK_STEP_PRIMARY
+_FAULT_HEADER = "x-sluice-fault"
 _GENERATE = "/sluice.router.v1.RouterService/Generate"
 
 
@@ -86,6 +92,12 @@ class StreamState:
     first_token_at: float = 0.0
     backend: str = ""
     finished: bool = False
+    attempt: int = 0
+    step: int = _PRIMARY
+    text: list[str] = field(default_factory=list)
+    prior_usage: common_pb2.Usage = field(default_factory=common_pb2.Usage)
+    completed: router_pb2.CompleteEvent | None = None
+    degradations: list[str] = field(default_factory=list)
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
@@ -94,12 +106,21 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(
         self,
         settings: RouterSettings,
+        *,
         authenticator: ApiKeyAuthenticator,
         limiter: limiter_pb2_grpc.LimiterServiceStub,
         provider: provider_pb2_grpc.ProviderServiceStub,
         metrics: RouterMetrics,
+        chain: FallbackChain,
+        clock: Clock,
+        memory: MemoryGuard,
+        local_limits: LocalLimits,
     ) -> None:
+        self._memory = memory
+        self._local_limits = local_limits
         self._settings = settings
+        self._chain = chain
+        self._clock = clock
         self._auth = authenticator
         self._limiter = limiter
         self._provider = provider
@@ -125,11 +146,16 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise BusinessRuleViolationError(
                 f"model '{request.model}' is not available to this API key",
                 metadata={"model": request.model, "tier": principal.tier},
+                http_status=403,  # "model not in tier" (a spent budget is 412)
             )
         return alias
 
     async def _admit(
-        self, request: GenerationRequest, principal: Principal, max_tokens: int
+        self,
+        request: GenerationRequest,
+        principal: Principal,
+        max_tokens: int,
+        state: StreamState,
     ) -> None:
         estimate = sum(count_tokens(m.content) for m in request.messages) + max_tokens
         try:
@@ -148,9 +174,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise error_from_rpc(err, "limiter") from err
-            # Graceful degradation (SPEC §2.2): a broken limiter must not stop serving.
+            # Graceful degradation (SPEC §2.2): a broken limiter must not stop serving;
+            # the router's local approximate limit (or, fail-closed, a refusal) stands in.
+            log.warning("limiter unavailable (%s); deciding locally", err.code().name)
+            await self._local_limits.admit(principal.key_id)
             self._metrics.limiter_fail_open.inc()
-            log.warning("limiter unavailable (%s); admitting without a decision", err.code().name)
+            state.degradations.append(LIMITER_DEGRADED)
 
     # -- streaming ---------------------------------------------------------------------
 
@@ -175,40 +204,59 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: GenerationRequest, context: ServicerContext
     ) -> AsyncIterator[router_pb2.GenerateEvent]:
         state = StreamState(started=time.perf_counter())
+        remaining = context.time_remaining()
+        deadline = self._clock.monotonic() + (
+            remaining if remaining is not None else self._settings.request_timeout_s
+        )
+        self._chain.check_deadline(deadline)
+        self._memory.check()
         principal = self._auth.authenticate(context.invocation_metadata() or ())
         validate_request(request, self._settings)
         alias = self._resolve_model(request, principal)
         max_tokens = request.max_tokens or alias.default_max_tokens
-        await self._admit(request, principal, max_tokens)
+        await self._admit(request, principal, max_tokens, state)
 
-        target = alias.backends[0]
-        genai.annotate_request(request, target.backend, max_tokens)
-        remaining = context.time_remaining()
-        timeout = remaining if remaining is not None else self._settings.request_timeout_s
-        call = self._provider.Stream(
-            provider_pb2.StreamRequest(
-                request_id=current_request_id(),
-                backend=target.backend,
-                model=target.model,
+        genai.annotate_request(request, alias.backends[0].backend, max_tokens)
+        metadata = context.invocation_metadata() or ()
+        forwarded = tuple((k, v) for k, v in metadata if k == _FAULT_HEADER)
+        self._metrics.streams_in_flight.inc()
+
+        def attempt(
+            target: BackendRef,
+            messages: Sequence[common_pb2.Message],
+            max_tokens: int,
+            timeout_s: float,
+            first_token_timeout_s: float,
+        ) -> AsyncIterator[router_pb2.GenerateEvent]:
+            return self._attempt(
+                request=request,
+                state=state,
+                target=target,
+                messages=messages,
+                max_tokens=max_tokens,
+                timeout_s=timeout_s,
+                first_token_timeout_s=first_token_timeout_s,
+                forwarded=forwarded,
+            )
+
+        try:
+            async for event in self._chain.run(
+                model=request.model,
+                alias=alias,
                 messages=request.messages,
                 max_tokens=max_tokens,
-                temperature=request.temperature if request.HasField("temperature") else None,
-                stop=request.stop,
-                tools=request.tools if isinstance(request, router_pb2.GenerateRequest) else (),
-            ),
-            timeout=timeout,
-        )
-        state.backend = target.backend
-        self._metrics.streams_in_flight.inc()
-        try:
-            async for event in self._relay(call, request, state):
+                cache_extra=(
+                    max_tokens,
+                    request.temperature if request.HasField("temperature") else None,
+                    list(request.stop),
+                    [tool.SerializeToString().hex() for tool in getattr(request, "tools", ())],
+                ),
+                deadline=deadline,
+                state=state,
+                attempt=attempt,
+                make_event=lambda **fields: self._event(state, **fields),
+            ):
                 yield event
-        except grpc.aio.AioRpcError as err:
-            failure: SluiceError = error_from_rpc(err, "provider")
-            if state.sequence == 0:
-                raise failure from err  # nothing sent yet: the status alone tells the client
-            yield self._error_event(state, failure)
-            raise failure from err
         except SluiceError as failure:
             if state.sequence > 0:
                 yield self._error_event(state, failure)
@@ -218,12 +266,47 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 yield self._error_event(state, InternalError("internal error"))
             raise
         finally:
-            call.cancel()  # no-op when finished; stops the provider at once on disconnect
             self._metrics.streams_in_flight.dec()
             if state.output_tokens:
                 self._metrics.tokens_streamed.labels(request.model, state.backend).inc(
                     state.output_tokens
                 )
+
+    async def _attempt(
+        self,
+        *,
+        request: GenerationRequest,
+        state: StreamState,
+        target: BackendRef,
+        messages: Sequence[common_pb2.Message],
+        max_tokens: int,
+        timeout_s: float,
+        first_token_timeout_s: float,
+        forwarded: tuple[tuple[str, str | bytes], ...],
+    ) -> AsyncIterator[router_pb2.GenerateEvent]:
+        """One provider stream on one back end, relayed to the client."""
+        call = self._provider.Stream(
+            provider_pb2.StreamRequest(
+                request_id=current_request_id(),
+                backend=target.backend,
+                model=target.model,
+                messages=messages,
+                max_tokens=max_tokens,
+                temperature=request.temperature if request.HasField("temperature") else None,
+                stop=request.stop,
+                tools=request.tools if isinstance(request, router_pb2.GenerateRequest) else (),
+            ),
+            timeout=max(0.001, timeout_s),
+            metadata=forwarded or None,
+        )
+        try:
+            upstream = _first_token_within(call, first_token_timeout_s, target.backend)
+            async for event in self._relay(upstream, request, state):
+                yield event
+        except grpc.aio.AioRpcError as err:
+            raise error_from_rpc(err, "provider") from err
+        finally:
+            call.cancel()  # no-op when finished; stops the provider at once on disconnect
 
     async def _relay(
         self,
@@ -246,6 +329,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                         now - state.started
                     )
                 state.output_tokens += delta.token_count
+                state.text.append(delta.text)
                 yield self._event(
                     state, data=router_pb2.DataEvent(text=delta.text, token_count=delta.token_count)
                 )
@@ -262,8 +346,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                         model=request.model,
                         provider=upstream.start.backend,
                         provider_model=upstream.start.model,
-                        attempt=1,
-                        fallback_step=_PRIMARY,
+                        attempt=state.attempt,
+                        fallback_step=state.step,  # type: ignore[arg-type]
+                        degradations=state.degradations,
                     ),
                 )
             elif kind == "tool_call":
@@ -273,17 +358,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 yield self._progress(state, now)
                 ttft = state.first_token_at - state.started if state.first_token_at else 0.0
                 state.finished = True
-                genai.annotate_completion(upstream.end.finish_reason, upstream.end.usage, ttft)
-                yield self._event(
-                    state,
-                    complete=router_pb2.CompleteEvent(
-                        finish_reason=upstream.end.finish_reason,
-                        usage=upstream.end.usage,
-                        fallback_step=_PRIMARY,
-                        time_to_first_token_ms=int(ttft * 1000),
-                        total_ms=int((now - state.started) * 1000),
-                    ),
+                usage = upstream.end.usage
+                if state.prior_usage.output_tokens:
+                    usage = _add_usage(usage, state.prior_usage)
+                genai.annotate_completion(upstream.end.finish_reason, usage, ttft)
+                state.completed = router_pb2.CompleteEvent(
+                    finish_reason=upstream.end.finish_reason,
+                    usage=usage,
+                    fallback_step=state.step,  # type: ignore[arg-type]
+                    time_to_first_token_ms=int(ttft * 1000),
+                    total_ms=int((now - state.started) * 1000),
                 )
+                yield self._event(state, complete=state.completed)
         # Reading on to the end of the call (rather than returning at `end`) lets it
         # finish with OK instead of being cancelled.
         if not state.finished:
@@ -349,22 +435,71 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         )
 
 
-def build_server(settings: RouterSettings) -> ServiceHost:
+def _add_usage(usage: common_pb2.Usage, prior: common_pb2.Usage) -> common_pb2.Usage:
+    """Usage of a continued answer: the broken attempt's plus the continuation's."""
+    return common_pb2.Usage(
+        input_tokens=usage.input_tokens + prior.input_tokens,
+        output_tokens=usage.output_tokens + prior.output_tokens,
+        total_tokens=usage.total_tokens + prior.total_tokens,
+        estimated=True,
+    )
+
+
+async def _first_token_within(
+    call: Any, timeout_s: float, backend: str
+) -> AsyncIterator[provider_pb2.StreamEvent]:
+    """The provider stream, failed when no token (or end) comes within the call timeout.
+
+    The breaker's `timeout` applies to the wait for the first token, not to the whole
+    stream: a long answer is not a failure, a back end that says nothing is.
+    """
+    iterator = call.__aiter__()
+    give_up = time.monotonic() + timeout_s
+    while True:
+        try:
+            message = await asyncio.wait_for(
+                iterator.__anext__(), timeout=max(0.0, give_up - time.monotonic())
+            )
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise ServiceUnavailableError(
+                f"the back end sent no token within {int(timeout_s * 1000)} ms",
+                metadata={"backend": backend},
+            ) from None
+        yield message
+        if message.WhichOneof("event") != "start":
+            break
+    async for message in iterator:
+        yield message
+
+
+def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> ServiceHost:
     """Wire the router service. Call ``await host.start()`` to bind and serve."""
     host = ServiceHost("router", settings)
+    clock = clock or SystemClock()
     tracing = host.tracer_provider if host.tracing_active else None
     limiter_channel = internal_channel(
         settings.limiter_address, "sluice.limiter.v1.LimiterService", tracing
     )
     provider_channel = internal_channel(
-        settings.provider_address, "sluice.provider.v1.ProviderService", tracing
+        settings.provider_address, "sluice.provider.v1.ProviderService", tracing, retries=False
     )
+    chain = FallbackChain(settings, ResilienceMetrics(host.registry), clock)
     servicer = RouterServicer(
         settings,
-        ApiKeyAuthenticator(settings.api_keys),
-        limiter_pb2_grpc.LimiterServiceStub(limiter_channel),
-        provider_pb2_grpc.ProviderServiceStub(provider_channel),
-        RouterMetrics(host),
+        authenticator=ApiKeyAuthenticator(settings.api_keys),
+        limiter=limiter_pb2_grpc.LimiterServiceStub(limiter_channel),
+        provider=provider_pb2_grpc.ProviderServiceStub(provider_channel),
+        metrics=RouterMetrics(host),
+        chain=chain,
+        clock=clock,
+        memory=MemoryGuard(settings.resilience.memory_limit_mb, clock, host.registry),
+        local_limits=LocalLimits(
+            settings.resilience.local_limit_rps,
+            settings.resilience.limiter_fail_closed,
+            host.registry,
+        ),
     )
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, host.server)
     host.add_service(router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name)
@@ -372,6 +507,7 @@ def build_server(settings: RouterSettings) -> ServiceHost:
     async def close_channels() -> None:
         await limiter_channel.close()
         await provider_channel.close()
+        await chain.close()
 
     host.add_cleanup(close_channels)
     return host

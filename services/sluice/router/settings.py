@@ -8,6 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import SettingsConfigDict
 
 from sluice.core.config import ServerSettings, ServiceSettings
+from sluice.core.resilience.breaker import BreakerSettings
+from sluice.core.resilience.bulkhead import BulkheadSettings
+from sluice.core.resilience.retry import RetrySettings
 
 # sha256("sk-sluice-dev"): the development key of the default configuration.
 DEV_KEY_SHA256 = "f54ca937b7efefe972b761a7b8dc7dd477c073770dec53b33fe59a66f6ef9a9f"
@@ -57,6 +60,62 @@ class ModelAliasSettings(BaseModel):
     """Back ends in fallback order; the first is the primary."""
     default_max_tokens: int = Field(256, ge=1, le=32_768)
     """max_tokens when a request leaves it 0."""
+    simplified_text: str = ""
+    """Degraded answer served (marked SIMPLIFIED) when every back end and the cache
+    failed; empty disables the step."""
+
+
+class BackendPolicy(BaseModel):
+    """Resilience settings of one back end (each falls back to the router-wide one)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    breaker: BreakerSettings | None = None
+    """Circuit breaker."""
+    bulkhead: BulkheadSettings | None = None
+    """Concurrency pool."""
+
+
+class ResponseCacheSettings(BaseModel):
+    """The response cache (fallback step CACHE): exact match on the normalised request."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    enabled: bool = True
+    """Store completed answers and serve them when every back end failed."""
+    max_entries: int = Field(10_000, ge=1)
+    """LRU capacity."""
+    ttl_s: float = Field(3600.0, gt=0.0)
+    """How long an answer stays servable."""
+    max_entry_chars: int = Field(65_536, ge=1)
+    """Longer answers are not cached."""
+    redis_url: str = ""
+    """redis://host:port/db to share the cache across router replicas; empty keeps it in memory."""
+
+
+class ResilienceSettings(BaseModel):
+    """Retries, breakers, bulkheads, deadlines and load shedding (SPEC §2.2)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    retry: RetrySettings = RetrySettings()
+    """Retries of a back end before moving down the chain."""
+    breaker: BreakerSettings = BreakerSettings()
+    """Default circuit breaker of every back end."""
+    bulkhead: BulkheadSettings = BulkheadSettings()
+    """Default concurrency pool of every back end."""
+    backends: dict[str, BackendPolicy] = Field(default_factory=dict)
+    """Per-back-end overrides by back-end name."""
+    cache: ResponseCacheSettings = ResponseCacheSettings()
+    """Response cache."""
+    min_deadline_ms: int = Field(50, ge=0)
+    """Requests with less time left than this are refused at once (DEADLINE_EXCEEDED)."""
+    memory_limit_mb: int = Field(0, ge=0)
+    """Shed new requests (OUT_OF_MEMORY) while the router's RSS exceeds this; 0 = off."""
+    limiter_fail_closed: bool = False
+    """Refuse requests when the limiter cannot decide (default: local approximate limit)."""
+    local_limit_rps: float = Field(100.0, gt=0.0)
+    """Approximate per-key request rate the router enforces itself while the limiter is down."""
 
 
 class RouterSettings(ServiceSettings):
@@ -94,6 +153,8 @@ class RouterSettings(ServiceSettings):
     """Gap between two progress events of a stream."""
     request_timeout_s: float = Field(300.0, gt=0.0)
     """Deadline applied when the caller sets none."""
+    resilience: ResilienceSettings = ResilienceSettings()
+    """Retries, breakers, bulkheads, cache, deadlines, load shedding."""
 
     @model_validator(mode="after")
     def _unique_key_ids(self) -> RouterSettings:

@@ -47,7 +47,7 @@ class GenerateEvent(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., metadata: _Optional[_Union[MetadataEvent, _Mapping]] = ..., data: _Optional[_Union[DataEvent, _Mapping]] = ..., progress: _Optional[_Union[ProgressEvent, _Mapping]] = ..., error: _Optional[_Union[ErrorEvent, _Mapping]] = ..., complete: _Optional[_Union[CompleteEvent, _Mapping]] = ..., tool_call: _Optional[_Union[_common_pb2.ToolCallDelta, _Mapping]] = ...) -> None: ...
 
 class MetadataEvent(_message.Message):
-    __slots__ = ("request_id", "trace_id", "model", "provider", "provider_model", "attempt", "fallback_step")
+    __slots__ = ("request_id", "trace_id", "model", "provider", "provider_model", "attempt", "fallback_step", "degradations")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,7 @@ class MetadataEvent(_message.Message):
     PROVIDER_MODEL_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_STEP_FIELD_NUMBER: _ClassVar[int]
+    DEGRADATIONS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     trace_id: str
     model: str
@@ -62,7 +63,8 @@ class MetadataEvent(_message.Message):
     provider_model: str
     attempt: int
     fallback_step: _common_pb2.FallbackStep
-    def __init__(self, request_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., provider_model: _Optional[str] = ..., attempt: _Optional[int] = ..., fallback_step: _Optional[_Union[_common_pb2.FallbackStep, str]] = ...) -> None: ...
+    degradations: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., provider_model: _Optional[str] = ..., attempt: _Optional[int] = ..., fallback_step: _Optional[_Union[_common_pb2.FallbackStep, str]] = ..., degradations: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DataEvent(_message.Message):
     __slots__ = ("text", "token_count")

@@ -10,38 +10,45 @@ from opentelemetry.sdk.trace import TracerProvider
 from sluice.core.telemetry.tracing import client_tracing_interceptors
 
 
-def _service_config(service: str) -> str:
-    # Transparent retries of UNAVAILABLE before any response arrived: safe for our
-    # internal hops because nothing has been streamed to the client at that point.
-    return json.dumps(
-        {
-            "methodConfig": [
-                {
-                    "name": [{"service": service}],
-                    "retryPolicy": {
-                        "maxAttempts": 3,
-                        "initialBackoff": "0.05s",
-                        "maxBackoff": "0.5s",
-                        "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
-                    },
-                }
-            ],
-            # Caps retries at 10% of calls during an outage (gRPC retry throttling).
-            "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
-        }
-    )
+def _service_config(service: str, retries: bool) -> str:
+    # Round robin spreads calls over every address of a multi-address target (e.g.
+    # "ipv4:127.0.0.1:50053,127.0.0.1:50063" for two provider replicas).
+    config: dict[str, object] = {"loadBalancingConfig": [{"round_robin": {}}]}
+    if retries:
+        # Retries of UNAVAILABLE before any response arrived: safe for our internal
+        # hops because nothing has been streamed to the client at that point.
+        config["methodConfig"] = [
+            {
+                "name": [{"service": service}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+        # Caps retries at 10% of calls during an outage (gRPC retry throttling).
+        config["retryThrottling"] = {"maxTokens": 10, "tokenRatio": 0.1}
+    return json.dumps(config)
 
 
 def internal_channel(
-    target: str, service: str, tracer_provider: TracerProvider | None
+    target: str, service: str, tracer_provider: TracerProvider | None, *, retries: bool = True
 ) -> grpc.aio.Channel:
-    """An insecure loopback channel to another Sluice service."""
+    """An insecure loopback channel to another Sluice service.
+
+    ``retries=False`` leaves retrying to the caller (the router's fallback chain owns
+    provider retries, with its budget): an application-level UNAVAILABLE from a back
+    end must not be multiplied by a transport retry underneath. gRPC still retries
+    transparently a call that never left the client (e.g. a dead replica's address).
+    """
     interceptors = client_tracing_interceptors(tracer_provider) if tracer_provider else None
     return grpc.aio.insecure_channel(
         target,
         options=(
-            ("grpc.service_config", _service_config(service)),
+            ("grpc.service_config", _service_config(service, retries)),
             ("grpc.enable_retries", 1),
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_permit_without_calls", 1),

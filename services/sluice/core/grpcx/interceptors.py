@@ -25,12 +25,20 @@ import grpc
 from grpc_status import rpc_status
 from opentelemetry import trace
 
-from sluice.core.errors import DeadlineExceededError, InternalError, SluiceError, to_rpc_status
+from sluice.core.errors import (
+    HTTP_STATUS_HEADER,
+    DeadlineExceededError,
+    InternalError,
+    SluiceError,
+    to_rpc_status,
+)
 from sluice.core.grpcx.handlers import StreamBehaviour, UnaryBehaviour, wrap_handler
 from sluice.core.grpcx.request_context import new_request_id, request_id_var
 from sluice.core.grpcx.types import ServicerContext
+from sluice.core.telemetry.error_reporting import ErrorReporter
 from sluice.core.telemetry.grpc_server import ServerSpan
 from sluice.core.telemetry.metrics import RpcMetrics
+from sluice.core.telemetry.tracing import current_trace_id
 
 log = logging.getLogger("sluice.rpc")
 
@@ -44,7 +52,8 @@ _MAX_REQUEST_ID = 64
 async def abort_with(context: ServicerContext, error: SluiceError) -> None:
     """End the RPC with the rich status of `error` (raises grpc.aio.AbortError)."""
     status = rpc_status.to_status(to_rpc_status(error))
-    await context.abort(status.code, status.details, status.trailing_metadata)
+    trailing = (*status.trailing_metadata, (HTTP_STATUS_HEADER, str(error.http_status)))
+    await context.abort(status.code, status.details, trailing)
 
 
 def _request_id(metadata: Any) -> str:
@@ -78,7 +87,9 @@ class ServerPipeline(grpc.aio.ServerInterceptor):
         tracer: trace.Tracer | None,
         *,
         min_deadline_s: float = 0.005,
+        reporter: ErrorReporter | None = None,
     ) -> None:
+        self._reporter = reporter
         self._metrics = metrics
         self._tracer = tracer
         self._min_deadline_s = min_deadline_s
@@ -128,6 +139,14 @@ class ServerPipeline(grpc.aio.ServerInterceptor):
             mapped = InternalError("internal error; see the gateway logs for this request id")
         call.error_type = mapped.reason
         self._metrics.count_error(method, mapped.reason)
+        if self._reporter is not None:
+            self._reporter.report(
+                error,
+                mapped,
+                method=method,
+                request_id=request_id_var.get(),
+                trace_id=current_trace_id(),
+            )
         await abort_with(context, mapped)
 
     def _end(

@@ -20,10 +20,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, ProcessCollector
 
 from sluice.core.config import ServiceSettings
 from sluice.core.grpcx.interceptors import ServerPipeline
+from sluice.core.telemetry.error_reporting import build_reporter
 from sluice.core.telemetry.metrics import RpcMetrics, serve_metrics
 from sluice.core.telemetry.tracing import build_tracer_provider
 
@@ -64,8 +65,13 @@ class ServiceHost:
         if registry is None:
             # process_resident_memory_bytes & co., for the memory-growth alert.
             ProcessCollector(registry=self.registry)
+        self.spans_dropped = Counter(
+            "sluice_spans_dropped",
+            "Spans lost because the telemetry service could not take them.",
+            registry=self.registry,
+        )
         self.tracer_provider = tracer_provider or build_tracer_provider(
-            f"sluice-{name}", settings.tracing
+            f"sluice-{name}", settings.tracing, self.spans_dropped.inc
         )
         self.metrics = RpcMetrics(name, self.registry)
         # With export off, spans would be built only to be dropped: skip them entirely.
@@ -73,7 +79,8 @@ class ServiceHost:
         tracer = (
             self.tracer_provider.get_tracer("sluice.core.grpcx") if self.tracing_active else None
         )
-        pipeline = ServerPipeline(self.metrics, tracer)
+        self.error_reporter = build_reporter(settings.error_reporting, name)
+        pipeline = ServerPipeline(self.metrics, tracer, reporter=self.error_reporter)
         self.server = grpc.aio.server(
             interceptors=(pipeline,),
             options=(
@@ -85,6 +92,13 @@ class ServiceHost:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names: list[str] = []
         self._cleanups: list[Cleanup] = []
+        reporter = self.error_reporter
+        if reporter is not None:
+
+            async def close_reporter() -> None:
+                await asyncio.to_thread(reporter.close)
+
+            self._cleanups.append(close_reporter)
         self._metrics_server: WSGIServer | None = None
         self.port = 0
         self.metrics_port = 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -11,7 +11,7 @@ from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import (
     Decision,
     ParentBased,
@@ -26,6 +26,7 @@ from sluice.core.telemetry.grpc_client import (
     TracedUnaryStreamInterceptor,
     TracedUnaryUnaryInterceptor,
 )
+from sluice.core.telemetry.span_export import CountingSpanExporter
 
 
 class RecordUnsampled(Sampler):
@@ -132,11 +133,16 @@ def build_sampler(settings: TracingSettings) -> Sampler:
 
 
 def build_tracer_provider(
-    service_name: str, settings: TracingSettings, *, processor: SpanProcessor | None = None
+    service_name: str,
+    settings: TracingSettings,
+    on_dropped: Callable[[int], None] | None = None,
+    *,
+    processor: SpanProcessor | None = None,
 ) -> TracerProvider:
     """A provider that samples new traces at the configured ratio and exports in batches.
 
-    `processor` replaces the OTLP batch export (tests use an in-memory one).
+    `on_dropped` hears how many spans each failed export lost; `processor` replaces the
+    OTLP batch export (tests use an in-memory one).
     """
     provider = TracerProvider(
         resource=Resource.create({"service.name": service_name, "service.namespace": "sluice"}),
@@ -144,7 +150,11 @@ def build_tracer_provider(
     )
     if settings.enabled:
         if processor is None:
-            exporter = OTLPSpanExporter(endpoint=settings.endpoint, insecure=True, timeout=5)
+            exporter: SpanExporter = OTLPSpanExporter(
+                endpoint=settings.endpoint, insecure=True, timeout=5
+            )
+            if on_dropped is not None:
+                exporter = CountingSpanExporter(exporter, on_dropped)
             processor = BatchSpanProcessor(
                 exporter,
                 max_queue_size=settings.max_queue_size,

@@ -1,0 +1,93 @@
+"""Optional Sentry reporting of server-side failures (SPEC §2.4).
+
+Off unless a DSN is configured. What is reported: unexpected exceptions (INTERNAL) and
+errors that say the gateway or a dependency is unwell (the `system`/`provider`
+reasons); never a client's own mistake (validation, auth, quotas). What is sent: the
+error, its reason, the service, the method, the request and trace ids. No request
+metadata, no local variables, no PII: API keys and prompts never leave the gateway.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import sentry_sdk
+from pydantic import BaseModel, ConfigDict, Field
+from sentry_sdk.utils import event_from_exception
+
+from sluice.core.errors import SluiceError
+
+log = logging.getLogger("sluice.error_reporting")
+
+REPORTED_REASONS = frozenset(
+    {"INTERNAL", "OUT_OF_MEMORY", "NETWORK_FAILURE", "SERVICE_UNAVAILABLE", "INVALID_RESPONSE"}
+)
+
+
+class ErrorReportingSettings(BaseModel):
+    """Sentry reporting."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    sentry_dsn: str = ""
+    """Sentry DSN; empty turns reporting off."""
+    environment: str = "production"
+    """Environment name attached to every event."""
+    sample_rate: float = Field(1.0, ge=0.0, le=1.0)
+    """Share of errors sent."""
+
+
+class ErrorReporter:
+    """Sends server-side failures to Sentry."""
+
+    def __init__(self, settings: ErrorReportingSettings, service: str) -> None:
+        self._service = service
+        self._client = sentry_sdk.Client(
+            dsn=settings.sentry_dsn,
+            environment=settings.environment,
+            sample_rate=settings.sample_rate,
+            server_name=service,  # not the host name: nothing internal leaves
+            include_local_variables=False,
+            default_integrations=False,
+            auto_enabling_integrations=False,
+            traces_sample_rate=0.0,
+        )
+        self._scope = sentry_sdk.Scope(client=self._client)
+        self._scope.set_tag("service", service)
+
+    def report(
+        self,
+        error: BaseException,
+        mapped: SluiceError,
+        *,
+        method: str,
+        request_id: str,
+        trace_id: str,
+    ) -> None:
+        """Send one error (when its reason is one we report)."""
+        if mapped.reason not in REPORTED_REASONS:
+            return
+        scope = self._scope.fork()
+        scope.set_tag("reason", mapped.reason)
+        scope.set_tag("method", method)
+        scope.set_tag("request_id", request_id)
+        if trace_id:
+            scope.set_tag("trace_id", trace_id)
+        try:
+            # Our own client and scope, not the SDK's global hub: several services may
+            # share a process in tests, and nothing else in the process reports through us.
+            event, hint = event_from_exception(error, client_options=self._client.options)
+            self._client.capture_event(event, hint=hint, scope=scope)
+        except Exception:  # reporting must never break serving
+            log.warning("error report to Sentry failed", exc_info=True)
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Flush pending events and stop the transport."""
+        self._client.close(timeout=timeout_s)
+
+
+def build_reporter(settings: ErrorReportingSettings, service: str) -> ErrorReporter | None:
+    """A reporter when a DSN is configured, else None."""
+    if not settings.sentry_dsn:
+        return None
+    return ErrorReporter(settings, service)

@@ -1,0 +1,141 @@
+"""Response stores for the CACHE step of the fallback chain.
+
+In-memory LRU with TTL by default (one per router); Redis when ``cache.redis_url`` is
+set, so every router replica can serve what any of them completed. The cache is a
+fallback: a store that fails is a miss (counted, logged), never a failed request.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from cachetools import TTLCache
+from prometheus_client import CollectorRegistry, Counter
+from redis.exceptions import RedisError
+
+from sluice.common.v1 import common_pb2
+from sluice.core.clock import Clock
+
+log = logging.getLogger("sluice.router.cache")
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAnswer:
+    """A completed answer, as the cache serves it."""
+
+    text: str
+    output_tokens: int
+    finish_reason: int
+    usage: bytes
+
+    def to_json(self) -> str:
+        """Serialised for Redis."""
+        return json.dumps(
+            {
+                "text": self.text,
+                "output_tokens": self.output_tokens,
+                "finish_reason": self.finish_reason,
+                "usage": base64.b64encode(self.usage).decode(),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> CachedAnswer:
+        """Parsed from Redis."""
+        data = json.loads(raw)
+        return cls(
+            text=str(data["text"]),
+            output_tokens=int(data["output_tokens"]),
+            finish_reason=int(data["finish_reason"]),
+            usage=base64.b64decode(data["usage"]),
+        )
+
+
+def cache_key(model: str, messages: Sequence[common_pb2.Message], extra: Sequence[Any]) -> str:
+    """Exact-match key of a normalised request: roles, trimmed texts and parameters."""
+    normalised = [model, [[m.role, m.content.strip()] for m in messages], list(extra)]
+    return hashlib.sha256(json.dumps(normalised, separators=(",", ":")).encode()).hexdigest()
+
+
+class ResponseStore(Protocol):
+    """Where completed answers are kept."""
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        """The cached answer, if fresh."""
+        ...
+
+    async def put(self, key: str, answer: CachedAnswer) -> None:
+        """Store an answer."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class ResponseCache:
+    """In-memory LRU with TTL over the injected clock."""
+
+    def __init__(self, max_entries: int, ttl_s: float, clock: Clock) -> None:
+        self._entries: TTLCache[str, CachedAnswer] = TTLCache(
+            maxsize=max_entries, ttl=ttl_s, timer=clock.monotonic
+        )
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        """The cached answer, if fresh."""
+        return self._entries.get(key)
+
+    async def put(self, key: str, answer: CachedAnswer) -> None:
+        """Store an answer."""
+        self._entries[key] = answer
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class RedisResponseCache:
+    """Answers in Redis under ``sluice:cache:<key>`` with a TTL, shared by every router."""
+
+    def __init__(self, url: str, ttl_s: float, registry: CollectorRegistry) -> None:
+        self._client = aioredis.Redis.from_url(
+            url, socket_timeout=0.2, socket_connect_timeout=0.2, retry_on_timeout=False
+        )
+        self._ttl_ms = int(ttl_s * 1000)
+        self.failures = Counter(
+            "sluice_router_cache_failures",
+            "Response-cache operations that failed (treated as misses), by operation.",
+            ["operation"],
+            registry=registry,
+        )
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        """The cached answer, if fresh (None when Redis fails)."""
+        try:
+            raw = await self._client.get(f"sluice:cache:{key}")
+            return None if raw is None else CachedAnswer.from_json(raw)
+        except (RedisError, OSError, ValueError, KeyError) as err:
+            self.failures.labels("get").inc()
+            log.warning("response cache get failed: %s", type(err).__name__)
+            return None
+
+    async def put(self, key: str, answer: CachedAnswer) -> None:
+        """Store an answer (dropped when Redis fails)."""
+        try:
+            await self._client.set(f"sluice:cache:{key}", answer.to_json(), px=self._ttl_ms)
+        except (RedisError, OSError) as err:
+            self.failures.labels("put").inc()
+            log.warning("response cache put failed: %s", type(err).__name__)
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()

@@ -1,0 +1,436 @@
+"""The fallback chain of a model alias (SPEC §2.3) and the guards around each back end.
+
+primary → secondary(ies) → response cache → simplified response → clear error.
+
+Each back end is guarded by a circuit breaker and a bulkhead; a failed attempt is
+retried on the same back end (backoff with full jitter, upstream retry-after honoured,
+retry budget, never past the deadline) only while no token has reached the client.
+A back end that fails after tokens were streamed hands over to the next back end,
+which continues the answer from the text so far (an assistant prefix); where no next
+back end exists the error reaches the client in-band.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from sluice.common.v1 import common_pb2
+from sluice.core.clock import Clock
+from sluice.core.errors import (
+    DeadlineExceededError,
+    QuotaExceededError,
+    QuotaViolation,
+    ServiceUnavailableError,
+    SluiceError,
+)
+from sluice.core.grpcx.request_context import current_request_id
+from sluice.core.resilience.breaker import BreakerState, CircuitBreaker
+from sluice.core.resilience.bulkhead import Bulkhead, BulkheadFullError
+from sluice.core.resilience.retry import Backoff, RetryBudget
+from sluice.core.telemetry.tracing import current_trace_id
+from sluice.core.tokens import count_tokens
+from sluice.router.cache import (
+    CachedAnswer,
+    RedisResponseCache,
+    ResponseCache,
+    ResponseStore,
+    cache_key,
+)
+from sluice.router.settings import BackendRef, ModelAliasSettings, RouterSettings
+from sluice.router.v1 import router_pb2
+
+log = logging.getLogger("sluice.router.fallback")
+
+PRIMARY = common_pb2.FALLBACK_STEP_PRIMARY
+SECONDARY = common_pb2.FALLBACK_STEP_SECONDARY
+CACHE = common_pb2.FALLBACK_STEP_CACHE
+SIMPLIFIED = common_pb2.FALLBACK_STEP_SIMPLIFIED
+STEP_NAMES = {PRIMARY: "primary", SECONDARY: "secondary", CACHE: "cache", SIMPLIFIED: "simplified"}
+
+# Failures that say "this back end is unwell": retried, counted by the breaker, and a
+# reason to move down the chain. Anything else (bad input, a prompt over the context
+# window, a deadline the caller set) would fail the same way everywhere.
+BACKEND_FAILURES = frozenset(
+    {
+        "SERVICE_UNAVAILABLE",
+        "NETWORK_FAILURE",
+        "INVALID_RESPONSE",
+        "RATE_LIMIT_EXCEEDED",
+        "INTERNAL",
+    }
+)
+
+
+class ChainState(Protocol):
+    """What the chain reads and updates on the servicer's per-stream state."""
+
+    attempt: int
+    step: int
+    backend: str
+    output_tokens: int
+    text: list[str]
+    prior_usage: common_pb2.Usage
+    completed: router_pb2.CompleteEvent | None
+    degradations: list[str]
+
+
+EventFactory = Callable[..., router_pb2.GenerateEvent]
+
+
+class Attempt(Protocol):
+    """Runs one attempt on one back end and yields client events (the servicer's)."""
+
+    def __call__(
+        self,
+        target: BackendRef,
+        messages: Sequence[common_pb2.Message],
+        max_tokens: int,
+        timeout_s: float,
+        first_token_timeout_s: float,
+    ) -> AsyncIterator[router_pb2.GenerateEvent]:
+        """Yield the client events of one provider stream; raise SluiceError on failure."""
+        ...
+
+
+class ResilienceMetrics:
+    """Breaker state, fallback steps, retries, bulkhead refusals, errors by reason."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.breaker_state = Gauge(
+            "sluice_router_breaker_state",
+            "Circuit breaker state per back end: 0 closed, 1 half-open, 2 open.",
+            ["backend"],
+            registry=registry,
+        )
+        self.breaker_transitions = Counter(
+            "sluice_router_breaker_transitions",
+            "Circuit breaker state changes, by back end and new state.",
+            ["backend", "state"],
+            registry=registry,
+        )
+        self.served = Counter(
+            "sluice_router_fallback_served",
+            "Streams completed, by model alias and the fallback step that served them.",
+            ["model", "step"],
+            registry=registry,
+        )
+        self.attempts = Counter(
+            "sluice_router_backend_attempts",
+            "Attempts sent to a back end, by back end.",
+            ["backend"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "sluice_router_retries",
+            "Retries of a back end after a failure, by back end.",
+            ["backend"],
+            registry=registry,
+        )
+        self.retry_budget_exhausted = Counter(
+            "sluice_router_retry_budget_exhausted",
+            "Retries skipped because the retry budget was spent.",
+            registry=registry,
+        )
+        self.failovers = Counter(
+            "sluice_router_midstream_failovers",
+            "Streams continued on another back end after tokens were sent, by back end left.",
+            ["backend"],
+            registry=registry,
+        )
+        self.bulkhead_rejected = Counter(
+            "sluice_router_bulkhead_rejected",
+            "Attempts refused because a back end's bulkhead was full, by back end.",
+            ["backend"],
+            registry=registry,
+        )
+        self.backend_errors = Counter(
+            "sluice_router_backend_errors",
+            "Failed attempts, by back end and error reason.",
+            ["backend", "reason"],
+            registry=registry,
+        )
+
+
+class BackendGuard:
+    """The breaker and bulkhead of one back end."""
+
+    def __init__(
+        self, name: str, settings: RouterSettings, clock: Clock, metrics: ResilienceMetrics
+    ) -> None:
+        resilience = settings.resilience
+        policy = resilience.backends.get(name)
+        self.name = name
+        self.breaker_settings = (policy and policy.breaker) or resilience.breaker
+        self.breaker = CircuitBreaker(self.breaker_settings, clock, self._on_transition)
+        self.bulkhead = Bulkhead((policy and policy.bulkhead) or resilience.bulkhead)
+        self._metrics = metrics
+        metrics.breaker_state.labels(name).set(BreakerState.CLOSED)
+
+    def _on_transition(self, old: BreakerState, new: BreakerState) -> None:
+        self._metrics.breaker_state.labels(self.name).set(new)
+        self._metrics.breaker_transitions.labels(self.name, new.name.lower()).inc()
+        trace.get_current_span().add_event(
+            "circuit_breaker.state_change",
+            {"backend": self.name, "from": old.name, "to": new.name},
+        )
+        log.warning("circuit breaker of %s: %s -> %s", self.name, old.name, new.name)
+
+
+class FallbackChain:
+    """Runs a request down its alias's chain of back ends, then cache, then simplified."""
+
+    def __init__(
+        self,
+        settings: RouterSettings,
+        metrics: ResilienceMetrics,
+        clock: Clock,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._settings = settings
+        self._resilience = settings.resilience
+        self._metrics = metrics
+        self._clock = clock
+        self._sleep = sleep
+        self._backoff = backoff or Backoff(self._resilience.retry)
+        self.budget = RetryBudget(self._resilience.retry, clock)
+        cache = self._resilience.cache
+        self.cache: ResponseStore | None = None
+        if cache.enabled and cache.redis_url:
+            self.cache = RedisResponseCache(cache.redis_url, cache.ttl_s, metrics.registry)
+        elif cache.enabled:
+            self.cache = ResponseCache(cache.max_entries, cache.ttl_s, clock)
+        self._guards: dict[str, BackendGuard] = {}
+
+    async def close(self) -> None:
+        """Release the cache's connections."""
+        if self.cache is not None:
+            await self.cache.close()
+
+    def guard(self, backend: str) -> BackendGuard:
+        """The guard of a back end (created on first use)."""
+        guard = self._guards.get(backend)
+        if guard is None:
+            guard = self._guards[backend] = BackendGuard(
+                backend, self._settings, self._clock, self._metrics
+            )
+        return guard
+
+    def check_deadline(self, deadline: float) -> None:
+        """Refuse a request that cannot finish in time, before any work is done."""
+        left_ms = (deadline - self._clock.monotonic()) * 1000.0
+        if left_ms < self._resilience.min_deadline_ms:
+            raise DeadlineExceededError(
+                f"the request's deadline leaves {max(0, int(left_ms))} ms; "
+                f"at least {self._resilience.min_deadline_ms} ms are needed",
+                metadata={"remaining_ms": str(max(0, int(left_ms)))},
+            )
+
+    async def run(
+        self,
+        *,
+        model: str,
+        alias: ModelAliasSettings,
+        messages: Sequence[common_pb2.Message],
+        max_tokens: int,
+        cache_extra: Sequence[Any],
+        deadline: float,
+        state: ChainState,
+        attempt: Attempt,
+        make_event: EventFactory,
+    ) -> AsyncIterator[router_pb2.GenerateEvent]:
+        """Yield the client events of the step that serves the request."""
+        self.budget.record_request()
+        key = cache_key(model, messages, cache_extra) if self.cache is not None else ""
+        last_error: SluiceError | None = None
+        breaker_waits: list[float] = []
+        for index, target in enumerate(alias.backends):
+            step = PRIMARY if index == 0 else SECONDARY
+            guard = self.guard(target.backend)
+            retry = 0
+            while True:
+                if not guard.breaker.allow():
+                    breaker_waits.append(guard.breaker.retry_after_s())
+                    break
+                self.check_deadline(deadline)
+                streamed_before = state.output_tokens
+                prompt = list(messages)
+                if streamed_before:
+                    # Continue the answer instead of restarting it.
+                    prompt.append(common_pb2.Message(role="assistant", content="".join(state.text)))
+                remaining_tokens = max_tokens - streamed_before
+                state.attempt += 1
+                state.step = step
+                state.backend = target.backend
+                self._metrics.attempts.labels(target.backend).inc()
+                try:
+                    async with guard.bulkhead.slot():
+                        async for event in attempt(
+                            target,
+                            prompt,
+                            remaining_tokens,
+                            deadline - self._clock.monotonic(),
+                            guard.breaker_settings.timeout / 1000.0,
+                        ):
+                            yield event
+                except BulkheadFullError:
+                    state.attempt -= 1
+                    self._metrics.bulkhead_rejected.labels(target.backend).inc()
+                    guard.breaker.record_success()  # a probe refused here proves nothing
+                    last_error = QuotaExceededError(
+                        "every back end of this model is at capacity",
+                        metadata={"model": model},
+                        quota_violations=[
+                            QuotaViolation(
+                                subject=f"backend:{target.backend}",
+                                description="concurrent streams at the bulkhead limit",
+                            )
+                        ],
+                        retry_after_s=1.0,
+                    )
+                    break
+                except SluiceError as err:
+                    self._metrics.backend_errors.labels(target.backend, err.reason).inc()
+                    if err.reason not in BACKEND_FAILURES:
+                        raise
+                    guard.breaker.record_failure()
+                    last_error = err
+                    if state.output_tokens:
+                        # Tokens reached the client: no retry here; the next back end
+                        # continues the answer (or the error goes out in-band).
+                        self._metrics.failovers.labels(target.backend).inc()
+                        if "failover" not in state.degradations:
+                            state.degradations.append("failover")
+                        self._remember_partial(state, prompt)
+                        break
+                    retry += 1
+                    if retry >= self._resilience.retry.max_attempts:
+                        break
+                    if (
+                        err.retry_after_s or 0.0
+                    ) * 1000.0 > self._resilience.retry.max_retry_after_ms:
+                        break
+                    delay = self._backoff.delay_s(retry, err.retry_after_s)
+                    left_ms = (deadline - self._clock.monotonic() - delay) * 1000.0
+                    if left_ms < self._resilience.min_deadline_ms:
+                        break
+                    if not self.budget.try_spend():
+                        self._metrics.retry_budget_exhausted.inc()
+                        break
+                    self._metrics.retries.labels(target.backend).inc()
+                    await self._sleep(delay)
+                    continue
+                except BaseException:
+                    # Cancelled (the client left) or a bug of ours: no verdict on the back end.
+                    guard.breaker.record_abandoned()
+                    raise
+                guard.breaker.record_success()
+                self._metrics.served.labels(model, STEP_NAMES[step]).inc()
+                if self.cache is not None and not streamed_before:
+                    await self._store(key, state)
+                return
+        if state.output_tokens:
+            assert last_error is not None  # nosec B101
+            raise last_error
+        if self.cache is not None:
+            cached = await self.cache.get(key)
+            if cached is not None:
+                async for event in self._serve_cached(model, cached, state, make_event):
+                    yield event
+                return
+        if alias.simplified_text:
+            async for event in self._serve_simplified(model, alias, state, make_event):
+                yield event
+            return
+        if last_error is None:
+            raise ServiceUnavailableError(
+                f"every back end of model '{model}' is temporarily disabled (circuit open)",
+                metadata={"model": model},
+                retry_after_s=max(0.001, min(breaker_waits or [1.0])),
+            )
+        raise last_error
+
+    @staticmethod
+    def _remember_partial(state: ChainState, prompt: Sequence[common_pb2.Message]) -> None:
+        """Usage of a broken attempt, added to the final usage of the continuation."""
+        usage = state.prior_usage
+        usage.input_tokens += sum(count_tokens(m.content) for m in prompt)
+        usage.output_tokens = state.output_tokens
+        usage.total_tokens = usage.input_tokens + usage.output_tokens
+        usage.estimated = True
+
+    async def _store(self, key: str, state: ChainState) -> None:
+        assert self.cache is not None  # nosec B101
+        completed = state.completed
+        if completed is None:
+            return
+        text = "".join(state.text)
+        if len(text) > self._resilience.cache.max_entry_chars:
+            return
+        await self.cache.put(
+            key,
+            CachedAnswer(
+                text=text,
+                output_tokens=state.output_tokens,
+                finish_reason=completed.finish_reason,
+                usage=completed.usage.SerializeToString(),
+            ),
+        )
+
+    async def _serve_cached(
+        self, model: str, cached: CachedAnswer, state: ChainState, make_event: EventFactory
+    ) -> AsyncIterator[router_pb2.GenerateEvent]:
+        state.attempt += 1
+        state.step = CACHE
+        state.backend = "cache"
+        yield make_event(metadata=self._metadata(model, "cache", state))
+        yield make_event(
+            data=router_pb2.DataEvent(text=cached.text, token_count=cached.output_tokens)
+        )
+        state.output_tokens = cached.output_tokens
+        self._metrics.served.labels(model, "cache").inc()
+        yield make_event(
+            complete=router_pb2.CompleteEvent(
+                finish_reason=cached.finish_reason,  # type: ignore[arg-type]
+                usage=common_pb2.Usage.FromString(cached.usage),
+                fallback_step=CACHE,
+            )
+        )
+
+    async def _serve_simplified(
+        self, model: str, alias: ModelAliasSettings, state: ChainState, make_event: EventFactory
+    ) -> AsyncIterator[router_pb2.GenerateEvent]:
+        state.attempt += 1
+        state.step = SIMPLIFIED
+        state.backend = "simplified"
+        yield make_event(metadata=self._metadata(model, "simplified", state))
+        tokens = count_tokens(alias.simplified_text)
+        yield make_event(data=router_pb2.DataEvent(text=alias.simplified_text, token_count=tokens))
+        self._metrics.served.labels(model, "simplified").inc()
+        yield make_event(
+            complete=router_pb2.CompleteEvent(
+                finish_reason=common_pb2.FINISH_REASON_STOP,
+                usage=common_pb2.Usage(estimated=True),
+                fallback_step=SIMPLIFIED,
+            )
+        )
+
+    @staticmethod
+    def _metadata(model: str, provider: str, state: ChainState) -> router_pb2.MetadataEvent:
+        return router_pb2.MetadataEvent(
+            request_id=current_request_id(),
+            trace_id=current_trace_id(),
+            model=model,
+            provider=provider,
+            attempt=state.attempt,
+            fallback_step=state.step,  # type: ignore[arg-type]
+            degradations=state.degradations,
+        )

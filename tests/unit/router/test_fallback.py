@@ -1,0 +1,77 @@
+"""Fallback-chain pieces: breaker state as metric and span event, the cache's key and TTL."""
+
+from __future__ import annotations
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
+
+from sluice.common.v1 import common_pb2
+from sluice.router.cache import CachedAnswer, ResponseCache, cache_key
+from sluice.router.fallback import BackendGuard, ResilienceMetrics
+from sluice.router.settings import RouterSettings
+from tests.support import FakeClock
+
+
+def test_breaker_transitions_are_a_gauge_a_counter_and_span_events() -> None:
+    registry = CollectorRegistry()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    clock = FakeClock()
+    settings = RouterSettings.model_validate(
+        {"resilience": {"backends": {"primary": {"breaker": {"failure_threshold": 2}}}}}
+    )
+    guard = BackendGuard("primary", settings, clock, ResilienceMetrics(registry))
+    assert guard.breaker_settings.failure_threshold == 2
+    with provider.get_tracer("test").start_as_current_span("request"):
+        guard.breaker.record_failure()
+        guard.breaker.record_failure()
+    assert registry.get_sample_value("sluice_router_breaker_state", {"backend": "primary"}) == 2
+    assert (
+        registry.get_sample_value(
+            "sluice_router_breaker_transitions_total", {"backend": "primary", "state": "open"}
+        )
+        == 1
+    )
+    (span,) = exporter.get_finished_spans()
+    (event,) = span.events
+    assert event.name == "circuit_breaker.state_change"
+    assert dict(event.attributes or {}) == {"backend": "primary", "from": "CLOSED", "to": "OPEN"}
+
+
+def test_default_breaker_applies_to_backends_without_an_override() -> None:
+    settings = RouterSettings.model_validate({})
+    guard = BackendGuard("other", settings, FakeClock(), ResilienceMetrics(CollectorRegistry()))
+    assert guard.breaker_settings.failure_threshold == 5
+    assert guard.bulkhead.settings.max_concurrent == 256
+
+
+def message(role: str, content: str) -> common_pb2.Message:
+    return common_pb2.Message(role=role, content=content)
+
+
+def test_cache_key_normalises_whitespace_but_not_meaning() -> None:
+    base = cache_key("default", [message("user", "hello")], [16, None, []])
+    assert cache_key("default", [message("user", "  hello\n")], [16, None, []]) == base
+    assert cache_key("default", [message("user", "hello!")], [16, None, []]) != base
+    assert cache_key("default", [message("system", "hello")], [16, None, []]) != base
+    assert cache_key("other", [message("user", "hello")], [16, None, []]) != base
+    assert cache_key("default", [message("user", "hello")], [17, None, []]) != base
+    assert cache_key("default", [message("user", "hello")], [16, 0.5, []]) != base
+
+
+async def test_cache_is_lru_with_ttl_on_the_injected_clock() -> None:
+    clock = FakeClock()
+    cache = ResponseCache(max_entries=2, ttl_s=10.0, clock=clock)
+    answer = CachedAnswer("text", 1, common_pb2.FINISH_REASON_STOP, b"")
+    await cache.put("a", answer)
+    await cache.put("b", answer)
+    assert await cache.get("a") == answer  # a is now the most recently used
+    await cache.put("c", answer)
+    assert await cache.get("b") is None
+    assert await cache.get("a") == answer
+    clock.advance(10.0)
+    assert await cache.get("a") is None
+    assert len(cache) == 0
