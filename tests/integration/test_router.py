@@ -11,6 +11,7 @@ from google.rpc import error_details_pb2
 
 from sluice.common.v1 import common_pb2
 from sluice.core.tokens import count_tokens
+from sluice.limiter.v1 import limiter_pb2
 from sluice.router.v1 import router_pb2, router_pb2_grpc
 from tests.support import (
     API_KEY,
@@ -391,3 +392,29 @@ async def test_provider_dying_mid_stream_ends_with_an_error_event(stack: Service
     assert error.usage.output_tokens == sum(
         e.data.token_count for e in events if e.HasField("data")
     )
+
+
+async def test_token_reservation_is_reconciled_with_real_usage(stack: ServiceStack) -> None:
+    token_policy = {
+        "name": "key-tokens",
+        "scope": "api_key",
+        "unit": "tokens",
+        "algorithm": "fixed_window",
+        "limit": 10_000,
+        "window_s": 3600,
+    }
+    suite = await start_suite(stack, limiter={"policies": [token_policy]})
+    events = await generate(suite.router_stub, generate_request(max_tokens=500))
+    usage = events[-1].complete.usage
+    assert 0 < usage.output_tokens < 500  # the estimate (prompt + 500) over-reserved
+
+    async def remaining_tokens() -> int:
+        probe = await suite.limiter_stub.Acquire(
+            limiter_pb2.AcquireRequest(api_key_id="test", requests=1, tokens=0)
+        )
+        [status] = [p for p in probe.policies if p.unit == "tokens"]
+        return int(status.remaining)
+
+    # The router settles the reservation after the stream: only real usage stays charged.
+    expected = 10_000 - (usage.input_tokens + usage.output_tokens)
+    assert await eventually(remaining_tokens, lambda left: left == expected) == expected

@@ -80,6 +80,11 @@ class RouterMetrics:
             "Requests admitted without a limiter decision because the limiter failed.",
             registry=host.registry,
         )
+        self.reconcile_failures = Counter(
+            "sluice_router_reconcile_failures",
+            "Token reservations that could not be reconciled with real usage.",
+            registry=host.registry,
+        )
 
 
 @dataclass(slots=True)
@@ -98,6 +103,9 @@ class StreamState:
     prior_usage: common_pb2.Usage = field(default_factory=common_pb2.Usage)
     completed: router_pb2.CompleteEvent | None = None
     degradations: list[str] = field(default_factory=list)
+    reservation_id: str = ""
+    """Set when a token limit reserved an estimate that must be reconciled at the end."""
+    input_tokens_estimate: int = 0
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
@@ -118,6 +126,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> None:
         self._memory = memory
         self._local_limits = local_limits
+        self._reconciling: set[asyncio.Task[None]] = set()
         self._settings = settings
         self._chain = chain
         self._clock = clock
@@ -157,9 +166,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         max_tokens: int,
         state: StreamState,
     ) -> None:
-        estimate = sum(count_tokens(m.content) for m in request.messages) + max_tokens
+        prompt_tokens = sum(count_tokens(m.content) for m in request.messages)
+        estimate = prompt_tokens + max_tokens
         try:
-            await self._limiter.Acquire(
+            admitted = await self._limiter.Acquire(
                 limiter_pb2.AcquireRequest(
                     api_key_id=principal.key_id,
                     tenant=principal.tenant,
@@ -171,6 +181,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 ),
                 timeout=self._settings.limiter_timeout_ms / 1000.0,
             )
+            # Only token limits hold a reservation; with none matched there is nothing to
+            # reconcile and the hot path pays no second call.
+            if any(policy.unit == "tokens" for policy in admitted.policies):
+                state.reservation_id = admitted.reservation_id
+                state.input_tokens_estimate = prompt_tokens
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise error_from_rpc(err, "limiter") from err
@@ -267,10 +282,37 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise
         finally:
             self._metrics.streams_in_flight.dec()
+            if state.reservation_id:
+                self._reconcile_later(state)
             if state.output_tokens:
                 self._metrics.tokens_streamed.labels(request.model, state.backend).inc(
                     state.output_tokens
                 )
+
+    def _reconcile_later(self, state: StreamState) -> None:
+        """Settle the token reservation with real usage, however the stream ended."""
+        usage = state.completed.usage if state.completed is not None else None
+        actual = (
+            usage.input_tokens + usage.output_tokens
+            if usage is not None
+            else state.input_tokens_estimate + state.output_tokens
+        )
+        task = asyncio.ensure_future(self._reconcile(state.reservation_id, actual))
+        self._reconciling.add(task)
+        task.add_done_callback(self._reconciling.discard)
+
+    async def _reconcile(self, reservation_id: str, actual_tokens: int) -> None:
+        try:
+            await self._limiter.Reconcile(
+                limiter_pb2.ReconcileRequest(
+                    reservation_id=reservation_id, actual_tokens=actual_tokens
+                ),
+                timeout=self._settings.limiter_timeout_ms / 1000.0,
+            )
+        except grpc.aio.AioRpcError as err:
+            # The reservation expires on its own; the limit is only approximate meanwhile.
+            self._metrics.reconcile_failures.inc()
+            log.warning("token reconciliation failed (%s)", err.code().name)
 
     async def _attempt(
         self,
