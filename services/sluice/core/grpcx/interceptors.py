@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -191,15 +191,22 @@ class ServerPipeline(grpc.aio.ServerInterceptor):
         return run
 
     def _stream(self, method: str, traced: bool, behaviour: StreamBehaviour) -> StreamBehaviour:
-        async def run(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
+        # The wrapper is a coroutine that writes each response itself rather than an async
+        # generator that grpc iterates. If the client leaves while grpc is busy writing, grpc
+        # cancels its own task and abandons a generator it iterates; the generator (with the
+        # upstream call inside it) would then be closed only by garbage collection, later and
+        # in another context. Driving the handler's generator here, this task always closes
+        # it at once, so a disconnect cancels the upstream call immediately.
+        async def run(request: Any, context: ServicerContext) -> None:
             call = self._begin(method, traced, context)
             failure: BaseException | None = None
+            responses: Any = None
             try:
                 await self._check_deadline(context)
                 responses = behaviour(request, context)
                 if hasattr(responses, "__aiter__"):
                     async for response in responses:
-                        yield response
+                        await context.write(response)
                 else:
                     # A handler may also stream with context.write() and return nothing
                     # (grpc's own health Watch does).
@@ -215,9 +222,18 @@ class ServerPipeline(grpc.aio.ServerInterceptor):
                 failure = err
                 raise
             finally:
+                if responses is not None and hasattr(responses, "aclose"):
+                    await _close_quietly(responses)
                 self._end(method, call, context, failure)
 
         return run
 
-
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+async def _close_quietly(responses: Any) -> None:
+    """Close a handler's response generator; its own clean-up errors are logged, not raised."""
+    try:
+        await responses.aclose()
+    except Exception:
+        log.exception("closing a response stream failed")
