@@ -111,6 +111,8 @@ def test_prometheus_scrapes_the_suite_and_sees_the_request_rate(tmp_path: Path) 
             assert {group["name"] for group in rules} == {
                 "sluice-slo-recording",
                 "sluice-alerts",
+                "sluice-backend-errors",
+                "sluice-resilience",
             }
             assert recorded and float(recorded[0]["value"][1]) == 0.0
         finally:

@@ -228,6 +228,7 @@ class ServerPipeline(grpc.aio.ServerInterceptor):
 
         return run
 
+
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
