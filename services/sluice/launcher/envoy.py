@@ -207,6 +207,7 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
     router = settings.router.server
     unary_timeout = f"{envoy.unary_timeout_s:g}s"
     routes = [
+        *_http_api_routes(settings),
         # Streams run as long as they produce; idle ones are cut by stream_idle_timeout.
         _grpc_route(f"/{ROUTER_SERVICE}/Generate", "router", "0s"),
         _grpc_route(f"/{ROUTER_SERVICE}/", "router", unary_timeout),
@@ -315,6 +316,7 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
                     ROUTER_SERVICE,
                     envoy.health_check_interval_ms,
                 ),
+                *_http_api_clusters(settings),
                 *(
                     [_telemetry_cluster(settings.router.tracing.endpoint)]
                     if settings.router.tracing.enabled
@@ -323,6 +325,66 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
             ],
         },
     }
+
+
+# -- the OpenAI-compatible HTTP API (router/openai_http.py) ---------------------------
+
+HTTP_API_CLUSTER = "router_http"
+_FILTER_CONFIG = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+_HTTP_API_PATHS = ("/v1/chat/completions", "/v1/models")
+
+
+def _http_api_routes(settings: SuiteSettings) -> list[dict[str, Any]]:
+    """Plain HTTP routes to the router's HTTP listener, past the transcoder."""
+    if not settings.router.http_api.enabled:
+        return []
+    return [
+        {
+            "match": {"path": path},
+            # Streams run as long as they produce; stream_idle_timeout cuts silent ones.
+            "route": {"cluster": HTTP_API_CLUSTER, "timeout": "0s"},
+            "typed_per_filter_config": {
+                "envoy.filters.http.grpc_json_transcoder": {
+                    "@type": _FILTER_CONFIG,
+                    "disabled": True,
+                }
+            },
+        }
+        for path in _HTTP_API_PATHS
+    ]
+
+
+def _http_api_clusters(settings: SuiteSettings) -> list[dict[str, Any]]:
+    """HTTP/1.1 cluster of the router's OpenAI-compatible listener."""
+    api = settings.router.http_api
+    if not api.enabled:
+        return []
+    return [
+        {
+            "name": HTTP_API_CLUSTER,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {
+                "cluster_name": HTTP_API_CLUSTER,
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {
+                                "endpoint": {
+                                    "address": {
+                                        "socket_address": {
+                                            "address": api.host,
+                                            "port_value": api.port,
+                                        }
+                                    }
+                                }
+                            }
+                        ]
+                    }
+                ],
+            },
+        }
+    ]
 
 
 # Applies the SPEC §2.1 HTTP status the router put in x-sluice-http-status to a
