@@ -331,7 +331,7 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
 
 HTTP_API_CLUSTER = "router_http"
 _FILTER_CONFIG = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
-_HTTP_API_PATHS = ("/v1/chat/completions", "/v1/models")
+_HTTP_API_ROUTES = (("/v1/chat/completions", "POST"), ("/v1/models", "GET"))
 
 
 def _http_api_routes(settings: SuiteSettings) -> list[dict[str, Any]]:
@@ -340,7 +340,11 @@ def _http_api_routes(settings: SuiteSettings) -> list[dict[str, Any]]:
         return []
     return [
         {
-            "match": {"path": path},
+            # Other methods fall through to the catch-all 404 (JSON, like every local reply).
+            "match": {
+                "path": path,
+                "headers": [{"name": ":method", "string_match": {"exact": method}}],
+            },
             # Streams run as long as they produce; stream_idle_timeout cuts silent ones.
             "route": {"cluster": HTTP_API_CLUSTER, "timeout": "0s"},
             "typed_per_filter_config": {
@@ -350,7 +354,7 @@ def _http_api_routes(settings: SuiteSettings) -> list[dict[str, Any]]:
                 }
             },
         }
-        for path in _HTTP_API_PATHS
+        for path, method in _HTTP_API_ROUTES
     ]
 
 
