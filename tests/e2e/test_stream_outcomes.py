@@ -1,10 +1,10 @@
 """What a client sees when a stream cannot finish: never a silent clean end.
 
-| failure                         | SSE `/v1/generate`                 | OpenAI `/v1/chat/completions`      |
-|---------------------------------|------------------------------------|------------------------------------|
-| provider crashes mid-stream     | in-band `error` event, no complete | `data: {"error"}`, SDK raises       |
-| Envoy idle timeout mid-stream   | truncated body (protocol error)    | truncated body (protocol error)     |
-| router crashes mid-stream       | truncated body (protocol error)    | truncated body (protocol error)     |
+- provider crashes mid-stream: SSE ends with one in-band `error` event and no
+  `complete`; the OpenAI stream carries `data: {"error": ...}` and the SDK raises.
+- Envoy's stream idle timeout mid-stream, or a router crash mid-stream: the transfer
+  breaks (an incomplete chunked body over HTTP/1.1), which every HTTP client reports as an
+  error rather than a clean end.
 
 A crashed part that is not replicated stops the suite (the supervisor's policy), so each
 test starts its own.
@@ -98,34 +98,38 @@ def test_envoy_idle_timeout_truncates_the_stream_visibly(outcomes: RunningSuite)
     broken transfer (an error), not a clean end of the response."""
     headers = {**AUTH, "x-sluice-fault": "drop_after_tokens=-1,hang=true"}
     started = time.monotonic()
-    with pytest.raises(httpx.HTTPError) as caught:  # noqa: PT012 - the read is the failure
-        with httpx.stream(
+    with (
+        pytest.raises(httpx.HTTPError) as caught,
+        httpx.stream(
             "POST", f"{outcomes.edge}/v1/generate", json=LONG, headers=headers, timeout=20
-        ) as response:
-            status = response.status_code
-            events = list(data_lines(response))
-            raise AssertionError(f"clean end after {status}: {events}")
+        ) as response,
+    ):
+        status = response.status_code
+        events = list(data_lines(response))
+        raise AssertionError(f"clean end after {status}: {events}")
     assert isinstance(caught.value, httpx.RemoteProtocolError | httpx.ReadError), caught.value
     assert 0.9 < time.monotonic() - started < 10
 
 
 def test_router_crash_mid_stream_truncates_sse_and_openai_streams(outcomes: RunningSuite) -> None:
     router = pid_of(outcomes, "router")
-    with pytest.raises(httpx.HTTPError) as caught:  # noqa: PT012 - the read is the failure
-        with httpx.stream(
+    with (
+        pytest.raises(httpx.HTTPError) as caught,
+        httpx.stream(
             "POST",
             f"{outcomes.edge}/v1/chat/completions",
             json={**LONG, "max_tokens": 400, "stream": True},
             headers=AUTH,
             timeout=20,
-        ) as response:
-            assert response.status_code == 200
-            seen = 0
-            for _ in data_lines(response):
-                seen += 1
-                if seen == 2:
-                    os.kill(router, signal.SIGKILL)
-            raise AssertionError("the stream ended cleanly after the router died")
+        ) as response,
+    ):
+        assert response.status_code == 200
+        seen = 0
+        for _ in data_lines(response):
+            seen += 1
+            if seen == 2:
+                os.kill(router, signal.SIGKILL)
+        raise AssertionError("the stream ended cleanly after the router died")
     assert isinstance(caught.value, httpx.RemoteProtocolError | httpx.ReadError), caught.value
     assert (
         not Path(f"/proc/{router}/status").exists()
