@@ -124,9 +124,7 @@ def test_router_crash_mid_stream_truncates_sse_and_openai_streams(outcomes: Runn
         ) as response,
     ):
         assert response.status_code == 200
-        seen = 0
-        for _ in data_lines(response):
-            seen += 1
+        for seen, _ in enumerate(data_lines(response), start=1):
             if seen == 2:
                 os.kill(router, signal.SIGKILL)
         raise AssertionError("the stream ended cleanly after the router died")
