@@ -88,7 +88,22 @@ def _local_reply_config() -> dict[str, Any]:
         }
         for http, code, reason in _LOCAL_REPLIES
     ]
-    return {"mappers": mappers, "body_format": _status_body(13, "INTERNAL")}
+    # Successful direct responses (GET /openapi.json) keep their own body.
+    passthrough = {
+        "filter": {
+            "status_code_filter": {
+                "comparison": {
+                    "op": "EQ",
+                    "value": {"default_value": 200, "runtime_key": "sluice.local_reply.200"},
+                }
+            }
+        },
+        "body_format_override": {
+            "text_format": "%LOCAL_REPLY_BODY%",
+            "content_type": "application/json",
+        },
+    }
+    return {"mappers": [passthrough, *mappers], "body_format": _status_body(13, "INTERNAL")}
 
 
 def _upstream_cluster(
@@ -207,6 +222,7 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
     router = settings.router.server
     unary_timeout = f"{envoy.unary_timeout_s:g}s"
     routes = [
+        _openapi_route(),
         *_http_api_routes(settings),
         # Streams run as long as they produce; idle ones are cut by stream_idle_timeout.
         _grpc_route(f"/{ROUTER_SERVICE}/Generate", "router", "0s"),
@@ -251,6 +267,8 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
         "local_reply_config": _local_reply_config(),
         "route_config": {
             "name": "edge",
+            # /openapi.json is a direct response bigger than the 4 KiB default.
+            "max_direct_response_body_size_bytes": _MAX_DIRECT_RESPONSE,
             "virtual_hosts": [{"name": "sluice", "domains": ["*"], "routes": routes}],
         },
         **({"tracing": _tracing(settings)} if settings.router.tracing.enabled else {}),
@@ -356,6 +374,35 @@ def _http_api_routes(settings: SuiteSettings) -> list[dict[str, Any]]:
         }
         for path, method in _HTTP_API_ROUTES
     ]
+
+
+_MAX_DIRECT_RESPONSE = 1024 * 1024
+
+
+def _openapi_route() -> dict[str, Any]:
+    """GET /openapi.json: the HTTP surface's OpenAPI, generated from the contract (the
+    local descriptor image: the path Envoy is given may be one only it can see)."""
+    from sluice.launcher.openapi import render_openapi_json  # noqa: PLC0415
+
+    return {
+        "match": {
+            "path": "/openapi.json",
+            "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+        },
+        "direct_response": {
+            "status": 200,
+            "body": {"inline_string": render_openapi_json(descriptor_path())},
+        },
+        "response_headers_to_add": [
+            {
+                "header": {"key": "content-type", "value": "application/json"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+        "typed_per_filter_config": {
+            "envoy.filters.http.grpc_json_transcoder": {"@type": _FILTER_CONFIG, "disabled": True}
+        },
+    }
 
 
 def _http_api_clusters(settings: SuiteSettings) -> list[dict[str, Any]]:
