@@ -49,6 +49,8 @@ class Scenario:
     """Router model alias; each maps to a differently paced simulated back end."""
     concurrency: int
     about: str
+    transport: str = "grpc"
+    """"grpc", "sse" (/v1/generate) or "openai" (/v1/chat/completions)."""
 
 
 SCENARIOS = (
@@ -59,6 +61,17 @@ SCENARIOS = (
     Scenario("st10-envoy-c50", "envoy", "paced", 50, "20 tokens 10 ms apart, via Envoy"),
     Scenario(
         "st0x20-envoy-c50", "envoy", "burst", 50, "20 tokens at 2000/s (0.5 ms ticks), via Envoy"
+    ),
+    # The edge's HTTP protocols against native gRPC to the router, same load.
+    Scenario("st0x20-router-c1", "router", "burst", 1, "20 events, native gRPC, router direct"),
+    Scenario("st0x20-sse-c1", "envoy", "burst", 1, "20 events, SSE /v1/generate via Envoy", "sse"),
+    Scenario("st0x20-openai-c1", "envoy", "burst", 1, "20 events, OpenAI SSE via Envoy", "openai"),
+    Scenario("st0x20-router-c50", "router", "burst", 50, "20 events, native gRPC, router direct"),
+    Scenario(
+        "st0x20-sse-c50", "envoy", "burst", 50, "20 events, SSE /v1/generate via Envoy", "sse"
+    ),
+    Scenario(
+        "st0x20-openai-c50", "envoy", "burst", 50, "20 events, OpenAI SSE via Envoy", "openai"
     ),
 )
 
@@ -105,7 +118,7 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 def suite_config(tracing_ratio: float | None) -> dict[str, Any]:
     """A suite config on free loopback ports with the bench's back ends and a huge bucket."""
     host = "127.0.0.1"
-    ports = iter(free_ports(10, host))
+    ports = iter(free_ports(11, host))
 
     def server() -> dict[str, Any]:
         return {
@@ -124,6 +137,7 @@ def suite_config(tracing_ratio: float | None) -> dict[str, Any]:
         "tracing": tracing,
         "router": {
             "server": servers["router"],
+            "http_api": {"host": host, "port": next(ports)},
             "limiter_address": f"{host}:{servers['limiter']['port']}",
             "provider_address": f"{host}:{servers['provider']['port']}",
             "models": {
@@ -368,6 +382,7 @@ def run_scenario(
         "-c", str(scenario.concurrency),
         "-d", str(duration_s),
         "--max-tokens", str(ANSWER_TOKENS),
+        "--transport", scenario.transport,
     ]  # fmt: skip
     generator = subprocess.Popen(  # noqa: S603 - our own generator
         command,

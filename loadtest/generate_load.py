@@ -180,6 +180,51 @@ async def _one(
     return RequestRecord(perf() - started, ttft, completed, code, data_events)
 
 
+async def _one_http(
+    session: Any,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    openai: bool,
+) -> RequestRecord:
+    """One stream over HTTP through Envoy: Sluice's SSE (`/v1/generate`) or OpenAI's."""
+    perf = time.perf_counter
+    started = perf()
+    ttft: float | None = None
+    completed = False
+    code: str | None = None
+    data_events = 0
+    try:
+        async with session.post(url, data=body, headers=headers) as response:
+            if response.status != 200:
+                code = f"HTTP_{response.status}"
+                await response.read()
+            else:
+                async for raw in response.content:
+                    if not raw.startswith(b"data: "):
+                        continue
+                    if openai:
+                        if raw.startswith(b"data: [DONE]"):
+                            completed = True
+                        elif b'"content":"' in raw and b'"content":""' not in raw:
+                            data_events += 1
+                        elif raw.startswith(b'data: {"error"'):
+                            code = "ERROR_EVENT"
+                    elif b'"data":' in raw:
+                        data_events += 1
+                    elif b'"complete":' in raw:
+                        completed = True
+                    elif b'"error":' in raw:
+                        code = "ERROR_EVENT"
+                    if data_events == 1 and ttft is None:
+                        ttft = perf() - started
+    except (OSError, TimeoutError) as err:
+        code = type(err).__name__
+    if code is None and not completed:
+        code = NO_COMPLETE
+    return RequestRecord(perf() - started, ttft, completed, code, data_events)
+
+
 async def run_load(  # noqa: PLR0917 - positional order is the documented API
     target: str,
     concurrency: int = 1,
@@ -195,6 +240,7 @@ async def run_load(  # noqa: PLR0917 - positional order is the documented API
     channels: int = 1,
     before_start: Callable[[], Awaitable[None]] | None = None,
     after_end: Callable[[], None] | None = None,
+    transport: str = "grpc",
 ) -> LoadResult:
     """Run `concurrency` closed-loop workers until `requests` calls or `duration_s` passes.
 
@@ -210,17 +256,45 @@ async def run_load(  # noqa: PLR0917 - positional order is the documented API
     request = build_request(prompt, max_tokens, model)
     metadata = (("authorization", f"Bearer {api_key}"),)
     options = [("grpc.use_local_subchannel_pool", 1)]  # each channel its own connection
-    opened = [grpc.aio.insecure_channel(target, options=options) for _ in range(channels)]
+    grpc_transport = transport == "grpc"
+    opened = (
+        [grpc.aio.insecure_channel(target, options=options) for _ in range(channels)]
+        if grpc_transport
+        else []
+    )
     stubs = [router_pb2_grpc.RouterServiceStub(channel) for channel in opened]
+    session: Any = None
+    if not grpc_transport:
+        import aiohttp
+
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=concurrency),
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        )
+        openai = transport == "openai"
+        url = f"http://{target}/v1/{'chat/completions' if openai else 'generate'}"
+        payload: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+        }
+        if openai:
+            payload["stream"] = True
+        body = json.dumps(payload).encode()
+        headers = {"authorization": f"Bearer {api_key}", "content-type": "application/json"}
+
+    def one(index: int) -> Awaitable[RequestRecord]:
+        if grpc_transport:
+            return _one(stubs[index % channels], request, metadata, timeout_s)
+        return _one_http(session, url, body, headers, openai)
+
     try:
         for channel in opened:
             await asyncio.wait_for(channel.channel_ready(), timeout=timeout_s)
         warm = concurrency * 2 if warmup is None else warmup
         if warm > 0:
             # Same concurrency as the run, so server-side pools are as warm as they get.
-            warm_jobs = [
-                _one(stubs[i % channels], request, metadata, timeout_s) for i in range(warm)
-            ]
+            warm_jobs = [one(i) for i in range(warm)]
             gate = asyncio.Semaphore(concurrency)
 
             async def gated(job: Awaitable[RequestRecord]) -> RequestRecord:
@@ -241,10 +315,9 @@ async def run_load(  # noqa: PLR0917 - positional order is the documented API
 
         async def worker(index: int) -> None:
             nonlocal issued
-            stub = stubs[index % channels]
             while issued < limit and time.perf_counter() < ends_at:
                 issued += 1
-                record = await _one(stub, request, metadata, timeout_s)
+                record = await one(index)
                 records.append(record)
                 if record.code is not None:
                     errors[record.code] += 1
@@ -258,6 +331,8 @@ async def run_load(  # noqa: PLR0917 - positional order is the documented API
     finally:
         for channel in opened:
             await channel.close()
+        if session is not None:
+            await session.close()
 
 
 def _run(main: Coroutine[Any, Any, LoadResult], use_uvloop: bool) -> LoadResult:
@@ -284,6 +359,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline of each call, s")
     parser.add_argument("--warmup", type=int, help="unrecorded calls first (default 2/worker)")
     parser.add_argument("--channels", type=int, default=1, help="HTTP/2 connections to use")
+    parser.add_argument(
+        "--transport",
+        choices=("grpc", "sse", "openai"),
+        default="grpc",
+        help="native gRPC, SSE /v1/generate or OpenAI /v1/chat/completions (HTTP/1.1)",
+    )
     parser.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
     parser.add_argument("--json", help="also write the summary as JSON to this file")
     parser.add_argument(
@@ -325,6 +406,7 @@ async def _main(args: argparse.Namespace) -> LoadResult:
         channels=args.channels,
         before_start=before_start,
         after_end=after_end,
+        transport=args.transport,
     )
 
 

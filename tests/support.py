@@ -79,6 +79,8 @@ def service_settings(cls: type[S], section: str, **fields: Any) -> S:
         "server": {"host": "127.0.0.1", "port": 0, "metrics_port": 0},
         "tracing": {"enabled": False},
     }
+    if section == "router":
+        base["http_api"] = {"port": 0}
     return load_settings(cls, section, data={section: deep_merge(base, fields)})
 
 

@@ -83,6 +83,7 @@ def suite_config(ports: dict[str, int], **overrides: Any) -> dict[str, Any]:
         "tracing": {"endpoint": f"127.0.0.1:{ports['telemetry']}", "export_delay_ms": 100},
         "router": {
             "server": {"port": ports["router"], "metrics_port": ports["router_metrics"]},
+            "http_api": {"port": ports["router_http"]},
             "limiter_address": f"127.0.0.1:{ports['limiter']}",
             "provider_address": f"127.0.0.1:{ports['provider']}",
             "progress_interval_ms": 200,
@@ -117,6 +118,7 @@ def suite_config(ports: dict[str, int], **overrides: Any) -> dict[str, Any]:
 PORT_NAMES = (
     "router",
     "router_metrics",
+    "router_http",
     "limiter",
     "limiter_metrics",
     "provider",

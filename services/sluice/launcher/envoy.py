@@ -88,7 +88,22 @@ def _local_reply_config() -> dict[str, Any]:
         }
         for http, code, reason in _LOCAL_REPLIES
     ]
-    return {"mappers": mappers, "body_format": _status_body(13, "INTERNAL")}
+    # Successful direct responses (GET /openapi.json) keep their own body.
+    passthrough = {
+        "filter": {
+            "status_code_filter": {
+                "comparison": {
+                    "op": "EQ",
+                    "value": {"default_value": 200, "runtime_key": "sluice.local_reply.200"},
+                }
+            }
+        },
+        "body_format_override": {
+            "text_format": "%LOCAL_REPLY_BODY%",
+            "content_type": "application/json",
+        },
+    }
+    return {"mappers": [passthrough, *mappers], "body_format": _status_body(13, "INTERNAL")}
 
 
 def _upstream_cluster(
@@ -207,6 +222,8 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
     router = settings.router.server
     unary_timeout = f"{envoy.unary_timeout_s:g}s"
     routes = [
+        _openapi_route(),
+        *_http_api_routes(settings),
         # Streams run as long as they produce; idle ones are cut by stream_idle_timeout.
         _grpc_route(f"/{ROUTER_SERVICE}/Generate", "router", "0s"),
         _grpc_route(f"/{ROUTER_SERVICE}/", "router", unary_timeout),
@@ -250,6 +267,8 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
         "local_reply_config": _local_reply_config(),
         "route_config": {
             "name": "edge",
+            # /openapi.json is a direct response bigger than the 4 KiB default.
+            "max_direct_response_body_size_bytes": _MAX_DIRECT_RESPONSE,
             "virtual_hosts": [{"name": "sluice", "domains": ["*"], "routes": routes}],
         },
         **({"tracing": _tracing(settings)} if settings.router.tracing.enabled else {}),
@@ -315,6 +334,7 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
                     ROUTER_SERVICE,
                     envoy.health_check_interval_ms,
                 ),
+                *_http_api_clusters(settings),
                 *(
                     [_telemetry_cluster(settings.router.tracing.endpoint)]
                     if settings.router.tracing.enabled
@@ -323,6 +343,99 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
             ],
         },
     }
+
+
+# -- the OpenAI-compatible HTTP API (router/openai_http.py) ---------------------------
+
+HTTP_API_CLUSTER = "router_http"
+_FILTER_CONFIG = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+_HTTP_API_ROUTES = (("/v1/chat/completions", "POST"), ("/v1/models", "GET"))
+
+
+def _http_api_routes(settings: SuiteSettings) -> list[dict[str, Any]]:
+    """Plain HTTP routes to the router's HTTP listener, past the transcoder."""
+    if not settings.router.http_api.enabled:
+        return []
+    return [
+        {
+            # Other methods fall through to the catch-all 404 (JSON, like every local reply).
+            "match": {
+                "path": path,
+                "headers": [{"name": ":method", "string_match": {"exact": method}}],
+            },
+            # Streams run as long as they produce; stream_idle_timeout cuts silent ones.
+            "route": {"cluster": HTTP_API_CLUSTER, "timeout": "0s"},
+            "typed_per_filter_config": {
+                "envoy.filters.http.grpc_json_transcoder": {
+                    "@type": _FILTER_CONFIG,
+                    "disabled": True,
+                }
+            },
+        }
+        for path, method in _HTTP_API_ROUTES
+    ]
+
+
+_MAX_DIRECT_RESPONSE = 1024 * 1024
+
+
+def _openapi_route() -> dict[str, Any]:
+    """GET /openapi.json: the HTTP surface's OpenAPI, generated from the contract (the
+    local descriptor image: the path Envoy is given may be one only it can see)."""
+    from sluice.launcher.openapi import render_openapi_json  # noqa: PLC0415
+
+    return {
+        "match": {
+            "path": "/openapi.json",
+            "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+        },
+        "direct_response": {
+            "status": 200,
+            "body": {"inline_string": render_openapi_json(descriptor_path())},
+        },
+        "response_headers_to_add": [
+            {
+                "header": {"key": "content-type", "value": "application/json"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+        "typed_per_filter_config": {
+            "envoy.filters.http.grpc_json_transcoder": {"@type": _FILTER_CONFIG, "disabled": True}
+        },
+    }
+
+
+def _http_api_clusters(settings: SuiteSettings) -> list[dict[str, Any]]:
+    """HTTP/1.1 cluster of the router's OpenAI-compatible listener."""
+    api = settings.router.http_api
+    if not api.enabled:
+        return []
+    return [
+        {
+            "name": HTTP_API_CLUSTER,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {
+                "cluster_name": HTTP_API_CLUSTER,
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {
+                                "endpoint": {
+                                    "address": {
+                                        "socket_address": {
+                                            "address": api.host,
+                                            "port_value": api.port,
+                                        }
+                                    }
+                                }
+                            }
+                        ]
+                    }
+                ],
+            },
+        }
+    ]
 
 
 # Applies the SPEC §2.1 HTTP status the router put in x-sluice-http-status to a

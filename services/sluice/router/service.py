@@ -432,6 +432,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             ),
         )
 
+    def generate_events(
+        self, request: GenerationRequest, context: Any
+    ) -> AsyncIterator[router_pb2.GenerateEvent]:
+        """The Generate pipeline for another front (router/openai_http.py): `context`
+        needs only `invocation_metadata()` and `time_remaining()`."""
+        return self._generate(request, context)
+
     # -- RPCs --------------------------------------------------------------------------
 
     async def Generate(  # noqa: N802 - gRPC method name
@@ -552,4 +559,27 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Ser
         await chain.close()
 
     host.add_cleanup(close_channels)
+    if settings.http_api.enabled:
+        _serve_http_api(host, settings, servicer)
     return host
+
+
+def _serve_http_api(host: ServiceHost, settings: RouterSettings, servicer: RouterServicer) -> None:
+    """The OpenAI-compatible HTTP listener, started with the gRPC server, stopped after it."""
+    from sluice.router.openai_http import OpenAIHttpApi  # noqa: PLC0415 - only when enabled
+
+    tracer = host.tracer_provider.get_tracer("sluice.router.http") if host.tracing_active else None
+    api = OpenAIHttpApi(
+        servicer,
+        host.metrics,
+        tracer,
+        max_request_bytes=settings.http_api.max_request_bytes,
+        shutdown_timeout_s=settings.server.shutdown_grace_s,
+    )
+    host.http_api = api  # type: ignore[attr-defined]
+
+    async def start() -> None:
+        await api.start(settings.http_api.host, settings.http_api.port)
+
+    host.add_startup(start)
+    host.add_cleanup(api.stop)

@@ -118,6 +118,21 @@ class ResilienceSettings(BaseModel):
     """Approximate per-key request rate the router enforces itself while the limiter is down."""
 
 
+class HttpApiSettings(BaseModel):
+    """The OpenAI-compatible HTTP listener (Envoy routes /v1/chat/completions here)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    enabled: bool = True
+    """Serve the OpenAI-compatible API."""
+    host: str = "127.0.0.1"
+    """Address to bind."""
+    port: int = Field(8090, ge=0, le=65535)
+    """HTTP port; 0 picks a free one."""
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    """Largest request body accepted."""
+
+
 class RouterSettings(ServiceSettings):
     """Settings of the router service."""
 
@@ -155,6 +170,8 @@ class RouterSettings(ServiceSettings):
     """Deadline applied when the caller sets none."""
     resilience: ResilienceSettings = ResilienceSettings()
     """Retries, breakers, bulkheads, cache, deadlines, load shedding."""
+    http_api: HttpApiSettings = HttpApiSettings()
+    """The OpenAI-compatible HTTP API (router/openai_http.py)."""
 
     @model_validator(mode="after")
     def _unique_key_ids(self) -> RouterSettings:

@@ -92,6 +92,7 @@ class ServiceHost:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names: list[str] = []
         self._cleanups: list[Cleanup] = []
+        self._startups: list[Cleanup] = []
         reporter = self.error_reporter
         if reporter is not None:
 
@@ -112,6 +113,10 @@ class ServiceHost:
         """Run `cleanup` after the server drained (e.g. close client channels)."""
         self._cleanups.append(cleanup)
 
+    def add_startup(self, startup: Cleanup) -> None:
+        """Run `startup` once the gRPC server serves (e.g. bind an extra HTTP listener)."""
+        self._startups.append(startup)
+
     async def start(self) -> None:
         """Bind, start serving, and report SERVING for every declared service."""
         server_settings = self.settings.server
@@ -130,6 +135,8 @@ class ServiceHost:
             server_settings.host, server_settings.metrics_port, self.registry
         )
         await self.server.start()
+        for startup in self._startups:
+            await startup()
         await self.set_serving(True)
         log.info(
             "%s listening on %s:%d (metrics :%d)",
