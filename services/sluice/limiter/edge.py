@@ -157,7 +157,7 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
         refused: list[tuple[Check, Verdict]] = []
         for descriptor in descriptors:
             pairs = [(check, next(verdicts)) for check in descriptor.checks]
-            response.statuses.append(self._status(pairs))
+            response.statuses.append(self._status(pairs, consumed=outcome.allowed))
             for check, verdict in pairs:
                 if verdict.allowed:
                     if outcome.allowed:
@@ -171,7 +171,7 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
 
     @staticmethod
     def _status(
-        pairs: Sequence[tuple[Check, Verdict]],
+        pairs: Sequence[tuple[Check, Verdict]], *, consumed: bool
     ) -> rls_pb2.RateLimitResponse.DescriptorStatus:
         status = rls_pb2.RateLimitResponse.DescriptorStatus(code=_OK)
         if not pairs:
@@ -187,7 +187,11 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
                 name=check.policy,
             )
         )
-        status.limit_remaining = int(verdict.remaining)
+        # A refused request consumed nothing: a passing limit still has its cost left.
+        left = (
+            verdict.remaining if consumed or not verdict.allowed else verdict.remaining + check.cost
+        )
+        status.limit_remaining = int(min(left, verdict.limit))
         wait = verdict.reset_after_s if verdict.allowed else verdict.retry_after_s
         status.duration_until_reset.CopyFrom(
             _duration(verdict.reset_after_s if math.isinf(wait) else wait)

@@ -38,6 +38,7 @@ from sluice.core.tokens import count_tokens
 from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
 from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
 from sluice.router import genai
+from sluice.router.admission import Admission, request_class
 from sluice.router.auth import ApiKeyAuthenticator, Principal
 from sluice.router.degradation import LIMITER_DEGRADED, LocalLimits, MemoryGuard
 from sluice.router.downstream import error_from_rpc
@@ -123,7 +124,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         clock: Clock,
         memory: MemoryGuard,
         local_limits: LocalLimits,
+        admission: Admission | None = None,
     ) -> None:
+        self._admission = admission
         self._memory = memory
         self._local_limits = local_limits
         self._reconciling: set[asyncio.Task[None]] = set()
@@ -254,23 +257,34 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 forwarded=forwarded,
             )
 
-        try:
-            async for event in self._chain.run(
-                model=request.model,
-                alias=alias,
-                messages=request.messages,
-                max_tokens=max_tokens,
-                cache_extra=(
-                    max_tokens,
-                    request.temperature if request.HasField("temperature") else None,
-                    list(request.stop),
-                    [tool.SerializeToString().hex() for tool in getattr(request, "tools", ())],
-                ),
+        events = self._chain.run(
+            model=request.model,
+            alias=alias,
+            messages=request.messages,
+            max_tokens=max_tokens,
+            cache_extra=(
+                max_tokens,
+                request.temperature if request.HasField("temperature") else None,
+                list(request.stop),
+                [tool.SerializeToString().hex() for tool in getattr(request, "tools", ())],
+            ),
+            deadline=deadline,
+            state=state,
+            attempt=attempt,
+            make_event=lambda **fields: self._event(state, **fields),
+        )
+        if self._admission is not None:
+            # Wait for capacity in the primary back end's fair queue, by class.
+            events = self._admission.run(
+                events,
+                backend=alias.backends[0].backend,
+                tenant=principal.tenant,
+                klass=request_class(principal.tier, metadata),
                 deadline=deadline,
-                state=state,
-                attempt=attempt,
-                make_event=lambda **fields: self._event(state, **fields),
-            ):
+                is_first_token=lambda event: event.WhichOneof("event") == "data",
+            )
+        try:
+            async for event in events:
                 yield event
         except SluiceError as failure:
             if state.sequence > 0:
@@ -541,6 +555,11 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Ser
             settings.resilience.local_limit_rps,
             settings.resilience.limiter_fail_closed,
             host.registry,
+        ),
+        admission=(
+            Admission(settings.admission, clock, host.registry)
+            if settings.admission.enabled
+            else None
         ),
     )
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, host.server)
