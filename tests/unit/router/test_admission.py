@@ -129,7 +129,7 @@ def _admission(
     registry = CollectorRegistry()
     settings = AdmissionSettings(
         adaptive=AdaptiveSettings(initial_limit=limit, max_limit=limit, min_limit=1),
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
     sampler = LoadSampler(clock, 0.0, cpu=lambda: load.cpu, memory=lambda: load.memory)
     return Admission(settings, clock, registry, sampler), registry
@@ -269,7 +269,7 @@ async def test_shedding_refuses_background_first_and_premium_last(
     got = set()
     for klass in ("premium", "critical", "normal", "background"):
         try:
-            async with _holding(admission, klass):  # type: ignore[arg-type]
+            async with _holding(admission, klass):
                 pass
         except ServiceUnavailableError as err:
             assert "sheds" in str(err)
