@@ -54,9 +54,9 @@ class AdaptiveSettings(BaseModel):
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
-    initial_limit: int = Field(32, ge=1)
+    initial_limit: int = Field(256, ge=1)
     """Concurrent streams allowed per back end at start."""
-    min_limit: int = Field(1, ge=1)
+    min_limit: int = Field(4, ge=1)
     """Floor of the adaptive limit."""
     max_limit: int = Field(256, ge=1)
     """Ceiling of the adaptive limit."""
@@ -67,12 +67,15 @@ class AdaptiveSettings(BaseModel):
 
 
 class SheddingSettings(BaseModel):
-    """Load-based shedding thresholds (fractions 0..1 of CPU and of memory)."""
+    """Load-based shedding thresholds, as fractions 0..1 of the router's CPU (its one
+    event-loop core) and of its memory (RSS over `resilience.memory_limit_mb`, or the
+    host's memory in use when that is 0)."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
-    enabled: bool = True
-    """Shed by class while the host is overloaded."""
+    enabled: bool = False
+    """Shed by class while the router is overloaded (off by default: turn on where the
+    router has its own CPU; on a shared machine other processes' load does not count)."""
     background_at: float = Field(0.80, gt=0.0, le=1.0)
     """Load at which `background` requests are refused."""
     normal_at: float = Field(0.90, gt=0.0, le=1.0)
@@ -236,13 +239,23 @@ class LoadSampler:
         interval_s: float,
         cpu: Callable[[], float] | None = None,
         memory: Callable[[], float] | None = None,
+        memory_limit_bytes: int = 0,
     ) -> None:
         import psutil  # noqa: PLC0415 - only the router samples load
 
+        process = psutil.Process()
+        process.cpu_percent(None)  # the first call only starts the measurement
+
+        def own_memory() -> float:
+            if memory_limit_bytes:
+                return float(process.memory_info().rss / memory_limit_bytes)
+            return float(psutil.virtual_memory().percent / 100.0)
+
         self._clock = clock
         self._interval = interval_s
-        self._cpu = cpu or (lambda: psutil.cpu_percent(interval=None) / 100.0)
-        self._memory = memory or (lambda: psutil.virtual_memory().percent / 100.0)
+        # This process's CPU as a share of one core: the event loop runs on one.
+        self._cpu = cpu or (lambda: min(1.0, process.cpu_percent(None) / 100.0))
+        self._memory = memory or own_memory
         self._at = float("-inf")
         self.cpu = 0.0
         self.memory = 0.0
@@ -336,6 +349,7 @@ class Admission:
         clock: Clock,
         registry: CollectorRegistry,
         sampler: LoadSampler | None = None,
+        memory_limit_bytes: int = 0,
     ) -> None:
         self._settings = settings
         self._clock = clock

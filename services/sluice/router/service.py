@@ -557,7 +557,12 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Ser
             host.registry,
         ),
         admission=(
-            Admission(settings.admission, clock, host.registry)
+            Admission(
+                settings.admission,
+                clock,
+                host.registry,
+                memory_limit_bytes=settings.resilience.memory_limit_mb * 1024 * 1024,
+            )
             if settings.admission.enabled
             else None
         ),

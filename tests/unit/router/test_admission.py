@@ -129,6 +129,7 @@ def _admission(
     registry = CollectorRegistry()
     settings = AdmissionSettings(
         adaptive=AdaptiveSettings(initial_limit=limit, max_limit=limit, min_limit=1),
+        shedding={"enabled": True},
         **fields,
     )
     sampler = LoadSampler(clock, 0.0, cpu=lambda: load.cpu, memory=lambda: load.memory)
@@ -292,7 +293,7 @@ async def test_first_tokens_feed_the_adaptive_limit_and_p95() -> None:
     clock = FakeClock()
     registry = CollectorRegistry()
     settings = AdmissionSettings(
-        adaptive=AdaptiveSettings(initial_limit=4, max_limit=8, target_ttft_ms=500)
+        adaptive=AdaptiveSettings(initial_limit=4, min_limit=1, max_limit=8, target_ttft_ms=500)
     )
     sampler = LoadSampler(clock, 0.0, cpu=lambda: 0.0, memory=lambda: 0.0)
     admission = Admission(settings, clock, registry, sampler)
