@@ -47,4 +47,4 @@ def test_no_tracer_and_no_telemetry_cluster_when_tracing_is_off(tmp_path: Path) 
     bootstrap = rendered(tmp_path, {"enabled": "false"})
 
     assert "tracing" not in connection_manager(bootstrap)
-    assert [c["name"] for c in bootstrap["static_resources"]["clusters"]] == ["router"]
+    assert [c["name"] for c in bootstrap["static_resources"]["clusters"]] == ["router", "limiter"]
