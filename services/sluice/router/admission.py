@@ -8,10 +8,11 @@ How a request gets to run (RouterServicer._generate, after the limiter admitted 
    `critical` only past the hard level (SPEC §2.1 SERVICE_UNAVAILABLE, retry shortly).
 2. If the back end has a free slot under its *adaptive* concurrency limit and nobody
    waits, the request starts at once.
-3. Otherwise it queues. The queue is ordered by class first; within a class, tenants
-   share capacity by start-time fair queueing (each tenant's next request is tagged
-   `max(virtual now, tenant's last tag) + 1/weight`, the smallest tag goes first), so a
-   tenant sending 10x more waits behind its own backlog, not in front of others.
+3. Otherwise it queues. Tenants share capacity by start-time fair queueing (weighted;
+   the tenant with the smallest start tag goes next), and within a tenant the highest
+   class goes first. A tenant sending 10x more waits behind its own backlog, not in
+   front of others; under overload each tenant's background work waits (and, when it
+   cannot start before its deadline, is refused) before its premium work does.
 4. Deadlines: a request whose estimated wait (the work ahead of it divided by the
    limit, times the observed service time) ends after its deadline is refused at once
    with DEADLINE_EXCEEDED; one whose deadline passes while queued is removed and
@@ -147,7 +148,6 @@ class Aimd:
 @dataclass(order=True)
 class _Waiter:
     rank: int
-    tag: float
     seq: int
     tenant: str = field(compare=False)
     klass: str = field(compare=False)
@@ -155,13 +155,30 @@ class _Waiter:
     cancelled: bool = field(default=False, compare=False)
 
 
+@dataclass
+class _Tenant:
+    waiting: list[_Waiter] = field(default_factory=list)
+    """This tenant's waiters, a heap ordered by class, then arrival."""
+    live: int = 0
+    start: float = 0.0
+    """Start tag of the tenant's next request (start-time fair queueing)."""
+    ranks: dict[int, int] = field(default_factory=dict)
+    """Live waiters per class rank."""
+
+
 class FairQueue:
-    """Waiters ordered by class, then by start-time fair tags across tenants."""
+    """Weighted-fair across tenants, ordered by class within each tenant.
+
+    Start-time fair queueing with one flow per tenant: the tenant with the smallest
+    start tag goes next, its tag then advances by 1/weight; a tenant that was idle
+    starts at the current virtual time (no credit for idleness). Within a tenant the
+    highest class goes first, then arrival order. So a tenant sending 10x more only
+    lengthens its own wait, and premium work overtakes a tenant's own background work.
+    """
 
     def __init__(self, weights: dict[str, float]) -> None:
         self._weights = weights
-        self._heap: list[_Waiter] = []
-        self._last_tag: dict[str, float] = {}
+        self._tenants: dict[str, _Tenant] = {}
         self._virtual = 0.0
         self._seq = itertools.count()
         self._live = 0
@@ -172,38 +189,63 @@ class FairQueue:
 
     def push(self, tenant: str, klass: PriorityClass, future: asyncio.Future[None]) -> _Waiter:
         """Enqueue; returns the waiter (to cancel it)."""
-        weight = self._weights.get(tenant, 1.0)
-        tag = max(self._virtual, self._last_tag.get(tenant, 0.0)) + 1.0 / weight
-        self._last_tag[tenant] = tag
-        waiter = _Waiter(RANK[klass], tag, next(self._seq), tenant, klass, future)
-        heapq.heappush(self._heap, waiter)
+        flow = self._tenants.get(tenant)
+        if flow is None:
+            flow = self._tenants[tenant] = _Tenant(start=self._virtual)
+        elif not flow.live:
+            flow.start = max(flow.start, self._virtual)
+        waiter = _Waiter(RANK[klass], next(self._seq), tenant, klass, future)
+        heapq.heappush(flow.waiting, waiter)
+        flow.live += 1
+        flow.ranks[waiter.rank] = flow.ranks.get(waiter.rank, 0) + 1
         self._live += 1
         self.by_class[klass] += 1
         return waiter
 
-    def ahead_of(self, klass: PriorityClass) -> int:
-        """Waiters that would be served before a new request of this class (an estimate)."""
-        return sum(n for name, n in self.by_class.items() if RANK[name] <= RANK[klass])
+    def ahead_of(self, tenant: str, klass: PriorityClass) -> int:
+        """Waiters that would be served before a new request (an estimate): the
+        tenant's own waiters of its class or higher, interleaved with every other
+        active tenant's turns."""
+        flow = self._tenants.get(tenant)
+        own = sum(n for rank, n in flow.ranks.items() if rank <= RANK[klass]) if flow else 0
+        active = sum(1 for t in self._tenants.values() if t.live)
+        others = self._live - (flow.live if flow else 0)
+        return min(
+            self._live,
+            own + min(others, (own + 1) * max(active - (1 if flow and flow.live else 0), 0)),
+        )
+
+    def _forget(self, waiter: _Waiter) -> None:
+        flow = self._tenants[waiter.tenant]
+        waiter.cancelled = True
+        flow.live -= 1
+        flow.ranks[waiter.rank] -= 1
+        self._live -= 1
+        self.by_class[waiter.klass] -= 1
 
     def cancel(self, waiter: _Waiter) -> None:
         """Remove a waiter (its deadline passed or its caller left)."""
         if not waiter.cancelled:
-            waiter.cancelled = True
-            self._live -= 1
-            self.by_class[waiter.klass] -= 1
+            self._forget(waiter)
 
     def pop(self) -> _Waiter | None:
         """The next waiter to run, or None."""
-        while self._heap:
-            waiter = heapq.heappop(self._heap)
-            if waiter.cancelled:
+        while self._live:
+            tenant, flow = min(
+                ((name, t) for name, t in self._tenants.items() if t.live),
+                key=lambda item: item[1].start,
+            )
+            while flow.waiting and flow.waiting[0].cancelled:
+                heapq.heappop(flow.waiting)
+            if not flow.waiting:  # pragma: no cover - live counts only uncancelled
+                flow.live = 0
                 continue
-            waiter.cancelled = True
-            self._live -= 1
-            self.by_class[waiter.klass] -= 1
-            self._virtual = max(self._virtual, waiter.tag)
+            waiter = heapq.heappop(flow.waiting)
+            self._forget(waiter)
+            self._virtual = max(self._virtual, flow.start)
+            flow.start += 1.0 / self._weights.get(tenant, 1.0)
             if not self._live:
-                self._last_tag.clear()  # idle: nobody keeps credit or debt
+                self._tenants.clear()  # idle: nobody keeps credit or debt
             return waiter
         return None
 
@@ -385,8 +427,8 @@ class Admission:
                 retry_after_s=1.0,
             )
 
-    def _estimated_wait(self, gate: BackendGate, klass: PriorityClass) -> float:
-        ahead = gate.queue.ahead_of(klass) + 1
+    def _estimated_wait(self, gate: BackendGate, tenant: str, klass: PriorityClass) -> float:
+        ahead = gate.queue.ahead_of(tenant, klass) + 1
         return ahead / gate.aimd.limit * gate.service.mean()
 
     def _refuse_deadline(self, klass: PriorityClass, why: str) -> DeadlineExceededError:
@@ -426,7 +468,7 @@ class Admission:
                     retry_after_s=1.0,
                 )
             budget = deadline - enqueued
-            if self._estimated_wait(gate, klass) > budget:
+            if self._estimated_wait(gate, tenant, klass) > budget:
                 raise self._refuse_deadline(
                     klass, "the request cannot start before its deadline (queue too long)"
                 )

@@ -67,6 +67,29 @@ async def test_a_tenant_sending_ten_times_more_does_not_starve_the_other() -> No
     assert served.count("heavy") == 20
 
 
+async def test_a_heavy_tenants_premium_flood_does_not_starve_a_light_tenants_normal() -> None:
+    queue = FairQueue({})
+    for _ in range(20):
+        queue.push("heavy", "premium", _future())
+    queue.push("light", "normal", _future())
+    queue.push("heavy", "background", _future())
+    served = _order(queue)
+    assert served.index(("light", "normal")) <= 1
+    assert served[-1] == ("heavy", "background")  # the heavy tenant's own order by class
+
+
+async def test_deadline_estimate_counts_own_backlog_and_other_tenants_turns() -> None:
+    queue = FairQueue({})
+    for _ in range(10):
+        queue.push("heavy", "normal", _future())
+    assert queue.ahead_of("light", "normal") == 1  # one heavy turn, then light
+    assert queue.ahead_of("heavy", "normal") == 10
+    assert queue.ahead_of("heavy", "premium") == 0
+    queue.push("light", "normal", _future())
+    assert queue.ahead_of("heavy", "normal") == 11
+    assert queue.ahead_of("light", "normal") == 1 + 2
+
+
 async def test_tenant_weights_share_capacity_proportionally() -> None:
     queue = FairQueue({"big": 3.0})
     for _ in range(30):
