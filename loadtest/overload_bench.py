@@ -26,7 +26,7 @@ import random
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtest.bench import RunningSuite, suite_config  # noqa: E402
-from sluice.common.v1 import common_pb2  # noqa: E402
-from sluice.router.v1 import router_pb2, router_pb2_grpc  # noqa: E402
+from loadtest.bench import RunningSuite, suite_config
+from sluice.common.v1 import common_pb2
+from sluice.router.v1 import router_pb2, router_pb2_grpc
 
 CLASSES = ("premium", "critical", "normal", "background")
 CLASS_MIX = (0.1, 0.1, 0.4, 0.4)
@@ -116,7 +116,7 @@ async def one(
 
 
 async def calibrate(stub: router_pb2_grpc.RouterServiceStub, slots: int, seconds: float) -> float:
-    """Completions per second with every slot busy (closed loop, 2x slots clients)."""
+    """Completions per second with every slot busy (closed loop, 4x slots clients)."""
     stop = time.perf_counter() + seconds
     done = 0
 
@@ -128,7 +128,7 @@ async def calibrate(stub: router_pb2_grpc.RouterServiceStub, slots: int, seconds
                 done += 1
 
     warm = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(slots * 2)))
+    await asyncio.gather(*(client() for _ in range(slots * 4)))
     return done / (time.perf_counter() - warm)
 
 
@@ -213,9 +213,7 @@ async def run(args: argparse.Namespace, address: str) -> dict[str, Any]:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         await one(stub, "light", "normal", 10.0)  # warm up
         capacity = await calibrate(stub, args.slots, args.calibrate)
-        outcomes, began = await overload(
-            stub, capacity * args.factor, args.duration, args.deadline
-        )
+        outcomes, began = await overload(stub, capacity * args.factor, args.duration, args.deadline)
     return figures(outcomes, began, args.duration, capacity)
 
 
