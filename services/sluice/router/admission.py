@@ -410,11 +410,12 @@ class Admission:
 
     def _shed(self, klass: PriorityClass) -> None:
         shedding = self._settings.shedding
-        if not shedding.enabled:
-            return
+        # Sampled whether or not shedding is on: CPU and memory are autoscaling signals.
         load = self._sampler.sample()
         self.metrics.cpu.set(self._sampler.cpu)
         self.metrics.memory.set(self._sampler.memory)
+        if not shedding.enabled:
+            return
         threshold = {
             "background": shedding.background_at,
             "normal": shedding.normal_at,
