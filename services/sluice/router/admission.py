@@ -453,6 +453,16 @@ class Admission:
         self, backend: str, tenant: str, klass: PriorityClass, deadline: float
     ) -> AsyncIterator[Ticket]:
         """Hold capacity of `backend` for the block, after waiting in its queue."""
+        ticket = await self.acquire(backend, tenant, klass, deadline)
+        try:
+            yield ticket
+        finally:
+            self.release(ticket)
+
+    async def acquire(
+        self, backend: str, tenant: str, klass: PriorityClass, deadline: float
+    ) -> Ticket:
+        """Wait for capacity of `backend`; pair with `release`."""
         self._shed(klass)
         gate = self.gate(backend)
         enqueued = self._clock.monotonic()
@@ -494,20 +504,22 @@ class Admission:
                 raise
         waited = self._clock.monotonic() - enqueued
         self.metrics.queue_wait.labels(klass).observe(waited)
-        ticket = Ticket(backend, klass, waited, depth, self._clock.monotonic())
-        try:
-            yield ticket
-        finally:
-            gate.in_flight -= 1
-            now = self._clock.monotonic()
-            gate.service.add(now - ticket.started)
-            if ticket.first_token_at is not None:
-                ttft = ticket.first_token_at - ticket.started
-                gate.aimd.observe(ttft)
-                self._ttft.add(ttft)
-                self.metrics.ttft_p95.set(self._ttft.quantile(0.95))
-            self.metrics.limit.labels(backend).set(gate.aimd.limit)
-            self._dispatch(gate)
+        return Ticket(backend, klass, waited, depth, self._clock.monotonic())
+
+    def release(self, ticket: Ticket) -> None:
+        """Give the capacity back; the ticket's first token feeds the adaptive limit."""
+        backend = ticket.backend
+        gate = self.gate(backend)
+        gate.in_flight -= 1
+        now = self._clock.monotonic()
+        gate.service.add(now - ticket.started)
+        if ticket.first_token_at is not None:
+            ttft = ticket.first_token_at - ticket.started
+            gate.aimd.observe(ttft)
+            self._ttft.add(ttft)
+            self.metrics.ttft_p95.set(self._ttft.quantile(0.95))
+        self.metrics.limit.labels(backend).set(gate.aimd.limit)
+        self._dispatch(gate)
 
     async def run(
         self,
@@ -521,7 +533,11 @@ class Admission:
     ) -> AsyncIterator[_E]:
         """Relay a stream once admitted, holding capacity until it ends; the current
         span gets the class, queue depth at arrival and wait."""
-        async with self.slot(backend, tenant, klass, deadline) as ticket:
+        # acquire/release rather than `async with slot()`: a generator's finally runs
+        # however it is closed, while a context manager generator finalised by the loop
+        # may already be closed itself.
+        ticket = await self.acquire(backend, tenant, klass, deadline)
+        try:
             span = trace.get_current_span()
             span.set_attribute("sluice.priority", klass)
             span.set_attribute("sluice.queue.depth", ticket.queue_depth)
@@ -530,6 +546,13 @@ class Admission:
                 if ticket.first_token_at is None and is_first_token(event):
                     self.first_token(ticket)
                 yield event
+        finally:
+            self.release(ticket)
+            # Close the inner stream now, in order, rather than leaving it to the loop's
+            # finaliser (where its own context managers may be finalised first).
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
 
     def first_token(self, ticket: Ticket) -> None:
         """Record that the ticket's stream produced its first token."""
