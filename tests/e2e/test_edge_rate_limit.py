@@ -175,3 +175,22 @@ def test_limiter_down_lets_requests_pass_unless_failure_mode_deny(
         # Passed the filter; the dead router behind it answers 503.
         assert response.status_code == 503, response.text
         assert int(counters["cluster.router.ratelimit.failure_mode_allowed"]) == 1
+
+
+def test_a_spent_budget_is_412_json_through_envoy(tmp_path: Path) -> None:
+    budgets = {"prices": {"default": {"output_per_million": 1_000_000}}, "default": 0.5}
+    body = {"model": "default", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    with start_suite(tmp_path, router={"budgets": budgets}) as suite:
+        first = httpx.post(
+            f"{suite.edge}/v1/complete", json=body, headers={"x-api-key": DEV_KEY}, timeout=30
+        )
+        assert first.status_code == 200, first.text
+        spent = httpx.post(
+            f"{suite.edge}/v1/complete", json=body, headers={"x-api-key": DEV_KEY}, timeout=30
+        )
+    assert spent.status_code == 412, spent.text
+    error = spent.json()
+    assert error["code"] == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    [info] = [d for d in error["details"] if d["@type"].endswith("ErrorInfo")]
+    assert info["reason"] == "BUSINESS_RULE_VIOLATION"
+    assert info["metadata"]["budget"] == "0.5"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 
 from sluice.common.v1 import common_pb2
 from sluice.router.v1 import router_pb2
@@ -102,3 +103,32 @@ async def test_a_request_whose_deadline_passes_in_the_queue_is_deadline_exceeded
     assert (
         await metric(port, "sluice_router_queue_depth", backend="simulated", priority="normal") == 0
     )
+
+
+async def test_a_spent_budget_refuses_with_failed_precondition(stack: ServiceStack) -> None:
+    suite = await start_suite(
+        stack,
+        router={
+            "budgets": {
+                "prices": {"default": {"output_per_million": 1_000_000}},
+                "default": 0.5,
+            }
+        },
+    )
+    small = router_pb2.GenerateRequest(
+        model="default",
+        messages=[common_pb2.Message(role="user", content="spend")],
+        max_tokens=2,
+    )
+    events = [e async for e in suite.router_stub.Generate(small, metadata=[("x-api-key", API_KEY)])]
+    assert events[-1].WhichOneof("event") == "complete"
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in suite.router_stub.Generate(small, metadata=[("x-api-key", API_KEY)]):
+            pass
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(caught.value)
+    assert info.reason == "BUSINESS_RULE_VIOLATION"
+    assert info.metadata["budget"] == "0.5"
+    port = suite.router.metrics_port
+    assert await metric(port, "sluice_router_budget_refusals_total") == 1

@@ -40,6 +40,7 @@ from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
 from sluice.router import genai
 from sluice.router.admission import Admission, request_class
 from sluice.router.auth import ApiKeyAuthenticator, Principal
+from sluice.router.budgets import Budgets
 from sluice.router.degradation import LIMITER_DEGRADED, LocalLimits, MemoryGuard
 from sluice.router.downstream import error_from_rpc
 from sluice.router.fallback import FallbackChain, ResilienceMetrics
@@ -125,8 +126,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         memory: MemoryGuard,
         local_limits: LocalLimits,
         admission: Admission | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self._admission = admission
+        self._budgets = budgets
         self._memory = memory
         self._local_limits = local_limits
         self._reconciling: set[asyncio.Task[None]] = set()
@@ -232,6 +235,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         validate_request(request, self._settings)
         alias = self._resolve_model(request, principal)
         max_tokens = request.max_tokens or alias.default_max_tokens
+        if self._budgets is not None:
+            self._budgets.check(principal.key_id)
         await self._admit(request, principal, max_tokens, state)
 
         genai.annotate_request(request, alias.backends[0].backend, max_tokens)
@@ -298,6 +303,16 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             self._metrics.streams_in_flight.dec()
             if state.reservation_id:
                 self._reconcile_later(state)
+            if self._budgets is not None:
+                usage = state.completed.usage if state.completed is not None else None
+                self._budgets.charge(
+                    principal.key_id,
+                    request.model,
+                    usage.input_tokens
+                    if usage is not None
+                    else sum(count_tokens(m.content) for m in request.messages),
+                    usage.output_tokens if usage is not None else state.output_tokens,
+                )
             if state.output_tokens:
                 self._metrics.tokens_streamed.labels(request.model, state.backend).inc(
                     state.output_tokens
@@ -556,6 +571,7 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Ser
             settings.resilience.limiter_fail_closed,
             host.registry,
         ),
+        budgets=Budgets(settings.budgets, clock, host.registry),
         admission=(
             Admission(
                 settings.admission,
