@@ -87,6 +87,32 @@ class SheddingSettings(BaseModel):
     """How often CPU and memory are sampled."""
 
 
+class ScheduleSettings(BaseModel):
+    """A daily window (UTC) during which the concurrency limit per back end is capped."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    start: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    """Start of the window, HH:MM UTC (inclusive)."""
+    end: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    """End of the window, HH:MM UTC (exclusive); before `start` wraps past midnight."""
+    max_limit: int = Field(ge=1)
+    """Concurrency cap per back end while the window is active."""
+
+    def minutes(self) -> tuple[int, int]:
+        """(start, end) as minutes after midnight."""
+        start_h, start_m = self.start.split(":")
+        end_h, end_m = self.end.split(":")
+        return int(start_h) * 60 + int(start_m), int(end_h) * 60 + int(end_m)
+
+    def active(self, minute_of_day: int) -> bool:
+        """Whether the window covers this minute of the day."""
+        start, end = self.minutes()
+        if start <= end:
+            return start <= minute_of_day < end
+        return minute_of_day >= start or minute_of_day < end
+
+
 class AdmissionSettings(BaseModel):
     """Admission in front of back-end capacity."""
 
@@ -102,6 +128,9 @@ class AdmissionSettings(BaseModel):
     """The adaptive concurrency limit."""
     shedding: SheddingSettings = SheddingSettings()
     """Load-based shedding."""
+    schedules: list[ScheduleSettings] = Field(default_factory=list)
+    """Time-of-day caps on the concurrency limit (the smallest active cap applies), e.g.
+    fewer slots during a nightly batch window that shares the back ends."""
 
 
 def _as_class(name: str) -> PriorityClass | None:
@@ -400,12 +429,22 @@ class Admission:
         self._sampler = sampler or LoadSampler(clock, settings.shedding.sample_interval_ms / 1000.0)
         self._ttft = LatencyWindow()
 
+    def limit(self, gate: BackendGate) -> int:
+        """The gate's concurrency limit now: adaptive, capped by active schedules."""
+        limit = gate.aimd.limit
+        if self._settings.schedules:
+            minute = int(self._clock.wall() // 60) % (24 * 60)
+            caps = [w.max_limit for w in self._settings.schedules if w.active(minute)]
+            if caps:
+                limit = min(limit, *caps)
+        return limit
+
     def gate(self, backend: str) -> BackendGate:
         """The gate of a back end (created on first use)."""
         found = self._gates.get(backend)
         if found is None:
             found = self._gates[backend] = BackendGate(backend, self._settings)
-            self.metrics.limit.labels(backend).set(found.aimd.limit)
+            self.metrics.limit.labels(backend).set(self.limit(found))
         return found
 
     def _shed(self, klass: PriorityClass) -> None:
@@ -430,14 +469,14 @@ class Admission:
 
     def _estimated_wait(self, gate: BackendGate, tenant: str, klass: PriorityClass) -> float:
         ahead = gate.queue.ahead_of(tenant, klass) + 1
-        return ahead / gate.aimd.limit * gate.service.mean()
+        return ahead / self.limit(gate) * gate.service.mean()
 
     def _refuse_deadline(self, klass: PriorityClass, why: str) -> DeadlineExceededError:
         self.metrics.refused.labels(klass, "deadline").inc()
         return DeadlineExceededError(why, metadata={"priority": klass})
 
     def _dispatch(self, gate: BackendGate) -> None:
-        while gate.in_flight < gate.aimd.limit:
+        while gate.in_flight < self.limit(gate):
             waiter = gate.queue.pop()
             if waiter is None:
                 break
@@ -467,7 +506,7 @@ class Admission:
         gate = self.gate(backend)
         enqueued = self._clock.monotonic()
         depth = len(gate.queue)
-        if gate.in_flight < gate.aimd.limit and not depth:
+        if gate.in_flight < self.limit(gate) and not depth:
             gate.in_flight += 1
             self.metrics.in_flight.labels(backend).set(gate.in_flight)
         else:
@@ -518,7 +557,7 @@ class Admission:
             gate.aimd.observe(ttft)
             self._ttft.add(ttft)
             self.metrics.ttft_p95.set(self._ttft.quantile(0.95))
-        self.metrics.limit.labels(backend).set(gate.aimd.limit)
+        self.metrics.limit.labels(backend).set(self.limit(gate))
         self._dispatch(gate)
 
     async def run(
@@ -569,6 +608,7 @@ __all__ = [
     "FairQueue",
     "LatencyWindow",
     "LoadSampler",
+    "ScheduleSettings",
     "Ticket",
     "request_class",
 ]

@@ -19,6 +19,7 @@ from sluice.router.admission import (
     LatencyWindow,
     LoadSampler,
     PriorityClass,
+    ScheduleSettings,
     request_class,
 )
 from tests.support import FakeClock
@@ -331,3 +332,35 @@ async def test_first_tokens_feed_the_adaptive_limit_and_p95() -> None:
         await stream(2.0)  # slow: 4 -> 3.6 -> 3.24 -> 2.9
     assert registry.get_sample_value("sluice_router_concurrency_limit", {"backend": "b"}) == 2
     assert registry.get_sample_value("sluice_router_ttft_p95_seconds") == 2.0
+
+
+def test_schedule_windows_cover_their_minutes_and_wrap_midnight() -> None:
+    day = ScheduleSettings(start="09:00", end="17:30", max_limit=1)
+    night = ScheduleSettings(start="22:00", end="06:00", max_limit=1)
+    assert day.active(9 * 60) and day.active(17 * 60 + 29)
+    assert not day.active(17 * 60 + 30) and not day.active(8 * 60 + 59)
+    assert night.active(23 * 60) and night.active(0) and night.active(5 * 60 + 59)
+    assert not night.active(6 * 60) and not night.active(12 * 60)
+
+
+async def test_time_of_day_schedule_caps_the_limit_while_active() -> None:
+    midnight = 1_700_006_400.0  # a UTC midnight
+    clock = FakeClock(wall=midnight + 21 * 3600)  # 21:00
+    registry = CollectorRegistry()
+    settings = AdmissionSettings(
+        adaptive=AdaptiveSettings(initial_limit=10, max_limit=10),
+        schedules=[
+            ScheduleSettings(start="22:00", end="06:00", max_limit=2),
+            ScheduleSettings(start="23:00", end="23:30", max_limit=1),
+        ],
+    )
+    sampler = LoadSampler(clock, 0.0, cpu=lambda: 0.0, memory=lambda: 0.0)
+    admission = Admission(settings, clock, registry, sampler)
+    gate = admission.gate("b")
+    assert admission.limit(gate) == 10
+    clock.advance(3600)  # 22:00
+    assert admission.limit(gate) == 2
+    clock.advance(3600 + 60)  # 23:01: both windows, the smallest cap wins
+    assert admission.limit(gate) == 1
+    clock.advance(8 * 3600)  # 07:01
+    assert admission.limit(gate) == 10
