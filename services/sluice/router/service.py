@@ -300,6 +300,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 yield self._error_event(state, InternalError("internal error"))
             raise
         finally:
+            # Close the stream chain here, in order, not in the loop's finaliser (where
+            # its context managers may already be finalised).
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
             self._metrics.streams_in_flight.dec()
             if state.reservation_id:
                 self._reconcile_later(state)
