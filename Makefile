@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?=
 
-.PHONY: venv tools up test test-fast gen lint security bench bench-limiter envoy-config clean
+.PHONY: venv tools up test test-fast gen lint security bench bench-limiter bench-overload envoy-config clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ bench: $(STAMP)
 ## bench-limiter: limiter decisions/s and p99, memory and Redis; 3-replica accuracy.
 bench-limiter: $(STAMP)
 	$(BIN)/python loadtest/limiter_bench.py
+
+## bench-overload: 5x capacity, mixed classes, two tenants: goodput, p99 TTFT, fairness.
+bench-overload: $(STAMP)
+	$(BIN)/python loadtest/overload_bench.py
 
 envoy-config: $(STAMP)
 	$(BIN)/sluice envoy-config --descriptor /etc/sluice/sluice.binpb --output deploy/envoy/envoy.yaml

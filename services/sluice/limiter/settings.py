@@ -83,6 +83,42 @@ class RedisSettings(BaseModel):
     replica's own clock."""
 
 
+def _default_edge_policies() -> list[PolicySettings]:
+    return [
+        PolicySettings(name="edge_global", scope="global", limit=5000.0, refill_per_second=5000.0),
+        PolicySettings(name="edge_per_key", scope="api_key", limit=1000.0, refill_per_second=500.0),
+    ]
+
+
+class EdgeSettings(BaseModel):
+    """Edge limits Envoy asks for through `envoy.service.ratelimit.v3.RateLimitService`.
+
+    Envoy sends one descriptor per rule: `generic_key=global` always (so a request
+    without an API key is still limited), `api_key=<presented key>` when a key is
+    present, and `route=<route name>`. Each descriptor is checked against the policies
+    of its scope (global, api_key, endpoint), all at once, all-or-nothing.
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    domain: str = Field("sluice-edge", min_length=1)
+    """The rate limit domain Envoy's filter sends; other domains are answered OK."""
+    policies: list[PolicySettings] = Field(default_factory=_default_edge_policies)
+    """Request limits (scope global, api_key or endpoint) applied at the edge. API keys
+    are keyed by the first 16 hex digits of their SHA-256 (overrides use that too)."""
+
+    @model_validator(mode="after")
+    def _edge_scopes(self) -> Self:
+        for policy in self.policies:
+            if policy.scope not in ("global", "api_key", "endpoint"):
+                raise ValueError(
+                    f"edge policy {policy.name}: scope must be global, api_key or endpoint"
+                )
+            if policy.unit != "requests":
+                raise ValueError(f"edge policy {policy.name}: unit must be requests")
+        return self
+
+
 class LimiterSettings(ServiceSettings):
     """Settings of the limiter service."""
 
@@ -108,10 +144,12 @@ class LimiterSettings(ServiceSettings):
     """Limit states kept in memory; the least recently used are forgotten beyond this."""
     reservation_ttl_s: float = Field(3600.0, gt=0.0)
     """How long a token reservation can still be reconciled."""
+    edge: EdgeSettings = EdgeSettings()
+    """Edge limits served to Envoy (RLS)."""
 
     @model_validator(mode="after")
     def _unique_policy_names(self) -> Self:
-        names = [policy.name for policy in self.policies]
+        names = [policy.name for policy in [*self.policies, *self.edge.policies]]
         duplicated = sorted({name for name in names if names.count(name) > 1})
         if duplicated:
             raise ValueError(f"policies: duplicate names {duplicated}")

@@ -38,7 +38,9 @@ from sluice.core.tokens import count_tokens
 from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
 from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
 from sluice.router import genai
+from sluice.router.admission import Admission, request_class
 from sluice.router.auth import ApiKeyAuthenticator, Principal
+from sluice.router.budgets import Budgets
 from sluice.router.degradation import LIMITER_DEGRADED, LocalLimits, MemoryGuard
 from sluice.router.downstream import error_from_rpc
 from sluice.router.fallback import FallbackChain, ResilienceMetrics
@@ -123,7 +125,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         clock: Clock,
         memory: MemoryGuard,
         local_limits: LocalLimits,
+        admission: Admission | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
+        self._admission = admission
+        self._budgets = budgets
         self._memory = memory
         self._local_limits = local_limits
         self._reconciling: set[asyncio.Task[None]] = set()
@@ -229,6 +235,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         validate_request(request, self._settings)
         alias = self._resolve_model(request, principal)
         max_tokens = request.max_tokens or alias.default_max_tokens
+        if self._budgets is not None:
+            self._budgets.check(principal.key_id)
         await self._admit(request, principal, max_tokens, state)
 
         genai.annotate_request(request, alias.backends[0].backend, max_tokens)
@@ -254,23 +262,34 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 forwarded=forwarded,
             )
 
-        try:
-            async for event in self._chain.run(
-                model=request.model,
-                alias=alias,
-                messages=request.messages,
-                max_tokens=max_tokens,
-                cache_extra=(
-                    max_tokens,
-                    request.temperature if request.HasField("temperature") else None,
-                    list(request.stop),
-                    [tool.SerializeToString().hex() for tool in getattr(request, "tools", ())],
-                ),
+        events = self._chain.run(
+            model=request.model,
+            alias=alias,
+            messages=request.messages,
+            max_tokens=max_tokens,
+            cache_extra=(
+                max_tokens,
+                request.temperature if request.HasField("temperature") else None,
+                list(request.stop),
+                [tool.SerializeToString().hex() for tool in getattr(request, "tools", ())],
+            ),
+            deadline=deadline,
+            state=state,
+            attempt=attempt,
+            make_event=lambda **fields: self._event(state, **fields),
+        )
+        if self._admission is not None:
+            # Wait for capacity in the primary back end's fair queue, by class.
+            events = self._admission.run(
+                events,
+                backend=alias.backends[0].backend,
+                tenant=principal.tenant,
+                klass=request_class(principal.tier, metadata),
                 deadline=deadline,
-                state=state,
-                attempt=attempt,
-                make_event=lambda **fields: self._event(state, **fields),
-            ):
+                is_first_token=lambda event: event.WhichOneof("event") == "data",
+            )
+        try:
+            async for event in events:
                 yield event
         except SluiceError as failure:
             if state.sequence > 0:
@@ -281,9 +300,24 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 yield self._error_event(state, InternalError("internal error"))
             raise
         finally:
+            # Close the stream chain here, in order, not in the loop's finaliser (where
+            # its context managers may already be finalised).
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
             self._metrics.streams_in_flight.dec()
             if state.reservation_id:
                 self._reconcile_later(state)
+            if self._budgets is not None:
+                usage = state.completed.usage if state.completed is not None else None
+                self._budgets.charge(
+                    principal.key_id,
+                    request.model,
+                    usage.input_tokens
+                    if usage is not None
+                    else sum(count_tokens(m.content) for m in request.messages),
+                    usage.output_tokens if usage is not None else state.output_tokens,
+                )
             if state.output_tokens:
                 self._metrics.tokens_streamed.labels(request.model, state.backend).inc(
                     state.output_tokens
@@ -548,6 +582,17 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Ser
             settings.resilience.local_limit_rps,
             settings.resilience.limiter_fail_closed,
             host.registry,
+        ),
+        budgets=Budgets(settings.budgets, clock, host.registry),
+        admission=(
+            Admission(
+                settings.admission,
+                clock,
+                host.registry,
+                memory_limit_bytes=settings.resilience.memory_limit_mb * 1024 * 1024,
+            )
+            if settings.admission.enabled
+            else None
         ),
     )
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, host.server)

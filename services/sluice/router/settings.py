@@ -11,6 +11,8 @@ from sluice.core.config import ServerSettings, ServiceSettings
 from sluice.core.resilience.breaker import BreakerSettings
 from sluice.core.resilience.bulkhead import BulkheadSettings
 from sluice.core.resilience.retry import RetrySettings
+from sluice.router.admission import AdmissionSettings
+from sluice.router.budgets import BudgetSettings
 
 # sha256("sk-sluice-dev"): the development key of the default configuration.
 DEV_KEY_SHA256 = "f54ca937b7efefe972b761a7b8dc7dd477c073770dec53b33fe59a66f6ef9a9f"
@@ -172,6 +174,10 @@ class RouterSettings(ServiceSettings):
     """Retries, breakers, bulkheads, cache, deadlines, load shedding."""
     http_api: HttpApiSettings = HttpApiSettings()
     """The OpenAI-compatible HTTP API (router/openai_http.py)."""
+    admission: AdmissionSettings = AdmissionSettings()
+    """Priority classes, the fair queue per back end, adaptive concurrency, shedding."""
+    budgets: BudgetSettings = BudgetSettings()
+    """Currency budgets per API key per period, from per-model prices."""
 
     @model_validator(mode="after")
     def _unique_key_ids(self) -> RouterSettings:

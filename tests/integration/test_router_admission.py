@@ -1,0 +1,134 @@
+"""The router's admission gate on the request path: queueing by class, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from sluice.common.v1 import common_pb2
+from sluice.router.v1 import router_pb2
+from tests.support import (
+    API_KEY,
+    SLOW_BACKEND,
+    ServiceStack,
+    error_info,
+    metric,
+    sha256_hex,
+    start_suite,
+)
+
+BG_KEY = "sk-background-key"
+
+
+def request() -> router_pb2.GenerateRequest:
+    return router_pb2.GenerateRequest(
+        model="default",
+        messages=[common_pb2.Message(role="user", content="queue me")],
+        max_tokens=2000,
+    )
+
+
+async def test_a_second_stream_queues_for_the_only_slot_then_runs(
+    stack: ServiceStack,
+) -> None:
+    suite = await start_suite(
+        stack,
+        backend=SLOW_BACKEND,
+        router={
+            "api_keys": [
+                {"id": "k1", "sha256": sha256_hex(API_KEY), "tier": "premium"},
+                {"id": "bg", "sha256": sha256_hex(BG_KEY), "tenant": "t2", "tier": "background"},
+            ],
+            "admission": {"adaptive": {"initial_limit": 1, "min_limit": 1, "max_limit": 1}},
+        },
+    )
+    port = suite.router.metrics_port
+    first = suite.router_stub.Generate(request(), metadata=[("x-api-key", API_KEY)])
+    # The first stream holds the only slot once it has produced its first event.
+    await first.read()
+    assert await metric(port, "sluice_router_admitted_in_flight", backend="simulated") == 1
+
+    second = suite.router_stub.Generate(request(), metadata=[("x-api-key", BG_KEY)], timeout=30)
+    second_started = asyncio.ensure_future(second.read())
+    for _ in range(200):
+        depth = await metric(
+            port, "sluice_router_queue_depth", backend="simulated", priority="background"
+        )
+        if depth == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert depth == 1
+    assert not second_started.done()
+
+    first.cancel()  # frees the slot: the queued stream starts
+    event = await asyncio.wait_for(second_started, timeout=10)
+    assert event.WhichOneof("event") == "metadata"
+    assert await metric(port, "sluice_router_queue_wait_seconds_count", priority="background") == 1
+    assert await metric(port, "sluice_router_concurrency_limit", backend="simulated") == 1
+
+    second.cancel()
+
+
+async def test_a_request_whose_deadline_passes_in_the_queue_is_deadline_exceeded(
+    stack: ServiceStack,
+) -> None:
+    suite = await start_suite(
+        stack,
+        backend=SLOW_BACKEND,
+        router={
+            "admission": {"adaptive": {"initial_limit": 1, "min_limit": 1, "max_limit": 1}},
+            "resilience": {"min_deadline_ms": 1},
+        },
+    )
+    port = suite.router.metrics_port
+    holder = suite.router_stub.Generate(request(), metadata=[("x-api-key", API_KEY)])
+    await holder.read()
+
+    waiter = suite.router_stub.Generate(request(), metadata=[("x-api-key", API_KEY)], timeout=0.3)
+    try:
+        async for _ in waiter:
+            pass
+        raise AssertionError("the queued stream must not run")
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        info = error_info(err) if err.trailing_metadata() else None
+        assert info is None or info.reason == "DEADLINE_EXCEEDED"
+    holder.cancel()
+    refused = await metric(
+        port, "sluice_router_admission_refused_total", priority="normal", reason="deadline"
+    )
+    assert refused == 1
+    assert (
+        await metric(port, "sluice_router_queue_depth", backend="simulated", priority="normal") == 0
+    )
+
+
+async def test_a_spent_budget_refuses_with_failed_precondition(stack: ServiceStack) -> None:
+    suite = await start_suite(
+        stack,
+        router={
+            "budgets": {
+                "prices": {"default": {"output_per_million": 1_000_000}},
+                "default": 0.5,
+            }
+        },
+    )
+    small = router_pb2.GenerateRequest(
+        model="default",
+        messages=[common_pb2.Message(role="user", content="spend")],
+        max_tokens=2,
+    )
+    events = [e async for e in suite.router_stub.Generate(small, metadata=[("x-api-key", API_KEY)])]
+    assert events[-1].WhichOneof("event") == "complete"
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in suite.router_stub.Generate(small, metadata=[("x-api-key", API_KEY)]):
+            pass
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(caught.value)
+    assert info.reason == "BUSINESS_RULE_VIOLATION"
+    assert info.metadata["budget"] == "0.5"
+    port = suite.router.metrics_port
+    assert await metric(port, "sluice_router_budget_refusals_total") == 1
