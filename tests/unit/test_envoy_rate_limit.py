@@ -66,7 +66,8 @@ def test_every_routed_route_sends_global_key_and_route_descriptors(tmp_path: Pat
             a[0]["generic_key"] for a in actions if "descriptor_key" in a[0].get("generic_key", {})
         ]
         assert route_key["descriptor_key"] == "route"
-        assert route_key["descriptor_value"] == route["match"]["prefix"].strip("/")
+        match = route["match"]
+        assert route_key["descriptor_value"] == (match.get("prefix") or match["path"]).strip("/")
     # Direct responses (the 404 catch-all) carry none.
     assert all("rate_limits" not in str(r) for r in routes if "direct_response" in r)
 

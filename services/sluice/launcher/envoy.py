@@ -480,8 +480,10 @@ LIMITER_CLUSTER = "limiter"
 
 
 def _route_name(route: dict[str, Any]) -> str:
-    """The `route` descriptor value: the route's gRPC prefix without slashes."""
-    return str(route.get("name") or route["match"].get("prefix", "/")).strip("/") or "root"
+    """The `route` descriptor value: the route's gRPC prefix (or HTTP path) without slashes."""
+    match = route["match"]
+    named = route.get("name") or match.get("prefix") or match.get("path") or "/"
+    return str(named).strip("/") or "root"
 
 
 def _with_rate_limits(route: dict[str, Any]) -> dict[str, Any]:
