@@ -8,12 +8,17 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    Sampler,
+    SamplingResult,
+)
 from opentelemetry.trace import SpanKind, StatusCode
 
 from sluice.core.resilience.bulkhead import Bulkhead, BulkheadFullError, BulkheadSettings
 from sluice.core.telemetry.spans import RequestSpans, record_event
-from sluice.core.telemetry.tracing import RecordUnsampled
 
 
 def rig(sampler: Sampler = ALWAYS_ON) -> tuple[TracerProvider, InMemorySpanExporter]:
@@ -55,7 +60,17 @@ def test_children_nest_under_the_current_span_and_the_cache_span() -> None:
     assert (attributes["db.namespace"], attributes["server.port"]) == ("2", 6379)
 
 
-@pytest.mark.parametrize("sampler", [RecordUnsampled(ALWAYS_OFF), ALWAYS_OFF])
+class RecordOnly(Sampler):
+    """Records without sampling: a recording span that will not be exported."""
+
+    def should_sample(self, *args: object, **kwargs: object) -> SamplingResult:
+        return SamplingResult(Decision.RECORD_ONLY)
+
+    def get_description(self) -> str:
+        return "RecordOnly"
+
+
+@pytest.mark.parametrize("sampler", [RecordOnly(), ALWAYS_OFF])
 def test_nothing_is_recorded_in_an_unsampled_trace(sampler: Sampler) -> None:
     provider, exporter = rig(sampler)
     tracer = provider.get_tracer("test")
