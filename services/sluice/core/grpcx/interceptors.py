@@ -204,8 +204,17 @@ class ServerPipeline(grpc.aio.ServerInterceptor):
                 await self._check_deadline(context)
                 responses = behaviour(request, context)
                 if hasattr(responses, "__aiter__"):
-                    async for response in responses:
-                        yield response
+                    try:
+                        async for response in responses:
+                            yield response
+                    finally:
+                        # grpc closes this generator when the client leaves; close the
+                        # handler's own generators now, in order, so their cleanup (e.g.
+                        # cancelling an upstream stream, ending its span) runs at once
+                        # instead of whenever the garbage collector finalises them.
+                        aclose = getattr(responses, "aclose", None)
+                        if aclose is not None:
+                            await aclose()
                 else:
                     # A handler may also stream with context.write() and return nothing
                     # (grpc's own health Watch does).
