@@ -180,3 +180,106 @@ class TracedUnaryStreamInterceptor(_Traced, grpc.aio.UnaryStreamClientIntercepto
         self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         return await self._intercept(continuation, client_call_details, request)
+
+
+class _Spans:
+    """Starts a call's CLIENT span and watches the call to end it (no grpc interceptor)."""
+
+    def __init__(self, tracer: trace.Tracer, failed: FailedSpans | None) -> None:
+        self._tracer = tracer
+        self._failed = failed
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def begin(
+        self, name: str, metadata: Any
+    ) -> tuple[trace.Span, grpc.aio.Metadata, _Unsampled | None]:
+        service, _, rpc_method = name.lstrip("/").partition("/")
+        span = self._tracer.start_span(
+            name,
+            kind=SpanKind.CLIENT,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc_method},
+        )
+        carrier: list[tuple[str, str]] = list(metadata or ())
+        propagate.inject(carrier, context=trace.set_span_in_context(span), setter=_SETTER)
+        unsampled = (
+            _Unsampled(self._failed, span, name)
+            if not span.is_recording() and self._failed is not None
+            else None
+        )
+        return span, grpc.aio.Metadata(*carrier), unsampled
+
+    def watch(self, call: Any, span: trace.Span, unsampled: _Unsampled | None) -> None:
+        if not span.is_recording() and unsampled is None:
+            return  # nothing to record at the end
+
+        def done(finished: Any) -> None:
+            code = _code_now(finished)
+            if code is None:  # not expected on a done call; stay correct anyway
+                task = asyncio.ensure_future(_finish_later(span, finished, unsampled))
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+            elif unsampled is not None:
+                unsampled.finish(code)
+            else:
+                _end(span, code)
+
+        call.add_done_callback(done)
+
+
+class _TracedCallable:
+    """A unary-unary or unary-stream multi-callable whose calls get CLIENT spans."""
+
+    __slots__ = ("_inner", "_name", "_spans")
+
+    def __init__(self, inner: Any, name: str, spans: _Spans) -> None:
+        self._inner = inner
+        self._name = name
+        self._spans = spans
+
+    def __call__(self, request: Any, *, metadata: Any = None, **kwargs: Any) -> Any:
+        span, traced_metadata, unsampled = self._spans.begin(self._name, metadata)
+        try:
+            call = self._inner(request, metadata=traced_metadata, **kwargs)
+        except BaseException:
+            if unsampled is not None:
+                unsampled.finish(grpc.StatusCode.UNAVAILABLE)
+            elif span.is_recording():
+                span.set_status(Status(StatusCode.ERROR, "call failed to start"))
+                span.end()
+            raise
+        self._spans.watch(call, span, unsampled)
+        return call
+
+
+class TracedChannel:
+    """Wraps a grpc.aio channel: unary and server-streaming calls get CLIENT spans.
+
+    Same spans as the interceptors above, but grpc.aio runs every intercepted call
+    through an extra task and wrapper objects, a fixed cost paid whether or not the
+    trace is sampled; wrapping the stub's multi-callables costs only the span itself.
+    Stubs built on this channel are used as usual.
+    """
+
+    def __init__(
+        self, channel: grpc.aio.Channel, tracer: trace.Tracer, failed: FailedSpans | None
+    ) -> None:
+        self._channel = channel
+        self._spans = _Spans(tracer, failed)
+
+    @staticmethod
+    def _name(method: Any) -> str:
+        return method.decode() if isinstance(method, bytes) else str(method)
+
+    def unary_unary(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        """A traced unary-unary multi-callable."""
+        inner = self._channel.unary_unary(method, *args, **kwargs)
+        return _TracedCallable(inner, self._name(method), self._spans)
+
+    def unary_stream(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        """A traced unary-stream multi-callable."""
+        inner = self._channel.unary_stream(method, *args, **kwargs)
+        return _TracedCallable(inner, self._name(method), self._spans)
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (close, get_state, channel_ready, streaming multi-callables).
+        return getattr(self._channel, name)
