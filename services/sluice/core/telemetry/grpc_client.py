@@ -1,10 +1,9 @@
-"""Client-span interceptors for unary and server-streaming calls.
+"""CLIENT spans for unary and server-streaming calls (TracedChannel).
 
 opentelemetry-instrumentation-grpc ends a streaming client span only when the caller
 iterates the stream to its end; a stream that is cancelled or abandoned leaves the span
-open forever (a known gap). This interceptor ends the span from the call's done
-callback instead, which fires on completion, error and cancellation alike, and adds no
-per-message work.
+open forever (a known gap). Here the span ends from the call's done callback, which
+fires on completion, error and cancellation alike, and adds no per-message work.
 """
 
 from __future__ import annotations
@@ -91,97 +90,6 @@ class _Unsampled:
             )
 
 
-class _Traced:
-    """The shared part of both interceptors: start a span, end it when the call is done."""
-
-    def __init__(self, tracer: trace.Tracer, failed: FailedSpans | None = None) -> None:
-        self._tracer = tracer
-        self._failed = failed
-        self._pending: set[asyncio.Task[None]] = set()
-
-    async def _intercept(
-        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        span, details, name = _start(self._tracer, client_call_details)
-        recording = span.is_recording()
-        unsampled = (
-            _Unsampled(self._failed, span, name)
-            if not recording and self._failed is not None
-            else None
-        )
-        if not recording and unsampled is None:
-            return await continuation(details, request)  # nothing to record at the end
-        try:
-            call = await continuation(details, request)
-        except BaseException:
-            if unsampled is not None:
-                unsampled.finish(grpc.StatusCode.UNAVAILABLE)
-            else:
-                span.set_status(Status(StatusCode.ERROR, "call failed to start"))
-                span.end()
-            raise
-
-        def done(finished: Any) -> None:
-            code = _code_now(finished)
-            if code is None:  # not expected on a done call; stay correct anyway
-                task = asyncio.ensure_future(_finish_later(span, finished, unsampled))
-                self._pending.add(task)
-                task.add_done_callback(self._pending.discard)
-            elif unsampled is not None:
-                unsampled.finish(code)
-            else:
-                _end(span, code)
-
-        call.add_done_callback(done)
-        return call
-
-
-def _start(
-    tracer: trace.Tracer, client_call_details: grpc.aio.ClientCallDetails
-) -> tuple[trace.Span, grpc.aio.ClientCallDetails, str]:
-    """A CLIENT span for the call and the call details carrying its traceparent."""
-    method = client_call_details.method
-    name = method.decode() if isinstance(method, bytes) else str(method)
-    service, _, rpc_method = name.lstrip("/").partition("/")
-    span = tracer.start_span(
-        name,
-        kind=SpanKind.CLIENT,
-        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc_method},
-    )
-    metadata: list[tuple[str, str]] = list(client_call_details.metadata or ())
-    propagate.inject(metadata, context=trace.set_span_in_context(span), setter=_SETTER)
-    details = grpc.aio.ClientCallDetails(
-        client_call_details.method,
-        client_call_details.timeout,
-        grpc.aio.Metadata(*metadata),
-        client_call_details.credentials,
-        client_call_details.wait_for_ready,
-    )
-    return span, details, name
-
-
-class TracedUnaryUnaryInterceptor(_Traced, grpc.aio.UnaryUnaryClientInterceptor):
-    """CLIENT span per unary call, W3C trace context injected, ended when the call is done.
-
-    Replaces opentelemetry-instrumentation-grpc's aio unary interceptor on the hot path
-    (the router's limiter check): same span shape, a fraction of the cost.
-    """
-
-    async def intercept_unary_unary(
-        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        return await self._intercept(continuation, client_call_details, request)
-
-
-class TracedUnaryStreamInterceptor(_Traced, grpc.aio.UnaryStreamClientInterceptor):
-    """Starts a CLIENT span per call, injects W3C trace context, ends the span when done."""
-
-    async def intercept_unary_stream(
-        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        return await self._intercept(continuation, client_call_details, request)
-
-
 class _Spans:
     """Starts a call's CLIENT span and watches the call to end it (no grpc interceptor)."""
 
@@ -254,7 +162,7 @@ class _TracedCallable:
 class TracedChannel:
     """Wraps a grpc.aio channel: unary and server-streaming calls get CLIENT spans.
 
-    Same spans as the interceptors above, but grpc.aio runs every intercepted call
+    Not grpc.aio client interceptors: grpc.aio runs every intercepted call
     through an extra task and wrapper objects, a fixed cost paid whether or not the
     trace is sampled; wrapping the stub's multi-callables costs only the span itself.
     Stubs built on this channel are used as usual.

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-import grpc
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -17,10 +16,6 @@ from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
 from opentelemetry.util.types import AttributeValue
 
 from sluice.core.config import TracingSettings
-from sluice.core.telemetry.grpc_client import (
-    TracedUnaryStreamInterceptor,
-    TracedUnaryUnaryInterceptor,
-)
 from sluice.core.telemetry.span_export import CountingSpanExporter
 
 
@@ -148,21 +143,6 @@ def build_tracer_provider(
         if settings.keep_errors and settings.sample_ratio < 1.0:
             provider.failed_spans = FailedSpans(processor, provider.resource)
     return provider
-
-
-def client_tracing_interceptors(provider: TracerProvider) -> Sequence[grpc.aio.ClientInterceptor]:
-    """Client interceptors that inject W3C traceparent and record CLIENT spans.
-
-    Ours for both unary and server-streaming calls (see grpc_client): they end the span
-    from the call's done callback, so on completion, error and cancellation alike, and
-    cost a fraction of the library's aio interceptors.
-    """
-    tracer = provider.get_tracer("sluice.core.telemetry.grpc_client")
-    failed = failed_spans_of(provider)
-    return [
-        TracedUnaryUnaryInterceptor(tracer, failed),
-        TracedUnaryStreamInterceptor(tracer, failed),
-    ]
 
 
 def current_trace_id() -> str:
