@@ -86,7 +86,12 @@ def service_settings(cls: type[S], section: str, **fields: Any) -> S:
 
 def tracing_to(port: int) -> dict[str, Any]:
     """Tracing settings exporting quickly to an in-process telemetry service."""
-    return {"enabled": True, "endpoint": f"127.0.0.1:{port}", "export_delay_ms": 50}
+    return {
+        "enabled": True,
+        "endpoint": f"127.0.0.1:{port}",
+        "export_delay_ms": 50,
+        "sample_ratio": 1.0,  # every trace, so tests can read any of them
+    }
 
 
 # -- running services -----------------------------------------------------------------

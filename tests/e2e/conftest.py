@@ -80,7 +80,11 @@ class RunningSuite:
 def suite_config(ports: dict[str, int], **overrides: Any) -> dict[str, Any]:
     """A suite config on the given ports; the simulated model paces 20 tokens/s."""
     config: dict[str, Any] = {
-        "tracing": {"endpoint": f"127.0.0.1:{ports['telemetry']}", "export_delay_ms": 100},
+        "tracing": {
+            "endpoint": f"127.0.0.1:{ports['telemetry']}",
+            "export_delay_ms": 100,
+            "sample_ratio": 1.0,  # every trace, so tests can read any of them
+        },
         "router": {
             "server": {"port": ports["router"], "metrics_port": ports["router_metrics"]},
             "http_api": {"port": ports["router_http"]},

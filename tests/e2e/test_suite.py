@@ -334,7 +334,8 @@ def test_one_generate_is_one_trace_across_router_limiter_provider(suite: Running
                 )
             except grpc.RpcError as err:
                 assert err.code() == grpc.StatusCode.NOT_FOUND
-            if len(spans) >= 9:  # incl. the edge rate limit pair (Envoy -> limiter RLS)
+            # 2 Envoy + the edge rate-limit pair + 7 service spans (bulkhead wait, cache write)
+            if len(spans) >= 11:
                 break
             time.sleep(0.1)
     services = {s.service_name for s in spans}

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import pytest
 
+from loadtest.fakes.common import FakeBehaviour
+from loadtest.fakes.openai_fake import OpenAIFake
 from sluice.common.v1 import common_pb2
 from sluice.core.grpcx.server import ServiceHost
-from sluice.router.v1 import router_pb2
+from sluice.limiter.service import build_server as build_limiter
+from sluice.provider.service import build_server as build_provider
+from sluice.router.service import build_server as build_router
+from sluice.router.v1 import router_pb2, router_pb2_grpc
 from sluice.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
+from tests.integration.test_provider_http import KEY, KEY_ENV, http_backend
 from tests.support import (
     AUTH,
+    FAST_BACKEND,
     SLOW_BACKEND,
+    RedisProcess,
     ServiceStack,
     collect,
     eventually,
+    limiter_settings,
+    provider_settings,
+    router_settings,
     start_suite,
     tracing_to,
 )
@@ -161,6 +172,10 @@ async def test_every_stream_span_ends_ok_on_completion(
 
     assert signature(spans) >= EXPECTED
     for span in spans:
+        if span.kind == "SPAN_KIND_INTERNAL":  # the queue wait and the cache write
+            assert span.name in {"queue_wait bulkhead", "cache put"}, span.name
+            assert span.status_code == "STATUS_CODE_UNSET", span.name
+            continue
         assert span.attributes["rpc.grpc.status_code"] == "0", span.name
         assert span.status_code == "STATUS_CODE_UNSET", span.name
         assert span.end_time_unix_nano >= span.start_time_unix_nano
@@ -284,3 +299,269 @@ async def test_low_head_sampling_still_delivers_every_error(
         ("SPAN_KIND_CLIENT", PROVIDER_STREAM, "STATUS_CODE_ERROR"),
     }
     assert await trace_reader(telemetry_stub, ok_trace)() == []  # sampled out at the head
+
+
+# -- the full tree: normal, retried, fallback and failed requests ---------------------------
+
+Tree = tuple[str, str, str, str, tuple["Tree", ...]]
+
+
+def tree(spans: Spans) -> Tree:
+    """The trace as nested (service, kind, name, status, children) in start order."""
+    children: dict[str, list[telemetry_pb2.Span]] = {}
+    for span in spans:
+        children.setdefault(span.parent_span_id, []).append(span)
+
+    def node(span: telemetry_pb2.Span) -> Tree:
+        below = sorted(children.get(span.span_id, []), key=lambda s: s.start_time_unix_nano)
+        return (
+            span.service_name.removeprefix("sluice-"),
+            span.kind.removeprefix("SPAN_KIND_"),
+            span.name,
+            span.status_code.removeprefix("STATUS_CODE_"),
+            tuple(node(child) for child in below),
+        )
+
+    [root] = children[""]  # one root, and every other span hangs below it
+    built = node(root)
+    assert count(built) == len(spans), "a span's parent is missing from the trace"
+    return built
+
+
+def count(node: Tree) -> int:
+    return 1 + sum(count(child) for child in node[4])
+
+
+def leaf(service: str, kind: str, name: str, status: str = "UNSET") -> Tree:
+    return (service, kind, name, status, ())
+
+
+UPSTREAM_MODEL = "gpt-4o"
+ACQUIRE = ("router", "CLIENT", LIMITER_ACQUIRE, "UNSET", (
+    ("limiter", "SERVER", LIMITER_ACQUIRE, "UNSET", (leaf("limiter", "CLIENT", "EVALSHA"),)),
+))  # fmt: skip
+BULKHEAD = leaf("router", "INTERNAL", "queue_wait bulkhead")
+CACHE_PUT = ("router", "INTERNAL", "cache put", "UNSET", (leaf("router", "CLIENT", "SET"),))
+CACHE_GET = ("router", "INTERNAL", "cache get", "UNSET", (leaf("router", "CLIENT", "GET"),))
+
+
+def http_stream(status: str = "UNSET") -> Tree:
+    """A provider stream to the OpenAI-compatible fake: its upstream HTTP call below."""
+    provider = ("provider", "SERVER", PROVIDER_STREAM, status, (
+        leaf("provider", "CLIENT", f"chat {UPSTREAM_MODEL}", status),
+    ))  # fmt: skip
+    return ("router", "CLIENT", PROVIDER_STREAM, status, (provider,))
+
+
+def simulated_stream(status: str = "UNSET") -> Tree:
+    provider = leaf("provider", "SERVER", PROVIDER_STREAM, status)
+    return ("router", "CLIENT", PROVIDER_STREAM, status, (provider,))
+
+
+def generate(status: str, *children: Tree) -> Tree:
+    return ("router", "SERVER", ROUTER_GENERATE, status, children)
+
+
+class HealsAfterFirst(list[dict[str, object]]):
+    """The fake's request log; the second request finds the fault gone (a transient 500)."""
+
+    def __init__(self, behaviour: FakeBehaviour) -> None:
+        super().__init__()
+        self._behaviour = behaviour
+
+    def append(self, item: dict[str, object]) -> None:
+        if self:
+            self._behaviour.fault = None
+        super().append(item)
+
+
+@pytest.fixture
+async def traced_rig(
+    stack: ServiceStack,
+    telemetry_host: ServiceHost,
+    redis_server: RedisProcess,
+) -> AsyncIterator[tuple[router_pb2_grpc.RouterServiceStub, OpenAIFake]]:
+    """Router, limiter (Redis) and provider (simulated + OpenAI fake), Redis cache, traced."""
+    tracing = {"tracing": tracing_to(telemetry_host.port)}
+    limiter = await stack.start(
+        build_limiter(limiter_settings(backend="redis", redis={"url": redis_server.url}, **tracing))
+    )
+    fake = OpenAIFake(FakeBehaviour(api_key=KEY, answer_tokens=4))
+    async with fake:
+        provider = await stack.start(
+            build_provider(
+                provider_settings(
+                    fault_injection=True,
+                    backends={
+                        "oa": http_backend("openai", fake, model=UPSTREAM_MODEL),
+                        "primary": FAST_BACKEND,
+                        "secondary": FAST_BACKEND,
+                    },
+                    **tracing,
+                ),
+                environ={KEY_ENV: KEY},
+            )
+        )
+        router = await stack.start(
+            build_router(
+                router_settings(
+                    limiter,
+                    provider,
+                    models={
+                        "gpt": {"backends": [{"backend": "oa"}]},
+                        "chain": {"backends": [{"backend": "primary"}, {"backend": "secondary"}]},
+                        "solo": {"backends": [{"backend": "primary"}]},
+                    },
+                    resilience={
+                        "retry": {"initial_backoff_ms": 1, "max_backoff_ms": 2},
+                        "cache": {"redis_url": redis_server.url},
+                    },
+                    **tracing,
+                )
+            )
+        )
+        yield router_pb2_grpc.RouterServiceStub(stack.channel(router)), fake
+
+
+async def traced(
+    telemetry_stub: telemetry_pb2_grpc.TelemetryServiceStub, trace_id: str, expected: Tree
+) -> tuple[Tree, Spans]:
+    """The trace once all its spans arrived, as a tree."""
+    spans = await eventually(
+        trace_reader(telemetry_stub, trace_id),
+        lambda found: len(found) >= count(expected),
+        within_s=5,
+    )
+    return tree(spans), spans
+
+
+def server_span(spans: Spans) -> telemetry_pb2.Span:
+    [span] = [s for s in spans if s.kind == "SPAN_KIND_SERVER" and s.name == ROUTER_GENERATE]
+    return span
+
+
+async def test_full_tree_of_a_normal_request(
+    traced_rig: tuple[router_pb2_grpc.RouterServiceStub, OpenAIFake],
+    telemetry_stub: telemetry_pb2_grpc.TelemetryServiceStub,
+) -> None:
+    router, _ = traced_rig
+    events = await collect(
+        router.Generate(
+            router_pb2.GenerateRequest(
+                model="gpt",
+                messages=[common_pb2.Message(role="user", content="a normal request")],
+            ),
+            metadata=AUTH,
+        )
+    )
+    assert events[-1].complete.fallback_step == common_pb2.FALLBACK_STEP_PRIMARY
+    expected = generate("UNSET", ACQUIRE, BULKHEAD, http_stream(), CACHE_PUT)
+
+    found, spans = await traced(telemetry_stub, events[0].metadata.trace_id, expected)
+
+    assert found == expected
+    by_name = {s.name: s for s in spans}
+    assert by_name["EVALSHA"].attributes["db.system"] == "redis"
+    assert by_name["EVALSHA"].attributes["db.operation.name"] == "EVALSHA"
+    assert by_name["SET"].attributes["db.system.name"] == "redis"
+    assert by_name["queue_wait bulkhead"].attributes["sluice.backend"] == "oa"
+    assert by_name["cache put"].attributes["sluice.cache.store"] == "redis"
+    upstream = by_name[f"chat {UPSTREAM_MODEL}"]
+    assert upstream.attributes["gen_ai.request.model"] == UPSTREAM_MODEL
+    assert upstream.attributes["server.address"] == "127.0.0.1"
+    assert server_span(spans).event_names == []  # nothing went wrong: no retry, no fallback
+
+
+async def test_full_tree_of_a_retried_request(
+    traced_rig: tuple[router_pb2_grpc.RouterServiceStub, OpenAIFake],
+    telemetry_stub: telemetry_pb2_grpc.TelemetryServiceStub,
+) -> None:
+    router, fake = traced_rig
+    fake.behaviour.fault = "server_error"
+    fake.behaviour.requests = HealsAfterFirst(fake.behaviour)
+    events = await collect(
+        router.Generate(
+            router_pb2.GenerateRequest(
+                model="gpt",
+                messages=[common_pb2.Message(role="user", content="a retried request")],
+            ),
+            metadata=AUTH,
+        )
+    )
+    assert events[-1].complete.fallback_step == common_pb2.FALLBACK_STEP_PRIMARY
+    assert len(fake.behaviour.requests) == 2
+    expected = generate(
+        "UNSET", ACQUIRE, BULKHEAD, http_stream("ERROR"), BULKHEAD, http_stream(), CACHE_PUT
+    )
+
+    found, spans = await traced(telemetry_stub, events[0].metadata.trace_id, expected)
+
+    assert found == expected
+    assert list(server_span(spans).event_names) == ["retry"]
+
+
+async def test_full_tree_of_a_fallback_request(
+    traced_rig: tuple[router_pb2_grpc.RouterServiceStub, OpenAIFake],
+    telemetry_stub: telemetry_pb2_grpc.TelemetryServiceStub,
+) -> None:
+    router, _ = traced_rig
+    events = await collect(
+        router.Generate(
+            router_pb2.GenerateRequest(
+                model="chain",
+                messages=[common_pb2.Message(role="user", content="a fallback request")],
+            ),
+            metadata=(*AUTH, ("x-sluice-fault", "error_rate=1,backend=primary")),
+        )
+    )
+    assert events[-1].complete.fallback_step == common_pb2.FALLBACK_STEP_SECONDARY
+    failed = simulated_stream("ERROR")
+    expected = generate(
+        "UNSET",
+        ACQUIRE,
+        *(BULKHEAD, failed) * 2,  # the primary, retried once
+        BULKHEAD,
+        simulated_stream(),
+        CACHE_PUT,
+    )
+
+    found, spans = await traced(telemetry_stub, events[0].metadata.trace_id, expected)
+
+    assert found == expected
+    assert list(server_span(spans).event_names) == ["retry", "fallback"]
+
+
+async def test_full_tree_of_a_failed_request(
+    traced_rig: tuple[router_pb2_grpc.RouterServiceStub, OpenAIFake],
+    telemetry_stub: telemetry_pb2_grpc.TelemetryServiceStub,
+) -> None:
+    router, _ = traced_rig
+    call = router.Generate(
+        router_pb2.GenerateRequest(
+            model="solo",
+            messages=[common_pb2.Message(role="user", content="a failed request")],
+        ),
+        metadata=(*AUTH, ("x-sluice-fault", "error_rate=1")),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await collect(call)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    async def errors() -> list[telemetry_pb2.TraceSummary]:
+        response = await telemetry_stub.SearchTraces(
+            telemetry_pb2.SearchTracesRequest(status=telemetry_pb2.TRACE_STATUS_ERROR)
+        )
+        return list(response.traces)
+
+    [summary] = await eventually(errors, lambda traces: len(traces) == 1, within_s=5)
+    failed = simulated_stream("ERROR")
+    # Both attempts fail, the cache has nothing (a miss read from Redis), no simplified
+    # answer is configured: the client gets the error.
+    expected = generate("ERROR", ACQUIRE, BULKHEAD, failed, BULKHEAD, failed, CACHE_GET)
+
+    found, spans = await traced(telemetry_stub, summary.trace_id, expected)
+
+    assert found == expected
+    assert list(server_span(spans).event_names) == ["retry", "fallback"]
+    cache_get = next(s for s in spans if s.name == "cache get")
+    assert cache_get.attributes["sluice.cache.hit"] == "False"

@@ -37,12 +37,14 @@ class TracingSettings(BaseModel):
     """Export spans at all."""
     endpoint: str = "127.0.0.1:4317"
     """OTLP/gRPC endpoint (host:port) of the telemetry service."""
-    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
-    """Head-sampling ratio for new traces; children follow their parent's decision."""
+    sample_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    """Head-sampling ratio for new traces; children follow their parent's decision (a
+    caller's sampled `traceparent` is always traced whole). 0.1 keeps tracing under 10%
+    of throughput (docs/observability.md); failures are exported whatever the ratio."""
     keep_errors: bool = True
-    """Export failed spans of traces head sampling left out (they are then recorded, at
-    some CPU cost, but only failures are exported); the telemetry service's tail sampler
-    keeps them. Off: unsampled traces cost nothing and their errors are not seen."""
+    """Export the failed RPC spans of traces head sampling left out (rebuilt when the
+    call fails; nothing is recorded while it runs); the telemetry service's tail sampler
+    keeps them. Off: their errors are not seen."""
     export_delay_ms: int = Field(500, ge=10, le=60_000)
     """Longest time a finished span waits in the batch before export."""
     max_queue_size: int = Field(8192, ge=64)

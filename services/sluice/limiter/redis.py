@@ -21,6 +21,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from sluice.core.clock import Clock
+from sluice.core.telemetry.spans import RequestSpans, redis_address
 from sluice.limiter.algorithms import Verdict
 from sluice.limiter.backend import Outcome, Reconciled
 from sluice.limiter.policies import Check
@@ -302,7 +303,9 @@ class RedisBackend:
         *,
         clock: Clock | None = None,
         reservation_ttl_s: float = 3600.0,
+        spans: RequestSpans | None = None,
     ) -> None:
+        self._spans = spans or RequestSpans(None)
         self._prefix = settings.key_prefix
         # The replica's clock only when asked (tests, or use_server_time off).
         self._clock = None if settings.use_server_time and clock is None else clock
@@ -315,6 +318,7 @@ class RedisBackend:
             retry=Retry(NoBackoff(), 0),
             decode_responses=True,
         )
+        self._address, self._db = redis_address(self._client)
         self._acquire = self._client.register_script(_ACQUIRE)
         self._reconcile = self._client.register_script(_RECONCILE)
 
@@ -333,7 +337,9 @@ class RedisBackend:
             limit, second = check.algorithm.params
             reserve = "1" if check.unit == "tokens" and check.cost > 0 else "0"
             args += [check.algorithm.name, repr(limit), repr(second), repr(check.cost), reserve]
-        reply: list[str] = await self._acquire(keys=keys, args=args)
+        # One EVALSHA per decision (redis-py falls back to EVAL once if the script is new).
+        with self._spans.redis(self._address, "EVALSHA", self._db):
+            reply: list[str] = await self._acquire(keys=keys, args=args)
         verdicts = [
             Verdict(
                 allowed=reply[i] == "1",
@@ -347,10 +353,11 @@ class RedisBackend:
         return Outcome(reply[0] == "1", verdicts)
 
     async def reconcile(self, reservation_id: str, actual_tokens: float) -> Reconciled:
-        reply: list[str] = await self._reconcile(
-            keys=[f"{self._prefix}res|{reservation_id}"],
-            args=[self._now(), repr(float(actual_tokens))],
-        )
+        with self._spans.redis(self._address, "EVALSHA", self._db):
+            reply: list[str] = await self._reconcile(
+                keys=[f"{self._prefix}res|{reservation_id}"],
+                args=[self._now(), repr(float(actual_tokens))],
+            )
         return Reconciled(reply[0] == "1", _number(reply[1]))
 
     async def ping(self) -> bool:

@@ -19,6 +19,7 @@ from sluice.core.errors import (
 )
 from sluice.core.grpcx.server import ServiceHost
 from sluice.core.grpcx.types import ServicerContext
+from sluice.core.telemetry.spans import RequestSpans
 from sluice.limiter.algorithms import Verdict
 from sluice.limiter.backend import Backend
 from sluice.limiter.edge import SERVICE_NAME as RLS_SERVICE_NAME
@@ -214,7 +215,13 @@ def build_backend(settings: LimiterSettings, clock: Clock | None, host: ServiceH
         if is_degraded:
             switches.inc()
 
-    shared = RedisBackend(settings.redis, clock=clock, reservation_ttl_s=settings.reservation_ttl_s)
+    tracer = host.tracer_provider.get_tracer("sluice.limiter") if host.tracing_active else None
+    shared = RedisBackend(
+        settings.redis,
+        clock=clock,
+        reservation_ttl_s=settings.reservation_ttl_s,
+        spans=RequestSpans(tracer),
+    )
     return FallbackBackend(
         shared,
         local,

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from sluice.common.v1 import common_pb2
 from sluice.core.clock import Clock
+from sluice.core.telemetry.spans import RequestSpans, redis_address
 
 log = logging.getLogger("sluice.router.cache")
 
@@ -106,10 +107,19 @@ class ResponseCache:
 class RedisResponseCache:
     """Answers in Redis under ``sluice:cache:<key>`` with a TTL, shared by every router."""
 
-    def __init__(self, url: str, ttl_s: float, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        url: str,
+        ttl_s: float,
+        registry: CollectorRegistry,
+        *,
+        spans: RequestSpans | None = None,
+    ) -> None:
         self._client = aioredis.Redis.from_url(
             url, socket_timeout=0.2, socket_connect_timeout=0.2, retry_on_timeout=False
         )
+        self._spans = spans or RequestSpans(None)
+        self._address, self._db = redis_address(self._client)
         self._ttl_ms = int(ttl_s * 1000)
         self.failures = Counter(
             "sluice_router_cache_failures",
@@ -121,7 +131,8 @@ class RedisResponseCache:
     async def get(self, key: str) -> CachedAnswer | None:
         """The cached answer, if fresh (None when Redis fails)."""
         try:
-            raw = await self._client.get(f"sluice:cache:{key}")
+            with self._spans.redis(self._address, "GET", self._db):
+                raw = await self._client.get(f"sluice:cache:{key}")
             return None if raw is None else CachedAnswer.from_json(raw)
         except (RedisError, OSError, ValueError, KeyError) as err:
             self.failures.labels("get").inc()
@@ -131,7 +142,8 @@ class RedisResponseCache:
     async def put(self, key: str, answer: CachedAnswer) -> None:
         """Store an answer (dropped when Redis fails)."""
         try:
-            await self._client.set(f"sluice:cache:{key}", answer.to_json(), px=self._ttl_ms)
+            with self._spans.redis(self._address, "SET", self._db):
+                await self._client.set(f"sluice:cache:{key}", answer.to_json(), px=self._ttl_ms)
         except (RedisError, OSError) as err:
             self.failures.labels("put").inc()
             log.warning("response cache put failed: %s", type(err).__name__)

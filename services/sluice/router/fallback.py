@@ -33,6 +33,7 @@ from sluice.core.grpcx.request_context import current_request_id
 from sluice.core.resilience.breaker import BreakerState, CircuitBreaker
 from sluice.core.resilience.bulkhead import Bulkhead, BulkheadFullError
 from sluice.core.resilience.retry import Backoff, RetryBudget
+from sluice.core.telemetry.spans import RequestSpans
 from sluice.core.telemetry.tracing import current_trace_id
 from sluice.core.tokens import count_tokens
 from sluice.router.cache import (
@@ -42,6 +43,7 @@ from sluice.router.cache import (
     ResponseStore,
     cache_key,
 )
+from sluice.router.genai import record_step
 from sluice.router.settings import BackendRef, ModelAliasSettings, RouterSettings
 from sluice.router.v1 import router_pb2
 
@@ -194,8 +196,10 @@ class FallbackChain:
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         backoff: Backoff | None = None,
+        spans: RequestSpans | None = None,
     ) -> None:
         self._settings = settings
+        self._spans = spans or RequestSpans(None)
         self._resilience = settings.resilience
         self._metrics = metrics
         self._clock = clock
@@ -204,8 +208,11 @@ class FallbackChain:
         self.budget = RetryBudget(self._resilience.retry, clock)
         cache = self._resilience.cache
         self.cache: ResponseStore | None = None
+        self._cache_store = "redis" if cache.redis_url else "memory"
         if cache.enabled and cache.redis_url:
-            self.cache = RedisResponseCache(cache.redis_url, cache.ttl_s, metrics.registry)
+            self.cache = RedisResponseCache(
+                cache.redis_url, cache.ttl_s, metrics.registry, spans=self._spans
+            )
         elif cache.enabled:
             self.cache = ResponseCache(cache.max_entries, cache.ttl_s, clock)
         self._guards: dict[str, BackendGuard] = {}
@@ -255,10 +262,13 @@ class FallbackChain:
         for index, target in enumerate(alias.backends):
             step = PRIMARY if index == 0 else SECONDARY
             guard = self.guard(target.backend)
+            if index:
+                self._step_event("secondary", target.backend, last_error)
             retry = 0
             while True:
                 if not guard.breaker.allow():
                     breaker_waits.append(guard.breaker.retry_after_s())
+                    record_step("circuit_breaker.rejected", {"sluice.backend": target.backend})
                     break
                 self.check_deadline(deadline)
                 streamed_before = state.output_tokens
@@ -272,7 +282,12 @@ class FallbackChain:
                 state.backend = target.backend
                 self._metrics.attempts.labels(target.backend).inc()
                 try:
-                    async with guard.bulkhead.slot():
+                    waiting = self._spans.queue_wait(
+                        "bulkhead",
+                        {"sluice.backend": target.backend},
+                        refusals={BulkheadFullError: "rejected"},
+                    )
+                    async with guard.bulkhead.slot(waiting):
                         async for event in attempt(
                             target,
                             prompt,
@@ -284,6 +299,7 @@ class FallbackChain:
                 except BulkheadFullError:
                     state.attempt -= 1
                     self._metrics.bulkhead_rejected.labels(target.backend).inc()
+                    record_step("bulkhead.rejected", {"sluice.backend": target.backend})
                     guard.breaker.record_success()  # a probe refused here proves nothing
                     last_error = QuotaExceededError(
                         "every back end of this model is at capacity",
@@ -307,6 +323,10 @@ class FallbackChain:
                         # Tokens reached the client: no retry here; the next back end
                         # continues the answer (or the error goes out in-band).
                         self._metrics.failovers.labels(target.backend).inc()
+                        record_step(
+                            "failover",
+                            {"sluice.backend": target.backend, "error.type": err.reason},
+                        )
                         if "failover" not in state.degradations:
                             state.degradations.append("failover")
                         self._remember_partial(state, prompt)
@@ -326,6 +346,15 @@ class FallbackChain:
                         self._metrics.retry_budget_exhausted.inc()
                         break
                     self._metrics.retries.labels(target.backend).inc()
+                    record_step(
+                        "retry",
+                        {
+                            "sluice.backend": target.backend,
+                            "sluice.retry": retry,
+                            "sluice.retry.delay_ms": round(delay * 1000.0, 3),
+                            "error.type": err.reason,
+                        },
+                    )
                     await self._sleep(delay)
                     continue
                 except BaseException:
@@ -335,18 +364,23 @@ class FallbackChain:
                 guard.breaker.record_success()
                 self._metrics.served.labels(model, STEP_NAMES[step]).inc()
                 if self.cache is not None and not streamed_before:
-                    await self._store(key, state)
+                    with self._spans.cache("put", self._cache_store):
+                        await self._store(key, state)
                 return
         if state.output_tokens:
             assert last_error is not None  # nosec B101
             raise last_error
         if self.cache is not None:
-            cached = await self.cache.get(key)
+            self._step_event("cache", "cache", last_error)
+            with self._spans.cache("get", self._cache_store) as span:
+                cached = await self.cache.get(key)
+                span.set_attribute("sluice.cache.hit", cached is not None)
             if cached is not None:
                 async for event in self._serve_cached(model, cached, state, make_event):
                     yield event
                 return
         if alias.simplified_text:
+            self._step_event("simplified", "simplified", last_error)
             async for event in self._serve_simplified(model, alias, state, make_event):
                 yield event
             return
@@ -357,6 +391,18 @@ class FallbackChain:
                 retry_after_s=max(0.001, min(breaker_waits or [1.0])),
             )
         raise last_error
+
+    @staticmethod
+    def _step_event(step: str, backend: str, after: SluiceError | None) -> None:
+        """A `fallback` event: the chain moves on to `step` after `after` (None: breaker)."""
+        record_step(
+            "fallback",
+            {
+                "sluice.fallback.step": step,
+                "sluice.backend": backend,
+                "error.type": after.reason if after is not None else "CIRCUIT_OPEN",
+            },
+        )
 
     @staticmethod
     def _remember_partial(state: ChainState, prompt: Sequence[common_pb2.Message]) -> None:

@@ -33,6 +33,7 @@ from sluice.core.grpcx.request_context import current_request_id
 from sluice.core.grpcx.server import ServiceHost
 from sluice.core.grpcx.types import ServicerContext
 from sluice.core.telemetry.metrics import LATENCY_BUCKETS
+from sluice.core.telemetry.spans import RequestSpans
 from sluice.core.telemetry.tracing import current_trace_id
 from sluice.core.tokens import count_tokens
 from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
@@ -568,7 +569,10 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Ser
     provider_channel = internal_channel(
         settings.provider_address, "sluice.provider.v1.ProviderService", tracing, retries=False
     )
-    chain = FallbackChain(settings, ResilienceMetrics(host.registry), clock)
+    spans = RequestSpans(
+        host.tracer_provider.get_tracer("sluice.router") if host.tracing_active else None
+    )
+    chain = FallbackChain(settings, ResilienceMetrics(host.registry), clock, spans=spans)
     servicer = RouterServicer(
         settings,
         authenticator=ApiKeyAuthenticator(settings.api_keys),

@@ -1,77 +1,80 @@
-"""Head sampling per service, with errors of unsampled traces still exported."""
+"""Head sampling per service; failed RPC spans of unsampled traces still exported."""
 
 from __future__ import annotations
 
+import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 from sluice.core.config import TracingSettings
-from sluice.core.telemetry.tracing import build_tracer_provider
+from sluice.core.telemetry.grpc_server import ServerSpan
+from sluice.core.telemetry.tracing import build_tracer_provider, failed_spans_of
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+CALLER = "b7ad6b7169203331"
+METHOD = "/sluice.router.v1.RouterService/Generate"
 
 
-def test_ratio_zero_exports_only_failed_spans_and_marks_them_sampled() -> None:
+def unsampled(trace_flags: str = "00") -> list[tuple[str, str]]:
+    return [("traceparent", f"00-{TRACE}-{CALLER}-{trace_flags}")]
+
+
+def test_an_unsampled_server_span_that_fails_is_exported_rebuilt_and_parented() -> None:
     memory = InMemorySpanExporter()
     provider = build_tracer_provider(
         "svc", TracingSettings(sample_ratio=0.0), processor=SimpleSpanProcessor(memory)
     )
-    tracer = provider.get_tracer("test")
-    with tracer.start_as_current_span("root") as root:
-        assert root.is_recording()
-        assert not root.get_span_context().trace_flags.sampled
-        with tracer.start_as_current_span("failing") as failing:
-            failing.set_status(Status(StatusCode.ERROR, "boom"))
-        with tracer.start_as_current_span("fine"):
-            pass
+    server = ServerSpan(provider.get_tracer("test"), METHOD, unsampled(), failed_spans_of(provider))
+    assert not server.span.is_recording()  # nothing is built while the call runs
+    server.finish(grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE", "SERVICE_UNAVAILABLE")
 
     [exported] = memory.get_finished_spans()
-    assert exported.name == "failing"
+    assert (exported.name, exported.kind) == (METHOD, SpanKind.SERVER)
     assert exported.context is not None and exported.context.trace_flags.sampled
-    assert exported.parent is not None
-    assert exported.parent.span_id == root.get_span_context().span_id
-    assert exported.status.description == "boom"
+    assert exported.context.span_id == server.span.get_span_context().span_id
+    assert format(exported.context.trace_id, "032x") == TRACE
+    assert exported.parent is not None and format(exported.parent.span_id, "016x") == CALLER
+    assert exported.status.status_code == StatusCode.ERROR
+    assert dict(exported.attributes or {}) == {
+        "rpc.system": "grpc",
+        "rpc.service": "sluice.router.v1.RouterService",
+        "rpc.method": "Generate",
+        "rpc.grpc.status_code": grpc.StatusCode.UNAVAILABLE.value[0],
+        "error.type": "SERVICE_UNAVAILABLE",
+    }
+    assert exported.start_time is not None and exported.end_time is not None
+    assert exported.end_time >= exported.start_time
+    assert exported.resource.attributes["service.name"] == "svc"
     provider.shutdown()
 
 
-def test_a_child_of_an_unsampled_remote_parent_still_exports_its_error() -> None:
+def test_unsampled_calls_that_succeed_or_fail_on_the_callers_side_export_nothing() -> None:
     memory = InMemorySpanExporter()
     provider = build_tracer_provider(
         "svc", TracingSettings(sample_ratio=0.0), processor=SimpleSpanProcessor(memory)
     )
-    tracer = provider.get_tracer("test")
-    parent = propagate.extract(
-        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"}
+    tracer, failed = provider.get_tracer("test"), failed_spans_of(provider)
+    ServerSpan(tracer, METHOD, unsampled(), failed).finish(grpc.StatusCode.OK, "OK", None)
+    ServerSpan(tracer, METHOD, [], failed).finish(
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", "VALIDATION_ERROR"
     )
-    token = otel_context.attach(parent)
-    try:
-        with tracer.start_as_current_span("ok"):
-            pass
-        with tracer.start_as_current_span("server") as span:
-            span.set_status(Status(StatusCode.ERROR))
-    finally:
-        otel_context.detach(token)
-
-    [exported] = memory.get_finished_spans()
-    assert exported.name == "server"
-    assert exported.context is not None
-    assert format(exported.context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
-    provider.shutdown()
-
-
-def test_without_keep_errors_unsampled_spans_are_not_even_recorded() -> None:
-    memory = InMemorySpanExporter()
-    provider = build_tracer_provider(
-        "svc",
-        TracingSettings(sample_ratio=0.0, keep_errors=False),
-        processor=SimpleSpanProcessor(memory),
-    )
-    with provider.get_tracer("test").start_as_current_span("root") as root:
-        assert not root.is_recording()
-        root.set_status(Status(StatusCode.ERROR))
     assert memory.get_finished_spans() == ()
     provider.shutdown()
+
+
+def test_without_keep_errors_or_at_ratio_one_there_is_no_rebuilding() -> None:
+    for settings in (
+        TracingSettings(sample_ratio=0.0, keep_errors=False),
+        TracingSettings(sample_ratio=1.0),
+    ):
+        provider = build_tracer_provider(
+            "svc", settings, processor=SimpleSpanProcessor(InMemorySpanExporter())
+        )
+        assert failed_spans_of(provider) is None
+        provider.shutdown()
 
 
 def test_a_sampled_parent_is_followed_whatever_the_ratio() -> None:
@@ -79,10 +82,7 @@ def test_a_sampled_parent_is_followed_whatever_the_ratio() -> None:
     provider = build_tracer_provider(
         "svc", TracingSettings(sample_ratio=0.0), processor=SimpleSpanProcessor(memory)
     )
-    parent = propagate.extract(
-        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
-    )
-    token = otel_context.attach(parent)
+    token = otel_context.attach(propagate.extract({"traceparent": unsampled("01")[0][1]}))
     try:
         with provider.get_tracer("test").start_as_current_span("child"):
             pass

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import grpc
 from opentelemetry.sdk.trace import TracerProvider
 
-from sluice.core.telemetry.tracing import client_tracing_interceptors
+from sluice.core.telemetry.grpc_client import TracedChannel
+from sluice.core.telemetry.tracing import failed_spans_of
 
 
 def _service_config(service: str, retries: bool) -> str:
@@ -44,8 +46,7 @@ def internal_channel(
     end must not be multiplied by a transport retry underneath. gRPC still retries
     transparently a call that never left the client (e.g. a dead replica's address).
     """
-    interceptors = client_tracing_interceptors(tracer_provider) if tracer_provider else None
-    return grpc.aio.insecure_channel(
+    channel = grpc.aio.insecure_channel(
         target,
         options=(
             ("grpc.service_config", _service_config(service, retries)),
@@ -53,5 +54,11 @@ def internal_channel(
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_permit_without_calls", 1),
         ),
-        interceptors=interceptors,
     )
+    if tracer_provider is None:
+        return channel
+    # Traced by wrapping the stub's multi-callables, not by grpc.aio interceptors, whose
+    # per-call machinery is paid even for unsampled calls (core/telemetry/grpc_client.py).
+    tracer = tracer_provider.get_tracer("sluice.core.telemetry.grpc_client")
+    traced = TracedChannel(channel, tracer, failed_spans_of(tracer_provider))
+    return cast(grpc.aio.Channel, traced)

@@ -38,7 +38,7 @@ from sluice.core.grpcx.types import ServicerContext
 from sluice.core.telemetry.error_reporting import ErrorReporter
 from sluice.core.telemetry.grpc_server import ServerSpan
 from sluice.core.telemetry.metrics import RpcMetrics
-from sluice.core.telemetry.tracing import current_trace_id
+from sluice.core.telemetry.tracing import FailedSpans, current_trace_id
 
 log = logging.getLogger("sluice.rpc")
 
@@ -88,8 +88,10 @@ class ServerPipeline(grpc.aio.ServerInterceptor):
         *,
         min_deadline_s: float = 0.005,
         reporter: ErrorReporter | None = None,
+        failed_spans: FailedSpans | None = None,
     ) -> None:
         self._reporter = reporter
+        self._failed_spans = failed_spans
         self._metrics = metrics
         self._tracer = tracer
         self._min_deadline_s = min_deadline_s
@@ -119,7 +121,11 @@ class ServerPipeline(grpc.aio.ServerInterceptor):
     def _begin(self, method: str, traced: bool, context: ServicerContext) -> _Call:
         metadata = context.invocation_metadata()
         request_id_var.set(_request_id(metadata))
-        span = ServerSpan(self._tracer, method, metadata or ()) if traced and self._tracer else None
+        span = (
+            ServerSpan(self._tracer, method, metadata or (), self._failed_spans)
+            if traced and self._tracer
+            else None
+        )
         return _Call(span)
 
     async def _check_deadline(self, context: ServicerContext) -> None:

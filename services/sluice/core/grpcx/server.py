@@ -26,7 +26,7 @@ from sluice.core.config import ServiceSettings
 from sluice.core.grpcx.interceptors import ServerPipeline
 from sluice.core.telemetry.error_reporting import build_reporter
 from sluice.core.telemetry.metrics import RpcMetrics, serve_metrics
-from sluice.core.telemetry.tracing import build_tracer_provider
+from sluice.core.telemetry.tracing import build_tracer_provider, failed_spans_of
 
 log = logging.getLogger("sluice.server")
 
@@ -80,7 +80,12 @@ class ServiceHost:
             self.tracer_provider.get_tracer("sluice.core.grpcx") if self.tracing_active else None
         )
         self.error_reporter = build_reporter(settings.error_reporting, name)
-        pipeline = ServerPipeline(self.metrics, tracer, reporter=self.error_reporter)
+        pipeline = ServerPipeline(
+            self.metrics,
+            tracer,
+            reporter=self.error_reporter,
+            failed_spans=failed_spans_of(self.tracer_provider),
+        )
         self.server = grpc.aio.server(
             interceptors=(pipeline,),
             options=(

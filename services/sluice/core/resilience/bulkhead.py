@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,9 +70,16 @@ class Bulkhead:
         self._in_use += 1
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one slot for the duration of the block; BulkheadFullError when none."""
-        await self._acquire()
+    async def slot(self, waiting: AbstractContextManager[Any] | None = None) -> AsyncIterator[None]:
+        """Hold one slot for the duration of the block; BulkheadFullError when none.
+
+        `waiting` wraps the wait for the slot only (the tracing of a queue wait).
+        """
+        if waiting is None:
+            await self._acquire()
+        else:
+            with waiting:
+                await self._acquire()
         try:
             yield
         finally:

@@ -10,13 +10,19 @@ name `/package.Service/Method`, kind SERVER, `rpc.system`, `rpc.service`, `rpc.m
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
+
+if TYPE_CHECKING:
+    from sluice.core.telemetry.tracing import FailedSpans
 
 # OpenTelemetry's semantic conventions: these codes mark a server span as failed; the
 # others (bad input, auth, quota) are the caller's problem and leave the status unset.
@@ -49,9 +55,15 @@ _GETTER = _MetadataGetter()
 class ServerSpan:
     """One SERVER span, current while the RPC runs."""
 
-    __slots__ = ("_token", "span")
+    __slots__ = ("_failed", "_method", "_parent", "_started_ns", "_token", "span")
 
-    def __init__(self, tracer: trace.Tracer, method: str, metadata: Metadata) -> None:
+    def __init__(
+        self,
+        tracer: trace.Tracer,
+        method: str,
+        metadata: Metadata,
+        failed: FailedSpans | None = None,
+    ) -> None:
         parent = propagate.extract(metadata, getter=_GETTER)
         service, _, rpc_method = method.lstrip("/").partition("/")
         self.span = tracer.start_span(
@@ -61,6 +73,13 @@ class ServerSpan:
             attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc_method},
         )
         self._token = otel_context.attach(trace.set_span_in_context(self.span, parent))
+        self._method = method
+        # An unsampled call is not recorded; what a failure needs to be rebuilt is noted.
+        self._failed = None if failed is None or self.span.is_recording() else failed
+        self._started_ns = time.time_ns() if self._failed is not None else 0
+        self._parent: SpanContext | None = (
+            trace.get_current_span(parent).get_span_context() if self._failed else None
+        )
 
     def finish(self, code: grpc.StatusCode, message: str, error_type: str | None) -> None:
         """Record the final status and end the span."""
@@ -73,7 +92,33 @@ class ServerSpan:
                 span.add_event("cancelled")
             if code in SERVER_ERROR_CODES:
                 span.set_status(Status(StatusCode.ERROR, message))
+        elif self._failed is not None and code in SERVER_ERROR_CODES:
+            self._failed.export(
+                self._method,
+                SpanKind.SERVER,
+                context=span.get_span_context(),
+                parent=self._parent,
+                start_ns=self._started_ns,
+                attributes=rpc_attributes(self._method, code, error_type),
+                description=message,
+            )
         span.end()
         # A stream finalised from another context cannot detach; the span is ended anyway.
         with contextlib.suppress(ValueError):
             otel_context.detach(self._token)
+
+
+def rpc_attributes(
+    method: str, code: grpc.StatusCode, error_type: str | None
+) -> dict[str, AttributeValue]:
+    """The attributes of a finished RPC span (for spans rebuilt after the fact)."""
+    service, _, rpc_method = method.lstrip("/").partition("/")
+    attributes: dict[str, AttributeValue] = {
+        "rpc.system": "grpc",
+        "rpc.service": service,
+        "rpc.method": rpc_method,
+        "rpc.grpc.status_code": code.value[0],
+    }
+    if error_type:
+        attributes["error.type"] = error_type
+    return attributes

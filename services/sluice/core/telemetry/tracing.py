@@ -2,134 +2,111 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+import time
+from collections.abc import Callable
 
-import grpc
 from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import (
-    Decision,
-    ParentBased,
-    Sampler,
-    SamplingResult,
-    TraceIdRatioBased,
-)
-from opentelemetry.trace import SpanContext, StatusCode, TraceFlags
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
+from opentelemetry.util.types import AttributeValue
 
 from sluice.core.config import TracingSettings
-from sluice.core.telemetry.grpc_client import (
-    TracedUnaryStreamInterceptor,
-    TracedUnaryUnaryInterceptor,
-)
 from sluice.core.telemetry.span_export import CountingSpanExporter
 
 
-class RecordUnsampled(Sampler):
-    """Wraps a sampler: where it drops, record anyway (unsampled) so errors can be exported.
+class FailedSpans:
+    """Exports the failed RPC spans of traces head sampling left out (`keep_errors`).
 
     Sampling design (SPEC §5): head sampling decides which traces are exported whole
-    (sampled flag, propagated in traceparent). Spans of the other traces are still
-    recorded and ExportSampledOrErrors exports only those that failed, so the telemetry
-    service's tail sampler sees, and keeps, every error even at a low head ratio. The
-    price is recording (not exporting) every span; `keep_errors: false` avoids it.
+    (sampled flag, propagated in traceparent). Spans of the other traces are not
+    recorded at all: the SDK hands out a non-recording span that only carries the ids,
+    which is what makes a low ratio cheap. The RPC spans (core/telemetry/grpc_server.py
+    and grpc_client.py) note when an unsampled span started and, only when the call
+    ends with a server error, build the finished span after the fact here and pass it to
+    the export, marked sampled, with its real ids and parent. The telemetry service's tail
+    sampler keeps it, so every failure is seen whatever the head ratio. What such a span
+    lacks: attributes and events added during the call (GenAI attributes, retries), and
+    its successful siblings.
     """
 
-    def __init__(self, inner: Sampler) -> None:
-        self._inner = inner
+    def __init__(self, processor: SpanProcessor, resource: Resource) -> None:
+        self._processor = processor
+        self._resource = resource
+        self._scope = InstrumentationScope("sluice.core.telemetry")
 
-    def should_sample(  # noqa: PLR0917 - the SDK's Sampler signature
+    def export(
         self,
-        parent_context: Context | None,
-        trace_id: int,
         name: str,
-        kind: trace.SpanKind | None = None,
-        attributes: Any = None,
-        links: Sequence[trace.Link] | None = None,
-        trace_state: trace.TraceState | None = None,
-    ) -> SamplingResult:
-        """The inner decision, with DROP turned into RECORD_ONLY."""
-        result = self._inner.should_sample(
-            parent_context, trace_id, name, kind, attributes, links, trace_state
+        kind: trace.SpanKind,
+        *,
+        context: SpanContext,
+        parent: SpanContext | None,
+        start_ns: int,
+        attributes: dict[str, AttributeValue],
+        description: str,
+    ) -> None:
+        """Export one failed span that was not recorded."""
+        sampled = SpanContext(
+            context.trace_id,
+            context.span_id,
+            False,
+            TraceFlags(TraceFlags.SAMPLED),
+            context.trace_state,
         )
-        if result.decision == Decision.DROP:
-            return SamplingResult(Decision.RECORD_ONLY, result.attributes, result.trace_state)
-        return result
+        self._processor.on_end(
+            ReadableSpan(
+                name=name,
+                context=sampled,
+                parent=parent if parent is not None and parent.is_valid else None,
+                resource=self._resource,
+                attributes=attributes,
+                kind=kind,
+                status=Status(StatusCode.ERROR, description),
+                start_time=start_ns,
+                end_time=time.time_ns(),
+                instrumentation_scope=self._scope,
+            )
+        )
 
-    def get_description(self) -> str:
-        """Shown in debugging output."""
-        return f"RecordUnsampled{{{self._inner.get_description()}}}"
 
+class _FixedResource(Resource):
+    """A Resource whose hash is computed once.
 
-class ExportSampledOrErrors(SpanProcessor):
-    """Passes sampled spans on, and unsampled ones only when their status is ERROR.
-
-    An unsampled error span is handed on as sampled (a copy with the sampled flag), since
-    the SDK's processors ignore unsampled spans.
+    The OTLP encoder groups every exported span by resource, and Resource hashes by
+    JSON-dumping its attributes each time: ~2% of the router's CPU at ratio 1. A
+    resource's attributes never change, so the hash can be kept.
     """
 
-    def __init__(self, inner: SpanProcessor) -> None:
-        self._inner = inner
+    _cached_hash: int | None = None
 
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        """Nothing to do at start."""
+    def __hash__(self) -> int:
+        if self._cached_hash is None:
+            self._cached_hash = super().__hash__()
+        return self._cached_hash
 
-    def on_end(self, span: ReadableSpan) -> None:
-        """Forward sampled spans, and failed unsampled ones marked sampled."""
-        context = span.context
-        if context is None:
-            return
-        if context.trace_flags.sampled:
-            self._inner.on_end(span)
-        elif span.status.status_code == StatusCode.ERROR:
-            sampled = SpanContext(
-                context.trace_id,
-                context.span_id,
-                context.is_remote,
-                TraceFlags(TraceFlags.SAMPLED),
-                context.trace_state,
-            )
-            self._inner.on_end(
-                ReadableSpan(
-                    name=span.name,
-                    context=sampled,
-                    parent=span.parent,
-                    resource=span.resource,
-                    attributes=span.attributes,
-                    events=span.events,
-                    links=span.links,
-                    kind=span.kind,
-                    status=span.status,
-                    start_time=span.start_time,
-                    end_time=span.end_time,
-                    instrumentation_scope=span.instrumentation_scope,
-                )
-            )
+    def __eq__(self, other: object) -> bool:
+        return self is other or super().__eq__(other)
 
-    def shutdown(self) -> None:
-        """Shut the inner processor down."""
-        self._inner.shutdown()
 
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        """Flush the inner processor."""
-        return self._inner.force_flush(timeout_millis)
+class SluiceTracerProvider(TracerProvider):
+    """The SDK's provider plus, with `keep_errors` below ratio 1, the failed-span export."""
+
+    failed_spans: FailedSpans | None = None
+
+
+def failed_spans_of(provider: TracerProvider) -> FailedSpans | None:
+    """The provider's failed-span export, if it has one (a plain SDK provider has none)."""
+    return getattr(provider, "failed_spans", None)
 
 
 def build_sampler(settings: TracingSettings) -> Sampler:
-    """Parent-based ratio sampling; with keep_errors, unsampled spans are still recorded."""
-    ratio = TraceIdRatioBased(settings.sample_ratio)
-    if not settings.keep_errors or settings.sample_ratio >= 1.0:
-        return ParentBased(ratio)
-    record = RecordUnsampled(ratio)
-    return ParentBased(
-        record,
-        remote_parent_not_sampled=RecordUnsampled(ParentBased(ratio)),
-        local_parent_not_sampled=RecordUnsampled(ParentBased(ratio)),
-    )
+    """Parent-based ratio sampling: a trace is whole or absent (errors aside)."""
+    return ParentBased(TraceIdRatioBased(settings.sample_ratio))
 
 
 def build_tracer_provider(
@@ -144,8 +121,9 @@ def build_tracer_provider(
     `on_dropped` hears how many spans each failed export lost; `processor` replaces the
     OTLP batch export (tests use an in-memory one).
     """
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": service_name, "service.namespace": "sluice"}),
+    resource = Resource.create({"service.name": service_name, "service.namespace": "sluice"})
+    provider = SluiceTracerProvider(
+        resource=_FixedResource(resource.attributes, resource.schema_url),
         sampler=build_sampler(settings),
     )
     if settings.enabled:
@@ -161,21 +139,10 @@ def build_tracer_provider(
                 schedule_delay_millis=settings.export_delay_ms,
                 max_export_batch_size=min(512, settings.max_queue_size),
             )
-        if settings.keep_errors and settings.sample_ratio < 1.0:
-            processor = ExportSampledOrErrors(processor)
         provider.add_span_processor(processor)
+        if settings.keep_errors and settings.sample_ratio < 1.0:
+            provider.failed_spans = FailedSpans(processor, provider.resource)
     return provider
-
-
-def client_tracing_interceptors(provider: TracerProvider) -> Sequence[grpc.aio.ClientInterceptor]:
-    """Client interceptors that inject W3C traceparent and record CLIENT spans.
-
-    Ours for both unary and server-streaming calls (see grpc_client): they end the span
-    from the call's done callback, so on completion, error and cancellation alike, and
-    cost a fraction of the library's aio interceptors.
-    """
-    tracer = provider.get_tracer("sluice.core.telemetry.grpc_client")
-    return [TracedUnaryUnaryInterceptor(tracer), TracedUnaryStreamInterceptor(tracer)]
 
 
 def current_trace_id() -> str:
