@@ -204,10 +204,13 @@ def size(node: Tree) -> int:
 
 
 def edge(router_status: str, *children: Tree) -> Tree:
-    """Envoy's ingress and egress spans above the router's server span."""
+    """Envoy's ingress span: its edge rate-limit call, then egress to the router's span."""
+    limit_check = ("envoy", "CLIENT", f"{EDGE_LIMIT_CLIENT} UNSET", (
+        ("limiter", "SERVER", f"{EDGE_LIMIT} UNSET", ()),
+    ))  # fmt: skip
     router = ("router", "SERVER", f"{COMPLETE} {router_status}", children)
     egress = ("envoy", "CLIENT", f"router router egress {router_status}", (router,))
-    return ("envoy", "SERVER", f"ingress {router_status}", (egress,))
+    return ("envoy", "SERVER", f"ingress {router_status}", (limit_check, egress))
 
 
 ADMISSION = ("router", "CLIENT", f"{ACQUIRE} UNSET", (
