@@ -99,7 +99,7 @@ def _local_reply_config() -> dict[str, Any]:
             }
         },
         "body_format_override": {
-            "text_format": "%LOCAL_REPLY_BODY%",
+            "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
             "content_type": "application/json",
         },
     }
