@@ -4,7 +4,8 @@ primary → secondary(ies) → response cache → simplified response → clear 
 
 Each back end is guarded by a circuit breaker and a bulkhead; a failed attempt is
 retried on the same back end (backoff with full jitter, upstream retry-after honoured,
-retry budget, never past the deadline) only while no token has reached the client.
+retry budget, never past the deadline) only while no token of that attempt has reached
+the client.
 A back end that fails after tokens were streamed hands over to the next back end,
 which continues the answer from the text so far (an assistant prefix); where no next
 back end exists the error reaches the client in-band.
@@ -319,9 +320,12 @@ class FallbackChain:
                         raise
                     guard.breaker.record_failure()
                     last_error = err
-                    if state.output_tokens:
-                        # Tokens reached the client: no retry here; the next back end
-                        # continues the answer (or the error goes out in-band).
+                    if state.output_tokens > streamed_before:
+                        # This attempt's tokens reached the client: no retry here; the next
+                        # back end continues the answer (or the error goes out in-band).
+                        # An attempt that failed before its own first token (e.g. a
+                        # continuation that met a dying replica) is retried like any other:
+                        # the client has seen nothing of it, so nothing can be duplicated.
                         self._metrics.failovers.labels(target.backend).inc()
                         record_step(
                             "failover",
