@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,25 +13,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
+
+from loadtest.chaos import free_ports
+
+__all__ = ["BIN", "DEV_KEY", "RunningSuite", "free_ports", "start_envoy", "start_suite"]
 
 BIN = Path(sys.executable).parent
 DEV_KEY = "sk-sluice-dev"
 
 
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (held open together so they differ)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+def start_envoy(config: Path, admin_port: int) -> subprocess.Popen[bytes]:
+    """Run Envoy alone on a rendered config and wait for its admin /ready (up to 20 s)."""
+    envoy = subprocess.Popen(
+        [str(BIN / "envoy"), "-c", str(config), "--base-id", str(admin_port),
+         "--log-level", "error"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{admin_port}/ready", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    return envoy
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from sluice.provider.settings import ProviderSettings
 from sluice.router.settings import RouterSettings
 from sluice.router.v1 import router_pb2, router_pb2_grpc
 from sluice.telemetry.settings import TelemetrySettings
-from tests.e2e.conftest import BIN, DEV_KEY, RunningSuite, free_ports, start_suite
+from tests.e2e.conftest import DEV_KEY, RunningSuite, free_ports, start_envoy, start_suite
 
 pytestmark = pytest.mark.e2e
 
@@ -144,20 +143,7 @@ def _render(tmp_path: Path, *, deny: bool) -> tuple[subprocess.Popen[bytes], int
     )
     config = tmp_path / "envoy.yaml"
     config.write_text(render_yaml(settings, descriptor_path()))
-    envoy = subprocess.Popen(
-        [str(BIN / "envoy"), "-c", str(config), "--base-id", str(admin), "--log-level", "error"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{admin}/ready", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    return envoy, edge, admin
+    return start_envoy(config, admin), edge, admin
 
 
 @pytest.mark.parametrize("deny", [False, True])

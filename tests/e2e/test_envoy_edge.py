@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from sluice.limiter.settings import LimiterSettings
 from sluice.provider.settings import ProviderSettings
 from sluice.router.settings import RouterSettings
 from sluice.telemetry.settings import TelemetrySettings
-from tests.e2e.conftest import BIN, free_ports
+from tests.e2e.conftest import free_ports, start_envoy
 
 pytestmark = pytest.mark.e2e
 
@@ -34,20 +33,8 @@ def test_dead_router_gets_503_json_not_panic_routing(tmp_path: Path) -> None:
     )
     config = tmp_path / "envoy.yaml"
     config.write_text(render_yaml(settings, descriptor_path()))
-    envoy = subprocess.Popen(
-        [str(BIN / "envoy"), "-c", str(config), "--base-id", str(admin), "--log-level", "error"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    envoy = start_envoy(config, admin)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{admin}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
         time.sleep(0.5)  # a few failed health checks
         response = httpx.post(
             f"http://127.0.0.1:{edge}/v1/complete",
