@@ -13,11 +13,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
-
 from sluice.common.v1 import common_pb2
 from sluice.provider.http_backend import CallState, HttpBackend
-from sluice.provider.upstream import SseEvent, malformed, parse_json, translate_stream_error
+from sluice.provider.upstream import (
+    SseEvent,
+    UpstreamRequest,
+    json_request,
+    malformed,
+    parse_json,
+    translate_stream_error,
+)
 from sluice.provider.v1 import provider_pb2
 
 STOP_REASONS = {
@@ -41,7 +46,7 @@ class AnthropicBackend(HttpBackend):
     kind = "anthropic"
     provider_name = "anthropic"
 
-    def build(self, request: provider_pb2.StreamRequest, model: str) -> httpx.Request:
+    def build(self, request: provider_pb2.StreamRequest, model: str) -> UpstreamRequest:
         settings = self.settings
         system = [m.content for m in request.messages if m.role == "system"]
         messages = [
@@ -79,9 +84,7 @@ class AnthropicBackend(HttpBackend):
         }
         if self._key is not None:
             headers["x-api-key"] = self._key.reveal()
-        return self._client.build_request(
-            "POST", f"{self._base}/messages", json=body, headers=headers
-        )
+        return json_request(f"{self._base}/messages", body, headers)
 
     def _start_usage(self, usage: object, state: CallState) -> None:
         if not isinstance(usage, dict):

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 
 from sluice.common.v1 import common_pb2
 from sluice.core.clock import Clock
@@ -26,6 +26,8 @@ from sluice.provider.upstream import (
     Deadlines,
     Pacer,
     SseEvent,
+    UpstreamClient,
+    UpstreamRequest,
     UsageCount,
     parse_json,
     send,
@@ -87,7 +89,7 @@ class HttpBackend:
         name: str,
         settings: HttpBackendSettings,
         *,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
         key: ApiKey | None,
         clock: Clock,
         instruments: GenAIInstruments,
@@ -111,7 +113,7 @@ class HttpBackend:
 
     # -- what subclasses provide -------------------------------------------------------
 
-    def build(self, request: provider_pb2.StreamRequest, model: str) -> httpx.Request:
+    def build(self, request: provider_pb2.StreamRequest, model: str) -> UpstreamRequest:
         """The upstream HTTP request."""
         raise NotImplementedError
 
@@ -187,10 +189,10 @@ class HttpBackend:
                 response = await send(
                     self._client, self.build(request, model), deadlines, self.name
                 )
-            except httpx.HTTPError as err:
+            except aiohttp.ClientError as err:
                 raise translate_transport(self.name, err) from err
             try:
-                if response.status_code != 200:
+                if response.status != 200:
                     raise await self._status_error(response, deadlines)
                 state.usage.accepted = True
                 yield provider_pb2.StreamEvent(
@@ -202,24 +204,29 @@ class HttpBackend:
                         yield event
                     # Read the rest of the body (normally just its terminating chunk) so
                     # the connection goes back to the pool instead of being closed.
-                    with contextlib.suppress(SluiceError, httpx.HTTPError, TimeoutError):
+                    with contextlib.suppress(SluiceError, aiohttp.ClientError, TimeoutError):
                         async with asyncio.timeout(_DRAIN_S):
                             async for _ in sse:
                                 pass
                 else:
                     wait, which = deadlines.next_wait()
                     try:
-                        raw = await asyncio.wait_for(response.aread(), wait)
+                        async with asyncio.timeout(wait):
+                            raw = await response.read()
                     except TimeoutError:
                         raise timeout_error(self.name, which, wait) from None
                     for event in self.whole(
                         parse_json(raw.decode(errors="replace"), self.name), state
                     ):
                         yield event
-            except httpx.HTTPError as err:
+            except aiohttp.ClientError as err:
                 raise translate_transport(self.name, err) from err
             finally:
-                await response.aclose()
+                # Back to the pool when the body was read to its end; closed otherwise.
+                if response.content.at_eof():
+                    response.release()
+                else:
+                    response.close()
             if state.finish == _UNSPECIFIED:
                 state.finish = common_pb2.FINISH_REASON_STOP
             yield provider_pb2.StreamEvent(
@@ -239,16 +246,20 @@ class HttpBackend:
         finally:
             call.finish(state.usage.finish(), state.finish, error_type)
 
-    async def _status_error(self, response: httpx.Response, deadlines: Deadlines) -> SluiceError:
+    async def _status_error(
+        self, response: aiohttp.ClientResponse, deadlines: Deadlines
+    ) -> SluiceError:
         body = b""
         try:
             wait, _ = deadlines.next_wait()
-            body = await asyncio.wait_for(response.aread(), wait)
-        except (httpx.HTTPError, TimeoutError):
+            async with asyncio.timeout(wait):
+                while len(body) < _MAX_ERROR_BODY and (part := await response.content.readany()):
+                    body += part
+        except (aiohttp.ClientError, TimeoutError):
             pass  # the status alone still says what went wrong
         return translate_status(
             self.name,
-            response.status_code,
+            response.status,
             response.headers,
             body[:_MAX_ERROR_BODY],
             key=self._key,

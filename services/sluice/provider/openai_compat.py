@@ -12,11 +12,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
-
 from sluice.common.v1 import common_pb2
 from sluice.provider.http_backend import CallState, HttpBackend
-from sluice.provider.upstream import SseEvent, malformed, parse_json, translate_stream_error
+from sluice.provider.upstream import (
+    SseEvent,
+    UpstreamRequest,
+    json_request,
+    malformed,
+    parse_json,
+    translate_stream_error,
+)
 from sluice.provider.v1 import provider_pb2
 
 FINISH_REASONS = {
@@ -46,7 +51,7 @@ class OpenAIBackend(HttpBackend):
     kind = "openai"
     provider_name = "openai"
 
-    def build(self, request: provider_pb2.StreamRequest, model: str) -> httpx.Request:
+    def build(self, request: provider_pb2.StreamRequest, model: str) -> UpstreamRequest:
         settings = self.settings
         messages: list[dict[str, str]] = []
         for message in request.messages:
@@ -70,9 +75,7 @@ class OpenAIBackend(HttpBackend):
             headers["Accept"] = "text/event-stream"
         if self._key is not None:
             headers["Authorization"] = f"Bearer {self._key.reveal()}"
-        return self._client.build_request(
-            "POST", f"{self._base}/chat/completions", json=body, headers=headers
-        )
+        return json_request(f"{self._base}/chat/completions", body, headers)
 
     def _usage(self, usage: object, state: CallState) -> None:
         if not isinstance(usage, dict):

@@ -93,8 +93,6 @@ class HttpBackendSettings(BaseModel):
     max_completion_tokens; most compatible servers take max_tokens)."""
     stream: bool = True
     """Use the streaming API (false: one non-streaming call, replayed as one delta)."""
-    http2: bool = True
-    """Offer HTTP/2 (TLS back ends that support it multiplex streams on one connection)."""
     max_connections: int = Field(100, ge=1, le=10_000)
     """Pooled connections to this back end."""
     timeouts: TimeoutSettings = TimeoutSettings()

@@ -8,6 +8,7 @@ not print, and every upstream text that reaches an error message is redacted fir
 from __future__ import annotations
 
 import asyncio
+import codecs
 import email.utils
 import json
 import os
@@ -17,8 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 from aiolimiter import AsyncLimiter
 
 from sluice.common.v1 import common_pb2
@@ -100,23 +102,76 @@ def load_api_key(
     return None
 
 
-def build_client(settings: HttpBackendSettings) -> httpx.AsyncClient:
-    """A pooled async client for one back end (HTTP/2 offered where the server has it)."""
-    timeouts = settings.timeouts
-    return httpx.AsyncClient(
-        http2=settings.http2,
-        trust_env=False,
-        timeout=httpx.Timeout(
-            connect=timeouts.connect_s,
-            read=timeouts.idle_s,
-            write=timeouts.idle_s,
-            pool=timeouts.connect_s,
-        ),
-        limits=httpx.Limits(
-            max_connections=settings.max_connections,
-            max_keepalive_connections=settings.max_connections,
-        ),
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """One request to a back end, as its adapter builds it (body already encoded)."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+def json_request(url: str, body: dict[str, Any], headers: dict[str, str]) -> UpstreamRequest:
+    """A POST of `body` as compact JSON."""
+    return UpstreamRequest(
+        "POST",
+        url,
+        {**headers, "Content-Type": "application/json"},
+        json.dumps(body, separators=(",", ":")).encode(),
     )
+
+
+class UpstreamClient:
+    """A keep-alive HTTP/1.1 connection pool to one back end.
+
+    aiohttp rather than httpx: on the per-token path it costs about a tenth of the CPU
+    per streamed call (C response parser, no anyio layer). The session is opened on
+    first use so that it belongs to the serving event loop.
+    """
+
+    def __init__(self, settings: HttpBackendSettings) -> None:
+        self._settings = settings
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        settings = self._settings
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=settings.max_connections,
+                ttl_dns_cache=300,
+                keepalive_timeout=settings.timeouts.idle_s,
+            ),
+            # Reads are timed per event by Deadlines; only connecting is timed here.
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=settings.timeouts.connect_s, sock_read=None
+            ),
+            trust_env=False,
+            auto_decompress=True,
+        )
+        return self._session
+
+    async def send(self, request: UpstreamRequest) -> aiohttp.ClientResponse:
+        """Send `request` and return once the response head has arrived."""
+        session = self._session or self._open()
+        return await session.request(
+            request.method,
+            request.url,
+            data=request.body,
+            headers=request.headers,
+            allow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        """Close the pool (idle and open connections)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def build_client(settings: HttpBackendSettings) -> UpstreamClient:
+    """The connection pool of one back end."""
+    return UpstreamClient(settings)
 
 
 class Pacer:
@@ -213,15 +268,16 @@ def timeout_error(backend: str, which: str, seconds: float) -> ServiceUnavailabl
 
 
 async def send(
-    client: httpx.AsyncClient,
-    request: httpx.Request,
+    client: UpstreamClient,
+    request: UpstreamRequest,
     deadlines: Deadlines,
     backend: str,
-) -> httpx.Response:
+) -> aiohttp.ClientResponse:
     """Send and wait for the response head within the first-token limit."""
     wait, which = deadlines.next_wait()
     try:
-        return await asyncio.wait_for(client.send(request, stream=True), wait)
+        async with asyncio.timeout(wait):
+            return await client.send(request)
     except TimeoutError:
         raise timeout_error(backend, which, wait) from None
 
@@ -277,7 +333,7 @@ class SseDecoder:
 
 
 async def timed_batches(
-    response: httpx.Response, deadlines: Deadlines, backend: str
+    response: aiohttp.ClientResponse, deadlines: Deadlines, backend: str
 ) -> AsyncIterator[list[SseEvent]]:
     """The response's SSE events, grouped by the network read that completed them, each
     read within the first-token / idle / total limit. Events that arrive together can
@@ -289,22 +345,42 @@ async def timed_batches(
             metadata={"backend": backend, "content_type": content_type[:64]},
         )
     decoder = SseDecoder()
-    reads = response.aiter_text()
+    text_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    content = response.content
+    failure: aiohttp.ClientError | None = None
     while True:
+        if failure is not None:
+            raise failure
         wait, which = deadlines.next_wait()
         try:
             # asyncio.timeout (not wait_for): no task per read on the per-token path.
             async with asyncio.timeout(wait):
-                text = await anext(reads)
-        except StopAsyncIteration:
-            decoder.flush()
-            return
+                raw = await content.readany()
         except TimeoutError:
             raise timeout_error(backend, which, wait) from None
-        batch = decoder.feed(text)
+        except aiohttp.ClientPayloadError as err:
+            # aiohttp raises a reset before handing over the bytes that came with it;
+            # take those first so that the tokens (and usage) they carry are not lost.
+            failure, raw = err, _unread(content)
+            if not raw:
+                raise
+        if not raw:
+            decoder.feed(text_decoder.decode(b"", final=True))
+            decoder.flush()
+            return
+        batch = decoder.feed(text_decoder.decode(raw))
         if batch:
             deadlines.first = False
             yield batch
+
+
+def _unread(content: aiohttp.StreamReader) -> bytes:
+    """Bytes already received but not yet read (aiohttp keeps them after an error)."""
+    read_buffered = getattr(content, "_read_nowait", None)
+    try:
+        return read_buffered(-1) if read_buffered is not None else b""
+    except Exception:  # a changed private API must not hide the original failure
+        return b""
 
 
 def parse_json(data: str, backend: str) -> dict[str, Any]:
@@ -345,7 +421,7 @@ def _parse_duration(text: str) -> float | None:
     return sum(float(n) * _UNIT_S[u] for n, u in parts)
 
 
-def retry_after_s(headers: httpx.Headers, clock: Clock) -> float | None:
+def retry_after_s(headers: Mapping[str, str], clock: Clock) -> float | None:
     """When the upstream says to retry: retry-after-ms, retry-after (seconds or date),
     else the soonest x-ratelimit-reset-* / anthropic-ratelimit-*-reset."""
     if (ms := headers.get("retry-after-ms")) is not None:
@@ -405,7 +481,7 @@ def _is_context_length(kind: str, code: str, message: str) -> bool:
 def translate_status(
     backend: str,
     status: int,
-    headers: httpx.Headers,
+    headers: Mapping[str, str],
     body: bytes,
     *,
     key: ApiKey | None,
@@ -508,24 +584,42 @@ def translate_stream_error(
     kind = str(error.get("type", "")) if isinstance(error, dict) else ""
     body = json.dumps({"error": error if isinstance(error, dict) else {}}).encode()
     error_ = translate_status(
-        backend, _STATUS_BY_TYPE.get(kind, 500), httpx.Headers(), body, key=key, clock=clock
+        backend, _STATUS_BY_TYPE.get(kind, 500), {}, body, key=key, clock=clock
     )
     error_.metadata["upstream_status"] = "stream"
     return error_
 
 
-def translate_transport(backend: str, err: httpx.HTTPError) -> SluiceError:
+def _transport_kind(err: BaseException) -> str:
+    """A stable name for a transport failure, whatever HTTP library raised it."""
+    if isinstance(err, aiohttp.ConnectionTimeoutError):
+        return "ConnectTimeout"
+    if isinstance(err, aiohttp.ServerTimeoutError | TimeoutError):
+        return "ReadTimeout"
+    if isinstance(err, aiohttp.ClientConnectorError):
+        return "ConnectError"
+    if isinstance(err, aiohttp.ClientPayloadError) and "decod" in str(err).lower():
+        return "DecodingError"
+    if isinstance(err, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+        return "RemoteProtocolError"
+    if isinstance(err, aiohttp.ClientResponseError):
+        return "ProtocolError"
+    return "TransportError"
+
+
+def translate_transport(backend: str, err: BaseException) -> SluiceError:
     """The SPEC §2.1 error for a transport failure (refused, reset, timed out, garbled)."""
-    metadata = {"backend": backend, "transport_error": type(err).__name__}
-    if isinstance(err, httpx.ConnectTimeout | httpx.PoolTimeout):
+    kind = _transport_kind(err)
+    metadata = {"backend": backend, "transport_error": kind}
+    if kind == "ConnectTimeout":
         return NetworkFailureError(
             f"back end '{backend}' could not be reached in time", metadata=metadata
         )
-    if isinstance(err, httpx.TimeoutException):
+    if kind == "ReadTimeout":
         return ServiceUnavailableError(
             f"back end '{backend}' stopped answering", metadata={**metadata, "timeout": "idle"}
         )
-    if isinstance(err, httpx.DecodingError):
+    if kind == "DecodingError":
         return InvalidResponseError(
             f"back end '{backend}' sent a body that cannot be decoded", metadata=metadata
         )
@@ -534,6 +628,6 @@ def translate_transport(backend: str, err: httpx.HTTPError) -> SluiceError:
 
 def server_address(base_url: str) -> tuple[str, int]:
     """(host, port) of a base URL, for the server.address / server.port span attributes."""
-    url = httpx.URL(base_url)
+    url = urlsplit(base_url)
     port = url.port or (443 if url.scheme == "https" else 80)
-    return url.host, port
+    return url.hostname or "", port
