@@ -121,6 +121,8 @@ def suite_config(ports: dict[str, int], **overrides: Any) -> dict[str, Any]:
             "admin_port": ports["envoy_admin"],
             "health_check_interval_ms": 500,
             "drain_time_s": 1,
+            # Off by default (cost); on here so the suite tests the whole edge path.
+            "rate_limit": {"enabled": True},
         },
     }
     for section, values in overrides.items():

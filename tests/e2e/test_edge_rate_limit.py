@@ -137,7 +137,7 @@ def _render(tmp_path: Path, *, deny: bool) -> tuple[subprocess.Popen[bytes], int
             port=edge,
             admin_port=admin,
             health_check_interval_ms=200,
-            rate_limit={"failure_mode_deny": deny},
+            rate_limit={"enabled": True, "failure_mode_deny": deny},
         ),
         config_path=None,
     )

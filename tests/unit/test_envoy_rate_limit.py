@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from sluice.launcher.envoy import LIMITER_CLUSTER, render
 from sluice.launcher.settings import load_suite
 
@@ -25,7 +27,7 @@ def test_filter_sits_after_the_transcoder_and_asks_the_limiter(tmp_path: Path) -
     bootstrap = rendered(
         tmp_path,
         "limiter:\n  server: {port: 50999}\n  edge: {domain: d1}\n"
-        "envoy:\n  rate_limit: {failure_mode_deny: true, timeout_ms: 250}\n",
+        "envoy:\n  rate_limit: {enabled: true, failure_mode_deny: true, timeout_ms: 250}\n",
     )
     names = [f["name"] for f in manager(bootstrap)["http_filters"]]
     assert names.index("envoy.filters.http.ratelimit") == (
@@ -50,7 +52,8 @@ def test_filter_sits_after_the_transcoder_and_asks_the_limiter(tmp_path: Path) -
 
 
 def test_every_routed_route_sends_global_key_and_route_descriptors(tmp_path: Path) -> None:
-    routes = manager(rendered(tmp_path, "{}\n"))["route_config"]["virtual_hosts"][0]["routes"]
+    enabled = "envoy:\n  rate_limit: {enabled: true}\n"
+    routes = manager(rendered(tmp_path, enabled))["route_config"]["virtual_hosts"][0]["routes"]
     routed = [r for r in routes if "route" in r]
     assert routed
     for route in routed:
@@ -72,8 +75,11 @@ def test_every_routed_route_sends_global_key_and_route_descriptors(tmp_path: Pat
     assert all("rate_limits" not in str(r) for r in routes if "direct_response" in r)
 
 
-def test_disabled_edge_limits_render_no_filter_cluster_or_descriptors(tmp_path: Path) -> None:
-    bootstrap = rendered(tmp_path, "envoy:\n  rate_limit: {enabled: false}\n")
+@pytest.mark.parametrize("config", ["{}\n", "envoy:\n  rate_limit: {enabled: false}\n"])
+def test_disabled_edge_limits_render_no_filter_cluster_or_descriptors(
+    tmp_path: Path, config: str
+) -> None:
+    bootstrap = rendered(tmp_path, config)  # off unless enabled
     assert "ratelimit" not in str(manager(bootstrap)["http_filters"])
     assert "rate_limits" not in str(manager(bootstrap)["route_config"])
     assert LIMITER_CLUSTER not in [c["name"] for c in bootstrap["static_resources"]["clusters"]]

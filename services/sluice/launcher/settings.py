@@ -27,8 +27,12 @@ class EdgeRateLimitSettings(BaseModel):
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
-    enabled: bool = True
-    """Check every routed request against the limiter's edge policies."""
+    enabled: bool = False
+    """Check every routed request against the limiter's edge policies before it reaches
+    the router. Off by default: the router's own Acquire already limits every request
+    by key, tenant, model and tokens, and the edge check costs one more gRPC call per
+    request (about 0.7 ms of suite CPU, docs/edge-benchmarks.md). Turn it on to refuse
+    floods (keyless ones too) before the router, exactly across Envoy replicas."""
     failure_mode_deny: bool = False
     """Refuse requests (500) when the limiter cannot be asked; default lets them pass."""
     timeout_ms: int = Field(100, ge=1, le=10_000)
