@@ -83,6 +83,10 @@ def shoot(page: Page, name: str) -> Path:
     return path
 
 
+def text(page: Page, selector: str) -> str:
+    return page.text_content(selector) or ""
+
+
 def wait_status(page: Page, state: str) -> None:
     page.wait_for_selector(f"#status[data-state='{state}']", timeout=TIMEOUT_MS)
 
@@ -104,12 +108,12 @@ def test_stream_usage_and_grpc_web_models(page: Page) -> None:
     page.click("#load-models")
     page.wait_for_selector("#models-status[data-state='error']", timeout=TIMEOUT_MS)
     assert page.get_attribute("#models-status", "data-code") == "16"
-    assert "UNAUTHENTICATED" in page.text_content("#models-status")
+    assert "UNAUTHENTICATED" in text(page, "#models-status")
 
     page.fill("#api-key", DEV_KEY)
     page.click("#load-models")
     page.wait_for_selector("#models-status[data-state='ok']", timeout=TIMEOUT_MS)
-    assert int(page.get_attribute("#models-status", "data-count")) >= 1
+    assert int(page.get_attribute("#models-status", "data-count") or 0) >= 1
     assert "default" in page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
     page.select_option("#model", "default")
 
@@ -129,7 +133,7 @@ def test_stream_usage_and_grpc_web_models(page: Page) -> None:
     page.click("#send")
     wait_status(page, "complete")
 
-    output = page.text_content("#output") or ""
+    output = text(page, "#output")
     assert output.strip()
     seen = page.evaluate("window.seen")
     partial = [s for s in seen if s["state"] == "streaming" and 0 < s["length"] < len(output)]
@@ -138,9 +142,9 @@ def test_stream_usage_and_grpc_web_models(page: Page) -> None:
              for k in ("input", "output", "total")}  # fmt: skip
     assert 0 < usage["output"] <= 16
     assert usage["input"] > 0 and usage["total"] == usage["input"] + usage["output"]
-    assert f"output {usage['output']}" in page.text_content("#usage")
-    assert page.text_content("#fallback") == "primary"
-    assert re.fullmatch(r"[0-9a-f]{32}", page.text_content("#trace-id") or "")
+    assert f"output {usage['output']}" in text(page, "#usage")
+    assert text(page, "#fallback") == "primary"
+    assert re.fullmatch(r"[0-9a-f]{32}", text(page, "#trace-id"))
     assert page.is_hidden("#error")
     shoot(page, "1-streamed")
 
@@ -149,9 +153,9 @@ def test_stream_usage_and_grpc_web_models(page: Page) -> None:
     page.fill("#max-tokens", "6")
     page.click("#send")
     wait_status(page, "complete")
-    assert (page.text_content("#output") or "").strip()
+    assert text(page, "#output").strip()
     assert int(page.get_attribute("#usage", "data-output") or 0) == 6
-    assert re.fullmatch(r"[0-9a-f]{32}", page.text_content("#trace-id") or "")
+    assert re.fullmatch(r"[0-9a-f]{32}", text(page, "#trace-id"))
     shoot(page, "2-grpc-web-stream")
 
 
@@ -164,15 +168,15 @@ def test_cancel_mid_stream_stops_the_provider(page: Page, web_suite: RunningSuit
     page.wait_for_selector("#output:not(:empty)", timeout=TIMEOUT_MS)
     page.click("#cancel")
     wait_status(page, "cancelled")
-    assert page.text_content("#usage") == "–", "a cancelled stream showed a complete event"
+    assert page.get_attribute("#usage", "data-total") is None, "a cancelled stream completed"
     assert page.is_hidden("#error")
-    shown = len(page.text_content("#output") or "")
+    shown = len(text(page, "#output"))
     deadline = time.monotonic() + 10
     while provider_cancels(web_suite) <= before and time.monotonic() < deadline:
         time.sleep(0.1)
     assert provider_cancels(web_suite) == before + 1, "the provider never saw the cancel"
     # Nothing more is written after the cancel.
-    assert len(page.text_content("#output") or "") == shown
+    assert len(text(page, "#output")) == shown
     assert page.is_enabled("#send") and page.is_disabled("#cancel")
     shoot(page, "3-cancelled")
 
@@ -182,7 +186,7 @@ def test_errors_are_rendered(page: Page) -> None:
     page.fill("#prompt", "hello")
     page.click("#send")
     wait_status(page, "error")
-    message = page.text_content("#error") or ""
+    message = text(page, "#error")
     assert message.startswith("HTTP 401 · AUTHORIZATION_ERROR: "), message
     assert "key" in message.lower()
     shoot(page, "4-bad-key")
@@ -192,7 +196,7 @@ def test_errors_are_rendered(page: Page) -> None:
     page.fill("#prompt", "")
     page.click("#send")
     wait_status(page, "error")
-    message = page.text_content("#error") or ""
+    message = text(page, "#error")
     assert message.startswith("HTTP 400 · "), message
 
     # Over gRPC-Web the same bad key is status 16 with the router's message.
@@ -201,5 +205,5 @@ def test_errors_are_rendered(page: Page) -> None:
     page.select_option("#transport", "grpc-web")
     page.click("#send")
     wait_status(page, "error")
-    message = page.text_content("#error") or ""
+    message = text(page, "#error")
     assert message.startswith("gRPC 16 UNAUTHENTICATED: "), message

@@ -33,6 +33,7 @@ function resetView() {
   for (const id of ["served-by", "fallback", "usage", "progress", "timing", "request-id", "trace-id"]) {
     $(id).textContent = "–";
   }
+  for (const key of ["input", "output", "total"]) delete $("usage").dataset[key];
 }
 
 const stepName = (step) => (step || "").replace("FALLBACK_STEP_", "").toLowerCase() || "–";
