@@ -180,6 +180,18 @@ def test_cancel_mid_stream_stops_the_provider(page: Page, web_suite: RunningSuit
     assert page.is_enabled("#send") and page.is_disabled("#cancel")
     shoot(page, "3-cancelled")
 
+    # The same over gRPC-Web: aborting the fetch resets the stream through Envoy.
+    page.select_option("#transport", "grpc-web")
+    page.click("#send")
+    page.wait_for_selector("#output:not(:empty)", timeout=TIMEOUT_MS)
+    page.click("#cancel")
+    wait_status(page, "cancelled")
+    assert page.get_attribute("#usage", "data-total") is None
+    deadline = time.monotonic() + 10
+    while provider_cancels(web_suite) <= before + 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert provider_cancels(web_suite) == before + 2, "gRPC-Web cancel never reached the provider"
+
 
 def test_errors_are_rendered(page: Page) -> None:
     page.fill("#api-key", "sk-wrong")
