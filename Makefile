@@ -16,13 +16,14 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 ## tools: system tools with no PyPI package, from Debian: prometheus, promtool, amtool
-## (alert-rule tests, the real-Prometheus e2e test). Installs only what is missing (needs root).
+## (alert-rule tests, the real-Prometheus e2e test) and chromium (the web page's browser
+## test; Playwright drives it, no browser download). Installs only what is missing (root).
 tools:
 	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null \
-	    || ! command -v prometheus >/dev/null; then \
+	    || ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null; then \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-	    prometheus prometheus-alertmanager; \
+	    prometheus prometheus-alertmanager chromium fonts-dejavu-core; \
 	fi
 
 ## up: start the whole suite in the foreground (Ctrl-C stops it). CONFIG=file.yaml to override.

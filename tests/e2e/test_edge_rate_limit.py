@@ -123,11 +123,11 @@ def _ratelimit_counter(stats: str, name: str) -> int:
 
 
 def _render(tmp_path: Path, *, deny: bool) -> tuple[subprocess.Popen[bytes], int, int]:
-    edge, admin, dead_router, dead_limiter = free_ports(4)
+    edge, admin, dead_router, dead_http, dead_limiter = free_ports(5)
+    # Every upstream dead (also the HTTP listener: its default port may be another suite's).
+    dead = {"server": {"port": dead_router}, "http_api": {"port": dead_http}}
     settings = SuiteSettings(
-        router=load_settings(
-            RouterSettings, "router", data={"router": {"server": {"port": dead_router}}}
-        ),
+        router=load_settings(RouterSettings, "router", data={"router": dead}),
         limiter=load_settings(
             LimiterSettings, "limiter", data={"limiter": {"server": {"port": dead_limiter}}}
         ),

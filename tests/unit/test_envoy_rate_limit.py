@@ -70,7 +70,9 @@ def test_every_routed_route_sends_global_key_and_route_descriptors(tmp_path: Pat
         ]
         assert route_key["descriptor_key"] == "route"
         match = route["match"]
-        assert route_key["descriptor_value"] == (match.get("prefix") or match["path"]).strip("/")
+        assert route_key["descriptor_value"] == (
+            (match.get("prefix") or match["path"]).strip("/") or "root"
+        )
     # Direct responses (the 404 catch-all) carry none.
     assert all("rate_limits" not in str(r) for r in routes if "direct_response" in r)
 

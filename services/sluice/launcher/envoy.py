@@ -224,6 +224,8 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
     routes = [
         _openapi_route(),
         *_http_api_routes(settings),
+        *_web_page_routes(settings),
+        *_grpc_web_routes(settings),
         # Streams run as long as they produce; idle ones are cut by stream_idle_timeout.
         _grpc_route(f"/{ROUTER_SERVICE}/Generate", "router", "0s"),
         _grpc_route(f"/{ROUTER_SERVICE}/", "router", unary_timeout),
@@ -276,6 +278,7 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
         **({"tracing": _tracing(settings)} if settings.router.tracing.enabled else {}),
         "http_filters": [
             _error_status_filter(),
+            *_browser_filters(),
             transcoder,
             # After the transcoder: JSON requests are limited by the gRPC route they map to.
             *([_rate_limit_filter(settings)] if envoy.rate_limit.enabled else []),
@@ -562,6 +565,108 @@ def _limiter_cluster(settings: SuiteSettings) -> dict[str, Any]:
             ],
         },
     }
+
+
+# -- Browsers: gRPC-Web with CORS, and the web page at / ---------------------------------
+
+_CORS_FILTER = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
+_CORS_POLICY = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+_GRPC_WEB_FILTER = "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"
+# What a gRPC-Web client sends, and the response headers its JavaScript must read
+# (a trailers-only error carries grpc-status/grpc-message as headers, not a frame).
+GRPC_WEB_ALLOW_HEADERS = (
+    "content-type",
+    "x-grpc-web",
+    "x-user-agent",
+    "authorization",
+    "x-api-key",
+    "grpc-timeout",
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+)
+GRPC_WEB_EXPOSE_HEADERS = ("grpc-status", "grpc-message", "grpc-status-details-bin", "x-request-id")
+
+
+def _browser_filters() -> list[dict[str, Any]]:
+    """CORS (answers preflights, decorates responses of routes with a policy), then
+    gRPC-Web (turns application/grpc-web* into gRPC before anything else sees it)."""
+    return [
+        {"name": "envoy.filters.http.cors", "typed_config": {"@type": _CORS_FILTER}},
+        {"name": "envoy.filters.http.grpc_web", "typed_config": {"@type": _GRPC_WEB_FILTER}},
+    ]
+
+
+def _cors_policy(settings: SuiteSettings) -> dict[str, Any]:
+    return {
+        "@type": _CORS_POLICY,
+        "allow_origin_string_match": [
+            {"exact": origin} for origin in settings.envoy.cors_allow_origins
+        ],
+        "allow_methods": "POST, OPTIONS",
+        "allow_headers": ",".join(GRPC_WEB_ALLOW_HEADERS),
+        "expose_headers": ",".join(GRPC_WEB_EXPOSE_HEADERS),
+        "max_age": "600",
+        # A preflight from an origin not allowed is answered here (without CORS
+        # headers, so the browser refuses), never forwarded to the gRPC server.
+        "forward_not_matching_preflights": False,
+    }
+
+
+def _grpc_web_routes(settings: SuiteSettings) -> list[dict[str, Any]]:
+    """gRPC-Web and its CORS preflight for the router's service.
+
+    The route is chosen from the request as it arrives, before the gRPC-Web filter
+    rewrites its content-type to application/grpc, so the gRPC routes (which match
+    `grpc: {}`, i.e. application/grpc[+...]) never see gRPC-Web: these routes match the
+    gRPC-Web content types (and OPTIONS) themselves.
+    """
+    prefix = f"/{ROUTER_SERVICE}/"
+    per_filter = {
+        "envoy.filters.http.cors": _cors_policy(settings),
+        "envoy.filters.http.grpc_json_transcoder": {"@type": _FILTER_CONFIG, "disabled": True},
+    }
+    grpc_web = {"name": "content-type", "string_match": {"prefix": "application/grpc-web"}}
+    unary_timeout = f"{settings.envoy.unary_timeout_s:g}s"
+    return [
+        {
+            "match": {"path": f"{prefix}Generate", "headers": [grpc_web]},
+            "route": {"cluster": "router", "timeout": "0s"},
+            "typed_per_filter_config": per_filter,
+        },
+        {
+            "match": {"prefix": prefix, "headers": [grpc_web]},
+            "route": {"cluster": "router", "timeout": unary_timeout},
+            "typed_per_filter_config": per_filter,
+        },
+        {
+            # Preflights are answered by the CORS filter; nothing reaches the router.
+            "match": {
+                "prefix": prefix,
+                "headers": [{"name": ":method", "string_match": {"exact": "OPTIONS"}}],
+            },
+            "route": {"cluster": "router", "timeout": "5s"},
+            "typed_per_filter_config": per_filter,
+        },
+    ]
+
+
+def _web_page_routes(settings: SuiteSettings) -> list[dict[str, Any]]:
+    """GET / and /ui/*: the web page, served by the router's HTTP listener."""
+    if not settings.router.http_api.enabled:
+        return []
+    get = [{"name": ":method", "string_match": {"exact": "GET"}}]
+    disabled = {
+        "envoy.filters.http.grpc_json_transcoder": {"@type": _FILTER_CONFIG, "disabled": True}
+    }
+    return [
+        {
+            "match": {**match, "headers": get},
+            "route": {"cluster": HTTP_API_CLUSTER, "timeout": "10s"},
+            "typed_per_filter_config": disabled,
+        }
+        for match in ({"path": "/"}, {"prefix": "/ui/"})
+    ]
 
 
 def render_yaml(settings: SuiteSettings, descriptor: Path) -> str:

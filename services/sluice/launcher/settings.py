@@ -75,6 +75,9 @@ class EnvoySettings(BaseSettings):
     """Envoy's own log level."""
     rate_limit: EdgeRateLimitSettings = EdgeRateLimitSettings()
     """Edge rate limits by API key, route and globally (the limiter's RLS)."""
+    cors_allow_origins: list[str] = Field(default_factory=lambda: ["*"])
+    """Browser origins allowed to call the gRPC-Web API cross-origin (CORS); "*" allows
+    any (keys travel in headers, never cookies). Empty: same-origin pages only."""
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from sluice.core.grpcx.request_context import new_request_id, request_id_var
 from sluice.core.telemetry.grpc_server import ServerSpan
 from sluice.core.telemetry.metrics import RpcMetrics
 from sluice.router.v1 import router_pb2
+from sluice.router.web_page import add_web_page
 
 log = logging.getLogger("sluice.router.openai")
 
@@ -222,6 +223,7 @@ class OpenAIHttpApi:
         self.app = web.Application(client_max_size=max_request_bytes)
         self.app.router.add_post("/v1/chat/completions", self.chat_completions)
         self.app.router.add_get("/v1/models", self.list_models)
+        add_web_page(self.app)
         self._runner: web.AppRunner | None = None
         self.port = 0
 
