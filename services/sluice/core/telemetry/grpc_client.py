@@ -15,9 +15,14 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Setter
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 from sluice.core.telemetry.grpc_server import SERVER_ERROR_CODES, rpc_attributes
+from sluice.core.telemetry.unsampled import (
+    traceparent_headers,
+    unsampled_child,
+    unsampled_current,
+)
 
 if TYPE_CHECKING:
     from sluice.core.telemetry.tracing import FailedSpans
@@ -70,12 +75,18 @@ class _Unsampled:
 
     __slots__ = ("_failed", "_method", "_parent", "_span", "_started_ns")
 
-    def __init__(self, failed: FailedSpans, span: trace.Span, method: str) -> None:
+    def __init__(
+        self,
+        failed: FailedSpans,
+        span: trace.Span,
+        method: str,
+        parent: SpanContext | None = None,
+    ) -> None:
         self._failed = failed
         self._span = span
         self._method = method
         self._started_ns = time.time_ns()
-        self._parent = trace.get_current_span().get_span_context()
+        self._parent = parent or trace.get_current_span().get_span_context()
 
     def finish(self, code: grpc.StatusCode) -> None:
         if code in SERVER_ERROR_CODES:
@@ -101,6 +112,15 @@ class _Spans:
     def begin(
         self, name: str, metadata: Any
     ) -> tuple[trace.Span, grpc.aio.Metadata, _Unsampled | None]:
+        current = unsampled_current()
+        if current is not None:
+            # An unsampled trace: a child id and the traceparent, without the SDK's path.
+            child = unsampled_child(current)
+            headers = [*(metadata or ()), *traceparent_headers(child.get_span_context())]
+            pending = None
+            if self._failed is not None:
+                pending = _Unsampled(self._failed, child, name, parent=current)
+            return child, grpc.aio.Metadata(*headers), pending
         service, _, rpc_method = name.lstrip("/").partition("/")
         span = self._tracer.start_span(
             name,

@@ -21,6 +21,8 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
+from sluice.core.telemetry.unsampled import unsampled_child, unsampled_remote_parent
+
 if TYPE_CHECKING:
     from sluice.core.telemetry.tracing import FailedSpans
 
@@ -64,6 +66,16 @@ class ServerSpan:
         metadata: Metadata,
         failed: FailedSpans | None = None,
     ) -> None:
+        self._method = method
+        remote = unsampled_remote_parent(metadata)
+        if remote is not None:
+            # The caller's trace is not sampled: nothing to record, only to pass on.
+            self.span: trace.Span = unsampled_child(remote)
+            self._token = otel_context.attach(trace.set_span_in_context(self.span))
+            self._failed = failed
+            self._started_ns = time.time_ns() if failed is not None else 0
+            self._parent: SpanContext | None = remote
+            return
         parent = propagate.extract(metadata, getter=_GETTER)
         service, _, rpc_method = method.lstrip("/").partition("/")
         self.span = tracer.start_span(
@@ -73,13 +85,10 @@ class ServerSpan:
             attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc_method},
         )
         self._token = otel_context.attach(trace.set_span_in_context(self.span, parent))
-        self._method = method
         # An unsampled call is not recorded; what a failure needs to be rebuilt is noted.
         self._failed = None if failed is None or self.span.is_recording() else failed
         self._started_ns = time.time_ns() if self._failed is not None else 0
-        self._parent: SpanContext | None = (
-            trace.get_current_span(parent).get_span_context() if self._failed else None
-        )
+        self._parent = trace.get_current_span(parent).get_span_context() if self._failed else None
 
     def finish(self, code: grpc.StatusCode, message: str, error_type: str | None) -> None:
         """Record the final status and end the span."""
