@@ -594,6 +594,7 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Ser
                 clock,
                 host.registry,
                 memory_limit_bytes=settings.resilience.memory_limit_mb * 1024 * 1024,
+                spans=spans,
             )
             if settings.admission.enabled
             else None
