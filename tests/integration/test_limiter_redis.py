@@ -9,7 +9,9 @@ import random
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sluice.common.v1 import common_pb2
 from sluice.core.grpcx.server import ServiceHost
 from sluice.limiter.algorithms import (
     Algorithm,
@@ -21,16 +23,21 @@ from sluice.limiter.algorithms import (
 from sluice.limiter.memory import MemoryBackend
 from sluice.limiter.policies import Check
 from sluice.limiter.redis import RedisBackend
-from sluice.limiter.service import build_server
+from sluice.limiter.service import LIMITER_SERVICE, STORE_HEALTH, build_server
 from sluice.limiter.settings import RedisSettings
 from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
+from sluice.router.v1 import router_pb2
 from tests.support import (
+    AUTH,
     FakeClock,
     RedisProcess,
     ServiceStack,
+    collect,
     error_info,
+    eventually,
     limiter_settings,
     metric,
+    start_suite,
 )
 
 
@@ -285,3 +292,71 @@ async def test_a_store_that_hangs_times_out_into_the_local_share(stack: ServiceS
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_store_health_announces_the_fallback_and_recovers_without_traffic(
+    stack: ServiceStack, redis_server: RedisProcess
+) -> None:
+    host = await stack.start(
+        build_server(
+            limiter_settings(
+                backend="redis",
+                redis={"url": redis_server.url, "replicas": 2, "retry_interval_s": 0.1},
+                policies=[{"name": "rpm", "limit": 100, "refill_per_second": 0.0001}],
+            )
+        )
+    )
+    channel = stack.channel(host)
+    limiter = limiter_pb2_grpc.LimiterServiceStub(channel)
+    health = health_pb2_grpc.HealthStub(channel)
+    request = limiter_pb2.AcquireRequest(api_key_id="k", requests=1)
+
+    async def status(service: str) -> int:
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        return int(reply.status)
+
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    assert await status(STORE_HEALTH) == serving
+    assert not (await limiter.Acquire(request)).local_fallback
+
+    redis_server.stop()
+    # Noticed by the background probe, without a decision having to fail first.
+    assert await eventually(lambda: status(STORE_HEALTH), lambda s: s == not_serving) == not_serving
+    assert await status("") == serving  # the limiter still decides
+    assert await status(LIMITER_SERVICE) == serving
+    granted = await limiter.Acquire(request)
+    assert granted.local_fallback
+    assert granted.limit == 50  # its half of the limit
+    assert await metric(host.metrics_port, "sluice_limiter_degraded") == 1
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await limiter.Acquire(limiter_pb2.AcquireRequest(api_key_id="k", requests=51))
+    assert error_info(caught.value).metadata["fallback"] == "local_share"
+
+    redis_server.start()  # same port, empty; no traffic meanwhile
+    assert await eventually(lambda: status(STORE_HEALTH), lambda s: s == serving) == serving
+    assert await metric(host.metrics_port, "sluice_limiter_degraded") == 0
+    shared = await limiter.Acquire(request)
+    assert not shared.local_fallback
+    assert shared.limit == 100
+
+
+async def test_the_router_flags_streams_admitted_on_the_limiters_local_share(
+    stack: ServiceStack,
+) -> None:
+    suite = await start_suite(
+        stack,
+        limiter={"backend": "redis", "redis": {"url": "redis://127.0.0.1:9/0", "timeout_s": 0.2}},
+    )
+    events = await collect(
+        suite.router_stub.Generate(
+            router_pb2.GenerateRequest(
+                model="default", messages=[common_pb2.Message(role="user", content="hi")]
+            ),
+            metadata=AUTH,
+        )
+    )
+    assert events[0].metadata.degradations == ["limiter_local_share"]
+    assert events[-1].WhichOneof("event") == "complete"

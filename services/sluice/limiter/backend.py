@@ -17,6 +17,9 @@ class Outcome:
     allowed: bool
     verdicts: list[Verdict]
     """One per check, in order. When refused, nothing was consumed from any of them."""
+    local_fallback: bool = False
+    """True when decided on this replica's share of each limit because the shared store
+    was unreachable (see fallback.py)."""
 
 
 @dataclass(frozen=True, slots=True)

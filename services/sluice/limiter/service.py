@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import time
 from collections.abc import Sequence
 
+from grpc_health.v1 import health_pb2
 from prometheus_client import Counter, Gauge, Histogram
 
 from sluice.core.clock import Clock, SystemClock
@@ -32,6 +34,11 @@ from sluice.limiter.settings import LimiterSettings
 from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
 from sluice.vendor.envoy.service.ratelimit.v3 import rls_pb2_grpc
 
+LIMITER_SERVICE = limiter_pb2.DESCRIPTOR.services_by_name["LimiterService"].full_name
+STORE_HEALTH = f"{LIMITER_SERVICE}.store"
+"""Health name of the shared store: NOT_SERVING while decisions fall back to the local
+share (the limiter itself stays SERVING: it still decides)."""
+
 
 def _describe(check: Check) -> str:
     limit, second = check.algorithm.params
@@ -47,7 +54,9 @@ def _describe(check: Check) -> str:
     return f"policy {check.policy}: at most {limit:g} {check.unit} {per}"
 
 
-def _refusal(checks: Sequence[Check], verdicts: Sequence[Verdict]) -> QuotaExceededError:
+def _refusal(
+    checks: Sequence[Check], verdicts: Sequence[Verdict], local_fallback: bool = False
+) -> QuotaExceededError:
     refused = [(c, v) for c, v in zip(checks, verdicts, strict=True) if not v.allowed]
     first, first_verdict = refused[0]
     waits = [v.retry_after_s for _, v in refused]
@@ -60,6 +69,7 @@ def _refusal(checks: Sequence[Check], verdicts: Sequence[Verdict]) -> QuotaExcee
             "policy": first.policy,
             "limit": f"{first_verdict.limit:g}",
             "policies": ",".join(c.policy for c, _ in refused),
+            **({"fallback": "local_share"} if local_fallback else {}),
         },
         retry_after_s=retry,
         quota_violations=[
@@ -140,7 +150,7 @@ class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
             for check, verdict in zip(checks, outcome.verdicts, strict=True):
                 if not verdict.allowed:
                     self._denied[check.policy].inc()
-            raise _refusal(checks, outcome.verdicts)
+            raise _refusal(checks, outcome.verdicts, outcome.local_fallback)
         statuses = []
         for check, verdict in zip(checks, outcome.verdicts, strict=True):
             self._allowed[check.policy].inc()
@@ -154,7 +164,11 @@ class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
                     reset_after_ms=int(verdict.reset_after_s * 1000),
                 )
             )
-        response = limiter_pb2.AcquireResponse(reservation_id=reservation_id, policies=statuses)
+        response = limiter_pb2.AcquireResponse(
+            reservation_id=reservation_id,
+            policies=statuses,
+            local_fallback=outcome.local_fallback,
+        )
         # The headline figures come from the tightest request limit (any limit if none).
         candidates = [s for s in statuses if s.unit == "requests"] or statuses
         if candidates:
@@ -210,10 +224,21 @@ def build_backend(settings: LimiterSettings, clock: Clock | None, host: ServiceH
         registry=host.registry,
     )
 
+    health_updates: set[asyncio.Task[None]] = set()
+
     def announce(is_degraded: bool) -> None:
         degraded.set(1 if is_degraded else 0)
         if is_degraded:
             switches.inc()
+        # Health setters are coroutines; this runs inside a decision: set it soon, in order.
+        status = (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+            if is_degraded
+            else health_pb2.HealthCheckResponse.SERVING
+        )
+        task = asyncio.get_running_loop().create_task(host.health.set(STORE_HEALTH, status))
+        health_updates.add(task)
+        task.add_done_callback(health_updates.discard)
 
     tracer = host.tracer_provider.get_tracer("sluice.limiter") if host.tracing_active else None
     shared = RedisBackend(
@@ -222,14 +247,22 @@ def build_backend(settings: LimiterSettings, clock: Clock | None, host: ServiceH
         reservation_ttl_s=settings.reservation_ttl_s,
         spans=RequestSpans(tracer),
     )
-    return FallbackBackend(
+    fallback = FallbackBackend(
         shared,
         local,
         clock=clock or SystemClock(),
         replicas=settings.redis.replicas,
         retry_interval_s=settings.redis.retry_interval_s,
         on_change=announce,
+        ping=shared.ping,
     )
+
+    async def start() -> None:
+        await host.health.set(STORE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+        await fallback.start()
+
+    host.add_startup(start)
+    return fallback
 
 
 def build_server(
@@ -246,7 +279,7 @@ def build_server(
     limiter_pb2_grpc.add_LimiterServiceServicer_to_server(
         LimiterServicer(Policies(settings.effective_policies()), chosen, host), host.server
     )
-    host.add_service(limiter_pb2.DESCRIPTOR.services_by_name["LimiterService"].full_name)
+    host.add_service(LIMITER_SERVICE)
     # Envoy's rate limit service, over the same backend (edge limits).
     rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
         RateLimitServicer(settings.edge, chosen, host), host.server

@@ -280,9 +280,7 @@ class FairQueue:
         for band in reversed(self._bands):
             if not band.live:
                 continue
-            flow = max(
-                (f for f in band.flows.values() if f.live), key=lambda f: (f.live, f.start)
-            )
+            flow = max((f for f in band.flows.values() if f.live), key=lambda f: (f.live, f.start))
             for waiter in reversed(flow.waiting):
                 if not waiter.cancelled:
                     return waiter
@@ -452,6 +450,7 @@ class Admission:
         registry: CollectorRegistry,
         sampler: LoadSampler | None = None,
         memory_limit_bytes: int = 0,
+        *,
         spans: RequestSpans | None = None,
     ) -> None:
         self._settings = settings

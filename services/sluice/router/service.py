@@ -42,7 +42,12 @@ from sluice.router import genai
 from sluice.router.admission import Admission, request_class
 from sluice.router.auth import ApiKeyAuthenticator, Principal
 from sluice.router.budgets import Budgets
-from sluice.router.degradation import LIMITER_DEGRADED, LocalLimits, MemoryGuard
+from sluice.router.degradation import (
+    LIMITER_DEGRADED,
+    LIMITER_LOCAL_SHARE,
+    LocalLimits,
+    MemoryGuard,
+)
 from sluice.router.downstream import error_from_rpc
 from sluice.router.fallback import FallbackChain, ResilienceMetrics
 from sluice.router.settings import BackendRef, ModelAliasSettings, RouterSettings
@@ -193,6 +198,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             if any(policy.unit == "tokens" for policy in admitted.policies):
                 state.reservation_id = admitted.reservation_id
                 state.input_tokens_estimate = prompt_tokens
+            if admitted.local_fallback:
+                state.degradations.append(LIMITER_LOCAL_SHARE)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise error_from_rpc(err, "limiter") from err

@@ -25,18 +25,20 @@ class AcquireRequest(_message.Message):
     def __init__(self, api_key_id: _Optional[str] = ..., tenant: _Optional[str] = ..., user: _Optional[str] = ..., endpoint: _Optional[str] = ..., model: _Optional[str] = ..., requests: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
 
 class AcquireResponse(_message.Message):
-    __slots__ = ("reservation_id", "remaining", "limit", "reset_after_ms", "policies")
+    __slots__ = ("reservation_id", "remaining", "limit", "reset_after_ms", "policies", "local_fallback")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     REMAINING_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     RESET_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     POLICIES_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_FALLBACK_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
     remaining: int
     limit: int
     reset_after_ms: int
     policies: _containers.RepeatedCompositeFieldContainer[PolicyStatus]
-    def __init__(self, reservation_id: _Optional[str] = ..., remaining: _Optional[int] = ..., limit: _Optional[int] = ..., reset_after_ms: _Optional[int] = ..., policies: _Optional[_Iterable[_Union[PolicyStatus, _Mapping]]] = ...) -> None: ...
+    local_fallback: bool
+    def __init__(self, reservation_id: _Optional[str] = ..., remaining: _Optional[int] = ..., limit: _Optional[int] = ..., reset_after_ms: _Optional[int] = ..., policies: _Optional[_Iterable[_Union[PolicyStatus, _Mapping]]] = ..., local_fallback: _Optional[bool] = ...) -> None: ...
 
 class PolicyStatus(_message.Message):
     __slots__ = ("policy", "subject", "unit", "remaining", "limit", "reset_after_ms")
