@@ -32,6 +32,15 @@ class Reconciled:
     """Tokens the reservation held."""
 
 
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """A key's currency spend in the current budget period."""
+
+    amount: float
+    period_left_s: float
+    """Seconds until the next period starts (and the spend is 0 again)."""
+
+
 class Backend(Protocol):
     """Holds limit state and applies decisions atomically across all checks."""
 
@@ -46,6 +55,14 @@ class Backend(Protocol):
 
     async def reconcile(self, reservation_id: str, actual_tokens: float) -> Reconciled:
         """Charge or refund the difference between reserved and actual tokens, once."""
+        ...
+
+    async def spent(self, key: str, period_s: float) -> Spent:
+        """The key's spend in the current period (periods aligned to the Unix epoch)."""
+        ...
+
+    async def spend(self, key: str, period_s: float, amount: float) -> float:
+        """Add `amount` to the key's spend in the current period, atomically; the total."""
         ...
 
     async def close(self) -> None:

@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sluice.core.clock import Clock
 from sluice.limiter.algorithms import Algorithm
-from sluice.limiter.backend import Backend, Outcome, Reconciled
+from sluice.limiter.backend import Backend, Outcome, Reconciled, Spent
 from sluice.limiter.memory import MemoryBackend
 from sluice.limiter.policies import Check
 
@@ -142,6 +142,31 @@ class FallbackBackend:
                 self._succeed()
                 return settled
         return Reconciled(False)
+
+    async def spent(self, key: str, period_s: float) -> Spent:
+        if self._use_shared():
+            try:
+                found = await self._shared.spent(key, period_s)
+            except UNREACHABLE as err:
+                self._fail(err)
+            else:
+                self._succeed()
+                return found
+        # Alone, a replica lets a key spend its share of the budget: its local spend is
+        # reported scaled up to the whole.
+        local = self._local.spent_now(key, period_s)
+        return Spent(local.amount / self._share, local.period_left_s)
+
+    async def spend(self, key: str, period_s: float, amount: float) -> float:
+        if self._use_shared():
+            try:
+                total = await self._shared.spend(key, period_s, amount)
+            except UNREACHABLE as err:
+                self._fail(err)
+            else:
+                self._succeed()
+                return total
+        return self._local.spend_now(key, period_s, amount) / self._share
 
     async def close(self) -> None:
         if self._prober is not None:

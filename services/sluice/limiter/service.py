@@ -13,6 +13,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from sluice.core.clock import Clock, SystemClock
 from sluice.core.errors import (
+    BusinessRuleViolationError,
     FieldViolation,
     MissingParameterError,
     QuotaExceededError,
@@ -78,6 +79,14 @@ def _refusal(
     )
 
 
+def _check_period(period_s: float, field: str) -> None:
+    if not (period_s > 0 and math.isfinite(period_s)):
+        raise ValidationError(
+            f"{field} must be a positive number of seconds",
+            field_violations=[FieldViolation(field, "must be positive")],
+        )
+
+
 class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
     """Admits requests against every configured policy that matches them, atomically."""
 
@@ -107,6 +116,16 @@ class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
         )
         self._applied = reconciled.labels("applied")
         self._unknown = reconciled.labels("unknown")
+        self._spent = Counter(
+            "sluice_limiter_spend",
+            "Currency added to API keys' budget spend (Spend calls).",
+            registry=host.registry,
+        )
+        self._budget_refusals = Counter(
+            "sluice_limiter_budget_refusals",
+            "Acquires refused because the key's budget for the period is spent.",
+            registry=host.registry,
+        )
         self._reconciled_tokens = Counter(
             "sluice_limiter_reconciled_tokens",
             "Tokens charged (positive) or refunded (negative) by reconciliation, by direction.",
@@ -138,11 +157,14 @@ class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
             endpoint=request.endpoint,
             model=request.model,
         )
+        spent = 0.0
+        if request.HasField("budget"):
+            spent = await self._check_budget(request.api_key_id, request.budget)
         checks = self._policies.checks(subjects, float(request.requests or 1), request.tokens)
         reservation_id = os.urandom(8).hex()
         if not checks:
             # No policy applies: admitted, and nothing to remember (limit 0 = unlimited).
-            return limiter_pb2.AcquireResponse(reservation_id=reservation_id)
+            return limiter_pb2.AcquireResponse(reservation_id=reservation_id, spent=spent)
         started = time.perf_counter()
         outcome = await self._backend.acquire(checks, reservation_id)
         self._latency.observe(time.perf_counter() - started)
@@ -168,6 +190,7 @@ class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
             reservation_id=reservation_id,
             policies=statuses,
             local_fallback=outcome.local_fallback,
+            spent=spent,
         )
         # The headline figures come from the tightest request limit (any limit if none).
         candidates = [s for s in statuses if s.unit == "requests"] or statuses
@@ -177,6 +200,47 @@ class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
             response.limit = tightest.limit
             response.reset_after_ms = tightest.reset_after_ms
         return response
+
+    async def _check_budget(self, api_key_id: str, budget: limiter_pb2.Budget) -> float:
+        """The key's spend in the period; BUSINESS_RULE_VIOLATION once it reached the budget."""
+        _check_period(budget.period_s, "budget.period_s")
+        if budget.limit < 0 or not math.isfinite(budget.limit):
+            raise ValidationError(
+                "budget.limit must be a non-negative number",
+                field_violations=[FieldViolation("budget.limit", "must not be negative")],
+            )
+        spent = await self._backend.spent(api_key_id, budget.period_s)
+        if spent.amount >= budget.limit:
+            self._budget_refusals.inc()
+            currency = budget.currency or "currency units"
+            raise BusinessRuleViolationError(
+                f"the API key's budget of {budget.limit:g} {currency} for this period is spent",
+                metadata={
+                    "budget": f"{budget.limit:g}",
+                    "spent": f"{spent.amount:.6g}",
+                    "currency": budget.currency,
+                },
+                retry_after_s=spent.period_left_s,
+            )
+        return spent.amount
+
+    async def Spend(  # noqa: N802 - gRPC method name
+        self, request: limiter_pb2.SpendRequest, context: ServicerContext
+    ) -> limiter_pb2.SpendResponse:
+        if not request.api_key_id:
+            raise MissingParameterError(
+                "api_key_id is required",
+                field_violations=[FieldViolation("api_key_id", "must not be empty")],
+            )
+        _check_period(request.period_s, "period_s")
+        if request.amount < 0 or not math.isfinite(request.amount):
+            raise ValidationError(
+                "amount must be a non-negative number",
+                field_violations=[FieldViolation("amount", "must not be negative")],
+            )
+        total = await self._backend.spend(request.api_key_id, request.period_s, request.amount)
+        self._spent.inc(request.amount)
+        return limiter_pb2.SpendResponse(spent=total)
 
     async def Reconcile(  # noqa: N802 - gRPC method name
         self, request: limiter_pb2.ReconcileRequest, context: ServicerContext

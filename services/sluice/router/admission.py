@@ -51,6 +51,7 @@ RANK: dict[str, int] = {name: rank for rank, name in enumerate(CLASSES)}
 PRIORITY_HEADER = "x-sluice-priority"
 _E = TypeVar("_E")
 # How a queue wait may end by design (its span records the outcome, not a failure).
+_DEADLINE_SLACK_S = 0.01
 _WAIT_REFUSALS: dict[type[BaseException], str] = {
     DeadlineExceededError: "deadline",
     ServiceUnavailableError: "shed",
@@ -584,7 +585,7 @@ class Admission:
                 },
                 refusals=_WAIT_REFUSALS,
             ) as span:
-                await self._wait(gate, tenant, klass, budget)
+                await self._wait(gate, tenant, klass, deadline)
                 span.set_attribute(
                     "sluice.queue.wait_ms",
                     round((self._clock.monotonic() - enqueued) * 1000.0, 3),
@@ -594,13 +595,14 @@ class Admission:
         return Ticket(backend, klass, waited, depth, self._clock.monotonic())
 
     async def _wait(
-        self, gate: BackendGate, tenant: str, klass: PriorityClass, budget: float
+        self, gate: BackendGate, tenant: str, klass: PriorityClass, deadline: float
     ) -> None:
         """Queue for a slot of `gate`: return holding it, or raise (deadline, shed)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiter = gate.queue.push(tenant, klass, future)
         self.metrics.queue_depth.labels(gate.name, klass).inc()
         try:
+            budget = deadline - self._clock.monotonic()
             await asyncio.wait_for(asyncio.shield(future), timeout=max(budget, 0.0))
         except (TimeoutError, asyncio.CancelledError) as stop:
             if future.done() and not future.cancelled() and future.exception() is None:
@@ -615,6 +617,10 @@ class Admission:
                 raise self._refuse_deadline(
                     klass, "the request's deadline passed while it waited for capacity"
                 ) from None
+            if self._clock.monotonic() >= deadline - _DEADLINE_SLACK_S:
+                # gRPC cancelled the call at its deadline a moment before our own timer
+                # fired: the same refusal, counted the same way.
+                self.metrics.refused.labels(klass, "deadline").inc()
             raise
 
     def release(self, ticket: Ticket) -> None:
