@@ -178,15 +178,20 @@ def figures(
         }
     offered = {t: sum(1 for o in window if o.tenant == t) / seconds for t in TENANTS}
     served = {t: sum(1 for o in ok if o.tenant == t) / seconds for t in TENANTS}
-    # Max-min fair shares of the goodput actually delivered.
-    fair: dict[str, float] = {}
-    left, waiting = goodput, sorted(TENANTS, key=lambda t: offered[t])
-    while waiting:
-        share = left / len(waiting)
-        tenant = waiting.pop(0)
-        fair[tenant] = min(offered[tenant], share)
-        left -= fair[tenant]
-    satisfaction = {t: served[t] / fair[t] if fair[t] else 1.0 for t in TENANTS}
+    satisfaction = _satisfaction(offered, served, goodput)
+    # The policy is class first, fairness within a class: the ratio per class says
+    # whether tenants shared what each class got.
+    within: dict[str, float | None] = {}
+    for klass in CLASSES:
+        mine = [o for o in window if o.klass == klass]
+        class_ok = [o for o in mine if o.code == "OK"]
+        if not class_ok:
+            within[klass] = None
+            continue
+        offered_k = {t: sum(1 for o in mine if o.tenant == t) / seconds for t in TENANTS}
+        served_k = {t: sum(1 for o in class_ok if o.tenant == t) / seconds for t in TENANTS}
+        ratio = _satisfaction(offered_k, served_k, len(class_ok) / seconds)
+        within[klass] = round(ratio["light"] / ratio["heavy"], 3) if ratio["heavy"] else None
     return {
         "capacity_rps": round(capacity, 1),
         "offered_rps": round(len(window) / seconds, 1),
@@ -197,7 +202,7 @@ def figures(
             t: {
                 "offered_rps": round(offered[t], 1),
                 "served_rps": round(served[t], 1),
-                "fair_share_rps": round(fair[t], 1),
+                "fair_share_rps": round(_fair(offered, goodput)[t], 1),
                 "share_of_fair": round(satisfaction[t], 3),
             }
             for t in TENANTS
@@ -205,7 +210,28 @@ def figures(
         "fairness_ratio_light_vs_heavy": round(
             satisfaction["light"] / satisfaction["heavy"] if satisfaction["heavy"] else 0.0, 3
         ),
+        "fairness_ratio_within_class": within,
     }
+
+
+def _fair(offered: dict[str, float], goodput: float) -> dict[str, float]:
+    """Max-min fair shares of the goodput actually delivered."""
+    fair: dict[str, float] = {}
+    left, waiting = goodput, sorted(offered, key=lambda t: offered[t])
+    while waiting:
+        share = left / len(waiting)
+        tenant = waiting.pop(0)
+        fair[tenant] = min(offered[tenant], share)
+        left -= fair[tenant]
+    return fair
+
+
+def _satisfaction(
+    offered: dict[str, float], served: dict[str, float], goodput: float
+) -> dict[str, float]:
+    """Each tenant's served rate over its max-min fair share (1.0 = got its share)."""
+    fair = _fair(offered, goodput)
+    return {t: served[t] / fair[t] if fair[t] else 1.0 for t in offered}
 
 
 async def run(args: argparse.Namespace, address: str) -> dict[str, Any]:

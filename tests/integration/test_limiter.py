@@ -351,3 +351,79 @@ async def test_a_request_no_policy_matches_is_admitted_unlimited(
         await limiter.Acquire(named)
     [quota] = details_of(rich_status(caught.value), error_details_pb2.QuotaFailure)
     assert [v.subject for v in quota.violations] == ["user:u1"]
+
+
+async def test_a_spent_budget_refuses_before_any_limit_and_takes_nothing(
+    limiter: limiter_pb2_grpc.LimiterServiceStub, limiter_host: ServiceHost, fake_clock: FakeClock
+) -> None:
+    period = 3600.0
+    budget = limiter_pb2.Budget(limit=2.0, period_s=period, currency="EUR")
+    with_budget = acquire("k1")
+    with_budget.budget.CopyFrom(budget)
+
+    first = await limiter.Acquire(with_budget)
+    assert (first.spent, first.remaining) == (0.0, 2)
+    spent = await limiter.Spend(
+        limiter_pb2.SpendRequest(api_key_id="k1", amount=1.25, period_s=period)
+    )
+    assert spent.spent == 1.25
+    second = await limiter.Acquire(with_budget)
+    assert (second.spent, second.remaining) == (1.25, 1)
+    await limiter.Spend(limiter_pb2.SpendRequest(api_key_id="k1", amount=0.75, period_s=period))
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await limiter.Acquire(with_budget)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(caught.value)
+    assert info.reason == "BUSINESS_RULE_VIOLATION"
+    assert dict(info.metadata) == {"budget": "2", "spent": "2", "currency": "EUR"}
+    [retry] = details_of(rich_status(caught.value), error_details_pb2.RetryInfo)
+    left = period - fake_clock.wall() % period
+    assert retry.retry_delay.seconds == pytest.approx(left, abs=1)
+    # The refusal took nothing: the request bucket still has its last request, and a
+    # call without a budget (or another key) is not affected.
+    assert (await limiter.Acquire(acquire("k1"))).remaining == 0
+    assert (await limiter.Acquire(with_budget_for("k2", budget))).spent == 0.0
+    port = limiter_host.metrics_port
+    assert await metric(port, "sluice_limiter_budget_refusals_total") == 1
+    assert await metric(port, "sluice_limiter_spend_total") == 2.0
+
+    # The next period starts from nothing (and the bucket has refilled meanwhile).
+    fake_clock.advance(left)
+    assert (await limiter.Acquire(with_budget)).spent == 0.0
+
+
+def with_budget_for(key: str, budget: limiter_pb2.Budget) -> limiter_pb2.AcquireRequest:
+    request = acquire(key)
+    request.budget.CopyFrom(budget)
+    return request
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (limiter_pb2.SpendRequest(api_key_id="k", amount=-1, period_s=60), "amount"),
+        (limiter_pb2.SpendRequest(api_key_id="k", amount=1, period_s=0), "period_s"),
+        (limiter_pb2.SpendRequest(amount=1, period_s=60), "api_key_id"),
+    ],
+)
+async def test_bad_spend_requests_are_refused(
+    limiter: limiter_pb2_grpc.LimiterServiceStub, request_: limiter_pb2.SpendRequest, field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await limiter.Spend(request_)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [bad] = details_of(rich_status(caught.value), error_details_pb2.BadRequest)
+    assert [v.field for v in bad.field_violations] == [field]
+
+
+async def test_a_bad_budget_is_refused(limiter: limiter_pb2_grpc.LimiterServiceStub) -> None:
+    for budget, field in (
+        (limiter_pb2.Budget(limit=1, period_s=0), "budget.period_s"),
+        (limiter_pb2.Budget(limit=-1, period_s=60), "budget.limit"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await limiter.Acquire(with_budget_for("k1", budget))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        [bad] = details_of(rich_status(caught.value), error_details_pb2.BadRequest)
+        assert [v.field for v in bad.field_violations] == [field]

@@ -4,12 +4,16 @@ limit exactly, and an unreachable store degrades to each replica's share and rec
 from __future__ import annotations
 
 import asyncio
+import functools
+import operator
 import random
 
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sluice.common.v1 import common_pb2
 from sluice.core.grpcx.server import ServiceHost
 from sluice.limiter.algorithms import (
     Algorithm,
@@ -21,16 +25,25 @@ from sluice.limiter.algorithms import (
 from sluice.limiter.memory import MemoryBackend
 from sluice.limiter.policies import Check
 from sluice.limiter.redis import RedisBackend
-from sluice.limiter.service import build_server
+from sluice.limiter.service import LIMITER_SERVICE, STORE_HEALTH, build_server
 from sluice.limiter.settings import RedisSettings
 from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
+from sluice.provider.service import build_server as build_provider
+from sluice.router.service import build_server as build_router
+from sluice.router.v1 import router_pb2, router_pb2_grpc
 from tests.support import (
+    AUTH,
     FakeClock,
     RedisProcess,
     ServiceStack,
+    collect,
     error_info,
+    eventually,
     limiter_settings,
     metric,
+    provider_settings,
+    router_settings,
+    start_suite,
 )
 
 
@@ -285,3 +298,159 @@ async def test_a_store_that_hangs_times_out_into_the_local_share(stack: ServiceS
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_store_health_announces_the_fallback_and_recovers_without_traffic(
+    stack: ServiceStack, redis_server: RedisProcess
+) -> None:
+    host = await stack.start(
+        build_server(
+            limiter_settings(
+                backend="redis",
+                redis={"url": redis_server.url, "replicas": 2, "retry_interval_s": 0.1},
+                policies=[{"name": "rpm", "limit": 100, "refill_per_second": 0.0001}],
+            )
+        )
+    )
+    channel = stack.channel(host)
+    limiter = limiter_pb2_grpc.LimiterServiceStub(channel)
+    health = health_pb2_grpc.HealthStub(channel)
+    request = limiter_pb2.AcquireRequest(api_key_id="k", requests=1)
+
+    async def status(service: str) -> int:
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        return int(reply.status)
+
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    assert await status(STORE_HEALTH) == serving
+    assert not (await limiter.Acquire(request)).local_fallback
+
+    redis_server.stop()
+    # Noticed by the background probe, without a decision having to fail first.
+    assert await eventually(lambda: status(STORE_HEALTH), lambda s: s == not_serving) == not_serving
+    assert await status("") == serving  # the limiter still decides
+    assert await status(LIMITER_SERVICE) == serving
+    granted = await limiter.Acquire(request)
+    assert granted.local_fallback
+    assert granted.limit == 50  # its half of the limit
+    assert await metric(host.metrics_port, "sluice_limiter_degraded") == 1
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await limiter.Acquire(limiter_pb2.AcquireRequest(api_key_id="k", requests=51))
+    assert error_info(caught.value).metadata["fallback"] == "local_share"
+
+    redis_server.start()  # same port, empty; no traffic meanwhile
+    assert await eventually(lambda: status(STORE_HEALTH), lambda s: s == serving) == serving
+    assert await metric(host.metrics_port, "sluice_limiter_degraded") == 0
+    shared = await limiter.Acquire(request)
+    assert not shared.local_fallback
+    assert shared.limit == 100
+
+
+async def test_the_router_flags_streams_admitted_on_the_limiters_local_share(
+    stack: ServiceStack,
+) -> None:
+    suite = await start_suite(
+        stack,
+        limiter={"backend": "redis", "redis": {"url": "redis://127.0.0.1:9/0", "timeout_s": 0.2}},
+    )
+    events = await collect(
+        suite.router_stub.Generate(
+            router_pb2.GenerateRequest(
+                model="default", messages=[common_pb2.Message(role="user", content="hi")]
+            ),
+            metadata=AUTH,
+        )
+    )
+    assert events[0].metadata.degradations == ["limiter_local_share"]
+    assert events[-1].WhichOneof("event") == "complete"
+
+
+async def test_budget_spend_is_shared_by_replicas_atomically_and_resets_each_period(
+    redis_server: RedisProcess,
+) -> None:
+    clock = FakeClock(wall=1_700_000_000.0)  # 3600 s periods: this one has 2800 s left
+    settings = RedisSettings(url=redis_server.url, key_prefix="b:", timeout_s=5.0)
+    one = RedisBackend(settings, clock=clock)
+    two = RedisBackend(settings, clock=clock)
+    local = MemoryBackend(clock)
+    try:
+        assert (await one.spent("k", 3600)).amount == 0.0
+        assert await one.spend("k", 3600, 1.5) == 1.5
+        assert await two.spend("k", 3600, 2.0) == 3.5
+        # Concurrent spends from both replicas: none lost (INCRBYFLOAT in one script).
+        await asyncio.gather(
+            *(replica.spend("k", 3600, 0.25) for _ in range(20) for replica in (one, two))
+        )
+        found = await two.spent("k", 3600)
+        assert found.amount == pytest.approx(3.5 + 10.0)
+        assert found.period_left_s == pytest.approx(2800.0)
+        assert (await one.spent("other", 3600)).amount == 0.0
+        # The in-memory backend keeps the same books (one replica).
+        assert await local.spend("k", 3600, 1.5) == 1.5
+        assert await local.spend("k", 3600, 2.0) == 3.5
+        assert (await local.spent("k", 3600)).period_left_s == pytest.approx(2800.0)
+
+        clock.advance(2800.0)  # the next period: nothing spent yet, in both
+        assert (await one.spent("k", 3600)).amount == 0.0
+        assert (await local.spent("k", 3600)).amount == 0.0
+        assert (await one.spent("k", 3600)).period_left_s == pytest.approx(3600.0)
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_two_routers_on_two_limiter_replicas_spend_one_budget(
+    stack: ServiceStack, redis_server: RedisProcess
+) -> None:
+    # Every output token costs 1; the key may spend 5 per day. Each router sends its
+    # streams' costs to its own limiter replica; both replicas keep spend in one Redis.
+    budgets = {"prices": {"default": {"output_per_million": 1_000_000}}, "default": 5}
+    limiters = [
+        await stack.start(
+            build_server(limiter_settings(backend="redis", redis={"url": redis_server.url}))
+        )
+        for _ in range(2)
+    ]
+    provider = await stack.start(build_provider(provider_settings()))
+    routers = [
+        await stack.start(build_router(router_settings(limiter, provider, budgets=budgets)))
+        for limiter in limiters
+    ]
+    stubs = [router_pb2_grpc.RouterServiceStub(stack.channel(r)) for r in routers]
+    small = router_pb2.GenerateRequest(
+        model="default", messages=[common_pb2.Message(role="user", content="spend")], max_tokens=2
+    )
+
+    async def spent_total() -> float:
+        return sum([await metric(m.metrics_port, "sluice_limiter_spend_total") for m in limiters])
+
+    served = [0, 0]
+    refusal: grpc.aio.AioRpcError | None = None
+    for turn in range(10):
+        index = turn % 2
+        before = await spent_total()
+        try:
+            events = await collect(stubs[index].Generate(small, metadata=AUTH))
+        except grpc.aio.AioRpcError as err:
+            refusal = err
+            break
+        assert events[-1].WhichOneof("event") == "complete"
+        served[index] += 1
+        # The cost reaches the limiter just after the stream ends.
+        await eventually(spent_total, functools.partial(operator.lt, before))
+
+    assert refusal is not None, "the shared budget never ran out"
+    assert refusal.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(refusal)
+    assert info.reason == "BUSINESS_RULE_VIOLATION"
+    assert info.metadata["budget"] == "5"
+    total = await spent_total()
+    assert total >= 5  # refused only once the combined spend reached the budget
+    assert float(info.metadata["spent"]) == pytest.approx(total)
+    # Each router alone spent less than the budget: per router it would still serve.
+    for router in routers:
+        assert await metric(router.metrics_port, "sluice_router_spend_total", model="default") < 5
+    assert min(served) >= 1

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
 
 from sluice.common.v1 import common_pb2
+from sluice.core.grpcx.server import ServiceHost
 from sluice.router.v1 import router_pb2
+from sluice.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from tests.support import (
     API_KEY,
     SLOW_BACKEND,
     ServiceStack,
     error_info,
+    eventually,
     metric,
     sha256_hex,
     start_suite,
+    tracing_to,
 )
 
 BG_KEY = "sk-background-key"
@@ -71,6 +76,79 @@ async def test_a_second_stream_queues_for_the_only_slot_then_runs(
     second.cancel()
 
 
+async def test_a_queued_request_has_a_queue_wait_span_under_its_request_span(
+    stack: ServiceStack,
+    telemetry_host: ServiceHost,
+    telemetry_stub: telemetry_pb2_grpc.TelemetryServiceStub,
+) -> None:
+    suite = await start_suite(
+        stack,
+        backend=SLOW_BACKEND,
+        router={
+            "api_keys": [
+                {"id": "k1", "sha256": sha256_hex(API_KEY), "tier": "premium"},
+                {"id": "bg", "sha256": sha256_hex(BG_KEY), "tenant": "t2", "tier": "background"},
+            ],
+            "admission": {"adaptive": {"initial_limit": 1, "min_limit": 1, "max_limit": 1}},
+        },
+        tracing=tracing_to(telemetry_host.port),
+    )
+    port = suite.router.metrics_port
+    holder = suite.router_stub.Generate(request(), metadata=[("x-api-key", API_KEY)])
+    first = await holder.read()  # holds the only slot now
+    waiter = suite.router_stub.Generate(request(), metadata=[("x-api-key", BG_KEY)], timeout=30)
+    waiter_started = asyncio.ensure_future(waiter.read())
+    await eventually(
+        lambda: metric(
+            port, "sluice_router_queue_depth", backend="simulated", priority="background"
+        ),
+        lambda depth: depth == 1,
+        within_s=5,
+    )
+    assert not waiter_started.done()
+    holder.cancel()
+    event = await asyncio.wait_for(waiter_started, timeout=10)
+    trace_id = event.metadata.trace_id
+    waiter.cancel()
+
+    def spans_of(trace: str) -> Callable[[], Awaitable[list[telemetry_pb2.Span]]]:
+        async def read() -> list[telemetry_pb2.Span]:
+            try:
+                found = await telemetry_stub.GetTrace(telemetry_pb2.GetTraceRequest(trace_id=trace))
+            except grpc.aio.AioRpcError:
+                return []
+            return list(found.spans)
+
+        return read
+
+    found = await eventually(
+        spans_of(trace_id),
+        lambda got: any(s.name == "queue_wait admission" for s in got),
+        within_s=5,
+    )
+    wait = next(s for s in found if s.name == "queue_wait admission")
+    parent = next(s for s in found if s.span_id == wait.parent_span_id)
+    assert (parent.service_name, parent.kind, parent.name) == (
+        "sluice-router",
+        "SPAN_KIND_SERVER",
+        "/sluice.router.v1.RouterService/Generate",
+    )
+    attributes = dict(wait.attributes)
+    assert attributes["sluice.priority"] == "background"
+    assert attributes["sluice.tenant"] == "t2"
+    assert attributes["sluice.queue.depth"] == "0"  # nobody else waited when it arrived
+    assert float(attributes["sluice.queue.wait_ms"]) > 0
+    assert wait.end_time_unix_nano - wait.start_time_unix_nano > 0
+    # The request the first one made did not wait, and so has no such span.
+    first_spans = await eventually(
+        spans_of(first.metadata.trace_id),
+        lambda got: any(s.name == "/sluice.router.v1.RouterService/Generate" for s in got),
+        within_s=5,
+    )
+    assert first_spans
+    assert all(s.name != "queue_wait admission" for s in first_spans)
+
+
 async def test_a_request_whose_deadline_passes_in_the_queue_is_deadline_exceeded(
     stack: ServiceStack,
 ) -> None:
@@ -96,8 +174,12 @@ async def test_a_request_whose_deadline_passes_in_the_queue_is_deadline_exceeded
         info = error_info(err) if err.trailing_metadata() else None
         assert info is None or info.reason == "DEADLINE_EXCEEDED"
     holder.cancel()
-    refused = await metric(
-        port, "sluice_router_admission_refused_total", priority="normal", reason="deadline"
+    # The client's own timer may fire a moment before the server refuses.
+    refused = await eventually(
+        lambda: metric(
+            port, "sluice_router_admission_refused_total", priority="normal", reason="deadline"
+        ),
+        lambda value: value == 1,
     )
     assert refused == 1
     assert (

@@ -17,6 +17,9 @@ class Outcome:
     allowed: bool
     verdicts: list[Verdict]
     """One per check, in order. When refused, nothing was consumed from any of them."""
+    local_fallback: bool = False
+    """True when decided on this replica's share of each limit because the shared store
+    was unreachable (see fallback.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,15 @@ class Reconciled:
     """False when the reservation is unknown, expired, already reconciled or held no tokens."""
     reserved_tokens: float = 0.0
     """Tokens the reservation held."""
+
+
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """A key's currency spend in the current budget period."""
+
+    amount: float
+    period_left_s: float
+    """Seconds until the next period starts (and the spend is 0 again)."""
 
 
 class Backend(Protocol):
@@ -43,6 +55,14 @@ class Backend(Protocol):
 
     async def reconcile(self, reservation_id: str, actual_tokens: float) -> Reconciled:
         """Charge or refund the difference between reserved and actual tokens, once."""
+        ...
+
+    async def spent(self, key: str, period_s: float) -> Spent:
+        """The key's spend in the current period (periods aligned to the Unix epoch)."""
+        ...
+
+    async def spend(self, key: str, period_s: float, amount: float) -> float:
+        """Add `amount` to the key's spend in the current period, atomically; the total."""
         ...
 
     async def close(self) -> None:

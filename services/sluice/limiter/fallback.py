@@ -2,14 +2,19 @@
 
 While the shared store (Redis) is unreachable, each of `replicas` replicas decides
 alone against 1/replicas of every limit, so together they stay within the limit. The
-switch is announced (a gauge, a counter, a warning log); every `retry_interval_s` one
-decision tries the store again, and the first success switches back.
+switch is announced (a gauge, a counter, a warning log, the health of the named service
+`sluice.limiter.v1.LimiterService.store`, and `local_fallback` on every decision taken
+locally); every `retry_interval_s` one decision tries the store again, and a background
+probe pings it at the same interval whether or not decisions arrive, so the first
+success switches back by itself (and an outage is noticed without traffic).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -17,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sluice.core.clock import Clock
 from sluice.limiter.algorithms import Algorithm
-from sluice.limiter.backend import Backend, Outcome, Reconciled
+from sluice.limiter.backend import Backend, Outcome, Reconciled, Spent
 from sluice.limiter.memory import MemoryBackend
 from sluice.limiter.policies import Check
 
@@ -38,8 +43,11 @@ class FallbackBackend:
         replicas: int,
         retry_interval_s: float,
         on_change: Callable[[bool], None] = lambda degraded: None,
+        ping: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._shared = shared
+        self._ping = ping
+        self._prober: asyncio.Task[None] | None = None
         self._local = local
         self._clock = clock
         self._share = 1.0 / replicas
@@ -78,6 +86,27 @@ class FallbackBackend:
             log.warning("limiter store reachable again: limits are shared once more")
             self._on_change(False)
 
+    async def probe(self) -> None:
+        """Ping the store once: a failure switches to local decisions, a success back."""
+        if self._ping is None:
+            return
+        try:
+            await self._ping()
+        except UNREACHABLE as err:
+            self._fail(err)
+        else:
+            self._succeed()
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._retry_interval_s)
+            await self.probe()
+
+    async def start(self) -> None:
+        """Start the background probe (once the service serves)."""
+        if self._ping is not None and self._prober is None:
+            self._prober = asyncio.create_task(self._probe_forever())
+
     def _local_checks(self, checks: Sequence[Check]) -> list[Check]:
         local: list[Check] = []
         for check in checks:
@@ -96,7 +125,8 @@ class FallbackBackend:
             else:
                 self._succeed()
                 return outcome
-        return self._local.decide(self._local_checks(checks), reservation_id)
+        outcome = self._local.decide(self._local_checks(checks), reservation_id)
+        return replace(outcome, local_fallback=True)
 
     async def reconcile(self, reservation_id: str, actual_tokens: float) -> Reconciled:
         # A reservation taken locally while degraded is settled locally.
@@ -113,6 +143,35 @@ class FallbackBackend:
                 return settled
         return Reconciled(False)
 
+    async def spent(self, key: str, period_s: float) -> Spent:
+        if self._use_shared():
+            try:
+                found = await self._shared.spent(key, period_s)
+            except UNREACHABLE as err:
+                self._fail(err)
+            else:
+                self._succeed()
+                return found
+        # Alone, a replica lets a key spend its share of the budget: its local spend is
+        # reported scaled up to the whole.
+        local = self._local.spent_now(key, period_s)
+        return Spent(local.amount / self._share, local.period_left_s)
+
+    async def spend(self, key: str, period_s: float, amount: float) -> float:
+        if self._use_shared():
+            try:
+                total = await self._shared.spend(key, period_s, amount)
+            except UNREACHABLE as err:
+                self._fail(err)
+            else:
+                self._succeed()
+                return total
+        return self._local.spend_now(key, period_s, amount) / self._share
+
     async def close(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
         await self._shared.close()
         await self._local.close()

@@ -6,13 +6,14 @@ limit before it commits any, so a refusal consumes nothing.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sluice.core.clock import Clock
 from sluice.limiter.algorithms import Algorithm, State, Verdict
-from sluice.limiter.backend import Outcome, Reconciled
+from sluice.limiter.backend import Outcome, Reconciled, Spent
 from sluice.limiter.policies import Check
 
 
@@ -35,6 +36,8 @@ class MemoryBackend:
         self._reservation_ttl_s = reservation_ttl_s
         self._states: OrderedDict[str, State] = OrderedDict()
         self._reservations: OrderedDict[str, _Reservation] = OrderedDict()
+        self._spend: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        """Currency spend per key: (period index, amount)."""
 
     @property
     def name(self) -> str:
@@ -87,7 +90,34 @@ class MemoryBackend:
     async def reconcile(self, reservation_id: str, actual_tokens: float) -> Reconciled:
         return self.settle(reservation_id, actual_tokens)
 
+    def spent_now(self, key: str, period_s: float) -> Spent:
+        """The synchronous `spent` (periods on the wall clock, aligned to the epoch)."""
+        now = self._clock.wall()
+        period = math.floor(now / period_s)
+        held = self._spend.get(key)
+        amount = held[1] if held is not None and held[0] == period else 0.0
+        return Spent(amount, (period + 1) * period_s - now)
+
+    def spend_now(self, key: str, period_s: float, amount: float) -> float:
+        """The synchronous `spend`."""
+        now = self._clock.wall()
+        period = math.floor(now / period_s)
+        held = self._spend.get(key)
+        total = (held[1] if held is not None and held[0] == period else 0.0) + amount
+        self._spend[key] = (period, total)
+        self._spend.move_to_end(key)
+        if len(self._spend) > self._max_keys:
+            self._spend.popitem(last=False)
+        return total
+
+    async def spent(self, key: str, period_s: float) -> Spent:
+        return self.spent_now(key, period_s)
+
+    async def spend(self, key: str, period_s: float, amount: float) -> float:
+        return self.spend_now(key, period_s, amount)
+
     async def close(self) -> None:
+        self._spend.clear()
         self._states.clear()
         self._reservations.clear()
 

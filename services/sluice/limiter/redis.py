@@ -23,7 +23,7 @@ from redis.backoff import NoBackoff
 from sluice.core.clock import Clock
 from sluice.core.telemetry.spans import RequestSpans, redis_address
 from sluice.limiter.algorithms import Verdict
-from sluice.limiter.backend import Outcome, Reconciled
+from sluice.limiter.backend import Outcome, Reconciled, Spent
 from sluice.limiter.policies import Check
 from sluice.limiter.settings import RedisSettings
 
@@ -290,6 +290,31 @@ return {'1', fmt(reserved)}
 )
 
 
+# Currency spend per key and period: one float per period index, expiring a minute after
+# its period ends. KEYS: the key's spend key prefix. ARGV: now ('' = server time), period_s,
+# amount (spend only). Replies: {spent, seconds left in the period}.
+_SPENT = r"""
+local function now_arg(raw)
+  if raw ~= '' then return tonumber(raw) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local now = now_arg(ARGV[1])
+local period = tonumber(ARGV[2])
+local index = math.floor(now / period)
+local key = KEYS[1] .. '|' .. string.format('%d', index)
+local left = (index + 1) * period - now
+local spent
+if ARGV[3] then
+  spent = redis.call('INCRBYFLOAT', key, ARGV[3])
+  redis.call('PEXPIRE', key, math.ceil((left + 60) * 1000))
+else
+  spent = redis.call('GET', key) or '0'
+end
+return {spent, string.format('%.17g', left)}
+"""
+
+
 def _number(text: str) -> float:
     return float(text)  # Lua prints inf as "inf", which float() reads
 
@@ -321,6 +346,7 @@ class RedisBackend:
         self._address, self._db = redis_address(self._client)
         self._acquire = self._client.register_script(_ACQUIRE)
         self._reconcile = self._client.register_script(_RECONCILE)
+        self._spent = self._client.register_script(_SPENT)
 
     @property
     def name(self) -> str:
@@ -359,6 +385,21 @@ class RedisBackend:
                 args=[self._now(), repr(float(actual_tokens))],
             )
         return Reconciled(reply[0] == "1", _number(reply[1]))
+
+    async def spent(self, key: str, period_s: float) -> Spent:
+        with self._spans.redis(self._address, "EVALSHA", self._db):
+            reply: list[str] = await self._spent(
+                keys=[f"{self._prefix}spend|{key}"], args=[self._now(), repr(period_s)]
+            )
+        return Spent(_number(reply[0]), _number(reply[1]))
+
+    async def spend(self, key: str, period_s: float, amount: float) -> float:
+        with self._spans.redis(self._address, "EVALSHA", self._db):
+            reply: list[str] = await self._spent(
+                keys=[f"{self._prefix}spend|{key}"],
+                args=[self._now(), repr(period_s), repr(float(amount))],
+            )
+        return _number(reply[0])
 
     async def ping(self) -> bool:
         """Whether the server answers."""

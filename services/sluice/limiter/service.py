@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import time
 from collections.abc import Sequence
 
+from grpc_health.v1 import health_pb2
 from prometheus_client import Counter, Gauge, Histogram
 
 from sluice.core.clock import Clock, SystemClock
 from sluice.core.errors import (
+    BusinessRuleViolationError,
     FieldViolation,
     MissingParameterError,
     QuotaExceededError,
@@ -32,6 +35,11 @@ from sluice.limiter.settings import LimiterSettings
 from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
 from sluice.vendor.envoy.service.ratelimit.v3 import rls_pb2_grpc
 
+LIMITER_SERVICE = limiter_pb2.DESCRIPTOR.services_by_name["LimiterService"].full_name
+STORE_HEALTH = f"{LIMITER_SERVICE}.store"
+"""Health name of the shared store: NOT_SERVING while decisions fall back to the local
+share (the limiter itself stays SERVING: it still decides)."""
+
 
 def _describe(check: Check) -> str:
     limit, second = check.algorithm.params
@@ -47,7 +55,9 @@ def _describe(check: Check) -> str:
     return f"policy {check.policy}: at most {limit:g} {check.unit} {per}"
 
 
-def _refusal(checks: Sequence[Check], verdicts: Sequence[Verdict]) -> QuotaExceededError:
+def _refusal(
+    checks: Sequence[Check], verdicts: Sequence[Verdict], local_fallback: bool = False
+) -> QuotaExceededError:
     refused = [(c, v) for c, v in zip(checks, verdicts, strict=True) if not v.allowed]
     first, first_verdict = refused[0]
     waits = [v.retry_after_s for _, v in refused]
@@ -60,12 +70,21 @@ def _refusal(checks: Sequence[Check], verdicts: Sequence[Verdict]) -> QuotaExcee
             "policy": first.policy,
             "limit": f"{first_verdict.limit:g}",
             "policies": ",".join(c.policy for c, _ in refused),
+            **({"fallback": "local_share"} if local_fallback else {}),
         },
         retry_after_s=retry,
         quota_violations=[
             QuotaViolation(subject=c.subject, description=_describe(c)) for c, _ in refused
         ],
     )
+
+
+def _check_period(period_s: float, field: str) -> None:
+    if not (period_s > 0 and math.isfinite(period_s)):
+        raise ValidationError(
+            f"{field} must be a positive number of seconds",
+            field_violations=[FieldViolation(field, "must be positive")],
+        )
 
 
 class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
@@ -97,6 +116,16 @@ class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
         )
         self._applied = reconciled.labels("applied")
         self._unknown = reconciled.labels("unknown")
+        self._spent = Counter(
+            "sluice_limiter_spend",
+            "Currency added to API keys' budget spend (Spend calls).",
+            registry=host.registry,
+        )
+        self._budget_refusals = Counter(
+            "sluice_limiter_budget_refusals",
+            "Acquires refused because the key's budget for the period is spent.",
+            registry=host.registry,
+        )
         self._reconciled_tokens = Counter(
             "sluice_limiter_reconciled_tokens",
             "Tokens charged (positive) or refunded (negative) by reconciliation, by direction.",
@@ -128,11 +157,14 @@ class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
             endpoint=request.endpoint,
             model=request.model,
         )
+        spent = 0.0
+        if request.HasField("budget"):
+            spent = await self._check_budget(request.api_key_id, request.budget)
         checks = self._policies.checks(subjects, float(request.requests or 1), request.tokens)
         reservation_id = os.urandom(8).hex()
         if not checks:
             # No policy applies: admitted, and nothing to remember (limit 0 = unlimited).
-            return limiter_pb2.AcquireResponse(reservation_id=reservation_id)
+            return limiter_pb2.AcquireResponse(reservation_id=reservation_id, spent=spent)
         started = time.perf_counter()
         outcome = await self._backend.acquire(checks, reservation_id)
         self._latency.observe(time.perf_counter() - started)
@@ -140,7 +172,7 @@ class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
             for check, verdict in zip(checks, outcome.verdicts, strict=True):
                 if not verdict.allowed:
                     self._denied[check.policy].inc()
-            raise _refusal(checks, outcome.verdicts)
+            raise _refusal(checks, outcome.verdicts, outcome.local_fallback)
         statuses = []
         for check, verdict in zip(checks, outcome.verdicts, strict=True):
             self._allowed[check.policy].inc()
@@ -154,7 +186,12 @@ class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
                     reset_after_ms=int(verdict.reset_after_s * 1000),
                 )
             )
-        response = limiter_pb2.AcquireResponse(reservation_id=reservation_id, policies=statuses)
+        response = limiter_pb2.AcquireResponse(
+            reservation_id=reservation_id,
+            policies=statuses,
+            local_fallback=outcome.local_fallback,
+            spent=spent,
+        )
         # The headline figures come from the tightest request limit (any limit if none).
         candidates = [s for s in statuses if s.unit == "requests"] or statuses
         if candidates:
@@ -163,6 +200,47 @@ class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
             response.limit = tightest.limit
             response.reset_after_ms = tightest.reset_after_ms
         return response
+
+    async def _check_budget(self, api_key_id: str, budget: limiter_pb2.Budget) -> float:
+        """The key's spend in the period; BUSINESS_RULE_VIOLATION once it reached the budget."""
+        _check_period(budget.period_s, "budget.period_s")
+        if budget.limit < 0 or not math.isfinite(budget.limit):
+            raise ValidationError(
+                "budget.limit must be a non-negative number",
+                field_violations=[FieldViolation("budget.limit", "must not be negative")],
+            )
+        spent = await self._backend.spent(api_key_id, budget.period_s)
+        if spent.amount >= budget.limit:
+            self._budget_refusals.inc()
+            currency = budget.currency or "currency units"
+            raise BusinessRuleViolationError(
+                f"the API key's budget of {budget.limit:g} {currency} for this period is spent",
+                metadata={
+                    "budget": f"{budget.limit:g}",
+                    "spent": f"{spent.amount:.6g}",
+                    "currency": budget.currency,
+                },
+                retry_after_s=spent.period_left_s,
+            )
+        return spent.amount
+
+    async def Spend(  # noqa: N802 - gRPC method name
+        self, request: limiter_pb2.SpendRequest, context: ServicerContext
+    ) -> limiter_pb2.SpendResponse:
+        if not request.api_key_id:
+            raise MissingParameterError(
+                "api_key_id is required",
+                field_violations=[FieldViolation("api_key_id", "must not be empty")],
+            )
+        _check_period(request.period_s, "period_s")
+        if request.amount < 0 or not math.isfinite(request.amount):
+            raise ValidationError(
+                "amount must be a non-negative number",
+                field_violations=[FieldViolation("amount", "must not be negative")],
+            )
+        total = await self._backend.spend(request.api_key_id, request.period_s, request.amount)
+        self._spent.inc(request.amount)
+        return limiter_pb2.SpendResponse(spent=total)
 
     async def Reconcile(  # noqa: N802 - gRPC method name
         self, request: limiter_pb2.ReconcileRequest, context: ServicerContext
@@ -210,10 +288,21 @@ def build_backend(settings: LimiterSettings, clock: Clock | None, host: ServiceH
         registry=host.registry,
     )
 
+    health_updates: set[asyncio.Task[None]] = set()
+
     def announce(is_degraded: bool) -> None:
         degraded.set(1 if is_degraded else 0)
         if is_degraded:
             switches.inc()
+        # Health setters are coroutines; this runs inside a decision: set it soon, in order.
+        status = (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+            if is_degraded
+            else health_pb2.HealthCheckResponse.SERVING
+        )
+        task = asyncio.get_running_loop().create_task(host.health.set(STORE_HEALTH, status))
+        health_updates.add(task)
+        task.add_done_callback(health_updates.discard)
 
     tracer = host.tracer_provider.get_tracer("sluice.limiter") if host.tracing_active else None
     shared = RedisBackend(
@@ -222,14 +311,22 @@ def build_backend(settings: LimiterSettings, clock: Clock | None, host: ServiceH
         reservation_ttl_s=settings.reservation_ttl_s,
         spans=RequestSpans(tracer),
     )
-    return FallbackBackend(
+    fallback = FallbackBackend(
         shared,
         local,
         clock=clock or SystemClock(),
         replicas=settings.redis.replicas,
         retry_interval_s=settings.redis.retry_interval_s,
         on_change=announce,
+        ping=shared.ping,
     )
+
+    async def start() -> None:
+        await host.health.set(STORE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+        await fallback.start()
+
+    host.add_startup(start)
+    return fallback
 
 
 def build_server(
@@ -246,7 +343,7 @@ def build_server(
     limiter_pb2_grpc.add_LimiterServiceServicer_to_server(
         LimiterServicer(Policies(settings.effective_policies()), chosen, host), host.server
     )
-    host.add_service(limiter_pb2.DESCRIPTOR.services_by_name["LimiterService"].full_name)
+    host.add_service(LIMITER_SERVICE)
     # Envoy's rate limit service, over the same backend (edge limits).
     rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
         RateLimitServicer(settings.edge, chosen, host), host.server

@@ -8,11 +8,14 @@ How a request gets to run (RouterServicer._generate, after the limiter admitted 
    `critical` only past the hard level (SPEC §2.1 SERVICE_UNAVAILABLE, retry shortly).
 2. If the back end has a free slot under its *adaptive* concurrency limit and nobody
    waits, the request starts at once.
-3. Otherwise it queues. Tenants share capacity by start-time fair queueing (weighted;
-   the tenant with the smallest start tag goes next), and within a tenant the highest
-   class goes first. A tenant sending 10x more waits behind its own backlog, not in
-   front of others; under overload each tenant's background work waits (and, when it
-   cannot start before its deadline, is refused) before its premium work does.
+3. Otherwise it queues. The highest class waiting goes next; within a class, tenants
+   share capacity by start-time fair queueing (weighted; the tenant with the smallest
+   start tag goes next, then arrival order). So class wins across tenants and fairness
+   decides within a class: a tenant sending 10x more waits behind its own backlog in
+   its class, not in front of others, and under overload the lowest class anywhere
+   waits, and is refused, first. When the queue is full, an arriving request of a
+   higher class takes the place of the lowest-class waiter (which is refused, shed),
+   rather than being refused itself.
 4. Deadlines: a request whose estimated wait (the work ahead of it divided by the
    limit, times the observed service time) ends after its deadline is refused at once
    with DEADLINE_EXCEEDED; one whose deadline passes while queued is removed and
@@ -28,8 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -42,12 +43,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sluice.core.clock import Clock
 from sluice.core.errors import DeadlineExceededError, ServiceUnavailableError
+from sluice.core.telemetry.spans import RequestSpans
 
 PriorityClass = Literal["premium", "critical", "normal", "background"]
 CLASSES: tuple[PriorityClass, ...] = ("premium", "critical", "normal", "background")
 RANK: dict[str, int] = {name: rank for rank, name in enumerate(CLASSES)}
 PRIORITY_HEADER = "x-sluice-priority"
 _E = TypeVar("_E")
+# How a queue wait may end by design (its span records the outcome, not a failure).
+_DEADLINE_SLACK_S = 0.01
+_WAIT_REFUSALS: dict[type[BaseException], str] = {
+    DeadlineExceededError: "deadline",
+    ServiceUnavailableError: "shed",
+}
 
 
 class AdaptiveSettings(BaseModel):
@@ -174,42 +182,50 @@ class Aimd:
             self._limit = min(float(s.max_limit), self._limit + 1.0 / max(self._limit, 1.0))
 
 
-@dataclass(order=True)
+@dataclass(eq=False)
 class _Waiter:
     rank: int
-    seq: int
-    tenant: str = field(compare=False)
-    klass: str = field(compare=False)
-    future: asyncio.Future[None] = field(compare=False)
-    cancelled: bool = field(default=False, compare=False)
+    tenant: str
+    klass: str
+    future: asyncio.Future[None]
+    cancelled: bool = False
 
 
 @dataclass
-class _Tenant:
-    waiting: list[_Waiter] = field(default_factory=list)
-    """This tenant's waiters, a heap ordered by class, then arrival."""
+class _Flow:
+    """One tenant's waiters of one class, in arrival order."""
+
+    waiting: deque[_Waiter] = field(default_factory=deque)
     live: int = 0
     start: float = 0.0
-    """Start tag of the tenant's next request (start-time fair queueing)."""
-    ranks: dict[int, int] = field(default_factory=dict)
-    """Live waiters per class rank."""
+    """Start tag of the flow's next request (start-time fair queueing)."""
+
+
+@dataclass
+class _Band:
+    """The waiters of one class: one flow per tenant, served weighted-fair."""
+
+    flows: dict[str, _Flow] = field(default_factory=dict)
+    live: int = 0
+    virtual: float = 0.0
 
 
 class FairQueue:
-    """Weighted-fair across tenants, ordered by class within each tenant.
+    """Ordered by class; weighted-fair across tenants within a class.
 
-    Start-time fair queueing with one flow per tenant: the tenant with the smallest
-    start tag goes next, its tag then advances by 1/weight; a tenant that was idle
-    starts at the current virtual time (no credit for idleness). Within a tenant the
-    highest class goes first, then arrival order. So a tenant sending 10x more only
-    lengthens its own wait, and premium work overtakes a tenant's own background work.
+    The policy (docs/resilience.md, "Admission"): class wins across tenants, fairness
+    decides within a class. The highest class with a waiter goes next, so under
+    overload the lowest class anywhere waits (and is shed) first: a light tenant's
+    background work does not run while a heavy tenant's normal work is refused. Within
+    one class, start-time fair queueing with one flow per tenant: the tenant with the
+    smallest start tag goes next and its tag advances by 1/weight; a tenant that was
+    idle starts at the current virtual time (no credit for idleness). So a tenant
+    sending 10x more only lengthens its own wait within its class.
     """
 
     def __init__(self, weights: dict[str, float]) -> None:
         self._weights = weights
-        self._tenants: dict[str, _Tenant] = {}
-        self._virtual = 0.0
-        self._seq = itertools.count()
+        self._bands = [_Band() for _ in CLASSES]
         self._live = 0
         self.by_class: dict[str, int] = dict.fromkeys(CLASSES, 0)
 
@@ -218,63 +234,77 @@ class FairQueue:
 
     def push(self, tenant: str, klass: PriorityClass, future: asyncio.Future[None]) -> _Waiter:
         """Enqueue; returns the waiter (to cancel it)."""
-        flow = self._tenants.get(tenant)
+        rank = RANK[klass]
+        band = self._bands[rank]
+        flow = band.flows.get(tenant)
         if flow is None:
-            flow = self._tenants[tenant] = _Tenant(start=self._virtual)
+            flow = band.flows[tenant] = _Flow(start=band.virtual)
         elif not flow.live:
-            flow.start = max(flow.start, self._virtual)
-        waiter = _Waiter(RANK[klass], next(self._seq), tenant, klass, future)
-        heapq.heappush(flow.waiting, waiter)
+            flow.start = max(flow.start, band.virtual)
+        waiter = _Waiter(rank, tenant, klass, future)
+        flow.waiting.append(waiter)
         flow.live += 1
-        flow.ranks[waiter.rank] = flow.ranks.get(waiter.rank, 0) + 1
+        band.live += 1
         self._live += 1
         self.by_class[klass] += 1
         return waiter
 
     def ahead_of(self, tenant: str, klass: PriorityClass) -> int:
-        """Waiters that would be served before a new request (an estimate): the
-        tenant's own waiters of its class or higher, interleaved with every other
-        active tenant's turns."""
-        flow = self._tenants.get(tenant)
-        own = sum(n for rank, n in flow.ranks.items() if rank <= RANK[klass]) if flow else 0
-        active = sum(1 for t in self._tenants.values() if t.live)
-        others = self._live - (flow.live if flow else 0)
-        return min(
-            self._live,
-            own + min(others, (own + 1) * max(active - (1 if flow and flow.live else 0), 0)),
-        )
+        """Waiters that would be served before a new request (an estimate): every
+        waiter of a higher class, plus the tenant's own waiters of its class
+        interleaved with every other tenant's turns in that class."""
+        rank = RANK[klass]
+        higher = sum(band.live for band in self._bands[:rank])
+        band = self._bands[rank]
+        flow = band.flows.get(tenant)
+        own = flow.live if flow else 0
+        active = sum(1 for f in band.flows.values() if f.live) - (1 if own else 0)
+        others = band.live - own
+        return higher + own + min(others, (own + 1) * max(active, 0))
 
     def _forget(self, waiter: _Waiter) -> None:
-        flow = self._tenants[waiter.tenant]
+        band = self._bands[waiter.rank]
         waiter.cancelled = True
-        flow.live -= 1
-        flow.ranks[waiter.rank] -= 1
+        band.flows[waiter.tenant].live -= 1
+        band.live -= 1
         self._live -= 1
         self.by_class[waiter.klass] -= 1
 
     def cancel(self, waiter: _Waiter) -> None:
-        """Remove a waiter (its deadline passed or its caller left)."""
+        """Remove a waiter (its deadline passed, its caller left, or it was shed)."""
         if not waiter.cancelled:
             self._forget(waiter)
 
+    def lowest(self) -> _Waiter | None:
+        """The waiter to shed first: of the lowest class waiting, the newest of the
+        tenant with the most waiters in that class (None when empty)."""
+        for band in reversed(self._bands):
+            if not band.live:
+                continue
+            flow = max((f for f in band.flows.values() if f.live), key=lambda f: (f.live, f.start))
+            for waiter in reversed(flow.waiting):
+                if not waiter.cancelled:
+                    return waiter
+        return None
+
     def pop(self) -> _Waiter | None:
         """The next waiter to run, or None."""
-        while self._live:
+        for band in self._bands:
+            if not band.live:
+                continue
             tenant, flow = min(
-                ((name, t) for name, t in self._tenants.items() if t.live),
+                ((name, f) for name, f in band.flows.items() if f.live),
                 key=lambda item: item[1].start,
             )
-            while flow.waiting and flow.waiting[0].cancelled:
-                heapq.heappop(flow.waiting)
-            if not flow.waiting:  # pragma: no cover - live counts only uncancelled
-                flow.live = 0
-                continue
-            waiter = heapq.heappop(flow.waiting)
+            while flow.waiting[0].cancelled:
+                flow.waiting.popleft()
+            waiter = flow.waiting.popleft()
             self._forget(waiter)
-            self._virtual = max(self._virtual, flow.start)
+            band.virtual = max(band.virtual, flow.start)
             flow.start += 1.0 / self._weights.get(tenant, 1.0)
-            if not self._live:
-                self._tenants.clear()  # idle: nobody keeps credit or debt
+            if not band.live:
+                band.flows.clear()  # idle: nobody keeps credit or debt
+                band.virtual = 0.0
             return waiter
         return None
 
@@ -421,8 +451,11 @@ class Admission:
         registry: CollectorRegistry,
         sampler: LoadSampler | None = None,
         memory_limit_bytes: int = 0,
+        *,
+        spans: RequestSpans | None = None,
     ) -> None:
         self._settings = settings
+        self._spans = spans or RequestSpans(None)
         self._clock = clock
         self._gates: dict[str, BackendGate] = {}
         self.metrics = AdmissionMetrics(registry)
@@ -475,6 +508,26 @@ class Admission:
         self.metrics.refused.labels(klass, "deadline").inc()
         return DeadlineExceededError(why, metadata={"priority": klass})
 
+    def _shed_lower(self, gate: BackendGate, klass: PriorityClass) -> bool:
+        """Refuse the lowest-class waiter if it is of a lower class than `klass`, to
+        make room for it; False when nobody waiting ranks below `klass`."""
+        victim = gate.queue.lowest()
+        if victim is None or victim.rank <= RANK[klass]:
+            return False
+        gate.queue.cancel(victim)
+        self.metrics.queue_depth.labels(gate.name, victim.klass).dec()
+        self.metrics.refused.labels(victim.klass, "shed").inc()
+        if not victim.future.done():
+            victim.future.set_exception(
+                ServiceUnavailableError(
+                    f"the back end's queue is full and sheds {victim.klass} requests first; "
+                    "retry shortly",
+                    metadata={"backend": gate.name, "priority": victim.klass},
+                    retry_after_s=1.0,
+                )
+            )
+        return True
+
     def _dispatch(self, gate: BackendGate) -> None:
         while gate.in_flight < self.limit(gate):
             waiter = gate.queue.pop()
@@ -510,40 +563,65 @@ class Admission:
             gate.in_flight += 1
             self.metrics.in_flight.labels(backend).set(gate.in_flight)
         else:
-            if depth >= self._settings.max_queue:
+            budget = deadline - enqueued
+            if self._estimated_wait(gate, tenant, klass) > budget:
+                raise self._refuse_deadline(
+                    klass, "the request cannot start before its deadline (queue too long)"
+                )
+            if depth >= self._settings.max_queue and not self._shed_lower(gate, klass):
                 self.metrics.refused.labels(klass, "queue_full").inc()
                 raise ServiceUnavailableError(
                     "the back end's queue is full; retry shortly",
                     metadata={"backend": backend, "priority": klass},
                     retry_after_s=1.0,
                 )
-            budget = deadline - enqueued
-            if self._estimated_wait(gate, tenant, klass) > budget:
-                raise self._refuse_deadline(
-                    klass, "the request cannot start before its deadline (queue too long)"
+            with self._spans.queue_wait(
+                "admission",
+                {
+                    "sluice.priority": klass,
+                    "sluice.queue.depth": depth,
+                    "sluice.tenant": tenant,
+                    "sluice.backend": backend,
+                },
+                refusals=_WAIT_REFUSALS,
+            ) as span:
+                await self._wait(gate, tenant, klass, deadline)
+                span.set_attribute(
+                    "sluice.queue.wait_ms",
+                    round((self._clock.monotonic() - enqueued) * 1000.0, 3),
                 )
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            waiter = gate.queue.push(tenant, klass, future)
-            self.metrics.queue_depth.labels(backend, klass).inc()
-            try:
-                await asyncio.wait_for(asyncio.shield(future), timeout=max(budget, 0.0))
-            except (TimeoutError, asyncio.CancelledError) as stop:
-                if future.done() and not future.cancelled():
-                    # Admitted at the last moment: give the slot back.
-                    gate.in_flight -= 1
-                    self._dispatch(gate)
-                else:
-                    future.cancel()
-                    gate.queue.cancel(waiter)
-                    self.metrics.queue_depth.labels(backend, klass).dec()
-                if isinstance(stop, TimeoutError):
-                    raise self._refuse_deadline(
-                        klass, "the request's deadline passed while it waited for capacity"
-                    ) from None
-                raise
         waited = self._clock.monotonic() - enqueued
         self.metrics.queue_wait.labels(klass).observe(waited)
         return Ticket(backend, klass, waited, depth, self._clock.monotonic())
+
+    async def _wait(
+        self, gate: BackendGate, tenant: str, klass: PriorityClass, deadline: float
+    ) -> None:
+        """Queue for a slot of `gate`: return holding it, or raise (deadline, shed)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = gate.queue.push(tenant, klass, future)
+        self.metrics.queue_depth.labels(gate.name, klass).inc()
+        try:
+            budget = deadline - self._clock.monotonic()
+            await asyncio.wait_for(asyncio.shield(future), timeout=max(budget, 0.0))
+        except (TimeoutError, asyncio.CancelledError) as stop:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                # Admitted at the last moment: give the slot back.
+                gate.in_flight -= 1
+                self._dispatch(gate)
+            elif not future.done():
+                future.cancel()
+                gate.queue.cancel(waiter)
+                self.metrics.queue_depth.labels(gate.name, klass).dec()
+            if isinstance(stop, TimeoutError):
+                raise self._refuse_deadline(
+                    klass, "the request's deadline passed while it waited for capacity"
+                ) from None
+            if self._clock.monotonic() >= deadline - _DEADLINE_SLACK_S:
+                # gRPC cancelled the call at its deadline a moment before our own timer
+                # fired: the same refusal, counted the same way.
+                self.metrics.refused.labels(klass, "deadline").inc()
+            raise
 
     def release(self, ticket: Ticket) -> None:
         """Give the capacity back; the ticket's first token feeds the adaptive limit."""

@@ -4,8 +4,14 @@ Before a request is admitted, the key's spend in the current period (aligned win
 `period_s`, on the injected wall clock) is compared with its budget; a spent budget is
 BUSINESS_RULE_VIOLATION (gRPC FAILED_PRECONDITION, HTTP 412 through Envoy). When a
 stream ends, its real usage is priced (input and output tokens per million, per model
-alias) and added. Spend is kept in this router's memory: with several router replicas
-each enforces the budget for the traffic it sees (use per-key routing or a budget share).
+alias) and added.
+
+Spend is shared by every router replica: it lives in the limiter (which owns quota
+state, in its Redis when it has one). The router sends the key's budget with its
+Acquire (the limiter refuses a spent key before any limit, atomically with the
+decision) and each finished stream's cost with a Spend call. This class owns prices and
+budgets, and keeps a local copy of the spend, used only while the limiter cannot be
+reached (then each router enforces the budget for the traffic it sees).
 """
 
 from __future__ import annotations
@@ -69,7 +75,13 @@ class Budgets:
     def _period(self) -> int:
         return math.floor(self._clock.wall() / self._settings.period_s)
 
-    def _budget(self, key_id: str) -> float | None:
+    @property
+    def settings(self) -> BudgetSettings:
+        """Prices, budgets, period and currency."""
+        return self._settings
+
+    def budget(self, key_id: str) -> float | None:
+        """The key's budget per period (None: unlimited)."""
         return self._settings.per_key.get(key_id, self._settings.default)
 
     def spent(self, key_id: str) -> float:
@@ -78,8 +90,9 @@ class Budgets:
         return amount if period == self._period() else 0.0
 
     def check(self, key_id: str) -> None:
-        """Raise BUSINESS_RULE_VIOLATION when the key's budget for the period is spent."""
-        budget = self._budget(key_id)
+        """Raise BUSINESS_RULE_VIOLATION when the key's budget for the period is spent
+        (by this router's own count: the fallback while the limiter is unreachable)."""
+        budget = self.budget(key_id)
         if budget is None:
             return
         spent = self.spent(key_id)
@@ -107,13 +120,14 @@ class Budgets:
             input_tokens * price.input_per_million + output_tokens * price.output_per_million
         ) / 1_000_000
 
-    def charge(self, key_id: str, model: str, input_tokens: int, output_tokens: int) -> None:
-        """Add a finished stream's cost to the key's spend."""
+    def charge(self, key_id: str, model: str, input_tokens: int, output_tokens: int) -> float:
+        """Add a finished stream's cost to the key's local spend; the cost (to send on)."""
         amount = self.cost(model, input_tokens, output_tokens)
         if amount <= 0:
-            return
+            return 0.0
         period = self._period()
         if len(self._spent) > 100_000:
             self._spent = {k: v for k, v in self._spent.items() if v[0] == period}
         self._spent[key_id] = (period, self.spent(key_id) + amount)
         self.charged.labels(model).inc(amount)
+        return amount

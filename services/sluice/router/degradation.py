@@ -24,6 +24,8 @@ from sluice.core.errors import (
 )
 
 LIMITER_DEGRADED = "limiter_unavailable"
+LIMITER_LOCAL_SHARE = "limiter_local_share"
+"""The limiter decided, but alone on its share: its shared store was unreachable."""
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 

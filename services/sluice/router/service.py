@@ -42,7 +42,12 @@ from sluice.router import genai
 from sluice.router.admission import Admission, request_class
 from sluice.router.auth import ApiKeyAuthenticator, Principal
 from sluice.router.budgets import Budgets
-from sluice.router.degradation import LIMITER_DEGRADED, LocalLimits, MemoryGuard
+from sluice.router.degradation import (
+    LIMITER_DEGRADED,
+    LIMITER_LOCAL_SHARE,
+    LocalLimits,
+    MemoryGuard,
+)
 from sluice.router.downstream import error_from_rpc
 from sluice.router.fallback import FallbackChain, ResilienceMetrics
 from sluice.router.settings import BackendRef, ModelAliasSettings, RouterSettings
@@ -81,6 +86,11 @@ class RouterMetrics:
         self.limiter_fail_open = Counter(
             "sluice_router_limiter_fail_open",
             "Requests admitted without a limiter decision because the limiter failed.",
+            registry=host.registry,
+        )
+        self.spend_failures = Counter(
+            "sluice_router_spend_failures",
+            "Finished streams whose cost could not be added to the shared budget spend.",
             registry=host.registry,
         )
         self.reconcile_failures = Counter(
@@ -175,6 +185,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> None:
         prompt_tokens = sum(count_tokens(m.content) for m in request.messages)
         estimate = prompt_tokens + max_tokens
+        budgets = self._budgets
+        limit = budgets.budget(principal.key_id) if budgets is not None else None
+        budget = None if budgets is None or limit is None else self._budget_of(budgets, limit)
         try:
             admitted = await self._limiter.Acquire(
                 limiter_pb2.AcquireRequest(
@@ -185,6 +198,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     model=request.model,
                     requests=1,
                     tokens=estimate,
+                    budget=budget,
                 ),
                 timeout=self._settings.limiter_timeout_ms / 1000.0,
             )
@@ -193,12 +207,19 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             if any(policy.unit == "tokens" for policy in admitted.policies):
                 state.reservation_id = admitted.reservation_id
                 state.input_tokens_estimate = prompt_tokens
+            if admitted.local_fallback:
+                state.degradations.append(LIMITER_LOCAL_SHARE)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise error_from_rpc(err, "limiter") from err
+            if err.code() == grpc.StatusCode.FAILED_PRECONDITION and self._budgets is not None:
+                self._budgets.refused.inc()  # the key's budget is spent
                 raise error_from_rpc(err, "limiter") from err
             # Graceful degradation (SPEC §2.2): a broken limiter must not stop serving;
             # the router's local approximate limit (or, fail-closed, a refusal) stands in.
             log.warning("limiter unavailable (%s); deciding locally", err.code().name)
+            if self._budgets is not None:
+                self._budgets.check(principal.key_id)  # this router's own count of spend
             await self._local_limits.admit(principal.key_id)
             self._metrics.limiter_fail_open.inc()
             state.degradations.append(LIMITER_DEGRADED)
@@ -236,8 +257,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         validate_request(request, self._settings)
         alias = self._resolve_model(request, principal)
         max_tokens = request.max_tokens or alias.default_max_tokens
-        if self._budgets is not None:
-            self._budgets.check(principal.key_id)
         await self._admit(request, principal, max_tokens, state)
 
         genai.annotate_request(request, alias.backends[0].backend, max_tokens)
@@ -311,7 +330,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 self._reconcile_later(state)
             if self._budgets is not None:
                 usage = state.completed.usage if state.completed is not None else None
-                self._budgets.charge(
+                cost = self._budgets.charge(
                     principal.key_id,
                     request.model,
                     usage.input_tokens
@@ -319,10 +338,39 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     else sum(count_tokens(m.content) for m in request.messages),
                     usage.output_tokens if usage is not None else state.output_tokens,
                 )
+                if cost > 0:
+                    self._spend_later(self._budgets, principal.key_id, cost)
             if state.output_tokens:
                 self._metrics.tokens_streamed.labels(request.model, state.backend).inc(
                     state.output_tokens
                 )
+
+    @staticmethod
+    def _budget_of(budgets: Budgets, limit: float) -> limiter_pb2.Budget:
+        settings = budgets.settings
+        return limiter_pb2.Budget(
+            limit=limit, period_s=settings.period_s, currency=settings.currency
+        )
+
+    def _spend_later(self, budgets: Budgets, key_id: str, cost: float) -> None:
+        """Add a finished stream's cost to the key's shared spend (in the limiter)."""
+        task = asyncio.ensure_future(
+            self._spend(
+                limiter_pb2.SpendRequest(
+                    api_key_id=key_id, amount=cost, period_s=budgets.settings.period_s
+                )
+            )
+        )
+        self._reconciling.add(task)
+        task.add_done_callback(self._reconciling.discard)
+
+    async def _spend(self, request: limiter_pb2.SpendRequest) -> None:
+        try:
+            await self._limiter.Spend(request, timeout=self._settings.limiter_timeout_ms / 1000.0)
+        except grpc.aio.AioRpcError as err:
+            # Only this router's local count has it now (used while the limiter is away).
+            self._metrics.spend_failures.inc()
+            log.warning("budget spend not recorded in the limiter (%s)", err.code().name)
 
     def _reconcile_later(self, state: StreamState) -> None:
         """Settle the token reservation with real usage, however the stream ended."""
@@ -594,6 +642,7 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Ser
                 clock,
                 host.registry,
                 memory_limit_bytes=settings.resilience.memory_limit_mb * 1024 * 1024,
+                spans=spans,
             )
             if settings.admission.enabled
             else None

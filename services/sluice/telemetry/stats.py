@@ -5,10 +5,18 @@ time to first token and Apdex; the service dependency map (a span whose parent i
 another service is one call from that service to its own); and where time goes (self
 time per span kind, slowest operations). Samples older than the window are trimmed on
 every write, so memory is bounded by traffic in one window and by `max_samples`.
+
+Head sampling keeps only a share of the traces, but every failed RPC (`keep_errors`): so
+each span counts with the weight 1/p, p being the probability it was exported with,
+which the services record as `sluice.sampling.ratio` (the head ratio of its trace, or
+1.0 on a failed RPC span, exported whatever the ratio). Counts and rates are the
+Horvitz-Thompson estimates (sums of weights), percentiles and Apdex are weighted too.
+A span without the attribute (Envoy's, older senders) counts once.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
@@ -26,6 +34,8 @@ from sluice.telemetry.v1 import telemetry_pb2
 SERVER = otlp_trace.Span.SPAN_KIND_SERVER
 # The GenAI semantic conventions' name for time to first token (seconds).
 TTFT_ATTRIBUTE = "gen_ai.server.time_to_first_token"
+# The probability a span was exported with (core/telemetry/tracing.py sets it).
+RATIO_ATTRIBUTE = "sluice.sampling.ratio"
 
 
 @dataclass(slots=True, frozen=True)
@@ -40,6 +50,8 @@ class SpanSample:
     error: bool
     ttft_s: float | None
     self_s: float
+    weight: float = 1.0
+    """How many calls the span stands for: 1 / the probability it was exported with."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -50,6 +62,8 @@ class EdgeSample:
     client: str
     server: str
     error: bool
+    weight: float = 1.0
+    """The called span's weight."""
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -60,17 +74,38 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
-def apdex(durations_s: Iterable[float], errors: Iterable[bool], t_s: float) -> float:
-    """(satisfied + tolerating / 2) / n; satisfied <= T < tolerating <= 4T; errors frustrate."""
-    satisfied = tolerating = n = 0
-    for duration, error in zip(durations_s, errors, strict=True):
-        n += 1
+def weighted_percentile(sorted_pairs: list[tuple[float, float]], q: float) -> float:
+    """Nearest-rank percentile of ascending (value, weight) pairs: the first value whose
+    cumulative weight reaches q of the total (with unit weights, `percentile`)."""
+    if not sorted_pairs:
+        return 0.0
+    target = q * sum(weight for _, weight in sorted_pairs)
+    cumulative = 0.0
+    for value, weight in sorted_pairs:
+        cumulative += weight
+        if cumulative >= target:
+            return value
+    return sorted_pairs[-1][0]
+
+
+def apdex(
+    durations_s: Iterable[float],
+    errors: Iterable[bool],
+    t_s: float,
+    weights: Iterable[float] | None = None,
+) -> float:
+    """(satisfied + tolerating / 2) / n; satisfied <= T < tolerating <= 4T; errors frustrate.
+    With `weights`, each sample counts its weight."""
+    satisfied = tolerating = n = 0.0
+    counted = weights if weights is not None else itertools.repeat(1.0)
+    for duration, error, weight in zip(durations_s, errors, counted, strict=False):
+        n += weight
         if error:
             continue
         if duration <= t_s:
-            satisfied += 1
+            satisfied += weight
         elif duration <= 4 * t_s:
-            tolerating += 1
+            tolerating += weight
     return (satisfied + tolerating / 2) / n if n else 0.0
 
 
@@ -99,9 +134,14 @@ def samples_of(spans: list[StoredSpan]) -> tuple[list[SpanSample], list[EdgeSamp
         span = item.span
         duration_ns = max(0, span.end_time_unix_nano - span.start_time_unix_nano)
         ttft = None
+        weight = 1.0
         for attribute in span.attributes:
             if attribute.key == TTFT_ATTRIBUTE:
                 ttft = _number(attribute.value)
+            elif attribute.key == RATIO_ATTRIBUTE:
+                ratio = _number(attribute.value)
+                if ratio is not None and 0.0 < ratio <= 1.0:
+                    weight = 1.0 / ratio
         end_s = span.end_time_unix_nano / 1e9
         error = span.status.code == ERROR
         samples.append(
@@ -114,11 +154,12 @@ def samples_of(spans: list[StoredSpan]) -> tuple[list[SpanSample], list[EdgeSamp
                 error=error,
                 ttft_s=ttft,
                 self_s=max(0, duration_ns - children_ns.get(span.span_id, 0)) / 1e9,
+                weight=weight,
             )
         )
         parent = by_id.get(span.parent_span_id)
         if parent is not None and parent.service_name != item.service_name:
-            edges.append(EdgeSample(end_s, parent.service_name, item.service_name, error))
+            edges.append(EdgeSample(end_s, parent.service_name, item.service_name, error, weight))
     return samples, edges
 
 
@@ -166,22 +207,29 @@ class WindowStats:
         t_s = self.apdex_t_ms / 1000
         response = telemetry_pb2.GetStatsResponse(window_s=window, apdex_t_ms=self.apdex_t_ms)
         for (svc, operation), group in sorted(groups.items()):
-            durations = sorted(s.duration_s * 1000 for s in group)
-            ttfts = sorted(s.ttft_s * 1000 for s in group if s.ttft_s is not None)
-            errors = sum(1 for s in group if s.error)
+            total = sum(s.weight for s in group)
+            durations = sorted((s.duration_s * 1000, s.weight) for s in group)
+            ttfts = sorted((s.ttft_s * 1000, s.weight) for s in group if s.ttft_s is not None)
+            errors = sum(s.weight for s in group if s.error)
             response.operations.append(
                 telemetry_pb2.OperationStats(
                     service_name=svc,
                     operation=operation,
-                    count=len(group),
-                    request_rate=len(group) / window,
-                    error_rate=errors / len(group),
-                    p50_ms=percentile(durations, 0.50),
-                    p95_ms=percentile(durations, 0.95),
-                    p99_ms=percentile(durations, 0.99),
-                    ttft_p50_ms=percentile(ttfts, 0.50),
-                    ttft_p95_ms=percentile(ttfts, 0.95),
-                    apdex=apdex((s.duration_s for s in group), (s.error for s in group), t_s),
+                    count=round(total),
+                    request_rate=total / window,
+                    error_rate=errors / total,
+                    p50_ms=weighted_percentile(durations, 0.50),
+                    p95_ms=weighted_percentile(durations, 0.95),
+                    p99_ms=weighted_percentile(durations, 0.99),
+                    ttft_p50_ms=weighted_percentile(ttfts, 0.50),
+                    ttft_p95_ms=weighted_percentile(ttfts, 0.95),
+                    apdex=apdex(
+                        (s.duration_s for s in group),
+                        (s.error for s in group),
+                        t_s,
+                        (s.weight for s in group),
+                    ),
+                    spans=len(group),
                 )
             )
         return response
@@ -191,20 +239,21 @@ class WindowStats:
         window = self.window(window_s)
         self._trim()
         oldest = self._clock.wall() - window
-        counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+        counts: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
         for edge in self._edges:
             if edge.end_s >= oldest:
                 count = counts[(edge.client, edge.server)]
-                count[0] += 1
-                count[1] += edge.error
+                count[0] += edge.weight
+                if edge.error:
+                    count[1] += edge.weight
         response = telemetry_pb2.GetServiceGraphResponse()
         for (client, server), (calls, errors) in sorted(counts.items()):
             response.edges.append(
                 telemetry_pb2.ServiceEdge(
                     client=client,
                     server=server,
-                    calls=calls,
-                    errors=errors,
+                    calls=round(calls),
+                    errors=round(errors),
                     error_rate=errors / calls,
                 )
             )
@@ -218,18 +267,19 @@ class WindowStats:
         by_kind: dict[int, float] = defaultdict(float)
         for sample in self._recent(self._spans, window):
             groups[(sample.service, sample.operation, sample.kind)].append(sample)
-            by_kind[sample.kind] += sample.self_s
+            by_kind[sample.kind] += sample.self_s * sample.weight
         slowest = []
         for (svc, operation, kind), group in groups.items():
-            durations = sorted(s.duration_s * 1000 for s in group)
+            total = sum(s.weight for s in group)
+            durations = sorted((s.duration_s * 1000, s.weight) for s in group)
             slowest.append(
                 telemetry_pb2.SlowOperation(
                     service_name=svc,
                     operation=operation,
                     kind=otlp_trace.Span.SpanKind.Name(otlp_trace.Span.SpanKind.ValueType(kind)),
-                    count=len(group),
-                    p99_ms=percentile(durations, 0.99),
-                    mean_self_ms=sum(s.self_s for s in group) * 1000 / len(group),
+                    count=round(total),
+                    p99_ms=weighted_percentile(durations, 0.99),
+                    mean_self_ms=sum(s.self_s * s.weight for s in group) * 1000 / total,
                 )
             )
         slowest.sort(key=lambda op: (-op.p99_ms, op.service_name, op.operation))

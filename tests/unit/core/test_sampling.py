@@ -5,13 +5,18 @@ from __future__ import annotations
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from sluice.core.config import TracingSettings
 from sluice.core.telemetry.grpc_server import ServerSpan
-from sluice.core.telemetry.tracing import build_tracer_provider, failed_spans_of
+from sluice.core.telemetry.tracing import (
+    SAMPLING_RATIO,
+    build_tracer_provider,
+    failed_spans_of,
+)
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 CALLER = "b7ad6b7169203331"
@@ -44,6 +49,7 @@ def test_an_unsampled_server_span_that_fails_is_exported_rebuilt_and_parented() 
         "rpc.method": "Generate",
         "rpc.grpc.status_code": grpc.StatusCode.UNAVAILABLE.value[0],
         "error.type": "SERVICE_UNAVAILABLE",
+        "sluice.sampling.ratio": 1.0,  # exported whatever the ratio: counts once
     }
     assert exported.start_time is not None and exported.end_time is not None
     assert exported.end_time >= exported.start_time
@@ -103,3 +109,74 @@ def test_ratio_one_exports_everything() -> None:
             pass
     assert len(memory.get_finished_spans()) == 5
     provider.shutdown()
+
+
+def _provider(ratio: float, **fields: bool) -> tuple[TracerProvider, InMemorySpanExporter]:
+    memory = InMemorySpanExporter()
+    provider = build_tracer_provider(
+        "svc",
+        TracingSettings(sample_ratio=ratio, **fields),
+        processor=SimpleSpanProcessor(memory),
+    )
+    return provider, memory
+
+
+def _spans_under(ratio: float, carrier: dict[str, str]) -> list[ReadableSpan]:
+    """A parent and a child span under the context the carrier propagates."""
+    provider, memory = _provider(ratio)
+    token = otel_context.attach(propagate.extract(carrier))
+    try:
+        tracer = provider.get_tracer("test")
+        with tracer.start_as_current_span("parent"), tracer.start_as_current_span("child"):
+            pass
+    finally:
+        otel_context.detach(token)
+    provider.shutdown()
+    return list(memory.get_finished_spans())
+
+
+def _ratios(spans: list[ReadableSpan]) -> list[object]:
+    return [(s.attributes or {}).get(SAMPLING_RATIO) for s in spans]
+
+
+def _states(spans: list[ReadableSpan]) -> list[str | None]:
+    return [s.context.trace_state.get("sluice") if s.context else None for s in spans]
+
+
+def test_sampled_spans_carry_the_ratio_their_trace_was_kept_with() -> None:
+    # A root decided here: this service's ratio, handed on in tracestate.
+    roots: list[ReadableSpan] = []
+    for _ in range(40):
+        roots = _spans_under(0.5, {})
+        if roots:
+            break
+    assert _ratios(roots) == [0.5, 0.5]
+    assert _states(roots) == ["r:0.5", "r:0.5"]
+
+    # A parent from another service that sampled at 0.25: its ratio, not ours.
+    spans = _spans_under(
+        0.5, {"traceparent": unsampled("01")[0][1], "tracestate": "sluice=r:0.25,x=y"}
+    )
+    assert _ratios(spans) == [0.25, 0.25]
+
+    # A sampled parent that says nothing (Envoy) or nonsense: this service's ratio, and
+    # from here on the entry says so.
+    for state in ("", "sluice=bogus", "sluice=r:7"):
+        spans = _spans_under(0.5, {"traceparent": unsampled("01")[0][1], "tracestate": state})
+        assert _ratios(spans) == [0.5, 0.5], state
+        assert _states(spans) == ["r:0.5", "r:0.5"], state
+
+
+def test_a_sampled_server_span_that_fails_counts_once_when_errors_are_kept() -> None:
+    sampled = [("traceparent", f"00-{TRACE}-{CALLER}-01"), ("tracestate", "sluice=r:0.1")]
+    for keep_errors, expected in ((True, 1.0), (False, 0.1)):
+        provider, memory = _provider(0.1, keep_errors=keep_errors)
+        tracer = provider.get_tracer("test")
+        ServerSpan(tracer, METHOD, sampled, failed_spans_of(provider)).finish(
+            grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE", None
+        )
+        ServerSpan(tracer, METHOD, sampled, failed_spans_of(provider)).finish(
+            grpc.StatusCode.OK, "OK", None
+        )
+        assert _ratios(list(memory.get_finished_spans())) == [expected, 0.1]
+        provider.shutdown()

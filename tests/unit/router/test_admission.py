@@ -68,15 +68,35 @@ async def test_a_tenant_sending_ten_times_more_does_not_starve_the_other() -> No
     assert served.count("heavy") == 20
 
 
-async def test_a_heavy_tenants_premium_flood_does_not_starve_a_light_tenants_normal() -> None:
+async def test_class_wins_across_tenants_and_fairness_decides_within_a_class() -> None:
     queue = FairQueue({})
-    for _ in range(20):
-        queue.push("heavy", "premium", _future())
+    for _ in range(3):
+        queue.push("light", "background", _future())
+    for _ in range(10):
+        queue.push("heavy", "normal", _future())
     queue.push("light", "normal", _future())
-    queue.push("heavy", "background", _future())
+    queue.push("heavy", "premium", _future())
     served = _order(queue)
-    assert served.index(("light", "normal")) <= 1
-    assert served[-1] == ("heavy", "background")  # the heavy tenant's own order by class
+    assert served[0] == ("heavy", "premium")
+    # Normal before any background, whoever sends it; within normal, the light
+    # tenant's request goes out in its fair turn, not after the heavy backlog.
+    assert [k for _, k in served[1:12]] == ["normal"] * 11
+    assert served[1:12].index(("light", "normal")) <= 1
+    assert served[12:] == [("light", "background")] * 3
+
+
+async def test_the_shed_candidate_is_the_lowest_class_of_the_busiest_tenant() -> None:
+    queue = FairQueue({})
+    assert queue.lowest() is None
+    queue.push("a", "normal", _future())
+    first_bg = queue.push("b", "background", _future())
+    newest_bg = queue.push("b", "background", _future())
+    queue.push("c", "background", _future())
+    assert queue.lowest() is newest_bg
+    queue.cancel(newest_bg)
+    assert queue.lowest() is first_bg  # b and c tie at one each: the first found
+    queue.cancel(first_bg)
+    assert queue.lowest() is not None and queue.lowest().tenant == "c"  # type: ignore[union-attr]
 
 
 async def test_deadline_estimate_counts_own_backlog_and_other_tenants_turns() -> None:
@@ -265,6 +285,104 @@ async def test_a_deadline_passing_in_the_queue_is_deadline_exceeded_and_frees_th
     # The gate is free again.
     async with _holding(admission):
         assert admission.gate("b").in_flight == 1
+
+
+async def _queued(
+    admission: Admission,
+    started: list[tuple[str, str]],
+    tenant: str,
+    klass: PriorityClass,
+    deadline: float,
+) -> asyncio.Task[None]:
+    async def run() -> None:
+        async with admission.slot("b", tenant, klass, deadline=deadline):
+            started.append((tenant, klass))
+
+    task = asyncio.create_task(run())
+    await _settle()
+    return task
+
+
+async def test_under_overload_the_lowest_class_anywhere_waits_and_is_refused_first() -> None:
+    clock, load = FakeClock(), _Load()
+    admission, registry = _admission(clock, load)
+    async with admission.slot("b", "x", "normal", deadline=clock.monotonic() + 60):
+        clock.advance(10.0)  # service takes ~10 s
+    started: list[tuple[str, str]] = []
+    done = asyncio.Event()
+    held = asyncio.Event()
+
+    async def hold() -> None:
+        async with admission.slot("b", "x", "normal", deadline=clock.monotonic() + 60):
+            held.set()
+            await done.wait()
+
+    holder = asyncio.create_task(hold())
+    await held.wait()
+    far = clock.monotonic() + 1000
+    # The light tenant's background work queued first; the heavy tenant's normal later.
+    light_bg = await _queued(admission, started, "light", "background", far)
+    heavy = [await _queued(admission, started, "heavy", "normal", far) for _ in range(2)]
+    # With 2 normal + 1 background waiting, ~10 s each: a new background request would
+    # start after ~40 s and is refused at once; a heavy normal one after ~30 s is not.
+    with pytest.raises(DeadlineExceededError):
+        async with admission.slot("b", "light", "background", deadline=clock.monotonic() + 35):
+            pytest.fail("must not start")
+    heavy.append(await _queued(admission, started, "heavy", "normal", clock.monotonic() + 35))
+    refused = registry.get_sample_value(
+        "sluice_router_admission_refused_total", {"priority": "background", "reason": "deadline"}
+    )
+    assert refused == 1
+    assert registry.get_sample_value(
+        "sluice_router_admission_refused_total", {"priority": "normal", "reason": "deadline"}
+    ) in (None, 0)
+    done.set()
+    await holder
+    for task in [*heavy, light_bg]:
+        await task
+    assert started == [("heavy", "normal")] * 3 + [("light", "background")]
+
+
+async def test_a_full_queue_sheds_its_lowest_class_for_a_higher_one() -> None:
+    clock, load = FakeClock(), _Load()
+    admission, registry = _admission(clock, load, max_queue=2)
+    started: list[tuple[str, str]] = []
+    done = asyncio.Event()
+    held = asyncio.Event()
+
+    async def hold() -> None:
+        async with admission.slot("b", "x", "normal", deadline=clock.monotonic() + 60):
+            held.set()
+            await done.wait()
+
+    holder = asyncio.create_task(hold())
+    await held.wait()
+    far = clock.monotonic() + 1000
+    first_bg = await _queued(admission, started, "light", "background", far)
+    second_bg = await _queued(admission, started, "light", "background", far)
+    # Full. A normal request takes the newest background request's place...
+    normal = await _queued(admission, started, "heavy", "normal", far)
+    assert second_bg.done()
+    with pytest.raises(ServiceUnavailableError, match="sheds background requests first"):
+        await second_bg
+    # ...while another background request finds nobody below it and is refused itself.
+    with pytest.raises(ServiceUnavailableError, match="queue is full"):
+        async with admission.slot("b", "light", "background", deadline=far):
+            pytest.fail("must not start")
+    shed = registry.get_sample_value(
+        "sluice_router_admission_refused_total", {"priority": "background", "reason": "shed"}
+    )
+    assert shed == 1
+    depth = registry.get_sample_value(
+        "sluice_router_queue_depth", {"backend": "b", "priority": "background"}
+    )
+    assert depth == 1
+    done.set()
+    await holder
+    await normal
+    await first_bg
+    assert started == [("heavy", "normal"), ("light", "background")]
+    assert len(admission.gate("b").queue) == 0
 
 
 async def test_a_full_queue_refuses_at_once() -> None:

@@ -45,6 +45,11 @@ class LimiterServiceStub:
                 request_serializer=sluice_dot_limiter_dot_v1_dot_limiter__pb2.ReconcileRequest.SerializeToString,
                 response_deserializer=sluice_dot_limiter_dot_v1_dot_limiter__pb2.ReconcileResponse.FromString,
                 _registered_method=True)
+        self.Spend = channel.unary_unary(
+                '/sluice.limiter.v1.LimiterService/Spend',
+                request_serializer=sluice_dot_limiter_dot_v1_dot_limiter__pb2.SpendRequest.SerializeToString,
+                response_deserializer=sluice_dot_limiter_dot_v1_dot_limiter__pb2.SpendResponse.FromString,
+                _registered_method=True)
 
 
 class LimiterServiceServicer:
@@ -70,6 +75,16 @@ class LimiterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Spend(self, request, context):
+        """Spend adds a finished request's cost to its API key's currency spend in the current
+        budget period (shared by every caller of this limiter, and by every limiter
+        replica sharing its store). Acquire with a `budget` refuses the key once its spend
+        in the period has reached the budget.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LimiterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -82,6 +97,11 @@ def add_LimiterServiceServicer_to_server(servicer, server):
                     servicer.Reconcile,
                     request_deserializer=sluice_dot_limiter_dot_v1_dot_limiter__pb2.ReconcileRequest.FromString,
                     response_serializer=sluice_dot_limiter_dot_v1_dot_limiter__pb2.ReconcileResponse.SerializeToString,
+            ),
+            'Spend': grpc.unary_unary_rpc_method_handler(
+                    servicer.Spend,
+                    request_deserializer=sluice_dot_limiter_dot_v1_dot_limiter__pb2.SpendRequest.FromString,
+                    response_serializer=sluice_dot_limiter_dot_v1_dot_limiter__pb2.SpendResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -139,6 +159,33 @@ class LimiterService:
             '/sluice.limiter.v1.LimiterService/Reconcile',
             sluice_dot_limiter_dot_v1_dot_limiter__pb2.ReconcileRequest.SerializeToString,
             sluice_dot_limiter_dot_v1_dot_limiter__pb2.ReconcileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Spend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.limiter.v1.LimiterService/Spend',
+            sluice_dot_limiter_dot_v1_dot_limiter__pb2.SpendRequest.SerializeToString,
+            sluice_dot_limiter_dot_v1_dot_limiter__pb2.SpendResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -145,7 +145,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self, window_s: _Optional[int] = ..., service_name: _Optional[str] = ...) -> None: ...
 
 class OperationStats(_message.Message):
-    __slots__ = ("service_name", "operation", "count", "request_rate", "error_rate", "p50_ms", "p95_ms", "p99_ms", "ttft_p50_ms", "ttft_p95_ms", "apdex")
+    __slots__ = ("service_name", "operation", "count", "request_rate", "error_rate", "p50_ms", "p95_ms", "p99_ms", "ttft_p50_ms", "ttft_p95_ms", "apdex", "spans")
     SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     OPERATION_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +157,7 @@ class OperationStats(_message.Message):
     TTFT_P50_MS_FIELD_NUMBER: _ClassVar[int]
     TTFT_P95_MS_FIELD_NUMBER: _ClassVar[int]
     APDEX_FIELD_NUMBER: _ClassVar[int]
+    SPANS_FIELD_NUMBER: _ClassVar[int]
     service_name: str
     operation: str
     count: int
@@ -168,7 +169,8 @@ class OperationStats(_message.Message):
     ttft_p50_ms: float
     ttft_p95_ms: float
     apdex: float
-    def __init__(self, service_name: _Optional[str] = ..., operation: _Optional[str] = ..., count: _Optional[int] = ..., request_rate: _Optional[float] = ..., error_rate: _Optional[float] = ..., p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., ttft_p50_ms: _Optional[float] = ..., ttft_p95_ms: _Optional[float] = ..., apdex: _Optional[float] = ...) -> None: ...
+    spans: int
+    def __init__(self, service_name: _Optional[str] = ..., operation: _Optional[str] = ..., count: _Optional[int] = ..., request_rate: _Optional[float] = ..., error_rate: _Optional[float] = ..., p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., ttft_p50_ms: _Optional[float] = ..., ttft_p95_ms: _Optional[float] = ..., apdex: _Optional[float] = ..., spans: _Optional[int] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
     __slots__ = ("window_s", "apdex_t_ms", "operations")

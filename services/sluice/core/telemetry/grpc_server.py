@@ -21,6 +21,7 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
+from sluice.core.telemetry.tracing import SAMPLING_RATIO
 from sluice.core.telemetry.unsampled import unsampled_child, unsampled_remote_parent
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ _GETTER = _MetadataGetter()
 class ServerSpan:
     """One SERVER span, current while the RPC runs."""
 
-    __slots__ = ("_failed", "_method", "_parent", "_started_ns", "_token", "span")
+    __slots__ = ("_failed", "_keeps_errors", "_method", "_parent", "_started_ns", "_token", "span")
 
     def __init__(
         self,
@@ -72,6 +73,7 @@ class ServerSpan:
             # The caller's trace is not sampled: nothing to record, only to pass on.
             self.span: trace.Span = unsampled_child(remote)
             self._token = otel_context.attach(trace.set_span_in_context(self.span))
+            self._keeps_errors = failed is not None
             self._failed = failed
             self._started_ns = time.time_ns() if failed is not None else 0
             self._parent: SpanContext | None = remote
@@ -85,6 +87,8 @@ class ServerSpan:
             attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc_method},
         )
         self._token = otel_context.attach(trace.set_span_in_context(self.span, parent))
+        # Every failure is exported whatever the head ratio (keep_errors).
+        self._keeps_errors = failed is not None
         # An unsampled call is not recorded; what a failure needs to be rebuilt is noted.
         self._failed = None if failed is None or self.span.is_recording() else failed
         self._started_ns = time.time_ns() if self._failed is not None else 0
@@ -101,6 +105,9 @@ class ServerSpan:
                 span.add_event("cancelled")
             if code in SERVER_ERROR_CODES:
                 span.set_status(Status(StatusCode.ERROR, message))
+                if self._keeps_errors:
+                    # Exported with probability 1, sampled trace or not: it counts once.
+                    span.set_attribute(SAMPLING_RATIO, 1.0)
         elif self._failed is not None and code in SERVER_ERROR_CODES:
             self._failed.export(
                 self._method,

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import (
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
-from opentelemetry.util.types import AttributeValue
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes, AttributeValue
 
 from sluice.core.config import TracingSettings
 from sluice.core.telemetry.span_export import CountingSpanExporter
@@ -64,7 +71,8 @@ class FailedSpans:
                 context=sampled,
                 parent=parent if parent is not None and parent.is_valid else None,
                 resource=self._resource,
-                attributes=attributes,
+                # Exported whatever the head ratio: it stands for itself alone.
+                attributes={**attributes, SAMPLING_RATIO: 1.0},
                 kind=kind,
                 status=Status(StatusCode.ERROR, description),
                 start_time=start_ns,
@@ -104,9 +112,86 @@ def failed_spans_of(provider: TracerProvider) -> FailedSpans | None:
     return getattr(provider, "failed_spans", None)
 
 
+SAMPLING_RATIO = "sluice.sampling.ratio"
+"""Span attribute: the probability the span was exported with, so statistics can weight
+it by 1/p (telemetry/stats.py). The head ratio of its trace on sampled spans; 1.0 on a
+failed RPC span when `keep_errors` exports every failure whatever the ratio."""
+_STATE_KEY = "sluice"  # tracestate entry carrying the ratio the trace was sampled with
+
+
+class RatioSampler(Sampler):
+    """Parent-based ratio sampling that records the ratio a trace was kept with.
+
+    The root's decision carries its ratio to every descendant, across services, in the
+    W3C tracestate (`sluice=r:<ratio>`), and each sampled span gets it as the attribute
+    `sluice.sampling.ratio`. A sampled parent from outside (Envoy, a web client) without
+    that entry is taken to have sampled at this service's own ratio (the launcher gives
+    Envoy the router's ratio; 1 when that is 0), and the entry is added from there on.
+    """
+
+    def __init__(self, ratio: float) -> None:
+        self._inner = ParentBased(TraceIdRatioBased(ratio))
+        # What a sampled span is taken to be kept with when no ancestor said (a ratio of
+        # 0 samples no root of its own: then only "certainly", 1).
+        self._ratio = ratio if ratio > 0.0 else 1.0
+        self._own = _ratio_value(self._ratio)
+        self._carried: dict[str, float] = {}
+
+    def should_sample(  # noqa: PLR0917 - the SDK's Sampler signature
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        result = self._inner.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+        if not result.decision.is_sampled():
+            return result
+        state = result.trace_state or TraceState()
+        carried = state.get(_STATE_KEY)
+        ratio = None
+        if carried is not None:
+            ratio = self._carried.get(carried)
+            if ratio is None:
+                ratio = _parse_ratio(carried)
+                if ratio is not None and len(self._carried) < 64:
+                    self._carried[carried] = ratio
+        if ratio is None:
+            ratio = self._ratio
+            if carried is None:
+                state = state.add(_STATE_KEY, self._own)
+            else:
+                state = state.update(_STATE_KEY, self._own)
+        values: dict[str, AttributeValue] = dict(result.attributes or {})
+        values[SAMPLING_RATIO] = ratio
+        return SamplingResult(result.decision, values, state)
+
+    def get_description(self) -> str:
+        return f"RatioSampler{{{self._ratio}}}"
+
+
+def _ratio_value(ratio: float) -> str:
+    return f"r:{ratio:.6g}"
+
+
+def _parse_ratio(value: str) -> float | None:
+    if not value.startswith("r:"):
+        return None
+    try:
+        ratio = float(value[2:])
+    except ValueError:
+        return None
+    return ratio if 0.0 < ratio <= 1.0 else None
+
+
 def build_sampler(settings: TracingSettings) -> Sampler:
     """Parent-based ratio sampling: a trace is whole or absent (errors aside)."""
-    return ParentBased(TraceIdRatioBased(settings.sample_ratio))
+    return RatioSampler(settings.sample_ratio)
 
 
 def build_tracer_provider(
