@@ -113,7 +113,8 @@ async def cancelled_provider_span(edge: RunningSuite, trace_id: str) -> telemetr
                 ]
                 if found:
                     assert len(found) == 1
-                    return found[0]
+                    span: telemetry_pb2.Span = found[0]
+                    return span
             await asyncio.sleep(0.1)
     raise AssertionError(f"no provider span in trace {trace_id}")
 
@@ -148,7 +149,7 @@ async def test_cancel_stops_the_provider_stream_within_100ms(edge: RunningSuite)
         http.ws_connect(ws_url(edge), headers=AUTH) as ws,
     ):
         await ws.send_str(json.dumps(prompt("slow", max_tokens=4000)))
-        events = []
+        events: list[dict[str, Any]] = []
         while sum("data" in e for e in events) < 3:
             event = await receive(ws)
             assert event["turn_id"] == "slow"
