@@ -390,3 +390,20 @@ async def test_websocket_limits_close_idle_and_oversized(stack: ServiceStack) ->
         # A plain GET without the upgrade is refused.
         async with http.get(ws_url(suite)) as response:
             assert response.status == 400
+
+
+async def test_turn_ids_per_stream_are_bounded(stack: ServiceStack) -> None:
+    suite = await start_suite(stack, router={"converse": {"max_turns": 2}})
+    client = Client(suite)
+    client.send(cancel("bogus"))  # a refused id counts as used
+    assert (await client.turn("bogus"))[-1].error.reason == "INVALID_INPUT"
+    client.send(prompt("a"))
+    assert kinds(await client.turn("a"))[-1] == "complete"
+    client.send(prompt("b"))
+    refused = await client.turn("b")
+    client.send(cancel("other"))  # still answered, not remembered
+    assert (await client.turn("other"))[-1].error.reason == "INVALID_INPUT"
+    client.half_close()
+    assert await client.call.read() is grpc.aio.EOF
+    assert refused[-1].error.reason == "INVALID_INPUT"
+    assert "2 turns" in refused[-1].error.message

@@ -305,8 +305,7 @@ class Conversation:
                 request.messages.extend(earlier)
                 request.messages.extend(prompt.request.messages)
         except SluiceError as error:
-            if turn_id and len(turn_id) <= MAX_TURN_ID:
-                self._seen.add(turn_id)
+            self._remember(turn_id)
             await self.reject(turn_id[:MAX_TURN_ID], error)
             return
         self._seen.add(turn_id)
@@ -331,9 +330,13 @@ class Conversation:
                 "unknown_turn",
             )
         except SluiceError as error:
-            if turn_id and len(turn_id) <= MAX_TURN_ID:
-                self._seen.add(turn_id)  # so the id cannot get a second final event
+            self._remember(turn_id)  # so the id cannot get a second final event
             await self.reject(turn_id[:MAX_TURN_ID], error)
+
+    def _remember(self, turn_id: str) -> None:
+        """Mark a refused id as used (bounded, like the turns themselves)."""
+        if turn_id and len(turn_id) <= MAX_TURN_ID and len(self._seen) < self._settings.max_turns:
+            self._seen.add(turn_id)
 
     def close_input(self, *, cancel_running: bool = False) -> None:
         """The client sends no more; the stream ends once the running turn has."""
