@@ -407,3 +407,22 @@ async def test_turn_ids_per_stream_are_bounded(stack: ServiceStack) -> None:
     assert await client.call.read() is grpc.aio.EOF
     assert refused[-1].error.reason == "INVALID_INPUT"
     assert "2 turns" in refused[-1].error.message
+
+
+async def test_websocket_router_shutdown_closes_with_1001(stack: ServiceStack) -> None:
+    suite = await start_suite(stack, backend=SLOW_BACKEND)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(ws_url(suite), headers={"authorization": f"Bearer {API_KEY}"}) as ws,
+    ):
+        await ws.send_str(frame(prompt("slow", max_tokens=2000)))
+        message = await asyncio.wait_for(ws.receive(), timeout=10)
+        assert "metadata" in json.loads(message.data)["event"]
+        stopping = asyncio.create_task(stack.stop(suite.router))
+        while True:  # data frames until the close
+            message = await asyncio.wait_for(ws.receive(), timeout=10)
+            if message.type != aiohttp.WSMsgType.TEXT:
+                break
+        await stopping
+    assert message.type == aiohttp.WSMsgType.CLOSE
+    assert (ws.close_code, message.extra) == (1001, "the router is shutting down")
