@@ -92,9 +92,11 @@ def provider_streams(edge: RunningSuite, outcome: str) -> float:
     return 0.0
 
 
-async def cancelled_provider_span(edge: RunningSuite, trace_id: str) -> telemetry_pb2.Span:
+async def cancelled_provider_span(
+    edge: RunningSuite, trace_id: str, turns: set[str]
+) -> tuple[telemetry_pb2.Span, list[telemetry_pb2.Span]]:
     """The provider's cancelled server span in the trace (a WebSocket's turns share its
-    trace), once the telemetry service has it."""
+    trace) and the whole trace, once the telemetry service has it and the turns' spans."""
     async with grpc.aio.insecure_channel(edge.grpc("telemetry")) as channel:
         stub = telemetry_pb2_grpc.TelemetryServiceStub(channel)
         deadline = time.monotonic() + 20
@@ -111,12 +113,22 @@ async def cancelled_provider_span(edge: RunningSuite, trace_id: str) -> telemetr
                     and s.name == PROVIDER_STREAM
                     and "cancelled" in s.event_names
                 ]
-                if found:
+                seen = {s.attributes.get("sluice.turn_id") for s in trace.spans}
+                if found and turns <= seen:
                     assert len(found) == 1
                     span: telemetry_pb2.Span = found[0]
-                    return span
+                    return span, list(trace.spans)
             await asyncio.sleep(0.1)
     raise AssertionError(f"no provider span in trace {trace_id}")
+
+
+def ancestors(span: telemetry_pb2.Span, spans: list[telemetry_pb2.Span]) -> list[str]:
+    by_id = {s.span_id: s for s in spans}
+    names = []
+    while span.parent_span_id in by_id:
+        span = by_id[span.parent_span_id]
+        names.append(f"{span.name}:{span.attributes.get('sluice.turn_id', '')}")
+    return names
 
 
 # -- WebSocket through Envoy -----------------------------------------------------------------
@@ -165,10 +177,16 @@ async def test_cancel_stops_the_provider_stream_within_100ms(edge: RunningSuite)
     assert "complete" in after[-1]
     assert provider_streams(edge, "cancelled") == cancelled_before + 1
 
-    span = await cancelled_provider_span(edge, events[0]["metadata"]["trace_id"])
+    span, spans = await cancelled_provider_span(
+        edge, events[0]["metadata"]["trace_id"], {"slow", "after"}
+    )
     stopped_after_ns = span.end_time_unix_nano - sent_ns
     assert 0 < stopped_after_ns < CANCEL_BUDGET_NS, f"{stopped_after_ns / 1e6:.1f} ms"
     assert span.attributes["rpc.grpc.status_code"] == str(grpc.StatusCode.CANCELLED.value[0])
+    # One trace per socket, one span per turn: the cancelled stream belongs to turn "slow".
+    assert "converse turn:slow" in ancestors(span, spans)
+    turns = {s.attributes["sluice.turn_id"] for s in spans if s.name == "converse turn"}
+    assert {"slow", "after"} <= turns
 
 
 async def test_a_bad_key_gets_an_error_frame_and_close_1008(edge: RunningSuite) -> None:
