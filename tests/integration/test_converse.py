@@ -15,7 +15,10 @@ from google.protobuf import json_format
 
 from sluice.common.v1 import common_pb2
 from sluice.core.tokens import count_tokens
-from sluice.router.v1 import router_pb2
+from sluice.limiter.service import build_server as build_limiter
+from sluice.provider.service import build_server as build_provider
+from sluice.router.service import build_server as build_router
+from sluice.router.v1 import router_pb2, router_pb2_grpc
 from tests.support import (
     API_KEY,
     AUTH,
@@ -23,7 +26,10 @@ from tests.support import (
     ServiceStack,
     Suite,
     eventually,
+    limiter_settings,
     metric,
+    provider_settings,
+    router_settings,
     start_suite,
 )
 
@@ -56,9 +62,9 @@ def cancel(turn_id: str) -> router_pb2.ConverseRequest:
 class Client:
     """A Converse call with a queue of client messages and a per-event read."""
 
-    def __init__(self, suite: Suite, metadata: Any = AUTH) -> None:
+    def __init__(self, stub: router_pb2_grpc.RouterServiceStub, metadata: Any = AUTH) -> None:
         self._outbox: asyncio.Queue[router_pb2.ConverseRequest | None] = asyncio.Queue()
-        self.call = suite.router_stub.Converse(self._requests(), metadata=metadata)
+        self.call = stub.Converse(self._requests(), metadata=metadata)
 
     async def _requests(self) -> AsyncIterator[router_pb2.ConverseRequest]:
         while (request := await self._outbox.get()) is not None:
@@ -95,7 +101,7 @@ def kinds(events: list[router_pb2.GenerateEvent]) -> list[str]:
 
 
 async def test_two_turns_run_in_order_and_the_second_continues_the_first(suite: Suite) -> None:
-    client = Client(suite)
+    client = Client(suite.router_stub)
     client.send(prompt("t1"))
     first = await client.turn("t1")
     client.send(prompt("t2", SECOND, follows="t1"))
@@ -122,7 +128,7 @@ async def test_two_turns_run_in_order_and_the_second_continues_the_first(suite: 
 async def test_cancel_stops_the_running_turn_and_its_provider_stream(stack: ServiceStack) -> None:
     suite = await start_suite(stack, backend=SLOW_BACKEND)
     provider = suite.provider.metrics_port
-    client = Client(suite)
+    client = Client(suite.router_stub)
     client.send(prompt("slow", max_tokens=2000))
     seen: list[router_pb2.GenerateEvent] = []
     while kinds(seen).count("data") < 2:
@@ -156,11 +162,38 @@ async def test_cancel_stops_the_running_turn_and_its_provider_stream(stack: Serv
     assert outcomes == {"cancelled": 1, "completed": 1}
 
 
+async def test_cancel_reaches_a_provider_that_sends_nothing(stack: ServiceStack) -> None:
+    # A back end that accepted the request and never sends a token: no event will come
+    # that the turn could react to, so the cancel must reach the provider call itself.
+    limiter = await stack.start(build_limiter(limiter_settings()))
+    provider = await stack.start(build_provider(provider_settings(fault_injection=True)))
+    router = await stack.start(build_router(router_settings(limiter, provider)))
+    stub = router_pb2_grpc.RouterServiceStub(stack.channel(router))
+    client = Client(stub, metadata=(*AUTH, ("x-sluice-fault", "hang=true")))
+    client.send(prompt("hung"))
+
+    async def streams(outcome: str) -> float:
+        port = provider.metrics_port
+        return await metric(port, "sluice_provider_streams_total", outcome=outcome)
+
+    async def router_waiting() -> float:
+        return await metric(router.metrics_port, "sluice_router_streams_in_flight")
+
+    assert await eventually(router_waiting, lambda n: n == 1) == 1
+    client.send(cancel("hung"))
+    events = await client.turn("hung")
+    assert kinds(events) == ["metadata", "error"]  # the back end said only "start"
+    assert (events[-1].error.reason, events[-1].sequence) == ("CANCELLED", 1)
+    assert await eventually(lambda: streams("cancelled"), lambda n: n == 1) == 1
+    client.half_close()
+    assert await client.call.read() is grpc.aio.EOF
+
+
 async def test_bad_messages_get_an_error_event_for_their_turn_and_the_stream_goes_on(
     stack: ServiceStack,
 ) -> None:
     suite = await start_suite(stack, backend=SLOW_BACKEND)
-    client = Client(suite)
+    client = Client(suite.router_stub)
     client.send(cancel("never-started"))
     unknown = await client.turn("never-started")
     client.send(prompt("empty", ""))
@@ -208,7 +241,7 @@ async def test_bad_messages_get_an_error_event_for_their_turn_and_the_stream_goe
 
 
 async def test_a_bad_key_ends_the_call_unauthenticated(suite: Suite) -> None:
-    client = Client(suite, metadata=(("authorization", "Bearer sk-wrong"),))
+    client = Client(suite.router_stub, metadata=(("authorization", "Bearer sk-wrong"),))
     client.send(prompt("t1"))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await asyncio.wait_for(client.call.read(), timeout=10)
@@ -217,7 +250,7 @@ async def test_a_bad_key_ends_the_call_unauthenticated(suite: Suite) -> None:
 
 async def test_a_client_that_goes_away_cancels_the_running_turn(stack: ServiceStack) -> None:
     suite = await start_suite(stack, backend=SLOW_BACKEND)
-    client = Client(suite)
+    client = Client(suite.router_stub)
     client.send(prompt("slow", max_tokens=2000))
     assert (await client.next()).event.WhichOneof("event") == "metadata"
     client.call.cancel()
@@ -232,7 +265,7 @@ async def test_a_client_that_goes_away_cancels_the_running_turn(stack: ServiceSt
 
 async def test_history_is_bounded_per_stream(stack: ServiceStack) -> None:
     suite = await start_suite(stack, router={"converse": {"max_history_turns": 1}})
-    client = Client(suite)
+    client = Client(suite.router_stub)
     for turn_id in ("a", "b"):
         client.send(prompt(turn_id))
         assert kinds(await client.turn(turn_id))[-1] == "complete"
@@ -394,7 +427,7 @@ async def test_websocket_limits_close_idle_and_oversized(stack: ServiceStack) ->
 
 async def test_turn_ids_per_stream_are_bounded(stack: ServiceStack) -> None:
     suite = await start_suite(stack, router={"converse": {"max_turns": 2}})
-    client = Client(suite)
+    client = Client(suite.router_stub)
     client.send(cancel("bogus"))  # a refused id counts as used
     assert (await client.turn("bogus"))[-1].error.reason == "INVALID_INPUT"
     client.send(prompt("a"))
