@@ -226,8 +226,10 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
         *_http_api_routes(settings),
         *_web_page_routes(settings),
         *_grpc_web_routes(settings),
+        *_websocket_routes(settings),
         # Streams run as long as they produce; idle ones are cut by stream_idle_timeout.
         _grpc_route(f"/{ROUTER_SERVICE}/Generate", "router", "0s"),
+        _grpc_route(f"/{ROUTER_SERVICE}/Converse", "router", "0s"),
         _grpc_route(f"/{ROUTER_SERVICE}/", "router", unary_timeout),
         _grpc_route("/grpc.health.v1.Health/", "router", "5s"),
         _grpc_route("/grpc.reflection.v1alpha.ServerReflection/", "router", "0s"),
@@ -381,6 +383,34 @@ def _http_api_routes(settings: SuiteSettings) -> list[dict[str, Any]]:
             },
         }
         for path, method in _HTTP_API_ROUTES
+    ]
+
+
+def _websocket_routes(settings: SuiteSettings) -> list[dict[str, Any]]:
+    """GET /v1/ws upgraded to a WebSocket on the router's HTTP listener (Converse bridge,
+    router/websocket_bridge.py). Only this route allows the upgrade. The router closes
+    idle sockets itself; Envoy's stream_idle_timeout is the backstop."""
+    router = settings.router
+    if not (router.http_api.enabled and router.converse.websocket_enabled):
+        return []
+    return [
+        {
+            "match": {
+                "path": "/v1/ws",
+                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+            },
+            "route": {
+                "cluster": HTTP_API_CLUSTER,
+                "timeout": "0s",
+                "upgrade_configs": [{"upgrade_type": "websocket"}],
+            },
+            "typed_per_filter_config": {
+                "envoy.filters.http.grpc_json_transcoder": {
+                    "@type": _FILTER_CONFIG,
+                    "disabled": True,
+                }
+            },
+        }
     ]
 
 

@@ -26,6 +26,7 @@ from sluice.core.errors import (
     InvalidResponseError,
     ServiceUnavailableError,
     SluiceError,
+    UnsupportedOperationError,
     ValidationError,
 )
 from sluice.core.grpcx.channels import internal_channel
@@ -42,6 +43,7 @@ from sluice.router import genai
 from sluice.router.admission import Admission, request_class
 from sluice.router.auth import ApiKeyAuthenticator, Principal
 from sluice.router.budgets import Budgets
+from sluice.router.converse import UPSTREAM_CALLS, Converser
 from sluice.router.degradation import (
     LIMITER_DEGRADED,
     LIMITER_LOCAL_SHARE,
@@ -152,6 +154,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._provider = provider
         self._metrics = metrics
         self._progress_interval_s = settings.progress_interval_ms / 1000.0
+        self.converse: Converser | None = None
+        """Serves Converse (and the WebSocket bridge); set by build_server."""
 
     # -- admission ---------------------------------------------------------------------
 
@@ -424,6 +428,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             timeout=max(0.001, timeout_s),
             metadata=forwarded or None,
         )
+        cancellable = UPSTREAM_CALLS.get()  # a Converse turn cancels its calls directly
+        if cancellable is not None:
+            cancellable.add(call)
         try:
             upstream = _first_token_within(call, first_token_timeout_s, target.backend)
             async for event in self._relay(upstream, request, state):
@@ -432,6 +439,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise error_from_rpc(err, "provider") from err
         finally:
             call.cancel()  # no-op when finished; stops the provider at once on disconnect
+            if cancellable is not None:
+                cancellable.discard(call)
 
     async def _relay(
         self,
@@ -515,6 +524,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             ),
         )
 
+    def authenticate(self, metadata: Sequence[tuple[str, str | bytes]]) -> Principal:
+        """The caller's principal from request metadata (another front checks a key once)."""
+        return self._auth.authenticate(metadata)
+
     def generate_events(
         self, request: GenerationRequest, context: Any
     ) -> AsyncIterator[router_pb2.GenerateEvent]:
@@ -549,6 +562,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 response.fallback_step = event.complete.fallback_step
         response.text = "".join(text)
         return response
+
+    def Converse(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[router_pb2.ConverseRequest], context: ServicerContext
+    ) -> AsyncIterator[router_pb2.ConverseEvent]:
+        """Prompts and cancels in, turn events out (router/converse.py)."""
+        if self.converse is None:
+            raise UnsupportedOperationError("Converse is not enabled on this router")
+        return self.converse.rpc(request_iterator, context)
 
     async def ListModels(  # noqa: N802 - gRPC method name
         self, request: router_pb2.ListModelsRequest, context: ServicerContext
@@ -648,6 +669,14 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Ser
             else None
         ),
     )
+    servicer.converse = Converser(
+        servicer,
+        servicer.authenticate,
+        settings.converse,
+        host.registry,
+        host.tracer_provider.get_tracer("sluice.router.converse") if host.tracing_active else None,
+        monotonic=clock.monotonic,
+    )
     router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, host.server)
     host.add_service(router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name)
 
@@ -675,6 +704,10 @@ def _serve_http_api(host: ServiceHost, settings: RouterSettings, servicer: Route
         shutdown_timeout_s=settings.server.shutdown_grace_s,
     )
     host.http_api = api  # type: ignore[attr-defined]
+    if settings.converse.websocket_enabled and servicer.converse is not None:
+        from sluice.router.websocket_bridge import WebSocketBridge  # noqa: PLC0415
+
+        WebSocketBridge(servicer.converse, host.metrics, tracer).register(api.app)
 
     async def start() -> None:
         await api.start(settings.http_api.host, settings.http_api.port)

@@ -135,6 +135,27 @@ class HttpApiSettings(BaseModel):
     """Largest request body accepted."""
 
 
+class ConverseSettings(BaseModel):
+    """The bidirectional Converse RPC and its WebSocket bridge at /v1/ws (router/converse.py)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    max_history_turns: int = Field(16, ge=0, le=1024)
+    """Completed turns a stream remembers for `follows_turn_id` (oldest evicted first)."""
+    max_history_chars: int = Field(1_000_000, ge=0)
+    """Total message characters a stream's history may hold (oldest turns evicted first)."""
+    max_turns: int = Field(10_000, ge=1)
+    """Turn ids one stream may use (each is remembered so it cannot be reused)."""
+    websocket_enabled: bool = True
+    """Serve the WebSocket bridge at /v1/ws on the HTTP listener."""
+    websocket_idle_timeout_s: float = Field(120.0, gt=0.0)
+    """Close a WebSocket (1001) after this long with no client frame and no turn running."""
+    websocket_max_message_bytes: int = Field(1024 * 1024, ge=1024)
+    """Largest client frame accepted; a bigger one closes the socket (1009)."""
+    websocket_heartbeat_s: float = Field(30.0, gt=0.0)
+    """Ping interval that detects a peer that went away without closing."""
+
+
 class RouterSettings(ServiceSettings):
     """Settings of the router service."""
 
@@ -178,6 +199,8 @@ class RouterSettings(ServiceSettings):
     """Priority classes, the fair queue per back end, adaptive concurrency, shedding."""
     budgets: BudgetSettings = BudgetSettings()
     """Currency budgets per API key per period, from per-model prices."""
+    converse: ConverseSettings = ConverseSettings()
+    """The Converse RPC's history bounds and its WebSocket bridge (/v1/ws)."""
 
     @model_validator(mode="after")
     def _unique_key_ids(self) -> RouterSettings:

@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from sluice.common.v1 import common_pb2 as sluice_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsluice/router/v1/router.proto\x12\x10sluice.router.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1dsluice/common/v1/common.proto\"\xe2\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.sluice.common.v1.Message\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x0c\n\x04user\x18\x06 \x01(\t\x12\x12\n\nsession_id\x18\x07 \x01(\t\x12%\n\x05tools\x18\x08 \x03(\x0b\x32\x16.sluice.common.v1.ToolB\x0e\n\x0c_temperature\"\xdb\x02\n\rGenerateEvent\x12\x10\n\x08sequence\x18\x01 \x01(\r\x12\x33\n\x08metadata\x18\x02 \x01(\x0b\x32\x1f.sluice.router.v1.MetadataEventH\x00\x12+\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x1b.sluice.router.v1.DataEventH\x00\x12\x33\n\x08progress\x18\x04 \x01(\x0b\x32\x1f.sluice.router.v1.ProgressEventH\x00\x12-\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1c.sluice.router.v1.ErrorEventH\x00\x12\x33\n\x08\x63omplete\x18\x06 \x01(\x0b\x32\x1f.sluice.router.v1.CompleteEventH\x00\x12\x34\n\ttool_call\x18\x07 \x01(\x0b\x32\x1f.sluice.common.v1.ToolCallDeltaH\x00\x42\x07\n\x05\x65vent\"\xcc\x01\n\rMetadataEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08trace_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x16\n\x0eprovider_model\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x35\n\rfallback_step\x18\x07 \x01(\x0e\x32\x1e.sluice.common.v1.FallbackStep\x12\x14\n\x0c\x64\x65gradations\x18\x08 \x03(\t\".\n\tDataEvent\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\"U\n\rProgressEvent\x12\x15\n\routput_tokens\x18\x01 \x01(\x05\x12\x19\n\x11tokens_per_second\x18\x02 \x01(\x01\x12\x12\n\nelapsed_ms\x18\x03 \x01(\r\"\x80\x01\n\nErrorEvent\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tgrpc_code\x18\x03 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x04 \x01(\r\x12&\n\x05usage\x18\x05 \x01(\x0b\x32\x17.sluice.common.v1.Usage\"\xd7\x01\n\rCompleteEvent\x12\x35\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1e.sluice.common.v1.FinishReason\x12&\n\x05usage\x18\x02 \x01(\x0b\x32\x17.sluice.common.v1.Usage\x12\x35\n\rfallback_step\x18\x03 \x01(\x0e\x32\x1e.sluice.common.v1.FallbackStep\x12\x1e\n\x16time_to_first_token_ms\x18\x04 \x01(\r\x12\x10\n\x08total_ms\x18\x05 \x01(\r\"\xbb\x01\n\x0f\x43ompleteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.sluice.common.v1.Message\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x0c\n\x04user\x18\x06 \x01(\t\x12\x12\n\nsession_id\x18\x07 \x01(\tB\x0e\n\x0c_temperature\"\xfd\x01\n\x10\x43ompleteResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08trace_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x35\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x1e.sluice.common.v1.FinishReason\x12&\n\x05usage\x18\x07 \x01(\x0b\x32\x17.sluice.common.v1.Usage\x12\x35\n\rfallback_step\x18\x08 \x01(\x0e\x32\x1e.sluice.common.v1.FallbackStep\"\x13\n\x11ListModelsRequest\"A\n\x12ListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.sluice.router.v1.ModelInfo\"E\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x02 \x03(\t\x12\x1a\n\x12\x64\x65\x66\x61ult_max_tokens\x18\x03 \x01(\x05\x32\xd3\x02\n\rRouterService\x12i\n\x08Generate\x12!.sluice.router.v1.GenerateRequest\x1a\x1f.sluice.router.v1.GenerateEvent\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/generate:\x01*0\x01\x12j\n\x08\x43omplete\x12!.sluice.router.v1.CompleteRequest\x1a\".sluice.router.v1.CompleteResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/complete:\x01*\x12k\n\nListModels\x12#.sluice.router.v1.ListModelsRequest\x1a$.sluice.router.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/modelsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsluice/router/v1/router.proto\x12\x10sluice.router.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1dsluice/common/v1/common.proto\"\x83\x01\n\x0f\x43onverseRequest\x12\x32\n\x06prompt\x18\x01 \x01(\x0b\x32 .sluice.router.v1.ConversePromptH\x00\x12\x32\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32 .sluice.router.v1.ConverseCancelH\x00\x42\x08\n\x06\x61\x63tion\"n\n\x0e\x43onversePrompt\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x32\n\x07request\x18\x02 \x01(\x0b\x32!.sluice.router.v1.GenerateRequest\x12\x17\n\x0f\x66ollows_turn_id\x18\x03 \x01(\t\"!\n\x0e\x43onverseCancel\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\"P\n\rConverseEvent\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12.\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1f.sluice.router.v1.GenerateEvent\"\xe2\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.sluice.common.v1.Message\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x0c\n\x04user\x18\x06 \x01(\t\x12\x12\n\nsession_id\x18\x07 \x01(\t\x12%\n\x05tools\x18\x08 \x03(\x0b\x32\x16.sluice.common.v1.ToolB\x0e\n\x0c_temperature\"\xdb\x02\n\rGenerateEvent\x12\x10\n\x08sequence\x18\x01 \x01(\r\x12\x33\n\x08metadata\x18\x02 \x01(\x0b\x32\x1f.sluice.router.v1.MetadataEventH\x00\x12+\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x1b.sluice.router.v1.DataEventH\x00\x12\x33\n\x08progress\x18\x04 \x01(\x0b\x32\x1f.sluice.router.v1.ProgressEventH\x00\x12-\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1c.sluice.router.v1.ErrorEventH\x00\x12\x33\n\x08\x63omplete\x18\x06 \x01(\x0b\x32\x1f.sluice.router.v1.CompleteEventH\x00\x12\x34\n\ttool_call\x18\x07 \x01(\x0b\x32\x1f.sluice.common.v1.ToolCallDeltaH\x00\x42\x07\n\x05\x65vent\"\xcc\x01\n\rMetadataEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08trace_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x16\n\x0eprovider_model\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x35\n\rfallback_step\x18\x07 \x01(\x0e\x32\x1e.sluice.common.v1.FallbackStep\x12\x14\n\x0c\x64\x65gradations\x18\x08 \x03(\t\".\n\tDataEvent\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\"U\n\rProgressEvent\x12\x15\n\routput_tokens\x18\x01 \x01(\x05\x12\x19\n\x11tokens_per_second\x18\x02 \x01(\x01\x12\x12\n\nelapsed_ms\x18\x03 \x01(\r\"\x80\x01\n\nErrorEvent\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tgrpc_code\x18\x03 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x04 \x01(\r\x12&\n\x05usage\x18\x05 \x01(\x0b\x32\x17.sluice.common.v1.Usage\"\xd7\x01\n\rCompleteEvent\x12\x35\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1e.sluice.common.v1.FinishReason\x12&\n\x05usage\x18\x02 \x01(\x0b\x32\x17.sluice.common.v1.Usage\x12\x35\n\rfallback_step\x18\x03 \x01(\x0e\x32\x1e.sluice.common.v1.FallbackStep\x12\x1e\n\x16time_to_first_token_ms\x18\x04 \x01(\r\x12\x10\n\x08total_ms\x18\x05 \x01(\r\"\xbb\x01\n\x0f\x43ompleteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.sluice.common.v1.Message\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x0c\n\x04user\x18\x06 \x01(\t\x12\x12\n\nsession_id\x18\x07 \x01(\tB\x0e\n\x0c_temperature\"\xfd\x01\n\x10\x43ompleteResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08trace_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x35\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x1e.sluice.common.v1.FinishReason\x12&\n\x05usage\x18\x07 \x01(\x0b\x32\x17.sluice.common.v1.Usage\x12\x35\n\rfallback_step\x18\x08 \x01(\x0e\x32\x1e.sluice.common.v1.FallbackStep\"\x13\n\x11ListModelsRequest\"A\n\x12ListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.sluice.router.v1.ModelInfo\"E\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x02 \x03(\t\x12\x1a\n\x12\x64\x65\x66\x61ult_max_tokens\x18\x03 \x01(\x05\x32\xa7\x03\n\rRouterService\x12i\n\x08Generate\x12!.sluice.router.v1.GenerateRequest\x1a\x1f.sluice.router.v1.GenerateEvent\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/generate:\x01*0\x01\x12j\n\x08\x43omplete\x12!.sluice.router.v1.CompleteRequest\x1a\".sluice.router.v1.CompleteResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/complete:\x01*\x12k\n\nListModels\x12#.sluice.router.v1.ListModelsRequest\x1a$.sluice.router.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12R\n\x08\x43onverse\x12!.sluice.router.v1.ConverseRequest\x1a\x1f.sluice.router.v1.ConverseEvent(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,30 +39,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTERSERVICE'].methods_by_name['Complete']._serialized_options = b'\202\323\344\223\002\021\"\014/v1/complete:\001*'
   _globals['_ROUTERSERVICE'].methods_by_name['ListModels']._loaded_options = None
   _globals['_ROUTERSERVICE'].methods_by_name['ListModels']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/models'
-  _globals['_GENERATEREQUEST']._serialized_start=113
-  _globals['_GENERATEREQUEST']._serialized_end=339
-  _globals['_GENERATEEVENT']._serialized_start=342
-  _globals['_GENERATEEVENT']._serialized_end=689
-  _globals['_METADATAEVENT']._serialized_start=692
-  _globals['_METADATAEVENT']._serialized_end=896
-  _globals['_DATAEVENT']._serialized_start=898
-  _globals['_DATAEVENT']._serialized_end=944
-  _globals['_PROGRESSEVENT']._serialized_start=946
-  _globals['_PROGRESSEVENT']._serialized_end=1031
-  _globals['_ERROREVENT']._serialized_start=1034
-  _globals['_ERROREVENT']._serialized_end=1162
-  _globals['_COMPLETEEVENT']._serialized_start=1165
-  _globals['_COMPLETEEVENT']._serialized_end=1380
-  _globals['_COMPLETEREQUEST']._serialized_start=1383
-  _globals['_COMPLETEREQUEST']._serialized_end=1570
-  _globals['_COMPLETERESPONSE']._serialized_start=1573
-  _globals['_COMPLETERESPONSE']._serialized_end=1826
-  _globals['_LISTMODELSREQUEST']._serialized_start=1828
-  _globals['_LISTMODELSREQUEST']._serialized_end=1847
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1849
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1914
-  _globals['_MODELINFO']._serialized_start=1916
-  _globals['_MODELINFO']._serialized_end=1985
-  _globals['_ROUTERSERVICE']._serialized_start=1988
-  _globals['_ROUTERSERVICE']._serialized_end=2327
+  _globals['_CONVERSEREQUEST']._serialized_start=113
+  _globals['_CONVERSEREQUEST']._serialized_end=244
+  _globals['_CONVERSEPROMPT']._serialized_start=246
+  _globals['_CONVERSEPROMPT']._serialized_end=356
+  _globals['_CONVERSECANCEL']._serialized_start=358
+  _globals['_CONVERSECANCEL']._serialized_end=391
+  _globals['_CONVERSEEVENT']._serialized_start=393
+  _globals['_CONVERSEEVENT']._serialized_end=473
+  _globals['_GENERATEREQUEST']._serialized_start=476
+  _globals['_GENERATEREQUEST']._serialized_end=702
+  _globals['_GENERATEEVENT']._serialized_start=705
+  _globals['_GENERATEEVENT']._serialized_end=1052
+  _globals['_METADATAEVENT']._serialized_start=1055
+  _globals['_METADATAEVENT']._serialized_end=1259
+  _globals['_DATAEVENT']._serialized_start=1261
+  _globals['_DATAEVENT']._serialized_end=1307
+  _globals['_PROGRESSEVENT']._serialized_start=1309
+  _globals['_PROGRESSEVENT']._serialized_end=1394
+  _globals['_ERROREVENT']._serialized_start=1397
+  _globals['_ERROREVENT']._serialized_end=1525
+  _globals['_COMPLETEEVENT']._serialized_start=1528
+  _globals['_COMPLETEEVENT']._serialized_end=1743
+  _globals['_COMPLETEREQUEST']._serialized_start=1746
+  _globals['_COMPLETEREQUEST']._serialized_end=1933
+  _globals['_COMPLETERESPONSE']._serialized_start=1936
+  _globals['_COMPLETERESPONSE']._serialized_end=2189
+  _globals['_LISTMODELSREQUEST']._serialized_start=2191
+  _globals['_LISTMODELSREQUEST']._serialized_end=2210
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2212
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2277
+  _globals['_MODELINFO']._serialized_start=2279
+  _globals['_MODELINFO']._serialized_end=2348
+  _globals['_ROUTERSERVICE']._serialized_start=2351
+  _globals['_ROUTERSERVICE']._serialized_end=2774
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,38 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ConverseRequest(_message.Message):
+    __slots__ = ("prompt", "cancel")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    prompt: ConversePrompt
+    cancel: ConverseCancel
+    def __init__(self, prompt: _Optional[_Union[ConversePrompt, _Mapping]] = ..., cancel: _Optional[_Union[ConverseCancel, _Mapping]] = ...) -> None: ...
+
+class ConversePrompt(_message.Message):
+    __slots__ = ("turn_id", "request", "follows_turn_id")
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWS_TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    turn_id: str
+    request: GenerateRequest
+    follows_turn_id: str
+    def __init__(self, turn_id: _Optional[str] = ..., request: _Optional[_Union[GenerateRequest, _Mapping]] = ..., follows_turn_id: _Optional[str] = ...) -> None: ...
+
+class ConverseCancel(_message.Message):
+    __slots__ = ("turn_id",)
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    turn_id: str
+    def __init__(self, turn_id: _Optional[str] = ...) -> None: ...
+
+class ConverseEvent(_message.Message):
+    __slots__ = ("turn_id", "event")
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    turn_id: str
+    event: GenerateEvent
+    def __init__(self, turn_id: _Optional[str] = ..., event: _Optional[_Union[GenerateEvent, _Mapping]] = ...) -> None: ...
+
 class GenerateRequest(_message.Message):
     __slots__ = ("model", "messages", "max_tokens", "temperature", "stop", "user", "session_id", "tools")
     MODEL_FIELD_NUMBER: _ClassVar[int]

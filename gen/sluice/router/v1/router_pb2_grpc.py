@@ -55,6 +55,11 @@ class RouterServiceStub:
                 request_serializer=sluice_dot_router_dot_v1_dot_router__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=sluice_dot_router_dot_v1_dot_router__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.Converse = channel.stream_stream(
+                '/sluice.router.v1.RouterService/Converse',
+                request_serializer=sluice_dot_router_dot_v1_dot_router__pb2.ConverseRequest.SerializeToString,
+                response_deserializer=sluice_dot_router_dot_v1_dot_router__pb2.ConverseEvent.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -88,6 +93,20 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Converse(self, request_iterator, context):
+        """Converse runs a conversation on one bidirectional stream: the client sends
+        prompts (each a turn with a client-chosen id) and cancels; the server sends each
+        turn's events, tagged with its turn id. A turn is served exactly as a Generate
+        call and ends with exactly one `complete` or `error` event. Turns run one at a
+        time; a bad message gets an `error` event for its turn and the stream goes on.
+        The API key is checked once, from the call's metadata; a missing or invalid key
+        ends the call with UNAUTHENTICATED. Browsers reach this RPC as a WebSocket at
+        `/v1/ws` (JSON text frames, one ConverseRequest or ConverseEvent per frame).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +124,11 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=sluice_dot_router_dot_v1_dot_router__pb2.ListModelsRequest.FromString,
                     response_serializer=sluice_dot_router_dot_v1_dot_router__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Converse': grpc.stream_stream_rpc_method_handler(
+                    servicer.Converse,
+                    request_deserializer=sluice_dot_router_dot_v1_dot_router__pb2.ConverseRequest.FromString,
+                    response_serializer=sluice_dot_router_dot_v1_dot_router__pb2.ConverseEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -194,6 +218,33 @@ class RouterService:
             '/sluice.router.v1.RouterService/ListModels',
             sluice_dot_router_dot_v1_dot_router__pb2.ListModelsRequest.SerializeToString,
             sluice_dot_router_dot_v1_dot_router__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Converse(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/sluice.router.v1.RouterService/Converse',
+            sluice_dot_router_dot_v1_dot_router__pb2.ConverseRequest.SerializeToString,
+            sluice_dot_router_dot_v1_dot_router__pb2.ConverseEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,220 @@
+"""The WebSocket bridge of Converse: `GET /v1/ws` on the router's HTTP listener.
+
+One WebSocket is one Converse stream. Each text frame from the client is one
+`ConverseRequest` and each frame from the server one `ConverseEvent`, in protobuf's
+JSON mapping (field names as in the proto, e.g. `turn_id`; the lowerCamelCase names
+are accepted too). The conversation itself is router/converse.py, shared with gRPC.
+
+Authentication, checked once when the socket opens:
+- `Authorization: Bearer <key>` (or `x-api-key`) on the upgrade request, for clients
+  that can set headers;
+- for browsers, whose WebSocket API cannot: the subprotocols `sluice.v1` and
+  `bearer.<key>` (`new WebSocket(url, ["sluice.v1", "bearer." + key])`); the server
+  answers with `sluice.v1` only, so the key is not echoed back. A key in the URL
+  (`?api_key=`) is deliberately not accepted: URLs end up in access logs, proxies and
+  browser history. The key is never logged.
+A missing or invalid key gets one `error` frame (AUTHORIZATION_ERROR, empty turn id)
+and the close code 1008 (policy violation) with the reason in the close frame.
+
+Close codes: 1000 when the client closes; 1001 on idle timeout (no frame from the
+client and no turn running for `converse.websocket_idle_timeout_s`) and on router
+shutdown; 1003 for a binary frame; 1008 for a bad key; 1009 for a frame over
+`converse.websocket_max_message_bytes`. A text frame that is not a valid
+`ConverseRequest` gets an INVALID_INPUT `error` frame (empty turn id); the socket stays
+open. Closing the socket cancels the running turn and its provider call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from typing import Any
+
+import grpc
+from aiohttp import WSCloseCode, WSMsgType, web
+from google.protobuf import json_format
+from opentelemetry import trace
+
+from sluice.core.errors import FieldViolation, InvalidInputError, SluiceError
+from sluice.core.telemetry.grpc_server import ServerSpan
+from sluice.core.telemetry.metrics import RpcMetrics
+from sluice.router.converse import Conversation, Converser, error_event
+from sluice.router.v1 import router_pb2
+
+log = logging.getLogger("sluice.router.websocket")
+
+PATH = "/v1/ws"
+SUBPROTOCOL = "sluice.v1"
+KEY_SUBPROTOCOL_PREFIX = "bearer."
+WS_METHOD = "/sluice.router.v1.WebSocket/Converse"
+CLOSE_IDLE = WSCloseCode.GOING_AWAY
+_FORWARDED = frozenset(
+    {"authorization", "x-api-key", "x-request-id", "traceparent", "tracestate", "x-sluice-fault"}
+)
+_MAX_CLOSE_REASON = 120  # a close frame's reason is at most 123 bytes
+
+
+def _metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
+    """The upgrade request's headers the Generate pipeline reads, plus a subprotocol key."""
+    metadata = [
+        (key.lower(), value) for key, value in request.headers.items() if key.lower() in _FORWARDED
+    ]
+    has_key = any(key in ("authorization", "x-api-key") for key, _ in metadata)
+    if not has_key:
+        for offered in request.headers.getall("Sec-WebSocket-Protocol", ()):
+            for item in offered.split(","):
+                protocol = item.strip()
+                if protocol.startswith(KEY_SUBPROTOCOL_PREFIX):
+                    metadata.append(
+                        ("authorization", "Bearer " + protocol[len(KEY_SUBPROTOCOL_PREFIX) :])
+                    )
+                    break
+    return tuple(metadata)
+
+
+def to_json(event: router_pb2.ConverseEvent) -> str:
+    """One server frame: the event in protobuf's JSON mapping, every field present."""
+    return json_format.MessageToJson(
+        event,
+        preserving_proto_field_name=True,
+        indent=None,
+        always_print_fields_with_no_presence=True,
+    )
+
+
+def _reason(text: str) -> bytes:
+    return text.encode()[:_MAX_CLOSE_REASON]
+
+
+class WebSocketBridge:
+    """aiohttp handler that runs a Converse conversation over a WebSocket."""
+
+    def __init__(
+        self,
+        converser: Converser,
+        metrics: RpcMetrics,
+        tracer: trace.Tracer | None,
+    ) -> None:
+        self._converser = converser
+        self._settings = converser.settings
+        self._metrics = metrics
+        self._tracer = tracer
+        self._monotonic = converser.monotonic
+        self._open: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+
+    def register(self, app: web.Application) -> None:
+        """Route `GET /v1/ws` here and close open sockets when the app shuts down."""
+        app.router.add_get(PATH, self.handle)
+        app.on_shutdown.append(self._close_all)
+
+    async def _close_all(self, _app: web.Application) -> None:
+        for ws in list(self._open):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"the router is shutting down")
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """One WebSocket: authenticate, then relay frames both ways until either side ends."""
+        started = time.perf_counter()
+        metadata = _metadata(request)
+        ws = web.WebSocketResponse(
+            protocols=(SUBPROTOCOL,),
+            max_msg_size=self._settings.websocket_max_message_bytes,
+            heartbeat=self._settings.websocket_heartbeat_s,
+        )
+        if not ws.can_prepare(request).ok:
+            message = "this path takes a WebSocket upgrade"
+            return web.json_response(
+                {"error": {"message": message, "code": "invalid_input"}}, status=400
+            )
+        await ws.prepare(request)
+        self._open.add(ws)
+        span = ServerSpan(self._tracer, WS_METHOD, metadata) if self._tracer else None
+        code = grpc.StatusCode.OK
+        error_type: str | None = None
+        try:
+            try:
+                self._converser.authenticate(metadata)
+            except SluiceError as error:
+                code, error_type = error.code, error.reason
+                self._metrics.count_error(WS_METHOD, error.reason)
+                await ws.send_str(to_json(error_event("", error)))
+                await ws.close(
+                    code=WSCloseCode.POLICY_VIOLATION,
+                    message=_reason(f"{error.reason}: {error.message}"),
+                )
+                return ws
+            await self._serve(ws, self._converser.conversation(metadata))
+        except BaseException:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            self._open.discard(ws)
+            self._metrics.observe(WS_METHOD, code.name, time.perf_counter() - started)
+            if span is not None:
+                span.finish(code, code.name, error_type)
+        return ws
+
+    async def _serve(self, ws: web.WebSocketResponse, conversation: Conversation) -> None:
+        writer = asyncio.create_task(self._write(ws, conversation), name="ws-writer")
+        try:
+            await self._read(ws, conversation)
+        finally:
+            conversation.close_input(cancel_running=True)
+            await conversation.aclose()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            if not ws.closed:
+                await ws.close()
+
+    async def _write(self, ws: web.WebSocketResponse, conversation: Conversation) -> None:
+        try:
+            async for event in conversation.events():
+                await ws.send_str(to_json(event))
+        except ConnectionError:
+            pass  # the client went away; the reader sees the socket close
+
+    async def _read(self, ws: web.WebSocketResponse, conversation: Conversation) -> None:
+        idle_s = self._settings.websocket_idle_timeout_s
+        last_active = self._monotonic()
+        while True:
+            if conversation.busy:
+                last_active = self._monotonic()
+            last_active = max(last_active, conversation.last_turn_end)
+            wait = last_active + idle_s - self._monotonic()
+            if wait <= 0:
+                await ws.close(code=CLOSE_IDLE, message=b"idle timeout")
+                return
+            try:
+                message = await ws.receive(timeout=min(wait, idle_s))
+            except TimeoutError:
+                continue
+            last_active = self._monotonic()
+            if message.type == WSMsgType.TEXT:
+                await self._submit(conversation, message.data)
+            elif message.type == WSMsgType.BINARY:
+                await ws.close(
+                    code=WSCloseCode.UNSUPPORTED_DATA,
+                    message=b"send ConverseRequest JSON in text frames",
+                )
+                return
+            else:  # CLOSE, CLOSING, CLOSED, ERROR (e.g. a frame over the size limit)
+                return
+
+    async def _submit(self, conversation: Conversation, text: Any) -> None:
+        try:
+            request = json_format.Parse(text, router_pb2.ConverseRequest())
+        except json_format.ParseError as error:
+            message = f"the frame is not a ConverseRequest in JSON: {str(error)[:200]}"
+            await conversation.reject(
+                "",
+                InvalidInputError(
+                    message,
+                    metadata={"cause": "bad_frame"},
+                    field_violations=[FieldViolation("frame", message)],
+                ),
+            )
+            return
+        await conversation.submit(request)
