@@ -342,7 +342,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     else sum(count_tokens(m.content) for m in request.messages),
                     usage.output_tokens if usage is not None else state.output_tokens,
                 )
-                if cost > 0:
+                if cost > 0 and self._budgets.budget(principal.key_id) is not None:
+                    # Only keys with a budget share their spend (one call per stream).
                     self._spend_later(self._budgets, principal.key_id, cost)
             if state.output_tokens:
                 self._metrics.tokens_streamed.labels(request.model, state.backend).inc(
