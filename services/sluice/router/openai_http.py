@@ -14,6 +14,7 @@ ends without `data: [DONE]`, which the OpenAI SDKs raise as an error.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -66,12 +67,21 @@ _DONE = b"data: [DONE]\n\n"
 
 
 class _HttpContext:
-    """The two things `_generate` asks of a gRPC context, answered from HTTP headers."""
+    """The two things `_generate` asks of a gRPC context, answered from HTTP headers,
+    plus the writer's lag for the adaptive buffer (router/buffer.py)."""
 
-    __slots__ = ("_metadata",)
+    __slots__ = ("_metadata", "_transport")
 
-    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+    def __init__(
+        self, metadata: tuple[tuple[str, str], ...], transport: asyncio.Transport | None = None
+    ) -> None:
         self._metadata = metadata
+        self._transport = transport
+
+    def writer_behind(self) -> bool:
+        """Whether earlier writes still sit in the socket's send buffer (the client lags)."""
+        transport = self._transport
+        return transport is not None and transport.get_write_buffer_size() > 0
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
@@ -214,7 +224,9 @@ class OpenAIHttpApi:
         *,
         max_request_bytes: int,
         shutdown_timeout_s: float = 15.0,
+        pause_bytes: int = 0,
     ) -> None:
+        self._pause_bytes = pause_bytes
         self._shutdown_timeout_s = shutdown_timeout_s
         self._servicer = servicer
         self._metrics = metrics
@@ -299,7 +311,8 @@ class OpenAIHttpApi:
             except ValueError:
                 raise _bad_request("the request body is not valid JSON", "body") from None
             generate, stream, include_usage = parse_chat_request(body)
-            events = self._servicer.generate_events(generate, _HttpContext(metadata))
+            transport = request.transport if stream else None
+            events = self._servicer.generate_events(generate, _HttpContext(metadata, transport))
             async with contextlib.aclosing(events):
                 if stream:
                     return await self._stream(request, generate, events, include_usage)
@@ -384,6 +397,11 @@ class OpenAIHttpApi:
         suffix = f'}},"logprobs":null,"finish_reason":null}}]{usage_null}}}\n\n'
         response = web.StreamResponse(headers={**_SSE_HEADERS, **_meta_headers(meta, None)})
         await response.prepare(request)
+        transport = request.transport
+        if transport is not None and self._pause_bytes:
+            # A stalled client fills the socket's send buffer only up to the buffer's
+            # backpressure mark; then writes wait (and the provider read with them).
+            transport.set_write_buffer_limits(high=self._pause_bytes)
         await response.write(
             f'data: {head},"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},'
             f'"logprobs":null,"finish_reason":null}}]{usage_null}}}\n\n'.encode()
