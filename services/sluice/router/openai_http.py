@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import math
+import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -397,11 +398,7 @@ class OpenAIHttpApi:
         suffix = f'}},"logprobs":null,"finish_reason":null}}]{usage_null}}}\n\n'
         response = web.StreamResponse(headers={**_SSE_HEADERS, **_meta_headers(meta, None)})
         await response.prepare(request)
-        transport = request.transport
-        if transport is not None and self._pause_bytes:
-            # A stalled client fills the socket's send buffer only up to the buffer's
-            # backpressure mark; then writes wait (and the provider read with them).
-            transport.set_write_buffer_limits(high=self._pause_bytes)
+        _bound_send_buffers(request.transport, self._pause_bytes)
         await response.write(
             f'data: {head},"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},'
             f'"logprobs":null,"finish_reason":null}}]{usage_null}}}\n\n'.encode()
@@ -434,6 +431,19 @@ class OpenAIHttpApi:
             log.exception("stream failed after its first event")
         await response.write_eof()
         return response
+
+
+def _bound_send_buffers(transport: asyncio.Transport | None, limit: int) -> None:
+    """Cap what a stalled client can make this stream hold: the transport's buffer (then
+    writes wait, and the provider read with them) and the kernel's unsent bytes (the
+    socket's send buffer would otherwise autotune up to megabytes)."""
+    if transport is None or not limit:
+        return
+    transport.set_write_buffer_limits(high=limit)
+    sock = transport.get_extra_info("socket")
+    if sock is not None and hasattr(socket, "TCP_NOTSENT_LOWAT"):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, limit)
 
 
 async def _prepend(

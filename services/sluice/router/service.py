@@ -579,7 +579,12 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Ser
         settings.limiter_address, "sluice.limiter.v1.LimiterService", tracing
     )
     provider_channel = internal_channel(
-        settings.provider_address, "sluice.provider.v1.ProviderService", tracing, retries=False
+        settings.provider_address,
+        "sluice.provider.v1.ProviderService",
+        tracing,
+        retries=False,
+        # A stalled client's stream holds at most one 64 KiB window here (router/buffer.py).
+        fixed_window=True,
     )
     spans = RequestSpans(
         host.tracer_provider.get_tracer("sluice.router") if host.tracing_active else None
