@@ -55,6 +55,7 @@ STEPS = {
 PORTS = (
     "router", "router_metrics", "limiter", "limiter_metrics", "provider", "provider_metrics",
     "provider2", "provider2_metrics", "telemetry", "telemetry_metrics", "envoy", "envoy_admin",
+    "router_http",
 )  # fmt: skip
 
 
@@ -79,6 +80,8 @@ def chaos_config(ports: dict[str, int], reset_timeout_ms: int) -> dict[str, Any]
         "tracing": {"enabled": False},
         "router": {
             "server": {"port": ports["router"], "metrics_port": ports["router_metrics"]},
+            # A free port, not the default 8090 another suite on this machine may hold.
+            "http_api": {"port": ports["router_http"]},
             "limiter_address": f"127.0.0.1:{ports['limiter']}",
             "provider_address": f"127.0.0.1:{ports['provider']}",
             "models": {
