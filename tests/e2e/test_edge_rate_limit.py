@@ -123,10 +123,13 @@ def _ratelimit_counter(stats: str, name: str) -> int:
 
 
 def _render(tmp_path: Path, *, deny: bool) -> tuple[subprocess.Popen[bytes], int, int]:
-    edge, admin, dead_router, dead_limiter = free_ports(4)
+    edge, admin, dead_router, dead_http, dead_limiter = free_ports(5)
     settings = SuiteSettings(
         router=load_settings(
-            RouterSettings, "router", data={"router": {"server": {"port": dead_router}}}
+            RouterSettings,
+            "router",
+            # Both router listeners dead (8090 may be another suite's on this machine).
+            data={"router": {"server": {"port": dead_router}, "http_api": {"port": dead_http}}},
         ),
         limiter=load_settings(
             LimiterSettings, "limiter", data={"limiter": {"server": {"port": dead_limiter}}}

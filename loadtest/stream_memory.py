@@ -1,0 +1,359 @@
+"""Router memory per open stream: 1,000 idle streams, then 1,000 stalled ones.
+
+Starts a limiter, a provider and a router as separate processes on free loopback ports
+(tracing off), then, from this process:
+
+* **idle**: N gRPC Generate streams on a back end that sends one token every 2 s; each
+  client reads everything. Measured once every stream has its first token.
+* **stalled**: N gRPC Generate streams on a back end that sends a ~600 KB answer as fast
+  as it may; each client reads the first event and then nothing. Measured once the
+  provider has stopped sending (its CPU flat), i.e. backpressure holds every stream.
+* **stalled-sse**: the same through the OpenAI-compatible SSE listener, with raw
+  sockets that read the response head and then nothing.
+
+Prints the router's RSS (from /proc) before and with the streams open, and the
+difference per stream. Bounded: about a minute in all.
+
+    python loadtest/stream_memory.py [--streams 1000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from loadtest.bench import free_ports  # noqa: E402
+from sluice.router.v1 import router_pb2, router_pb2_grpc  # noqa: E402
+
+KEY = "sk-sluice-dev"
+AUTH = (("authorization", f"Bearer {KEY}"),)
+ANSWER_TOKENS = 100_000  # ~600 KB of text: more than every buffer on the way together
+CHANNELS = 10  # client connections the streams are spread over
+
+
+def config(ports: dict[str, int]) -> dict[str, Any]:
+    def server(name: str) -> dict[str, Any]:
+        return {
+            "host": "127.0.0.1",
+            "port": ports[name],
+            "metrics_port": ports[f"{name}_metrics"],
+            "shutdown_grace_s": 1.0,
+        }
+
+    return {
+        "tracing": {"enabled": False},
+        "router": {
+            "server": server("router"),
+            "http_api": {"host": "127.0.0.1", "port": ports["router_http"]},
+            "limiter_address": f"127.0.0.1:{ports['limiter']}",
+            "provider_address": f"127.0.0.1:{ports['provider']}",
+            "max_tokens_limit": ANSWER_TOKENS,
+            "request_timeout_s": 600,
+            # Every stream admitted at once: no queue, no concurrency pool in the way.
+            "admission": {"enabled": False},
+            "resilience": {"bulkhead": {"max_concurrent": 100_000}},
+            "models": {
+                "idle": {"backends": [{"backend": "trickle"}]},
+                "flood": {"backends": [{"backend": "flood"}]},
+            },
+        },
+        "limiter": {
+            "server": server("limiter"),
+            "per_key": {"capacity": 1e9, "refill_per_second": 1e9},
+        },
+        "provider": {
+            "server": server("provider"),
+            "backends": {
+                "trickle": {
+                    "time_to_first_token_ms": 1,
+                    "tokens_per_second": 0.5,
+                    "min_tick_ms": 100,
+                    "answer_tokens": 1000,
+                    "context_window": 4 * ANSWER_TOKENS,
+                },
+                "flood": {
+                    "time_to_first_token_ms": 1,
+                    "tokens_per_second": 20_000,
+                    "min_tick_ms": 1,
+                    "answer_tokens": ANSWER_TOKENS,
+                    "context_window": 4 * ANSWER_TOKENS,
+                },
+            },
+        },
+    }
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def cpu_ticks(pid: int) -> int:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
+@contextlib.contextmanager
+def services(workdir: Path) -> Iterator[tuple[dict[str, int], dict[str, subprocess.Popen[bytes]]]]:
+    names = ("router", "limiter", "provider")
+    ports = dict(
+        zip(
+            (*names, *(f"{n}_metrics" for n in names), "router_http"),
+            free_ports(7),
+            strict=True,
+        )
+    )
+    path = workdir / "memory.yaml"
+    path.write_text(yaml.safe_dump(config(ports)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    env["SLUICE_CONFIG"] = str(path)
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name in ("limiter", "provider", "router"):
+            log = (workdir / f"{name}.log").open("wb")
+            processes[name] = subprocess.Popen(  # noqa: S603 - our own services
+                [sys.executable, "-m", f"sluice.{name}"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        yield ports, processes
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes.values():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+async def wait_ready(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            try:
+                await router_pb2_grpc.RouterServiceStub(channel).ListModels(
+                    router_pb2.ListModelsRequest(), metadata=AUTH, timeout=1
+                )
+                return
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.2)
+    raise RuntimeError("router not ready in 30 s")
+
+
+async def settle(pid: int, *, quiet_ticks: int = 2, window_s: float = 1.0) -> None:
+    """Wait (at most 30 s) until `pid` uses at most `quiet_ticks` of CPU per window."""
+    deadline = time.monotonic() + 30
+    last = cpu_ticks(pid)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(window_s)
+        now = cpu_ticks(pid)
+        if now - last <= quiet_ticks:
+            return
+        last = now
+
+
+def request(model: str, max_tokens: int) -> router_pb2.GenerateRequest:
+    return router_pb2.GenerateRequest(
+        model=model,
+        max_tokens=max_tokens,
+        messages=[{"role": "user", "content": "Tell me everything about sluices."}],
+    )
+
+
+async def grpc_streams(
+    port: int, streams: int, model: str, *, read_all: bool, router_pid: int, provider_pid: int
+) -> dict[str, float]:
+    options = [("grpc.http2.bdp_probe", 0), ("grpc.max_receive_message_length", 1 << 24)]
+    channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(CHANNELS)
+    ]
+    started = asyncio.Event()
+    first_data = 0
+    calls = []
+    before = rss_bytes(router_pid)
+
+    async def one(index: int) -> None:
+        nonlocal first_data
+        stub = router_pb2_grpc.RouterServiceStub(channels[index % CHANNELS])
+        call = stub.Generate(request(model, ANSWER_TOKENS), metadata=AUTH)
+        calls.append(call)
+        seen_data = False
+        while True:
+            event = await call.read()
+            if event is grpc.aio.EOF:
+                return
+            if not seen_data and event.WhichOneof("event") == "data":
+                seen_data = True
+                first_data += 1
+                if first_data == streams:
+                    started.set()
+                if not read_all:
+                    await asyncio.Event().wait()  # the client stalls: reads nothing more
+
+    tasks = [asyncio.ensure_future(one(i)) for i in range(streams)]
+    try:
+        try:
+            await asyncio.wait_for(started.wait(), 60)
+        except TimeoutError:
+            failed = [t.exception() for t in tasks if t.done() and t.exception()]
+            raise RuntimeError(
+                f"{first_data} of {streams} streams started; errors: {failed[:3]}"
+            ) from None
+        await settle(provider_pid)
+        await settle(router_pid)
+        during = rss_bytes(router_pid)
+    finally:
+        for call in calls:
+            call.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for channel in channels:
+            await channel.close()
+    return {"rss_before": before, "rss_during": during}
+
+
+async def sse_streams(
+    port: int, streams: int, *, router_pid: int, provider_pid: int
+) -> dict[str, float]:
+    body = json.dumps(
+        {
+            "model": "flood",
+            "max_tokens": ANSWER_TOKENS,
+            "stream": True,
+            "messages": [{"role": "user", "content": "Tell me everything about sluices."}],
+        }
+    ).encode()
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: sluice\r\n"
+        b"content-type: application/json\r\n"
+        + f"authorization: Bearer {KEY}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+    )
+    loop = asyncio.get_running_loop()
+    before = rss_bytes(router_pid)
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(streams):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            await loop.sock_sendall(sock, head + body)
+            socks.append(sock)
+        for sock in socks:  # the response head and a first chunk, then nothing more
+            got = await asyncio.wait_for(loop.sock_recv(sock, 4096), 60)
+            if not got.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"unexpected reply: {got[:200]!r}")
+        await settle(provider_pid)
+        await settle(router_pid)
+        during = rss_bytes(router_pid)
+    finally:
+        for sock in socks:
+            sock.close()
+    return {"rss_before": before, "rss_during": during}
+
+
+async def run(streams: int, workdir: Path) -> list[dict[str, Any]]:
+    results = []
+    with services(workdir) as (ports, processes):
+        await wait_ready(ports["router"])
+        router_pid = processes["router"].pid
+        provider_pid = processes["provider"].pid
+        for name, measure in (
+            (
+                "idle",
+                lambda: grpc_streams(
+                    ports["router"],
+                    streams,
+                    "idle",
+                    read_all=True,
+                    router_pid=router_pid,
+                    provider_pid=provider_pid,
+                ),
+            ),
+            (
+                "stalled",
+                lambda: grpc_streams(
+                    ports["router"],
+                    streams,
+                    "flood",
+                    read_all=False,
+                    router_pid=router_pid,
+                    provider_pid=provider_pid,
+                ),
+            ),
+            (
+                "stalled-sse",
+                lambda: sse_streams(
+                    ports["router_http"],
+                    streams,
+                    router_pid=router_pid,
+                    provider_pid=provider_pid,
+                ),
+            ),
+        ):
+            started = time.monotonic()
+            figures = await measure()
+            delta = figures["rss_during"] - figures["rss_before"]
+            result = {
+                "scenario": name,
+                "streams": streams,
+                "rss_before_mb": round(figures["rss_before"] / 2**20, 1),
+                "rss_during_mb": round(figures["rss_during"] / 2**20, 1),
+                "bytes_per_stream": round(delta / streams),
+                "seconds": round(time.monotonic() - started, 1),
+            }
+            results.append(result)
+            print(
+                f"{name:<12} {streams:>6} streams  router RSS {result['rss_before_mb']:>7.1f}"
+                f" -> {result['rss_during_mb']:>7.1f} MB  {result['bytes_per_stream']:>8} B/stream"
+                f"  ({result['seconds']} s)",
+                flush=True,
+            )
+            await settle(router_pid)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", type=int, default=1000, help="concurrent streams")
+    parser.add_argument("--json", type=Path, help="write the figures as JSON to this file")
+    args = parser.parse_args()
+    print(
+        f"answer of the stalled streams: {ANSWER_TOKENS} tokens (~600 KB); "
+        "router RSS from /proc/<pid>/status"
+    )
+    with tempfile.TemporaryDirectory(prefix="sluice-memory-") as workdir:
+        results = asyncio.run(asyncio.wait_for(run(args.streams, Path(workdir)), 240))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
