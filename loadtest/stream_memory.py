@@ -39,8 +39,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtest.bench import free_ports  # noqa: E402
-from sluice.router.v1 import router_pb2, router_pb2_grpc  # noqa: E402
+from loadtest.bench import free_ports
+from sluice.router.v1 import router_pb2, router_pb2_grpc
 
 KEY = "sk-sluice-dev"
 AUTH = (("authorization", f"Bearer {KEY}"),)
