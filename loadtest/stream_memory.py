@@ -68,7 +68,8 @@ def config(ports: dict[str, int]) -> dict[str, Any]:
             "request_timeout_s": 600,
             # Every stream admitted at once: no queue, no concurrency pool in the way.
             "admission": {"enabled": False},
-            "resilience": {"bulkhead": {"max_concurrent": 100_000}},
+            "limiter_timeout_ms": 10_000,
+            "resilience": {"bulkhead": {"max_concurrent": 100_000}, "local_limit_rps": 1e6},
             "models": {
                 "idle": {"backends": [{"backend": "trickle"}]},
                 "flood": {"backends": [{"backend": "flood"}]},
