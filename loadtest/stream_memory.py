@@ -1,13 +1,17 @@
 """Router memory per open stream: 1,000 idle streams, then 1,000 stalled ones.
 
-Starts a limiter, a provider and a router as separate processes on free loopback ports
-(tracing off), then, from this process:
+Starts a limiter and a router as separate processes on free loopback ports (tracing
+off), and a stand-in provider (this script with --provider-port: a real gRPC
+ProviderService whose deltas are always 64 bytes, however loaded it is; the simulated
+back end sends what fell due since its last tick in one delta, which under a 1,000-stream
+load is most of the answer at once), then, from this process:
 
-* **idle**: N gRPC Generate streams on a back end that sends one token every 2 s; each
+* **idle**: N gRPC Generate streams on a back end that sends one delta every 2 s; each
   client reads everything. Measured once every stream has its first token.
-* **stalled**: N gRPC Generate streams on a back end that sends a ~600 KB answer as fast
-  as it may; each client reads the first event and then nothing. Measured once the
-  provider has stopped sending (its CPU flat), i.e. backpressure holds every stream.
+* **stalled**: N gRPC Generate streams on a back end that sends a 640 KB answer in 64-byte
+  deltas as fast as flow control lets it; each client reads the first event and then
+  nothing. Measured once the provider has stopped sending (its CPU flat), i.e.
+  backpressure holds every stream.
 * **stalled-sse**: the same through the OpenAI-compatible SSE listener, with raw
   sockets that read the response head and then nothing.
 
@@ -30,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +44,15 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loadtest.bench import free_ports
+from sluice.common.v1 import common_pb2
+from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
 from sluice.router.v1 import router_pb2, router_pb2_grpc
 
 KEY = "sk-sluice-dev"
 AUTH = (("authorization", f"Bearer {KEY}"),)
-ANSWER_TOKENS = 100_000  # ~600 KB of text: more than every buffer on the way together
+ANSWER_TOKENS = 10_000  # max_tokens of every request
+DELTA = "sluice " * 9 + "gateway "  # 64 bytes
+FLOOD_DELTAS = 10_000  # 640 KB: more than every buffer on the way together
 CHANNELS = 10  # client connections the streams are spread over
 
 
@@ -65,11 +73,15 @@ def config(ports: dict[str, int]) -> dict[str, Any]:
             "limiter_address": f"127.0.0.1:{ports['limiter']}",
             "provider_address": f"127.0.0.1:{ports['provider']}",
             "max_tokens_limit": ANSWER_TOKENS,
+            "resilience": {
+                "bulkhead": {"max_concurrent": 100_000},
+                "local_limit_rps": 1e6,
+                "cache": {"enabled": False},
+            },
             "request_timeout_s": 600,
             # Every stream admitted at once: no queue, no concurrency pool in the way.
             "admission": {"enabled": False},
             "limiter_timeout_ms": 10_000,
-            "resilience": {"bulkhead": {"max_concurrent": 100_000}, "local_limit_rps": 1e6},
             "models": {
                 "idle": {"backends": [{"backend": "trickle"}]},
                 "flood": {"backends": [{"backend": "flood"}]},
@@ -79,26 +91,57 @@ def config(ports: dict[str, int]) -> dict[str, Any]:
             "server": server("limiter"),
             "per_key": {"capacity": 1e9, "refill_per_second": 1e9},
         },
-        "provider": {
-            "server": server("provider"),
-            "backends": {
-                "trickle": {
-                    "time_to_first_token_ms": 1,
-                    "tokens_per_second": 0.5,
-                    "min_tick_ms": 100,
-                    "answer_tokens": 1000,
-                    "context_window": 4 * ANSWER_TOKENS,
-                },
-                "flood": {
-                    "time_to_first_token_ms": 1,
-                    "tokens_per_second": 20_000,
-                    "min_tick_ms": 1,
-                    "answer_tokens": ANSWER_TOKENS,
-                    "context_window": 4 * ANSWER_TOKENS,
-                },
-            },
-        },
     }
+
+
+class StandInProvider(provider_pb2_grpc.ProviderServiceServicer):
+    """`trickle`: one delta every 2 s; `flood`: FLOOD_DELTAS deltas as fast as it may.
+    `produced` counts the flood deltas sent (gRPC accepted them)."""
+
+    produced = 0
+
+    async def Stream(  # noqa: N802 - gRPC method name
+        self, request: provider_pb2.StreamRequest, context: Any
+    ) -> AsyncIterator[provider_pb2.StreamEvent]:
+        yield provider_pb2.StreamEvent(
+            start=provider_pb2.StreamStart(backend=request.backend, model="stand-in")
+        )
+        delta = provider_pb2.StreamEvent(delta=provider_pb2.TokenDelta(text=DELTA, token_count=8))
+        count = FLOOD_DELTAS if request.backend == "flood" else 1000
+        flood = request.backend == "flood"
+        for _ in range(count):
+            yield delta
+            if flood:
+                StandInProvider.produced += 1
+            else:
+                await asyncio.sleep(2.0)
+        yield provider_pb2.StreamEvent(
+            end=provider_pb2.StreamEnd(
+                finish_reason=common_pb2.FINISH_REASON_STOP,
+                usage=common_pb2.Usage(input_tokens=8, output_tokens=8 * count),
+            )
+        )
+
+
+async def serve_provider(port: int, count_file: Path) -> None:
+    server = grpc.aio.server()
+    provider_pb2_grpc.add_ProviderServiceServicer_to_server(StandInProvider(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    while not stop.is_set():
+        count_file.write_text(str(StandInProvider.produced))  # noqa: ASYNC240 - tiny, local
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.2)
+    await server.stop(0)
+
+
+def produced(workdir: Path) -> int:
+    """Flood deltas the stand-in provider has sent so far."""
+    with contextlib.suppress(OSError, ValueError):
+        return int((workdir / "produced").read_text())
+    return 0
 
 
 def rss_bytes(pid: int) -> int:
@@ -132,8 +175,20 @@ def services(workdir: Path) -> Iterator[tuple[dict[str, int], dict[str, subproce
     try:
         for name in ("limiter", "provider", "router"):
             log = (workdir / f"{name}.log").open("wb")
+            command = (
+                [
+                    sys.executable,
+                    __file__,
+                    "--provider-port",
+                    str(ports["provider"]),
+                    "--count-file",
+                    str(workdir / "produced"),
+                ]
+                if name == "provider"
+                else [sys.executable, "-m", f"sluice.{name}"]
+            )
             processes[name] = subprocess.Popen(  # noqa: S603 - our own services
-                [sys.executable, "-m", f"sluice.{name}"],
+                command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -167,8 +222,8 @@ async def wait_ready(port: int) -> None:
 
 
 async def settle(pid: int, *, quiet_ticks: int = 2, window_s: float = 1.0) -> None:
-    """Wait (at most 30 s) until `pid` uses at most `quiet_ticks` of CPU per window."""
-    deadline = time.monotonic() + 30
+    """Wait (at most 10 s) until `pid` uses at most `quiet_ticks` of CPU per window."""
+    deadline = time.monotonic() + 10
     last = cpu_ticks(pid)
     while time.monotonic() < deadline:
         await asyncio.sleep(window_s)
@@ -187,7 +242,14 @@ def request(model: str, max_tokens: int) -> router_pb2.GenerateRequest:
 
 
 async def grpc_streams(
-    port: int, streams: int, model: str, *, read_all: bool, router_pid: int, provider_pid: int
+    workdir: Path,
+    port: int,
+    streams: int,
+    model: str,
+    *,
+    read_all: bool,
+    router_pid: int,
+    provider_pid: int,
 ) -> dict[str, float]:
     options = [("grpc.http2.bdp_probe", 0), ("grpc.max_receive_message_length", 1 << 24)]
     channels = [
@@ -228,6 +290,7 @@ async def grpc_streams(
         await settle(provider_pid)
         await settle(router_pid)
         during = rss_bytes(router_pid)
+        sent = produced(workdir)
     finally:
         for call in calls:
             call.cancel()
@@ -236,11 +299,11 @@ async def grpc_streams(
         await asyncio.gather(*tasks, return_exceptions=True)
         for channel in channels:
             await channel.close()
-    return {"rss_before": before, "rss_during": during}
+    return {"rss_before": before, "rss_during": during, "produced": sent}
 
 
 async def sse_streams(
-    port: int, streams: int, *, router_pid: int, provider_pid: int
+    workdir: Path, port: int, streams: int, *, router_pid: int, provider_pid: int
 ) -> dict[str, float]:
     body = json.dumps(
         {
@@ -273,10 +336,11 @@ async def sse_streams(
         await settle(provider_pid)
         await settle(router_pid)
         during = rss_bytes(router_pid)
+        sent = produced(workdir)
     finally:
         for sock in socks:
             sock.close()
-    return {"rss_before": before, "rss_during": during}
+    return {"rss_before": before, "rss_during": during, "produced": sent}
 
 
 async def run(streams: int, workdir: Path) -> list[dict[str, Any]]:
@@ -289,6 +353,7 @@ async def run(streams: int, workdir: Path) -> list[dict[str, Any]]:
             (
                 "idle",
                 lambda: grpc_streams(
+                    workdir,
                     ports["router"],
                     streams,
                     "idle",
@@ -300,6 +365,7 @@ async def run(streams: int, workdir: Path) -> list[dict[str, Any]]:
             (
                 "stalled",
                 lambda: grpc_streams(
+                    workdir,
                     ports["router"],
                     streams,
                     "flood",
@@ -311,6 +377,7 @@ async def run(streams: int, workdir: Path) -> list[dict[str, Any]]:
             (
                 "stalled-sse",
                 lambda: sse_streams(
+                    workdir,
                     ports["router_http"],
                     streams,
                     router_pid=router_pid,
@@ -319,6 +386,7 @@ async def run(streams: int, workdir: Path) -> list[dict[str, Any]]:
             ),
         ):
             started = time.monotonic()
+            already = produced(workdir)
             figures = await measure()
             delta = figures["rss_during"] - figures["rss_before"]
             result = {
@@ -327,13 +395,15 @@ async def run(streams: int, workdir: Path) -> list[dict[str, Any]]:
                 "rss_before_mb": round(figures["rss_before"] / 2**20, 1),
                 "rss_during_mb": round(figures["rss_during"] / 2**20, 1),
                 "bytes_per_stream": round(delta / streams),
+                "deltas_sent_per_stream": round((figures["produced"] - already) / streams),
                 "seconds": round(time.monotonic() - started, 1),
             }
             results.append(result)
             print(
                 f"{name:<12} {streams:>6} streams  router RSS {result['rss_before_mb']:>7.1f}"
                 f" -> {result['rss_during_mb']:>7.1f} MB  {result['bytes_per_stream']:>8} B/stream"
-                f"  ({result['seconds']} s)",
+                f"  provider sent {result['deltas_sent_per_stream']:>5} of {FLOOD_DELTAS}"
+                f" deltas/stream  ({result['seconds']} s)",
                 flush=True,
             )
             await settle(router_pid)
@@ -344,9 +414,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, default=1000, help="concurrent streams")
     parser.add_argument("--json", type=Path, help="write the figures as JSON to this file")
+    parser.add_argument("--provider-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--count-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.provider_port:
+        asyncio.run(serve_provider(args.provider_port, args.count_file))
+        return 0
     print(
-        f"answer of the stalled streams: {ANSWER_TOKENS} tokens (~600 KB); "
+        f"stalled streams: {FLOOD_DELTAS} deltas of {len(DELTA)} bytes offered each; "
         "router RSS from /proc/<pid>/status"
     )
     with tempfile.TemporaryDirectory(prefix="sluice-memory-") as workdir:
