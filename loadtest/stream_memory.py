@@ -51,9 +51,10 @@ from sluice.router.v1 import router_pb2, router_pb2_grpc
 KEY = "sk-sluice-dev"
 AUTH = (("authorization", f"Bearer {KEY}"),)
 ANSWER_TOKENS = 10_000  # max_tokens of every request
-DELTA = "sluice " * 9 + "gateway "  # 64 bytes
+DELTA = "sluice " * 8 + "gateway "  # 64 bytes
 FLOOD_DELTAS = 10_000  # 640 KB: more than every buffer on the way together
 CHANNELS = 10  # client connections the streams are spread over
+WAVE = 100  # streams opened together
 
 
 def config(ports: dict[str, int]) -> dict[str, Any]:
@@ -255,38 +256,44 @@ async def grpc_streams(
     channels = [
         grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(CHANNELS)
     ]
-    started = asyncio.Event()
     first_data = 0
     calls = []
     before = rss_bytes(router_pid)
 
-    async def one(index: int) -> None:
+    async def one(index: int, started: asyncio.Event) -> None:
         nonlocal first_data
         stub = router_pb2_grpc.RouterServiceStub(channels[index % CHANNELS])
         call = stub.Generate(request(model, ANSWER_TOKENS), metadata=AUTH)
         calls.append(call)
         seen_data = False
-        while True:
-            event = await call.read()
-            if event is grpc.aio.EOF:
-                return
-            if not seen_data and event.WhichOneof("event") == "data":
-                seen_data = True
-                first_data += 1
-                if first_data == streams:
-                    started.set()
-                if not read_all:
-                    await asyncio.Event().wait()  # the client stalls: reads nothing more
-
-    tasks = [asyncio.ensure_future(one(i)) for i in range(streams)]
-    try:
         try:
-            await asyncio.wait_for(started.wait(), 60)
-        except TimeoutError:
-            failed = [t.exception() for t in tasks if t.done() and t.exception()]
-            raise RuntimeError(
-                f"{first_data} of {streams} streams started; errors: {failed[:3]}"
-            ) from None
+            while True:
+                event = await call.read()
+                if event is grpc.aio.EOF:
+                    return
+                if not seen_data and event.WhichOneof("event") == "data":
+                    seen_data = True
+                    first_data += 1
+                    started.set()
+                    if not read_all:
+                        await asyncio.Event().wait()  # the client stalls: reads nothing more
+        finally:
+            started.set()  # failed streams count as settled too
+
+    # Opened in waves of WAVE (each wave's first tokens before the next): a thousand
+    # streams at once mostly measure the provider's start-up queue.
+    tasks: list[asyncio.Future[None]] = []
+    for wave in range(0, streams, WAVE):
+        flags = []
+        for index in range(wave, min(streams, wave + WAVE)):
+            flag = asyncio.Event()
+            flags.append(flag)
+            tasks.append(asyncio.ensure_future(one(index, flag)))
+        await asyncio.wait_for(asyncio.gather(*(f.wait() for f in flags)), 60)
+    failed = [t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()]
+    try:
+        if failed:
+            print(f"  {len(failed)} of {streams} streams failed, e.g. {failed[0]!r:.200}")
         await settle(provider_pid)
         await settle(router_pid)
         during = rss_bytes(router_pid)
@@ -299,7 +306,7 @@ async def grpc_streams(
         await asyncio.gather(*tasks, return_exceptions=True)
         for channel in channels:
             await channel.close()
-    return {"rss_before": before, "rss_during": during, "produced": sent}
+    return {"rss_before": before, "rss_during": during, "produced": sent, "open": first_data}
 
 
 async def sse_streams(
@@ -340,73 +347,66 @@ async def sse_streams(
     finally:
         for sock in socks:
             sock.close()
-    return {"rss_before": before, "rss_during": during, "produced": sent}
+    return {"rss_before": before, "rss_during": during, "produced": sent, "open": streams}
+
+
+async def measure(
+    name: str, streams: int, workdir: Path, ports: dict[str, int], *, router: int, provider: int
+) -> dict[str, Any]:
+    """One scenario's figures (RSS before and with the streams open)."""
+    if name == "stalled-sse":
+        return await sse_streams(
+            workdir, ports["router_http"], streams, router_pid=router, provider_pid=provider
+        )
+    return await grpc_streams(
+        workdir,
+        ports["router"],
+        streams,
+        "idle" if name == "idle" else "flood",
+        read_all=name == "idle",
+        router_pid=router,
+        provider_pid=provider,
+    )
 
 
 async def run(streams: int, workdir: Path) -> list[dict[str, Any]]:
+    """Each scenario on freshly started services, so one's heap does not hide the next's."""
     results = []
-    with services(workdir) as (ports, processes):
-        await wait_ready(ports["router"])
-        router_pid = processes["router"].pid
-        provider_pid = processes["provider"].pid
-        for name, measure in (
-            (
-                "idle",
-                lambda: grpc_streams(
-                    workdir,
-                    ports["router"],
-                    streams,
-                    "idle",
-                    read_all=True,
-                    router_pid=router_pid,
-                    provider_pid=provider_pid,
-                ),
-            ),
-            (
-                "stalled",
-                lambda: grpc_streams(
-                    workdir,
-                    ports["router"],
-                    streams,
-                    "flood",
-                    read_all=False,
-                    router_pid=router_pid,
-                    provider_pid=provider_pid,
-                ),
-            ),
-            (
-                "stalled-sse",
-                lambda: sse_streams(
-                    workdir,
-                    ports["router_http"],
-                    streams,
-                    router_pid=router_pid,
-                    provider_pid=provider_pid,
-                ),
-            ),
-        ):
+    for name in ("idle", "stalled", "stalled-sse"):
+        with services(workdir) as (ports, processes):
+            await wait_ready(ports["router"])
             started = time.monotonic()
             already = produced(workdir)
-            figures = await measure()
-            delta = figures["rss_during"] - figures["rss_before"]
-            result = {
-                "scenario": name,
-                "streams": streams,
-                "rss_before_mb": round(figures["rss_before"] / 2**20, 1),
-                "rss_during_mb": round(figures["rss_during"] / 2**20, 1),
-                "bytes_per_stream": round(delta / streams),
-                "deltas_sent_per_stream": round((figures["produced"] - already) / streams),
-                "seconds": round(time.monotonic() - started, 1),
-            }
-            results.append(result)
-            print(
-                f"{name:<12} {streams:>6} streams  router RSS {result['rss_before_mb']:>7.1f}"
-                f" -> {result['rss_during_mb']:>7.1f} MB  {result['bytes_per_stream']:>8} B/stream"
-                f"  provider sent {result['deltas_sent_per_stream']:>5} of {FLOOD_DELTAS}"
-                f" deltas/stream  ({result['seconds']} s)",
-                flush=True,
+            figures = await measure(
+                name,
+                streams,
+                workdir,
+                ports,
+                router=processes["router"].pid,
+                provider=processes["provider"].pid,
             )
-            await settle(router_pid)
+        delta = figures["rss_during"] - figures["rss_before"]
+        result = {
+            "scenario": name,
+            "streams": streams,
+            "rss_before_mb": round(figures["rss_before"] / 2**20, 1),
+            "rss_during_mb": round(figures["rss_during"] / 2**20, 1),
+            "open": figures["open"],
+            "bytes_per_stream": round(delta / max(1, figures["open"])),
+            "deltas_sent_per_stream": round(
+                (figures["produced"] - already) / max(1, figures["open"])
+            ),
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        results.append(result)
+        print(
+            f"{name:<12} {result['open']:>6} streams  router RSS"
+            f" {result['rss_before_mb']:>7.1f}"
+            f" -> {result['rss_during_mb']:>7.1f} MB  {result['bytes_per_stream']:>8} B/stream"
+            f"  provider sent {result['deltas_sent_per_stream']:>5} of {FLOOD_DELTAS}"
+            f" deltas/stream  ({result['seconds']} s)",
+            flush=True,
+        )
     return results
 
 
