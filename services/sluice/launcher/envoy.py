@@ -266,10 +266,7 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
         "codec_type": "AUTO",
         "generate_request_id": True,
         "stream_idle_timeout": f"{envoy.stream_idle_timeout_s:g}s",
-        "request_headers_timeout": "10s",
-        "common_http_protocol_options": {"idle_timeout": "3600s", "max_headers_count": 100},
-        "http2_protocol_options": {"max_concurrent_streams": 1000},
-        "max_request_headers_kb": 60,
+        **_client_limits(settings),
         "local_reply_config": _local_reply_config(),
         "route_config": {
             "name": "edge",
@@ -281,6 +278,7 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
         "http_filters": [
             _error_status_filter(),
             *_browser_filters(),
+            _body_limit_filter(),
             transcoder,
             # After the transcoder: JSON requests are limited by the gRPC route they map to.
             *([_rate_limit_filter(settings)] if envoy.rate_limit.enabled else []),
@@ -330,7 +328,8 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
                                     "name": "envoy.filters.network.http_connection_manager",
                                     "typed_config": connection_manager,
                                 }
-                            ]
+                            ],
+                            **_tls_transport_socket(settings),
                         }
                     ],
                 }
@@ -352,6 +351,74 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
                 ),
             ],
         },
+    }
+
+
+# -- edge hardening: client limits, body limits, TLS ----------------------------------
+
+_BUFFER_FILTER = "envoy.filters.http.buffer"
+_BUFFER = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
+_BUFFER_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute"
+_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+
+
+def _client_limits(settings: SuiteSettings) -> dict[str, Any]:
+    """Connection manager fields bounding what one client may send or hold open."""
+    limits = settings.envoy.limits
+    return {
+        "request_headers_timeout": f"{limits.request_headers_timeout_s:g}s",
+        "common_http_protocol_options": {
+            "idle_timeout": f"{limits.idle_timeout_s:g}s",
+            "max_headers_count": limits.max_headers_count,
+        },
+        "http2_protocol_options": {"max_concurrent_streams": limits.max_concurrent_streams},
+        "max_request_headers_kb": limits.max_request_headers_kb,
+    }
+
+
+def _body_limit_filter() -> dict[str, Any]:
+    """The buffer filter, off by default: routes that pass a JSON body on without the
+    transcoder (which has its own limit) turn it on with `_body_limit`, so an oversized
+    body is refused with 413 at the edge. Streams (gRPC, WebSocket) are never buffered."""
+    return {
+        "name": _BUFFER_FILTER,
+        "typed_config": {"@type": _BUFFER, "max_request_bytes": 1024 * 1024},
+        "disabled": True,
+    }
+
+
+def _body_limit(max_bytes: int) -> dict[str, Any]:
+    """Per-route config enabling the body limit (see `_body_limit_filter`)."""
+    return {
+        _BUFFER_FILTER: {
+            "@type": _FILTER_CONFIG,
+            "config": {"@type": _BUFFER_PER_ROUTE, "buffer": {"max_request_bytes": max_bytes}},
+        }
+    }
+
+
+def _tls_transport_socket(settings: SuiteSettings) -> dict[str, Any]:
+    """The edge listener's TLS (when certificates are configured), offering ALPN h2 and
+    http/1.1; plain-text clients are then refused at the handshake."""
+    tls = settings.envoy.tls
+    if tls.cert_path is None or tls.key_path is None:
+        return {}
+    return {
+        "transport_socket": {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": _TLS,
+                "common_tls_context": {
+                    "alpn_protocols": list(tls.alpn),
+                    "tls_certificates": [
+                        {
+                            "certificate_chain": {"filename": str(tls.cert_path.resolve())},
+                            "private_key": {"filename": str(tls.key_path.resolve())},
+                        }
+                    ],
+                },
+            },
+        }
     }
 
 
@@ -379,7 +446,8 @@ def _http_api_routes(settings: SuiteSettings) -> list[dict[str, Any]]:
                 "envoy.filters.http.grpc_json_transcoder": {
                     "@type": _FILTER_CONFIG,
                     "disabled": True,
-                }
+                },
+                **_body_limit(settings.envoy.max_request_bytes),
             },
         }
         for path, method in _HTTP_API_ROUTES

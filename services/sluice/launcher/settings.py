@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sluice.core.config import (
@@ -39,6 +39,52 @@ class EdgeRateLimitSettings(BaseModel):
     """How long Envoy waits for the limiter's answer."""
 
 
+class EdgeLimitSettings(BaseModel):
+    """What one client may send or hold open at the edge (HTTP/1.1 and HTTP/2)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    max_request_headers_kb: int = Field(60, ge=1, le=8192)
+    """Largest request header block in KiB; a bigger one is refused (431)."""
+    max_headers_count: int = Field(100, ge=1, le=10_000)
+    """Most request headers; more are refused (431)."""
+    max_concurrent_streams: int = Field(1000, ge=1, le=2_147_483_647)
+    """HTTP/2 streams one client connection may have open at once (advertised in
+    SETTINGS; a stream beyond it is refused)."""
+    idle_timeout_s: float = Field(3600.0, gt=0.0)
+    """A client connection with no open stream for this long is closed."""
+    request_headers_timeout_s: float = Field(10.0, gt=0.0)
+    """A client must have sent its whole request header block within this (slow-loris)."""
+
+
+class EdgeTlsSettings(BaseModel):
+    """TLS on the edge listener: on when both paths are set (then the listener speaks
+    only TLS, offering HTTP/2 and HTTP/1.1 by ALPN)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    cert_path: Path | None = None
+    """PEM certificate chain of the edge."""
+    key_path: Path | None = None
+    """PEM private key of the certificate."""
+    alpn: list[str] = Field(default_factory=lambda: ["h2", "http/1.1"], min_length=1)
+    """Protocols offered by ALPN, preferred first."""
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> EdgeTlsSettings:
+        if (self.cert_path is None) != (self.key_path is None):
+            raise ValueError("set both cert_path and key_path, or neither")
+        for path in (self.cert_path, self.key_path):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path} is not a readable file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the edge serves TLS."""
+        return self.cert_path is not None
+
+
 class EnvoySettings(BaseSettings):
     """The Envoy front."""
 
@@ -62,7 +108,8 @@ class EnvoySettings(BaseSettings):
     unary_timeout_s: float = Field(300.0, gt=0.0)
     """Route timeout of unary calls (streams have none: they end on their own)."""
     max_request_bytes: int = Field(1_048_576, ge=1024)
-    """Largest request body the transcoder buffers."""
+    """Largest request body of the JSON routes (the transcoder's and the OpenAI-compatible
+    ones); a bigger one is refused (413)."""
     max_connections: int = Field(50_000, ge=1)
     """Downstream connections Envoy accepts in total before refusing new ones."""
     health_check_interval_ms: int = Field(1000, ge=100)
@@ -78,6 +125,10 @@ class EnvoySettings(BaseSettings):
     cors_allow_origins: list[str] = Field(default_factory=lambda: ["*"])
     """Browser origins allowed to call the gRPC-Web API cross-origin (CORS); "*" allows
     any (keys travel in headers, never cookies). Empty: same-origin pages only."""
+    limits: EdgeLimitSettings = EdgeLimitSettings()
+    """Header, stream and timeout limits per client."""
+    tls: EdgeTlsSettings = EdgeTlsSettings()
+    """TLS on the edge listener (off unless certificates are configured)."""
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,12 @@ ends without `data: [DONE]`, which the OpenAI SDKs raise as an error.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import math
+import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -67,12 +69,21 @@ _DONE = b"data: [DONE]\n\n"
 
 
 class _HttpContext:
-    """The two things `_generate` asks of a gRPC context, answered from HTTP headers."""
+    """The two things `_generate` asks of a gRPC context, answered from HTTP headers,
+    plus the writer's lag for the adaptive buffer (router/buffer.py)."""
 
-    __slots__ = ("_metadata",)
+    __slots__ = ("_metadata", "_transport")
 
-    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+    def __init__(
+        self, metadata: tuple[tuple[str, str], ...], transport: asyncio.Transport | None = None
+    ) -> None:
         self._metadata = metadata
+        self._transport = transport
+
+    def writer_behind(self) -> bool:
+        """Whether earlier writes still sit in the socket's send buffer (the client lags)."""
+        transport = self._transport
+        return transport is not None and transport.get_write_buffer_size() > 0
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
@@ -215,7 +226,9 @@ class OpenAIHttpApi:
         *,
         max_request_bytes: int,
         shutdown_timeout_s: float = 15.0,
+        pause_bytes: int = 0,
     ) -> None:
+        self._pause_bytes = pause_bytes
         self._shutdown_timeout_s = shutdown_timeout_s
         self._servicer = servicer
         self._metrics = metrics
@@ -301,7 +314,8 @@ class OpenAIHttpApi:
             except ValueError:
                 raise _bad_request("the request body is not valid JSON", "body") from None
             generate, stream, include_usage = parse_chat_request(body)
-            events = self._servicer.generate_events(generate, _HttpContext(metadata))
+            transport = request.transport if stream else None
+            events = self._servicer.generate_events(generate, _HttpContext(metadata, transport))
             async with contextlib.aclosing(events):
                 if stream:
                     return await self._stream(request, generate, events, include_usage)
@@ -386,6 +400,7 @@ class OpenAIHttpApi:
         suffix = f'}},"logprobs":null,"finish_reason":null}}]{usage_null}}}\n\n'
         response = web.StreamResponse(headers={**_SSE_HEADERS, **_meta_headers(meta, None)})
         await response.prepare(request)
+        _bound_send_buffers(request.transport, self._pause_bytes)
         await response.write(
             f'data: {head},"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},'
             f'"logprobs":null,"finish_reason":null}}]{usage_null}}}\n\n'.encode()
@@ -418,6 +433,19 @@ class OpenAIHttpApi:
             log.exception("stream failed after its first event")
         await response.write_eof()
         return response
+
+
+def _bound_send_buffers(transport: asyncio.Transport | None, limit: int) -> None:
+    """Cap what a stalled client can make this stream hold: the transport's buffer (then
+    writes wait, and the provider read with them) and the kernel's unsent bytes (the
+    socket's send buffer would otherwise autotune up to megabytes)."""
+    if transport is None or not limit:
+        return
+    transport.set_write_buffer_limits(high=limit)
+    sock = transport.get_extra_info("socket")
+    if sock is not None and hasattr(socket, "TCP_NOTSENT_LOWAT"):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, limit)
 
 
 async def _prepend(

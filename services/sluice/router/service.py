@@ -43,6 +43,7 @@ from sluice.router import genai
 from sluice.router.admission import Admission, request_class
 from sluice.router.auth import ApiKeyAuthenticator, Principal
 from sluice.router.budgets import Budgets
+from sluice.router.buffer import adaptive
 from sluice.router.converse import UPSTREAM_CALLS, Converser
 from sluice.router.degradation import (
     LIMITER_DEGRADED,
@@ -312,8 +313,17 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 deadline=deadline,
                 is_first_token=lambda event: event.WhichOneof("event") == "data",
             )
+        # The adaptive buffer (router/buffer.py): direct while the client keeps up,
+        # coalesced and bounded (pausing the provider read) once it lags.
+        relayed = adaptive(
+            events,
+            self._settings.buffer,
+            self._clock,
+            state,
+            getattr(context, "writer_behind", None),
+        )
         try:
-            async for event in events:
+            async for event in relayed:
                 yield event
         except SluiceError as failure:
             if state.sequence > 0:
@@ -325,7 +335,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise
         finally:
             # Close the stream chain here, in order, not in the loop's finaliser (where
-            # its context managers may already be finalised).
+            # its context managers may already be finalised): the buffer first (it stops
+            # its reader), then the chain it was reading.
+            await relayed.aclose()
             close = getattr(events, "aclose", None)
             if close is not None:
                 await close()
@@ -637,7 +649,12 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Ser
         settings.limiter_address, "sluice.limiter.v1.LimiterService", tracing
     )
     provider_channel = internal_channel(
-        settings.provider_address, "sluice.provider.v1.ProviderService", tracing, retries=False
+        settings.provider_address,
+        "sluice.provider.v1.ProviderService",
+        tracing,
+        retries=False,
+        # A stalled client's stream holds at most one 64 KiB window here (router/buffer.py).
+        fixed_window=True,
     )
     spans = RequestSpans(
         host.tracer_provider.get_tracer("sluice.router") if host.tracing_active else None
@@ -703,6 +720,7 @@ def _serve_http_api(host: ServiceHost, settings: RouterSettings, servicer: Route
         tracer,
         max_request_bytes=settings.http_api.max_request_bytes,
         shutdown_timeout_s=settings.server.shutdown_grace_s,
+        pause_bytes=settings.buffer.pause_bytes,
     )
     host.http_api = api  # type: ignore[attr-defined]
     if settings.converse.websocket_enabled and servicer.converse is not None:

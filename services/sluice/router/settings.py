@@ -13,6 +13,7 @@ from sluice.core.resilience.bulkhead import BulkheadSettings
 from sluice.core.resilience.retry import RetrySettings
 from sluice.router.admission import AdmissionSettings
 from sluice.router.budgets import BudgetSettings
+from sluice.router.buffer import BufferSettings
 
 # sha256("sk-sluice-dev"): the development key of the default configuration.
 DEV_KEY_SHA256 = "f54ca937b7efefe972b761a7b8dc7dd477c073770dec53b33fe59a66f6ef9a9f"
@@ -191,6 +192,8 @@ class RouterSettings(ServiceSettings):
     """Gap between two progress events of a stream."""
     request_timeout_s: float = Field(300.0, gt=0.0)
     """Deadline applied when the caller sets none."""
+    buffer: BufferSettings = BufferSettings()
+    """The adaptive buffer between each provider stream and its client (SPEC §3)."""
     resilience: ResilienceSettings = ResilienceSettings()
     """Retries, breakers, bulkheads, cache, deadlines, load shedding."""
     http_api: HttpApiSettings = HttpApiSettings()

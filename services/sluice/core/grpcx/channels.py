@@ -37,7 +37,12 @@ def _service_config(service: str, retries: bool) -> str:
 
 
 def internal_channel(
-    target: str, service: str, tracer_provider: TracerProvider | None, *, retries: bool = True
+    target: str,
+    service: str,
+    tracer_provider: TracerProvider | None,
+    *,
+    retries: bool = True,
+    fixed_window: bool = False,
 ) -> grpc.aio.Channel:
     """An insecure loopback channel to another Sluice service.
 
@@ -45,6 +50,10 @@ def internal_channel(
     provider retries, with its budget): an application-level UNAVAILABLE from a back
     end must not be multiplied by a transport retry underneath. gRPC still retries
     transparently a call that never left the client (e.g. a dead replica's address).
+
+    ``fixed_window=True`` turns off BDP probing, so each stream's receive window stays at
+    gRPC's 64 KiB: a stream the caller stops reading (its client stalled) then holds at
+    most that much here instead of the megabytes a probed window grows to on loopback.
     """
     channel = grpc.aio.insecure_channel(
         target,
@@ -53,6 +62,7 @@ def internal_channel(
             ("grpc.enable_retries", 1),
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            *((("grpc.http2.bdp_probe", 0),) if fixed_window else ()),
         ),
     )
     if tracer_provider is None:
