@@ -214,3 +214,31 @@ async def test_a_spent_budget_refuses_with_failed_precondition(stack: ServiceSta
     assert info.metadata["budget"] == "0.5"
     port = suite.router.metrics_port
     assert await metric(port, "sluice_router_budget_refusals_total") == 1
+
+
+async def test_streams_of_keys_without_a_budget_send_no_spend(stack: ServiceStack) -> None:
+    # Prices are configured (spend is counted) but no key has a budget: nothing to share,
+    # so the stream's end costs no call to the limiter.
+    suite = await start_suite(
+        stack, router={"budgets": {"prices": {"default": {"output_per_million": 1_000_000}}}}
+    )
+    small = router_pb2.GenerateRequest(
+        model="default", messages=[common_pb2.Message(role="user", content="free")], max_tokens=2
+    )
+    for _ in range(3):
+        stream = suite.router_stub.Generate(small, metadata=[("x-api-key", API_KEY)])
+        events = [e async for e in stream]
+        assert events[-1].WhichOneof("event") == "complete"
+
+    router_port, limiter_port = suite.router.metrics_port, suite.limiter.metrics_port
+    assert await metric(router_port, "sluice_router_spend_total", model="default") > 0
+    acquired = await metric(
+        limiter_port,
+        "sluice_rpc_requests_total",
+        method="/sluice.limiter.v1.LimiterService/Acquire",
+    )
+    assert acquired == 3
+    spends = await metric(
+        limiter_port, "sluice_rpc_requests_total", method="/sluice.limiter.v1.LimiterService/Spend"
+    )
+    assert spends == 0
