@@ -39,8 +39,9 @@ class TracingSettings(BaseModel):
     """OTLP/gRPC endpoint (host:port) of the telemetry service."""
     sample_ratio: float = Field(0.1, ge=0.0, le=1.0)
     """Head-sampling ratio for new traces; children follow their parent's decision (a
-    caller's sampled `traceparent` is always traced whole). 0.1 keeps tracing under 10%
-    of throughput (docs/observability.md); failures are exported whatever the ratio."""
+    gRPC caller's sampled `traceparent` is traced whole; through Envoy, Envoy decides at
+    this ratio, docs/observability.md). 0.1 keeps tracing under 10% of throughput;
+    failures are exported whatever the ratio."""
     keep_errors: bool = True
     """Export the failed RPC spans of traces head sampling left out (rebuilt when the
     call fails; nothing is recorded while it runs); the telemetry service's tail sampler
