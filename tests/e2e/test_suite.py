@@ -380,17 +380,20 @@ def test_every_service_exposes_prometheus_metrics(suite: RunningSuite) -> None:
         assert "sluice_rpc_duration_seconds" in scrape(suite.metrics_url(part)), part
 
 
-def test_client_disconnect_cancels_the_provider_stream(suite: RunningSuite) -> None:
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+def test_client_disconnect_cancels_the_provider_stream(suite: RunningSuite, http2: bool) -> None:
     before = metric_value(
         scrape(suite.metrics_url("provider")), "sluice_provider_streams_total", outcome="cancelled"
     )
     long_body = {**BODY, "max_tokens": 200, "messages": [{"role": "user", "content": "long one"}]}
-    with httpx.stream(
-        "POST", f"{suite.edge}/v1/generate", json=long_body, headers=AUTH, timeout=30
-    ) as r:
+    with (
+        httpx.Client(http1=not http2, http2=http2, trust_env=False, timeout=30) as http,
+        http.stream("POST", f"{suite.edge}/v1/generate", json=long_body, headers=AUTH) as r,
+    ):
+        assert r.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
         for line in r.iter_lines():
             if '"data"' in line:
-                break  # leave mid-stream: the context manager closes the connection
+                break  # leave mid-stream: closing the connection / resetting the h2 stream
     deadline = time.monotonic() + 5
     after = before
     while time.monotonic() < deadline and after <= before:
