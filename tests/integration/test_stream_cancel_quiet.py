@@ -21,7 +21,11 @@ async def test_leaving_mid_write_is_counted_cancelled_not_internal(
     stack: ServiceStack, caplog: pytest.LogCaptureFixture, round_: int
 ) -> None:
     # Many small deltas back to back, so the client leaves while the server writes.
-    backend = {"time_to_first_token_ms": 0, "tokens_per_second": 50_000, "answer_tokens": 30_000}
+    backend: dict[str, object] = {
+        "time_to_first_token_ms": 0,
+        "tokens_per_second": 50_000,
+        "answer_tokens": 30_000,
+    }
     provider = await stack.start(build_provider(provider_settings(backend)))
     stub = provider_pb2_grpc.ProviderServiceStub(stack.channel(provider))
     request = provider_pb2.StreamRequest(
