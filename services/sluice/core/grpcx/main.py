@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Callable
 
@@ -26,6 +27,21 @@ def service_main(section: str, settings_cls: type[S], build: Callable[[S], Servi
             print(f"sluice-{section}: {err}", file=sys.stderr)
             raise SystemExit(2) from err
         await host.start()
+        settle_heap()
         await host.run_until_signalled()
 
     run(main)
+
+
+def settle_heap() -> None:
+    """Tune the cyclic garbage collector once the service has started.
+
+    Profiles under load showed 4-6% of each service's CPU in the collector, mostly full
+    passes over what start-up built (modules, descriptors, settings), which never becomes
+    garbage. Freezing moves those objects out of the collector's view, and collecting the
+    young generation every 10,000 allocations instead of 700 leaves short-lived request
+    objects to reference counting. Cycles are still collected, just less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
