@@ -9,11 +9,13 @@ usage, SPEC §2.1 errors, GenAI spans and metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -359,6 +361,42 @@ async def test_connection_refused_is_network_failure(
     info = error_info(err)
     assert info.reason == "NETWORK_FAILURE"
     assert info.metadata["transport_error"] == "ConnectError"
+
+
+async def test_a_connect_that_never_completes_is_network_failure_not_a_token_timeout(
+    stack: ServiceStack, oa_fake: OpenAIFake
+) -> None:
+    # A listener whose accept queue is full: further SYNs are dropped, connect() hangs.
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        fillers = []
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        try:
+            backend = http_backend(
+                "openai",
+                oa_fake,
+                base_url=f"http://127.0.0.1:{port}/v1",
+                timeouts={"connect_s": 0.3, "first_token_s": 5},
+            )
+            rig = await start_rig(stack, {"oa": oa_fake}, {"oa": backend})
+            started = time.monotonic()
+            err = await failure(rig.stub.Stream(request("oa")))
+            took = time.monotonic() - started
+        finally:
+            for filler in fillers:
+                filler.close()
+
+    info = error_info(err)
+    assert info.reason == "NETWORK_FAILURE", info
+    assert info.metadata["transport_error"] == "ConnectTimeout"
+    assert took < 3  # the connect limit, not the first-token one
 
 
 @BOTH

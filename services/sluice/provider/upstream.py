@@ -278,6 +278,8 @@ async def send(
     try:
         async with asyncio.timeout(wait):
             return await client.send(request)
+    except aiohttp.ClientError:
+        raise  # also aiohttp's connect timeout (a TimeoutError too): a transport failure
     except TimeoutError:
         raise timeout_error(backend, which, wait) from None
 
