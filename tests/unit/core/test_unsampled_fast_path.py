@@ -52,6 +52,9 @@ def test_an_unsampled_traceparent_is_read(value: str | bytes) -> None:
         [("traceparent", f"00-{TRACE}-{'0' * 16}-00")],  # invalid span id
         [("traceparent", f"00-{TRACE[:-1]}x-{SPAN}-00")],  # not hex
         [("traceparent", "garbage")],
+        [("traceparent", f"00-{TRACE[:20]}-{TRACE[21:]}-{SPAN}-00")],  # five fields
+        [("traceparent", f"00-{TRACE}{SPAN[:2]}-{SPAN[2:]}-00")],  # fields misplaced
+        [("traceparent", f"00-{TRACE}-{SPAN}-0x")],  # flags not hex
     ],
 )
 def test_anything_else_takes_the_sdk_path(metadata: list[tuple[str, str]]) -> None:

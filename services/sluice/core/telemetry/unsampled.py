@@ -51,10 +51,12 @@ def unsampled_remote_parent(
         traceparent = traceparent.decode()
     if len(traceparent) != _TRACEPARENT_LENGTH or not traceparent.startswith("00-"):
         return None
-    _, trace_hex, span_hex, flags_hex = traceparent.split("-")
     try:
+        _, trace_hex, span_hex, flags_hex = traceparent.split("-")
+        if (len(trace_hex), len(span_hex), len(flags_hex)) != (32, 16, 2):
+            return None
         trace_id, span_id, flags = int(trace_hex, 16), int(span_hex, 16), int(flags_hex, 16)
-    except ValueError:
+    except ValueError:  # wrong number of fields, or not hex: the SDK's path decides
         return None
     if flags & 1 or trace_id == 0 or span_id == 0:
         return None
