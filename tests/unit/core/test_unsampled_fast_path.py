@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
-from opentelemetry import trace
+from opentelemetry import baggage, context, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -136,3 +136,18 @@ def test_traceparent_headers_round_trip() -> None:
     parent = unsampled_remote_parent([("traceparent", f"00-{TRACE}-{SPAN}-00")])
     assert parent is not None
     assert traceparent_headers(parent) == [("traceparent", f"00-{TRACE}-{SPAN}-00")]
+
+
+async def test_client_calls_carrying_baggage_take_the_sdk_path() -> None:
+    tracer, _, failed = tracer_and_export()
+    server = ServerSpan(tracer, "/a.v1.S/M", [("traceparent", f"00-{TRACE}-{SPAN}-00")], failed)
+    token = context.attach(baggage.set_baggage("tenant", "t1"))
+    try:
+        _, metadata, _ = _Spans(tracer, failed).begin("/b.v1.T/N", [])
+    finally:
+        context.detach(token)
+        server.finish(grpc.StatusCode.OK, "OK", None)
+
+    sent = dict(metadata)
+    assert sent["baggage"] == "tenant=t1"
+    assert sent["traceparent"].startswith(f"00-{TRACE}-") and sent["traceparent"].endswith("-00")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
 _UNSAMPLED = TraceFlags(0)
@@ -83,9 +83,11 @@ def unsampled_child(parent: SpanContext) -> NonRecordingSpan:
 
 
 def unsampled_current() -> SpanContext | None:
-    """The current span's context when it belongs to an unsampled trace, else None."""
+    """The current span's context when it belongs to an unsampled trace, else None.
+
+    None also when the context carries baggage (the SDK's path sends it on)."""
     current = trace.get_current_span().get_span_context()
-    if current.is_valid and not current.trace_flags.sampled:
+    if current.is_valid and not current.trace_flags.sampled and not baggage.get_all():
         return current
     return None
 
