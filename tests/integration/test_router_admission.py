@@ -121,9 +121,13 @@ async def test_a_queued_request_has_a_queue_wait_span_under_its_request_span(
 
         return read
 
+    # The wait span ends first; the request's own span only once its stream has ended.
     found = await eventually(
         spans_of(trace_id),
-        lambda got: any(s.name == "queue_wait admission" for s in got),
+        lambda got: (
+            {"queue_wait admission", "/sluice.router.v1.RouterService/Generate"}
+            <= {s.name for s in got}
+        ),
         within_s=5,
     )
     wait = next(s for s in found if s.name == "queue_wait admission")
