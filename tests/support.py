@@ -126,7 +126,9 @@ class ServiceStack:
     def channel(self, host_or_port: ServiceHost | int) -> grpc.aio.Channel:
         """A plain client channel to a service (closed at teardown)."""
         port = host_or_port if isinstance(host_or_port, int) else host_or_port.port
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        channel = grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", options=(("grpc.use_local_subchannel_pool", 1),)
+        )
         self._channels.append(channel)
         return channel
 

@@ -62,6 +62,10 @@ def internal_channel(
             ("grpc.enable_retries", 1),
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # Subchannels of our own: never one shared with another channel to the same
+            # address that last saw a previous server there fail (e.g. a restarted replica
+            # on a reused port) and is still backing off.
+            ("grpc.use_local_subchannel_pool", 1),
             *((("grpc.http2.bdp_probe", 0),) if fixed_window else ()),
         ),
     )
