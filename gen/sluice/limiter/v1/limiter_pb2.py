@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fsluice/limiter/v1/limiter.proto\x12\x11sluice.limiter.v1\"\xb0\x01\n\x0e\x41\x63quireRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x10\n\x08requests\x18\x06 \x01(\x03\x12\x0e\n\x06tokens\x18\x07 \x01(\x03\x12)\n\x06\x62udget\x18\x08 \x01(\x0b\x32\x19.sluice.limiter.v1.Budget\";\n\x06\x42udget\x12\r\n\x05limit\x18\x01 \x01(\x01\x12\x10\n\x08period_s\x18\x02 \x01(\x01\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\"\xbd\x01\n\x0f\x41\x63quireResponse\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x11\n\tremaining\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x03\x12\x16\n\x0ereset_after_ms\x18\x04 \x01(\x03\x12\x31\n\x08policies\x18\x05 \x03(\x0b\x32\x1f.sluice.limiter.v1.PolicyStatus\x12\r\n\x05spent\x18\x07 \x01(\x01\x12\x16\n\x0elocal_fallback\x18\x06 \x01(\x08\"w\n\x0cPolicyStatus\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x11\n\tremaining\x18\x04 \x01(\x03\x12\r\n\x05limit\x18\x05 \x01(\x03\x12\x16\n\x0ereset_after_ms\x18\x06 \x01(\x03\"A\n\x10ReconcileRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x15\n\ractual_tokens\x18\x02 \x01(\x03\"S\n\x11ReconcileResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x17\n\x0freserved_tokens\x18\x02 \x01(\x03\x12\x14\n\x0c\x64\x65lta_tokens\x18\x03 \x01(\x03\"D\n\x0cSpendRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x01\x12\x10\n\x08period_s\x18\x03 \x01(\x01\"\x1e\n\rSpendResponse\x12\r\n\x05spent\x18\x01 \x01(\x01\x32\x86\x02\n\x0eLimiterService\x12P\n\x07\x41\x63quire\x12!.sluice.limiter.v1.AcquireRequest\x1a\".sluice.limiter.v1.AcquireResponse\x12V\n\tReconcile\x12#.sluice.limiter.v1.ReconcileRequest\x1a$.sluice.limiter.v1.ReconcileResponse\x12J\n\x05Spend\x12\x1f.sluice.limiter.v1.SpendRequest\x1a .sluice.limiter.v1.SpendResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fsluice/limiter/v1/limiter.proto\x12\x11sluice.limiter.v1\"\xc8\x01\n\x0e\x41\x63quireRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x10\n\x08requests\x18\x06 \x01(\x03\x12\x0e\n\x06tokens\x18\x07 \x01(\x03\x12)\n\x06\x62udget\x18\x08 \x01(\x0b\x32\x19.sluice.limiter.v1.Budget\x12\x16\n\x0elease_requests\x18\t \x01(\x03\")\n\x05Lease\x12\x10\n\x08requests\x18\x01 \x01(\x03\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\x03\";\n\x06\x42udget\x12\r\n\x05limit\x18\x01 \x01(\x01\x12\x10\n\x08period_s\x18\x02 \x01(\x01\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\"\xe6\x01\n\x0f\x41\x63quireResponse\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x11\n\tremaining\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x03\x12\x16\n\x0ereset_after_ms\x18\x04 \x01(\x03\x12\x31\n\x08policies\x18\x05 \x03(\x0b\x32\x1f.sluice.limiter.v1.PolicyStatus\x12\r\n\x05spent\x18\x07 \x01(\x01\x12\x16\n\x0elocal_fallback\x18\x06 \x01(\x08\x12\'\n\x05lease\x18\x08 \x01(\x0b\x32\x18.sluice.limiter.v1.Lease\"w\n\x0cPolicyStatus\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x11\n\tremaining\x18\x04 \x01(\x03\x12\r\n\x05limit\x18\x05 \x01(\x03\x12\x16\n\x0ereset_after_ms\x18\x06 \x01(\x03\"A\n\x10ReconcileRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x15\n\ractual_tokens\x18\x02 \x01(\x03\"S\n\x11ReconcileResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x17\n\x0freserved_tokens\x18\x02 \x01(\x03\x12\x14\n\x0c\x64\x65lta_tokens\x18\x03 \x01(\x03\"D\n\x0cSpendRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x01\x12\x10\n\x08period_s\x18\x03 \x01(\x01\"\x1e\n\rSpendResponse\x12\r\n\x05spent\x18\x01 \x01(\x01\x32\x86\x02\n\x0eLimiterService\x12P\n\x07\x41\x63quire\x12!.sluice.limiter.v1.AcquireRequest\x1a\".sluice.limiter.v1.AcquireResponse\x12V\n\tReconcile\x12#.sluice.limiter.v1.ReconcileRequest\x1a$.sluice.limiter.v1.ReconcileResponse\x12J\n\x05Spend\x12\x1f.sluice.limiter.v1.SpendRequest\x1a .sluice.limiter.v1.SpendResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,21 +32,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sluice.limiter.v1.limiter_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ACQUIREREQUEST']._serialized_start=55
-  _globals['_ACQUIREREQUEST']._serialized_end=231
-  _globals['_BUDGET']._serialized_start=233
-  _globals['_BUDGET']._serialized_end=292
-  _globals['_ACQUIRERESPONSE']._serialized_start=295
-  _globals['_ACQUIRERESPONSE']._serialized_end=484
-  _globals['_POLICYSTATUS']._serialized_start=486
-  _globals['_POLICYSTATUS']._serialized_end=605
-  _globals['_RECONCILEREQUEST']._serialized_start=607
-  _globals['_RECONCILEREQUEST']._serialized_end=672
-  _globals['_RECONCILERESPONSE']._serialized_start=674
-  _globals['_RECONCILERESPONSE']._serialized_end=757
-  _globals['_SPENDREQUEST']._serialized_start=759
-  _globals['_SPENDREQUEST']._serialized_end=827
-  _globals['_SPENDRESPONSE']._serialized_start=829
-  _globals['_SPENDRESPONSE']._serialized_end=859
-  _globals['_LIMITERSERVICE']._serialized_start=862
-  _globals['_LIMITERSERVICE']._serialized_end=1124
+  _globals['_ACQUIREREQUEST']._serialized_end=255
+  _globals['_LEASE']._serialized_start=257
+  _globals['_LEASE']._serialized_end=298
+  _globals['_BUDGET']._serialized_start=300
+  _globals['_BUDGET']._serialized_end=359
+  _globals['_ACQUIRERESPONSE']._serialized_start=362
+  _globals['_ACQUIRERESPONSE']._serialized_end=592
+  _globals['_POLICYSTATUS']._serialized_start=594
+  _globals['_POLICYSTATUS']._serialized_end=713
+  _globals['_RECONCILEREQUEST']._serialized_start=715
+  _globals['_RECONCILEREQUEST']._serialized_end=780
+  _globals['_RECONCILERESPONSE']._serialized_start=782
+  _globals['_RECONCILERESPONSE']._serialized_end=865
+  _globals['_SPENDREQUEST']._serialized_start=867
+  _globals['_SPENDREQUEST']._serialized_end=935
+  _globals['_SPENDRESPONSE']._serialized_start=937
+  _globals['_SPENDRESPONSE']._serialized_end=967
+  _globals['_LIMITERSERVICE']._serialized_start=970
+  _globals['_LIMITERSERVICE']._serialized_end=1232
 # @@protoc_insertion_point(module_scope)

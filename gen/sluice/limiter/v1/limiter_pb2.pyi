@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AcquireRequest(_message.Message):
-    __slots__ = ("api_key_id", "tenant", "user", "endpoint", "model", "requests", "tokens", "budget")
+    __slots__ = ("api_key_id", "tenant", "user", "endpoint", "model", "requests", "tokens", "budget", "lease_requests")
     API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class AcquireRequest(_message.Message):
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
+    LEASE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     api_key_id: str
     tenant: str
     user: str
@@ -24,7 +25,16 @@ class AcquireRequest(_message.Message):
     requests: int
     tokens: int
     budget: Budget
-    def __init__(self, api_key_id: _Optional[str] = ..., tenant: _Optional[str] = ..., user: _Optional[str] = ..., endpoint: _Optional[str] = ..., model: _Optional[str] = ..., requests: _Optional[int] = ..., tokens: _Optional[int] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
+    lease_requests: int
+    def __init__(self, api_key_id: _Optional[str] = ..., tenant: _Optional[str] = ..., user: _Optional[str] = ..., endpoint: _Optional[str] = ..., model: _Optional[str] = ..., requests: _Optional[int] = ..., tokens: _Optional[int] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., lease_requests: _Optional[int] = ...) -> None: ...
+
+class Lease(_message.Message):
+    __slots__ = ("requests", "ttl_ms")
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    requests: int
+    ttl_ms: int
+    def __init__(self, requests: _Optional[int] = ..., ttl_ms: _Optional[int] = ...) -> None: ...
 
 class Budget(_message.Message):
     __slots__ = ("limit", "period_s", "currency")
@@ -37,7 +47,7 @@ class Budget(_message.Message):
     def __init__(self, limit: _Optional[float] = ..., period_s: _Optional[float] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class AcquireResponse(_message.Message):
-    __slots__ = ("reservation_id", "remaining", "limit", "reset_after_ms", "policies", "spent", "local_fallback")
+    __slots__ = ("reservation_id", "remaining", "limit", "reset_after_ms", "policies", "spent", "local_fallback", "lease")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     REMAINING_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +55,7 @@ class AcquireResponse(_message.Message):
     POLICIES_FIELD_NUMBER: _ClassVar[int]
     SPENT_FIELD_NUMBER: _ClassVar[int]
     LOCAL_FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
     remaining: int
     limit: int
@@ -52,7 +63,8 @@ class AcquireResponse(_message.Message):
     policies: _containers.RepeatedCompositeFieldContainer[PolicyStatus]
     spent: float
     local_fallback: bool
-    def __init__(self, reservation_id: _Optional[str] = ..., remaining: _Optional[int] = ..., limit: _Optional[int] = ..., reset_after_ms: _Optional[int] = ..., policies: _Optional[_Iterable[_Union[PolicyStatus, _Mapping]]] = ..., spent: _Optional[float] = ..., local_fallback: _Optional[bool] = ...) -> None: ...
+    lease: Lease
+    def __init__(self, reservation_id: _Optional[str] = ..., remaining: _Optional[int] = ..., limit: _Optional[int] = ..., reset_after_ms: _Optional[int] = ..., policies: _Optional[_Iterable[_Union[PolicyStatus, _Mapping]]] = ..., spent: _Optional[float] = ..., local_fallback: _Optional[bool] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
 
 class PolicyStatus(_message.Message):
     __slots__ = ("policy", "subject", "unit", "remaining", "limit", "reset_after_ms")
