@@ -465,7 +465,7 @@ async def test_lua_leases_exactly_as_the_python_algorithms(redis_server: RedisPr
     memory = MemoryBackend(clock)
     shared = RedisBackend(RedisSettings(url=redis_server.url, key_prefix=""), clock=clock)
     client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
-    limits = [TokenBucket(30, 7), FixedWindow(40, 1.5), SlidingCounter(50, 1.5)]
+    limits: list[Algorithm] = [TokenBucket(30, 7), FixedWindow(40, 1.5), SlidingCounter(50, 1.5)]
     rng = random.Random("leases-3")
     leases = 0
     try:
