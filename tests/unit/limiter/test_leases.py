@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from sluice.core.errors import ValidationError
 from sluice.core.grpcx.server import ServiceHost
@@ -374,14 +375,24 @@ def test_whole_ms_never_rounds_up() -> None:
 # -- grant rules in the servicer -------------------------------------------------------
 
 
+REGISTRIES: dict[int, CollectorRegistry] = {}
+"""Each test servicer's metrics registry, by id of the servicer."""
+
+
 def servicer(policies: list[PolicySettings], backend: object, **lease: object) -> LimiterServicer:
     host = ServiceHost("limiter", LimiterSettings())
-    return LimiterServicer(
+    service = LimiterServicer(
         Policies(policies),
         backend,  # type: ignore[arg-type]
         host,
         LeaseSettings.model_validate(lease),
     )
+    REGISTRIES[id(service)] = host.registry
+    return service
+
+
+def counted(service: LimiterServicer, name: str) -> float | None:
+    return REGISTRIES[id(service)].get_sample_value(name)
 
 
 ROOMY = PolicySettings(name="rpm", limit=1000, refill_per_second=1)
@@ -406,8 +417,8 @@ async def test_a_roomy_bucket_grants_what_is_asked_and_counts_it() -> None:
     assert (first.lease.requests, first.lease.ttl_ms) == (10, 1000)
     assert (first.remaining, second.remaining) == (989, 988)
     assert not second.HasField("lease")
-    assert service._leases._value.get() == 1
-    assert service._leased_requests._value.get() == 10
+    assert counted(service, "sluice_limiter_leases_total") == 1
+    assert counted(service, "sluice_limiter_leased_requests_total") == 10
 
 
 async def test_max_requests_caps_the_lease() -> None:
@@ -431,7 +442,7 @@ async def test_no_lease_when_any_matched_limit_cannot_lease(policy: PolicySettin
 
     assert not response.HasField("lease")
     assert response.remaining == 999  # the request alone
-    assert service._leases._value.get() == 0
+    assert counted(service, "sluice_limiter_leases_total") == 0
 
 
 async def test_no_lease_with_a_budget_or_when_disabled() -> None:
