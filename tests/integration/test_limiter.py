@@ -427,3 +427,55 @@ async def test_a_bad_budget_is_refused(limiter: limiter_pb2_grpc.LimiterServiceS
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         [bad] = details_of(rich_status(caught.value), error_details_pb2.BadRequest)
         assert [v.field for v in bad.field_violations] == [field]
+
+
+async def test_a_lease_takes_its_permits_along_with_the_request(
+    limiter: limiter_pb2_grpc.LimiterServiceStub, limiter_host: ServiceHost
+) -> None:
+    plain = await limiter.Acquire(acquire("big"))
+    request = acquire("big")
+    request.lease_requests = 10
+
+    leased = await limiter.Acquire(request)
+
+    assert (leased.lease.requests, leased.lease.ttl_ms) == (10, 1000)
+    assert plain.remaining - leased.remaining == 11
+    assert leased.policies[0].remaining == leased.remaining
+    assert not plain.HasField("lease")
+    port = limiter_host.metrics_port
+    assert await metric(port, "sluice_limiter_leases_total") == 1
+    assert await metric(port, "sluice_limiter_leased_requests_total") == 10
+    # Allowed decisions stay per request: the permits are not decisions yet.
+    assert (
+        await metric(port, "sluice_limiter_decisions_total", policy="per_key", result="allowed")
+        == 2
+    )
+
+
+async def test_no_lease_where_it_would_eat_into_the_headroom(
+    limiter: limiter_pb2_grpc.LimiterServiceStub, limiter_host: ServiceHost
+) -> None:
+    request = acquire("k1")  # a bucket of 3: half must stay free, nothing to lease
+    request.lease_requests = 10
+
+    response = await limiter.Acquire(request)
+
+    assert not response.HasField("lease")
+    assert response.remaining == 2
+    assert await metric(limiter_host.metrics_port, "sluice_limiter_leases_total") == 0
+
+
+async def test_a_negative_lease_request_is_invalid_argument(
+    limiter: limiter_pb2_grpc.LimiterServiceStub,
+) -> None:
+    request = acquire("big")
+    request.lease_requests = -1
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await limiter.Acquire(request)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [bad] = details_of(rich_status(caught.value), error_details_pb2.BadRequest)
+    assert [v.field for v in bad.field_violations] == ["lease_requests"]
+    # Nothing was taken.
+    assert (await limiter.Acquire(acquire("big"))).remaining == 99

@@ -18,6 +18,7 @@ from sluice.core.grpcx.server import ServiceHost
 from sluice.limiter.algorithms import (
     Algorithm,
     FixedWindow,
+    LeaseAsk,
     SlidingCounter,
     SlidingLog,
     TokenBucket,
@@ -454,3 +455,200 @@ async def test_two_routers_on_two_limiter_replicas_spend_one_budget(
     for router in routers:
         assert await metric(router.metrics_port, "sluice_router_spend_total", model="default") < 5
     assert min(served) >= 1
+
+
+# -- leases ----------------------------------------------------------------------------
+
+
+async def test_lua_leases_exactly_as_the_python_algorithms(redis_server: RedisProcess) -> None:
+    clock = same_time_clock()
+    memory = MemoryBackend(clock)
+    shared = RedisBackend(RedisSettings(url=redis_server.url, key_prefix=""), clock=clock)
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    limits: list[Algorithm] = [TokenBucket(30, 7), FixedWindow(40, 1.5), SlidingCounter(50, 1.5)]
+    rng = random.Random("leases-3")
+    leases = 0
+    try:
+        for step in range(400):
+            clock.advance(rng.choice([0.0, 0.001, 0.05, 0.2, 0.7]))
+            cost = float(rng.randint(0, 4))
+            chosen = rng.sample(range(3), rng.randint(1, 3))
+            checks = [token_check(f"k{i}", limits[i], cost, "requests") for i in chosen]
+            if 0 in chosen and rng.random() < 0.3:
+                # A token cost on a leased bucket: reconcile adjusts a bucket with a pocket.
+                checks.append(token_check("k0", limits[0], float(rng.randint(1, 5))))
+            wanted = rng.choice([0, 0, 1, 5, 12])
+            ask = (
+                LeaseAsk(wanted, rng.choice([0.25, 1.0, 3.0]), rng.choice([0.0, 0.3, 0.5]))
+                if wanted
+                else None
+            )
+            expected = await memory.acquire(checks, f"r{step}", ask)
+            got = await shared.acquire(checks, f"r{step}", ask)
+            assert got == expected, (step, cost, ask)
+            leases += expected.lease is not None
+            if expected.allowed and rng.random() < 0.5:
+                actual = float(rng.randint(0, 8))
+                assert await shared.reconcile(f"r{step}", actual) == await memory.reconcile(
+                    f"r{step}", actual
+                )
+        for key, state in memory._states.items():
+            stored = await client.get(key)
+            assert stored is not None
+            assert [float(word) for word in stored.split()] == state, key
+        assert leases > 50  # the comparison covered many grants
+    finally:
+        await shared.close()
+        await client.aclose()
+
+
+async def test_a_stored_two_element_bucket_still_decides_and_leases(
+    redis_server: RedisProcess,
+) -> None:
+    clock = same_time_clock()
+    shared = RedisBackend(RedisSettings(url=redis_server.url, key_prefix="old:"), clock=clock)
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    memory = MemoryBackend(clock)
+    bucket = TokenBucket(20, 2)
+    try:
+        # Written before leases: 3 tokens at 999 s (now is 1000 s: 5 tokens).
+        await client.set("old:k", "3 999", px=60_000)
+        memory._states["k"] = [3.0, 999.0]
+        checks = [token_check("k", bucket, 1, "requests")]
+
+        got = await shared.acquire(checks, "r1")
+
+        assert got == await memory.acquire(checks, "r1")
+        assert got.verdicts[0].remaining == 4
+        assert await client.get("old:k") == "4 1000 0 0"
+        await client.set("old:k", "15 999", px=60_000)
+        memory._states["k"] = [15.0, 999.0]
+        leased = await shared.acquire(checks, "r2", LeaseAsk(10, 1.0, 0.25))
+        assert leased == await memory.acquire(checks, "r2", LeaseAsk(10, 1.0, 0.25))
+        assert leased.lease is not None and leased.lease.requests == 10  # 20 - 17 - 5 >= 10
+        assert await client.get("old:k") == "6 1000 10 1001"
+    finally:
+        await shared.close()
+        await client.aclose()
+
+
+async def test_a_bucket_key_outlives_the_permits_in_pockets(redis_server: RedisProcess) -> None:
+    clock = same_time_clock()
+    shared = RedisBackend(RedisSettings(url=redis_server.url, key_prefix="p:"), clock=clock)
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    fast = TokenBucket(10, 100)  # full again after 0.1 s: its key lives 1.1 s untouched
+    try:
+        await shared.acquire([token_check("plain", fast, 1, "requests")], "r1")
+        outcome = await shared.acquire(
+            [token_check("leased", fast, 1, "requests")], "r2", LeaseAsk(4, 30.0, 0.0)
+        )
+
+        assert outcome.lease is not None and outcome.lease.ttl_s == 30.0
+        assert 0 < await client.pttl("p:plain") <= 1_100
+        # Forgetting the state while 4 permits are out would hand out a full bucket.
+        assert 30_000 < await client.pttl("p:leased") <= 31_000
+    finally:
+        await shared.close()
+        await client.aclose()
+
+
+async def test_acquire_with_a_lease_over_grpc_on_redis(
+    stack: ServiceStack, redis_server: RedisProcess
+) -> None:
+    (limiter,) = await start_replicas(
+        stack,
+        1,
+        redis={"url": redis_server.url},
+        policies=[{"name": "rpm", "limit": 1000, "refill_per_second": 0.0001}],
+    )
+    plain = await limiter.Acquire(limiter_pb2.AcquireRequest(api_key_id="k"))
+    leased = await limiter.Acquire(limiter_pb2.AcquireRequest(api_key_id="k", lease_requests=10))
+
+    assert (leased.lease.requests, leased.lease.ttl_ms) == (10, 1000)
+    assert plain.remaining - leased.remaining == 11
+    assert not plain.HasField("lease")
+
+
+Pocket = tuple[int, float]
+"""(permits left, moment they lapse)."""
+
+
+@pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_counter", "token_bucket"])
+async def test_three_replicas_with_leases_never_admit_more_than_the_limit(
+    stack: ServiceStack, redis_server: RedisProcess, algorithm: str
+) -> None:
+    # Six callers on three replicas share one limit of 40 (per 8 s window, or a bucket of
+    # 40 refilled at 2/s); each takes leases of up to 6 for 3 s and admits locally from
+    # its pocket until the lease's ttl runs out. Every admission counts at its moment of
+    # USE. The first window is quiet: one caller, two requests, the last one late in
+    # the window; its lease would be used in the next window without the clamp, and the
+    # bucket would refill to full with permits still in the pocket without the cap. Then
+    # all six burst (twelve attempts each per half second) and use every permit at once.
+    limit, window, rate = 40, 8.0, 2.0
+    clock = FakeClock(monotonic=1_000.0, wall=1_700_000_000.0)  # a window boundary
+    start = clock.wall()
+    policy: dict[str, object] = {"name": "rpw", "algorithm": algorithm, "limit": limit}
+    policy.update({"refill_per_second": rate} if algorithm == "token_bucket" else {})
+    policy.update({} if algorithm == "token_bucket" else {"window_s": window})
+    hosts = [
+        await stack.start(
+            build_server(
+                limiter_settings(
+                    backend="redis",
+                    redis={"url": redis_server.url, "replicas": 3},
+                    policies=[policy],
+                    lease={"max_requests": 6, "ttl_s": 3.0, "min_headroom": 0.25},
+                ),
+                clock=clock,
+            )
+        )
+        for _ in range(3)
+    ]
+    replicas = [limiter_pb2_grpc.LimiterServiceStub(stack.channel(h)) for h in hosts]
+    pockets: list[Pocket] = [(0, 0.0)] * 6
+    uses: list[float] = []  # when each admission was used
+    from_pockets = 0
+
+    async def caller(index: int, attempts: int) -> None:
+        nonlocal from_pockets
+        for _ in range(attempts):
+            now = clock.wall()
+            permits, lapses = pockets[index]
+            if permits and now < lapses:
+                pockets[index] = (permits - 1, lapses)
+                uses.append(now - start)
+                from_pockets += 1
+                continue
+            sent = clock.wall()  # the ttl counts from before the call
+            request = limiter_pb2.AcquireRequest(api_key_id="shared", lease_requests=6)
+            try:
+                granted = await replicas[index % 3].Acquire(request)
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                continue
+            uses.append(now - start)
+            pockets[index] = (granted.lease.requests, sent + granted.lease.ttl_ms / 1000)
+
+    for round_ in range(40):  # 20 s: two and a half windows, or ten bucket refills
+        if round_ in (0, 14):
+            await caller(0, 1)
+        elif round_ >= 16:
+            await asyncio.gather(*(caller(i, 12) for i in range(6)))
+        clock.advance(0.5)
+
+    leases = sum([await metric(h.metrics_port, "sluice_limiter_leases_total") for h in hosts])
+    assert leases > 0 and from_pockets > 0
+    if algorithm == "token_bucket":
+        # Any interval [a, b] of uses: at most capacity + rate * (b - a).
+        moments = sorted(set(uses))
+        for i, a in enumerate(moments):
+            for b in moments[i:]:
+                inside = sum(1 for t in uses if a <= t <= b)
+                assert inside <= limit + rate * (b - a), (a, b, inside)
+        assert len(uses) >= limit + rate * 12 - 6 * 6  # the burst got most of what refilled
+    else:
+        per_window = [sum(1 for t in uses if k * window <= t < (k + 1) * window) for k in range(3)]
+        assert sum(per_window) == len(uses)
+        assert all(count <= limit for count in per_window), per_window
+        # Unused permits lapse (at most 6 per caller), so the busy window still gets close.
+        assert per_window[1] >= limit - 6 * 6, per_window

@@ -2,7 +2,7 @@
 
 Each algorithm keeps its state as a short list of floats, so the same state can live in
 a Python dict (the in-memory backend) or a Redis string (the Redis backend, whose Lua
-script in `redis_backend.py` mirrors these functions line for line). Nothing here reads
+script in `redis.py` mirrors these functions line for line). Nothing here reads
 a clock: `now` is passed in, so tests drive time exactly.
 
 The four algorithms and what each promises (README.md has the trade-offs):
@@ -14,13 +14,21 @@ The four algorithms and what each promises (README.md has the trade-offs):
 - sliding window counter: the previous window weighted by its overlap plus the current
   one stays within `limit`; O(1) state; at most `limit` per aligned window, and at most
   2 * limit in a sliding window when traffic bunches at a window's end.
+
+Leases (`grant_lease`) hand out request permits in advance, in the same decision as a
+request, without weakening any of these promises as long as each permit is used at most
+once and before the lease's ttl runs out: a window counts the permits at once and clamps
+the ttl to the window's end; the token bucket takes them out of the bucket into the
+holder's "pocket" and refills only up to `capacity - leased` until the pocket lapses, so
+bucket + pocket never exceeds `capacity`. The sliding log cannot lease (its entries slide
+out one window after the grant, while the permits are used later).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 AlgorithmName = Literal["token_bucket", "fixed_window", "sliding_log", "sliding_counter"]
@@ -81,6 +89,14 @@ class Algorithm(Protocol):
         """The same limit with capacity and rate multiplied by `share` (fallback split)."""
         ...
 
+    def lease_ttl_s(self, now: float, ttl_s: float) -> float:
+        """The longest a lease granted at `now` may last, at most `ttl_s` (0: none)."""
+        ...
+
+    def lease(self, state: State, now: float, requests: float, ttl_s: float) -> State:
+        """Take `requests` permits from `state` (just admitted at `now`) for `ttl_s`."""
+        ...
+
 
 def _refused_forever(remaining: float, limit: float, reset: float) -> Verdict:
     return Verdict(False, max(0.0, remaining), limit, math.inf, max(0.0, reset))
@@ -90,9 +106,12 @@ def _refused_forever(remaining: float, limit: float, reset: float) -> Verdict:
 class TokenBucket:
     """`capacity` units of burst, refilled continuously at `refill_per_second`.
 
-    State: [tokens, updated]. Tokens may go below zero only through `adjust` (a
-    reservation that turned out larger than estimated): that debt is repaid by refill
-    before anything else is admitted.
+    State: [tokens, updated, leased, leased_until] (a stored [tokens, updated] reads as
+    nothing leased). Tokens may go below zero only through `adjust` (a reservation that
+    turned out larger than estimated): that debt is repaid by refill before anything else
+    is admitted. `leased` permits are in lease holders' pockets until `leased_until`;
+    meanwhile the bucket refills only to `capacity - leased`, so the tokens in existence
+    (bucket and pockets) never exceed `capacity`.
     """
 
     capacity: float
@@ -110,43 +129,59 @@ class TokenBucket:
     def params(self) -> tuple[float, float]:
         return (self.capacity, self.refill_per_second)
 
-    def _refill(self, state: Sequence[float] | None, now: float) -> tuple[float, float]:
+    def _refill(self, state: Sequence[float] | None, now: float) -> State:
         if state is None:
-            return self.capacity, now
+            return [self.capacity, now, 0.0, 0.0]
         tokens, updated = state[0], state[1]
+        leased, until = (state[2], state[3]) if len(state) > 2 else (0.0, 0.0)
+        rate = self.refill_per_second
+        if leased > 0 and now >= until:
+            # The pockets lapsed at `until`: refill up to then with them still counted.
+            if until > updated:
+                tokens = min(self.capacity - leased, tokens + (until - updated) * rate)
+                updated = until
+            leased, until = 0.0, 0.0
         elapsed = max(0.0, now - updated)
         # A clock that steps back does not mint tokens when it steps forward again.
-        return min(self.capacity, tokens + elapsed * self.refill_per_second), max(updated, now)
+        tokens = min(self.capacity - leased, tokens + elapsed * rate)
+        return [tokens, max(updated, now), leased, until]
 
     def decide(
         self, state: Sequence[float] | None, now: float, cost: float
     ) -> tuple[Verdict, State]:
-        tokens, updated = self._refill(state, now)
+        new = self._refill(state, now)
+        tokens = new[0]
         rate = self.refill_per_second
         if cost > self.capacity:
-            return _refused_forever(tokens, self.capacity, (self.capacity - tokens) / rate), [
-                tokens,
-                updated,
-            ]
+            return _refused_forever(tokens, self.capacity, (self.capacity - tokens) / rate), new
         if tokens >= cost:
             tokens -= cost
+            new[0] = tokens
             reset = (self.capacity - tokens) / rate
-            return Verdict(True, max(0.0, tokens), self.capacity, 0.0, reset), [tokens, updated]
+            return Verdict(True, max(0.0, tokens), self.capacity, 0.0, reset), new
         wait = (cost - tokens) / rate
         reset = (self.capacity - tokens) / rate
-        return Verdict(False, max(0.0, tokens), self.capacity, wait, reset), [tokens, updated]
+        return Verdict(False, max(0.0, tokens), self.capacity, wait, reset), new
 
     def adjust(
         self, state: Sequence[float] | None, now: float, delta: float, reserved_at: float
     ) -> State:
-        tokens, updated = self._refill(state, now)
-        return [min(self.capacity, tokens - delta), updated]
+        new = self._refill(state, now)
+        new[0] = min(self.capacity - new[2], new[0] - delta)
+        return new
 
     def ttl_s(self) -> float:
         return self.capacity / self.refill_per_second + 1.0
 
     def scaled(self, share: float) -> TokenBucket:
         return TokenBucket(self.capacity * share, self.refill_per_second * share)
+
+    def lease_ttl_s(self, now: float, ttl_s: float) -> float:
+        return ttl_s
+
+    def lease(self, state: State, now: float, requests: float, ttl_s: float) -> State:
+        tokens, updated, leased, until = state
+        return [tokens - requests, updated, leased + requests, max(until, now + ttl_s)]
 
 
 def window_start(now: float, window: float) -> float:
@@ -206,6 +241,13 @@ class FixedWindow:
 
     def scaled(self, share: float) -> FixedWindow:
         return FixedWindow(self.limit * share, self.window_s)
+
+    def lease_ttl_s(self, now: float, ttl_s: float) -> float:
+        # Every use must fall in the window the permits were counted in.
+        return min(ttl_s, window_start(now, self.window_s) + self.window_s - now)
+
+    def lease(self, state: State, now: float, requests: float, ttl_s: float) -> State:
+        return [state[0], state[1] + requests]
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +324,12 @@ class SlidingLog:
 
     def scaled(self, share: float) -> SlidingLog:
         return SlidingLog(self.limit * share, self.window_s)
+
+    def lease_ttl_s(self, now: float, ttl_s: float) -> float:
+        return 0.0  # an entry slides out one window after the grant, not after the use
+
+    def lease(self, state: State, now: float, requests: float, ttl_s: float) -> State:
+        raise ValueError("the sliding window log cannot lease")
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +419,13 @@ class SlidingCounter:
     def scaled(self, share: float) -> SlidingCounter:
         return SlidingCounter(self.limit * share, self.window_s)
 
+    def lease_ttl_s(self, now: float, ttl_s: float) -> float:
+        # Every use must fall in the window the permits were counted in.
+        return min(ttl_s, window_start(now, self.window_s) + self.window_s - now)
+
+    def lease(self, state: State, now: float, requests: float, ttl_s: float) -> State:
+        return [state[0], state[1] + requests, state[2]]
+
 
 def make_algorithm(name: AlgorithmName, limit: float, rate_or_window: float) -> Algorithm:
     """The algorithm called `name`: (capacity, refill/s) or (limit, window seconds)."""
@@ -381,3 +436,68 @@ def make_algorithm(name: AlgorithmName, limit: float, rate_or_window: float) -> 
     if name == "sliding_log":
         return SlidingLog(limit, rate_or_window)
     return SlidingCounter(limit, rate_or_window)
+
+
+LEASABLE: frozenset[AlgorithmName] = frozenset({"token_bucket", "fixed_window", "sliding_counter"})
+"""Algorithms whose promise survives a lease (see the module docstring)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseAsk:
+    """What a lease may be, at most (the caller's wish capped by settings)."""
+
+    requests: int
+    """Permits wanted beyond the request itself (already capped by max_requests)."""
+    ttl_s: float
+    """Longest lease."""
+    min_headroom: float
+    """Share of each limit that must stay free after the lease."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Permits granted in advance: usable once each, before `ttl_s` after the decision."""
+
+    requests: int
+    ttl_s: float
+
+
+def whole_ms(ttl_s: float) -> float:
+    """A ttl rounded down to whole milliseconds (what the response carries), never up."""
+    ms = math.floor(ttl_s * 1000)
+    if ms / 1000 > ttl_s:  # the product rounded up to a whole number
+        ms -= 1
+    return ms / 1000
+
+
+def grant_lease(
+    algorithms: Sequence[Algorithm],
+    verdicts: Sequence[Verdict],
+    states: list[State],
+    now: float,
+    ask: LeaseAsk,
+) -> Lease | None:
+    """The lease to take along with a request admitted at `now` (states updated in place).
+
+    n = min(asked, and per limit floor(remaining - min_headroom * limit)); the ttl is the
+    shortest any limit allows, in whole milliseconds. None when n < 1 or the ttl is 0.
+    """
+    requests = float(ask.requests)
+    ttl = ask.ttl_s
+    for algorithm, verdict in zip(algorithms, verdicts, strict=True):
+        requests = min(requests, math.floor(verdict.remaining - ask.min_headroom * algorithm.limit))
+        ttl = min(ttl, algorithm.lease_ttl_s(now, ask.ttl_s))
+    ttl = whole_ms(ttl)
+    if requests < 1 or ttl <= 0:
+        return None
+    for index, algorithm in enumerate(algorithms):
+        states[index] = algorithm.lease(states[index], now, requests, ttl)
+    return Lease(int(requests), ttl)
+
+
+def leased_verdict(algorithm: Algorithm, verdict: Verdict, requests: int) -> Verdict:
+    """How a limit stands once `requests` permits were leased from it too."""
+    reset = verdict.reset_after_s
+    if isinstance(algorithm, TokenBucket):
+        reset += requests / algorithm.refill_per_second
+    return replace(verdict, remaining=max(0.0, verdict.remaining - requests), reset_after_s=reset)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from sluice.limiter.algorithms import Verdict
+from sluice.limiter.algorithms import Lease, LeaseAsk, Verdict
 from sluice.limiter.policies import Check
 
 
@@ -20,6 +20,8 @@ class Outcome:
     local_fallback: bool = False
     """True when decided on this replica's share of each limit because the shared store
     was unreachable (see fallback.py)."""
+    lease: Lease | None = None
+    """Permits granted in advance along with the request (taken in the same decision)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +51,13 @@ class Backend(Protocol):
         """`memory` or `redis` (a metric label)."""
         ...
 
-    async def acquire(self, checks: Sequence[Check], reservation_id: str) -> Outcome:
-        """Admit against every check or none; remember token costs under the reservation."""
+    async def acquire(
+        self, checks: Sequence[Check], reservation_id: str, lease: LeaseAsk | None = None
+    ) -> Outcome:
+        """Admit against every check or none; remember token costs under the reservation.
+
+        With `lease`, an admitted request also takes up to `lease.requests` permits from
+        every check in the same atomic step (the caller checked the checks can lease)."""
         ...
 
     async def reconcile(self, reservation_id: str, actual_tokens: float) -> Reconciled:

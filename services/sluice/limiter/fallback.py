@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sluice.core.clock import Clock
-from sluice.limiter.algorithms import Algorithm
+from sluice.limiter.algorithms import Algorithm, LeaseAsk
 from sluice.limiter.backend import Backend, Outcome, Reconciled, Spent
 from sluice.limiter.memory import MemoryBackend
 from sluice.limiter.policies import Check
@@ -116,15 +116,19 @@ class FallbackBackend:
             local.append(replace(check, algorithm=scaled))
         return local
 
-    async def acquire(self, checks: Sequence[Check], reservation_id: str) -> Outcome:
+    async def acquire(
+        self, checks: Sequence[Check], reservation_id: str, lease: LeaseAsk | None = None
+    ) -> Outcome:
         if self._use_shared():
             try:
-                outcome = await self._shared.acquire(checks, reservation_id)
+                outcome = await self._shared.acquire(checks, reservation_id, lease)
             except UNREACHABLE as err:
                 self._fail(err)
             else:
                 self._succeed()
                 return outcome
+        # No leases on the local share: a replica alone keeps its share exact per decision,
+        # and permits leased now could outlive the outage and be used against Redis' limit.
         outcome = self._local.decide(self._local_checks(checks), reservation_id)
         return replace(outcome, local_fallback=True)
 

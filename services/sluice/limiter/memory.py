@@ -12,7 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sluice.core.clock import Clock
-from sluice.limiter.algorithms import Algorithm, State, Verdict
+from sluice.limiter.algorithms import (
+    Algorithm,
+    LeaseAsk,
+    State,
+    Verdict,
+    grant_lease,
+    leased_verdict,
+)
 from sluice.limiter.backend import Outcome, Reconciled, Spent
 from sluice.limiter.policies import Check
 
@@ -43,7 +50,9 @@ class MemoryBackend:
     def name(self) -> str:
         return "memory"
 
-    def decide(self, checks: Sequence[Check], reservation_id: str) -> Outcome:
+    def decide(
+        self, checks: Sequence[Check], reservation_id: str, lease: LeaseAsk | None = None
+    ) -> Outcome:
         """The synchronous decision (the async `acquire` wraps it)."""
         now = self._clock.monotonic()
         verdicts: list[Verdict] = []
@@ -55,6 +64,15 @@ class MemoryBackend:
         allowed = all(v.allowed for v in verdicts)
         if not allowed:
             return Outcome(False, verdicts)
+        granted = None
+        if lease is not None:
+            algorithms = [check.algorithm for check in checks]
+            granted = grant_lease(algorithms, verdicts, updates, now, lease)
+            if granted is not None:
+                verdicts = [
+                    leased_verdict(a, v, granted.requests)
+                    for a, v in zip(algorithms, verdicts, strict=True)
+                ]
         tokens = 0.0
         limits: list[tuple[str, Algorithm]] = []
         for check, state in zip(checks, updates, strict=True):
@@ -66,10 +84,12 @@ class MemoryBackend:
             self._remember(
                 reservation_id, _Reservation(now + self._reservation_ttl_s, now, tokens, limits)
             )
-        return Outcome(True, verdicts)
+        return Outcome(True, verdicts, lease=granted)
 
-    async def acquire(self, checks: Sequence[Check], reservation_id: str) -> Outcome:
-        return self.decide(checks, reservation_id)
+    async def acquire(
+        self, checks: Sequence[Check], reservation_id: str, lease: LeaseAsk | None = None
+    ) -> Outcome:
+        return self.decide(checks, reservation_id, lease)
 
     def settle(self, reservation_id: str, actual_tokens: float) -> Reconciled:
         """The synchronous reconciliation (the async `reconcile` wraps it)."""

@@ -3,8 +3,9 @@
 The Lua below mirrors `algorithms.py` operation for operation (the same IEEE doubles in
 the same order, so replicas and the in-memory backend agree bit for bit; a test runs
 both side by side). Acquire is one EVALSHA: it reads every matching limit, refuses
-without writing anything if any limit refuses, otherwise writes them all with an
-expiry and stores the token reservation. Reconcile is one EVALSHA too.
+without writing anything if any limit refuses, otherwise takes the lease asked for (if
+any fits), writes them all with an expiry and stores the token reservation. Reconcile
+is one EVALSHA too.
 
 States are stored as space-separated `%.17g` numbers (exact round trip of a double).
 Reconcile touches keys named inside the reservation rather than in KEYS, which a
@@ -22,7 +23,7 @@ from redis.backoff import NoBackoff
 
 from sluice.core.clock import Clock
 from sluice.core.telemetry.spans import RequestSpans, redis_address
-from sluice.limiter.algorithms import Verdict
+from sluice.limiter.algorithms import Lease, LeaseAsk, Verdict, leased_verdict
 from sluice.limiter.backend import Outcome, Reconciled, Spent
 from sluice.limiter.policies import Check
 from sluice.limiter.settings import RedisSettings
@@ -46,45 +47,78 @@ local function load(key)
   return s
 end
 
-local function ttl_ms(algo, p)
+local function ttl_ms(algo, p, s, now)
   local seconds
-  if algo == 'token_bucket' then seconds = p[1] / p[2] + 1
+  if algo == 'token_bucket' then
+    seconds = p[1] / p[2] + 1
+    -- A bucket with permits in pockets must outlive them (a fresh bucket is full).
+    if s[3] and s[3] > 0 then seconds = math.max(seconds, s[4] - now + 1) end
   elseif algo == 'sliding_counter' then seconds = 2 * p[2] + 1
   else seconds = p[2] + 1 end
   return math.ceil(seconds * 1000)
 end
 
-local function save(key, s, algo, p)
+local function save(key, s, algo, p, now)
   local parts = {}
   for i = 1, #s do parts[i] = fmt(s[i]) end
-  redis.call('SET', key, table.concat(parts, ' '), 'PX', ttl_ms(algo, p))
+  redis.call('SET', key, table.concat(parts, ' '), 'PX', ttl_ms(algo, p, s, now))
 end
 
 local function window_start(now, w) return math.floor(now / w) * w end
 
--- token bucket: p = {capacity, rate}, s = {tokens, updated}
+local function whole_ms(ttl)
+  local ms = math.floor(ttl * 1000)
+  if ms / 1000 > ttl then ms = ms - 1 end
+  return ms / 1000
+end
+
+-- token bucket: p = {capacity, rate}, s = {tokens, updated, leased, leased_until}
+-- (a stored {tokens, updated} reads as nothing leased)
 local function tb_refill(p, s, now)
-  if not s then return p[1], now end
-  local elapsed = math.max(0, now - s[2])
-  return math.min(p[1], s[1] + elapsed * p[2]), math.max(s[2], now)
+  local cap, rate = p[1], p[2]
+  if not s then return {cap, now, 0, 0} end
+  local tokens, updated = s[1], s[2]
+  local leased, untl = s[3] or 0, s[4] or 0
+  if leased > 0 and now >= untl then
+    if untl > updated then
+      tokens = math.min(cap - leased, tokens + (untl - updated) * rate)
+      updated = untl
+    end
+    leased, untl = 0, 0
+  end
+  local elapsed = math.max(0, now - updated)
+  return {math.min(cap - leased, tokens + elapsed * rate), math.max(updated, now), leased, untl}
 end
 
 local function tb_decide(p, s, now, cost)
   local cap, rate = p[1], p[2]
-  local tokens, updated = tb_refill(p, s, now)
+  local new = tb_refill(p, s, now)
+  local tokens = new[1]
   if cost > cap then
-    return {0, math.max(0, tokens), INF, math.max(0, (cap - tokens) / rate)}, {tokens, updated}
+    return {0, math.max(0, tokens), INF, math.max(0, (cap - tokens) / rate)}, new
   end
   if tokens >= cost then
     tokens = tokens - cost
-    return {1, math.max(0, tokens), 0, (cap - tokens) / rate}, {tokens, updated}
+    new[1] = tokens
+    return {1, math.max(0, tokens), 0, (cap - tokens) / rate}, new
   end
-  return {0, math.max(0, tokens), (cost - tokens) / rate, (cap - tokens) / rate}, {tokens, updated}
+  return {0, math.max(0, tokens), (cost - tokens) / rate, (cap - tokens) / rate}, new
 end
 
 local function tb_adjust(p, s, now, delta, at)
-  local tokens, updated = tb_refill(p, s, now)
-  return {math.min(p[1], tokens - delta), updated}
+  local new = tb_refill(p, s, now)
+  new[1] = math.min(p[1] - new[3], new[1] - delta)
+  return new
+end
+
+local function tb_lease_ttl(p, now, ttl) return ttl end
+
+local function tb_lease(p, s, now, n, ttl)
+  return {s[1] - n, s[2], s[3] + n, math.max(s[4], now + ttl)}
+end
+
+local function window_lease_ttl(p, now, ttl)
+  return math.min(ttl, window_start(now, p[2]) + p[2] - now)
 end
 
 -- fixed window: p = {limit, window}, s = {start, used}
@@ -114,6 +148,8 @@ local function fw_adjust(p, s, now, delta, at)
   elseif window_start(at, p[2]) == start then used = math.max(0, used + delta) end
   return {start, used}
 end
+
+local function fw_lease(p, s, now, n, ttl) return {s[1], s[2] + n} end
 
 -- sliding log: p = {limit, window}, s = {t1, c1, t2, c2, ...}
 local function sl_live(p, s, now)
@@ -170,6 +206,8 @@ local function sl_adjust(p, s, now, delta, at)
   return live
 end
 
+local function sl_lease_ttl(p, now, ttl) return 0 end
+
 -- sliding counter: p = {limit, window}, s = {start, current, previous}
 local function sc_roll(p, s, now)
   local w = p[2]
@@ -216,15 +254,23 @@ local function sc_adjust(p, s, now, delta, at)
   return {start, current, previous}
 end
 
+local function sc_lease(p, s, now, n, ttl) return {s[1], s[2] + n, s[3]} end
+
 local DECIDE = {token_bucket = tb_decide, fixed_window = fw_decide,
                 sliding_log = sl_decide, sliding_counter = sc_decide}
 local ADJUST = {token_bucket = tb_adjust, fixed_window = fw_adjust,
                 sliding_log = sl_adjust, sliding_counter = sc_adjust}
+local LEASE_TTL = {token_bucket = tb_lease_ttl, fixed_window = window_lease_ttl,
+                   sliding_log = sl_lease_ttl, sliding_counter = window_lease_ttl}
+local LEASE = {token_bucket = tb_lease, fixed_window = fw_lease, sliding_counter = sc_lease}
 """
 
 # KEYS: one state key per check, then the reservation key.
 # ARGV: now ('' = server time), reservation ttl ms, then per check: algorithm, limit,
-# rate-or-window, cost, reserve (1 = a token cost to remember).
+# rate-or-window, cost, reserve (1 = a token cost to remember); then the lease asked
+# for: requests (0 = none), ttl seconds, min headroom (grant_lease in algorithms.py).
+# Reply: allowed, now, leased requests, lease ttl, then per check: allowed, remaining,
+# retry after, reset after (before the lease; the caller applies leased_verdict).
 _ACQUIRE = (
     _COMMON
     + r"""
@@ -239,7 +285,27 @@ for i = 1, n do
   if verdict[1] == 0 then allowed = 0 end
   results[i], states[i], params[i] = verdict, state, p
 end
-local reply = {tostring(allowed), fmt(now)}
+local leased, lease_ttl = 0, 0
+local ask = 2 + n * 5
+local wanted = tonumber(ARGV[ask + 1])
+if allowed == 1 and wanted > 0 then
+  local ttl, headroom = tonumber(ARGV[ask + 2]), tonumber(ARGV[ask + 3])
+  local requests, shortest = wanted, ttl
+  for i = 1, n do
+    local algo = ARGV[2 + (i - 1) * 5 + 1]
+    requests = math.min(requests, math.floor(results[i][2] - headroom * params[i][1]))
+    shortest = math.min(shortest, LEASE_TTL[algo](params[i], now, ttl))
+  end
+  shortest = whole_ms(shortest)
+  if requests >= 1 and shortest > 0 then
+    for i = 1, n do
+      local algo = ARGV[2 + (i - 1) * 5 + 1]
+      states[i] = LEASE[algo](params[i], states[i], now, requests, shortest)
+    end
+    leased, lease_ttl = requests, shortest
+  end
+end
+local reply = {tostring(allowed), fmt(now), string.format('%d', leased), fmt(lease_ttl)}
 for i = 1, n do
   local v = results[i]
   reply[#reply + 1] = tostring(v[1])
@@ -252,7 +318,7 @@ local limits, tokens = {}, 0
 for i = 1, n do
   local base = 2 + (i - 1) * 5
   local algo = ARGV[base + 1]
-  save(KEYS[i], states[i], algo, params[i])
+  save(KEYS[i], states[i], algo, params[i], now)
   if ARGV[base + 5] == '1' then
     tokens = tonumber(ARGV[base + 4])
     limits[#limits + 1] = {KEYS[i], algo, ARGV[base + 2], ARGV[base + 3]}
@@ -282,7 +348,7 @@ if delta ~= 0 then
   for _, limit in ipairs(r.limits) do
     local key, algo = limit[1], limit[2]
     local p = {tonumber(limit[3]), tonumber(limit[4])}
-    save(key, ADJUST[algo](p, load(key), now, delta, at), algo, p)
+    save(key, ADJUST[algo](p, load(key), now, delta, at), algo, p, now)
   end
 end
 return {'1', fmt(reserved)}
@@ -355,7 +421,9 @@ class RedisBackend:
     def _now(self) -> str:
         return "" if self._clock is None else repr(self._clock.wall())
 
-    async def acquire(self, checks: Sequence[Check], reservation_id: str) -> Outcome:
+    async def acquire(
+        self, checks: Sequence[Check], reservation_id: str, lease: LeaseAsk | None = None
+    ) -> Outcome:
         keys = [self._prefix + check.key for check in checks]
         keys.append(f"{self._prefix}res|{reservation_id}")
         args: list[str] = [self._now(), self._reservation_ttl_ms]
@@ -363,7 +431,12 @@ class RedisBackend:
             limit, second = check.algorithm.params
             reserve = "1" if check.unit == "tokens" and check.cost > 0 else "0"
             args += [check.algorithm.name, repr(limit), repr(second), repr(check.cost), reserve]
-        # One EVALSHA per decision (redis-py falls back to EVAL once if the script is new).
+        if lease is None:
+            args += ["0", "0", "0"]
+        else:
+            args += [str(lease.requests), repr(lease.ttl_s), repr(lease.min_headroom)]
+        # One EVALSHA per decision, lease included (redis-py falls back to EVAL once if
+        # the script is new).
         with self._spans.redis(self._address, "EVALSHA", self._db):
             reply: list[str] = await self._acquire(keys=keys, args=args)
         verdicts = [
@@ -374,9 +447,16 @@ class RedisBackend:
                 retry_after_s=_number(reply[i + 2]),
                 reset_after_s=_number(reply[i + 3]),
             )
-            for check, i in zip(checks, range(2, len(reply), 4), strict=True)
+            for check, i in zip(checks, range(4, len(reply), 4), strict=True)
         ]
-        return Outcome(reply[0] == "1", verdicts)
+        leased = int(reply[2])
+        if not leased:
+            return Outcome(reply[0] == "1", verdicts)
+        verdicts = [
+            leased_verdict(check.algorithm, verdict, leased)
+            for check, verdict in zip(checks, verdicts, strict=True)
+        ]
+        return Outcome(True, verdicts, lease=Lease(leased, _number(reply[3])))
 
     async def reconcile(self, reservation_id: str, actual_tokens: float) -> Reconciled:
         with self._spans.redis(self._address, "EVALSHA", self._db):

@@ -23,7 +23,7 @@ from sluice.core.errors import (
 from sluice.core.grpcx.server import ServiceHost
 from sluice.core.grpcx.types import ServicerContext
 from sluice.core.telemetry.spans import RequestSpans
-from sluice.limiter.algorithms import Verdict
+from sluice.limiter.algorithms import LEASABLE, LeaseAsk, Verdict
 from sluice.limiter.backend import Backend
 from sluice.limiter.edge import SERVICE_NAME as RLS_SERVICE_NAME
 from sluice.limiter.edge import RateLimitServicer
@@ -31,7 +31,7 @@ from sluice.limiter.fallback import FallbackBackend
 from sluice.limiter.memory import MemoryBackend
 from sluice.limiter.policies import Check, Policies, Subjects
 from sluice.limiter.redis import RedisBackend
-from sluice.limiter.settings import LimiterSettings
+from sluice.limiter.settings import LeaseSettings, LimiterSettings
 from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
 from sluice.vendor.envoy.service.ratelimit.v3 import rls_pb2_grpc
 
@@ -90,9 +90,26 @@ def _check_period(period_s: float, field: str) -> None:
 class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
     """Admits requests against every configured policy that matches them, atomically."""
 
-    def __init__(self, policies: Policies, backend: Backend, host: ServiceHost) -> None:
+    def __init__(
+        self,
+        policies: Policies,
+        backend: Backend,
+        host: ServiceHost,
+        lease: LeaseSettings | None = None,
+    ) -> None:
         self._policies = policies
         self._backend = backend
+        self._lease = lease or LeaseSettings()
+        self._leases = Counter(
+            "sluice_limiter_leases",
+            "Leases granted (request permits taken in advance along with an Acquire).",
+            registry=host.registry,
+        )
+        self._leased_requests = Counter(
+            "sluice_limiter_leased_requests",
+            "Request permits granted in leases.",
+            registry=host.registry,
+        )
         decisions = Counter(
             "sluice_limiter_decisions",
             "Admission decisions per policy by result (allowed, denied).",
@@ -158,6 +175,11 @@ class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
             model=request.model,
         )
         spent = 0.0
+        if request.lease_requests < 0:
+            raise ValidationError(
+                "lease_requests must not be negative",
+                field_violations=[FieldViolation("lease_requests", "must not be negative")],
+            )
         if request.HasField("budget"):
             spent = await self._check_budget(request.api_key_id, request.budget)
         checks = self._policies.checks(subjects, float(request.requests or 1), request.tokens)
@@ -166,7 +188,8 @@ class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
             # No policy applies: admitted, and nothing to remember (limit 0 = unlimited).
             return limiter_pb2.AcquireResponse(reservation_id=reservation_id, spent=spent)
         started = time.perf_counter()
-        outcome = await self._backend.acquire(checks, reservation_id)
+        lease = self._lease_ask(request, checks)
+        outcome = await self._backend.acquire(checks, reservation_id, lease)
         self._latency.observe(time.perf_counter() - started)
         if not outcome.allowed:
             for check, verdict in zip(checks, outcome.verdicts, strict=True):
@@ -192,6 +215,11 @@ class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
             local_fallback=outcome.local_fallback,
             spent=spent,
         )
+        if outcome.lease is not None:
+            self._leases.inc()
+            self._leased_requests.inc(outcome.lease.requests)
+            response.lease.requests = outcome.lease.requests
+            response.lease.ttl_ms = round(outcome.lease.ttl_s * 1000)
         # The headline figures come from the tightest request limit (any limit if none).
         candidates = [s for s in statuses if s.unit == "requests"] or statuses
         if candidates:
@@ -200,6 +228,24 @@ class LimiterServicer(limiter_pb2_grpc.LimiterServiceServicer):
             response.limit = tightest.limit
             response.reset_after_ms = tightest.reset_after_ms
         return response
+
+    def _lease_ask(
+        self, request: limiter_pb2.AcquireRequest, checks: Sequence[Check]
+    ) -> LeaseAsk | None:
+        """The most a lease may be for this request; None when it may have none.
+
+        Only request limits of algorithms that keep their promise under leases, and no
+        budget (a budget is checked per request, against spend a lease cannot foresee).
+        The backend then sizes it by headroom and refuses it on the local fallback share.
+        """
+        settings = self._lease
+        wanted = min(request.lease_requests, settings.max_requests)
+        if wanted < 1 or not settings.enabled or request.HasField("budget"):
+            return None
+        for check in checks:
+            if check.unit != "requests" or check.algorithm.name not in LEASABLE:
+                return None
+        return LeaseAsk(wanted, settings.ttl_s, settings.min_headroom)
 
     async def _check_budget(self, api_key_id: str, budget: limiter_pb2.Budget) -> float:
         """The key's spend in the period; BUSINESS_RULE_VIOLATION once it reached the budget."""
@@ -341,7 +387,8 @@ def build_server(
     chosen = backend or build_backend(settings, clock, host)
     host.add_cleanup(chosen.close)
     limiter_pb2_grpc.add_LimiterServiceServicer_to_server(
-        LimiterServicer(Policies(settings.effective_policies()), chosen, host), host.server
+        LimiterServicer(Policies(settings.effective_policies()), chosen, host, settings.lease),
+        host.server,
     )
     host.add_service(LIMITER_SERVICE)
     # Envoy's rate limit service, over the same backend (edge limits).

@@ -83,6 +83,24 @@ class RedisSettings(BaseModel):
     replica's own clock."""
 
 
+class LeaseSettings(BaseModel):
+    """Leases: request permits granted in advance along with an Acquire that asks for them
+    (`lease_requests`), so the caller admits its next requests without a call."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    enabled: bool = True
+    """Grant leases at all (off: `lease_requests` is ignored)."""
+    max_requests: int = Field(64, ge=0)
+    """Most permits one lease carries (0: no leases). Unused permits lapse, so a lease
+    holder can leave at most this many per ttl unused."""
+    ttl_s: float = Field(1.0, gt=0.0, le=60.0)
+    """Longest a lease lasts; windows cut it at the end of the current window."""
+    min_headroom: float = Field(0.5, ge=0.0, le=1.0)
+    """Share of each limit that must stay free after the lease (0.5: a lease never takes
+    a limit below half), so leases only happen where the limit is far from binding."""
+
+
 def _default_edge_policies() -> list[PolicySettings]:
     return [
         PolicySettings(name="edge_global", scope="global", limit=5000.0, refill_per_second=5000.0),
@@ -146,6 +164,8 @@ class LimiterSettings(ServiceSettings):
     """How long a token reservation can still be reconciled."""
     edge: EdgeSettings = EdgeSettings()
     """Edge limits served to Envoy (RLS)."""
+    lease: LeaseSettings = LeaseSettings()
+    """Request permits granted in advance (AcquireRequest.lease_requests)."""
 
     @model_validator(mode="after")
     def _unique_policy_names(self) -> Self:
