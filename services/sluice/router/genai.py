@@ -42,6 +42,13 @@ def annotate_request(request: GenerationRequest, backend: str, max_tokens: int) 
     span.set_attributes(attributes)
 
 
+def annotate_leased_admission() -> None:
+    """The request was admitted from a limiter lease: its trace has no limiter call."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute("sluice.limiter.lease", True)
+
+
 def annotate_response_model(model: str) -> None:
     """The model the provider actually used."""
     span = trace.get_current_span()

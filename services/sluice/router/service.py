@@ -53,6 +53,7 @@ from sluice.router.degradation import (
 )
 from sluice.router.downstream import error_from_rpc
 from sluice.router.fallback import FallbackChain, ResilienceMetrics
+from sluice.router.leases import LeaseBook
 from sluice.router.settings import BackendRef, ModelAliasSettings, RouterSettings
 from sluice.router.v1 import router_pb2, router_pb2_grpc
 from sluice.router.validation import GenerationRequest, validate_request
@@ -94,6 +95,11 @@ class RouterMetrics:
         self.spend_failures = Counter(
             "sluice_router_spend_failures",
             "Finished streams whose cost could not be added to the shared budget spend.",
+            registry=host.registry,
+        )
+        self.leased_admissions = Counter(
+            "sluice_router_leased_admissions",
+            "Requests admitted from permits the limiter leased in advance (no limiter call).",
             registry=host.registry,
         )
         self.reconcile_failures = Counter(
@@ -147,6 +153,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._memory = memory
         self._local_limits = local_limits
         self._reconciling: set[asyncio.Task[None]] = set()
+        self._leases = LeaseBook(clock, ask=settings.limiter_lease_requests)
         self._settings = settings
         self._chain = chain
         self._clock = clock
@@ -188,11 +195,21 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         max_tokens: int,
         state: StreamState,
     ) -> None:
-        prompt_tokens = sum(count_tokens(m.content) for m in request.messages)
-        estimate = prompt_tokens + max_tokens
         budgets = self._budgets
         limit = budgets.budget(principal.key_id) if budgets is not None else None
         budget = None if budgets is None or limit is None else self._budget_of(budgets, limit)
+        leases = self._leases
+        lease_key = (principal.key_id, principal.tenant, request.user, _GENERATE, request.model)
+        ask = 0
+        if budget is None and leases.enabled:  # a budget is checked by every Acquire
+            if leases.take(lease_key):
+                self._metrics.leased_admissions.inc()
+                genai.annotate_leased_admission()
+                return
+            ask = leases.ask_for(lease_key)
+        prompt_tokens = sum(count_tokens(m.content) for m in request.messages)
+        estimate = prompt_tokens + max_tokens
+        sent_at = self._clock.monotonic()
         try:
             admitted = await self._limiter.Acquire(
                 limiter_pb2.AcquireRequest(
@@ -204,9 +221,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     requests=1,
                     tokens=estimate,
                     budget=budget,
+                    lease_requests=ask,
                 ),
                 timeout=self._settings.limiter_timeout_ms / 1000.0,
             )
+            if ask:
+                leases.granted(lease_key, admitted.lease.requests, admitted.lease.ttl_ms, sent_at)
+                ask = 0
             # Only token limits hold a reservation; with none matched there is nothing to
             # reconcile and the hot path pays no second call.
             if any(policy.unit == "tokens" for policy in admitted.policies):
@@ -228,6 +249,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             await self._local_limits.admit(principal.key_id)
             self._metrics.limiter_fail_open.inc()
             state.degradations.append(LIMITER_DEGRADED)
+        finally:
+            if ask:  # the ask got no answer (failed or cancelled): the next one may ask
+                leases.refused(lease_key)
 
     # -- streaming ---------------------------------------------------------------------
 

@@ -172,6 +172,10 @@ class RouterSettings(ServiceSettings):
     """host:port of the provider service."""
     limiter_timeout_ms: int = Field(250, ge=1, le=60_000)
     """Longest wait for an admission decision before failing open."""
+    limiter_lease_requests: int = Field(64, ge=0, le=10_000)
+    """Request permits to ask the limiter for in advance (a lease), so that a busy
+    subject's next requests are admitted without a limiter call; 0 = a call per request.
+    The limiter grants them only with ample headroom on every limit (leases.py)."""
     api_keys: list[ApiKeySettings] = Field(
         default_factory=lambda: [ApiKeySettings(id="dev", sha256=DEV_KEY_SHA256)]
     )
