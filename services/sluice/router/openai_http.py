@@ -127,6 +127,9 @@ def error_body(error: SluiceError) -> dict[str, Any]:
 def error_response(error: SluiceError) -> web.Response:
     """The HTTP error reply (status per SPEC §2.1, retry-after when the error has one)."""
     headers = {}
+    request_id = request_id_var.get()
+    if request_id:  # as OpenAI does: the SDKs expose it on their error objects
+        headers["x-request-id"] = request_id
     if error.retry_after_s is not None:
         headers["retry-after"] = str(max(1, math.ceil(error.retry_after_s)))
         headers["retry-after-ms"] = str(int(error.retry_after_s * 1000))
