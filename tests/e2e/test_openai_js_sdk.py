@@ -57,7 +57,7 @@ def run_js_sdk(node: str, base_url: str, key: str) -> dict[str, dict[str, Any]]:
     """Run every case of openai_sdk.mjs; its JSON lines by case name."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SLUICE_"))}
     env["SLUICE_OPENAI_RATE_LIMIT_FAULT"] = RATE_LIMIT_FAULT
-    done = subprocess.run(  # noqa: S603 (our own script, arguments from the test)
+    done = subprocess.run(
         [node, str(JS_DIR / "openai_sdk.mjs"), base_url, key],
         capture_output=True,
         text=True,
@@ -77,9 +77,14 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuite]:
 
 
 @pytest.fixture(scope="module")
-def seen(edge: RunningSuite) -> dict[str, dict[str, Any]]:
+def node() -> str:
+    return js_sdk_node()
+
+
+@pytest.fixture(scope="module")
+def seen(node: str, edge: RunningSuite) -> dict[str, dict[str, Any]]:
     """What the JS SDK observed in each case (one node run for the module)."""
-    results = run_js_sdk(js_sdk_node(), f"{edge.edge}/v1", DEV_KEY)
+    results = run_js_sdk(node, f"{edge.edge}/v1", DEV_KEY)
     assert sorted(results) == sorted(CASES)
     for name, result in results.items():
         assert "unexpected" not in result, f"{name}: {result['unexpected']}"
@@ -88,7 +93,7 @@ def seen(edge: RunningSuite) -> dict[str, dict[str, Any]]:
 
 def test_node_and_the_pinned_sdk_are_installed() -> None:
     node = js_sdk_node()
-    version = subprocess.run(  # noqa: S603
+    version = subprocess.run(
         [node, "--version"], capture_output=True, text=True, timeout=10, check=True
     ).stdout
     assert int(version.removeprefix("v").split(".")[0]) >= 20  # the SDK's documented minimum
