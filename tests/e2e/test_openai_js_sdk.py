@@ -24,6 +24,7 @@ JS_DIR = Path(__file__).resolve().parents[1] / "js"
 CASES = (
     "chat",
     "stream",
+    "stream_error",
     "models",
     "auth_error",
     "auth_error_stream",
@@ -144,6 +145,20 @@ def test_streamed_chat_with_usage(seen: dict[str, dict[str, Any]]) -> None:
     assert stream["usage"] == seen["chat"]["usage"]
 
 
+def test_stream_broken_mid_way_raises_after_the_tokens_sent(
+    seen: dict[str, dict[str, Any]],
+) -> None:
+    broken = seen["stream_error"]
+    assert broken["content_chunks"] == 3  # what arrived before the break, then the error
+    raised = broken["raised"]
+    assert raised is not None, f"the stream ended cleanly: {broken}"
+    assert raised["sdk_class"] == "APIError"
+    assert raised["status"] is None  # the response had started as a 200
+    assert raised["type"] == "server_error"
+    assert raised["code"] == "service_unavailable"
+    assert raised["request_id"]  # the started response's x-request-id
+
+
 def test_models_list(seen: dict[str, dict[str, Any]]) -> None:
     assert seen["models"] == {"ids": ["default"]}
 
@@ -155,6 +170,7 @@ def test_wrong_key_raises_authentication_error(seen: dict[str, dict[str, Any]], 
     assert raised["sdk_class"] == raised["name"] == "AuthenticationError"
     assert raised["status"] == 401
     assert raised["type"] == "authentication_error"
+    assert raised["code"] == "authorization_error"
     assert raised["retry_after"] is None
 
 
@@ -163,7 +179,9 @@ def test_unknown_model_raises_bad_request_error(seen: dict[str, dict[str, Any]])
     assert raised is not None, f"no error: {seen['bad_request']}"
     assert raised["sdk_class"] == raised["name"] == "BadRequestError"
     assert raised["status"] == 400
+    assert raised["type"] == "invalid_request_error"
     assert raised["param"] == "model"
+    assert "'nope'" in raised["message"]
 
 
 def test_rate_limit_raises_rate_limit_error_with_retry_after(
@@ -173,5 +191,7 @@ def test_rate_limit_raises_rate_limit_error_with_retry_after(
     assert raised is not None, f"no error: {seen['rate_limit']}"
     assert raised["sdk_class"] == raised["name"] == "RateLimitError"
     assert raised["status"] == 429
+    assert raised["type"] == "rate_limit_error"
+    assert raised["code"] == "rate_limit_exceeded"
     assert raised["retry_after"] == "60"
     assert raised["retry_after_ms"] == "60000"

@@ -108,6 +108,24 @@ const CASES = {
     };
   },
 
+  // A stream that breaks after 3 tokens (fault injection): the server ends SSE with one
+  // `data: {"error": ...}` line and no [DONE]; the SDK must raise, not end cleanly.
+  async stream_error() {
+    const stream = await client().chat.completions.create(
+      { model: "default", messages: MESSAGES, max_tokens: 20, stream: true },
+      { headers: { "x-sluice-fault": "drop_after_tokens=3" } },
+    );
+    let contentChunks = 0;
+    const outcome = await expectError(
+      (async () => {
+        for await (const chunk of stream) {
+          if (chunk.choices[0]?.delta.content) contentChunks += 1;
+        }
+      })(),
+    );
+    return { content_chunks: contentChunks, ...outcome };
+  },
+
   async models() {
     const ids = [];
     for await (const model of client().models.list()) ids.push(model.id);
