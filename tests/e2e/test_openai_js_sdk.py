@@ -85,11 +85,18 @@ def node() -> str:
 @pytest.fixture(scope="module")
 def seen(node: str, edge: RunningSuite) -> dict[str, dict[str, Any]]:
     """What the JS SDK observed in each case (one node run for the module)."""
-    results = run_js_sdk(node, f"{edge.edge}/v1", DEV_KEY)
-    assert sorted(results) == sorted(CASES)
-    for name, result in results.items():
-        assert "unexpected" not in result, f"{name}: {result['unexpected']}"
-    return results
+    return run_js_sdk(node, f"{edge.edge}/v1", DEV_KEY)
+
+
+def observed(seen: dict[str, dict[str, Any]], case: str) -> dict[str, Any]:
+    """One case's line; a case the script could not run as planned fails here, alone."""
+    assert case in seen, f"openai_sdk.mjs printed no line for {case!r}: {sorted(seen)}"
+    assert "unexpected" not in seen[case], f"{case}: {seen[case]['unexpected']}"
+    return seen[case]
+
+
+def test_the_script_runs_exactly_the_cases_asserted_here(seen: dict[str, dict[str, Any]]) -> None:
+    assert sorted(seen) == sorted(CASES)
 
 
 def test_node_and_the_pinned_sdk_are_installed() -> None:
@@ -116,7 +123,7 @@ def test_a_missing_node_or_sdk_fails_and_names_the_make_target(tmp_path: Path) -
 
 
 def test_plain_chat(edge: RunningSuite, seen: dict[str, dict[str, Any]]) -> None:
-    chat = seen["chat"]
+    chat = observed(seen, "chat")
     assert chat["object"] == "chat.completion"
     assert chat["role"] == "assistant"
     assert chat["finish_reason"] == "length"
@@ -134,21 +141,21 @@ def test_plain_chat(edge: RunningSuite, seen: dict[str, dict[str, Any]]) -> None
 
 
 def test_streamed_chat_with_usage(seen: dict[str, dict[str, Any]]) -> None:
-    stream = seen["stream"]
+    stream = observed(seen, "stream")
     assert stream["objects"] == ["chat.completion.chunk"]
     assert stream["ids"] == 1  # every chunk of one completion carries its id
     assert stream["role"] == "assistant"
-    assert stream["text"] == seen["chat"]["text"]
+    assert stream["text"] == observed(seen, "chat")["text"]
     assert stream["content_chunks"] == 8
     assert stream["finish_reason"] == "length"
     assert not stream["last_has_choices"]  # include_usage: a final usage-only chunk
-    assert stream["usage"] == seen["chat"]["usage"]
+    assert stream["usage"] == observed(seen, "chat")["usage"]
 
 
 def test_stream_broken_mid_way_raises_after_the_tokens_sent(
     seen: dict[str, dict[str, Any]],
 ) -> None:
-    broken = seen["stream_error"]
+    broken = observed(seen, "stream_error")
     assert broken["content_chunks"] == 3  # what arrived before the break, then the error
     raised = broken["raised"]
     assert raised is not None, f"the stream ended cleanly: {broken}"
@@ -160,13 +167,13 @@ def test_stream_broken_mid_way_raises_after_the_tokens_sent(
 
 
 def test_models_list(seen: dict[str, dict[str, Any]]) -> None:
-    assert seen["models"] == {"ids": ["default"]}
+    assert observed(seen, "models") == {"ids": ["default"]}
 
 
 @pytest.mark.parametrize("case", ["auth_error", "auth_error_stream"])
 def test_wrong_key_raises_authentication_error(seen: dict[str, dict[str, Any]], case: str) -> None:
-    raised = seen[case]["raised"]
-    assert raised is not None, f"no error: {seen[case]}"
+    raised = observed(seen, case)["raised"]
+    assert raised is not None, f"no error: {observed(seen, case)}"
     assert raised["sdk_class"] == raised["name"] == "AuthenticationError"
     assert raised["status"] == 401
     assert raised["type"] == "authentication_error"
@@ -175,7 +182,7 @@ def test_wrong_key_raises_authentication_error(seen: dict[str, dict[str, Any]], 
 
 
 def test_unknown_model_raises_bad_request_error(seen: dict[str, dict[str, Any]]) -> None:
-    raised = seen["bad_request"]["raised"]
+    raised = observed(seen, "bad_request")["raised"]
     assert raised is not None, f"no error: {seen['bad_request']}"
     assert raised["sdk_class"] == raised["name"] == "BadRequestError"
     assert raised["status"] == 400
@@ -187,7 +194,7 @@ def test_unknown_model_raises_bad_request_error(seen: dict[str, dict[str, Any]])
 def test_rate_limit_raises_rate_limit_error_with_retry_after(
     seen: dict[str, dict[str, Any]],
 ) -> None:
-    raised = seen["rate_limit"]["raised"]
+    raised = observed(seen, "rate_limit")["raised"]
     assert raised is not None, f"no error: {seen['rate_limit']}"
     assert raised["sdk_class"] == raised["name"] == "RateLimitError"
     assert raised["status"] == 429
