@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?=
 
-.PHONY: venv tools up test test-fast gen lint security bench bench-limiter bench-overload envoy-config clean
+.PHONY: venv tools js-deps up test test-fast gen lint security bench bench-limiter bench-overload envoy-config clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +26,27 @@ tools:
 	    prometheus prometheus-alertmanager chromium fonts-dejavu-core; \
 	fi
 
+## js-deps: Node.js and the pinned `openai` JavaScript SDK for tests/e2e/test_openai_js_sdk.py
+## (tests/js; `npm ci` from its committed lock, again only when the lock changes). Installs
+## Debian's nodejs and npm when node or npm is missing (root).
+JS_DEPS := tests/js/node_modules/.package-lock.json
+
+$(JS_DEPS): tests/js/package.json tests/js/package-lock.json
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm; \
+	fi
+	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+	touch $@
+
+js-deps: $(JS_DEPS)
+
 ## up: start the whole suite in the foreground (Ctrl-C stops it). CONFIG=file.yaml to override.
 up: $(STAMP)
 	$(BIN)/sluice up $(if $(CONFIG),--config $(CONFIG))
 
 ## test: lint, then every test (unit, integration, end-to-end with real Envoy).
-test: $(STAMP) tools lint
+test: $(STAMP) tools js-deps lint
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

@@ -16,23 +16,19 @@ from tests.e2e.conftest import DEV_KEY, RunningSuite, start_suite
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me about sluices"}]
 CANCELLED = {"backend": "simulated", "outcome": "cancelled"}
+# Fault injection on, so a request header (`x-sluice-fault`) can provoke a 429.
+EDGE_PROVIDER = {
+    "fault_injection": True,
+    "backends": {
+        "simulated": {"time_to_first_token_ms": 20, "tokens_per_second": 40, "answer_tokens": 4000}
+    },
+}
+RATE_LIMIT_FAULT = "rate_limit_rate=1,retry_after_ms=60000"
 
 
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuite]:
-    with start_suite(
-        tmp_path_factory.mktemp("openai-edge"),
-        provider={
-            "fault_injection": True,
-            "backends": {
-                "simulated": {
-                    "time_to_first_token_ms": 20,
-                    "tokens_per_second": 40,
-                    "answer_tokens": 4000,
-                }
-            },
-        },
-    ) as running:
+    with start_suite(tmp_path_factory.mktemp("openai-edge"), provider=EDGE_PROVIDER) as running:
         yield running
 
 
@@ -99,7 +95,7 @@ def test_errors_surface_as_the_sdks_exception_types(edge: RunningSuite) -> None:
             client.chat.completions.create(
                 model="default",
                 messages=MESSAGES,
-                extra_headers={"x-sluice-fault": "rate_limit_rate=1,retry_after_ms=60000"},
+                extra_headers={"x-sluice-fault": RATE_LIMIT_FAULT},
             )
     assert bad.value.body["param"] == "model"  # type: ignore[index]
     assert limited.value.response.headers["retry-after"] == "60"
