@@ -196,6 +196,25 @@ async def test_stream_text_with_exact_usage(rig: Rig, backend: str) -> None:
 
 
 @BOTH
+async def test_a_caller_that_asks_gets_start_on_the_first_output(rig: Rig, backend: str) -> None:
+    # One message fewer before the first token: the acceptance rides on the first delta.
+    plain = await collect(rig.stub.Stream(request(backend, max_tokens=100)))
+    merged = await collect(
+        rig.stub.Stream(request(backend, max_tokens=100, start_with_first_output=True))
+    )
+
+    kinds = [e.WhichOneof("event") for e in merged]
+    assert kinds[0] == "delta" and kinds[-1] == "end" and "start" not in kinds
+    assert merged[0].started == plain[0].start
+    assert merged[0].started.backend == backend
+    assert [e.HasField("started") for e in merged].count(True) == 1
+    assert not any(e.HasField("started") for e in plain)
+    # Deltas that arrive together are coalesced, so compare the text, not the pieces.
+    assert "".join(e.delta.text for e in merged) == "".join(e.delta.text for e in plain)
+    assert merged[-1].end.usage == plain[-1].end.usage
+
+
+@BOTH
 async def test_model_mapping_and_default(rig: Rig, backend: str) -> None:
     mapped = await collect(rig.stub.Stream(request(backend, model="fast")))
     default = await collect(rig.stub.Stream(request(backend)))

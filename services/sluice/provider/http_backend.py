@@ -195,12 +195,22 @@ class HttpBackend:
                 if response.status != 200:
                     raise await self._status_error(response, deadlines)
                 state.usage.accepted = True
-                yield provider_pb2.StreamEvent(
-                    start=provider_pb2.StreamStart(backend=self.name, model=model)
-                )
+                start = provider_pb2.StreamStart(backend=self.name, model=model)
                 if settings.stream:
                     sse = timed_batches(response, deadlines, self.name)
-                    async for event in self.events(sse, state):
+                    events = self.events(sse, state)
+                    if request.start_with_first_output:
+                        # One message fewer before the first token: on a busy core each
+                        # message is a wake-up of the router on the first token's path.
+                        first = await anext(events, None)
+                        if first is None:
+                            yield provider_pb2.StreamEvent(start=start)
+                        else:
+                            first.started.CopyFrom(start)
+                            yield first
+                    else:
+                        yield provider_pb2.StreamEvent(start=start)
+                    async for event in events:
                         yield event
                     # Read the rest of the body (normally just its terminating chunk) so
                     # the connection goes back to the pool instead of being closed.
@@ -209,6 +219,7 @@ class HttpBackend:
                             async for _ in sse:
                                 pass
                 else:
+                    yield provider_pb2.StreamEvent(start=start)
                     wait, which = deadlines.next_wait()
                     try:
                         async with asyncio.timeout(wait):

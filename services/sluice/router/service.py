@@ -461,6 +461,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 temperature=request.temperature if request.HasField("temperature") else None,
                 stop=request.stop,
                 tools=request.tools if isinstance(request, router_pb2.GenerateRequest) else (),
+                start_with_first_output=True,
             ),
             timeout=max(0.001, timeout_s),
             metadata=forwarded or None,
@@ -489,8 +490,16 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         last_progress = state.started
         interval = self._progress_interval_s
         perf_counter = time.perf_counter
+        accepted = False  # the attempt's `start`, alone or on its first output event
         async for upstream in call:
             kind = upstream.WhichOneof("event")
+            if not accepted:
+                accepted = True
+                if kind == "start":
+                    yield self._metadata(upstream.start, request, state)
+                    continue
+                if upstream.HasField("started"):
+                    yield self._metadata(upstream.started, request, state)
             if kind == "delta":
                 delta = upstream.delta
                 now = perf_counter()
@@ -507,21 +516,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 if now - last_progress >= interval:
                     last_progress = now
                     yield self._progress(state, now)
-            elif kind == "start":
-                genai.annotate_response_model(upstream.start.model)
-                yield self._event(
-                    state,
-                    metadata=router_pb2.MetadataEvent(
-                        request_id=current_request_id(),
-                        trace_id=current_trace_id(),
-                        model=request.model,
-                        provider=upstream.start.backend,
-                        provider_model=upstream.start.model,
-                        attempt=state.attempt,
-                        fallback_step=state.step,  # type: ignore[arg-type]
-                        degradations=state.degradations,
-                    ),
-                )
             elif kind == "tool_call":
                 yield self._event(state, tool_call=upstream.tool_call)
             elif kind == "end":
@@ -548,6 +542,24 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 "the provider stream ended without a final event",
                 metadata={"backend": state.backend},
             )
+
+    def _metadata(
+        self, start: provider_pb2.StreamStart, request: GenerationRequest, state: StreamState
+    ) -> router_pb2.GenerateEvent:
+        genai.annotate_response_model(start.model)
+        return self._event(
+            state,
+            metadata=router_pb2.MetadataEvent(
+                request_id=current_request_id(),
+                trace_id=current_trace_id(),
+                model=request.model,
+                provider=start.backend,
+                provider_model=start.model,
+                attempt=state.attempt,
+                fallback_step=state.step,  # type: ignore[arg-type]
+                degradations=state.degradations,
+            ),
+        )
 
     def _error_event(self, state: StreamState, error: SluiceError) -> router_pb2.GenerateEvent:
         return self._event(
@@ -644,12 +656,12 @@ async def _first_token_within(
     stream: a long answer is not a failure, a back end that says nothing is.
     """
     iterator = call.__aiter__()
-    give_up = time.monotonic() + timeout_s
+    # asyncio.timeout_at, not wait_for: wait_for wraps each read in a task of its own.
+    give_up = asyncio.get_running_loop().time() + timeout_s
     while True:
         try:
-            message = await asyncio.wait_for(
-                iterator.__anext__(), timeout=max(0.0, give_up - time.monotonic())
-            )
+            async with asyncio.timeout_at(give_up):
+                message = await iterator.__anext__()
         except StopAsyncIteration:
             return
         except TimeoutError:

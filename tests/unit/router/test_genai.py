@@ -84,3 +84,17 @@ def test_nothing_happens_without_a_recording_span() -> None:
     assert not trace.get_current_span().is_recording()
     genai.record_step("retry")
     genai.annotate_response_model("m")
+
+
+def test_a_leased_admission_is_marked_on_the_request_span() -> None:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    with provider.get_tracer("t").start_as_current_span("Generate"):
+        genai.annotate_leased_admission()
+    with provider.get_tracer("t").start_as_current_span("Generate"):
+        pass  # admitted by a limiter call: no mark
+
+    leased, called = memory.get_finished_spans()
+    assert dict(leased.attributes or {}) == {"sluice.limiter.lease": True}
+    assert "sluice.limiter.lease" not in dict(called.attributes or {})
