@@ -179,6 +179,7 @@ def test_wrong_key_raises_authentication_error(seen: dict[str, dict[str, Any]], 
     assert raised["type"] == "authentication_error"
     assert raised["code"] == "authorization_error"
     assert raised["retry_after"] is None
+    assert raised["request_id"]  # error replies carry x-request-id, as OpenAI's do
 
 
 def test_unknown_model_raises_bad_request_error(seen: dict[str, dict[str, Any]]) -> None:
@@ -189,6 +190,7 @@ def test_unknown_model_raises_bad_request_error(seen: dict[str, dict[str, Any]])
     assert raised["type"] == "invalid_request_error"
     assert raised["param"] == "model"
     assert "'nope'" in raised["message"]
+    assert raised["request_id"]
 
 
 def test_rate_limit_raises_rate_limit_error_with_retry_after(
@@ -202,3 +204,4 @@ def test_rate_limit_raises_rate_limit_error_with_retry_after(
     assert raised["code"] == "rate_limit_exceeded"
     assert raised["retry_after"] == "60"
     assert raised["retry_after_ms"] == "60000"
+    assert raised["request_id"]
