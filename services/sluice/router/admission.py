@@ -408,7 +408,10 @@ class AdmissionMetrics:
         )
         self.cpu = Gauge("sluice_router_cpu_load", "Host CPU load (0..1).", registry=registry)
         self.memory = Gauge(
-            "sluice_router_memory_load", "Host memory in use (0..1).", registry=registry
+            "sluice_router_memory_load",
+            "Memory load: RSS over resilience.memory_limit_mb (above 1 past it), "
+            "else host memory in use.",
+            registry=registry,
         )
         self.ttft_p95 = Gauge(
             "sluice_router_ttft_p95_seconds",
@@ -459,7 +462,11 @@ class Admission:
         self._clock = clock
         self._gates: dict[str, BackendGate] = {}
         self.metrics = AdmissionMetrics(registry)
-        self._sampler = sampler or LoadSampler(clock, settings.shedding.sample_interval_ms / 1000.0)
+        self._sampler = sampler or LoadSampler(
+            clock,
+            settings.shedding.sample_interval_ms / 1000.0,
+            memory_limit_bytes=memory_limit_bytes,
+        )
         self._ttft = LatencyWindow()
         # Sorted when scraped, not per request (a sort of 512 latencies per stream showed
         # in profiles).

@@ -482,3 +482,21 @@ async def test_time_of_day_schedule_caps_the_limit_while_active() -> None:
     assert admission.limit(gate) == 1
     clock.advance(8 * 3600)  # 07:01
     assert admission.limit(gate) == 10
+
+
+async def test_memory_load_is_measured_against_the_configured_limit() -> None:
+    # With `resilience.memory_limit_mb` set, memory load is this process's RSS over that
+    # limit (a 1 KiB limit: far over 1), not the share of the host's memory in use.
+    async def memory_load(limit_bytes: int = 0) -> float:
+        registry = CollectorRegistry()
+        admission = Admission(
+            AdmissionSettings(), FakeClock(), registry, memory_limit_bytes=limit_bytes
+        )
+        async with admission.slot("b", "t", "normal", deadline=1e9):
+            pass
+        value = registry.get_sample_value("sluice_router_memory_load")
+        assert value is not None
+        return value
+
+    assert await memory_load(1024) > 1.0
+    assert await memory_load() <= 1.0
