@@ -289,6 +289,13 @@ def frame(request: router_pb2.ConverseRequest) -> str:
     return json_format.MessageToJson(request, preserving_proto_field_name=True)
 
 
+async def start_long_turn(ws: aiohttp.ClientWebSocketResponse, turn_id: str) -> None:
+    """Send a prompt with a long answer and wait for its metadata frame."""
+    await ws.send_str(frame(prompt(turn_id, max_tokens=2000)))
+    message = await asyncio.wait_for(ws.receive(), timeout=10)
+    assert "metadata" in json.loads(message.data)["event"]
+
+
 async def ws_turn(ws: aiohttp.ClientWebSocketResponse, turn_id: str) -> list[dict[str, Any]]:
     events = []
     while True:
@@ -390,9 +397,7 @@ async def test_websocket_cancel_and_close_stop_the_provider_stream(stack: Servic
         aiohttp.ClientSession() as http,
         http.ws_connect(ws_url(suite), headers={"authorization": f"Bearer {API_KEY}"}) as ws,
     ):
-        await ws.send_str(frame(prompt("slow", max_tokens=2000)))
-        message = await asyncio.wait_for(ws.receive(), timeout=10)
-        assert "metadata" in json.loads(message.data)["event"]
+        await start_long_turn(ws, "slow")
         await ws.send_str(frame(cancel("slow")))
         events = await ws_turn(ws, "slow")
         assert events[-1]["error"]["reason"] == "CANCELLED"
@@ -448,9 +453,7 @@ async def test_websocket_router_shutdown_closes_with_1001(stack: ServiceStack) -
         aiohttp.ClientSession() as http,
         http.ws_connect(ws_url(suite), headers={"authorization": f"Bearer {API_KEY}"}) as ws,
     ):
-        await ws.send_str(frame(prompt("slow", max_tokens=2000)))
-        message = await asyncio.wait_for(ws.receive(), timeout=10)
-        assert "metadata" in json.loads(message.data)["event"]
+        await start_long_turn(ws, "slow")
         stopping = asyncio.create_task(stack.stop(suite.router))
         while True:  # data frames until the close
             message = await asyncio.wait_for(ws.receive(), timeout=10)

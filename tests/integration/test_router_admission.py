@@ -25,6 +25,14 @@ from tests.support import (
 )
 
 BG_KEY = "sk-background-key"
+# A premium key and a background key of another tenant, one slot per back end.
+ONE_SLOT_TWO_TIERS: dict[str, object] = {
+    "api_keys": [
+        {"id": "k1", "sha256": sha256_hex(API_KEY), "tier": "premium"},
+        {"id": "bg", "sha256": sha256_hex(BG_KEY), "tenant": "t2", "tier": "background"},
+    ],
+    "admission": {"adaptive": {"initial_limit": 1, "min_limit": 1, "max_limit": 1}},
+}
 
 
 def request() -> router_pb2.GenerateRequest:
@@ -41,13 +49,7 @@ async def test_a_second_stream_queues_for_the_only_slot_then_runs(
     suite = await start_suite(
         stack,
         backend=SLOW_BACKEND,
-        router={
-            "api_keys": [
-                {"id": "k1", "sha256": sha256_hex(API_KEY), "tier": "premium"},
-                {"id": "bg", "sha256": sha256_hex(BG_KEY), "tenant": "t2", "tier": "background"},
-            ],
-            "admission": {"adaptive": {"initial_limit": 1, "min_limit": 1, "max_limit": 1}},
-        },
+        router=ONE_SLOT_TWO_TIERS,
     )
     port = suite.router.metrics_port
     first = suite.router_stub.Generate(request(), metadata=[("x-api-key", API_KEY)])
@@ -84,13 +86,7 @@ async def test_a_queued_request_has_a_queue_wait_span_under_its_request_span(
     suite = await start_suite(
         stack,
         backend=SLOW_BACKEND,
-        router={
-            "api_keys": [
-                {"id": "k1", "sha256": sha256_hex(API_KEY), "tier": "premium"},
-                {"id": "bg", "sha256": sha256_hex(BG_KEY), "tenant": "t2", "tier": "background"},
-            ],
-            "admission": {"adaptive": {"initial_limit": 1, "min_limit": 1, "max_limit": 1}},
-        },
+        router=ONE_SLOT_TWO_TIERS,
         tracing=tracing_to(telemetry_host.port),
     )
     port = suite.router.metrics_port

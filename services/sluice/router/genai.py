@@ -14,6 +14,7 @@ from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
 from sluice.common.v1 import common_pb2
+from sluice.core.telemetry.spans import record_event
 from sluice.router.validation import GenerationRequest
 
 OPERATION = "chat"
@@ -86,6 +87,4 @@ def annotate_completion(
 
 def record_step(name: str, attributes: dict[str, AttributeValue] | None = None) -> None:
     """A retry, fallback step or breaker change, as an event on the request's span."""
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.add_event(name, attributes or {})
+    record_event(name, attributes)

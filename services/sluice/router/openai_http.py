@@ -444,6 +444,8 @@ def _bound_send_buffers(transport: asyncio.Transport | None, limit: int) -> None
     socket's send buffer would otherwise autotune up to megabytes)."""
     if transport is None or not limit:
         return
+    if transport.get_write_buffer_limits()[1] == limit:
+        return  # a kept-alive connection: its earlier stream set both already
     transport.set_write_buffer_limits(high=limit)
     sock = transport.get_extra_info("socket")
     if sock is not None and hasattr(socket, "TCP_NOTSENT_LOWAT"):

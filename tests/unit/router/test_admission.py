@@ -180,6 +180,22 @@ def _admission(
     return Admission(settings, clock, registry, sampler), registry
 
 
+async def _occupied(
+    admission: Admission, clock: FakeClock, tenant: str = "t"
+) -> tuple[asyncio.Task[None], asyncio.Event]:
+    """Hold back end "b"'s one slot in a task until the returned event is set."""
+    held, done = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> None:
+        async with admission.slot("b", tenant, "normal", deadline=clock.monotonic() + 60):
+            held.set()
+            await done.wait()
+
+    holder = asyncio.create_task(hold())
+    await held.wait()
+    return holder, done
+
+
 @contextlib.asynccontextmanager
 async def _holding(
     admission: Admission, klass: PriorityClass = "normal", tenant: str = "t"
@@ -235,16 +251,7 @@ async def test_a_request_that_cannot_start_in_time_is_refused_at_once() -> None:
     # One completed stream teaches the gate that service takes ~10 s.
     async with admission.slot("b", "t", "normal", deadline=clock.monotonic() + 60):
         clock.advance(10.0)
-    gate_held = asyncio.Event()
-    done = asyncio.Event()
-
-    async def hold() -> None:
-        async with admission.slot("b", "t", "normal", deadline=clock.monotonic() + 60):
-            gate_held.set()
-            await done.wait()
-
-    holder = asyncio.create_task(hold())
-    await gate_held.wait()
+    holder, done = await _occupied(admission, clock)
     with pytest.raises(DeadlineExceededError, match="cannot start before its deadline"):
         async with admission.slot("b", "t2", "normal", deadline=clock.monotonic() + 1.0):
             pytest.fail("must not start")
@@ -260,16 +267,7 @@ async def test_a_request_that_cannot_start_in_time_is_refused_at_once() -> None:
 async def test_a_deadline_passing_in_the_queue_is_deadline_exceeded_and_frees_the_place() -> None:
     clock, load = FakeClock(), _Load()
     admission, registry = _admission(clock, load)
-    done = asyncio.Event()
-    held = asyncio.Event()
-
-    async def hold() -> None:
-        async with admission.slot("b", "t", "normal", deadline=clock.monotonic() + 60):
-            held.set()
-            await done.wait()
-
-    holder = asyncio.create_task(hold())
-    await held.wait()
+    holder, done = await _occupied(admission, clock)
     # No service time known yet, so the estimate admits it to the queue; the real
     # wait then runs out (a 20 ms budget).
     with pytest.raises(DeadlineExceededError, match="deadline passed while it waited"):
@@ -309,16 +307,7 @@ async def test_under_overload_the_lowest_class_anywhere_waits_and_is_refused_fir
     async with admission.slot("b", "x", "normal", deadline=clock.monotonic() + 60):
         clock.advance(10.0)  # service takes ~10 s
     started: list[tuple[str, str]] = []
-    done = asyncio.Event()
-    held = asyncio.Event()
-
-    async def hold() -> None:
-        async with admission.slot("b", "x", "normal", deadline=clock.monotonic() + 60):
-            held.set()
-            await done.wait()
-
-    holder = asyncio.create_task(hold())
-    await held.wait()
+    holder, done = await _occupied(admission, clock, tenant="x")
     far = clock.monotonic() + 1000
     # The light tenant's background work queued first; the heavy tenant's normal later.
     light_bg = await _queued(admission, started, "light", "background", far)
@@ -347,16 +336,7 @@ async def test_a_full_queue_sheds_its_lowest_class_for_a_higher_one() -> None:
     clock, load = FakeClock(), _Load()
     admission, registry = _admission(clock, load, max_queue=2)
     started: list[tuple[str, str]] = []
-    done = asyncio.Event()
-    held = asyncio.Event()
-
-    async def hold() -> None:
-        async with admission.slot("b", "x", "normal", deadline=clock.monotonic() + 60):
-            held.set()
-            await done.wait()
-
-    holder = asyncio.create_task(hold())
-    await held.wait()
+    holder, done = await _occupied(admission, clock, tenant="x")
     far = clock.monotonic() + 1000
     first_bg = await _queued(admission, started, "light", "background", far)
     second_bg = await _queued(admission, started, "light", "background", far)

@@ -91,7 +91,9 @@ def test_the_book_remembers_a_bounded_number_of_subjects() -> None:
         assert book.ask_for(("k1", "acme", user, "/x", "default")) == 0
     assert not book.take(KEY)  # the oldest subject was forgotten
     assert book.ask_for(KEY) == 0  # and counts as new again
-    book.granted(("gone", "", "", "", ""), 5, ttl_ms=1000, sent_at=clock.monotonic())
+    gone: LeaseKey = ("gone", "", "", "", "")
+    book.granted(gone, 5, ttl_ms=1000, sent_at=clock.monotonic())  # evicted while asking
+    assert not book.take(gone)
 
 
 def test_asking_is_off_with_a_zero_ask() -> None:
