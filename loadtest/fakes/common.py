@@ -33,6 +33,7 @@ FAULTS = frozenset(
         "stream_error",  # the provider's in-stream error object/event
         "stall",  # stop sending after `fault_after` chunks, connection kept open
         "no_usage",  # OpenAI: ignore stream_options.include_usage (some compatible servers)
+        "empty_answer",  # OpenAI: an answer with no content (e.g. removed by a filter)
     }
 )
 

@@ -171,6 +171,8 @@ class OpenAIFake(FakeServer):
                 )
             return response
         words = answer_words(prompt, max_tokens or b.answer_tokens, b.answer_tokens)
+        if b.fault == "empty_answer":  # e.g. a reply the provider's content filter removed
+            words = []
         finish = "length" if max_tokens and len(words) >= max_tokens else "stop"
         tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
         tool_name = str(tools[0].get("function", {}).get("name", "")) if tools else ""

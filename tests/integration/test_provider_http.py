@@ -215,6 +215,88 @@ async def test_a_caller_that_asks_gets_start_on_the_first_output(rig: Rig, backe
 
 
 @BOTH
+async def test_a_caller_that_waits_for_the_whole_answer_gets_one_event(
+    rig: Rig, backend: str
+) -> None:
+    # A non-streaming client: one upstream JSON body and one provider message instead
+    # of a stream of chunks, with the same text and usage.
+    plain = await collect(rig.stub.Stream(request(backend, max_tokens=100)))
+    whole = await collect(
+        rig.stub.Stream(
+            request(backend, max_tokens=100, whole_answer=True, start_with_first_output=True)
+        )
+    )
+
+    (event,) = whole
+    assert event.WhichOneof("event") == "delta"
+    assert event.started == plain[0].start
+    assert event.delta.text == "".join(e.delta.text for e in plain)
+    assert event.delta.token_count == ANSWER
+    assert event.ended == plain[-1].end
+    assert not event.ended.usage.estimated
+    sent = rig.fake(backend).behaviour.requests[-1]
+    assert not sent.get("stream") and "stream_options" not in sent
+    headers = rig.fake(backend).behaviour.headers[-1]
+    assert headers["Accept"] == "application/json"
+
+
+@BOTH
+async def test_a_whole_answer_of_tool_calls_starts_on_the_first_and_ends_on_the_last(
+    rig: Rig, backend: str
+) -> None:
+    events = await collect(rig.stub.Stream(request(backend, tools=[TOOL], whole_answer=True)))
+
+    assert all(e.WhichOneof("event") == "tool_call" for e in events)
+    assert [e.HasField("started") for e in events] == [True] + [False] * (len(events) - 1)
+    assert [e.HasField("ended") for e in events] == [False] * (len(events) - 1) + [True]
+    assert events[-1].ended.finish_reason == common_pb2.FINISH_REASON_TOOL_CALLS
+    arguments = "".join(e.tool_call.arguments_delta for e in events)
+    assert json.loads(arguments) == {"query": PROMPT}
+
+
+async def test_an_empty_whole_answer_is_one_end_event(rig: Rig) -> None:
+    rig.fake("oa").behaviour.fault = "empty_answer"
+
+    events = await collect(rig.stub.Stream(request("oa", whole_answer=True)))
+
+    (event,) = events
+    assert event.WhichOneof("event") == "end"
+    assert event.started.backend == "oa"
+    assert event.end.usage.output_tokens == 0
+
+
+async def test_a_whole_answer_waits_past_the_first_token_limit_but_not_the_total(
+    stack: ServiceStack, oa_fake: OpenAIFake
+) -> None:
+    # A whole answer arrives when it is done: a long answer is not a silent back end.
+    backend = http_backend("openai", oa_fake, timeouts={"first_token_s": 0.2, "total_s": 0.8})
+    rig = await start_rig(stack, {"oa": oa_fake}, {"oa": backend})
+    oa_fake.behaviour.head_delay_ms = 400
+
+    (event,) = await collect(rig.stub.Stream(request("oa", whole_answer=True)))
+    streamed = await failure(rig.stub.Stream(request("oa")))
+    oa_fake.behaviour.head_delay_ms = 3_000
+    too_long = await failure(rig.stub.Stream(request("oa", whole_answer=True)))
+
+    assert event.ended.usage.output_tokens == ANSWER
+    assert error_info(streamed).metadata["timeout"] == "first_token"
+    assert too_long.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(too_long).metadata["timeout"] == "total"
+
+
+@BOTH
+async def test_a_whole_answer_refused_upstream_is_the_same_typed_error(
+    rig: Rig, backend: str
+) -> None:
+    rig.fake(backend).behaviour.fault = "rate_limit"
+
+    err = await failure(rig.stub.Stream(request(backend, whole_answer=True)))
+
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_info(err).reason == "RATE_LIMIT_EXCEEDED"
+
+
+@BOTH
 async def test_model_mapping_and_default(rig: Rig, backend: str) -> None:
     mapped = await collect(rig.stub.Stream(request(backend, model="fast")))
     default = await collect(rig.stub.Stream(request(backend)))

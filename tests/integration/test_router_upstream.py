@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
+import httpx
 import pytest
 
 from loadtest.fakes.common import FakeBehaviour
 from loadtest.fakes.openai_fake import OpenAIFake
 from sluice.common.v1 import common_pb2
+from sluice.core.grpcx.server import ServiceHost
 from sluice.limiter.service import build_server as build_limiter
 from sluice.router.service import build_server as build_router
 from sluice.router.v1 import router_pb2, router_pb2_grpc
@@ -33,11 +36,10 @@ async def oa_fake() -> AsyncIterator[OpenAIFake]:
         yield fake
 
 
-@pytest.fixture
-async def router(stack: ServiceStack, oa_fake: OpenAIFake) -> router_pb2_grpc.RouterServiceStub:
+async def start_router(stack: ServiceStack, oa_fake: OpenAIFake, **fields: Any) -> ServiceHost:
     limiter = await stack.start(build_limiter(limiter_settings()))
     rig = await start_rig(stack, {"oa": oa_fake}, {"oa": http_backend("openai", oa_fake)})
-    host = await stack.start(
+    return await stack.start(
         build_router(
             router_settings(
                 limiter,
@@ -52,9 +54,16 @@ async def router(stack: ServiceStack, oa_fake: OpenAIFake) -> router_pb2_grpc.Ro
                         "backends": [{"backend": "oa", "model": "gpt-4o"}, {"backend": "simulated"}]
                     },
                 },
+                http_api={"port": 0},
+                **fields,
             )
         )
     )
+
+
+@pytest.fixture
+async def router(stack: ServiceStack, oa_fake: OpenAIFake) -> router_pb2_grpc.RouterServiceStub:
+    host = await start_router(stack, oa_fake)
     return router_pb2_grpc.RouterServiceStub(stack.channel(host))
 
 
@@ -114,3 +123,96 @@ async def test_list_models_shows_aliases_and_back_ends_per_key(
         "gpt": ["oa", "simulated"],
     }
     assert [m.id for m in narrow.models] == ["default"]
+
+
+# -- whole answers: a non-streaming client's answer in one piece ------------------------
+
+PROMPT = [common_pb2.Message(role="user", content="hello there")]
+
+
+async def test_a_unary_complete_asks_the_back_end_for_one_body(
+    router: router_pb2_grpc.RouterServiceStub, oa_fake: OpenAIFake
+) -> None:
+    whole = await router.Complete(
+        router_pb2.CompleteRequest(model="gpt", messages=PROMPT), metadata=AUTH
+    )
+    assert not oa_fake.behaviour.requests[-1].get("stream")
+    streamed = await collect(
+        router.Generate(router_pb2.GenerateRequest(model="gpt", messages=PROMPT), metadata=AUTH)
+    )
+    assert oa_fake.behaviour.requests[-1]["stream"] is True
+
+    assert whole.provider == "oa"
+    assert whole.text == "".join(e.data.text for e in streamed if e.HasField("data"))
+    assert whole.usage == streamed[-1].complete.usage
+    assert (whole.usage.output_tokens, whole.usage.estimated) == (4, False)
+    assert whole.finish_reason == common_pb2.FINISH_REASON_STOP
+
+
+async def test_openai_http_without_stream_is_one_upstream_body(
+    stack: ServiceStack, oa_fake: OpenAIFake
+) -> None:
+    host = await start_router(stack, oa_fake)
+    url = f"http://127.0.0.1:{host.http_api.port}/v1/chat/completions"  # type: ignore[attr-defined]
+    body = {"model": "gpt", "messages": [{"role": "user", "content": "hello there"}]}
+    headers = {"Authorization": "Bearer sk-test-key"}
+    async with httpx.AsyncClient(timeout=10) as http:
+        plain = await http.post(url, json=body, headers=headers)
+        plain_request = oa_fake.behaviour.requests[-1]
+        streamed = await http.post(url, json={**body, "stream": True}, headers=headers)
+        streamed_request = oa_fake.behaviour.requests[-1]
+
+    assert plain.status_code == 200 and streamed.status_code == 200
+    reply = plain.json()
+    assert reply["choices"][0]["finish_reason"] == "stop"
+    assert reply["usage"]["completion_tokens"] == 4
+    chunks = [
+        json.loads(line[len("data: ") :])
+        for line in streamed.text.splitlines()
+        if line.startswith("data: {")
+    ]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert reply["choices"][0]["message"]["content"] == text
+    assert not plain_request.get("stream") and streamed_request["stream"] is True
+
+
+async def test_whole_answers_can_be_turned_off(stack: ServiceStack, oa_fake: OpenAIFake) -> None:
+    host = await start_router(stack, oa_fake, whole_answers=False)
+    stub = router_pb2_grpc.RouterServiceStub(stack.channel(host))
+
+    reply = await stub.Complete(
+        router_pb2.CompleteRequest(model="gpt", messages=PROMPT), metadata=AUTH
+    )
+
+    assert reply.provider == "oa" and reply.usage.output_tokens == 4
+    assert oa_fake.behaviour.requests[-1]["stream"] is True
+
+
+async def test_a_whole_answer_has_its_own_timeout_and_then_falls_back(
+    stack: ServiceStack, oa_fake: OpenAIFake
+) -> None:
+    # The first-token timeout (200 ms) would give up on a 500 ms body; the whole-answer
+    # timeout waits for it, and falls back to the next back end when it runs out.
+    def breaker(whole_answer_timeout: int) -> dict[str, Any]:
+        return {
+            "retry": {"max_attempts": 1},
+            "backends": {
+                "oa": {"breaker": {"timeout": 200, "whole_answer_timeout": whole_answer_timeout}}
+            },
+        }
+
+    oa_fake.behaviour.head_delay_ms = 500
+    patient = await start_router(stack, oa_fake, resilience=breaker(5_000))
+    hasty = await start_router(stack, oa_fake, resilience=breaker(100))
+    request = router_pb2.CompleteRequest(model="gpt", messages=PROMPT)
+
+    served = await router_pb2_grpc.RouterServiceStub(stack.channel(patient)).Complete(
+        request, metadata=AUTH
+    )
+    fell_back = await router_pb2_grpc.RouterServiceStub(stack.channel(hasty)).Complete(
+        request, metadata=AUTH
+    )
+
+    assert (served.provider, served.fallback_step) == ("oa", common_pb2.FALLBACK_STEP_PRIMARY)
+    assert fell_back.provider == "simulated"
+    assert fell_back.fallback_step == common_pb2.FALLBACK_STEP_SECONDARY

@@ -48,6 +48,7 @@ class AnthropicBackend(HttpBackend):
 
     def build(self, request: provider_pb2.StreamRequest, model: str) -> UpstreamRequest:
         settings = self.settings
+        streams = self.streams(request)
         system = [m.content for m in request.messages if m.role == "system"]
         messages = [
             {"role": "assistant" if m.role == "assistant" else "user", "content": m.content}
@@ -58,7 +59,7 @@ class AnthropicBackend(HttpBackend):
             "model": model,
             "max_tokens": self._max_tokens(request),
             "messages": messages,
-            "stream": settings.stream,
+            "stream": streams,
         }
         if system:
             body["system"] = "\n\n".join(system)
@@ -80,7 +81,7 @@ class AnthropicBackend(HttpBackend):
             ]
         headers = {
             "anthropic-version": settings.anthropic_version,
-            "Accept": "text/event-stream" if settings.stream else "application/json",
+            "Accept": "text/event-stream" if streams else "application/json",
         }
         if self._key is not None:
             headers["x-api-key"] = self._key.reveal()

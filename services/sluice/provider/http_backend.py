@@ -158,6 +158,11 @@ class HttpBackend:
 
     # -- the call ----------------------------------------------------------------------
 
+    def streams(self, request: provider_pb2.StreamRequest) -> bool:
+        """Whether this call asks the provider for a stream (not for a caller that waits
+        for the whole answer anyway: one JSON body costs less than a stream of chunks)."""
+        return self.settings.stream and not request.whole_answer
+
     def _max_tokens(self, request: provider_pb2.StreamRequest) -> int:
         return request.max_tokens or self.settings.default_max_tokens
 
@@ -181,10 +186,12 @@ class HttpBackend:
             prompt=request.messages,
         )
         state = CallState(usage=UsageCount(input_tokens=prompt_tokens), call=call)
+        start = provider_pb2.StreamStart(backend=self.name, model=model)
+        answer: list[provider_pb2.StreamEvent] | None = None  # held for a whole answer
         error_type: str | None = None
         try:
             await self.pacer.acquire(prompt_tokens + self._max_tokens(request))
-            deadlines = Deadlines(settings.timeouts, self._clock)
+            deadlines = Deadlines(settings.timeouts, self._clock, whole=request.whole_answer)
             try:
                 response = await send(
                     self._client, self.build(request, model), deadlines, self.name
@@ -195,8 +202,7 @@ class HttpBackend:
                 if response.status != 200:
                     raise await self._status_error(response, deadlines)
                 state.usage.accepted = True
-                start = provider_pb2.StreamStart(backend=self.name, model=model)
-                if settings.stream:
+                if self.streams(request):
                     sse = timed_batches(response, deadlines, self.name)
                     events = self.events(sse, state)
                     if request.start_with_first_output:
@@ -219,17 +225,22 @@ class HttpBackend:
                             async for _ in sse:
                                 pass
                 else:
-                    yield provider_pb2.StreamEvent(start=start)
+                    if not request.whole_answer:
+                        yield provider_pb2.StreamEvent(start=start)
                     wait, which = deadlines.next_wait()
                     try:
                         async with asyncio.timeout(wait):
                             raw = await response.read()
                     except TimeoutError:
                         raise timeout_error(self.name, which, wait) from None
-                    for event in self.whole(
+                    events_of_answer = self.whole(
                         parse_json(raw.decode(errors="replace"), self.name), state
-                    ):
-                        yield event
+                    )
+                    if request.whole_answer:
+                        answer = events_of_answer
+                    else:
+                        for event in events_of_answer:
+                            yield event
             except aiohttp.ClientError as err:
                 raise translate_transport(self.name, err) from err
             finally:
@@ -240,9 +251,19 @@ class HttpBackend:
                     response.close()
             if state.finish == _UNSPECIFIED:
                 state.finish = common_pb2.FINISH_REASON_STOP
-            yield provider_pb2.StreamEvent(
-                end=provider_pb2.StreamEnd(finish_reason=state.finish, usage=state.usage.finish())
-            )
+            end = provider_pb2.StreamEnd(finish_reason=state.finish, usage=state.usage.finish())
+            if answer is None:
+                yield provider_pb2.StreamEvent(end=end)
+            else:
+                # The whole answer in as few messages as it has events (usually one):
+                # each message costs both services a gRPC write and read.
+                if not answer:
+                    answer.append(provider_pb2.StreamEvent(end=end))
+                else:
+                    answer[-1].ended.CopyFrom(end)
+                answer[0].started.CopyFrom(start)
+                for event in answer:
+                    yield event
         except SluiceError as err:
             error_type = err.reason
             # What the call consumed so far travels with the error (never lost).

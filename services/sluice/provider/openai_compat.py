@@ -69,7 +69,7 @@ class OpenAIBackend(HttpBackend):
         if request.tools:
             body["tools"] = [_tool(tool) for tool in request.tools]
         headers = {"Accept": "application/json"}
-        if settings.stream:
+        if self.streams(request):
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
             headers["Accept"] = "text/event-stream"

@@ -244,17 +244,20 @@ def usage_metadata(usage: common_pb2.Usage) -> dict[str, str]:
 class Deadlines:
     """First-token, idle and total limits of one call, on an injected clock."""
 
-    def __init__(self, timeouts: TimeoutSettings, clock: Clock) -> None:
+    def __init__(self, timeouts: TimeoutSettings, clock: Clock, *, whole: bool = False) -> None:
         self._timeouts = timeouts
         self._clock = clock
         self._end = clock.monotonic() + timeouts.total_s
         self.first = True
+        # A whole answer arrives in one piece when it is done: only the total limit
+        # applies (a long answer is not a silent back end).
+        self._whole = whole
 
     def next_wait(self) -> tuple[float, str]:
         """Seconds to wait for the next event and which limit that is."""
         phase = self._timeouts.first_token_s if self.first else self._timeouts.idle_s
         left = self._end - self._clock.monotonic()
-        if left <= phase:
+        if left <= phase or self._whole:
             return max(left, 0.0), "total"
         return phase, "first_token" if self.first else "idle"
 

@@ -81,6 +81,7 @@ class ChainState(Protocol):
     prior_usage: common_pb2.Usage
     completed: router_pb2.CompleteEvent | None
     degradations: list[str]
+    whole_answer: bool
 
 
 EventFactory = Callable[..., router_pb2.GenerateEvent]
@@ -294,7 +295,12 @@ class FallbackChain:
                             prompt,
                             remaining_tokens,
                             deadline - self._clock.monotonic(),
-                            guard.breaker_settings.timeout / 1000.0,
+                            (
+                                guard.breaker_settings.whole_answer_timeout
+                                if state.whole_answer
+                                else guard.breaker_settings.timeout
+                            )
+                            / 1000.0,
                         ):
                             yield event
                 except BulkheadFullError:

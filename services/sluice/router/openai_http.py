@@ -318,7 +318,9 @@ class OpenAIHttpApi:
                 raise _bad_request("the request body is not valid JSON", "body") from None
             generate, stream, include_usage = parse_chat_request(body)
             transport = request.transport if stream else None
-            events = self._servicer.generate_events(generate, _HttpContext(metadata, transport))
+            events = self._servicer.generate_events(
+                generate, _HttpContext(metadata, transport), whole_answer=not stream
+            )
             async with contextlib.aclosing(events):
                 if stream:
                     return await self._stream(request, generate, events, include_usage)

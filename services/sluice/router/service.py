@@ -128,6 +128,8 @@ class StreamState:
     reservation_id: str = ""
     """Set when a token limit reserved an estimate that must be reconciled at the end."""
     input_tokens_estimate: int = 0
+    whole_answer: bool = False
+    """The client waits for the whole answer (no partial output is relayed to it)."""
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
@@ -273,9 +275,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         )
 
     async def _generate(
-        self, request: GenerationRequest, context: ServicerContext
+        self, request: GenerationRequest, context: ServicerContext, *, whole_answer: bool = False
     ) -> AsyncIterator[router_pb2.GenerateEvent]:
-        state = StreamState(started=time.perf_counter())
+        whole_answer = whole_answer and self._settings.whole_answers
+        state = StreamState(started=time.perf_counter(), whole_answer=whole_answer)
         remaining = context.time_remaining()
         deadline = self._clock.monotonic() + (
             remaining if remaining is not None else self._settings.request_timeout_s
@@ -335,7 +338,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 tenant=principal.tenant,
                 klass=request_class(principal.tier, metadata),
                 deadline=deadline,
-                is_first_token=lambda event: event.WhichOneof("event") == "data",
+                # A whole answer's first text is its last: no first-token time to learn from.
+                is_first_token=lambda event: (
+                    not whole_answer and event.WhichOneof("event") == "data"
+                ),
             )
         # The adaptive buffer (router/buffer.py): direct while the client keeps up,
         # coalesced and bounded (pausing the provider read) once it lags.
@@ -462,6 +468,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 stop=request.stop,
                 tools=request.tools if isinstance(request, router_pb2.GenerateRequest) else (),
                 start_with_first_output=True,
+                whole_answer=state.whole_answer,
             ),
             timeout=max(0.001, timeout_s),
             metadata=forwarded or None,
@@ -470,6 +477,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if cancellable is not None:
             cancellable.add(call)
         try:
+            # A whole answer's first output is all of it: the chain gave it a longer wait.
             upstream = _first_token_within(call, first_token_timeout_s, target.backend)
             async for event in self._relay(upstream, request, state):
                 yield event
@@ -505,9 +513,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 now = perf_counter()
                 if not state.first_token_at:
                     state.first_token_at = now
-                    self._metrics.time_to_first_token.labels(request.model).observe(
-                        now - state.started
-                    )
+                    if not state.whole_answer:
+                        self._metrics.time_to_first_token.labels(request.model).observe(
+                            now - state.started
+                        )
                 state.output_tokens += delta.token_count
                 state.text.append(delta.text)
                 yield self._event(
@@ -519,22 +528,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             elif kind == "tool_call":
                 yield self._event(state, tool_call=upstream.tool_call)
             elif kind == "end":
-                now = perf_counter()
-                yield self._progress(state, now)
-                ttft = state.first_token_at - state.started if state.first_token_at else 0.0
-                state.finished = True
-                usage = upstream.end.usage
-                if state.prior_usage.output_tokens:
-                    usage = _add_usage(usage, state.prior_usage)
-                genai.annotate_completion(upstream.end.finish_reason, usage, ttft)
-                state.completed = router_pb2.CompleteEvent(
-                    finish_reason=upstream.end.finish_reason,
-                    usage=usage,
-                    fallback_step=state.step,  # type: ignore[arg-type]
-                    time_to_first_token_ms=int(ttft * 1000),
-                    total_ms=int((now - state.started) * 1000),
-                )
-                yield self._event(state, complete=state.completed)
+                yield self._progress(state, perf_counter())
+                yield self._complete(upstream.end, state)
+            if upstream.HasField("ended"):  # a whole answer's last event carries its end
+                yield self._progress(state, perf_counter())
+                yield self._complete(upstream.ended, state)
         # Reading on to the end of the call (rather than returning at `end`) lets it
         # finish with OK instead of being cancelled.
         if not state.finished:
@@ -542,6 +540,25 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 "the provider stream ended without a final event",
                 metadata={"backend": state.backend},
             )
+
+    def _complete(
+        self, end: provider_pb2.StreamEnd, state: StreamState
+    ) -> router_pb2.GenerateEvent:
+        now = time.perf_counter()
+        ttft = state.first_token_at - state.started if state.first_token_at else 0.0
+        state.finished = True
+        usage = end.usage
+        if state.prior_usage.output_tokens:
+            usage = _add_usage(usage, state.prior_usage)
+        genai.annotate_completion(end.finish_reason, usage, ttft)
+        state.completed = router_pb2.CompleteEvent(
+            finish_reason=end.finish_reason,
+            usage=usage,
+            fallback_step=state.step,  # type: ignore[arg-type]
+            time_to_first_token_ms=int(ttft * 1000),
+            total_ms=int((now - state.started) * 1000),
+        )
+        return self._event(state, complete=state.completed)
 
     def _metadata(
         self, start: provider_pb2.StreamStart, request: GenerationRequest, state: StreamState
@@ -578,11 +595,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return self._auth.authenticate(metadata)
 
     def generate_events(
-        self, request: GenerationRequest, context: Any
+        self, request: GenerationRequest, context: Any, *, whole_answer: bool = False
     ) -> AsyncIterator[router_pb2.GenerateEvent]:
         """The Generate pipeline for another front (router/openai_http.py): `context`
-        needs only `invocation_metadata()` and `time_remaining()`."""
-        return self._generate(request, context)
+        needs only `invocation_metadata()` and `time_remaining()`. `whole_answer`: the
+        front relays nothing before the end, so the back end may answer in one piece."""
+        return self._generate(request, context, whole_answer=whole_answer)
 
     # -- RPCs --------------------------------------------------------------------------
 
@@ -597,7 +615,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.CompleteResponse:
         response = router_pb2.CompleteResponse(model=request.model)
         text: list[str] = []
-        async for event in self._generate(request, context):
+        async for event in self._generate(request, context, whole_answer=True):
             kind = event.WhichOneof("event")
             if kind == "data":
                 text.append(event.data.text)

@@ -196,6 +196,10 @@ class RouterSettings(ServiceSettings):
     """Gap between two progress events of a stream."""
     request_timeout_s: float = Field(300.0, gt=0.0)
     """Deadline applied when the caller sets none."""
+    whole_answers: bool = True
+    """Ask back ends for a non-streaming client's answer in one piece (one upstream JSON
+    body, one provider message) instead of a stream; such an attempt is bounded by the
+    breaker's `whole_answer_timeout` instead of its first-token `timeout`."""
     buffer: BufferSettings = BufferSettings()
     """The adaptive buffer between each provider stream and its client (SPEC §3)."""
     resilience: ResilienceSettings = ResilienceSettings()

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class StreamRequest(_message.Message):
-    __slots__ = ("request_id", "backend", "model", "messages", "max_tokens", "temperature", "stop", "tools", "start_with_first_output")
+    __slots__ = ("request_id", "backend", "model", "messages", "max_tokens", "temperature", "stop", "tools", "start_with_first_output", "whole_answer")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class StreamRequest(_message.Message):
     STOP_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     START_WITH_FIRST_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    WHOLE_ANSWER_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     backend: str
     model: str
@@ -27,21 +28,24 @@ class StreamRequest(_message.Message):
     stop: _containers.RepeatedScalarFieldContainer[str]
     tools: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tool]
     start_with_first_output: bool
-    def __init__(self, request_id: _Optional[str] = ..., backend: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.Message, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., tools: _Optional[_Iterable[_Union[_common_pb2.Tool, _Mapping]]] = ..., start_with_first_output: _Optional[bool] = ...) -> None: ...
+    whole_answer: bool
+    def __init__(self, request_id: _Optional[str] = ..., backend: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.Message, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., tools: _Optional[_Iterable[_Union[_common_pb2.Tool, _Mapping]]] = ..., start_with_first_output: _Optional[bool] = ..., whole_answer: _Optional[bool] = ...) -> None: ...
 
 class StreamEvent(_message.Message):
-    __slots__ = ("start", "delta", "end", "tool_call", "started")
+    __slots__ = ("start", "delta", "end", "tool_call", "started", "ended")
     START_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALL_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
     start: StreamStart
     delta: TokenDelta
     end: StreamEnd
     tool_call: _common_pb2.ToolCallDelta
     started: StreamStart
-    def __init__(self, start: _Optional[_Union[StreamStart, _Mapping]] = ..., delta: _Optional[_Union[TokenDelta, _Mapping]] = ..., end: _Optional[_Union[StreamEnd, _Mapping]] = ..., tool_call: _Optional[_Union[_common_pb2.ToolCallDelta, _Mapping]] = ..., started: _Optional[_Union[StreamStart, _Mapping]] = ...) -> None: ...
+    ended: StreamEnd
+    def __init__(self, start: _Optional[_Union[StreamStart, _Mapping]] = ..., delta: _Optional[_Union[TokenDelta, _Mapping]] = ..., end: _Optional[_Union[StreamEnd, _Mapping]] = ..., tool_call: _Optional[_Union[_common_pb2.ToolCallDelta, _Mapping]] = ..., started: _Optional[_Union[StreamStart, _Mapping]] = ..., ended: _Optional[_Union[StreamEnd, _Mapping]] = ...) -> None: ...
 
 class StreamStart(_message.Message):
     __slots__ = ("backend", "model")

@@ -25,6 +25,9 @@ class BreakerSettings(BaseModel):
     """Consecutive failures that open the breaker."""
     timeout: int = Field(30_000, ge=1)
     """Call timeout in ms: a back end that sends nothing for this long has failed."""
+    whole_answer_timeout: int = Field(120_000, ge=1)
+    """Call timeout in ms for a whole answer (a non-streaming client's call, which the
+    back end answers in one piece): nothing comes before the end, so it is longer."""
     reset_timeout: int = Field(60_000, ge=1)
     """Milliseconds an open breaker waits before letting probes through."""
     half_open_requests: int = Field(3, ge=1)
