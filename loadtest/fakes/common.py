@@ -79,6 +79,8 @@ class FakeBehaviour:
     """Delay before the first content chunk."""
     tokens_per_second: float = 0.0
     """Pace of content chunks (one token each); 0 sends them back to back."""
+    burst: bool = False
+    """OpenAI: send a whole stream in one write (as a buffering server or proxy does)."""
     answer_tokens: int = 12
     """Length of an answer before max_tokens applies."""
     fault: str | None = None

@@ -272,7 +272,15 @@ class OpenAIFake(FakeServer):
                 payload["usage"] = None
             return sse(json.dumps(payload))
 
-        await response.write(chunk({"role": "assistant", "content": "", "refusal": None}))
+        held: list[bytes] = []
+
+        async def write(data: bytes) -> None:
+            if b.burst:
+                held.append(data)  # sent at the end, in one write
+            else:
+                await response.write(data)
+
+        await write(chunk({"role": "assistant", "content": "", "refusal": None}))
         if tool_name:
             pieces = tool_arguments(prompt)
             first = {
@@ -298,19 +306,21 @@ class OpenAIFake(FakeServer):
         async for index, item in paced(b, items):
             if index == b.fault_after and await self._mid_stream_fault(request, response):
                 return response
-            await response.write(chunk(json.loads(item)))
+            await write(chunk(json.loads(item)))
         if len(items) <= b.fault_after and await self._mid_stream_fault(request, response):
             return response
-        await response.write(chunk({}, finish))
+        await write(chunk({}, finish))
         if include_usage:
-            await response.write(
+            await write(
                 sse(
                     json.dumps(
                         {**common, "object": "chat.completion.chunk", "choices": [], "usage": usage}
                     )
                 )
             )
-        await response.write(b"data: [DONE]\n\n")
+        await write(b"data: [DONE]\n\n")
+        if held:
+            await response.write(b"".join(held))
         await response.write_eof()
         return response
 

@@ -214,6 +214,41 @@ async def test_a_caller_that_asks_gets_start_on_the_first_output(rig: Rig, backe
     assert merged[-1].end.usage == plain[-1].end.usage
 
 
+async def test_a_burst_ends_on_its_last_output_for_a_caller_that_asks(rig: Rig) -> None:
+    # A stream that arrives in one piece: the end rides on the last text (one message
+    # fewer); a caller that did not ask still gets its own `end` event.
+    rig.fake("oa").behaviour.burst = True
+    plain = await collect(rig.stub.Stream(request("oa", max_tokens=100)))
+    asked = dict(max_tokens=100, start_with_first_output=True, end_with_last_output=True)
+    merged = await collect(rig.stub.Stream(request("oa", **asked)))
+
+    assert [e.WhichOneof("event") for e in plain] == ["start", "delta", "end"]
+    (event,) = merged
+    assert event.WhichOneof("event") == "delta"
+    assert event.started == plain[0].start
+    assert event.delta == plain[1].delta
+    assert event.ended == plain[-1].end
+    assert not any(e.HasField("ended") for e in plain)
+
+
+async def test_text_that_arrives_before_the_end_is_not_held_back(rig: Rig) -> None:
+    # Paced tokens (one per 25 ms) go out as they come; only the last carries the end.
+    rig.fake("oa").behaviour.tokens_per_second = 40
+    asked = dict(start_with_first_output=True, end_with_last_output=True)
+    loop = asyncio.get_running_loop()
+    arrivals: list[float] = []
+    events = []
+    async for event in rig.stub.Stream(request("oa", **asked)):
+        arrivals.append(loop.time())
+        events.append(event)
+
+    assert [e.WhichOneof("event") for e in events] == ["delta"] * ANSWER
+    assert [e.HasField("ended") for e in events] == [False] * (ANSWER - 1) + [True]
+    assert events[-1].ended.usage.output_tokens == ANSWER
+    # Held back, the text would arrive all at once at the end.
+    assert arrivals[-1] - arrivals[0] >= 0.08
+
+
 @BOTH
 async def test_a_caller_that_waits_for_the_whole_answer_gets_one_event(
     rig: Rig, backend: str

@@ -126,9 +126,15 @@ class HttpBackend:
         raise NotImplementedError
 
     async def events(
-        self, batches: AsyncIterator[list[SseEvent]], state: CallState
+        self,
+        batches: AsyncIterator[list[SseEvent]],
+        state: CallState,
+        held: list[provider_pb2.StreamEvent] | None = None,
     ) -> AsyncIterator[provider_pb2.StreamEvent]:
-        """Our events from the provider's stream, text that arrived together coalesced."""
+        """Our events from the provider's stream, text that arrived together coalesced.
+
+        With `held`, text that arrived together with the end of the answer is put there
+        instead of being yielded, so that the end can travel with it."""
         async for batch in batches:
             merged: provider_pb2.StreamEvent | None = None
             for item in batch:
@@ -147,7 +153,10 @@ class HttpBackend:
                 if state.done:
                     break
             if merged is not None:
-                yield merged
+                if state.done and held is not None:
+                    held.append(merged)
+                else:
+                    yield merged
             if state.done:
                 break
         self.check_complete(state)
@@ -187,7 +196,12 @@ class HttpBackend:
         )
         state = CallState(usage=UsageCount(input_tokens=prompt_tokens), call=call)
         start = provider_pb2.StreamStart(backend=self.name, model=model)
-        answer: list[provider_pb2.StreamEvent] | None = None  # held for a whole answer
+        # The acceptance until it is sent, and the events held back to travel with the
+        # end: each message costs both services a gRPC write and a read, and on a busy
+        # core each is a wake-up of the router.
+        unsent_start: provider_pb2.StreamStart | None = start
+        tail: list[provider_pb2.StreamEvent] = []
+        end_rides = request.whole_answer or request.end_with_last_output
         error_type: str | None = None
         try:
             await self.pacer.acquire(prompt_tokens + self._max_tokens(request))
@@ -204,19 +218,13 @@ class HttpBackend:
                 state.usage.accepted = True
                 if self.streams(request):
                     sse = timed_batches(response, deadlines, self.name)
-                    events = self.events(sse, state)
-                    if request.start_with_first_output:
-                        # One message fewer before the first token: on a busy core each
-                        # message is a wake-up of the router on the first token's path.
-                        first = await anext(events, None)
-                        if first is None:
-                            yield provider_pb2.StreamEvent(start=start)
-                        else:
-                            first.started.CopyFrom(start)
-                            yield first
-                    else:
+                    if not request.start_with_first_output:
                         yield provider_pb2.StreamEvent(start=start)
-                    async for event in events:
+                        unsent_start = None
+                    async for event in self.events(sse, state, tail if end_rides else None):
+                        if unsent_start is not None:
+                            event.started.CopyFrom(unsent_start)
+                            unsent_start = None
                         yield event
                     # Read the rest of the body (normally just its terminating chunk) so
                     # the connection goes back to the pool instead of being closed.
@@ -225,22 +233,16 @@ class HttpBackend:
                             async for _ in sse:
                                 pass
                 else:
-                    if not request.whole_answer:
+                    if not (request.whole_answer or request.start_with_first_output):
                         yield provider_pb2.StreamEvent(start=start)
+                        unsent_start = None
                     wait, which = deadlines.next_wait()
                     try:
                         async with asyncio.timeout(wait):
                             raw = await response.read()
                     except TimeoutError:
                         raise timeout_error(self.name, which, wait) from None
-                    events_of_answer = self.whole(
-                        parse_json(raw.decode(errors="replace"), self.name), state
-                    )
-                    if request.whole_answer:
-                        answer = events_of_answer
-                    else:
-                        for event in events_of_answer:
-                            yield event
+                    tail = self.whole(parse_json(raw.decode(errors="replace"), self.name), state)
             except aiohttp.ClientError as err:
                 raise translate_transport(self.name, err) from err
             finally:
@@ -252,18 +254,14 @@ class HttpBackend:
             if state.finish == _UNSPECIFIED:
                 state.finish = common_pb2.FINISH_REASON_STOP
             end = provider_pb2.StreamEnd(finish_reason=state.finish, usage=state.usage.finish())
-            if answer is None:
-                yield provider_pb2.StreamEvent(end=end)
+            if tail and end_rides:
+                tail[-1].ended.CopyFrom(end)
             else:
-                # The whole answer in as few messages as it has events (usually one):
-                # each message costs both services a gRPC write and read.
-                if not answer:
-                    answer.append(provider_pb2.StreamEvent(end=end))
-                else:
-                    answer[-1].ended.CopyFrom(end)
-                answer[0].started.CopyFrom(start)
-                for event in answer:
-                    yield event
+                tail.append(provider_pb2.StreamEvent(end=end))
+            if unsent_start is not None:
+                tail[0].started.CopyFrom(unsent_start)
+            for event in tail:
+                yield event
         except SluiceError as err:
             error_type = err.reason
             # What the call consumed so far travels with the error (never lost).

@@ -468,6 +468,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 stop=request.stop,
                 tools=request.tools if isinstance(request, router_pb2.GenerateRequest) else (),
                 start_with_first_output=True,
+                end_with_last_output=True,
                 whole_answer=state.whole_answer,
             ),
             timeout=max(0.001, timeout_s),

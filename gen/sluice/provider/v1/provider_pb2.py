@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from sluice.common.v1 import common_pb2 as sluice_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!sluice/provider/v1/provider.proto\x12\x12sluice.provider.v1\x1a\x1dsluice/common/v1/common.proto\"\x9a\x02\n\rStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12+\n\x08messages\x18\x04 \x03(\x0b\x32\x19.sluice.common.v1.Message\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x18\n\x0btemperature\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12%\n\x05tools\x18\x08 \x03(\x0b\x32\x16.sluice.common.v1.Tool\x12\x1f\n\x17start_with_first_output\x18\t \x01(\x08\x12\x14\n\x0cwhole_answer\x18\n \x01(\x08\x42\x0e\n\x0c_temperature\"\xbd\x02\n\x0bStreamEvent\x12\x30\n\x05start\x18\x01 \x01(\x0b\x32\x1f.sluice.provider.v1.StreamStartH\x00\x12/\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1e.sluice.provider.v1.TokenDeltaH\x00\x12,\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1d.sluice.provider.v1.StreamEndH\x00\x12\x34\n\ttool_call\x18\x04 \x01(\x0b\x32\x1f.sluice.common.v1.ToolCallDeltaH\x00\x12\x30\n\x07started\x18\x05 \x01(\x0b\x32\x1f.sluice.provider.v1.StreamStart\x12,\n\x05\x65nded\x18\x06 \x01(\x0b\x32\x1d.sluice.provider.v1.StreamEndB\x07\n\x05\x65vent\"-\n\x0bStreamStart\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"/\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\"j\n\tStreamEnd\x12\x35\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1e.sluice.common.v1.FinishReason\x12&\n\x05usage\x18\x02 \x01(\x0b\x32\x17.sluice.common.v1.Usage\"\x15\n\x13ListBackendsRequest\"I\n\x14ListBackendsResponse\x12\x31\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x1f.sluice.provider.v1.BackendInfo\")\n\x0b\x42\x61\x63kendInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t2\xc4\x01\n\x0fProviderService\x12N\n\x06Stream\x12!.sluice.provider.v1.StreamRequest\x1a\x1f.sluice.provider.v1.StreamEvent0\x01\x12\x61\n\x0cListBackends\x12\'.sluice.provider.v1.ListBackendsRequest\x1a(.sluice.provider.v1.ListBackendsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!sluice/provider/v1/provider.proto\x12\x12sluice.provider.v1\x1a\x1dsluice/common/v1/common.proto\"\xb8\x02\n\rStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12+\n\x08messages\x18\x04 \x03(\x0b\x32\x19.sluice.common.v1.Message\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x18\n\x0btemperature\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12%\n\x05tools\x18\x08 \x03(\x0b\x32\x16.sluice.common.v1.Tool\x12\x1f\n\x17start_with_first_output\x18\t \x01(\x08\x12\x14\n\x0cwhole_answer\x18\n \x01(\x08\x12\x1c\n\x14\x65nd_with_last_output\x18\x0b \x01(\x08\x42\x0e\n\x0c_temperature\"\xbd\x02\n\x0bStreamEvent\x12\x30\n\x05start\x18\x01 \x01(\x0b\x32\x1f.sluice.provider.v1.StreamStartH\x00\x12/\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1e.sluice.provider.v1.TokenDeltaH\x00\x12,\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1d.sluice.provider.v1.StreamEndH\x00\x12\x34\n\ttool_call\x18\x04 \x01(\x0b\x32\x1f.sluice.common.v1.ToolCallDeltaH\x00\x12\x30\n\x07started\x18\x05 \x01(\x0b\x32\x1f.sluice.provider.v1.StreamStart\x12,\n\x05\x65nded\x18\x06 \x01(\x0b\x32\x1d.sluice.provider.v1.StreamEndB\x07\n\x05\x65vent\"-\n\x0bStreamStart\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"/\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\"j\n\tStreamEnd\x12\x35\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1e.sluice.common.v1.FinishReason\x12&\n\x05usage\x18\x02 \x01(\x0b\x32\x17.sluice.common.v1.Usage\"\x15\n\x13ListBackendsRequest\"I\n\x14ListBackendsResponse\x12\x31\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x1f.sluice.provider.v1.BackendInfo\")\n\x0b\x42\x61\x63kendInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t2\xc4\x01\n\x0fProviderService\x12N\n\x06Stream\x12!.sluice.provider.v1.StreamRequest\x1a\x1f.sluice.provider.v1.StreamEvent0\x01\x12\x61\n\x0cListBackends\x12\'.sluice.provider.v1.ListBackendsRequest\x1a(.sluice.provider.v1.ListBackendsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sluice.provider.v1.provider
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STREAMREQUEST']._serialized_start=89
-  _globals['_STREAMREQUEST']._serialized_end=371
-  _globals['_STREAMEVENT']._serialized_start=374
-  _globals['_STREAMEVENT']._serialized_end=691
-  _globals['_STREAMSTART']._serialized_start=693
-  _globals['_STREAMSTART']._serialized_end=738
-  _globals['_TOKENDELTA']._serialized_start=740
-  _globals['_TOKENDELTA']._serialized_end=787
-  _globals['_STREAMEND']._serialized_start=789
-  _globals['_STREAMEND']._serialized_end=895
-  _globals['_LISTBACKENDSREQUEST']._serialized_start=897
-  _globals['_LISTBACKENDSREQUEST']._serialized_end=918
-  _globals['_LISTBACKENDSRESPONSE']._serialized_start=920
-  _globals['_LISTBACKENDSRESPONSE']._serialized_end=993
-  _globals['_BACKENDINFO']._serialized_start=995
-  _globals['_BACKENDINFO']._serialized_end=1036
-  _globals['_PROVIDERSERVICE']._serialized_start=1039
-  _globals['_PROVIDERSERVICE']._serialized_end=1235
+  _globals['_STREAMREQUEST']._serialized_end=401
+  _globals['_STREAMEVENT']._serialized_start=404
+  _globals['_STREAMEVENT']._serialized_end=721
+  _globals['_STREAMSTART']._serialized_start=723
+  _globals['_STREAMSTART']._serialized_end=768
+  _globals['_TOKENDELTA']._serialized_start=770
+  _globals['_TOKENDELTA']._serialized_end=817
+  _globals['_STREAMEND']._serialized_start=819
+  _globals['_STREAMEND']._serialized_end=925
+  _globals['_LISTBACKENDSREQUEST']._serialized_start=927
+  _globals['_LISTBACKENDSREQUEST']._serialized_end=948
+  _globals['_LISTBACKENDSRESPONSE']._serialized_start=950
+  _globals['_LISTBACKENDSRESPONSE']._serialized_end=1023
+  _globals['_BACKENDINFO']._serialized_start=1025
+  _globals['_BACKENDINFO']._serialized_end=1066
+  _globals['_PROVIDERSERVICE']._serialized_start=1069
+  _globals['_PROVIDERSERVICE']._serialized_end=1265
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class StreamRequest(_message.Message):
-    __slots__ = ("request_id", "backend", "model", "messages", "max_tokens", "temperature", "stop", "tools", "start_with_first_output", "whole_answer")
+    __slots__ = ("request_id", "backend", "model", "messages", "max_tokens", "temperature", "stop", "tools", "start_with_first_output", "whole_answer", "end_with_last_output")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class StreamRequest(_message.Message):
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     START_WITH_FIRST_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     WHOLE_ANSWER_FIELD_NUMBER: _ClassVar[int]
+    END_WITH_LAST_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     backend: str
     model: str
@@ -29,7 +30,8 @@ class StreamRequest(_message.Message):
     tools: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tool]
     start_with_first_output: bool
     whole_answer: bool
-    def __init__(self, request_id: _Optional[str] = ..., backend: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.Message, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., tools: _Optional[_Iterable[_Union[_common_pb2.Tool, _Mapping]]] = ..., start_with_first_output: _Optional[bool] = ..., whole_answer: _Optional[bool] = ...) -> None: ...
+    end_with_last_output: bool
+    def __init__(self, request_id: _Optional[str] = ..., backend: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.Message, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., tools: _Optional[_Iterable[_Union[_common_pb2.Tool, _Mapping]]] = ..., start_with_first_output: _Optional[bool] = ..., whole_answer: _Optional[bool] = ..., end_with_last_output: _Optional[bool] = ...) -> None: ...
 
 class StreamEvent(_message.Message):
     __slots__ = ("start", "delta", "end", "tool_call", "started", "ended")
