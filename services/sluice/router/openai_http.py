@@ -412,6 +412,7 @@ class OpenAIHttpApi:
         )
         dumps = json.dumps
         write = response.write
+        last = b""  # the final chunks go out with the end of the body: one write, not two
         try:
             async for event in events:
                 kind = event.WhichOneof("event")
@@ -429,14 +430,14 @@ class OpenAIHttpApi:
                             f'data: {head},"choices":[],"usage":'
                             f"{dumps(_usage(done.usage), separators=(',', ':'))}}}\n\n"
                         )
-                    await write(tail.encode() + _DONE)
+                    last = tail.encode() + _DONE
                 elif kind == "error":
                     await write(_error_event(event.error))
         except SluiceError:
             pass  # already sent in-band as the error event
         except Exception:  # the error event went out in-band; the client sees no [DONE]
             log.exception("stream failed after its first event")
-        await response.write_eof()
+        await response.write_eof(last)
         return response
 
 
