@@ -131,6 +131,9 @@ async def rig(stack: ServiceStack, oa_fake: OpenAIFake, an_fake: AnthropicFake) 
         stack,
         {"oa": oa_fake, "an": an_fake},
         {"oa": http_backend("openai", oa_fake), "an": http_backend("anthropic", an_fake)},
+        # These tests assert how paced streams are split into events; coalescing depends
+        # on how loaded the machine is, and has a test of its own.
+        coalescing={"enabled": False},
     )
 
 
@@ -247,6 +250,37 @@ async def test_text_that_arrives_before_the_end_is_not_held_back(rig: Rig) -> No
     assert events[-1].ended.usage.output_tokens == ANSWER
     # Held back, the text would arrive all at once at the end.
     assert arrivals[-1] - arrivals[0] >= 0.08
+
+
+async def test_under_load_paced_tokens_travel_together(
+    stack: ServiceStack, oa_fake: OpenAIFake
+) -> None:
+    # The load signal is pinned (measured every 10 s here, so not during the test).
+    # Loaded, the stream waits 100 ms after each message, so tokens 20 ms apart arrive
+    # in two deltas (the first at once, then the rest); idle, each token is its own
+    # delta. The same text and usage either way.
+    rig = await start_rig(
+        stack,
+        {"oa": oa_fake},
+        {"oa": http_backend("openai", oa_fake)},
+        coalescing={"max_delay_ms": 100, "sample_interval_ms": 10_000},
+    )
+    oa_fake.behaviour.tokens_per_second = 50
+    load = rig.host.coalescer  # type: ignore[attr-defined]
+
+    idle = await collect(rig.stub.Stream(request("oa")))
+    load.wait_share = 1.0
+    loaded = await collect(rig.stub.Stream(request("oa")))
+
+    idle_deltas = [e.delta for e in idle if e.HasField("delta")]
+    loaded_deltas = [e.delta for e in loaded if e.HasField("delta")]
+    assert len(idle_deltas) == ANSWER
+    assert len(loaded_deltas) <= 3
+    assert loaded_deltas[0].token_count == 1  # the first token is never held
+    assert "".join(d.text for d in loaded_deltas) == "".join(d.text for d in idle_deltas)
+    assert sum(d.token_count for d in loaded_deltas) == ANSWER
+    assert loaded[-1].end.usage == idle[-1].end.usage
+    assert load.pauses._value.get() >= 1
 
 
 @BOTH

@@ -8,6 +8,7 @@ from typing import Protocol
 from sluice.core.clock import Clock, SystemClock
 from sluice.core.config import ConfigError
 from sluice.provider.anthropic import AnthropicBackend
+from sluice.provider.coalescing import LoadCoalescer
 from sluice.provider.genai import GenAIInstruments
 from sluice.provider.http_backend import HttpBackend
 from sluice.provider.openai_compat import OpenAIBackend
@@ -42,6 +43,7 @@ def build_backends(
     clock: Clock | None = None,
     instruments: GenAIInstruments,
     environ: Mapping[str, str] | None = None,
+    coalescer: LoadCoalescer | None = None,
 ) -> dict[str, Backend]:
     """Every configured back end by name. Keys are read now: a missing one fails start-up
     (ConfigError naming the back end and the source, never a value)."""
@@ -60,6 +62,7 @@ def build_backends(
                 key=key,
                 clock=clock,
                 instruments=instruments,
+                coalescer=coalescer,
             )
         else:
             backends[name] = SimulatedBackend(name, backend_settings, clock)

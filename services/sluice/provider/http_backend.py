@@ -19,6 +19,7 @@ from sluice.common.v1 import common_pb2
 from sluice.core.clock import Clock
 from sluice.core.errors import SluiceError
 from sluice.core.tokens import count_tokens
+from sluice.provider.coalescing import LoadCoalescer
 from sluice.provider.genai import GenAIInstruments, UpstreamCall
 from sluice.provider.settings import HttpBackendSettings
 from sluice.provider.upstream import (
@@ -93,8 +94,10 @@ class HttpBackend:
         key: ApiKey | None,
         clock: Clock,
         instruments: GenAIInstruments,
+        coalescer: LoadCoalescer | None = None,
     ) -> None:
         self.name = name
+        self._coalescer = coalescer
         self.settings = settings
         self.pacer = Pacer(settings.pacing)
         self._client = client
@@ -221,11 +224,16 @@ class HttpBackend:
                     if not request.start_with_first_output:
                         yield provider_pb2.StreamEvent(start=start)
                         unsent_start = None
+                    coalescer = self._coalescer
                     async for event in self.events(sse, state, tail if end_rides else None):
                         if unsent_start is not None:
                             event.started.CopyFrom(unsent_start)
                             unsent_start = None
                         yield event
+                        # Under load, let the next tokens gather before reading them, so
+                        # they travel as one message (provider/coalescing.py).
+                        if coalescer is not None and (pause := coalescer.pause()):
+                            await asyncio.sleep(pause)
                     # Read the rest of the body (normally just its terminating chunk) so
                     # the connection goes back to the pool instead of being closed.
                     with contextlib.suppress(SluiceError, aiohttp.ClientError, TimeoutError):

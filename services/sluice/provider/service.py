@@ -13,6 +13,7 @@ from sluice.core.errors import ValidationError
 from sluice.core.grpcx.server import ServiceHost
 from sluice.core.grpcx.types import ServicerContext
 from sluice.provider.backends import Backend, build_backends, close_backends
+from sluice.provider.coalescing import LoadCoalescer
 from sluice.provider.faults import FAULT_HEADER, parse_fault_header
 from sluice.provider.genai import GenAIInstruments
 from sluice.provider.settings import ProviderSettings
@@ -110,13 +111,21 @@ def build_server(
     """
     host = ServiceHost("provider", settings, tracer_provider=tracer_provider)
     tracer = host.tracer_provider.get_tracer("sluice.provider") if host.tracing_active else None
+    coalescer = LoadCoalescer(settings.coalescing, host.registry)
     backends = build_backends(
-        settings, clock=clock, instruments=GenAIInstruments(host.registry, tracer), environ=environ
+        settings,
+        clock=clock,
+        instruments=GenAIInstruments(host.registry, tracer),
+        environ=environ,
+        coalescer=coalescer,
     )
 
     async def close_pools() -> None:
+        await coalescer.stop()
         await close_backends(backends)
 
+    host.coalescer = coalescer  # type: ignore[attr-defined]
+    host.add_startup(coalescer.start)
     host.add_cleanup(close_pools)
     provider_pb2_grpc.add_ProviderServiceServicer_to_server(
         ProviderServicer(backends, host, fault_injection=settings.fault_injection), host.server

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_val
 from pydantic_settings import SettingsConfigDict
 
 from sluice.core.config import ServerSettings, ServiceSettings
+from sluice.provider.coalescing import CoalescingSettings
 from sluice.provider.faults import FaultSettings
 
 
@@ -155,6 +156,8 @@ class ProviderSettings(ServiceSettings):
     """Listeners of replicas 2..N; a missing entry uses port + 100*i and metrics_port + 100*i."""
     fault_injection: bool = False
     """Honour per-request faults from the x-sluice-fault header (tests and chaos runs only)."""
+    coalescing: CoalescingSettings = CoalescingSettings()
+    """Under load, HTTP back ends' tokens gather into fewer messages (provider/coalescing.py)."""
 
     @model_validator(mode="after")
     def _has_backend(self) -> ProviderSettings:
