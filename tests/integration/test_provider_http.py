@@ -354,6 +354,48 @@ async def test_a_whole_answer_waits_past_the_first_token_limit_but_not_the_total
 
 
 @BOTH
+async def test_a_malformed_whole_answer_is_invalid_response_with_nothing_sent(
+    rig: Rig, backend: str
+) -> None:
+    rig.fake(backend).behaviour.fault = "malformed_json"
+    call = rig.stub.Stream(request(backend, whole_answer=True))
+    received = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for event in call:
+            received.append(event)
+
+    assert received == []  # not even the acceptance: it rides on the answer
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(caught.value).reason == "INVALID_RESPONSE"
+
+
+async def test_a_caller_that_leaves_a_whole_answer_cancels_the_upstream_call(rig: Rig) -> None:
+    rig.fake("oa").behaviour.head_delay_ms = 5_000
+    call = rig.stub.Stream(request("oa", whole_answer=True))
+    waiting = asyncio.ensure_future(collect(call))
+    await asyncio.sleep(0.3)  # the upstream request is out; its answer is 5 s away
+    call.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+
+    port = rig.host.metrics_port
+    cancelled = await eventually(
+        lambda: metric(port, "sluice_provider_streams_total", backend="oa", outcome="cancelled"),
+        lambda value: value == 1,
+    )
+    assert cancelled == 1
+    assert (
+        await metric(
+            port,
+            "gen_ai_client_operation_duration_seconds_count",
+            backend="oa",
+            error_type="CANCELLED",
+        )
+        == 1
+    )
+
+
+@BOTH
 async def test_a_whole_answer_refused_upstream_is_the_same_typed_error(
     rig: Rig, backend: str
 ) -> None:
