@@ -245,9 +245,11 @@ async def test_every_stream_span_ends_cancelled_when_the_client_goes(
         ("sluice-provider", "SPAN_KIND_SERVER", PROVIDER_STREAM),
     }
 
+    admission = ("sluice-limiter", "SPAN_KIND_SERVER", LIMITER_ACQUIRE)
+    # The limiter's span may reach the telemetry service in a later batch than the others.
     spans = await eventually(
         trace_reader(telemetry_stub, trace_id),
-        lambda found: signature(found) >= wanted,
+        lambda found: signature(found) >= wanted | {admission},
         within_s=5,
     )
 
@@ -260,7 +262,7 @@ async def test_every_stream_span_ends_cancelled_when_the_client_goes(
         assert "cancelled" in span.event_names, key
         assert span.end_time_unix_nano >= span.start_time_unix_nano
     # Admission finished normally before the stream was cancelled.
-    acquire = spans_by[("sluice-limiter", "SPAN_KIND_SERVER", LIMITER_ACQUIRE)]
+    acquire = spans_by[admission]
     assert acquire.attributes["rpc.grpc.status_code"] == "0"
 
 
