@@ -116,14 +116,19 @@ const CASES = {
       { headers: { "x-sluice-fault": "drop_after_tokens=3" } },
     );
     let contentChunks = 0;
+    let text = "";
     const outcome = await expectError(
       (async () => {
         for await (const chunk of stream) {
-          if (chunk.choices[0]?.delta.content) contentChunks += 1;
+          const content = chunk.choices[0]?.delta.content;
+          if (content) {
+            contentChunks += 1;
+            text += content;
+          }
         }
       })(),
     );
-    return { content_chunks: contentChunks, ...outcome };
+    return { content_chunks: contentChunks, text, ...outcome };
   },
 
   async models() {
