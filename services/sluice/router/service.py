@@ -531,7 +531,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             elif kind == "end":
                 yield self._progress(state, perf_counter())
                 yield self._complete(upstream.end, state)
-            if upstream.HasField("ended"):  # a whole answer's last event carries its end
+            if upstream.HasField("ended"):  # the end, on the last output of a burst
                 yield self._progress(state, perf_counter())
                 yield self._complete(upstream.ended, state)
         # Reading on to the end of the call (rather than returning at `end`) lets it
@@ -545,6 +545,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def _complete(
         self, end: provider_pb2.StreamEnd, state: StreamState
     ) -> router_pb2.GenerateEvent:
+        """The `complete` event for the provider's end (alone, or on its last output)."""
         now = time.perf_counter()
         ttft = state.first_token_at - state.started if state.first_token_at else 0.0
         state.finished = True
