@@ -156,6 +156,16 @@ def attrs(span: ReadableSpan) -> dict[str, Any]:
     return dict(span.attributes or {})
 
 
+async def operations_ended(port: int, backend: str, error_type: str) -> float:
+    """Upstream calls the GenAI duration histogram counted as ending with `error_type`."""
+    return await metric(
+        port,
+        "gen_ai_client_operation_duration_seconds_count",
+        backend=backend,
+        error_type=error_type,
+    )
+
+
 BOTH = pytest.mark.parametrize("backend", ["oa", "an"])
 
 
@@ -384,15 +394,7 @@ async def test_a_caller_that_leaves_a_whole_answer_cancels_the_upstream_call(rig
         lambda value: value == 1,
     )
     assert cancelled == 1
-    assert (
-        await metric(
-            port,
-            "gen_ai_client_operation_duration_seconds_count",
-            backend="oa",
-            error_type="CANCELLED",
-        )
-        == 1
-    )
+    assert await operations_ended(port, "oa", "CANCELLED") == 1
 
 
 @BOTH
@@ -708,15 +710,7 @@ async def test_usage_recorded_when_the_client_cancels(rig: Rig) -> None:
     assert recorded == await metric(
         port, "sluice_provider_upstream_tokens_total", backend="oa", type="output", estimated="true"
     )
-    assert (
-        await metric(
-            port,
-            "gen_ai_client_operation_duration_seconds_count",
-            backend="oa",
-            error_type="CANCELLED",
-        )
-        == 1
-    )
+    assert await operations_ended(port, "oa", "CANCELLED") == 1
 
 
 # -- spans and metrics ------------------------------------------------------------------
@@ -904,15 +898,7 @@ async def test_a_refused_call_records_no_usage(rig: Rig, backend: str) -> None:
     assert (metadata["usage_input_tokens"], metadata["usage_output_tokens"]) == ("0", "0")
     port = rig.host.metrics_port
     assert await metric(port, "sluice_provider_upstream_tokens_total", backend=backend) == 0
-    assert (
-        await metric(
-            port,
-            "gen_ai_client_operation_duration_seconds_count",
-            backend=backend,
-            error_type="RATE_LIMIT_EXCEEDED",
-        )
-        == 1
-    )
+    assert await operations_ended(port, backend, "RATE_LIMIT_EXCEEDED") == 1
 
 
 async def test_non_streaming_body_timeout(stack: ServiceStack, oa_fake: OpenAIFake) -> None:

@@ -184,6 +184,12 @@ class TokenBucket:
         return [tokens - requests, updated, leased + requests, max(until, now + ttl_s)]
 
 
+def window_lease_ttl_s(now: float, ttl_s: float, window: float) -> float:
+    """A window's lease ends with the window: every use must fall in the window the
+    permits were counted in."""
+    return min(ttl_s, window_start(now, window) + window - now)
+
+
 def window_start(now: float, window: float) -> float:
     """The start of the aligned window holding `now`."""
     return math.floor(now / window) * window
@@ -243,8 +249,7 @@ class FixedWindow:
         return FixedWindow(self.limit * share, self.window_s)
 
     def lease_ttl_s(self, now: float, ttl_s: float) -> float:
-        # Every use must fall in the window the permits were counted in.
-        return min(ttl_s, window_start(now, self.window_s) + self.window_s - now)
+        return window_lease_ttl_s(now, ttl_s, self.window_s)
 
     def lease(self, state: State, now: float, requests: float, ttl_s: float) -> State:
         return [state[0], state[1] + requests]
@@ -420,8 +425,7 @@ class SlidingCounter:
         return SlidingCounter(self.limit * share, self.window_s)
 
     def lease_ttl_s(self, now: float, ttl_s: float) -> float:
-        # Every use must fall in the window the permits were counted in.
-        return min(ttl_s, window_start(now, self.window_s) + self.window_s - now)
+        return window_lease_ttl_s(now, ttl_s, self.window_s)
 
     def lease(self, state: State, now: float, requests: float, ttl_s: float) -> State:
         return [state[0], state[1] + requests, state[2]]

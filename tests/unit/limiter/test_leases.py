@@ -41,6 +41,7 @@ from sluice.limiter.service import LimiterServicer
 from sluice.limiter.settings import LeaseSettings, LimiterSettings, PolicySettings, RedisSettings
 from sluice.limiter.v1 import limiter_pb2
 from tests.support import FakeClock
+from tests.unit.limiter.test_algorithms import ReferenceBucket
 
 TICK = Fraction(1, 64)
 
@@ -57,12 +58,11 @@ class Reference(Protocol):
     def lease_ttl(self, now: Fraction, ttl: Fraction) -> Fraction: ...
 
 
-class PocketBucket:
+class PocketBucket(ReferenceBucket):
     """A token bucket whose leased tokens sit in a pocket until the last lease lapses."""
 
     def __init__(self, capacity: Fraction, rate: Fraction) -> None:
-        self.capacity, self.rate = capacity, rate
-        self.tokens, self.updated = capacity, Fraction(0)
+        super().__init__(capacity, rate)
         self.pocket, self.lapses = Fraction(0), Fraction(0)
 
     def _refill(self, now: Fraction) -> None:
@@ -74,14 +74,6 @@ class PocketBucket:
         cap = self.capacity - self.pocket
         self.tokens = min(cap, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
-
-    def margin(self, now: Fraction, cost: Fraction) -> Fraction:
-        self._refill(now)
-        return self.tokens - cost
-
-    def admit(self, now: Fraction, cost: Fraction) -> None:
-        self._refill(now)
-        self.tokens -= cost
 
     def lease(self, now: Fraction, requests: int, ttl: Fraction) -> None:
         self.tokens -= requests
