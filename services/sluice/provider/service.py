@@ -16,11 +16,15 @@ from sluice.provider.backends import Backend, build_backends, close_backends
 from sluice.provider.coalescing import LoadCoalescer
 from sluice.provider.faults import FAULT_HEADER, parse_fault_header
 from sluice.provider.genai import GenAIInstruments
+from sluice.provider.multiplex import Multiplexer
 from sluice.provider.settings import ProviderSettings
 from sluice.provider.simulated import SimulatedBackend
 from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
 
 log = logging.getLogger("sluice.provider")
+
+STREAM_METHOD = "/sluice.provider.v1.ProviderService/Stream"
+MULTIPLEX_METHOD = "/sluice.provider.v1.ProviderService/Multiplex"
 
 
 class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
@@ -35,6 +39,9 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     ) -> None:
         self._backends = backends
         self._fault_injection = fault_injection
+        # Multiplexed streams run Stream inside the same pipeline stages as Stream calls.
+        self._multiplexer = Multiplexer(host.rpc_pipeline.stream_runner(STREAM_METHOD, self.Stream))
+        host.rpc_pipeline.untrace(MULTIPLEX_METHOD)
         self._streams = Counter(
             "sluice_provider_streams",
             "Provider streams by back end and outcome (completed, failed, cancelled).",
@@ -84,6 +91,13 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
             self._streams.labels(request.backend, outcome).inc()
             if output_tokens:
                 self._tokens.labels(request.backend).inc(output_tokens)
+
+    async def Multiplex(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[provider_pb2.MultiplexRequest],
+        context: ServicerContext,
+    ) -> None:
+        await self._multiplexer.serve(request_iterator, context)
 
     async def ListBackends(  # noqa: N802 - gRPC method name
         self,

@@ -14,6 +14,7 @@ from sluice.core.errors import (
 )
 
 _DETAILS_KEY = "grpc-status-details-bin"
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def error_from_rpc(err: grpc.aio.AioRpcError, dependency: str) -> SluiceError:
@@ -25,7 +26,18 @@ def error_from_rpc(err: grpc.aio.AioRpcError, dependency: str) -> SluiceError:
     for key, value in err.trailing_metadata() or ():
         if key == _DETAILS_KEY and isinstance(value, bytes):
             return from_rpc_status(status_pb2.Status.FromString(value))
-    code = err.code()
+    return error_from_code(err.code(), dependency)
+
+
+def error_from_status(status: status_pb2.Status, dependency: str) -> SluiceError:
+    """The typed error behind a failed multiplexed stream's status (as error_from_rpc)."""
+    if status.details:
+        return from_rpc_status(status)
+    return error_from_code(_CODES.get(status.code, grpc.StatusCode.UNKNOWN), dependency)
+
+
+def error_from_code(code: grpc.StatusCode, dependency: str) -> SluiceError:
+    """The typed error for a bare status code, which came from the transport."""
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceededError(f"deadline exceeded waiting for the {dependency}")
     if code == grpc.StatusCode.UNAVAILABLE:

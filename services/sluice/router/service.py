@@ -38,7 +38,7 @@ from sluice.core.telemetry.spans import RequestSpans
 from sluice.core.telemetry.tracing import current_trace_id
 from sluice.core.tokens import count_tokens
 from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
-from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
+from sluice.provider.v1 import provider_pb2
 from sluice.router import genai
 from sluice.router.admission import Admission, request_class
 from sluice.router.auth import ApiKeyAuthenticator, Principal
@@ -54,6 +54,7 @@ from sluice.router.degradation import (
 from sluice.router.downstream import error_from_rpc
 from sluice.router.fallback import FallbackChain, ResilienceMetrics
 from sluice.router.leases import LeaseBook
+from sluice.router.provider_streams import MultiplexedStreams, ProviderStreams, StreamCalls
 from sluice.router.settings import BackendRef, ModelAliasSettings, RouterSettings
 from sluice.router.v1 import router_pb2, router_pb2_grpc
 from sluice.router.validation import GenerationRequest, validate_request
@@ -141,7 +142,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         *,
         authenticator: ApiKeyAuthenticator,
         limiter: limiter_pb2_grpc.LimiterServiceStub,
-        provider: provider_pb2_grpc.ProviderServiceStub,
+        provider: ProviderStreams,
         metrics: RouterMetrics,
         chain: FallbackChain,
         clock: Clock,
@@ -457,7 +458,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         forwarded: tuple[tuple[str, str | bytes], ...],
     ) -> AsyncIterator[router_pb2.GenerateEvent]:
         """One provider stream on one back end, relayed to the client."""
-        call = self._provider.Stream(
+        call = self._provider.open(
             provider_pb2.StreamRequest(
                 request_id=current_request_id(),
                 backend=target.backend,
@@ -472,7 +473,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 whole_answer=state.whole_answer,
             ),
             timeout=max(0.001, timeout_s),
-            metadata=forwarded or None,
+            metadata=forwarded,
         )
         cancellable = UPSTREAM_CALLS.get()  # a Converse turn cancels its calls directly
         if cancellable is not None:
@@ -712,6 +713,23 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Ser
         # A stalled client's stream holds at most one 64 KiB window here (router/buffer.py).
         fixed_window=True,
     )
+    provider_streams: ProviderStreams = (
+        MultiplexedStreams(
+            # Not the per-call channel: per-stream credit bounds a stalled stream here, so
+            # the long-lived calls keep gRPC's probed (growing) window.
+            internal_channel(
+                settings.provider_address,
+                "sluice.provider.v1.ProviderService",
+                tracing,
+                retries=False,
+            ),
+            settings.provider_multiplex,
+            calls=len(settings.provider_address.split(",")),
+            fallback=StreamCalls(provider_channel),
+        )
+        if settings.provider_multiplex.enabled
+        else StreamCalls(provider_channel)
+    )
     spans = RequestSpans(
         host.tracer_provider.get_tracer("sluice.router") if host.tracing_active else None
     )
@@ -720,7 +738,7 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Ser
         settings,
         authenticator=ApiKeyAuthenticator(settings.api_keys),
         limiter=limiter_pb2_grpc.LimiterServiceStub(limiter_channel),
-        provider=provider_pb2_grpc.ProviderServiceStub(provider_channel),
+        provider=provider_streams,
         metrics=RouterMetrics(host),
         chain=chain,
         clock=clock,
@@ -756,6 +774,7 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Ser
 
     async def close_channels() -> None:
         await limiter_channel.close()
+        await provider_streams.close()
         await provider_channel.close()
         await chain.close()
 

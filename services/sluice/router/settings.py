@@ -14,6 +14,7 @@ from sluice.core.resilience.retry import RetrySettings
 from sluice.router.admission import AdmissionSettings
 from sluice.router.budgets import BudgetSettings
 from sluice.router.buffer import BufferSettings
+from sluice.router.provider_streams import MultiplexSettings
 
 # sha256("sk-sluice-dev"): the development key of the default configuration.
 DEV_KEY_SHA256 = "f54ca937b7efefe972b761a7b8dc7dd477c073770dec53b33fe59a66f6ef9a9f"
@@ -204,6 +205,8 @@ class RouterSettings(ServiceSettings):
     """The adaptive buffer between each provider stream and its client (SPEC §3)."""
     resilience: ResilienceSettings = ResilienceSettings()
     """Retries, breakers, bulkheads, cache, deadlines, load shedding."""
+    provider_multiplex: MultiplexSettings = MultiplexSettings()
+    """Provider streams as frames on a few long-lived calls (router/provider_streams.py)."""
     http_api: HttpApiSettings = HttpApiSettings()
     """The OpenAI-compatible HTTP API (router/openai_http.py)."""
     admission: AdmissionSettings = AdmissionSettings()

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-from sluice.core.telemetry.grpc_client import _Spans
+from sluice.core.telemetry.grpc_client import ClientSpans
 from sluice.core.telemetry.grpc_server import ServerSpan
 from sluice.core.telemetry.tracing import FailedSpans
 from sluice.core.telemetry.unsampled import traceparent_headers, unsampled_remote_parent
@@ -114,7 +114,7 @@ async def test_client_calls_in_an_unsampled_trace_send_a_child_traceparent() -> 
     tracer, exporter, failed = tracer_and_export()
     server = ServerSpan(tracer, "/a.v1.S/M", [("traceparent", f"00-{TRACE}-{SPAN}-00")], failed)
     own = trace.get_current_span().get_span_context()
-    spans = _Spans(tracer, failed)
+    spans = ClientSpans(tracer, failed)
 
     child, metadata, pending = spans.begin("/b.v1.T/N", [("x-request-id", "r")])
     sent = dict(metadata)
@@ -143,7 +143,7 @@ async def test_client_calls_carrying_baggage_take_the_sdk_path() -> None:
     server = ServerSpan(tracer, "/a.v1.S/M", [("traceparent", f"00-{TRACE}-{SPAN}-00")], failed)
     token = context.attach(baggage.set_baggage("tenant", "t1"))
     try:
-        _, metadata, _ = _Spans(tracer, failed).begin("/b.v1.T/N", [])
+        _, metadata, _ = ClientSpans(tracer, failed).begin("/b.v1.T/N", [])
     finally:
         context.detach(token)
         server.finish(grpc.StatusCode.OK, "OK", None)

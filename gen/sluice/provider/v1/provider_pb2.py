@@ -22,32 +22,50 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from sluice.common.v1 import common_pb2 as sluice_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!sluice/provider/v1/provider.proto\x12\x12sluice.provider.v1\x1a\x1dsluice/common/v1/common.proto\"\xb8\x02\n\rStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12+\n\x08messages\x18\x04 \x03(\x0b\x32\x19.sluice.common.v1.Message\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x18\n\x0btemperature\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12%\n\x05tools\x18\x08 \x03(\x0b\x32\x16.sluice.common.v1.Tool\x12\x1f\n\x17start_with_first_output\x18\t \x01(\x08\x12\x14\n\x0cwhole_answer\x18\n \x01(\x08\x12\x1c\n\x14\x65nd_with_last_output\x18\x0b \x01(\x08\x42\x0e\n\x0c_temperature\"\xbd\x02\n\x0bStreamEvent\x12\x30\n\x05start\x18\x01 \x01(\x0b\x32\x1f.sluice.provider.v1.StreamStartH\x00\x12/\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1e.sluice.provider.v1.TokenDeltaH\x00\x12,\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1d.sluice.provider.v1.StreamEndH\x00\x12\x34\n\ttool_call\x18\x04 \x01(\x0b\x32\x1f.sluice.common.v1.ToolCallDeltaH\x00\x12\x30\n\x07started\x18\x05 \x01(\x0b\x32\x1f.sluice.provider.v1.StreamStart\x12,\n\x05\x65nded\x18\x06 \x01(\x0b\x32\x1d.sluice.provider.v1.StreamEndB\x07\n\x05\x65vent\"-\n\x0bStreamStart\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"/\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\"j\n\tStreamEnd\x12\x35\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1e.sluice.common.v1.FinishReason\x12&\n\x05usage\x18\x02 \x01(\x0b\x32\x17.sluice.common.v1.Usage\"\x15\n\x13ListBackendsRequest\"I\n\x14ListBackendsResponse\x12\x31\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x1f.sluice.provider.v1.BackendInfo\")\n\x0b\x42\x61\x63kendInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t2\xc4\x01\n\x0fProviderService\x12N\n\x06Stream\x12!.sluice.provider.v1.StreamRequest\x1a\x1f.sluice.provider.v1.StreamEvent0\x01\x12\x61\n\x0cListBackends\x12\'.sluice.provider.v1.ListBackendsRequest\x1a(.sluice.provider.v1.ListBackendsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!sluice/provider/v1/provider.proto\x12\x12sluice.provider.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17google/rpc/status.proto\x1a\x1dsluice/common/v1/common.proto\"\xb8\x02\n\rStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12+\n\x08messages\x18\x04 \x03(\x0b\x32\x19.sluice.common.v1.Message\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x18\n\x0btemperature\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12%\n\x05tools\x18\x08 \x03(\x0b\x32\x16.sluice.common.v1.Tool\x12\x1f\n\x17start_with_first_output\x18\t \x01(\x08\x12\x14\n\x0cwhole_answer\x18\n \x01(\x08\x12\x1c\n\x14\x65nd_with_last_output\x18\x0b \x01(\x08\x42\x0e\n\x0c_temperature\"\xbd\x02\n\x0bStreamEvent\x12\x30\n\x05start\x18\x01 \x01(\x0b\x32\x1f.sluice.provider.v1.StreamStartH\x00\x12/\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1e.sluice.provider.v1.TokenDeltaH\x00\x12,\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1d.sluice.provider.v1.StreamEndH\x00\x12\x34\n\ttool_call\x18\x04 \x01(\x0b\x32\x1f.sluice.common.v1.ToolCallDeltaH\x00\x12\x30\n\x07started\x18\x05 \x01(\x0b\x32\x1f.sluice.provider.v1.StreamStart\x12,\n\x05\x65nded\x18\x06 \x01(\x0b\x32\x1d.sluice.provider.v1.StreamEndB\x07\n\x05\x65vent\"-\n\x0bStreamStart\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"/\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\"j\n\tStreamEnd\x12\x35\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1e.sluice.common.v1.FinishReason\x12&\n\x05usage\x18\x02 \x01(\x0b\x32\x17.sluice.common.v1.Usage\"\x15\n\x13ListBackendsRequest\"I\n\x14ListBackendsResponse\x12\x31\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x1f.sluice.provider.v1.BackendInfo\")\n\x0b\x42\x61\x63kendInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\"F\n\x10MultiplexRequest\x12\x32\n\x06\x66rames\x18\x01 \x03(\x0b\x32\".sluice.provider.v1.MultiplexFrame\"\xd0\x01\n\x0eMultiplexFrame\x12\x11\n\tstream_id\x18\x01 \x01(\x04\x12\x33\n\x05start\x18\x02 \x01(\x0b\x32\".sluice.provider.v1.MultiplexStartH\x00\x12\x35\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32#.sluice.provider.v1.MultiplexCancelH\x00\x12\x35\n\x06\x63redit\x18\x04 \x01(\x0b\x32#.sluice.provider.v1.MultiplexCreditH\x00\x42\x08\n\x06\x61\x63tion\"\xbf\x01\n\x0eMultiplexStart\x12\x32\n\x07request\x18\x01 \x01(\x0b\x32!.sluice.provider.v1.StreamRequest\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x37\n\x08metadata\x18\x03 \x03(\x0b\x32%.sluice.provider.v1.MultiplexMetadata\x12\x14\n\x0cwindow_bytes\x18\x04 \x01(\r\"/\n\x11MultiplexMetadata\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x11\n\x0fMultiplexCancel\" \n\x0fMultiplexCredit\x12\r\n\x05\x62ytes\x18\x01 \x01(\r\"G\n\x11MultiplexResponse\x12\x32\n\x06\x65vents\x18\x01 \x03(\x0b\x32\".sluice.provider.v1.MultiplexEvent\"\x83\x01\n\x0eMultiplexEvent\x12\x11\n\tstream_id\x18\x01 \x01(\x04\x12\x30\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1f.sluice.provider.v1.StreamEventH\x00\x12$\n\x06status\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x06\n\x04kind2\xa2\x02\n\x0fProviderService\x12N\n\x06Stream\x12!.sluice.provider.v1.StreamRequest\x1a\x1f.sluice.provider.v1.StreamEvent0\x01\x12\x61\n\x0cListBackends\x12\'.sluice.provider.v1.ListBackendsRequest\x1a(.sluice.provider.v1.ListBackendsResponse\x12\\\n\tMultiplex\x12$.sluice.provider.v1.MultiplexRequest\x1a%.sluice.provider.v1.MultiplexResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sluice.provider.v1.provider_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STREAMREQUEST']._serialized_start=89
-  _globals['_STREAMREQUEST']._serialized_end=401
-  _globals['_STREAMEVENT']._serialized_start=404
-  _globals['_STREAMEVENT']._serialized_end=721
-  _globals['_STREAMSTART']._serialized_start=723
-  _globals['_STREAMSTART']._serialized_end=768
-  _globals['_TOKENDELTA']._serialized_start=770
-  _globals['_TOKENDELTA']._serialized_end=817
-  _globals['_STREAMEND']._serialized_start=819
-  _globals['_STREAMEND']._serialized_end=925
-  _globals['_LISTBACKENDSREQUEST']._serialized_start=927
-  _globals['_LISTBACKENDSREQUEST']._serialized_end=948
-  _globals['_LISTBACKENDSRESPONSE']._serialized_start=950
-  _globals['_LISTBACKENDSRESPONSE']._serialized_end=1023
-  _globals['_BACKENDINFO']._serialized_start=1025
-  _globals['_BACKENDINFO']._serialized_end=1066
-  _globals['_PROVIDERSERVICE']._serialized_start=1069
-  _globals['_PROVIDERSERVICE']._serialized_end=1265
+  _globals['_STREAMREQUEST']._serialized_start=146
+  _globals['_STREAMREQUEST']._serialized_end=458
+  _globals['_STREAMEVENT']._serialized_start=461
+  _globals['_STREAMEVENT']._serialized_end=778
+  _globals['_STREAMSTART']._serialized_start=780
+  _globals['_STREAMSTART']._serialized_end=825
+  _globals['_TOKENDELTA']._serialized_start=827
+  _globals['_TOKENDELTA']._serialized_end=874
+  _globals['_STREAMEND']._serialized_start=876
+  _globals['_STREAMEND']._serialized_end=982
+  _globals['_LISTBACKENDSREQUEST']._serialized_start=984
+  _globals['_LISTBACKENDSREQUEST']._serialized_end=1005
+  _globals['_LISTBACKENDSRESPONSE']._serialized_start=1007
+  _globals['_LISTBACKENDSRESPONSE']._serialized_end=1080
+  _globals['_BACKENDINFO']._serialized_start=1082
+  _globals['_BACKENDINFO']._serialized_end=1123
+  _globals['_MULTIPLEXREQUEST']._serialized_start=1125
+  _globals['_MULTIPLEXREQUEST']._serialized_end=1195
+  _globals['_MULTIPLEXFRAME']._serialized_start=1198
+  _globals['_MULTIPLEXFRAME']._serialized_end=1406
+  _globals['_MULTIPLEXSTART']._serialized_start=1409
+  _globals['_MULTIPLEXSTART']._serialized_end=1600
+  _globals['_MULTIPLEXMETADATA']._serialized_start=1602
+  _globals['_MULTIPLEXMETADATA']._serialized_end=1649
+  _globals['_MULTIPLEXCANCEL']._serialized_start=1651
+  _globals['_MULTIPLEXCANCEL']._serialized_end=1668
+  _globals['_MULTIPLEXCREDIT']._serialized_start=1670
+  _globals['_MULTIPLEXCREDIT']._serialized_end=1702
+  _globals['_MULTIPLEXRESPONSE']._serialized_start=1704
+  _globals['_MULTIPLEXRESPONSE']._serialized_end=1775
+  _globals['_MULTIPLEXEVENT']._serialized_start=1778
+  _globals['_MULTIPLEXEVENT']._serialized_end=1909
+  _globals['_PROVIDERSERVICE']._serialized_start=1912
+  _globals['_PROVIDERSERVICE']._serialized_end=2202
 # @@protoc_insertion_point(module_scope)

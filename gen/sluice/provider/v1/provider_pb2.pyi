@@ -1,3 +1,7 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.rpc import status_pb2 as _status_pb2
 from sluice.common.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -90,3 +94,67 @@ class BackendInfo(_message.Message):
     name: str
     kind: str
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
+
+class MultiplexRequest(_message.Message):
+    __slots__ = ("frames",)
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    frames: _containers.RepeatedCompositeFieldContainer[MultiplexFrame]
+    def __init__(self, frames: _Optional[_Iterable[_Union[MultiplexFrame, _Mapping]]] = ...) -> None: ...
+
+class MultiplexFrame(_message.Message):
+    __slots__ = ("stream_id", "start", "cancel", "credit")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
+    stream_id: int
+    start: MultiplexStart
+    cancel: MultiplexCancel
+    credit: MultiplexCredit
+    def __init__(self, stream_id: _Optional[int] = ..., start: _Optional[_Union[MultiplexStart, _Mapping]] = ..., cancel: _Optional[_Union[MultiplexCancel, _Mapping]] = ..., credit: _Optional[_Union[MultiplexCredit, _Mapping]] = ...) -> None: ...
+
+class MultiplexStart(_message.Message):
+    __slots__ = ("request", "timeout", "metadata", "window_bytes")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_BYTES_FIELD_NUMBER: _ClassVar[int]
+    request: StreamRequest
+    timeout: _duration_pb2.Duration
+    metadata: _containers.RepeatedCompositeFieldContainer[MultiplexMetadata]
+    window_bytes: int
+    def __init__(self, request: _Optional[_Union[StreamRequest, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., metadata: _Optional[_Iterable[_Union[MultiplexMetadata, _Mapping]]] = ..., window_bytes: _Optional[int] = ...) -> None: ...
+
+class MultiplexMetadata(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: str
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class MultiplexCancel(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MultiplexCredit(_message.Message):
+    __slots__ = ("bytes",)
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    bytes: int
+    def __init__(self, bytes: _Optional[int] = ...) -> None: ...
+
+class MultiplexResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[MultiplexEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[MultiplexEvent, _Mapping]]] = ...) -> None: ...
+
+class MultiplexEvent(_message.Message):
+    __slots__ = ("stream_id", "event", "status")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    stream_id: int
+    event: StreamEvent
+    status: _status_pb2.Status
+    def __init__(self, stream_id: _Optional[int] = ..., event: _Optional[_Union[StreamEvent, _Mapping]] = ..., status: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...

@@ -96,6 +96,23 @@ class ServerPipeline(grpc.aio.ServerInterceptor):
         self._tracer = tracer
         self._min_deadline_s = min_deadline_s
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._untraced: set[str] = set()
+
+    def untrace(self, method: str) -> None:
+        """Give `method` no span of its own (a call that carries other calls' spans)."""
+        self._untraced.add(method)
+
+    def _traced(self, method: str) -> bool:
+        return (
+            self._tracer is not None
+            and not method.startswith(UNTRACED_PREFIXES)
+            and method not in self._untraced
+        )
+
+    def stream_runner(self, method: str, behaviour: StreamBehaviour) -> StreamBehaviour:
+        """`behaviour` inside every stage, for streams that do not arrive as calls of their
+        own (ProviderService.Multiplex runs Stream this way, with a context of its own)."""
+        return self._stream(method, self._traced(method), behaviour)
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -107,7 +124,7 @@ class ServerPipeline(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None  # unknown method: grpc answers UNIMPLEMENTED; never cached
-        traced = self._tracer is not None and not method.startswith(UNTRACED_PREFIXES)
+        traced = self._traced(method)
         wrapped = wrap_handler(
             handler,
             unary=lambda behaviour: self._unary(method, traced, behaviour),

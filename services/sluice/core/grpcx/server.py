@@ -80,14 +80,14 @@ class ServiceHost:
             self.tracer_provider.get_tracer("sluice.core.grpcx") if self.tracing_active else None
         )
         self.error_reporter = build_reporter(settings.error_reporting, name)
-        pipeline = ServerPipeline(
+        self.rpc_pipeline = ServerPipeline(
             self.metrics,
             tracer,
             reporter=self.error_reporter,
             failed_spans=failed_spans_of(self.tracer_provider),
         )
         self.server = grpc.aio.server(
-            interceptors=(pipeline,),
+            interceptors=(self.rpc_pipeline,),
             options=(
                 *SERVER_OPTIONS,
                 ("grpc.max_concurrent_streams", settings.server.max_concurrent_streams),

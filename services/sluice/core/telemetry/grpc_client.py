@@ -101,7 +101,7 @@ class _Unsampled:
             )
 
 
-class _Spans:
+class ClientSpans:
     """Starts a call's CLIENT span and watches the call to end it (no grpc interceptor)."""
 
     def __init__(self, tracer: trace.Tracer, failed: FailedSpans | None) -> None:
@@ -136,6 +136,14 @@ class _Spans:
         )
         return span, grpc.aio.Metadata(*carrier), unsampled
 
+    def end(self, span: trace.Span, unsampled: _Unsampled | None, code: grpc.StatusCode) -> None:
+        """End a span begun for a call that is not a grpc call of its own (a multiplexed
+        stream), with the code it ended with."""
+        if unsampled is not None:
+            unsampled.finish(code)
+        elif span.is_recording():
+            _end(span, code)
+
     def watch(self, call: Any, span: trace.Span, unsampled: _Unsampled | None) -> None:
         if not span.is_recording() and unsampled is None:
             return  # nothing to record at the end
@@ -159,7 +167,7 @@ class _TracedCallable:
 
     __slots__ = ("_inner", "_name", "_spans")
 
-    def __init__(self, inner: Any, name: str, spans: _Spans) -> None:
+    def __init__(self, inner: Any, name: str, spans: ClientSpans) -> None:
         self._inner = inner
         self._name = name
         self._spans = spans
@@ -192,7 +200,12 @@ class TracedChannel:
         self, channel: grpc.aio.Channel, tracer: trace.Tracer, failed: FailedSpans | None
     ) -> None:
         self._channel = channel
-        self._spans = _Spans(tracer, failed)
+        self._spans = ClientSpans(tracer, failed)
+
+    @property
+    def client_spans(self) -> ClientSpans:
+        """Begins and ends CLIENT spans for calls made by other means (multiplexed streams)."""
+        return self._spans
 
     @staticmethod
     def _name(method: Any) -> str:
