@@ -197,7 +197,7 @@ async def test_deadline_ends_a_stream_with_deadline_exceeded(stack: ServiceStack
 async def test_a_stream_without_credit_stops_and_resumes_when_credit_comes(
     stack: ServiceStack,
 ) -> None:
-    fast_and_long = {
+    fast_and_long: dict[str, object] = {
         "time_to_first_token_ms": 1,
         "tokens_per_second": 5_000,
         "min_tick_ms": 1,
