@@ -255,9 +255,8 @@ async def router_on(
     stack: ServiceStack, provider: ServiceHost, *, multiplex: bool, **fields: object
 ) -> Any:
     limiter = await stack.start(build_limiter(limiter_settings()))
-    settings = router_settings(
-        limiter, provider, provider_multiplex={"enabled": multiplex}, **fields
-    )
+    multiplexing = {"enabled": multiplex, **fields.pop("provider_multiplex", {})}  # type: ignore[dict-item]
+    settings = router_settings(limiter, provider, provider_multiplex=multiplexing, **fields)
     router = await stack.start(build_router(settings))
     return router, router_pb2_grpc.RouterServiceStub(stack.channel(router))
 
@@ -334,3 +333,82 @@ async def test_a_broken_call_fails_its_streams_and_the_next_request_reconnects(
                 assert err.code() == grpc.StatusCode.UNAVAILABLE
                 await asyncio.sleep(0.05)
     assert events[-1].HasField("complete")
+
+
+async def test_streams_spread_over_every_provider_replica(stack: ServiceStack) -> None:
+    replicas = [await stack.start(build_provider(provider_settings())) for _ in range(2)]
+    limiter = await stack.start(build_limiter(limiter_settings()))
+    target = "ipv4:" + ",".join(f"127.0.0.1:{host.port}" for host in replicas)
+    router = await stack.start(build_router(router_settings(limiter, target)))
+    stub = router_pb2_grpc.RouterServiceStub(stack.channel(router))
+    for i in range(20):
+        events = await collect(stub.Generate(generate_request(f"spread {i}"), metadata=AUTH))
+        assert events[-1].HasField("complete")
+    served = [
+        await metric(host.metrics_port, "sluice_provider_streams_total", outcome="completed")
+        for host in replicas
+    ]
+    assert sum(served) == 20
+    assert min(served) >= 5, served
+
+
+async def test_an_old_call_takes_no_new_streams_and_closes_cleanly_after_its_last(
+    stack: ServiceStack, provider_host: ServiceHost
+) -> None:
+    _, stub = await router_on(
+        stack, provider_host, multiplex=True, provider_multiplex={"max_age_s": 0.05}
+    )
+    for i in range(3):
+        events = await collect(stub.Generate(generate_request(f"rotate {i}"), metadata=AUTH))
+        assert events[-1].HasField("complete")
+        await asyncio.sleep(0.1)  # older than max_age_s: the next stream opens a new call
+
+    async def closed_ok() -> float:
+        port = provider_host.metrics_port
+        return await metric(port, "sluice_rpc_requests_total", method=MULTIPLEX, code="OK")
+
+    assert await eventually(closed_ok, lambda n: n == 2) == 2
+
+
+class StreamOnlyProvider(provider_pb2_grpc.ProviderServiceServicer):
+    """A provider from before Multiplex: Stream only (Multiplex is UNIMPLEMENTED)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def Stream(  # noqa: N802 - gRPC method name
+        self, request: provider_pb2.StreamRequest, context: Any
+    ) -> Any:
+        self.calls += 1
+        yield provider_pb2.StreamEvent(start=provider_pb2.StreamStart(backend=request.backend))
+        yield provider_pb2.StreamEvent(delta=provider_pb2.TokenDelta(text="old", token_count=1))
+        usage = common_pb2.Usage(input_tokens=1, output_tokens=1, total_tokens=2)
+        yield provider_pb2.StreamEvent(
+            end=provider_pb2.StreamEnd(finish_reason=common_pb2.FINISH_REASON_STOP, usage=usage)
+        )
+
+
+async def test_a_provider_without_multiplex_gets_stream_calls(stack: ServiceStack) -> None:
+    old = StreamOnlyProvider()
+    server = grpc.aio.server()
+    provider_pb2_grpc.add_ProviderServiceServicer_to_server(old, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        limiter = await stack.start(build_limiter(limiter_settings()))
+        router = await stack.start(build_router(router_settings(limiter, f"127.0.0.1:{port}")))
+        stub = router_pb2_grpc.RouterServiceStub(stack.channel(router))
+        texts: list[str] = []
+        for _ in range(3):
+            try:
+                events = await collect(stub.Generate(generate_request(), metadata=AUTH))
+            except grpc.aio.AioRpcError as err:
+                # Only the stream that found Multiplex missing may fail (the chain may
+                # also retry it); every later one goes as a Stream call.
+                assert not texts, err
+                continue
+            texts.append("".join(e.data.text for e in events if e.HasField("data")))
+        assert texts[-2:] == ["old", "old"]
+        assert old.calls >= 2
+    finally:
+        await server.stop(0)

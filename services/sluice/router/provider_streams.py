@@ -14,7 +14,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -201,7 +201,7 @@ class _Session:
         channel: Any,
         spans: ClientSpans | None,
         window: int,
-        on_unsupported: Any,
+        on_closed: Callable[[grpc.StatusCode], None],
     ) -> None:
         self._call = channel.stream_stream(
             MULTIPLEX_METHOD,
@@ -210,7 +210,7 @@ class _Session:
         )()
         self._spans = spans
         self._window = window
-        self._on_unsupported = on_unsupported
+        self._on_closed = on_closed
         self._streams: dict[int, MultiplexedCall] = {}
         self._frames: list[provider_pb2.MultiplexFrame] = []
         self._ready = asyncio.Event()
@@ -312,6 +312,7 @@ class _Session:
             while True:
                 message = await call.read()
                 if message is grpc.aio.EOF:
+                    code = grpc.StatusCode.OK  # closed after its last stream (retired)
                     break
                 for event in message.events:
                     stream = streams.get(event.stream_id)
@@ -331,8 +332,7 @@ class _Session:
 
     def _close(self, code: grpc.StatusCode) -> None:
         self.closed = True
-        if code == grpc.StatusCode.UNIMPLEMENTED:
-            self._on_unsupported()
+        self._on_closed(code)
         if self._streams:
             error = (
                 NetworkFailureError(
@@ -354,28 +354,52 @@ class _Session:
         await asyncio.gather(self._reader, self._writer, return_exceptions=True)
 
 
-class MultiplexedStreams:
-    """Provider streams as frames on a few long-lived Multiplex calls.
+def split_target(target: str) -> list[str]:
+    """One target per address of a multi-address target ("ipv4:a,b" -> "ipv4:a",
+    "ipv4:b"); any other target (one address, a DNS name) as it is."""
+    scheme, colon, addresses = target.partition(":")
+    if colon and scheme in ("ipv4", "ipv6") and "," in addresses:
+        return [f"{scheme}:{address}" for address in addresses.split(",") if address]
+    return [target]
 
-    `calls` Multiplex calls are kept open (one per provider address, so the channel's
-    round robin spreads them over the replicas) and take streams in turn. A broken call
-    fails its streams with NETWORK_FAILURE, as a broken Stream call would, and is
-    replaced on the next stream. A provider without Multiplex (UNIMPLEMENTED, an older
-    replica) turns this off: streams then go as Stream calls.
+
+# After its call broke, an address gets new streams only when no other address can.
+_BROKEN_PAUSE_S = 1.0
+
+
+class _Lane:
+    """One provider address: its channel and its current Multiplex call."""
+
+    __slots__ = ("broken_at", "channel", "session")
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.session: _Session | None = None
+        self.broken_at = float("-inf")
+
+
+class MultiplexedStreams:
+    """Provider streams as frames on long-lived Multiplex calls, one per provider address.
+
+    Streams take the addresses in turn (a replica's share does not depend on which
+    connection happened to be ready first, as it would with one round-robin channel).
+    A broken call fails its streams with NETWORK_FAILURE, as a broken Stream call would;
+    its address gets new streams only when no other can for a second, and then through a
+    new call. A provider without Multiplex (UNIMPLEMENTED: an older replica) turns this
+    off: streams then go as Stream calls through `fallback`.
     """
 
     def __init__(
         self,
-        channel: grpc.aio.Channel,
+        channels: Sequence[grpc.aio.Channel],
         settings: MultiplexSettings,
         *,
-        calls: int,
         fallback: ProviderStreams,
     ) -> None:
-        self._channel = channel  # owned: closed by close()
+        self._lanes = [_Lane(channel) for channel in channels]  # owned: closed by close()
         self._settings = settings
-        self._spans = channel.client_spans if isinstance(channel, TracedChannel) else None
-        self._sessions: list[_Session | None] = [None] * max(1, calls)
+        first = channels[0]
+        self._spans = first.client_spans if isinstance(first, TracedChannel) else None
         self._turn = 0
         self._retired: set[_Session] = set()
         self._fallback = fallback
@@ -384,32 +408,47 @@ class MultiplexedStreams:
     def open(
         self, request: provider_pb2.StreamRequest, *, timeout: float, metadata: Metadata
     ) -> ProviderCall:
-        """Start one stream on the next open Multiplex call."""
+        """Start one stream on the next address's Multiplex call."""
         if self._unsupported:
             return self._fallback.open(request, timeout=timeout, metadata=metadata)
-        turn = self._turn = (self._turn + 1) % len(self._sessions)
-        session = self._sessions[turn]
-        if session is None or session.closed or session.retired:
-            session = self._replace(turn)
-        elif time.monotonic() - session.started > self._settings.max_age_s:
-            session.retire()
-            self._retired.add(session)
-            session = self._replace(turn)
-        return session.open(request, timeout, metadata)
+        return self._session().open(request, timeout, metadata)
 
-    def _replace(self, turn: int) -> _Session:
+    def _session(self) -> _Session:
+        lanes = self._lanes
+        count = len(lanes)
+        self._turn = (self._turn + 1) % count
+        now = time.monotonic()
+        for step in range(count):
+            lane = lanes[(self._turn + step) % count]
+            session = lane.session
+            if session is not None and not session.closed and not session.retired:
+                if now - session.started <= self._settings.max_age_s:
+                    return session
+                session.retire()  # closes once its last stream ends
+                self._retired.add(session)
+            elif now - lane.broken_at < _BROKEN_PAUSE_S and step < count - 1:
+                continue  # recently broken: another address first
+            return self._replace(lane)
+        return self._replace(lanes[self._turn])
+
+    def _replace(self, lane: _Lane) -> _Session:
         self._retired = {s for s in self._retired if not s.closed}
-        session = _Session(self._channel, self._spans, self._settings.window_bytes, self._turn_off)
-        self._sessions[turn] = session
-        return session
 
-    def _turn_off(self) -> None:
-        if not self._unsupported:
-            log.warning("the provider has no Multiplex method; using one Stream call per stream")
-            self._unsupported = True
+        def broken(code: grpc.StatusCode) -> None:
+            if code == grpc.StatusCode.UNIMPLEMENTED and not self._unsupported:
+                log.warning("the provider has no Multiplex method; using Stream calls")
+                self._unsupported = True
+            elif code != grpc.StatusCode.OK:
+                lane.broken_at = time.monotonic()
+
+        lane.session = _Session(lane.channel, self._spans, self._settings.window_bytes, broken)
+        return lane.session
 
     async def close(self) -> None:
         """Close every Multiplex call (their streams fail as a closed channel's would)."""
-        sessions = [s for s in (*self._sessions, *self._retired) if s is not None]
-        await asyncio.gather(*(s.aclose() for s in sessions), return_exceptions=True)
-        await self._channel.close()
+        sessions = [lane.session for lane in self._lanes if lane.session is not None]
+        await asyncio.gather(
+            *(s.aclose() for s in (*sessions, *self._retired)), return_exceptions=True
+        )
+        for lane in self._lanes:
+            await lane.channel.close()

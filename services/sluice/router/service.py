@@ -54,7 +54,12 @@ from sluice.router.degradation import (
 from sluice.router.downstream import error_from_rpc
 from sluice.router.fallback import FallbackChain, ResilienceMetrics
 from sluice.router.leases import LeaseBook
-from sluice.router.provider_streams import MultiplexedStreams, ProviderStreams, StreamCalls
+from sluice.router.provider_streams import (
+    MultiplexedStreams,
+    ProviderStreams,
+    StreamCalls,
+    split_target,
+)
 from sluice.router.settings import BackendRef, ModelAliasSettings, RouterSettings
 from sluice.router.v1 import router_pb2, router_pb2_grpc
 from sluice.router.validation import GenerationRequest, validate_request
@@ -715,16 +720,15 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Ser
     )
     provider_streams: ProviderStreams = (
         MultiplexedStreams(
-            # Not the per-call channel: per-stream credit bounds a stalled stream here, so
-            # the long-lived calls keep gRPC's probed (growing) window.
-            internal_channel(
-                settings.provider_address,
-                "sluice.provider.v1.ProviderService",
-                tracing,
-                retries=False,
-            ),
+            [
+                # Not the per-call channel: per-stream credit bounds a stalled stream
+                # here, so the long-lived calls keep gRPC's probed (growing) window.
+                internal_channel(
+                    address, "sluice.provider.v1.ProviderService", tracing, retries=False
+                )
+                for address in split_target(settings.provider_address)
+            ],
             settings.provider_multiplex,
-            calls=len(settings.provider_address.split(",")),
             fallback=StreamCalls(provider_channel),
         )
         if settings.provider_multiplex.enabled
