@@ -412,3 +412,31 @@ async def test_a_provider_without_multiplex_gets_stream_calls(stack: ServiceStac
         assert old.calls >= 2
     finally:
         await server.stop(0)
+
+
+async def test_a_stopping_provider_finishes_its_streams_then_ends_the_call(
+    stack: ServiceStack,
+) -> None:
+    paced = {"time_to_first_token_ms": 1, "tokens_per_second": 100, "min_tick_ms": 10}
+    host = await stack.start(build_provider(provider_settings(paced)))
+    stub = provider_pb2_grpc.ProviderServiceStub(stack.channel(host))
+    call = stub.Multiplex()
+    streams = Streams(call)
+    await call.write(frames(start(1, stream_request(max_tokens=30))))
+    await streams.read_one()  # stream 1 is under way
+    stopped_at = asyncio.get_running_loop().time()
+    stopping = asyncio.ensure_future(host.stop(10.0))
+    await asyncio.sleep(0.05)
+    await call.write(frames(start(2, stream_request(max_tokens=30))))
+    await streams.until_ended(1, 2)
+
+    assert streams.status[1].code == grpc.StatusCode.OK.value[0]
+    assert streams.events[1][-1].end.usage.output_tokens == 30
+    # A stream started while the provider stops: UNAVAILABLE, so the router tries
+    # another replica (a bare status: NETWORK_FAILURE there).
+    assert streams.status[2].code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert not streams.status[2].details
+    assert await call.read() is grpc.aio.EOF
+    await stopping
+    # Ended with its last stream, not at the end of the 10 s grace.
+    assert asyncio.get_running_loop().time() - stopped_at < 3.0

@@ -27,6 +27,9 @@ log = logging.getLogger("sluice.provider.multiplex")
 
 _DETAILS_KEY = "grpc-status-details-bin"
 _OK = status_pb2.Status(code=grpc.StatusCode.OK.value[0])
+_STOPPING = status_pb2.Status(
+    code=grpc.StatusCode.UNAVAILABLE.value[0], message="the provider is shutting down"
+)
 _DEADLINE = status_pb2.Status(
     code=grpc.StatusCode.DEADLINE_EXCEEDED.value[0], message="Deadline Exceeded"
 )
@@ -153,6 +156,15 @@ class Multiplexer:
 
     def __init__(self, run_stream: StreamBehaviour) -> None:
         self._run_stream = run_stream
+        self._draining = False
+        self._outboxes: set[Outbox] = set()
+
+    def drain(self) -> None:
+        """Graceful stop: refuse new streams (UNAVAILABLE, so the caller tries another
+        replica), and end each call once its streams have, within the server's grace."""
+        self._draining = True
+        for outbox in self._outboxes:
+            outbox.wake()
 
     async def serve(
         self, frames: AsyncIterator[provider_pb2.MultiplexRequest], context: ServicerContext
@@ -162,16 +174,21 @@ class Multiplexer:
         outbox = Outbox()
         streams: dict[int, tuple[asyncio.Task[None], StreamOnCall]] = {}
         reader = asyncio.ensure_future(self._read(frames, streams, outbox, loop))
+        self._outboxes.add(outbox)
         try:
             while True:
                 events = await outbox.take()
                 if events:
                     await context.write(provider_pb2.MultiplexResponse(events=events))
-                elif reader.done():
-                    reader.result()  # the caller's side broke: raise, and stop every stream
+                if reader.done() or self._draining:
+                    if reader.done():
+                        reader.result()  # the caller's side broke: raise, stop every stream
                     if not streams:
-                        return  # the caller closed its side and every stream has ended
+                        # The caller closed its side, or the server stops: every stream
+                        # has ended.
+                        return
         finally:
+            self._outboxes.discard(outbox)
             reader.cancel()
             for task, _ in list(streams.values()):
                 task.cancel()
@@ -209,6 +226,11 @@ class Multiplexer:
                     del streams[frame.stream_id]
                     outbox.wake()
             elif action == "start" and entry is None:
+                if self._draining:
+                    outbox.put(
+                        provider_pb2.MultiplexEvent(stream_id=frame.stream_id, status=_STOPPING)
+                    )
+                    continue
                 stream = StreamOnCall(frame.stream_id, frame.start, outbox, loop)
                 task = asyncio.ensure_future(
                     self._stream(frame.start.request, stream, streams, outbox, loop)

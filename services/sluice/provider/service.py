@@ -42,6 +42,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         # Multiplexed streams run Stream inside the same pipeline stages as Stream calls.
         self._multiplexer = Multiplexer(host.rpc_pipeline.stream_runner(STREAM_METHOD, self.Stream))
         host.rpc_pipeline.untrace(MULTIPLEX_METHOD)
+        host.add_stopping(self._multiplexer.drain)
         self._streams = Counter(
             "sluice_provider_streams",
             "Provider streams by back end and outcome (completed, failed, cancelled).",

@@ -339,11 +339,14 @@ class _Session:
                     "the provider service is unreachable (its multiplexed call broke)",
                     metadata={"dependency": "provider"},
                 )
-                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+                # OK: it ended (a provider stopping) with a start of ours on the way.
+                if code
+                in (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
                 else error_from_code(code, "provider")
             )
+            failed = grpc.StatusCode.UNAVAILABLE if code == grpc.StatusCode.OK else code
             for stream in list(self._streams.values()):
-                stream.fail(error, code)
+                stream.fail(error, failed)
         self._ready.set()
         self._writer.cancel()
 

@@ -98,6 +98,7 @@ class ServiceHost:
         self.service_names: list[str] = []
         self._cleanups: list[Cleanup] = []
         self._startups: list[Cleanup] = []
+        self._stoppings: list[Callable[[], None]] = []
         reporter = self.error_reporter
         if reporter is not None:
 
@@ -117,6 +118,11 @@ class ServiceHost:
     def add_cleanup(self, cleanup: Cleanup) -> None:
         """Run `cleanup` after the server drained (e.g. close client channels)."""
         self._cleanups.append(cleanup)
+
+    def add_stopping(self, stopping: Callable[[], None]) -> None:
+        """Run `stopping` when a graceful stop begins, before in-flight RPCs drain (for
+        calls that carry many requests and would otherwise never end by themselves)."""
+        self._stoppings.append(stopping)
 
     def add_startup(self, startup: Cleanup) -> None:
         """Run `startup` once the gRPC server serves (e.g. bind an extra HTTP listener)."""
@@ -167,6 +173,8 @@ class ServiceHost:
             return
         grace = self.settings.server.shutdown_grace_s if grace_s is None else grace_s
         await self.set_serving(False)
+        for stopping in self._stoppings:
+            stopping()
         await self.server.stop(grace)
         for cleanup in reversed(self._cleanups):
             try:
