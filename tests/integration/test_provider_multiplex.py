@@ -417,7 +417,11 @@ async def test_a_provider_without_multiplex_gets_stream_calls(stack: ServiceStac
 async def test_a_stopping_provider_finishes_its_streams_then_ends_the_call(
     stack: ServiceStack,
 ) -> None:
-    paced = {"time_to_first_token_ms": 1, "tokens_per_second": 100, "min_tick_ms": 10}
+    paced: dict[str, object] = {
+        "time_to_first_token_ms": 1,
+        "tokens_per_second": 100,
+        "min_tick_ms": 10,
+    }
     host = await stack.start(build_provider(provider_settings(paced)))
     stub = provider_pb2_grpc.ProviderServiceStub(stack.channel(host))
     call = stub.Multiplex()
