@@ -1,0 +1,152 @@
+"""What one router->provider stream costs in gRPC alone: a Stream call each, or a frame
+on one open Multiplex call (router/provider_streams.py).
+
+A server process runs a ProviderService whose Stream and Multiplex answer at once with
+one event and the end (no back end, no pipeline), pinned with this client to one core.
+The client runs N streams one after another each way and prints wall time and CPU per
+stream on both sides (the server's from /proc/<pid>/stat). Bounded: N streams per
+scenario, about ten seconds in all.
+
+    python loadtest/provider_hop.py [-n 3000] [--cpu 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
+
+_EVENT = provider_pb2.StreamEvent(
+    delta=provider_pb2.TokenDelta(text="hello", token_count=1),
+    ended=provider_pb2.StreamEnd(),
+)
+
+
+class _Answering(provider_pb2_grpc.ProviderServiceServicer):
+    async def Stream(  # noqa: N802 - gRPC method name
+        self, request: provider_pb2.StreamRequest, context: Any
+    ) -> AsyncIterator[provider_pb2.StreamEvent]:
+        yield _EVENT
+
+    async def Multiplex(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[provider_pb2.MultiplexRequest], context: Any
+    ) -> None:
+        ok = provider_pb2.MultiplexEvent().status  # code 0
+        async for message in request_iterator:
+            events = []
+            for frame in message.frames:
+                if frame.HasField("start"):
+                    events.append(
+                        provider_pb2.MultiplexEvent(stream_id=frame.stream_id, event=_EVENT)
+                    )
+                    events.append(provider_pb2.MultiplexEvent(stream_id=frame.stream_id, status=ok))
+            await context.write(provider_pb2.MultiplexResponse(events=events))
+
+
+async def _serve(port: int) -> None:
+    server = grpc.aio.server()
+    provider_pb2_grpc.add_ProviderServiceServicer_to_server(_Answering(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _process_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _measure(port: int, server_pid: int, count: int) -> dict[str, dict[str, float]]:
+    request = provider_pb2.StreamRequest(backend="b", max_tokens=1)
+    figures: dict[str, dict[str, float]] = {}
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = provider_pb2_grpc.ProviderServiceStub(channel)
+
+        async def stream_call() -> None:
+            async for _ in stub.Stream(request, timeout=30):
+                pass
+
+        session = stub.Multiplex()
+        start = provider_pb2.MultiplexStart(request=request, window_bytes=65536)
+
+        async def multiplexed(stream_id: int) -> None:
+            frame = provider_pb2.MultiplexFrame(stream_id=stream_id, start=start)
+            await session.write(provider_pb2.MultiplexRequest(frames=[frame]))
+            await session.read()
+
+        for name, one in (("Stream call per stream", None), ("frame on one Multiplex call", 1)):
+            for i in range(300):  # warm-up
+                await (stream_call() if one is None else multiplexed(i))
+            client0, server0, wall0 = _own_cpu(), _process_cpu(server_pid), time.perf_counter()
+            for i in range(count):
+                await (stream_call() if one is None else multiplexed(1000 + i))
+            wall = time.perf_counter() - wall0
+            client = _own_cpu() - client0
+            server = _process_cpu(server_pid) - server0
+            figures[name] = {
+                "wall_ms": wall / count * 1000,
+                "client_cpu_ms": client / count * 1000,
+                "server_cpu_ms": server / count * 1000,
+            }
+        session.cancel()
+    return figures
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=3000, help="streams per scenario")
+    parser.add_argument("--cpu", type=int, default=0, help="the one core both sides run on")
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    import uvloop
+
+    if args.serve:
+        uvloop.run(_serve(args.serve))
+        return
+    os.sched_setaffinity(0, {args.cpu})
+    port = _free_port()
+    server = subprocess.Popen(  # noqa: S603 - this script, by path
+        [sys.executable, __file__, "--serve", str(port)]
+    )
+    try:
+        os.sched_setaffinity(server.pid, {args.cpu})
+        time.sleep(1.5)
+        figures = uvloop.run(_measure(port, server.pid, args.n))
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    print(f"{args.n} streams each way, client and server on CPU {args.cpu}")
+    print(f"{'':30s} {'wall/stream':>12s} {'client CPU':>11s} {'server CPU':>11s} {'both':>8s}")
+    for name, row in figures.items():
+        both = row["client_cpu_ms"] + row["server_cpu_ms"]
+        print(
+            f"{name:30s} {row['wall_ms']:9.3f} ms {row['client_cpu_ms']:8.3f} ms "
+            f"{row['server_cpu_ms']:8.3f} ms {both:5.3f} ms"
+        )
+
+
+if __name__ == "__main__":
+    main()
