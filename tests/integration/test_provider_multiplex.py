@@ -106,6 +106,15 @@ class Streams:
                 self.status[event.stream_id] = event.status
 
 
+async def multiplex_call(
+    stack: ServiceStack, backend: dict[str, object] | None = None
+) -> tuple[ServiceHost, Streams]:
+    """A provider with `backend` (the fast simulated one by default) and a Multiplex call."""
+    host = await stack.start(build_provider(provider_settings(backend)))
+    stub = provider_pb2_grpc.ProviderServiceStub(stack.channel(host))
+    return host, Streams(stub.Multiplex())
+
+
 @pytest.fixture
 def provider(
     stack: ServiceStack, provider_host: ServiceHost
@@ -156,10 +165,8 @@ async def test_streams_on_one_call_equal_their_own_calls_and_end_with_their_stat
 async def test_cancel_frame_stops_the_back_end_and_other_streams_go_on(
     stack: ServiceStack,
 ) -> None:
-    host = await stack.start(build_provider(provider_settings(SLOW_BACKEND)))
-    stub = provider_pb2_grpc.ProviderServiceStub(stack.channel(host))
-    call = stub.Multiplex()
-    streams = Streams(call)
+    host, streams = await multiplex_call(stack, SLOW_BACKEND)
+    call = streams.call
     await call.write(
         frames(start(1, stream_request(max_tokens=2000)), start(2, stream_request(max_tokens=3)))
     )
@@ -182,10 +189,8 @@ async def test_cancel_frame_stops_the_back_end_and_other_streams_go_on(
 
 
 async def test_deadline_ends_a_stream_with_deadline_exceeded(stack: ServiceStack) -> None:
-    host = await stack.start(build_provider(provider_settings(SLOW_BACKEND)))
-    stub = provider_pb2_grpc.ProviderServiceStub(stack.channel(host))
-    call = stub.Multiplex()
-    streams = Streams(call)
+    _, streams = await multiplex_call(stack, SLOW_BACKEND)
+    call = streams.call
     await call.write(frames(start(7, stream_request(max_tokens=2000), timeout_s=0.3)))
     await streams.until_ended(7, timeout_s=5)
 
@@ -203,21 +208,19 @@ async def test_a_stream_without_credit_stops_and_resumes_when_credit_comes(
         "min_tick_ms": 1,
         "answer_tokens": 2_000,
     }
-    host = await stack.start(build_provider(provider_settings(fast_and_long)))
-    stub = provider_pb2_grpc.ProviderServiceStub(stack.channel(host))
-    call = stub.Multiplex()
-    streams = Streams(call)
+    _, streams = await multiplex_call(stack, fast_and_long)
+    call = streams.call
     await call.write(frames(start(1, stream_request(max_tokens=2000), window_bytes=1024)))
 
-    async def received() -> int:
+    def received() -> int:
         return sum(e.ByteSize() for e in streams.events[1])
 
     # (A read is never cancelled here: cancelling a grpc.aio read cancels the call.)
     reader = asyncio.ensure_future(streams.until_ended(1))
     await asyncio.sleep(0.3)
-    held = await received()
+    held = received()
     await asyncio.sleep(0.2)
-    assert await received() == held  # the window is spent: nothing more comes
+    assert received() == held  # the window is spent: nothing more comes
     assert 0 < held <= 1024 + 512  # one window, plus the one message that crossed it
     assert 1 not in streams.status
 
@@ -231,10 +234,8 @@ async def test_a_stream_without_credit_stops_and_resumes_when_credit_comes(
 
 
 async def test_the_caller_leaving_cancels_every_stream_on_the_call(stack: ServiceStack) -> None:
-    host = await stack.start(build_provider(provider_settings(SLOW_BACKEND)))
-    stub = provider_pb2_grpc.ProviderServiceStub(stack.channel(host))
-    call = stub.Multiplex()
-    streams = Streams(call)
+    host, streams = await multiplex_call(stack, SLOW_BACKEND)
+    call = streams.call
     await call.write(
         frames(start(1, stream_request(max_tokens=2000)), start(2, stream_request(max_tokens=2000)))
     )
@@ -422,10 +423,8 @@ async def test_a_stopping_provider_finishes_its_streams_then_ends_the_call(
         "tokens_per_second": 100,
         "min_tick_ms": 10,
     }
-    host = await stack.start(build_provider(provider_settings(paced)))
-    stub = provider_pb2_grpc.ProviderServiceStub(stack.channel(host))
-    call = stub.Multiplex()
-    streams = Streams(call)
+    host, streams = await multiplex_call(stack, paced)
+    call = streams.call
     await call.write(frames(start(1, stream_request(max_tokens=30))))
     await streams.read_one()  # stream 1 is under way
     stopped_at = asyncio.get_running_loop().time()
