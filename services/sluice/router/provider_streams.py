@@ -245,7 +245,8 @@ class _Session:
             ),
             metadata=[
                 provider_pb2.MultiplexMetadata(
-                    key=key, value=value if isinstance(value, str) else value.decode()
+                    key=key,
+                    value=value if isinstance(value, str) else value.decode(errors="replace"),
                 )
                 for key, value in metadata or ()
             ],
