@@ -278,9 +278,14 @@ _ERROR_BY_REASON: dict[str, type[SluiceError]] = {
 _CODE_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 
+def status_code(value: int) -> grpc.StatusCode:
+    """The grpc.StatusCode with this number (as in google.rpc.Status.code); UNKNOWN if none."""
+    return _CODE_BY_VALUE.get(value, grpc.StatusCode.UNKNOWN)
+
+
 def from_rpc_status(status: status_pb2.Status) -> SluiceError:
     """Rebuild the SluiceError a downstream service raised, so it can be passed on as is."""
-    code = _CODE_BY_VALUE.get(status.code, grpc.StatusCode.UNKNOWN)
+    code = status_code(status.code)
     reason, metadata = "", {}
     retry_after_s: float | None = None
     fields: list[FieldViolation] = []

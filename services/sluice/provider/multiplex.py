@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 import grpc
 from google.rpc import status_pb2
 
+from sluice.core.errors import status_code
 from sluice.core.grpcx.handlers import StreamBehaviour
 from sluice.core.grpcx.types import ServicerContext
 from sluice.provider.v1 import provider_pb2
@@ -118,10 +119,7 @@ class StreamOnCall:
         """The code the stream was aborted with, or None."""
         if self.status is None:
             return None
-        return _CODES.get(self.status.code, grpc.StatusCode.UNKNOWN)
-
-
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
+        return status_code(self.status.code)
 
 
 class Outbox:

@@ -10,6 +10,7 @@ from prometheus_client import Counter
 
 from sluice.core.clock import Clock
 from sluice.core.errors import ValidationError
+from sluice.core.grpcx.methods import method_path
 from sluice.core.grpcx.server import ServiceHost
 from sluice.core.grpcx.types import ServicerContext
 from sluice.provider.backends import Backend, build_backends, close_backends
@@ -23,8 +24,9 @@ from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
 
 log = logging.getLogger("sluice.provider")
 
-STREAM_METHOD = "/sluice.provider.v1.ProviderService/Stream"
-MULTIPLEX_METHOD = "/sluice.provider.v1.ProviderService/Multiplex"
+_SERVICE = provider_pb2.DESCRIPTOR.services_by_name["ProviderService"]
+STREAM_METHOD = method_path(_SERVICE, "Stream")
+MULTIPLEX_METHOD = method_path(_SERVICE, "Multiplex")
 
 
 class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
@@ -145,5 +147,5 @@ def build_server(
     provider_pb2_grpc.add_ProviderServiceServicer_to_server(
         ProviderServicer(backends, host, fault_injection=settings.fault_injection), host.server
     )
-    host.add_service(provider_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name)
+    host.add_service(_SERVICE.full_name)
     return host

@@ -11,10 +11,10 @@ from sluice.core.errors import (
     ServiceUnavailableError,
     SluiceError,
     from_rpc_status,
+    status_code,
 )
 
 _DETAILS_KEY = "grpc-status-details-bin"
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def error_from_rpc(err: grpc.aio.AioRpcError, dependency: str) -> SluiceError:
@@ -33,7 +33,7 @@ def error_from_status(status: status_pb2.Status, dependency: str) -> SluiceError
     """The typed error behind a failed multiplexed stream's status (as error_from_rpc)."""
     if status.details:
         return from_rpc_status(status)
-    return error_from_code(_CODES.get(status.code, grpc.StatusCode.UNKNOWN), dependency)
+    return error_from_code(status_code(status.code), dependency)
 
 
 def error_from_code(code: grpc.StatusCode, dependency: str) -> SluiceError:

@@ -22,17 +22,23 @@ from google.protobuf import duration_pb2
 from google.rpc import status_pb2
 from pydantic import BaseModel, ConfigDict, Field
 
-from sluice.core.errors import DeadlineExceededError, NetworkFailureError, SluiceError
+from sluice.core.errors import (
+    DeadlineExceededError,
+    NetworkFailureError,
+    SluiceError,
+    status_code,
+)
+from sluice.core.grpcx.methods import method_path
 from sluice.core.telemetry.grpc_client import ClientSpans, TracedChannel
 from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
 from sluice.router.downstream import error_from_code, error_from_status
 
 log = logging.getLogger("sluice.router.provider_streams")
 
-STREAM_METHOD = "/sluice.provider.v1.ProviderService/Stream"
-MULTIPLEX_METHOD = "/sluice.provider.v1.ProviderService/Multiplex"
+_SERVICE = provider_pb2.DESCRIPTOR.services_by_name["ProviderService"]
+STREAM_METHOD = method_path(_SERVICE, "Stream")
+MULTIPLEX_METHOD = method_path(_SERVICE, "Multiplex")
 _OK = grpc.StatusCode.OK.value[0]
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 Metadata = Sequence[tuple[str, str | bytes]]
 
@@ -162,7 +168,7 @@ class MultiplexedCall:
         if status.code == _OK:
             self._end(None, grpc.StatusCode.OK)
         else:
-            code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+            code = status_code(status.code)
             self._end(error_from_status(status, "provider"), code)
 
     def fail(self, error: SluiceError, code: grpc.StatusCode) -> None:

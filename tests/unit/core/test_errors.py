@@ -19,6 +19,8 @@ from sluice.core.errors import (
     grpc_code_name,
     to_rpc_status,
 )
+from sluice.core.grpcx.methods import method_path
+from sluice.provider.v1 import provider_pb2
 from tests.support import details_of
 
 ALL_ERRORS = [
@@ -212,3 +214,17 @@ def test_grpc_status_library_accepts_our_status() -> None:
 
 def test_grpc_code_name() -> None:
     assert grpc_code_name(grpc.StatusCode.UNAVAILABLE) == "UNAVAILABLE"
+
+
+def test_status_code_by_number_and_unknown_for_any_other() -> None:
+    assert errors.status_code(14) == grpc.StatusCode.UNAVAILABLE
+    assert errors.status_code(0) == grpc.StatusCode.OK
+    assert errors.status_code(99) == grpc.StatusCode.UNKNOWN
+
+
+def test_method_path_is_the_one_grpc_routes_by() -> None:
+
+    service = provider_pb2.DESCRIPTOR.services_by_name["ProviderService"]
+    assert method_path(service, "Multiplex") == "/sluice.provider.v1.ProviderService/Multiplex"
+    with pytest.raises(KeyError):
+        method_path(service, "Nonexistent")

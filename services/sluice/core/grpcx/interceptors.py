@@ -30,6 +30,7 @@ from sluice.core.errors import (
     DeadlineExceededError,
     InternalError,
     SluiceError,
+    status_code,
     to_rpc_status,
 )
 from sluice.core.grpcx.handlers import StreamBehaviour, UnaryBehaviour, wrap_handler
@@ -184,7 +185,7 @@ class ServerPipeline(grpc.aio.ServerInterceptor):
             elif raw is None or raw == 0:
                 code = grpc.StatusCode.UNKNOWN if failure is not None else grpc.StatusCode.OK
             else:
-                code = _CODES.get(raw, grpc.StatusCode.UNKNOWN)
+                code = status_code(raw)
         self._metrics.observe(method, code.name, time.perf_counter() - call.started)
         if call.span is not None:
             call.span.finish(code, code.name, call.error_type)
@@ -250,9 +251,6 @@ class ServerPipeline(grpc.aio.ServerInterceptor):
                 self._end(method, call, context, failure)
 
         return run
-
-
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 async def _close_quietly(responses: Any) -> None:
