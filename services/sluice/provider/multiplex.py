@@ -154,31 +154,49 @@ class Multiplexer:
 
     def __init__(self, run_stream: StreamBehaviour) -> None:
         self._run_stream = run_stream
-        self._draining = False
-        self._outboxes: set[Outbox] = set()
+        self.draining = False
+        self._calls: set[_CarryingCall] = set()
 
     def drain(self) -> None:
         """Graceful stop: refuse new streams (UNAVAILABLE, so the caller tries another
         replica), and end each call once its streams have, within the server's grace."""
-        self._draining = True
-        for outbox in self._outboxes:
-            outbox.wake()
+        self.draining = True
+        for call in self._calls:
+            call.outbox.wake()
 
     async def serve(
         self, frames: AsyncIterator[provider_pb2.MultiplexRequest], context: ServicerContext
     ) -> None:
         """The Multiplex handler: reads frames, writes events, until the caller leaves."""
-        loop = asyncio.get_running_loop()
-        outbox = Outbox()
-        streams: dict[int, tuple[asyncio.Task[None], StreamOnCall]] = {}
-        reader = asyncio.ensure_future(self._read(frames, streams, outbox, loop))
-        self._outboxes.add(outbox)
+        call = _CarryingCall(self, self._run_stream)
+        self._calls.add(call)
+        try:
+            await call.serve(frames, context)
+        finally:
+            self._calls.discard(call)
+
+
+class _CarryingCall:
+    """One Multiplex call: its streams, their outbox, a reader of frames and the writer."""
+
+    def __init__(self, multiplexer: Multiplexer, run_stream: StreamBehaviour) -> None:
+        self._multiplexer = multiplexer
+        self._run_stream = run_stream
+        self._loop = asyncio.get_running_loop()
+        self.outbox = Outbox()
+        self._streams: dict[int, tuple[asyncio.Task[None], StreamOnCall]] = {}
+
+    async def serve(
+        self, frames: AsyncIterator[provider_pb2.MultiplexRequest], context: ServicerContext
+    ) -> None:
+        streams = self._streams
+        reader = asyncio.ensure_future(self._read(frames))
         try:
             while True:
-                events = await outbox.take()
+                events = await self.outbox.take()
                 if events:
                     await context.write(provider_pb2.MultiplexResponse(events=events))
-                if reader.done() or self._draining:
+                if reader.done() or self._multiplexer.draining:
                     if reader.done():
                         reader.result()  # the caller's side broke: raise, stop every stream
                     if not streams:
@@ -186,31 +204,19 @@ class Multiplexer:
                         # has ended.
                         return
         finally:
-            self._outboxes.discard(outbox)
             reader.cancel()
             for task, _ in list(streams.values()):
                 task.cancel()
 
-    async def _read(
-        self,
-        frames: AsyncIterator[provider_pb2.MultiplexRequest],
-        streams: dict[int, tuple[asyncio.Task[None], StreamOnCall]],
-        outbox: Outbox,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
+    async def _read(self, frames: AsyncIterator[provider_pb2.MultiplexRequest]) -> None:
         try:
             async for message in frames:
-                self._apply(message, streams, outbox, loop)
+                self._apply(message)
         finally:
-            outbox.wake()
+            self.outbox.wake()
 
-    def _apply(
-        self,
-        message: provider_pb2.MultiplexRequest,
-        streams: dict[int, tuple[asyncio.Task[None], StreamOnCall]],
-        outbox: Outbox,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
+    def _apply(self, message: provider_pb2.MultiplexRequest) -> None:
+        streams = self._streams
         for frame in message.frames:
             action = frame.WhichOneof("action")
             entry = streams.get(frame.stream_id)
@@ -222,27 +228,18 @@ class Multiplexer:
                     # Popped here too: a task cancelled before it ran never runs its clean-up.
                     entry[0].cancel()
                     del streams[frame.stream_id]
-                    outbox.wake()
+                    self.outbox.wake()
             elif action == "start" and entry is None:
-                if self._draining:
-                    outbox.put(
+                if self._multiplexer.draining:
+                    self.outbox.put(
                         provider_pb2.MultiplexEvent(stream_id=frame.stream_id, status=_STOPPING)
                     )
                     continue
-                stream = StreamOnCall(frame.stream_id, frame.start, outbox, loop)
-                task = asyncio.ensure_future(
-                    self._stream(frame.start.request, stream, streams, outbox, loop)
-                )
+                stream = StreamOnCall(frame.stream_id, frame.start, self.outbox, self._loop)
+                task = asyncio.ensure_future(self._stream(frame.start.request, stream))
                 streams[frame.stream_id] = (task, stream)
 
-    async def _stream(
-        self,
-        request: provider_pb2.StreamRequest,
-        stream: StreamOnCall,
-        streams: dict[int, tuple[asyncio.Task[None], StreamOnCall]],
-        outbox: Outbox,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
+    async def _stream(self, request: provider_pb2.StreamRequest, stream: StreamOnCall) -> None:
         task = asyncio.current_task()
         deadline = stream.deadline
         timer = None
@@ -252,7 +249,7 @@ class Multiplexer:
                 stream.expired = True
                 task.cancel()
 
-            timer = loop.call_at(deadline, expire)
+            timer = self._loop.call_at(deadline, expire)
         status: status_pb2.Status | None = _OK
         try:
             await self._run_stream(request, stream)  # type: ignore[misc]
@@ -269,8 +266,8 @@ class Multiplexer:
         finally:
             if timer is not None:
                 timer.cancel()
-            streams.pop(stream.stream_id, None)
+            self._streams.pop(stream.stream_id, None)
         if status is not None:
-            outbox.put(provider_pb2.MultiplexEvent(stream_id=stream.stream_id, status=status))
+            self.outbox.put(provider_pb2.MultiplexEvent(stream_id=stream.stream_id, status=status))
         else:
-            outbox.wake()
+            self.outbox.wake()

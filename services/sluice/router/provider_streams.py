@@ -112,7 +112,9 @@ class MultiplexedCall:
         "stream_id",
     )
 
-    def __init__(self, session: _Session, stream_id: int, window: int) -> None:
+    def __init__(
+        self, session: _Session, stream_id: int, window: int, span: Any, unsampled: Any
+    ) -> None:
         self._session = session
         self.stream_id = stream_id
         self._events: collections.deque[provider_pb2.StreamEvent] = collections.deque()
@@ -124,8 +126,8 @@ class MultiplexedCall:
         # never waits for credit while the router keeps up.
         self._threshold = window // 4
         self._timer: asyncio.TimerHandle | None = None
-        self._span: Any = None
-        self._unsampled: Any = None
+        self._span = span  # the CLIENT span, ended with the stream (None untraced)
+        self._unsampled = unsampled
 
     def __aiter__(self) -> MultiplexedCall:
         return self
@@ -227,22 +229,16 @@ class _Session:
         self._writer = asyncio.ensure_future(self._write())
         self._reader = asyncio.ensure_future(self._read())
 
-    @property
-    def open_streams(self) -> int:
-        """Streams in flight on this call."""
-        return len(self._streams)
-
     def open(
         self, request: provider_pb2.StreamRequest, timeout: float, metadata: Metadata
     ) -> MultiplexedCall:
         stream_id = self._next_id
         self._next_id += 1
-        call = MultiplexedCall(self, stream_id, self._window)
         span = unsampled = None
         if self._spans is not None:
             span, traced, unsampled = self._spans.begin(STREAM_METHOD, metadata)
             metadata = tuple(traced)
-        call._span, call._unsampled = span, unsampled
+        call = MultiplexedCall(self, stream_id, self._window, span, unsampled)
         self._streams[stream_id] = call
         start = provider_pb2.MultiplexStart(
             request=request,

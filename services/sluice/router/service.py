@@ -534,12 +534,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     yield self._progress(state, now)
             elif kind == "tool_call":
                 yield self._event(state, tool_call=upstream.tool_call)
-            elif kind == "end":
+            # The end: an event of its own, or riding on the last output of a burst.
+            if kind == "end" or upstream.HasField("ended"):
                 yield self._progress(state, perf_counter())
-                yield self._complete(upstream.end, state)
-            if upstream.HasField("ended"):  # the end, on the last output of a burst
-                yield self._progress(state, perf_counter())
-                yield self._complete(upstream.ended, state)
+                yield self._complete(upstream.end if kind == "end" else upstream.ended, state)
         # Reading on to the end of the call (rather than returning at `end`) lets it
         # finish with OK instead of being cancelled.
         if not state.finished:
@@ -710,9 +708,10 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Ser
     limiter_channel = internal_channel(
         settings.limiter_address, "sluice.limiter.v1.LimiterService", tracing
     )
+    provider_service = provider_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name
     provider_channel = internal_channel(
         settings.provider_address,
-        "sluice.provider.v1.ProviderService",
+        provider_service,
         tracing,
         retries=False,
         # A stalled client's stream holds at most one 64 KiB window here (router/buffer.py).
@@ -723,9 +722,7 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Ser
             [
                 # Not the per-call channel: per-stream credit bounds a stalled stream
                 # here, so the long-lived calls keep gRPC's probed (growing) window.
-                internal_channel(
-                    address, "sluice.provider.v1.ProviderService", tracing, retries=False
-                )
+                internal_channel(address, provider_service, tracing, retries=False)
                 for address in split_target(settings.provider_address)
             ],
             settings.provider_multiplex,
