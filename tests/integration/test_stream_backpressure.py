@@ -2,7 +2,8 @@
 (router/buffer.py), over native gRPC and over the OpenAI-compatible SSE listener.
 
 The provider is a real gRPC `ProviderService` in-process that streams 1 KiB deltas as
-fast as flow control lets it and counts what it got out; the router is the real one.
+fast as flow control lets it and counts what it got out; the router is the real one,
+carrying the stream multiplexed (credit) and as a Stream call (HTTP/2 windows).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -21,6 +23,7 @@ import pytest
 from sluice.common.v1 import common_pb2
 from sluice.core.grpcx.types import ServicerContext
 from sluice.limiter.service import build_server as build_limiter
+from sluice.provider.multiplex import Multiplexer
 from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
 from sluice.router.service import build_server as build_router
 from sluice.router.v1 import router_pb2
@@ -48,6 +51,20 @@ class CountingProvider(provider_pb2_grpc.ProviderServiceServicer):
     def __init__(self) -> None:
         self.produced = 0
         self.finished = asyncio.Event()
+        self.multiplexed = 0  # streams that came as frames on a Multiplex call
+        self._multiplexer = Multiplexer(self._multiplexed_stream)
+
+    async def _multiplexed_stream(self, request: provider_pb2.StreamRequest, context: Any) -> None:
+        self.multiplexed += 1
+        async for event in self.Stream(request, context):
+            await context.write(event)  # waits while the stream has no credit left
+
+    async def Multiplex(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[provider_pb2.MultiplexRequest],
+        context: ServicerContext,
+    ) -> None:
+        await self._multiplexer.serve(request_iterator, context)
 
     async def Stream(  # noqa: N802 - gRPC method name
         self, request: provider_pb2.StreamRequest, context: ServicerContext
@@ -72,10 +89,18 @@ class Rig:
     provider: CountingProvider
     router_port: int
     http_port: int
+    multiplexed: bool
+
+    def check_transport(self) -> None:
+        """The stream went the way the router was set up for."""
+        assert self.provider.multiplexed == (1 if self.multiplexed else 0)
 
 
-@pytest.fixture
-async def rig(stack: ServiceStack) -> AsyncIterator[Rig]:
+# Both ways the router carries provider streams: frames on a Multiplex call (per-stream
+# credit pauses the provider) and a Stream call each (HTTP/2 flow control pauses it).
+@pytest.fixture(params=[True, False], ids=["multiplexed", "stream-calls"])
+async def rig(stack: ServiceStack, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
+    multiplexed: bool = request.param
     provider = CountingProvider()
     server = grpc.aio.server()
     provider_pb2_grpc.add_ProviderServiceServicer_to_server(provider, server)
@@ -90,11 +115,12 @@ async def rig(stack: ServiceStack) -> AsyncIterator[Rig]:
                     f"127.0.0.1:{port}",
                     models={"default": {"backends": [{"backend": "counting"}]}},
                     progress_interval_ms=1000,
+                    provider_multiplex={"enabled": multiplexed},
                 )
             )
         )
         globals()["_port"] = router.http_api.port  # type: ignore[attr-defined]
-        yield Rig(provider, router.port, router.http_api.port)  # type: ignore[attr-defined]
+        yield Rig(provider, router.port, router.http_api.port, multiplexed)  # type: ignore[attr-defined]
     finally:
         await server.stop(0)
 
@@ -155,6 +181,7 @@ async def test_a_stalled_grpc_client_pauses_the_provider(rig: Rig) -> None:
             events.append(event)
             text += len(event.data.text)
     assert rig.provider.finished.is_set()
+    rig.check_transport()
     assert text == DELTAS * len(DELTA)
     assert [e.sequence for e in events] == list(range(len(events)))
     assert events[-1].WhichOneof("event") == "complete"
@@ -196,6 +223,7 @@ async def test_a_stalled_sse_client_pauses_the_provider(rig: Rig) -> None:
     finally:
         writer.close()
     assert rig.provider.finished.is_set()
+    rig.check_transport()
     text = "".join(_sse_texts(bytes(received)))
     assert len(text) == DELTAS * len(DELTA)
     assert b"data: [DONE]" in received[-64:]
