@@ -8,7 +8,9 @@ The load signal is how long the provider's event-loop thread waits for a CPU whi
 is ready to run (Linux's per-thread schedstat): on an idle core that is next to
 nothing, on a saturated one it is most of the time. Timer lag does not show it (a
 thread woken often still fires its timers nearly on time), nor does the provider's own
-CPU use (the other services share the core). While the share of time spent waiting is
+CPU use (the other services share the core). It is sampled as streams ask whether to
+pause, at most once per `sample_interval_ms`: an idle provider reads nothing and wakes
+for nothing. While the share of time spent waiting is
 over a threshold, an HTTP back end's stream waits `max_delay_ms` after each message
 before its next read, so the tokens that arrive meanwhile travel together. When it is
 not, every token is read and sent as soon as it arrives. The first token of a stream
@@ -17,8 +19,6 @@ is never delayed. Where schedstat cannot be read, coalescing stays off.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -63,17 +63,21 @@ class LoadCoalescer:
         registry: CollectorRegistry,
         *,
         waited: Callable[[], float] = read_run_queue_wait,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.wait_share = 0.0
         """Moving average of the share of time the loop thread waited for a CPU."""
         self._waited = waited
+        self._clock = clock
         self._threshold = settings.wait_threshold
-        self._delay_s = settings.max_delay_ms / 1000.0 if settings.enabled else 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._interval_s = settings.sample_interval_ms / 1000.0
+        self._delay_s = 0.0  # until start() finds the statistics readable
+        self._last_sample: tuple[float, float] | None = None  # (at, waited)
         self._load_gauge = Gauge(
             "sluice_provider_cpu_wait_ratio",
-            "Share of time the provider's event loop waited for a CPU (moving average).",
+            "Share of time the provider's event loop waited for a CPU (moving average"
+            " over the samples taken while streams ran).",
             registry=registry,
         )
         self.pauses = Counter(
@@ -83,8 +87,16 @@ class LoadCoalescer:
         )
 
     def pause(self) -> float:
-        """Seconds a stream waits before its next read: 0 unless under load."""
-        if self._delay_s and self.wait_share >= self._threshold:
+        """Seconds a stream waits before its next read: 0 unless under load.
+
+        Called on the event loop's thread (the one whose waiting is measured)."""
+        if not self._delay_s:
+            return 0.0
+        now = self._clock()
+        last = self._last_sample
+        if last is None or now - last[0] >= self._interval_s:
+            self._sample(now)
+        if self.wait_share >= self._threshold:
             self.pauses.inc()
             return self._delay_s
         return 0.0
@@ -95,30 +107,22 @@ class LoadCoalescer:
         self._load_gauge.set(self.wait_share)
 
     async def start(self) -> None:
-        """Start measuring, on the running loop's thread; off where it cannot be read."""
-        if not self._delay_s or self._task is not None:
+        """Switch coalescing on where the statistics can be read (on the loop's thread)."""
+        if not self.settings.enabled:
             return
         try:
             self._waited()
         except (OSError, ValueError, IndexError) as err:
             log.info("token coalescing off: no per-thread scheduler statistics (%s)", err)
             return
-        self._task = asyncio.create_task(self._measure(), name="provider-cpu-wait")
+        self._delay_s = self.settings.max_delay_ms / 1000.0
 
-    async def stop(self) -> None:
-        """Stop measuring."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _measure(self) -> None:
-        interval = self.settings.sample_interval_ms / 1000.0
-        waited, at = self._waited(), time.monotonic()
-        while True:
-            await asyncio.sleep(interval)
-            now_waited, now = self._waited(), time.monotonic()
-            if now > at:
-                self.observe((now_waited - waited) / (now - at))
-            waited, at = now_waited, now
+    def _sample(self, now: float) -> None:
+        try:
+            waited = self._waited()
+        except (OSError, ValueError, IndexError):  # readable at start: not expected
+            return
+        last = self._last_sample
+        self._last_sample = (now, waited)
+        if last is not None and now > last[0]:
+            self.observe((waited - last[1]) / (now - last[0]))

@@ -138,7 +138,6 @@ def build_server(
     )
 
     async def close_pools() -> None:
-        await coalescer.stop()
         await close_backends(backends)
 
     host.coalescer = coalescer  # type: ignore[attr-defined]

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 from prometheus_client import CollectorRegistry
 
 from sluice.provider.coalescing import CoalescingSettings, LoadCoalescer, read_run_queue_wait
-from tests.support import eventually
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def coalescer(**fields: object) -> LoadCoalescer:
-    return LoadCoalescer(CoalescingSettings.model_validate(fields), CollectorRegistry())
+    """A coalescer whose thread never waits, on a clock that stands still."""
+    return LoadCoalescer(
+        CoalescingSettings.model_validate(fields),
+        CollectorRegistry(),
+        waited=lambda: 0.0,
+        clock=lambda: 100.0,
+    )
 
 
-def test_no_pause_below_the_threshold_and_the_full_delay_above_it() -> None:
+async def test_no_pause_below_the_threshold_and_the_full_delay_above_it() -> None:
     load = coalescer(wait_threshold=0.3, max_delay_ms=20)
+    await load.start()
 
     quiet = load.pause()
     load.wait_share = 0.29
@@ -28,8 +39,9 @@ def test_no_pause_below_the_threshold_and_the_full_delay_above_it() -> None:
     assert load.pauses._value.get() == 1
 
 
-def test_disabled_never_pauses() -> None:
+async def test_disabled_never_pauses() -> None:
     load = coalescer(enabled=False)
+    await load.start()
     load.wait_share = 1.0
     assert load.pause() == 0.0
 
@@ -45,23 +57,46 @@ def test_the_share_is_a_clamped_moving_average() -> None:
 
 
 async def test_the_share_is_measured_from_the_threads_waiting_time() -> None:
-    # A thread that waits 60% of the time for a CPU: coalescing switches on.
+    # A thread that waits 60% of the time for a CPU: coalescing switches on after a few
+    # samples, each taken by a stream asking whether to pause.
+    clock = FakeClock()
     load = LoadCoalescer(
-        CoalescingSettings(sample_interval_ms=10),
+        CoalescingSettings(sample_interval_ms=100),
         CollectorRegistry(),
-        waited=lambda: 0.6 * time.monotonic(),
+        waited=lambda: 0.6 * clock.now,
+        clock=clock,
     )
     await load.start()
 
-    async def share_now() -> float:
-        return load.wait_share
+    pauses = []
+    for _ in range(5):
+        pauses.append(load.pause())
+        clock.now += 0.11
+    assert pauses[0] == 0.0  # the first call only takes the first sample
+    assert 0.5 < load.wait_share <= 0.6
+    assert pauses[-1] == 0.02
 
-    try:
-        share = await eventually(share_now, lambda v: v > 0.5)
-        assert share <= 0.7
-        assert load.pause() == 0.02
-    finally:
-        await load.stop()
+
+async def test_samples_are_taken_at_most_once_per_interval() -> None:
+    clock = FakeClock()
+    reads = []
+
+    def waited() -> float:
+        reads.append(clock.now)
+        return 0.0
+
+    load = LoadCoalescer(
+        CoalescingSettings(sample_interval_ms=100), CollectorRegistry(), waited=waited, clock=clock
+    )
+    await load.start()
+    reads.clear()  # start() checks the statistics once
+    for _ in range(30):  # 30 messages over 150 ms: samples at 0, 100 ms
+        load.pause()
+        clock.now += 0.005
+    assert len(reads) == 2
+    # An idle provider takes no samples at all: nothing asks.
+    clock.now += 60.0
+    assert len(reads) == 2
 
 
 async def test_without_scheduler_statistics_coalescing_stays_off() -> None:
@@ -70,10 +105,8 @@ async def test_without_scheduler_statistics_coalescing_stays_off() -> None:
 
     load = LoadCoalescer(CoalescingSettings(), CollectorRegistry(), waited=unreadable)
     await load.start()
-    await asyncio.sleep(0)
-    assert load._task is None
+    load.wait_share = 1.0
     assert load.pause() == 0.0
-    await load.stop()
 
 
 def test_this_machine_reports_the_threads_cpu_wait() -> None:

@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
-from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -25,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, ProcessCollector
 from sluice.core.config import ServiceSettings
 from sluice.core.grpcx.interceptors import ServerPipeline
 from sluice.core.telemetry.error_reporting import build_reporter
-from sluice.core.telemetry.metrics import RpcMetrics, serve_metrics
+from sluice.core.telemetry.metrics import MetricsServer, RpcMetrics, serve_metrics
 from sluice.core.telemetry.tracing import build_tracer_provider, failed_spans_of
 
 log = logging.getLogger("sluice.server")
@@ -106,7 +105,7 @@ class ServiceHost:
                 await asyncio.to_thread(reporter.close)
 
             self._cleanups.append(close_reporter)
-        self._metrics_server: WSGIServer | None = None
+        self._metrics_server: MetricsServer | None = None
         self.port = 0
         self.metrics_port = 0
         self._stopped = asyncio.Event()
@@ -184,9 +183,7 @@ class ServiceHost:
         # Flushing spans blocks on network I/O: keep it off the event loop.
         await asyncio.to_thread(self.tracer_provider.shutdown)
         if self._metrics_server is not None:
-            # shutdown() stops serve_forever; server_close() releases the listening socket.
-            await asyncio.to_thread(self._metrics_server.shutdown)
-            self._metrics_server.server_close()
+            await asyncio.to_thread(self._metrics_server.stop)
         self._stopped.set()
         log.info("%s stopped", self.name)
 
