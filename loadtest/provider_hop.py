@@ -1,11 +1,17 @@
 """What one router->provider stream costs in gRPC alone: a Stream call each, or a frame
-on one open Multiplex call (router/provider_streams.py).
+on one open Multiplex call (router/provider_streams.py); and what one token costs on
+that hop when tokens come 10 ms apart, as in peer-bench's st10.
 
 A server process runs a ProviderService whose Stream and Multiplex answer at once with
 one event and the end (no back end, no pipeline), pinned with this client to one core.
 The client runs N streams one after another each way and prints wall time and CPU per
-stream on both sides (the server's from /proc/<pid>/stat). Bounded: N streams per
-scenario, about ten seconds in all.
+stream on both sides (the server's from /proc/<pid>/stat).
+
+Paced: a Multiplex stream whose request asks for more than one token gets them 10 ms
+apart. The hop's CPU per token (both sides) is printed beside the same tokens handed
+from one task to another within one process, at the same pace: what the hop costs
+beyond an in-process hand-off when the processes sleep between tokens. Bounded: N
+streams per scenario plus 20 paced streams of 20 tokens, about twenty seconds in all.
 
     python loadtest/provider_hop.py [-n 3000] [--cpu 0]
 """
@@ -13,6 +19,7 @@ scenario, about ten seconds in all.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import resource
 import socket
@@ -32,6 +39,12 @@ _EVENT = provider_pb2.StreamEvent(
 )
 
 
+_TOKEN = provider_pb2.StreamEvent(delta=provider_pb2.TokenDelta(text="hello", token_count=1))
+_PACE_S = 0.010
+_PACED_STREAMS = 20
+_PACED_TOKENS = 20
+
+
 class _Answering(provider_pb2_grpc.ProviderServiceServicer):
     async def Stream(  # noqa: N802 - gRPC method name
         self, request: provider_pb2.StreamRequest, context: Any
@@ -45,7 +58,14 @@ class _Answering(provider_pb2_grpc.ProviderServiceServicer):
         async for message in request_iterator:
             events = []
             for frame in message.frames:
-                if frame.HasField("start"):
+                tokens = frame.start.request.max_tokens
+                if tokens > 1:  # paced: one message per token, _PACE_S apart
+                    for _ in range(tokens):
+                        await asyncio.sleep(_PACE_S)
+                        event = provider_pb2.MultiplexEvent(stream_id=frame.stream_id, event=_TOKEN)
+                        await context.write(provider_pb2.MultiplexResponse(events=[event]))
+                    events.append(provider_pb2.MultiplexEvent(stream_id=frame.stream_id, status=ok))
+                elif frame.HasField("start"):
                     events.append(
                         provider_pb2.MultiplexEvent(stream_id=frame.stream_id, event=_EVENT)
                     )
@@ -104,8 +124,54 @@ async def _measure(port: int, server_pid: int, count: int) -> dict[str, dict[str
                 "client_cpu_ms": client / count * 1000,
                 "server_cpu_ms": server / count * 1000,
             }
+        figures.update(await _paced(session, server_pid))
         session.cancel()
     return figures
+
+
+async def _paced(
+    session: grpc.aio.StreamStreamCall[Any, Any], server_pid: int
+) -> dict[str, dict[str, float]]:
+    """CPU per token with tokens _PACE_S apart: over the hop, and handed over in-process."""
+    start = provider_pb2.MultiplexStart(
+        request=provider_pb2.StreamRequest(backend="b", max_tokens=_PACED_TOKENS),
+        window_bytes=65536,
+    )
+    tokens = _PACED_STREAMS * _PACED_TOKENS
+    client0, server0, wall0 = _own_cpu(), _process_cpu(server_pid), time.perf_counter()
+    for i in range(_PACED_STREAMS):
+        frame = provider_pb2.MultiplexFrame(stream_id=100_000 + i, start=start)
+        await session.write(provider_pb2.MultiplexRequest(frames=[frame]))
+        ended = False
+        while not ended:
+            response = await session.read()
+            ended = any(e.HasField("status") for e in response.events)
+    hop = {
+        "wall_ms": (time.perf_counter() - wall0) / tokens * 1000,
+        "client_cpu_ms": (_own_cpu() - client0) / tokens * 1000,
+        "server_cpu_ms": (_process_cpu(server_pid) - server0) / tokens * 1000,
+    }
+
+    # The same tokens at the same pace, handed from a producer task to a consumer.
+    queue: asyncio.Queue[provider_pb2.StreamEvent | None] = asyncio.Queue()
+
+    async def produce() -> None:
+        for _ in range(tokens):
+            await asyncio.sleep(_PACE_S)
+            queue.put_nowait(provider_pb2.StreamEvent.FromString(_TOKEN.SerializeToString()))
+        queue.put_nowait(None)
+
+    client0, wall0 = _own_cpu(), time.perf_counter()
+    producer = asyncio.ensure_future(produce())
+    while await queue.get() is not None:
+        pass
+    await producer
+    local = {
+        "wall_ms": (time.perf_counter() - wall0) / tokens * 1000,
+        "client_cpu_ms": (_own_cpu() - client0) / tokens * 1000,
+        "server_cpu_ms": 0.0,
+    }
+    return {"paced token, over the hop": hop, "paced token, in one process": local}
 
 
 def _free_port() -> int:
@@ -139,6 +205,7 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=10)
     print(f"{args.n} streams each way, client and server on CPU {args.cpu}")
+    print(f"paced rows: per token, {_PACED_STREAMS} streams of {_PACED_TOKENS} tokens")
     print(f"{'':30s} {'wall/stream':>12s} {'client CPU':>11s} {'server CPU':>11s} {'both':>8s}")
     for name, row in figures.items():
         both = row["client_cpu_ms"] + row["server_cpu_ms"]
