@@ -101,9 +101,12 @@ class LoadCoalescer:
             return self._delay_s
         return 0.0
 
-    def observe(self, share: float) -> None:
-        """Fold one sample (share of the last interval spent waiting) into the average."""
-        self.wait_share += _SMOOTHING * (min(1.0, max(0.0, share)) - self.wait_share)
+    def observe(self, share: float, intervals: float = 1.0) -> None:
+        """Fold one sample (share of the time since the last one spent waiting) into the
+        average; a sample spanning several intervals weighs as that many samples would, so
+        a long idle gap forgets an old load as the periodic samples it stands for would."""
+        weight = 1.0 - (1.0 - _SMOOTHING) ** max(intervals, 1.0)
+        self.wait_share += weight * (min(1.0, max(0.0, share)) - self.wait_share)
         self._load_gauge.set(self.wait_share)
 
     async def start(self) -> None:
@@ -125,4 +128,5 @@ class LoadCoalescer:
         last = self._last_sample
         self._last_sample = (now, waited)
         if last is not None and now > last[0]:
-            self.observe((waited - last[1]) / (now - last[0]))
+            elapsed = now - last[0]
+            self.observe((waited - last[1]) / elapsed, elapsed / self._interval_s)

@@ -99,6 +99,31 @@ async def test_samples_are_taken_at_most_once_per_interval() -> None:
     assert len(reads) == 2
 
 
+async def test_a_long_idle_gap_forgets_an_old_load() -> None:
+    # Samples are only taken while streams run: the first one after a quiet minute spans
+    # it, and must count as the 600 quiet samples it stands for, not as one.
+    clock = FakeClock()
+    busy = {"waited": 0.0}
+    load = LoadCoalescer(
+        CoalescingSettings(sample_interval_ms=100),
+        CollectorRegistry(),
+        waited=lambda: busy["waited"],
+        clock=clock,
+    )
+    await load.start()
+    load.pause()
+    for _ in range(6):  # 90% waiting for a while: under load
+        clock.now += 0.11
+        busy["waited"] += 0.9 * 0.11
+        load.pause()
+    assert load.wait_share > 0.8
+    assert load.pause() == 0.02
+
+    clock.now += 60.0  # a quiet minute, nothing waiting
+    assert load.pause() == 0.0
+    assert load.wait_share < 0.01
+
+
 async def test_without_scheduler_statistics_coalescing_stays_off() -> None:
     def unreadable() -> float:
         raise FileNotFoundError("/proc/thread-self/schedstat")
