@@ -9,8 +9,10 @@ stream on both sides (the server's from /proc/<pid>/stat).
 
 Paced: a Multiplex stream whose request asks for more than one token gets them 10 ms
 apart. The hop's CPU per token (both sides) is printed beside the same tokens handed
-from one task to another within one process, at the same pace: what the hop costs
-beyond an in-process hand-off when the processes sleep between tokens. Bounded: N
+from one task to another within one process, and beside the same tokens over a plain
+asyncio stream (length-prefixed messages, no gRPC), at the same pace: what the hop
+costs beyond an in-process hand-off when the processes sleep between tokens, and how
+much of that is gRPC's. Bounded: N
 streams per scenario plus 20 paced streams of 20 tokens, about twenty seconds in all.
 
     python loadtest/provider_hop.py [-n 3000] [--cpu 0]
@@ -73,12 +75,27 @@ class _Answering(provider_pb2_grpc.ProviderServiceServicer):
             await context.write(provider_pb2.MultiplexResponse(events=events))
 
 
-async def _serve(port: int) -> None:
+async def _plain_tokens(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The paced tokens over a plain asyncio stream (4-byte length, then the message):
+    what a non-gRPC token lane would cost, for comparison only."""
+    while header := await reader.read(4):
+        await reader.readexactly(int.from_bytes(header, "big"))
+        token = provider_pb2.MultiplexEvent(stream_id=1, event=_TOKEN).SerializeToString()
+        for _ in range(_PACED_TOKENS):
+            await asyncio.sleep(_PACE_S)
+            writer.write(len(token).to_bytes(4, "big") + token)
+        writer.write(b"\0\0\0\0")
+    writer.close()
+
+
+async def _serve(port: int, plain_port: int) -> None:
     server = grpc.aio.server()
     provider_pb2_grpc.add_ProviderServiceServicer_to_server(_Answering(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
-    await server.wait_for_termination()
+    plain = await asyncio.start_server(_plain_tokens, "127.0.0.1", plain_port)
+    async with plain:
+        await server.wait_for_termination()
 
 
 def _own_cpu() -> float:
@@ -92,7 +109,9 @@ def _process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _measure(port: int, server_pid: int, count: int) -> dict[str, dict[str, float]]:
+async def _measure(
+    port: int, plain_port: int, server_pid: int, count: int
+) -> dict[str, dict[str, float]]:
     request = provider_pb2.StreamRequest(backend="b", max_tokens=1)
     figures: dict[str, dict[str, float]] = {}
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -126,6 +145,28 @@ async def _measure(port: int, server_pid: int, count: int) -> dict[str, dict[str
             }
         figures.update(await _paced(session, server_pid))
         session.cancel()
+    figures["paced token, plain asyncio stream"] = await _paced_plain(plain_port, server_pid)
+    return figures
+
+
+async def _paced_plain(port: int, server_pid: int) -> dict[str, float]:
+    """The paced tokens over a plain asyncio stream instead of gRPC (one loop wake-up per
+    side per token, no completion-queue poller)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    ask = provider_pb2.StreamRequest(backend="b", max_tokens=_PACED_TOKENS).SerializeToString()
+    tokens = _PACED_STREAMS * _PACED_TOKENS
+    client0, server0, wall0 = _own_cpu(), _process_cpu(server_pid), time.perf_counter()
+    for _ in range(_PACED_STREAMS):
+        writer.write(len(ask).to_bytes(4, "big") + ask)
+        while size := int.from_bytes(await reader.readexactly(4), "big"):
+            provider_pb2.MultiplexEvent.FromString(await reader.readexactly(size))
+    figures = {
+        "wall_ms": (time.perf_counter() - wall0) / tokens * 1000,
+        "client_cpu_ms": (_own_cpu() - client0) / tokens * 1000,
+        "server_cpu_ms": (_process_cpu(server_pid) - server0) / tokens * 1000,
+    }
+    writer.close()
+    await writer.wait_closed()
     return figures
 
 
@@ -186,31 +227,32 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=3000, help="streams per scenario")
     parser.add_argument("--cpu", type=int, default=0, help="the one core both sides run on")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--plain-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     import uvloop
 
     if args.serve:
-        uvloop.run(_serve(args.serve))
+        uvloop.run(_serve(args.serve, args.plain_port))
         return
     os.sched_setaffinity(0, {args.cpu})
-    port = _free_port()
+    port, plain_port = _free_port(), _free_port()
     server = subprocess.Popen(  # noqa: S603 - this script, by path
-        [sys.executable, __file__, "--serve", str(port)]
+        [sys.executable, __file__, "--serve", str(port), "--plain-port", str(plain_port)]
     )
     try:
         os.sched_setaffinity(server.pid, {args.cpu})
         time.sleep(1.5)
-        figures = uvloop.run(_measure(port, server.pid, args.n))
+        figures = uvloop.run(_measure(port, plain_port, server.pid, args.n))
     finally:
         server.terminate()
         server.wait(timeout=10)
     print(f"{args.n} streams each way, client and server on CPU {args.cpu}")
     print(f"paced rows: per token, {_PACED_STREAMS} streams of {_PACED_TOKENS} tokens")
-    print(f"{'':30s} {'wall/stream':>12s} {'client CPU':>11s} {'server CPU':>11s} {'both':>8s}")
+    print(f"{'':34s} {'wall/stream':>12s} {'client CPU':>11s} {'server CPU':>11s} {'both':>8s}")
     for name, row in figures.items():
         both = row["client_cpu_ms"] + row["server_cpu_ms"]
         print(
-            f"{name:30s} {row['wall_ms']:9.3f} ms {row['client_cpu_ms']:8.3f} ms "
+            f"{name:34s} {row['wall_ms']:9.3f} ms {row['client_cpu_ms']:8.3f} ms "
             f"{row['server_cpu_ms']:8.3f} ms {both:5.3f} ms"
         )
 
