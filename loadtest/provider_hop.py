@@ -109,6 +109,26 @@ def _process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class _Meter:
+    """Wall time and CPU (this process's, and the server's when given) since it was made."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self._server_pid = server_pid
+        self._client, self._server = _own_cpu(), self._server_cpu()
+        self._wall = time.perf_counter()
+
+    def _server_cpu(self) -> float:
+        return 0.0 if self._server_pid is None else _process_cpu(self._server_pid)
+
+    def per(self, count: int) -> dict[str, float]:
+        """Milliseconds per item of `count`."""
+        return {
+            "wall_ms": (time.perf_counter() - self._wall) / count * 1000,
+            "client_cpu_ms": (_own_cpu() - self._client) / count * 1000,
+            "server_cpu_ms": (self._server_cpu() - self._server) / count * 1000,
+        }
+
+
 async def _measure(
     port: int, plain_port: int, server_pid: int, count: int
 ) -> dict[str, dict[str, float]]:
@@ -132,17 +152,10 @@ async def _measure(
         for name, one in (("Stream call per stream", None), ("frame on one Multiplex call", 1)):
             for i in range(300):  # warm-up
                 await (stream_call() if one is None else multiplexed(i))
-            client0, server0, wall0 = _own_cpu(), _process_cpu(server_pid), time.perf_counter()
+            meter = _Meter(server_pid)
             for i in range(count):
                 await (stream_call() if one is None else multiplexed(1000 + i))
-            wall = time.perf_counter() - wall0
-            client = _own_cpu() - client0
-            server = _process_cpu(server_pid) - server0
-            figures[name] = {
-                "wall_ms": wall / count * 1000,
-                "client_cpu_ms": client / count * 1000,
-                "server_cpu_ms": server / count * 1000,
-            }
+            figures[name] = meter.per(count)
         figures.update(await _paced(session, server_pid))
         session.cancel()
     figures["paced token, plain asyncio stream"] = await _paced_plain(plain_port, server_pid)
@@ -155,16 +168,12 @@ async def _paced_plain(port: int, server_pid: int) -> dict[str, float]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     ask = provider_pb2.StreamRequest(backend="b", max_tokens=_PACED_TOKENS).SerializeToString()
     tokens = _PACED_STREAMS * _PACED_TOKENS
-    client0, server0, wall0 = _own_cpu(), _process_cpu(server_pid), time.perf_counter()
+    meter = _Meter(server_pid)
     for _ in range(_PACED_STREAMS):
         writer.write(len(ask).to_bytes(4, "big") + ask)
         while size := int.from_bytes(await reader.readexactly(4), "big"):
             provider_pb2.MultiplexEvent.FromString(await reader.readexactly(size))
-    figures = {
-        "wall_ms": (time.perf_counter() - wall0) / tokens * 1000,
-        "client_cpu_ms": (_own_cpu() - client0) / tokens * 1000,
-        "server_cpu_ms": (_process_cpu(server_pid) - server0) / tokens * 1000,
-    }
+    figures = meter.per(tokens)
     writer.close()
     await writer.wait_closed()
     return figures
@@ -179,7 +188,7 @@ async def _paced(
         window_bytes=65536,
     )
     tokens = _PACED_STREAMS * _PACED_TOKENS
-    client0, server0, wall0 = _own_cpu(), _process_cpu(server_pid), time.perf_counter()
+    meter = _Meter(server_pid)
     for i in range(_PACED_STREAMS):
         frame = provider_pb2.MultiplexFrame(stream_id=100_000 + i, start=start)
         await session.write(provider_pb2.MultiplexRequest(frames=[frame]))
@@ -187,11 +196,7 @@ async def _paced(
         while not ended:
             response = await session.read()
             ended = any(e.HasField("status") for e in response.events)
-    hop = {
-        "wall_ms": (time.perf_counter() - wall0) / tokens * 1000,
-        "client_cpu_ms": (_own_cpu() - client0) / tokens * 1000,
-        "server_cpu_ms": (_process_cpu(server_pid) - server0) / tokens * 1000,
-    }
+    hop = meter.per(tokens)
 
     # The same tokens at the same pace, handed from a producer task to a consumer.
     queue: asyncio.Queue[provider_pb2.StreamEvent | None] = asyncio.Queue()
@@ -202,16 +207,12 @@ async def _paced(
             queue.put_nowait(provider_pb2.StreamEvent.FromString(_TOKEN.SerializeToString()))
         queue.put_nowait(None)
 
-    client0, wall0 = _own_cpu(), time.perf_counter()
+    meter = _Meter(None)
     producer = asyncio.ensure_future(produce())
     while await queue.get() is not None:
         pass
     await producer
-    local = {
-        "wall_ms": (time.perf_counter() - wall0) / tokens * 1000,
-        "client_cpu_ms": (_own_cpu() - client0) / tokens * 1000,
-        "server_cpu_ms": 0.0,
-    }
+    local = meter.per(tokens)
     return {"paced token, over the hop": hop, "paced token, in one process": local}
 
 

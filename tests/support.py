@@ -117,6 +117,20 @@ class ServiceStack:
     def __init__(self) -> None:
         self.hosts: list[ServiceHost] = []
         self._channels: list[grpc.aio.Channel] = []
+        self._servers: list[grpc.aio.Server] = []
+
+    async def serve(
+        self, add_servicer: Callable[[Any, grpc.aio.Server], None], servicer: Any
+    ) -> int:
+        """Serve a test's own servicer on a bare grpc server (no Sluice pipeline), e.g.
+        serve(add_ProviderServiceServicer_to_server, fake); stopped at teardown. Returns
+        its port."""
+        server = grpc.aio.server()
+        add_servicer(servicer, server)
+        port: int = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        self._servers.append(server)
+        return port
 
     async def start(self, host: ServiceHost) -> ServiceHost:
         """Start a host built by some build_server(settings) and track it for teardown."""
@@ -144,9 +158,11 @@ class ServiceStack:
             await channel.close()
         others = [h for h in self.hosts if h.name != "telemetry"]
         sinks = [h for h in self.hosts if h.name == "telemetry"]
-        # Each stop waits ~0.5 s for the metrics HTTP loop; stopping together keeps tests fast.
+        # Stopping together keeps tests fast (each stop drains its server).
         results = await asyncio.gather(*(self.stop(h) for h in others), return_exceptions=True)
         results += await asyncio.gather(*(self.stop(h) for h in sinks), return_exceptions=True)
+        for server in self._servers:
+            await server.stop(0)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             raise failures[0]

@@ -391,28 +391,22 @@ class StreamOnlyProvider(provider_pb2_grpc.ProviderServiceServicer):
 
 async def test_a_provider_without_multiplex_gets_stream_calls(stack: ServiceStack) -> None:
     old = StreamOnlyProvider()
-    server = grpc.aio.server()
-    provider_pb2_grpc.add_ProviderServiceServicer_to_server(old, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        limiter = await stack.start(build_limiter(limiter_settings()))
-        router = await stack.start(build_router(router_settings(limiter, f"127.0.0.1:{port}")))
-        stub = router_pb2_grpc.RouterServiceStub(stack.channel(router))
-        texts: list[str] = []
-        for _ in range(3):
-            try:
-                events = await collect(stub.Generate(generate_request(), metadata=AUTH))
-            except grpc.aio.AioRpcError as err:
-                # Only the stream that found Multiplex missing may fail (the chain may
-                # also retry it); every later one goes as a Stream call.
-                assert not texts, err
-                continue
-            texts.append("".join(e.data.text for e in events if e.HasField("data")))
-        assert texts[-2:] == ["old", "old"]
-        assert old.calls >= 2
-    finally:
-        await server.stop(0)
+    port = await stack.serve(provider_pb2_grpc.add_ProviderServiceServicer_to_server, old)
+    limiter = await stack.start(build_limiter(limiter_settings()))
+    router = await stack.start(build_router(router_settings(limiter, f"127.0.0.1:{port}")))
+    stub = router_pb2_grpc.RouterServiceStub(stack.channel(router))
+    texts: list[str] = []
+    for _ in range(3):
+        try:
+            events = await collect(stub.Generate(generate_request(), metadata=AUTH))
+        except grpc.aio.AioRpcError as err:
+            # Only the stream that found Multiplex missing may fail (the chain may
+            # also retry it); every later one goes as a Stream call.
+            assert not texts, err
+            continue
+        texts.append("".join(e.data.text for e in events if e.HasField("data")))
+    assert texts[-2:] == ["old", "old"]
+    assert old.calls >= 2
 
 
 async def test_a_stopping_provider_finishes_its_streams_then_ends_the_call(

@@ -102,27 +102,20 @@ class Rig:
 async def rig(stack: ServiceStack, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     multiplexed: bool = request.param
     provider = CountingProvider()
-    server = grpc.aio.server()
-    provider_pb2_grpc.add_ProviderServiceServicer_to_server(provider, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        limiter = await stack.start(build_limiter(limiter_settings()))
-        router = await stack.start(
-            build_router(
-                router_settings(
-                    limiter,
-                    f"127.0.0.1:{port}",
-                    models={"default": {"backends": [{"backend": "counting"}]}},
-                    progress_interval_ms=1000,
-                    provider_multiplex={"enabled": multiplexed},
-                )
+    port = await stack.serve(provider_pb2_grpc.add_ProviderServiceServicer_to_server, provider)
+    limiter = await stack.start(build_limiter(limiter_settings()))
+    router = await stack.start(
+        build_router(
+            router_settings(
+                limiter,
+                f"127.0.0.1:{port}",
+                models={"default": {"backends": [{"backend": "counting"}]}},
+                progress_interval_ms=1000,
+                provider_multiplex={"enabled": multiplexed},
             )
         )
-        globals()["_port"] = router.http_api.port  # type: ignore[attr-defined]
-        yield Rig(provider, router.port, router.http_api.port, multiplexed)  # type: ignore[attr-defined]
-    finally:
-        await server.stop(0)
+    )
+    yield Rig(provider, router.port, router.http_api.port, multiplexed)  # type: ignore[attr-defined]
 
 
 async def stalled(provider: CountingProvider) -> int:

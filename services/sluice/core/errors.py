@@ -7,7 +7,7 @@ plus the details that apply. The error-mapping interceptor is the only caller.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -276,6 +276,20 @@ _ERROR_BY_REASON: dict[str, type[SluiceError]] = {
 }
 
 _CODE_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+"""The trailer that carries a call's google.rpc.Status (grpc_status keeps its name private)."""
+
+
+def status_in_trailers(
+    trailing_metadata: Iterable[tuple[str, str | bytes]] | None,
+) -> status_pb2.Status | None:
+    """The google.rpc.Status a call's trailing metadata carries, or None (a bare status)."""
+    for key, value in trailing_metadata or ():
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
+            return status_pb2.Status.FromString(value)
+    return None
 
 
 def status_code(value: int) -> grpc.StatusCode:

@@ -19,14 +19,13 @@ from typing import Any, NoReturn
 import grpc
 from google.rpc import status_pb2
 
-from sluice.core.errors import status_code
+from sluice.core.errors import status_code, status_in_trailers
 from sluice.core.grpcx.handlers import StreamBehaviour
 from sluice.core.grpcx.types import ServicerContext
 from sluice.provider.v1 import provider_pb2
 
 log = logging.getLogger("sluice.provider.multiplex")
 
-_DETAILS_KEY = "grpc-status-details-bin"
 _OK = status_pb2.Status(code=grpc.StatusCode.OK.value[0])
 _STOPPING = status_pb2.Status(
     code=grpc.StatusCode.UNAVAILABLE.value[0], message="the provider is shutting down"
@@ -108,11 +107,9 @@ class StreamOnCall:
         self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()
     ) -> NoReturn:
         """End the stream with a status, as grpc's context.abort does (raises)."""
-        status: status_pb2.Status | None = None
-        for key, value in trailing_metadata or ():
-            if key == _DETAILS_KEY and isinstance(value, bytes):
-                status = status_pb2.Status.FromString(value)
-        self.status = status or status_pb2.Status(code=code.value[0], message=details)
+        self.status = status_in_trailers(trailing_metadata) or status_pb2.Status(
+            code=code.value[0], message=details
+        )
         raise grpc.aio.AbortError(details)
 
     def code(self) -> grpc.StatusCode | None:

@@ -137,12 +137,9 @@ def build_server(
         coalescer=coalescer,
     )
 
-    async def close_pools() -> None:
-        await close_backends(backends)
-
     host.coalescer = coalescer  # type: ignore[attr-defined]
     host.add_startup(coalescer.start)
-    host.add_cleanup(close_pools)
+    host.add_cleanup(lambda: close_backends(backends))
     provider_pb2_grpc.add_ProviderServiceServicer_to_server(
         ProviderServicer(backends, host, fault_injection=settings.fault_injection), host.server
     )

@@ -12,9 +12,8 @@ from sluice.core.errors import (
     SluiceError,
     from_rpc_status,
     status_code,
+    status_in_trailers,
 )
-
-_DETAILS_KEY = "grpc-status-details-bin"
 
 
 def error_from_rpc(err: grpc.aio.AioRpcError, dependency: str) -> SluiceError:
@@ -23,9 +22,9 @@ def error_from_rpc(err: grpc.aio.AioRpcError, dependency: str) -> SluiceError:
     A status that carries rich details came from a Sluice service and is passed on as
     is; a bare status came from the transport and is classified by its code.
     """
-    for key, value in err.trailing_metadata() or ():
-        if key == _DETAILS_KEY and isinstance(value, bytes):
-            return from_rpc_status(status_pb2.Status.FromString(value))
+    status = status_in_trailers(err.trailing_metadata())
+    if status is not None:
+        return from_rpc_status(status)
     return error_from_code(err.code(), dependency)
 
 

@@ -23,7 +23,6 @@ from google.rpc import status_pb2
 from pydantic import BaseModel, ConfigDict, Field
 
 from sluice.core.errors import (
-    DeadlineExceededError,
     NetworkFailureError,
     SluiceError,
     status_code,
@@ -35,9 +34,9 @@ from sluice.router.downstream import error_from_code, error_from_status
 
 log = logging.getLogger("sluice.router.provider_streams")
 
-_SERVICE = provider_pb2.DESCRIPTOR.services_by_name["ProviderService"]
-STREAM_METHOD = method_path(_SERVICE, "Stream")
-MULTIPLEX_METHOD = method_path(_SERVICE, "Multiplex")
+PROVIDER_SERVICE = provider_pb2.DESCRIPTOR.services_by_name["ProviderService"]
+STREAM_METHOD = method_path(PROVIDER_SERVICE, "Stream")
+MULTIPLEX_METHOD = method_path(PROVIDER_SERVICE, "Multiplex")
 _OK = grpc.StatusCode.OK.value[0]
 
 Metadata = Sequence[tuple[str, str | bytes]]
@@ -180,10 +179,8 @@ class MultiplexedCall:
     def expire(self) -> None:
         if self._finished:
             return
-        self._end(
-            DeadlineExceededError("deadline exceeded waiting for the provider"),
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-        )
+        code = grpc.StatusCode.DEADLINE_EXCEEDED
+        self._end(error_from_code(code, "provider"), code)
         self._session.cancel(self.stream_id)
 
     def _end(self, error: BaseException | None, code: grpc.StatusCode) -> None:
@@ -242,9 +239,7 @@ class _Session:
         self._streams[stream_id] = call
         start = provider_pb2.MultiplexStart(
             request=request,
-            timeout=duration_pb2.Duration(
-                seconds=int(timeout), nanos=int((timeout % 1) * 1_000_000_000)
-            ),
+            timeout=_duration(timeout),
             metadata=[
                 provider_pb2.MultiplexMetadata(
                     key=key,
@@ -360,6 +355,12 @@ class _Session:
         await asyncio.gather(self._reader, self._writer, return_exceptions=True)
 
 
+def _duration(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(seconds * 1e9))
+    return duration
+
+
 def split_target(target: str) -> list[str]:
     """One target per address of a multi-address target ("ipv4:a,b" -> "ipv4:a",
     "ipv4:b"); any other target (one address, a DNS name) as it is."""
@@ -382,6 +383,11 @@ class _Lane:
         self.channel = channel
         self.session: _Session | None = None
         self.broken_at = float("-inf")
+
+    def live(self) -> bool:
+        """Has a call that is open and takes new streams."""
+        session = self.session
+        return session is not None and not session.closed and not session.retired
 
 
 class MultiplexedStreams:
@@ -424,18 +430,23 @@ class MultiplexedStreams:
         count = len(lanes)
         self._turn = (self._turn + 1) % count
         now = time.monotonic()
-        for step in range(count):
+        # The next address in turn; one whose call broke within the pause only when
+        # no other is left.
+        for step in range(count - 1):
             lane = lanes[(self._turn + step) % count]
-            session = lane.session
-            if session is not None and not session.closed and not session.retired:
-                if now - session.started <= self._settings.max_age_s:
-                    return session
-                session.retire()  # closes once its last stream ends
-                self._retired.add(session)
-            elif now - lane.broken_at < _BROKEN_PAUSE_S and step < count - 1:
-                continue  # recently broken: another address first
-            return self._replace(lane)
-        return self._replace(lanes[self._turn])
+            if lane.live() or now - lane.broken_at >= _BROKEN_PAUSE_S:
+                return self._take(lane, now)
+        return self._take(lanes[(self._turn + count - 1) % count], now)
+
+    def _take(self, lane: _Lane, now: float) -> _Session:
+        """The lane's call, or a new one if it has none, it ended or it is too old."""
+        session = lane.session
+        if session is not None and lane.live():
+            if now - session.started <= self._settings.max_age_s:
+                return session
+            session.retire()  # closes once its last stream ends
+            self._retired.add(session)
+        return self._replace(lane)
 
     def _replace(self, lane: _Lane) -> _Session:
         self._retired = {s for s in self._retired if not s.closed}

@@ -55,6 +55,7 @@ from sluice.router.downstream import error_from_rpc
 from sluice.router.fallback import FallbackChain, ResilienceMetrics
 from sluice.router.leases import LeaseBook
 from sluice.router.provider_streams import (
+    PROVIDER_SERVICE,
     MultiplexedStreams,
     ProviderStreams,
     StreamCalls,
@@ -708,7 +709,7 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Ser
     limiter_channel = internal_channel(
         settings.limiter_address, "sluice.limiter.v1.LimiterService", tracing
     )
-    provider_service = provider_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name
+    provider_service = PROVIDER_SERVICE.full_name
     provider_channel = internal_channel(
         settings.provider_address,
         provider_service,

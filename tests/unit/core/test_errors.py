@@ -222,6 +222,17 @@ def test_status_code_by_number_and_unknown_for_any_other() -> None:
     assert errors.status_code(99) == grpc.StatusCode.UNKNOWN
 
 
+def test_the_rich_status_is_found_in_trailers_as_grpc_status_puts_it_there() -> None:
+    rich = errors.to_rpc_status(errors.ValidationError("bad field"))
+    trailers = (("x-other", "1"), *rpc_status.to_status(rich).trailing_metadata)
+
+    assert errors.status_in_trailers(trailers) == rich
+    assert errors.status_in_trailers((("x-other", "1"),)) is None
+    assert errors.status_in_trailers(None) is None
+    # A text value under the key is not a serialized status.
+    assert errors.status_in_trailers(((errors.STATUS_DETAILS_KEY, "text"),)) is None
+
+
 def test_method_path_is_the_one_grpc_routes_by() -> None:
 
     service = provider_pb2.DESCRIPTOR.services_by_name["ProviderService"]
