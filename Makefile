@@ -1,19 +1,49 @@
-# Sluice developer commands. `make up` and `make test` create the environment first.
+# Sluice developer commands. `make up` and `make test` create the environment first,
+# installing only what uv.lock names, with its hashes (docs/dependencies.md).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
 CONFIG ?=
+# uv itself, pinned with its hashes in requirements/uv.txt, in a venv of its own so that
+# `uv sync` (which removes whatever the lock does not name) never touches it.
+UV_HOME := .uv
+UV      := $(UV_HOME)/bin/uv
+# Never download a Python: use the one that runs make.
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := $(PYTHON)
+# The full environment (runtime + the dev group), exactly the lock: nothing else.
+STAMP         := $(VENV)/.synced-dev
+# The runtime set only, for `make up`; leaves dev tools in place when already there.
+RUNTIME_STAMP := $(VENV)/.synced-runtime
 
-.PHONY: venv tools js-deps up test test-fast gen lint security bench bench-limiter bench-overload envoy-config clean
+.PHONY: venv tools js-deps up test test-fast gen lint lock lock-check sbom security bench \
+	bench-limiter bench-overload envoy-config clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+$(UV): requirements/uv.txt
+	$(PYTHON) -m venv $(UV_HOME)
+	$(UV_HOME)/bin/python -m pip install --quiet --require-hashes --no-deps -r requirements/uv.txt
+	touch $@
+
+$(STAMP): uv.lock $(UV)
+	$(UV) sync --frozen --quiet
+	touch $@ $(RUNTIME_STAMP)
+
+$(RUNTIME_STAMP): uv.lock $(UV)
+	$(UV) sync --frozen --quiet --no-dev --inexact
+	touch $@
 
 venv: $(STAMP)
+
+## lock: re-resolve pyproject.toml's ranges into uv.lock (every package, with hashes).
+## The only command that changes what gets installed; commit uv.lock with it.
+lock: $(UV)
+	$(UV) lock
+
+## lock-check: fails when pyproject.toml and uv.lock disagree (part of `make lint`).
+lock-check: $(UV)
+	@$(UV) lock --check --quiet || { \
+	  echo "uv.lock does not match pyproject.toml: run 'make lock' and commit uv.lock" >&2; \
+	  exit 1; }
 
 ## tools: system tools with no PyPI package, from Debian: prometheus, promtool, amtool
 ## (alert-rule tests, the real-Prometheus e2e test) and chromium (the web page's browser
@@ -42,7 +72,7 @@ $(JS_DEPS): tests/js/package.json tests/js/package-lock.json
 js-deps: $(JS_DEPS)
 
 ## up: start the whole suite in the foreground (Ctrl-C stops it). CONFIG=file.yaml to override.
-up: $(STAMP)
+up: $(RUNTIME_STAMP)
 	$(BIN)/sluice up $(if $(CONFIG),--config $(CONFIG))
 
 ## test: lint, then every test (unit, integration, end-to-end with real Envoy).
@@ -56,16 +86,22 @@ test-fast: $(STAMP)
 gen: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
 
-lint: $(STAMP)
+lint: $(STAMP) lock-check
 	$(BIN)/buf lint gen/sluice.binpb --path sluice --config buf.yaml
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/bandit -q -c pyproject.toml -r services scripts
 
+## sbom: a CycloneDX JSON bill of materials of the locked runtime set (build/sbom.cdx.json).
+sbom: $(STAMP)
+	$(BIN)/python scripts/sbom.py --uv $(UV) --output build/sbom.cdx.json
+
+## security: bandit, then pip-audit over the locked set. Needs PyPI's JSON API (the
+## vulnerability service); when it cannot be reached this fails and says so.
 security: $(STAMP)
 	$(BIN)/bandit -q -c pyproject.toml -r services scripts
-	$(BIN)/pip-audit --skip-editable
+	$(BIN)/python scripts/audit.py --uv $(UV)
 
 ## bench: bounded load scenarios; prints req/s, latency, TTFT and CPU per request.
 bench: $(STAMP)
@@ -83,4 +119,4 @@ envoy-config: $(STAMP)
 	$(BIN)/sluice envoy-config --descriptor /etc/sluice/sluice.binpb --output deploy/envoy/envoy.yaml
 
 clean:
-	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(UV_HOME) build .run .pytest_cache .mypy_cache .ruff_cache

@@ -10,10 +10,16 @@ metadata, no local variables, no PII: API keys and prompts never leave the gatew
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import sentry_sdk
 from pydantic import BaseModel, ConfigDict, Field
-from sentry_sdk.utils import event_from_exception
+from sentry_sdk.types import Event
+from sentry_sdk.utils import (
+    event_hint_with_exc_info,
+    exc_info_from_error,
+    exceptions_from_error_tuple,
+)
 
 from sluice.core.errors import SluiceError
 
@@ -37,6 +43,19 @@ class ErrorReportingSettings(BaseModel):
     """Share of errors sent."""
 
 
+def _without_frame_variables(event: Event, _hint: dict[str, Any]) -> Event:
+    """Drops every stack frame's local variables (they hold request metadata: API keys).
+
+    sentry-sdk 3.x reads `data_collection` from the process's global client when it
+    serializes frames, not from the client passed in, so our client's setting alone does
+    not keep locals out; this hook does, whatever the global client says.
+    """
+    for value in event.get("exception", {}).get("values", []):
+        for frame in (value.get("stacktrace") or {}).get("frames", []):
+            frame.pop("vars", None)
+    return event
+
+
 class ErrorReporter:
     """Sends server-side failures to Sentry."""
 
@@ -47,10 +66,12 @@ class ErrorReporter:
             environment=settings.environment,
             sample_rate=settings.sample_rate,
             server_name=service,  # not the host name: nothing internal leaves
-            include_local_variables=False,
+            # sentry-sdk 3.x: what events carry is one data_collection setting.
+            data_collection={"stack_frame_variables": False, "user_info": False},
             default_integrations=False,
             auto_enabling_integrations=False,
             traces_sample_rate=0.0,
+            before_send=_without_frame_variables,
         )
         self._scope = sentry_sdk.Scope(client=self._client)
         self._scope.set_tag("service", service)
@@ -76,8 +97,16 @@ class ErrorReporter:
         try:
             # Our own client and scope, not the SDK's global hub: several services may
             # share a process in tests, and nothing else in the process reports through us.
-            event, hint = event_from_exception(error, client_options=self._client.options)
-            self._client.capture_event(event, hint=hint, scope=scope)
+            # (3.x's event_from_exception reads the global client's options, hence the
+            # two steps it is made of, with ours.)
+            exc_info = exc_info_from_error(error)
+            event: Event = {
+                "level": "error",
+                "exception": {
+                    "values": exceptions_from_error_tuple(exc_info, self._client.options)
+                },
+            }
+            self._client.capture_event(event, hint=event_hint_with_exc_info(exc_info), scope=scope)
         except Exception:  # reporting must never break serving
             log.warning("error report to Sentry failed", exc_info=True)
 
