@@ -8,8 +8,23 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_val
 from pydantic_settings import SettingsConfigDict
 
 from sluice.core.config import ServerSettings, ServiceSettings
-from sluice.provider.coalescing import CoalescingSettings
 from sluice.provider.faults import FaultSettings
+
+
+class CoalescingSettings(BaseModel):
+    """When and how long an HTTP back end's stream lets tokens gather under load."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    enabled: bool = True
+    """Coalesce tokens while the provider is under load."""
+    wait_threshold: float = Field(0.25, gt=0.0, le=1.0)
+    """Share of time the event-loop thread waits for a CPU (moving average) over which
+    the provider counts as under load."""
+    max_delay_ms: float = Field(20.0, ge=0.0, le=1000.0)
+    """How long a stream waits after a message before its next read, under load."""
+    sample_interval_ms: float = Field(100.0, ge=10.0, le=10_000.0)
+    """How often the load is measured."""
 
 
 class SimulatedBackendSettings(BaseModel):

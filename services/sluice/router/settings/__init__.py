@@ -1,4 +1,8 @@
-"""Router service settings (YAML section `router`, env prefix SLUICE_ROUTER_)."""
+"""Router service settings (YAML section `router`, env prefix SLUICE_ROUTER_).
+
+Every settings model lives in this package and imports only pydantic and core's config,
+so loading the suite's configuration does not load the router (tests/unit/launcher/
+test_settings_imports.py checks it)."""
 
 from __future__ import annotations
 
@@ -11,10 +15,9 @@ from sluice.core.config import ServerSettings, ServiceSettings
 from sluice.core.resilience.breaker import BreakerSettings
 from sluice.core.resilience.bulkhead import BulkheadSettings
 from sluice.core.resilience.retry import RetrySettings
-from sluice.router.admission import AdmissionSettings
-from sluice.router.budgets import BudgetSettings
-from sluice.router.buffer import BufferSettings
-from sluice.router.provider_streams import MultiplexSettings
+from sluice.router.settings.admission import AdmissionSettings
+from sluice.router.settings.budgets import BudgetSettings
+from sluice.router.settings.streams import BufferSettings, MultiplexSettings
 
 # sha256("sk-sluice-dev"): the development key of the default configuration.
 DEV_KEY_SHA256 = "f54ca937b7efefe972b761a7b8dc7dd477c073770dec53b33fe59a66f6ef9a9f"
