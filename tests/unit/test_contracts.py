@@ -36,6 +36,18 @@ def test_gen_is_up_to_date_with_protos(tmp_path: Path) -> None:
     assert _differences(ROOT / "gen", fresh) == [], "gen/ is stale: run `make gen`"
 
 
+def test_error_docs_are_up_to_date_with_the_error_table(tmp_path: Path) -> None:
+    fresh = tmp_path / "errors.md"
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_error_docs.py"), str(fresh)],
+        check=True,
+        capture_output=True,
+    )
+    committed = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
+    assert "`QUOTA_EXCEEDED` | `RESOURCE_EXHAUSTED` | 429" in committed
+    assert committed == fresh.read_text(encoding="utf-8"), "docs/errors.md is stale: run `make gen`"
+
+
 def test_buf_lint_is_clean() -> None:
     result = subprocess.run(
         [

@@ -13,7 +13,6 @@ from sluice.launcher.envoy.bootstrap import render, render_yaml
 from sluice.launcher.envoy.browsers import GRPC_WEB_ALLOW_HEADERS, GRPC_WEB_EXPOSE_HEADERS
 from sluice.launcher.envoy.descriptor import descriptor_path
 from sluice.launcher.envoy.names import (
-    DOMAIN,
     HTTP_API_CLUSTER,
     LIMITER_CLUSTER,
     ROUTER_CLUSTER,
@@ -22,7 +21,6 @@ from sluice.launcher.envoy.names import (
 )
 
 __all__ = [
-    "DOMAIN",
     "GRPC_WEB_ALLOW_HEADERS",
     "GRPC_WEB_EXPOSE_HEADERS",
     "HTTP_API_CLUSTER",

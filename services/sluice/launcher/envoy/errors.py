@@ -5,33 +5,43 @@ from __future__ import annotations
 
 from typing import Any
 
-from sluice.launcher.envoy.names import DOMAIN
+from sluice.core.errors import (
+    DOMAIN,
+    DeadlineExceededError,
+    InternalError,
+    InvalidInputError,
+    NetworkFailureError,
+    QuotaExceededError,
+    ServiceUnavailableError,
+    SluiceError,
+    UnsupportedOperationError,
+)
 
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 
 # Envoy's own replies, rewritten into the google.rpc.Status JSON shape our services
-# produce through the transcoder: {"code": <gRPC code>, "message": ..., "details": [...]}.
-# (HTTP status, gRPC code, reason)
-_LOCAL_REPLIES: tuple[tuple[int, int, str], ...] = (
-    (400, 3, "INVALID_INPUT"),
-    (404, 12, "UNSUPPORTED_OPERATION"),
-    (405, 12, "UNSUPPORTED_OPERATION"),
-    (408, 4, "DEADLINE_EXCEEDED"),
-    (413, 3, "INVALID_INPUT"),
-    (429, 8, "QUOTA_EXCEEDED"),
-    (431, 3, "INVALID_INPUT"),
-    (502, 14, "NETWORK_FAILURE"),
-    (503, 14, "SERVICE_UNAVAILABLE"),
-    (504, 4, "DEADLINE_EXCEEDED"),
+# produce through the transcoder: {"code": <gRPC code>, "message": ..., "details": [...]},
+# with the reason and gRPC code of the error type each HTTP status stands for.
+LOCAL_REPLIES: tuple[tuple[int, type[SluiceError]], ...] = (
+    (400, InvalidInputError),
+    (404, UnsupportedOperationError),
+    (405, UnsupportedOperationError),
+    (408, DeadlineExceededError),
+    (413, InvalidInputError),
+    (429, QuotaExceededError),
+    (431, InvalidInputError),
+    (502, NetworkFailureError),
+    (503, ServiceUnavailableError),
+    (504, DeadlineExceededError),
 )
 
 
-def _status_body(grpc_code: int, reason: str) -> dict[str, Any]:
+def _status_body(error: type[SluiceError]) -> dict[str, Any]:
     return {
         "json_format": {
-            "code": grpc_code,
+            "code": error.code.value[0],
             "message": "%LOCAL_REPLY_BODY%",
-            "details": [{"@type": _ERROR_INFO, "reason": reason, "domain": DOMAIN}],
+            "details": [{"@type": _ERROR_INFO, "reason": error.reason, "domain": DOMAIN}],
         },
         "json_format_options": {"sort_properties": False},
     }
@@ -52,8 +62,8 @@ def local_reply_config() -> dict[str, Any]:
     """The connection manager's `local_reply_config`: Envoy's replies are plain text
     otherwise (docs/envoy.md, "Transcoding")."""
     mappers = [
-        {"filter": _status_is(http), "body_format_override": _status_body(code, reason)}
-        for http, code, reason in _LOCAL_REPLIES
+        {"filter": _status_is(http), "body_format_override": _status_body(error)}
+        for http, error in LOCAL_REPLIES
     ]
     # Successful direct responses (GET /openapi.json) keep their own body.
     passthrough = {
@@ -63,7 +73,7 @@ def local_reply_config() -> dict[str, Any]:
             "content_type": "application/json",
         },
     }
-    return {"mappers": [passthrough, *mappers], "body_format": _status_body(13, "INTERNAL")}
+    return {"mappers": [passthrough, *mappers], "body_format": _status_body(InternalError)}
 
 
 # Applies the HTTP status the router put in x-sluice-http-status (docs/errors.md) to a

@@ -7,7 +7,6 @@ from typing import Any
 from sluice.router.v1 import router_pb2
 
 ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
-DOMAIN = "sluice.dev"
 
 ROUTER_CLUSTER = "router"
 HTTP_API_CLUSTER = "router_http"
