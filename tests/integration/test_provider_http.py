@@ -3,7 +3,7 @@
 Each test runs the provider in-process on a free port, with back ends "oa" (OpenAI
 Chat Completions) and "an" (Anthropic Messages) pointing at the fakes, and reads what
 the official wire formats produce through our gRPC contract: text, tool calls, exact
-usage, SPEC §2.1 errors, GenAI spans and metrics.
+usage, typed errors (docs/errors.md), GenAI spans and metrics.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tokens coalesced under load, sent at once when idle (SPEC §3).
+"""Tokens coalesced under load, sent at once when idle (docs/architecture.md).
 
 Every message a stream sends costs the provider a gRPC write, the router a read and a
 relay, and Envoy a proxied chunk. When the CPU is saturated (many streams, each token

@@ -7,7 +7,7 @@ fail in a chosen way. The header holds ``key=value`` pairs separated by commas, 
 ``error_rate=1,backend=primary``; ``backend=`` scopes the faults to one back end (the
 router forwards the header to every attempt, so a scoped fault lets failover through).
 
-Each fault maps to the SPEC §2.1 reason a real upstream failure of that kind gets:
+Each fault maps to the reason (docs/errors.md) a real upstream failure of that kind gets:
 an upstream 500 is SERVICE_UNAVAILABLE, a 429 is RATE_LIMIT_EXCEEDED with a
 retry-after, a malformed chunk is INVALID_RESPONSE, an over-long prompt is
 TOKEN_LIMIT_EXCEEDED; a drop after N tokens fails the stream mid-way as a broken

@@ -1,4 +1,4 @@
-"""Fault injection in the simulated model: each fault gives its SPEC §2.1 reason."""
+"""Fault injection in the simulated model: each fault gives its reason (docs/errors.md)."""
 
 from __future__ import annotations
 

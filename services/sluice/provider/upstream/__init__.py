@@ -1,6 +1,6 @@
 """What every HTTP back end shares: keys, pacing, timed SSE reading, error translation.
 
-Upstream failures become SPEC §2.1 errors here, from each provider's real status codes,
+Upstream failures become typed errors (docs/errors.md) here, from each provider's real status codes,
 headers and error bodies. Provider keys never leave this module's ``ApiKey``: it does
 not print, and every upstream text that reaches an error message is redacted first.
 """

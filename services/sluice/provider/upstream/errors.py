@@ -108,7 +108,7 @@ def translate_status(
     key: ApiKey | None,
     clock: Clock,
 ) -> SluiceError:
-    """The SPEC §2.1 error for an upstream HTTP error answer."""
+    """The typed error (docs/errors.md) for an upstream HTTP error answer."""
     kind, code, upstream_message = _error_fields(body)
     if key is not None:
         upstream_message = key.redact(upstream_message)
@@ -201,7 +201,7 @@ _STATUS_BY_TYPE = {
 def translate_stream_error(
     backend: str, error: object, *, key: ApiKey | None, clock: Clock
 ) -> SluiceError:
-    """The SPEC §2.1 error for an error object sent inside a stream."""
+    """The typed error (docs/errors.md) for an error object sent inside a stream."""
     kind = str(error.get("type", "")) if isinstance(error, dict) else ""
     body = json.dumps({"error": error if isinstance(error, dict) else {}}).encode()
     error_ = translate_status(
@@ -229,7 +229,7 @@ def _transport_kind(err: BaseException) -> str:
 
 
 def translate_transport(backend: str, err: BaseException) -> SluiceError:
-    """The SPEC §2.1 error for a transport failure (refused, reset, timed out, garbled)."""
+    """The typed error for a transport failure (refused, reset, timed out, garbled)."""
     kind = _transport_kind(err)
     metadata = {"backend": backend, "transport_error": kind}
     if kind == "ConnectTimeout":

@@ -5,7 +5,7 @@ How a request gets to run (on the router's request path, after the limiter admit
 
 1. Shedding: while CPU or memory is past its threshold, classes are refused from the
    bottom: `background` at the first level, `normal` at the second; `premium` and
-   `critical` only past the hard level (SPEC §2.1 SERVICE_UNAVAILABLE, retry shortly).
+   `critical` only past the hard level (SERVICE_UNAVAILABLE, retry shortly: docs/errors.md).
 2. If the back end has a free slot under its *adaptive* concurrency limit and nobody
    waits, the request starts at once.
 3. Otherwise it queues. The highest class waiting goes next; within a class, tenants

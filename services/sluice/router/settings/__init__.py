@@ -101,7 +101,7 @@ class ResponseCacheSettings(BaseModel):
 
 
 class ResilienceSettings(BaseModel):
-    """Retries, breakers, bulkheads, deadlines and load shedding (SPEC §2.2)."""
+    """Retries, breakers, bulkheads, deadlines and load shedding (docs/resilience.md)."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
@@ -205,7 +205,7 @@ class RouterSettings(ServiceSettings):
     body, one provider message) instead of a stream; such an attempt is bounded by the
     breaker's `whole_answer_timeout` instead of its first-token `timeout`."""
     buffer: BufferSettings = BufferSettings()
-    """The adaptive buffer between each provider stream and its client (SPEC §3)."""
+    """The adaptive buffer between each provider stream and its client (docs/architecture.md)."""
     resilience: ResilienceSettings = ResilienceSettings()
     """Retries, breakers, bulkheads, cache, deadlines, load shedding."""
     provider_multiplex: MultiplexSettings = MultiplexSettings()

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class BufferSettings(BaseModel):
-    """Buffer management between a provider stream and its client (SPEC §3)."""
+    """Buffer management between a provider stream and its client (docs/architecture.md)."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
