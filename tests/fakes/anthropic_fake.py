@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from loadtest.fakes.common import (
+from tests.fakes.common import (
     FakeBehaviour,
     FakeServer,
     abort,
