@@ -25,6 +25,7 @@ _IMPLEMENTATIONS = (
     "sluice.router.buffer",
     "sluice.router.provider_streams",
     "sluice.provider.coalescing",
+    "sluice.provider.faults",
     "sluice.provider.multiplex",
 )
 _STACKS = ("opentelemetry", "prometheus_client", "aiohttp", "psutil")
