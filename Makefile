@@ -82,9 +82,11 @@ test: $(STAMP) tools js-deps lint
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit tests/integration
 
-## gen: regenerate gen/ (stubs + descriptor image) from protos/.
+## gen: regenerate gen/ (stubs + descriptor image) from protos/, and docs/errors.md from
+## the error table in services/sluice/core/errors.py.
 gen: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
+	$(BIN)/python scripts/gen_error_docs.py
 
 lint: $(STAMP) lock-check
 	$(BIN)/buf lint gen/sluice.binpb --path sluice --config buf.yaml

@@ -1,6 +1,6 @@
 """Shared testing helpers: a fake clock, settings builders, in-process services, metrics.
 
-Every test module imports from here (STYLE "Tests": fakes from one shared testing module).
+Every test module imports its fakes from here, so every test fakes the same way.
 """
 
 from __future__ import annotations

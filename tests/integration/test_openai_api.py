@@ -119,7 +119,7 @@ async def test_bad_key_is_the_sdks_authentication_error(suite: Suite) -> None:
     assert caught.value.status_code == 401
     assert caught.value.request_id  # errors carry x-request-id too, as OpenAI's do
     assert caught.value.body["type"] == "authentication_error"  # type: ignore[index]
-    assert caught.value.code == "authorization_error"  # the SPEC §2.1 reason
+    assert caught.value.code == "authorization_error"  # the reason, docs/errors.md
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import pytest
 from pydantic import ValidationError
 
-from sluice.router.buffer import BufferSettings, PendingEvents, adaptive
+from sluice.router.buffer import PendingEvents, adaptive
+from sluice.router.settings.streams import BufferSettings
 from sluice.router.v1 import router_pb2
 from tests.support import FakeClock, eventually
 

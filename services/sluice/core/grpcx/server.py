@@ -1,8 +1,9 @@
 """Server bootstrap shared by every service: interceptors, health, reflection,
 metrics, tracing, and graceful shutdown.
 
-Shutdown order (STYLE): health NOT_SERVING -> server.stop(grace) drains in-flight
-streams -> close clients -> flush telemetry -> stop the metrics listener.
+Shutdown order (docs/architecture.md, "Shutdown"): health NOT_SERVING ->
+server.stop(grace) drains in-flight streams -> close clients -> flush telemetry -> stop
+the metrics listener.
 """
 
 from __future__ import annotations

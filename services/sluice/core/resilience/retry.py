@@ -1,4 +1,4 @@
-"""Retry policy: exponential backoff with full jitter, and a retry budget (SPEC §2.2).
+"""Retry policy: exponential backoff with full jitter, and a retry budget (docs/resilience.md).
 
 Full jitter (a uniform draw between 0 and the exponential cap) spreads retries of many
 clients over time instead of synchronising them. An upstream Retry-After/RetryInfo is

@@ -29,7 +29,7 @@ from sluice.core.telemetry.span_export import CountingSpanExporter
 class FailedSpans:
     """Exports the failed RPC spans of traces head sampling left out (`keep_errors`).
 
-    Sampling design (SPEC §5): head sampling decides which traces are exported whole
+    Sampling design (docs/observability.md): head sampling decides which traces are exported whole
     (sampled flag, propagated in traceparent). Spans of the other traces are not
     recorded at all: the SDK hands out a non-recording span that only carries the ids,
     which is what makes a low ratio cheap. The RPC spans (core/telemetry/grpc_server.py

@@ -1,4 +1,8 @@
-"""Router service settings (YAML section `router`, env prefix SLUICE_ROUTER_)."""
+"""Router service settings (YAML section `router`, env prefix SLUICE_ROUTER_).
+
+Every settings model lives in this package and imports only pydantic and core's config,
+so loading the suite's configuration does not load the router (tests/unit/launcher/
+test_settings_imports.py checks it)."""
 
 from __future__ import annotations
 
@@ -11,10 +15,9 @@ from sluice.core.config import ServerSettings, ServiceSettings
 from sluice.core.resilience.breaker import BreakerSettings
 from sluice.core.resilience.bulkhead import BulkheadSettings
 from sluice.core.resilience.retry import RetrySettings
-from sluice.router.admission import AdmissionSettings
-from sluice.router.budgets import BudgetSettings
-from sluice.router.buffer import BufferSettings
-from sluice.router.provider_streams import MultiplexSettings
+from sluice.router.settings.admission import AdmissionSettings
+from sluice.router.settings.budgets import BudgetSettings
+from sluice.router.settings.streams import BufferSettings, MultiplexSettings
 
 # sha256("sk-sluice-dev"): the development key of the default configuration.
 DEV_KEY_SHA256 = "f54ca937b7efefe972b761a7b8dc7dd477c073770dec53b33fe59a66f6ef9a9f"
@@ -98,7 +101,7 @@ class ResponseCacheSettings(BaseModel):
 
 
 class ResilienceSettings(BaseModel):
-    """Retries, breakers, bulkheads, deadlines and load shedding (SPEC §2.2)."""
+    """Retries, breakers, bulkheads, deadlines and load shedding (docs/resilience.md)."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
@@ -202,7 +205,7 @@ class RouterSettings(ServiceSettings):
     body, one provider message) instead of a stream; such an attempt is bounded by the
     breaker's `whole_answer_timeout` instead of its first-token `timeout`."""
     buffer: BufferSettings = BufferSettings()
-    """The adaptive buffer between each provider stream and its client (SPEC §3)."""
+    """The adaptive buffer between each provider stream and its client (docs/architecture.md)."""
     resilience: ResilienceSettings = ResilienceSettings()
     """Retries, breakers, bulkheads, cache, deadlines, load shedding."""
     provider_multiplex: MultiplexSettings = MultiplexSettings()

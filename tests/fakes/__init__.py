@@ -7,6 +7,6 @@ them with the official SDKs to prove the format, and the load tests use them as 
 upstream of the provider service.
 """
 
-from loadtest.fakes.common import FAULTS, FakeBehaviour, FakeServer
+from tests.fakes.common import FAULTS, FakeBehaviour, FakeServer
 
 __all__ = ["FAULTS", "FakeBehaviour", "FakeServer"]

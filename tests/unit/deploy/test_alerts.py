@@ -1,7 +1,8 @@
-"""Alert rules and Alertmanager config, checked by Prometheus' own tools.
+"""Alert rules and the Alertmanager config, checked by Prometheus' own tools.
 
-promtool and amtool come from Debian (`make tools`); without them these tests
-fail, they do not skip.
+promtool and amtool come from Debian's `prometheus` and `prometheus-alertmanager`
+packages (`make tools` installs them; CI runs them). Their absence fails these tests
+rather than skipping them: unchecked alert rules are how an outage goes unnoticed.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ import shutil
 import subprocess  # nosec B404 - runs the Prometheus tools on our own files
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-RULES = ROOT / "deploy" / "prometheus" / "rules" / "sluice.rules.yml"
-RULE_TESTS = ROOT / "deploy" / "prometheus" / "tests" / "sluice.rules.test.yml"
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+PROMETHEUS = ROOT / "deploy" / "prometheus"
+RULES = PROMETHEUS / "rules" / "sluice.rules.yml"
+RULE_TESTS = PROMETHEUS / "tests" / "sluice.rules.test.yml"
 ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
-# The circuit-breaker alert lives in rules/resilience.rules.yml (tests/unit/test_alert_rules.py).
+# The SLO and capacity alerts of sluice.rules.yml, each with its promtool unit tests.
 ALERTS = {
     "SluiceHighErrorRate",
     "SluiceTimeToFirstTokenP99OverSLA",
@@ -24,6 +28,11 @@ ALERTS = {
     "SluiceLimiterFallbackMode",
     "SluiceMemoryGrowth",
 }
+# (rule file, its promtool unit tests, how many rules it holds)
+RULE_FILES = [
+    ("rules/sluice.rules.yml", "tests/sluice.rules.test.yml", 11),
+    ("rules/resilience.rules.yml", "tests/resilience.rules.test.yml", 4),
+]
 
 
 def tool(name: str) -> str:
@@ -32,24 +41,38 @@ def tool(name: str) -> str:
     return path
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # nosec B603
+        args, cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
 
 
-def test_rules_are_valid() -> None:
-    result = run(tool("promtool"), "check", "rules", str(RULES))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 11 rules found" in result.stdout
+@pytest.mark.parametrize(("rules", "unit_tests", "count"), RULE_FILES)
+def test_rules_are_valid_and_fire_as_their_unit_tests_expect(
+    rules: str, unit_tests: str, count: int
+) -> None:
+    checked = run(tool("promtool"), "check", "rules", rules, cwd=PROMETHEUS)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"SUCCESS: {count} rules found" in checked.stdout
+    tested = run(tool("promtool"), "test", "rules", unit_tests, cwd=PROMETHEUS)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "SUCCESS" in tested.stdout
 
 
-def test_every_alert_passes_its_promtool_unit_tests() -> None:
-    result = run(tool("promtool"), "test", "rules", str(RULE_TESTS))
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_every_slo_alert_is_defined_and_has_unit_tests() -> None:
     tested = RULE_TESTS.read_text()
-    untested = {alert for alert in ALERTS if f"alertname: {alert}" not in tested}
-    assert untested == set()
+    assert {alert for alert in ALERTS if f"alertname: {alert}" not in tested} == set()
     defined = RULES.read_text()
     assert {alert for alert in ALERTS if f"alert: {alert}\n" in defined} == ALERTS
+
+
+def test_a_broken_rule_file_is_caught(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        "groups:\n  - name: x\n    rules:\n      - alert: Bad\n        expr: rate(x[5m]\n"
+    )
+    result = run(tool("promtool"), "check", "rules", str(broken))
+    assert result.returncode != 0
 
 
 def test_promtool_catches_a_wrong_expectation(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""`python -m loadtest.fakes openai|anthropic --port 8000 ...`: serve a fake upstream.
+"""`python -m tests.fakes openai|anthropic --port 8000 ...`: serve a fake upstream.
 
 Prints ``listening <port>`` on stdout once bound (port 0 picks a free one), then serves
 until interrupted. For local development and the load tests.
@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import signal
 
-from loadtest.fakes.anthropic_fake import AnthropicFake
-from loadtest.fakes.common import FAULTS, FakeBehaviour, FakeServer
-from loadtest.fakes.openai_fake import OpenAIFake
+from tests.fakes.anthropic_fake import AnthropicFake
+from tests.fakes.common import FAULTS, FakeBehaviour, FakeServer
+from tests.fakes.openai_fake import OpenAIFake
 
 
 def main() -> None:

@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from sluice.launcher.envoy import LIMITER_CLUSTER, render
-from sluice.launcher.settings import load_suite
-
-
-def rendered(tmp_path: Path, text: str) -> dict[str, Any]:
-    config = tmp_path / "suite.yaml"
-    config.write_text(text)
-    return render(load_suite(config), Path("/x.binpb"))
-
-
-def manager(bootstrap: dict[str, Any]) -> dict[str, Any]:
-    [listener] = bootstrap["static_resources"]["listeners"]
-    found: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    return found
+from sluice.launcher.envoy import LIMITER_CLUSTER
+from tests.unit.launcher.envoy_bootstrap import connection_manager as manager
+from tests.unit.launcher.envoy_bootstrap import render_suite as rendered
 
 
 def test_filter_sits_after_the_transcoder_and_asks_the_limiter(tmp_path: Path) -> None:

@@ -6,28 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sluice.launcher.envoy import GRPC_WEB_EXPOSE_HEADERS, ROUTER_SERVICE, render
-from sluice.launcher.settings import load_suite
-
-
-def rendered(tmp_path: Path, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    path = tmp_path / "suite.yaml"
-    path.write_text(yaml.safe_dump(config or {}))
-    return render(load_suite(path), Path("/x.binpb"))
-
-
-def manager(bootstrap: dict[str, Any]) -> dict[str, Any]:
-    [listener] = bootstrap["static_resources"]["listeners"]
-    typed: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    return typed
-
-
-def routes(bootstrap: dict[str, Any]) -> list[dict[str, Any]]:
-    [host] = manager(bootstrap)["route_config"]["virtual_hosts"]
-    found: list[dict[str, Any]] = host["routes"]
-    return found
+from sluice.launcher.envoy import GRPC_WEB_EXPOSE_HEADERS, ROUTER_SERVICE
+from tests.unit.launcher.envoy_bootstrap import connection_manager as manager
+from tests.unit.launcher.envoy_bootstrap import render_suite as rendered
+from tests.unit.launcher.envoy_bootstrap import routes
 
 
 def is_grpc_web(route: dict[str, Any]) -> bool:

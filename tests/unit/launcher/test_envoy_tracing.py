@@ -5,21 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sluice.launcher.envoy import TELEMETRY_CLUSTER, render
-from sluice.launcher.settings import load_suite
+from sluice.launcher.envoy import TELEMETRY_CLUSTER
+from tests.unit.launcher.envoy_bootstrap import connection_manager, render_suite
 
 
 def rendered(tmp_path: Path, tracing: dict[str, Any]) -> dict[str, Any]:
-    config = tmp_path / "suite.yaml"
-    lines = ["tracing:"] + [f"  {key}: {value}" for key, value in tracing.items()]
-    config.write_text("\n".join(lines) + "\n")
-    return render(load_suite(config), Path("/x.binpb"))
-
-
-def connection_manager(bootstrap: dict[str, Any]) -> dict[str, Any]:
-    [listener] = bootstrap["static_resources"]["listeners"]
-    manager: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    return manager
+    return render_suite(tmp_path, {"tracing": tracing})
 
 
 def test_tracer_exports_to_the_telemetry_endpoint_at_the_head_ratio(tmp_path: Path) -> None:
@@ -44,7 +35,7 @@ def test_tracer_exports_to_the_telemetry_endpoint_at_the_head_ratio(tmp_path: Pa
 
 
 def test_no_tracer_and_no_telemetry_cluster_when_tracing_is_off(tmp_path: Path) -> None:
-    bootstrap = rendered(tmp_path, {"enabled": "false"})
+    bootstrap = rendered(tmp_path, {"enabled": False})
 
     assert "tracing" not in connection_manager(bootstrap)
     assert TELEMETRY_CLUSTER not in [c["name"] for c in bootstrap["static_resources"]["clusters"]]

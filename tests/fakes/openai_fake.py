@@ -17,13 +17,14 @@ from typing import Any
 
 from aiohttp import web
 
-from loadtest.fakes.common import (
+from tests.fakes.common import (
     FakeBehaviour,
     FakeServer,
     abort,
     answer_words,
     count_tokens,
     paced,
+    receive,
     sse,
     tool_arguments,
 )
@@ -123,13 +124,9 @@ class OpenAIFake(FakeServer):
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         b = self.behaviour
-        if b.fault == "reset":
-            await abort(request)
+        raw = await receive(b, request)
+        if raw is None:
             return web.Response(status=500)
-        raw = await request.read()
-        if b.head_delay_ms > 0:
-            await asyncio.sleep(b.head_delay_ms / 1000.0)
-        b.headers.append(dict(request.headers))
         try:
             body: dict[str, Any] = json.loads(raw)
         except ValueError:

@@ -130,6 +130,19 @@ async def paced(behaviour: FakeBehaviour, items: list[str]) -> AsyncIterator[tup
         yield index, item
 
 
+async def receive(behaviour: FakeBehaviour, request: web.Request) -> bytes | None:
+    """The request's body, read as a real API reads it: after the configured head delay,
+    with its headers recorded. None when a `reset` fault cut the connection instead."""
+    if behaviour.fault == "reset":
+        await abort(request)
+        return None
+    raw = await request.read()
+    if behaviour.head_delay_ms > 0:
+        await asyncio.sleep(behaviour.head_delay_ms / 1000.0)
+    behaviour.headers.append(dict(request.headers))
+    return raw
+
+
 async def abort(request: web.Request) -> None:
     """Drop the TCP connection without an HTTP answer (a reset seen by the client)."""
     transport = request.transport
