@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sluice.core import headers
 from sluice.core.errors import (
     InvalidInputError,
     InvalidResponseError,
@@ -30,7 +31,7 @@ from sluice.core.errors import (
     TokenLimitExceededError,
 )
 
-FAULT_HEADER = "x-sluice-fault"
+FAULT_HEADER = headers.FAULT
 
 
 class FaultSettings(BaseModel):
