@@ -31,9 +31,9 @@ from sluice.limiter.v1 import limiter_pb2_grpc
 from sluice.provider.service import build_server as build_provider
 from sluice.provider.settings import ProviderSettings
 from sluice.provider.v1 import provider_pb2_grpc
-from sluice.router.service import build_server as build_router
 from sluice.router.settings import RouterSettings
 from sluice.router.v1 import router_pb2_grpc
+from sluice.router.wiring import build_server as build_router
 from sluice.telemetry.settings import TelemetrySettings
 
 S = TypeVar("S", bound=ServiceSettings)

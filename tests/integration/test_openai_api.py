@@ -12,7 +12,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from sluice.core.grpcx.server import ServiceHost
 from sluice.limiter.service import build_server as build_limiter
 from sluice.provider.service import build_server as build_provider
-from sluice.router.service import build_server as build_router
+from sluice.router.wiring import build_server as build_router
 from tests.support import (
     API_KEY,
     SLOW_BACKEND,

@@ -15,8 +15,8 @@ from loadtest.fakes.openai_fake import OpenAIFake
 from sluice.common.v1 import common_pb2
 from sluice.core.grpcx.server import ServiceHost
 from sluice.limiter.service import build_server as build_limiter
-from sluice.router.service import build_server as build_router
 from sluice.router.v1 import router_pb2, router_pb2_grpc
+from sluice.router.wiring import build_server as build_router
 from tests.integration.test_provider_http import KEY, TOOL, http_backend, start_rig
 from tests.support import (
     AUTH,
