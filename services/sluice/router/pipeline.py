@@ -14,7 +14,7 @@ attempts (router/attempts.py) -> fair queue (router/admission.py) -> adaptive bu
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from sluice.core import headers
@@ -26,7 +26,7 @@ from sluice.core.errors import (
     SluiceError,
     ValidationError,
 )
-from sluice.core.grpcx.call_context import CallContext
+from sluice.core.grpcx.call_context import CallContext, Metadata
 from sluice.router import genai, relay
 from sluice.router.admission import Admission, request_class
 from sluice.router.attempts import Attempts
@@ -39,8 +39,6 @@ from sluice.router.relay import StreamState
 from sluice.router.settings import ModelAliasSettings, RouterSettings
 from sluice.router.v1 import router_pb2
 from sluice.router.validation import GenerationRequest, validate_request
-
-Metadata = Sequence[tuple[str, str | bytes]]
 
 
 class Pipeline(Protocol):
