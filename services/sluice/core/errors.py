@@ -14,8 +14,6 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from sluice.core import headers
-
 DOMAIN = "sluice.dev"
 
 
@@ -39,7 +37,7 @@ class QuotaViolation:
 # own (RESOURCE_EXHAUSTED -> 429, UNAVAILABLE -> 503, FAILED_PRECONDITION -> 400 ...),
 # which differs for OUT_OF_MEMORY, INVALID_RESPONSE and BUSINESS_RULE_VIOLATION; the
 # status travels in this trailer and the edge applies it (launcher/envoy.py).
-HTTP_STATUS_HEADER = headers.HTTP_STATUS
+HTTP_STATUS_HEADER = "x-sluice-http-status"
 _HTTP_STATUS = {
     "OUT_OF_MEMORY": 503,
     "NETWORK_FAILURE": 503,

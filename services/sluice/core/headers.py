@@ -1,4 +1,5 @@
-"""Request and response header (gRPC metadata) names Sluice reads or sets, defined once.
+"""Request and response header (gRPC metadata) names Sluice reads or sets, defined once
+(the error trailer's name is core/errors.py `HTTP_STATUS_HEADER`, beside its mapping).
 
 gRPC metadata keys and HTTP/1.1 header names are both lower case here: grpc lowers
 them itself and the HTTP fronts lower what they read.
@@ -14,8 +15,6 @@ TRACESTATE = "tracestate"
 
 FAULT = "x-sluice-fault"
 """Per-request fault injection, honoured only by a provider run with fault_injection on."""
-HTTP_STATUS = "x-sluice-http-status"
-"""Trailer that carries the HTTP status of an error, for Envoy's JSON transcoding."""
 TRACE_ID = "x-sluice-trace-id"
 PROVIDER = "x-sluice-provider"
 FALLBACK_STEP = "x-sluice-fallback-step"

@@ -32,7 +32,7 @@ from sluice.router.v1 import router_pb2
 
 
 class BufferSettings(BaseModel):
-    """Buffer management between a provider stream and its client."""
+    """Buffer management between a provider stream and its client (SPEC §3)."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
