@@ -282,7 +282,7 @@ async def test_history_is_bounded_per_stream(stack: ServiceStack) -> None:
 
 
 def ws_url(suite: Suite) -> str:
-    return f"http://127.0.0.1:{suite.router.http_api.port}/v1/ws"  # type: ignore[attr-defined]
+    return f"http://127.0.0.1:{suite.router.http_port}/v1/ws"
 
 
 def frame(request: router_pb2.ConverseRequest) -> str:

@@ -115,7 +115,7 @@ async def rig(stack: ServiceStack, request: pytest.FixtureRequest) -> AsyncItera
             )
         )
     )
-    yield Rig(provider, router.port, router.http_api.port, multiplexed)  # type: ignore[attr-defined]
+    yield Rig(provider, router.port, router.http_port, multiplexed)
 
 
 async def stalled(provider: CountingProvider) -> int:

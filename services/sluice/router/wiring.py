@@ -42,6 +42,11 @@ class RouterHost(ServiceHost):
         self.http_api: OpenAIHttpApi | None = None
         """The OpenAI-compatible HTTP API (its `port` once started), or None when off."""
 
+    @property
+    def http_port(self) -> int:
+        """The HTTP listener's port once started (0 while it is off or not started)."""
+        return self.http_api.port if self.http_api is not None else 0
+
     def serve_http(self, api: OpenAIHttpApi, host: str, port: int) -> None:
         """Serve `api` on host:port from start-up (after gRPC) until after gRPC stops."""
         self.http_api = api
