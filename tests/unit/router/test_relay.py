@@ -121,19 +121,14 @@ async def no_sleep(_seconds: float) -> None:
     return None
 
 
-def chain_for(registry: CollectorRegistry) -> FallbackChain:
+async def run_chain(
+    registry: CollectorRegistry, alias: ModelAliasSettings, stream: FakeStream
+) -> list[router_pb2.GenerateEvent]:
     settings = RouterSettings.model_validate({"resilience": {"cache": {"enabled": False}}})
-    return FallbackChain(settings, ResilienceMetrics(registry), FakeClock(), sleep=no_sleep)
-
-
-async def test_the_chain_retries_then_moves_on_through_its_collaborator() -> None:
-    registry = CollectorRegistry()
-    chain = chain_for(registry)
-    stream = FakeStream()
-    alias = ModelAliasSettings(backends=[BackendRef(backend="a"), BackendRef(backend="b")])
-    events = [
-        e
-        async for e in chain.run(
+    chain = FallbackChain(settings, ResilienceMetrics(registry), FakeClock(), sleep=no_sleep)
+    return [
+        event
+        async for event in chain.run(
             model="default",
             alias=alias,
             messages=[],
@@ -143,6 +138,13 @@ async def test_the_chain_retries_then_moves_on_through_its_collaborator() -> Non
             stream=stream,
         )
     ]
+
+
+async def test_the_chain_retries_then_moves_on_through_its_collaborator() -> None:
+    registry = CollectorRegistry()
+    stream = FakeStream()
+    alias = ModelAliasSettings(backends=[BackendRef(backend="a"), BackendRef(backend="b")])
+    events = await run_chain(registry, alias, stream)
     assert stream.begun == [(PRIMARY, "a"), (PRIMARY, "a"), (SECONDARY, "b")]
     assert [e.WhichOneof("event") for e in events] == ["metadata", "data"]
     assert events[0].metadata.attempt == 3
@@ -157,18 +159,7 @@ async def test_the_simplified_answer_is_served_by_the_stream_when_every_back_end
     registry = CollectorRegistry()
     stream = FakeStream()
     alias = ModelAliasSettings(backends=[BackendRef(backend="a")], simplified_text="later")
-    events = [
-        e
-        async for e in chain_for(registry).run(
-            model="default",
-            alias=alias,
-            messages=[],
-            max_tokens=16,
-            cache_extra=(),
-            deadline=1_060.0,  # the fake clock reads 1,000 s
-            stream=stream,
-        )
-    ]
+    events = await run_chain(registry, alias, stream)
     assert [e.data.text for e in events] == ["later"]
     assert stream.state.step == SIMPLIFIED
     served = registry.get_sample_value(
@@ -180,13 +171,4 @@ async def test_the_simplified_answer_is_served_by_the_stream_when_every_back_end
 async def test_with_nothing_to_fall_back_on_the_last_error_is_raised() -> None:
     alias = ModelAliasSettings(backends=[BackendRef(backend="a")])
     with pytest.raises(ServiceUnavailableError, match="a is down"):
-        async for _ in chain_for(CollectorRegistry()).run(
-            model="default",
-            alias=alias,
-            messages=[],
-            max_tokens=16,
-            cache_extra=(),
-            deadline=1_060.0,  # the fake clock reads 1,000 s
-            stream=FakeStream(),
-        ):
-            pass
+        await run_chain(CollectorRegistry(), alias, FakeStream())
