@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from sluice.core import headers
 from sluice.core.errors import (
     InvalidInputError,
     InvalidResponseError,
@@ -31,7 +32,7 @@ from sluice.core.errors import (
 )
 from sluice.provider.settings import FaultSettings
 
-FAULT_HEADER = "x-sluice-fault"
+FAULT_HEADER = headers.FAULT
 
 _FIELDS = frozenset(FaultSettings.model_fields)
 _BOOLS = frozenset(
