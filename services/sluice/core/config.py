@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
@@ -26,6 +26,14 @@ SHARED_SECTIONS = ("tracing",)
 
 class ConfigError(Exception):
     """Configuration that cannot be loaded or does not validate."""
+
+
+MIN_SAMPLING_RATIO = 1e-4
+"""The smallest ratio a trace is taken to be sampled with. The tracestate entry that
+carries it comes from clients too, and statistics weight each span by 1/ratio
+(telemetry/stats.py): a claimed `r:1e-300` would count one request as 1e300. So a carried
+ratio is clamped to [MIN_SAMPLING_RATIO, 1] (core/telemetry/tracing.py) and a configured
+one is 0 or at least this."""
 
 
 class TracingSettings(BaseModel):
@@ -42,6 +50,7 @@ class TracingSettings(BaseModel):
     gRPC caller's sampled `traceparent` is traced whole; through Envoy, Envoy decides at
     this ratio, docs/observability.md). 0.1 keeps tracing under 10% of throughput;
     failures are exported whatever the ratio."""
+
     keep_errors: bool = True
     """Export the failed RPC spans of traces head sampling left out (rebuilt when the
     call fails; nothing is recorded while it runs); the telemetry service's tail sampler
@@ -50,6 +59,13 @@ class TracingSettings(BaseModel):
     """Longest time a finished span waits in the batch before export."""
     max_queue_size: int = Field(8192, ge=64)
     """Spans buffered before new ones are dropped (dropping never blocks serving)."""
+
+    @field_validator("sample_ratio")
+    @classmethod
+    def _ratio_is_zero_or_weighable(cls, ratio: float) -> float:
+        if 0.0 < ratio < MIN_SAMPLING_RATIO:
+            raise ValueError(f"must be 0 or at least {MIN_SAMPLING_RATIO}")
+        return ratio
 
 
 class ServerSettings(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -22,7 +23,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes, AttributeValue
 
-from sluice.core.config import TracingSettings
+from sluice.core.config import MIN_SAMPLING_RATIO, TracingSettings
 from sluice.core.telemetry.span_export import CountingSpanExporter
 
 
@@ -161,6 +162,9 @@ class RatioSampler(Sampler):
                 ratio = _parse_ratio(carried)
                 if ratio is not None and len(self._carried) < 64:
                     self._carried[carried] = ratio
+            if ratio is not None and carried != _ratio_value(ratio):
+                # Clamped (or spelt otherwise): the services downstream see what was used.
+                state = state.update(_STATE_KEY, _ratio_value(ratio))
         if ratio is None:
             ratio = self._ratio
             if carried is None:
@@ -180,13 +184,17 @@ def _ratio_value(ratio: float) -> str:
 
 
 def _parse_ratio(value: str) -> float | None:
+    """The carried ratio, raised to MIN_SAMPLING_RATIO (core/config.py) when below it;
+    None when it is not a ratio (not a number, non-finite, at most 0 or above 1)."""
     if not value.startswith("r:"):
         return None
     try:
         ratio = float(value[2:])
     except ValueError:
         return None
-    return ratio if 0.0 < ratio <= 1.0 else None
+    if not (math.isfinite(ratio) and 0.0 < ratio <= 1.0):
+        return None
+    return max(MIN_SAMPLING_RATIO, ratio)
 
 
 def build_sampler(settings: TracingSettings) -> Sampler:
