@@ -193,6 +193,10 @@ class RouterSettings(ServiceSettings):
     """Most messages one request may carry."""
     max_prompt_chars: int = Field(1_000_000, ge=1)
     """Largest total message length in characters."""
+    max_tools: int = Field(128, ge=0)
+    """Most tools one request may declare."""
+    max_tool_parameters_bytes: int = Field(65_536, ge=2)
+    """Largest JSON Schema of one tool's parameters, in bytes."""
     progress_interval_ms: int = Field(1000, ge=10)
     """Gap between two progress events of a stream."""
     request_timeout_s: float = Field(300.0, gt=0.0)
