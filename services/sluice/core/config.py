@@ -14,14 +14,21 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from sluice.core.telemetry.error_reporting import ErrorReportingSettings
 
 CONFIG_ENV = "SLUICE_CONFIG"
-SHARED_SECTIONS = ("tracing",)
+SHARED_SECTIONS = ("tracing", "security")
 
 
 class ConfigError(Exception):
@@ -68,6 +75,51 @@ class TracingSettings(BaseModel):
         return ratio
 
 
+class SecuritySettings(BaseModel):
+    """Mutual TLS between the suite's parts, and who may call what (docs/security.md).
+
+    Shared by every service (YAML section `security`), each service adding its own
+    `allow` list; paths may differ per service in its own section.
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    mtls: bool = False
+    """Serve gRPC only over mutual TLS, call the other services and export spans over it,
+    and authorize each call by the caller's certificate (`allow`). Off: plaintext on
+    loopback, every caller trusted."""
+    certs_dir: Path | None = None
+    """Directory of `ca.pem`, `<identity>.pem` and `<identity>-key.pem` (what `sluice
+    certs` writes; `sluice up` creates `<run-dir>/certs` when mtls is on and nothing is
+    configured). The paths below override single files."""
+    ca_path: Path | None = None
+    """PEM bundle of the CA(s) whose certificates are trusted (callers and services)."""
+    cert_path: Path | None = None
+    """PEM certificate chain of this service's identity."""
+    key_path: Path | None = None
+    """PEM private key of that certificate."""
+    identity: str = Field("", pattern=r"^[a-z0-9_.-]*$")
+    """This part's identity, as its certificate names it (`spiffe://sluice/<identity>` or
+    CN); empty means the service's name."""
+    allow: dict[str, list[str]] = Field(default_factory=dict)
+    """Identities allowed to call, by gRPC method (`/pkg.Service/Method`) or service
+    (`pkg.Service`); `*` is any identity the CA vouches for. A method matched by neither
+    is refused (PERMISSION_DENIED). Each service sets its own defaults; health checks are
+    open to any identity and reflection to `operator` unless listed here."""
+
+    @model_validator(mode="after")
+    def _files_when_on(self) -> SecuritySettings:
+        if self.mtls and self.certs_dir is None:
+            missing = [
+                name for name in ("ca_path", "cert_path", "key_path") if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(
+                    "mtls needs certs_dir (see `sluice certs`) or " + ", ".join(missing)
+                )
+        return self
+
+
 class ServerSettings(BaseModel):
     """How a service's gRPC server listens and stops."""
 
@@ -96,6 +148,8 @@ class ServiceSettings(BaseSettings):
     """Minimum level of the JSON log."""
     error_reporting: ErrorReportingSettings = ErrorReportingSettings()
     """Optional Sentry reporting of server-side failures."""
+    security: SecuritySettings = SecuritySettings()
+    """Mutual TLS and per-method authorization of callers (off by default)."""
 
     @classmethod
     def settings_customise_sources(

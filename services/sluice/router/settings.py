@@ -7,7 +7,7 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from sluice.core.config import ServerSettings, ServiceSettings
+from sluice.core.config import SecuritySettings, ServerSettings, ServiceSettings
 from sluice.core.resilience.breaker import BreakerSettings
 from sluice.core.resilience.bulkhead import BulkheadSettings
 from sluice.core.resilience.retry import RetrySettings
@@ -167,6 +167,10 @@ class RouterSettings(ServiceSettings):
 
     server: ServerSettings = ServerSettings(port=50051, metrics_port=9101)
     """Listeners."""
+    security: SecuritySettings = SecuritySettings(
+        allow={"sluice.router.v1.RouterService": ["envoy", "operator"]}
+    )
+    """Under mtls: clients come through Envoy; operators may call directly (grpcurl)."""
     limiter_address: str = "127.0.0.1:50052"
     """host:port of the limiter service."""
     provider_address: str = "127.0.0.1:50053"

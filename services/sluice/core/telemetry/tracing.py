@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -25,6 +26,10 @@ from opentelemetry.util.types import Attributes, AttributeValue
 
 from sluice.core.config import MIN_SAMPLING_RATIO, TracingSettings
 from sluice.core.telemetry.span_export import CountingSpanExporter
+
+if TYPE_CHECKING:
+    # Only the type: core/grpcx imports this module.
+    from sluice.core.grpcx.tls import ClientTls
 
 
 class FailedSpans:
@@ -208,11 +213,12 @@ def build_tracer_provider(
     on_dropped: Callable[[int], None] | None = None,
     *,
     processor: SpanProcessor | None = None,
+    tls: ClientTls | None = None,
 ) -> TracerProvider:
     """A provider that samples new traces at the configured ratio and exports in batches.
 
     `on_dropped` hears how many spans each failed export lost; `processor` replaces the
-    OTLP batch export (tests use an in-memory one).
+    OTLP batch export (tests use an in-memory one); `tls` exports over mutual TLS.
     """
     resource = Resource.create({"service.name": service_name, "service.namespace": "sluice"})
     provider = SluiceTracerProvider(
@@ -221,8 +227,16 @@ def build_tracer_provider(
     )
     if settings.enabled:
         if processor is None:
-            exporter: SpanExporter = OTLPSpanExporter(
-                endpoint=settings.endpoint, insecure=True, timeout=5
+            exporter: SpanExporter = (
+                OTLPSpanExporter(endpoint=settings.endpoint, insecure=True, timeout=5)
+                if tls is None
+                else OTLPSpanExporter(
+                    endpoint=settings.endpoint,
+                    insecure=False,
+                    credentials=tls.credentials,
+                    channel_options=tls.options,
+                    timeout=5,
+                )
             )
             if on_dropped is not None:
                 exporter = CountingSpanExporter(exporter, on_dropped)
