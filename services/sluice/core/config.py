@@ -20,7 +20,6 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
@@ -106,18 +105,6 @@ class SecuritySettings(BaseModel):
     (`pkg.Service`); `*` is any identity the CA vouches for. A method matched by neither
     is refused (PERMISSION_DENIED). Each service sets its own defaults; health checks are
     open to any identity and reflection to `operator` unless listed here."""
-
-    @model_validator(mode="after")
-    def _files_when_on(self) -> SecuritySettings:
-        if self.mtls and self.certs_dir is None:
-            missing = [
-                name for name in ("ca_path", "cert_path", "key_path") if getattr(self, name) is None
-            ]
-            if missing:
-                raise ValueError(
-                    "mtls needs certs_dir (see `sluice certs`) or " + ", ".join(missing)
-                )
-        return self
 
 
 class ServerSettings(BaseModel):

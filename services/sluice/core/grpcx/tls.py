@@ -27,7 +27,7 @@ from typing import Any
 
 import grpc
 
-from sluice.core.config import SecuritySettings
+from sluice.core.config import ConfigError, SecuritySettings
 from sluice.core.errors import AuthenticationError, PermissionDeniedError
 from sluice.core.grpcx.certs import CA_CERT, cert_file, key_file
 from sluice.core.grpcx.handlers import StreamBehaviour, UnaryBehaviour, wrap_handler
@@ -89,7 +89,11 @@ def tls_files(settings: SecuritySettings, identity: str) -> TlsFiles:
         if explicit is not None:
             return explicit
         if directory is None:
-            raise ValueError("security: set certs_dir or ca_path, cert_path and key_path")
+            raise ConfigError(
+                "security.mtls is on but no certificates are configured: set "
+                "security.certs_dir (see `sluice certs`) or security.ca_path, cert_path "
+                "and key_path"
+            )
         return directory / name
 
     return TlsFiles(
