@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from sluice.common.v1 import common_pb2
+from sluice.core.audit import read_records
 from sluice.core.grpcx.certs import (
     cert_file,
     create_ca,
@@ -399,3 +400,24 @@ async def test_certificates_replaced_on_disk_are_served_without_a_restart(
         channels.tls(provider, client(certs, "router", "provider"))
     )
     await assert_handshake_refused(lambda: stale.Stream(stream_request(), timeout=5))
+
+
+async def test_refused_calls_are_in_the_audit_log(
+    stack: ServiceStack, certs: Path, channels: Channels, tmp_path: Path
+) -> None:
+    audit = {"enabled": True, "directory": str(tmp_path / "audit")}
+    provider = await stack.start(build_provider(provider_settings(audit=audit, **security(certs))))
+    envoy = provider_pb2_grpc.ProviderServiceStub(
+        channels.tls(provider, client(certs, "envoy", "provider"))
+    )
+    await assert_denied(lambda: envoy.Stream(stream_request(), timeout=10), "envoy")
+    router = provider_pb2_grpc.ProviderServiceStub(
+        channels.tls(provider, client(certs, "router", "provider"))
+    )
+    await collect(router.Stream(stream_request(), timeout=10))
+    await stack.stop(provider)  # flushes the log
+
+    records = read_records(tmp_path / "audit" / "provider.jsonl")
+    assert [(r["action"], r["actor"], r["target"], r["outcome"]) for r in records] == [
+        ("call.refused", "envoy", "/sluice.provider.v1.ProviderService/Stream", "PERMISSION_DENIED")
+    ]

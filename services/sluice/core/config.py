@@ -24,10 +24,11 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
+from sluice.core.audit import AuditSettings
 from sluice.core.telemetry.error_reporting import ErrorReportingSettings
 
 CONFIG_ENV = "SLUICE_CONFIG"
-SHARED_SECTIONS = ("tracing", "security")
+SHARED_SECTIONS = ("tracing", "security", "audit")
 
 
 class ConfigError(Exception):
@@ -137,6 +138,8 @@ class ServiceSettings(BaseSettings):
     """Optional Sentry reporting of server-side failures."""
     security: SecuritySettings = SecuritySettings()
     """Mutual TLS and per-method authorization of callers (off by default)."""
+    audit: AuditSettings = AuditSettings()
+    """The append-only audit log of requests and admin actions (off by default)."""
 
     @classmethod
     def settings_customise_sources(

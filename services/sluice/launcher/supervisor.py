@@ -34,6 +34,7 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sluice.core.audit import AdminRecord, AuditLog
 from sluice.core.grpcx.certs import has_suite_certs, write_suite_certs
 from sluice.core.grpcx.tls import OPERATOR, ClientTls, client_tls
 from sluice.launcher.envoy import ROUTER_SERVICE, descriptor_path, render_yaml
@@ -151,6 +152,7 @@ class Suite:
             if not has_suite_certs(directory):
                 write_suite_certs(directory)
                 print(f"sluice up: created a local CA and certificates in {directory}", flush=True)
+                self._audit(AdminRecord("certificates.issued", "sluice up", str(directory)))
             self.security = security.model_copy(update={"certs_dir": directory})
             self._security_env = {
                 f"SLUICE_{name.upper()}_SECURITY__CERTS_DIR": str(directory)
@@ -164,6 +166,14 @@ class Suite:
                 "security.mtls: Envoy's upstream TLS is not wired in this version; "
                 "start with --no-envoy (or envoy.enabled: false)"
             )
+
+    def _audit(self, record: AdminRecord) -> None:
+        """An admin action of the launcher, in `<audit.directory>/launcher.jsonl`."""
+        settings = self.settings.router.audit
+        if settings.enabled:
+            log = AuditLog(settings, "launcher")
+            log.admin(record)
+            log.close()
 
     def _probe_tls(self, service: str) -> ClientTls | None:
         """The launcher's health probes present the operator's certificate."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from sluice.core.audit import read_records
 from sluice.core.grpcx.certs import SUITE_IDENTITIES, spiffe_id
 from sluice.launcher.cli import main
 from sluice.launcher.settings import load_suite
@@ -61,10 +62,13 @@ def test_an_unwritable_directory_is_an_error_not_a_traceback(tmp_path: Path) -> 
 
 def test_sluice_up_with_mtls_and_envoy_refuses_naming_the_way_out(tmp_path: Path) -> None:
     config = tmp_path / "suite.yaml"
-    config.write_text("security:\n  mtls: true\n")
+    audit = tmp_path / "audit"
+    config.write_text(f"security:\n  mtls: true\naudit:\n  enabled: true\n  directory: {audit}\n")
     suite = Suite(load_suite(config), run_dir=tmp_path / "run", start_envoy=True)
     with pytest.raises(StartupError, match="--no-envoy"):
         suite.start()
     # The certificates were made on this first start, for the next one.
     assert (tmp_path / "run" / "certs" / "ca.pem").is_file()
     assert suite.parts == []
+    [record] = read_records(audit / "launcher.jsonl")
+    assert (record["action"], record["actor"]) == ("certificates.issued", "sluice up")

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, Counter, ProcessCollector
 
+from sluice.core.audit import AuditLog
 from sluice.core.config import ServiceSettings
 from sluice.core.grpcx.interceptors import ServerPipeline
 from sluice.core.grpcx.tls import (
@@ -76,6 +77,8 @@ class ServiceHost:
             "Spans lost because the telemetry service could not take them.",
             registry=self.registry,
         )
+        self.audit = AuditLog(settings.audit, name) if settings.audit.enabled else None
+        """The audit log, when configured (core/audit.py)."""
         security = settings.security
         self.identity = own_identity(security, name)
         """Who this service is to the others (its certificate's identity under mtls)."""
@@ -100,7 +103,7 @@ class ServiceHost:
         )
         # Under mtls the authorizer runs first: a refused call never reaches the pipeline.
         interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (
-            (Authorizer(security.allow, self.metrics), self.rpc_pipeline)
+            (Authorizer(security.allow, self.metrics, self.audit), self.rpc_pipeline)
             if security.mtls
             else (self.rpc_pipeline,)
         )
@@ -117,6 +120,13 @@ class ServiceHost:
         self._cleanups: list[Cleanup] = []
         self._startups: list[Cleanup] = []
         self._stoppings: list[Callable[[], None]] = []
+        audit = self.audit
+        if audit is not None:
+
+            async def close_audit() -> None:
+                await asyncio.to_thread(audit.close)
+
+            self._cleanups.append(close_audit)
         reporter = self.error_reporter
         if reporter is not None:
 

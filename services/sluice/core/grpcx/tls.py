@@ -27,6 +27,7 @@ from typing import Any
 
 import grpc
 
+from sluice.core.audit import AdminRecord, AuditLog
 from sluice.core.config import ConfigError, SecuritySettings
 from sluice.core.errors import AuthenticationError, PermissionDeniedError
 from sluice.core.grpcx.certs import CA_CERT, cert_file, key_file
@@ -162,10 +163,14 @@ class Authorizer(grpc.aio.ServerInterceptor):
     """
 
     def __init__(
-        self, allow: Mapping[str, Sequence[str]], metrics: RpcMetrics | None = None
+        self,
+        allow: Mapping[str, Sequence[str]],
+        metrics: RpcMetrics | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self._allow = {**BASE_ALLOW, **{k: list(v) for k, v in allow.items()}}
         self._metrics = metrics
+        self._audit = audit
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     def allowed(self, method: str) -> frozenset[str]:
@@ -210,6 +215,15 @@ class Authorizer(grpc.aio.ServerInterceptor):
         log.warning("refused %s to %s: %s", method, identity or "(none)", error.message)
         if self._metrics is not None:
             self._metrics.count_error(method, error.reason)
+        if self._audit is not None:
+            self._audit.admin(
+                AdminRecord(
+                    action="call.refused",
+                    actor=identity or "(no certificate)",
+                    target=method,
+                    outcome=error.code.name,
+                )
+            )
         await abort_with(context, error)
 
     def _unary(
