@@ -10,9 +10,11 @@ method gets PERMISSION_DENIED with the AUTHORIZATION_ERROR reason.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -421,3 +423,37 @@ async def test_refused_calls_are_in_the_audit_log(
     assert [(r["action"], r["actor"], r["target"], r["outcome"]) for r in records] == [
         ("call.refused", "envoy", "/sluice.provider.v1.ProviderService/Stream", "PERMISSION_DENIED")
     ]
+
+
+async def grpcurl(certs: Path, identity: str, port: int, method: str) -> tuple[int, str]:
+    directory = certs / "suite"
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "grpcurl"),
+        "-cacert", str(directory / "ca.pem"),
+        "-cert", str(directory / cert_file(identity)),
+        "-key", str(directory / key_file(identity)),
+        "-servername", "telemetry",
+        "-d", '{"window_s": 60}',
+        f"127.0.0.1:{port}",
+        method,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await process.communicate()
+    return process.returncode or 0, output.decode()
+
+
+async def test_the_documented_grpcurl_calls_work_as_the_operator_only(
+    stack: ServiceStack, certs: Path
+) -> None:
+    # docs/security.md's operator examples, as written there.
+    telemetry = await stack.start(build_telemetry(telemetry_settings(**security(certs))))
+    method = "sluice.telemetry.v1.TelemetryService/GetStats"
+    code, output = await grpcurl(certs, "operator", telemetry.port, method)
+    assert code == 0, output
+    assert '"window_s": 60' in output
+    code, output = await grpcurl(certs, "provider", telemetry.port, method)
+    assert code != 0
+    assert "PermissionDenied" in output and "identity 'provider'" in output
+    code, output = await grpcurl(certs, "operator", telemetry.port, "list")
+    assert code == 0 and "sluice.telemetry.v1.TelemetryService" in output, output
