@@ -17,6 +17,8 @@ async def test_non_utf8_key_on_models_is_a_401(suite: Suite, header: str) -> Non
     port = suite.router.http_api.port  # type: ignore[attr-defined]
     value = b"sk-\xff\xfe" if header == "x-api-key" else b"Bearer sk-\xff"
     async with httpx.AsyncClient(timeout=10) as http:
-        response = await http.get(f"http://127.0.0.1:{port}/v1/models", headers={header: value})
+        response = await http.get(
+            f"http://127.0.0.1:{port}/v1/models", headers={header.encode(): value}
+        )
     assert response.status_code == 401, response.text
     assert response.json()["error"]["type"] == "authentication_error"
