@@ -38,7 +38,7 @@ from sluice.core.audit import AdminRecord, AuditLog
 from sluice.core.grpcx.certs import has_suite_certs, write_suite_certs
 from sluice.core.grpcx.tls import OPERATOR, ClientTls, client_tls
 from sluice.launcher.envoy import ROUTER_SERVICE, descriptor_path, render_yaml
-from sluice.launcher.settings import SuiteSettings
+from sluice.launcher.settings import SuiteSettings, exposure_problems
 from sluice.router.settings import DEV_KEY_SHA256
 
 _PR_SET_PDEATHSIG = 1
@@ -238,6 +238,9 @@ class Suite:
 
     def start(self) -> None:
         """Start every part in dependency order; raises StartupError (after cleaning up)."""
+        problems = exposure_problems(self.settings)
+        if problems:
+            raise StartupError("refusing to expose the edge: " + "; ".join(problems))
         try:
             self._prepare_certificates()
             self._start_services()
