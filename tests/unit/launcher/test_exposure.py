@@ -44,6 +44,6 @@ def test_an_exposed_edge_with_the_dev_key_and_no_tls_names_both_settings(tmp_pat
 def test_loopback_and_a_properly_configured_exposed_edge_pass(tmp_path: Path) -> None:
     assert exposure_problems(suite(tmp_path, {"host": "127.0.0.1"}).settings) == []
     assert exposure_problems(suite(tmp_path, {"host": "::1"}).settings) == []
-    keys = {"api_keys": [{"id": "prod", "sha256": sha256_hex("sk-real")}]}
+    keys: dict[str, object] = {"api_keys": [{"id": "prod", "sha256": sha256_hex("sk-real")}]}
     ready = suite(tmp_path, {"host": "0.0.0.0", "tls": edge_pair(tmp_path)}, keys)
     assert exposure_problems(ready.settings) == []
