@@ -43,6 +43,12 @@ _STATUS_FAULTS: dict[str, tuple[int, str, str]] = {
         "invalid_request_error",
         "prompt is too long: {wanted} tokens > {window} maximum",
     ),
+    "bad_request": (
+        400,
+        "invalid_request_error",
+        "tools.0.custom.input_schema: JSON schema is invalid. It must match JSON Schema "
+        "draft 2020-12",
+    ),
     "request_timeout": (408, "timeout_error", "Request timed out."),
     "rate_limit": (
         429,

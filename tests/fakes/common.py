@@ -19,6 +19,7 @@ FAULTS = frozenset(
         "forbidden",  # 403
         "model_not_found",  # 404
         "context_length",  # 400, context window exceeded
+        "bad_request",  # 400, a request the API refuses (e.g. an invalid tool schema)
         "request_timeout",  # 408
         "rate_limit",  # 429 with retry-after and rate-limit headers
         "server_error",  # 500

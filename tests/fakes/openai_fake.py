@@ -59,6 +59,13 @@ _STATUS_FAULTS: dict[str, tuple[int, str, str | None, str]] = {
         "This model's maximum context length is {window} tokens. However, you requested "
         "{wanted} tokens. Please reduce the length of the messages or completion.",
     ),
+    "bad_request": (
+        400,
+        "invalid_request_error",
+        "invalid_function_parameters",
+        "Invalid schema for function 'lookup': schema must be a JSON Schema of 'type: "
+        '"object"\', got \'type: "None"\'.',
+    ),
     "request_timeout": (408, "timeout", None, "Request timed out."),
     "rate_limit": (
         429,

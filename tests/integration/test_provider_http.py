@@ -501,6 +501,10 @@ ROWS = [
     ("model_not_found", "an", grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_ERROR"),
     ("context_length", "oa", grpc.StatusCode.INVALID_ARGUMENT, "TOKEN_LIMIT_EXCEEDED"),
     ("context_length", "an", grpc.StatusCode.INVALID_ARGUMENT, "TOKEN_LIMIT_EXCEEDED"),
+    # The client's request refused by the back end: a client error, never INTERNAL (the
+    # router would count that against the back end's breaker).
+    ("bad_request", "oa", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_INPUT"),
+    ("bad_request", "an", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_INPUT"),
     ("request_timeout", "oa", grpc.StatusCode.UNAVAILABLE, "SERVICE_UNAVAILABLE"),
     ("request_timeout", "an", grpc.StatusCode.UNAVAILABLE, "SERVICE_UNAVAILABLE"),
     ("rate_limit", "oa", grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMIT_EXCEEDED"),

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from sluice.core.config import ServerSettings, ServiceSettings
+from sluice.core.config import SecuritySettings, ServerSettings, ServiceSettings
 
 
 class FaultSettings(BaseModel):
@@ -191,6 +191,11 @@ class ProviderSettings(ServiceSettings):
 
     server: ServerSettings = ServerSettings(port=50053, metrics_port=9103)
     """Listeners."""
+    security: SecuritySettings = SecuritySettings(
+        allow={"sluice.provider.v1.ProviderService": ["router"]}
+    )
+    """Under mtls: only the router may generate (a direct caller would spend the
+    gateway's upstream keys with no key, limit or budget of its own)."""
     backends: dict[str, BackendSettings] = Field(
         default_factory=lambda: {"simulated": _default_backend()}
     )

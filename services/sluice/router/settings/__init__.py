@@ -11,7 +11,7 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from sluice.core.config import ServerSettings, ServiceSettings
+from sluice.core.config import SecuritySettings, ServerSettings, ServiceSettings
 from sluice.core.resilience.breaker import BreakerSettings
 from sluice.core.resilience.bulkhead import BulkheadSettings
 from sluice.core.resilience.retry import RetrySettings
@@ -170,6 +170,10 @@ class RouterSettings(ServiceSettings):
 
     server: ServerSettings = ServerSettings(port=50051, metrics_port=9101)
     """Listeners."""
+    security: SecuritySettings = SecuritySettings(
+        allow={"sluice.router.v1.RouterService": ["envoy", "operator"]}
+    )
+    """Under mtls: clients come through Envoy; operators may call directly (grpcurl)."""
     limiter_address: str = "127.0.0.1:50052"
     """host:port of the limiter service."""
     provider_address: str = "127.0.0.1:50053"
@@ -196,6 +200,10 @@ class RouterSettings(ServiceSettings):
     """Most messages one request may carry."""
     max_prompt_chars: int = Field(1_000_000, ge=1)
     """Largest total message length in characters."""
+    max_tools: int = Field(128, ge=0)
+    """Most tools one request may declare."""
+    max_tool_parameters_bytes: int = Field(65_536, ge=2)
+    """Largest JSON Schema of one tool's parameters, in bytes."""
     progress_interval_ms: int = Field(1000, ge=10)
     """Gap between two progress events of a stream."""
     request_timeout_s: float = Field(300.0, gt=0.0)
