@@ -2,7 +2,8 @@
 
 OTLP/HTTP, Zipkin v2 JSON and Application Insights' track envelopes are validated as
 received (tests/unit/telemetry/receivers.py); then the same receivers go slow, return
-429/503, or are down: offering spans never blocks, retries stop at max_attempts and
+429/503, or are down (and an OTLP/gRPC receiver answers RESOURCE_EXHAUSTED/UNAVAILABLE,
+INVALID_ARGUMENT, or slowly): offering spans never blocks, retries stop at max_attempts and
 every span not delivered is counted (sluice_telemetry_forwarded_spans_total).
 """
 
@@ -17,7 +18,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
@@ -95,6 +98,10 @@ def count(registry: CollectorRegistry, name: str, endpoint: str, **labels: str) 
     return value or 0.0
 
 
+def sent(registry: CollectorRegistry, settings: ForwardSettings) -> float:
+    return count(registry, "sluice_telemetry_forwarded_spans_total", settings.name, result="sent")
+
+
 async def until(check: Any, within_s: float = 5.0) -> None:
     deadline = time.monotonic() + within_s
     while not check():
@@ -156,7 +163,7 @@ async def test_otlp_http_posts_the_spans_as_binary_protobuf(
     sender, registry = forwarder(settings)
     sender.start()
     sender.offer(spans)
-    await until(lambda: receiver.requests)
+    await until(lambda: sent(registry, settings) == 3)
     await sender.close(1.0)
     headers, body = receiver.requests[0]
     assert headers["Content-Type"] == "application/x-protobuf"
@@ -178,10 +185,11 @@ async def test_zipkin_posts_valid_v2_json(
 ) -> None:
     receiver = await start(receivers, "zipkin")
     spans = trace(3)
-    sender, registry = forwarder(settings_for("zipkin", receiver.url, monkeypatch))
+    settings = settings_for("zipkin", receiver.url, monkeypatch)
+    sender, registry = forwarder(settings)
     sender.start()
     sender.offer(spans)
-    await until(lambda: receiver.requests)
+    await until(lambda: sent(registry, settings) == 3)
     await sender.close(1.0)
     headers, body = receiver.requests[0]
     assert headers["Content-Type"] == "application/json"
@@ -214,7 +222,7 @@ async def test_azure_monitor_posts_track_envelopes(
     sender, registry = forwarder(settings)
     sender.start()
     sender.offer(spans)
-    await until(lambda: receiver.requests)
+    await until(lambda: sent(registry, settings) == 3)
     await sender.close(1.0)
     headers, body = receiver.requests[0]
     assert headers["Content-Type"] == "application/json"
@@ -282,7 +290,7 @@ async def test_throttled_then_accepted_is_retried_and_sent(
     sender, registry = forwarder(settings)
     sender.start()
     sender.offer(trace(3))
-    await until(lambda: len(receiver.requests) == 3)
+    await until(lambda: sent(registry, settings) == 3)
     await sender.close(1.0)
     assert receiver.requests[0][1] == receiver.requests[2][1]  # the same batch again
     name = settings.name
@@ -418,10 +426,111 @@ async def test_azure_partial_success_resends_only_the_retryable_items(
     sender.start()
     spans = trace(3)
     sender.offer(spans)
-    await until(lambda: len(receiver.requests) == 2)
+    await until(lambda: sent(registry, settings) == 2)
     await sender.close(1.0)
     (resent,) = track_envelopes(receiver.requests[1][1])
     assert resent["data"]["baseData"]["id"] == spans[0].span.span_id.hex()
     name = settings.name
     assert count(registry, "sluice_telemetry_forwarded_spans_total", name, result="sent") == 2
     assert count(registry, "sluice_telemetry_forwarded_spans_total", name, result="failed") == 1
+
+
+class ScriptedOtlpServer:
+    """An OTLP/gRPC TraceService answering from a script of status codes (OK = None)."""
+
+    def __init__(self, script: list[grpc.StatusCode | None], delay_s: float = 0.0) -> None:
+        self.script = script
+        self.delay_s = delay_s
+        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
+
+    async def export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        self.requests.append(request)
+        code = self.script.pop(0) if self.script else None
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if code is not None:
+            await context.abort(code, "scripted")
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+@pytest.fixture
+async def grpc_servers() -> AsyncIterator[list[grpc.aio.Server]]:
+    servers: list[grpc.aio.Server] = []
+    yield servers
+    for server in servers:
+        await server.stop(0)
+
+
+async def serve(servers: list[grpc.aio.Server], scripted: ScriptedOtlpServer) -> str:
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(
+        scripted.export,
+        request_deserializer=trace_service_pb2.ExportTraceServiceRequest.FromString,
+        response_serializer=trace_service_pb2.ExportTraceServiceResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "opentelemetry.proto.collector.trace.v1.TraceService", {"Export": handler}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    servers.append(server)
+    return f"127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE])
+async def test_otlp_grpc_throttled_then_accepted_is_retried_and_sent(
+    grpc_servers: list[grpc.aio.Server], code: grpc.StatusCode
+) -> None:
+    scripted = ScriptedOtlpServer([code, code])
+    endpoint = await serve(grpc_servers, scripted)
+    sender, registry = forwarder(ForwardSettings(endpoint=endpoint, backoff_initial_s=0.01))
+    sender.start()
+    sender.offer(trace(3))
+    await until(
+        lambda: count(registry, "sluice_telemetry_forwarded_spans_total", endpoint, result="sent")
+    )
+    await sender.close(1.0)
+    assert len(scripted.requests) == 3
+    assert count(registry, "sluice_telemetry_forwarded_spans_total", endpoint, result="sent") == 3
+    assert count(registry, "sluice_telemetry_forward_retries_total", endpoint) == 2
+
+
+async def test_otlp_grpc_bad_argument_is_final_and_slow_is_bounded(
+    grpc_servers: list[grpc.aio.Server],
+) -> None:
+    scripted = ScriptedOtlpServer([grpc.StatusCode.INVALID_ARGUMENT])
+    endpoint = await serve(grpc_servers, scripted)
+    sender, registry = forwarder(ForwardSettings(endpoint=endpoint, backoff_initial_s=0.01))
+    sender.start()
+    sender.offer(trace(2))
+    await until(
+        lambda: count(registry, "sluice_telemetry_forwarded_spans_total", endpoint, result="failed")
+    )
+    await sender.close(0.1)
+    assert len(scripted.requests) == 1
+
+    slow = ScriptedOtlpServer([], delay_s=5.0)
+    endpoint = await serve(grpc_servers, slow)
+    settings = ForwardSettings(
+        endpoint=endpoint, timeout_s=0.2, max_attempts=2, backoff_initial_s=0.01
+    )
+    sender, registry = forwarder(settings)
+    sender.start()
+    began = time.monotonic()
+    sender.offer(trace(2))
+    await until(
+        lambda: (
+            count(registry, "sluice_telemetry_forwarded_spans_total", endpoint, result="failed")
+            == 2
+        ),
+        within_s=3,
+    )
+    assert time.monotonic() - began < 2.0
+    await sender.close(0.1)
+    assert len(slow.requests) == 2
