@@ -44,7 +44,8 @@ class ForwardSettings(BaseModel):
     http://tempo:4318/v1/traces. zipkin: the full URL, e.g. http://zipkin:9411/api/v2/spans.
     azure_monitor: leave empty (the connection string's IngestionEndpoint is used)."""
     headers: dict[str, str] = {}
-    """Extra HTTP headers (otlp_http, zipkin), e.g. a tenant header for Tempo."""
+    """Extra HTTP headers (otlp_http, zipkin) or gRPC metadata (otlp_grpc), e.g. Tempo's
+    tenant header X-Scope-OrgID."""
     connection_string_env: str = ""
     """azure_monitor: name of the environment variable holding the connection string."""
     connection_string_file: Path | None = None

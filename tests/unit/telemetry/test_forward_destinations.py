@@ -442,11 +442,13 @@ class ScriptedOtlpServer:
         self.script = script
         self.delay_s = delay_s
         self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
+        self.metadata: list[dict[str, str]] = []
 
     async def export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         self.requests.append(request)
+        self.metadata.append(dict(context.invocation_metadata()))
         code = self.script.pop(0) if self.script else None
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
@@ -489,7 +491,10 @@ async def test_otlp_grpc_throttled_then_accepted_is_retried_and_sent(
 ) -> None:
     scripted = ScriptedOtlpServer([code, code])
     endpoint = await serve(grpc_servers, scripted)
-    sender, registry = forwarder(ForwardSettings(endpoint=endpoint, backoff_initial_s=0.01))
+    settings = ForwardSettings(
+        endpoint=endpoint, backoff_initial_s=0.01, headers={"X-Scope-OrgID": "tenant-1"}
+    )
+    sender, registry = forwarder(settings)
     sender.start()
     sender.offer(trace(3))
     await until(
@@ -497,6 +502,7 @@ async def test_otlp_grpc_throttled_then_accepted_is_retried_and_sent(
     )
     await sender.close(1.0)
     assert len(scripted.requests) == 3
+    assert all(m["x-scope-orgid"] == "tenant-1" for m in scripted.metadata)
     assert count(registry, "sluice_telemetry_forwarded_spans_total", endpoint, result="sent") == 3
     assert count(registry, "sluice_telemetry_forward_retries_total", endpoint) == 2
 

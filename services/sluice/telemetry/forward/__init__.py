@@ -24,6 +24,7 @@ def sink_for(target: ForwardSettings) -> Sink:
                 target.endpoint,
                 timeout_s=target.timeout_s,
                 backoff_s=(target.backoff_initial_s, target.backoff_max_s),
+                headers=target.headers,
             )
         case "otlp_http":
             return OtlpHttpSink(target.endpoint, timeout_s=target.timeout_s, headers=target.headers)

@@ -77,8 +77,17 @@ def attributes(items: list[otlp_common.KeyValue]) -> dict[str, Value]:
 class OtlpGrpcSink:
     """TraceService/Export over a plaintext gRPC channel."""
 
-    def __init__(self, endpoint: str, *, timeout_s: float, backoff_s: tuple[float, float]) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeout_s: float,
+        backoff_s: tuple[float, float],
+        headers: dict[str, str],
+    ) -> None:
         self._timeout = timeout_s
+        # gRPC metadata keys are lower-case (e.g. Tempo's x-scope-orgid tenant header).
+        self._metadata = tuple((key.lower(), value) for key, value in headers.items())
         initial, cap = backoff_s
         # gRPC's own reconnect backoff (up to 2 min by default) would outlast ours: align
         # it, and keep this channel's connection state out of the process-wide pool.
@@ -96,7 +105,9 @@ class OtlpGrpcSink:
     async def send(self, batch: list[StoredSpan]) -> Outcome:
         """One Export call."""
         try:
-            response = await self._stub.Export(export_request(batch), timeout=self._timeout)
+            response = await self._stub.Export(
+                export_request(batch), timeout=self._timeout, metadata=self._metadata
+            )
         except grpc.aio.AioRpcError as err:
             if err.code() in RETRYABLE:
                 return Outcome(retry=batch, error=str(err))
