@@ -52,6 +52,26 @@ class TracingSettings(BaseModel):
     """Spans buffered before new ones are dropped (dropping never blocks serving)."""
 
 
+class LogExportSettings(BaseModel):
+    """Optional OTLP export of the log, beside the JSON lines on stderr
+    (docs/observability.md, "Connect your backend")."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    endpoint: str = ""
+    """OTLP/gRPC endpoint (host:port, plaintext) of a logs back end, e.g. an OpenTelemetry
+    Collector; empty (the default) exports nothing. Each record carries the trace and
+    span id of the span it was logged in."""
+    level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    """Minimum level exported."""
+    export_delay_ms: int = Field(1000, ge=10, le=60_000)
+    """Longest time a record waits in the batch before export."""
+    max_queue_size: int = Field(8192, ge=64)
+    """Records buffered before new ones are dropped (dropping never blocks logging)."""
+    timeout_s: float = Field(5.0, gt=0.0, le=60.0)
+    """Deadline of one export, retries included (also bounds the flush at exit)."""
+
+
 class ServerSettings(BaseModel):
     """How a service's gRPC server listens and stops."""
 
@@ -78,6 +98,8 @@ class ServiceSettings(BaseSettings):
     """OpenTelemetry export."""
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     """Minimum level of the JSON log."""
+    log_export: LogExportSettings = LogExportSettings()
+    """Optional OTLP export of the log records."""
     error_reporting: ErrorReportingSettings = ErrorReportingSettings()
     """Optional Sentry reporting of server-side failures."""
 

@@ -18,7 +18,7 @@ def service_main(section: str, settings_cls: type[S], build: Callable[[S], Servi
     except ConfigError as err:
         print(f"sluice-{section}: {err}", file=sys.stderr)
         raise SystemExit(2) from err
-    configure_logging(f"sluice-{section}", settings.log_level)
+    log_provider = configure_logging(f"sluice-{section}", settings.log_level, settings.log_export)
 
     async def main() -> None:
         try:
@@ -30,7 +30,11 @@ def service_main(section: str, settings_cls: type[S], build: Callable[[S], Servi
         settle_heap()
         await host.run_until_signalled()
 
-    run(main)
+    try:
+        run(main)
+    finally:
+        if log_provider is not None:
+            log_provider.shutdown()  # sends what is batched (bounded by its export timeout)
 
 
 def settle_heap() -> None:
