@@ -72,6 +72,20 @@ class LogExportSettings(BaseModel):
     """Deadline of one export, retries included (also bounds the flush at exit)."""
 
 
+class MetricsExportSettings(BaseModel):
+    """Optional OTLP push of the metrics /metrics serves, for stacks without Prometheus."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    endpoint: str = ""
+    """OTLP/gRPC endpoint (host:port, plaintext), e.g. an OpenTelemetry Collector; empty
+    (the default) pushes nothing."""
+    interval_s: float = Field(15.0, ge=0.1, le=3_600.0)
+    """Time between pushes (cumulative values: a missed push loses nothing)."""
+    timeout_s: float = Field(5.0, gt=0.0, le=60.0)
+    """Deadline of one push."""
+
+
 class ServerSettings(BaseModel):
     """How a service's gRPC server listens and stops."""
 
@@ -100,6 +114,8 @@ class ServiceSettings(BaseSettings):
     """Minimum level of the JSON log."""
     log_export: LogExportSettings = LogExportSettings()
     """Optional OTLP export of the log records."""
+    metrics_export: MetricsExportSettings = MetricsExportSettings()
+    """Optional OTLP push of the metrics."""
     error_reporting: ErrorReportingSettings = ErrorReportingSettings()
     """Optional Sentry reporting of server-side failures."""
 
