@@ -29,6 +29,7 @@ from sluice.telemetry.forward.azure_monitor import (
     ConnectionString,
     ConnectionStringError,
     duration,
+    envelope,
 )
 from sluice.telemetry.forward.forwarder import Forwarder
 from sluice.telemetry.sampling import StoredSpan
@@ -540,3 +541,91 @@ async def test_otlp_grpc_bad_argument_is_final_and_slow_is_bounded(
     assert time.monotonic() - began < 2.0
     await sender.close(0.1)
     assert len(slow.requests) == 2
+
+
+# What azure-monitor-opentelemetry-exporter 1.0.0b58 POSTed to a local ingestion endpoint
+# for a SERVER span and its CLIENT child (captured once from the real exporter; it is not a
+# dependency: see services/sluice/telemetry/forward/azure_monitor.py for why).
+EXPORTER_ENVELOPES = [
+    {
+        "name": "Microsoft.ApplicationInsights.RemoteDependency",
+        "iKey": IKEY,
+        "tags": {
+            "ai.device.id": "vm",
+            "ai.device.locale": "en_US",
+            "ai.device.type": "Other",
+            "ai.internal.sdkVersion": "ulm_py3.11.7:otel1.45.2:ext1.0.0b58",
+            "ai.cloud.role": "unknown_service:python",
+            "ai.cloud.roleInstance": "90317c3a-24b7-4152-ac1c-a09d52c1b7b8",
+            "ai.internal.nodeName": "90317c3a-24b7-4152-ac1c-a09d52c1b7b8",
+            "ai.operation.id": "32d123a00b68ff6a3da5dd783c86bea8",
+            "ai.operation.parentId": "439b64c123b90808",
+            "ai.operation.name": "cli",
+        },
+        "time": "2026-12-07T12:33:05.092900Z",
+        "data": {
+            "baseData": {
+                "ver": 2,
+                "name": "cli",
+                "id": "14e25fd2b659265a",
+                "resultCode": "0",
+                "duration": "0.00:00:00.000",
+                "success": True,
+                "properties": {},
+                "measurements": {},
+                "type": "N/A",
+            },
+            "baseType": "RemoteDependencyData",
+        },
+    },
+    {
+        "name": "Microsoft.ApplicationInsights.Request",
+        "iKey": IKEY,
+        "tags": {
+            "ai.device.id": "vm",
+            "ai.device.locale": "en_US",
+            "ai.device.type": "Other",
+            "ai.internal.sdkVersion": "ulm_py3.11.7:otel1.45.2:ext1.0.0b58",
+            "ai.cloud.role": "unknown_service:python",
+            "ai.cloud.roleInstance": "90317c3a-24b7-4152-ac1c-a09d52c1b7b8",
+            "ai.internal.nodeName": "90317c3a-24b7-4152-ac1c-a09d52c1b7b8",
+            "ai.operation.id": "32d123a00b68ff6a3da5dd783c86bea8",
+            "ai.operation.name": "srv",
+        },
+        "time": "2026-12-07T12:33:05.092852Z",
+        "data": {
+            "baseData": {
+                "ver": 2,
+                "name": "srv",
+                "id": "439b64c123b90808",
+                "duration": "0.00:00:00.033",
+                "responseCode": "0",
+                "success": True,
+                "properties": {},
+                "measurements": {},
+            },
+            "baseType": "RequestData",
+        },
+    },
+]
+
+
+def test_our_envelopes_have_the_shape_the_azure_exporter_sends() -> None:
+    # The receiver's schema accepts what the real exporter sends...
+    exporter_dependency, exporter_request = track_envelopes(json.dumps(EXPORTER_ENVELOPES).encode())
+    # ...and ours match it key for key where it matters for ingestion and linking.
+    spans = trace(2)
+    wire = json.dumps([envelope(span, IKEY) for span in spans]).encode()
+    ours = {e["data"]["baseType"]: e for e in track_envelopes(wire)}
+    for theirs in (exporter_request, exporter_dependency):
+        mine = ours[theirs["data"]["baseType"]]
+        assert set(mine) == set(theirs)
+        assert mine["name"] == theirs["name"]
+        assert set(mine["data"]) == set(theirs["data"])
+        required = set(theirs["data"]["baseData"]) - {"measurements"}
+        assert required <= set(mine["data"]["baseData"])
+        linking = {"ai.operation.id", "ai.cloud.role", "ai.cloud.roleInstance"}
+        assert linking <= set(mine["tags"]) & set(theirs["tags"])
+        assert ("ai.operation.parentId" in mine["tags"]) == (
+            "ai.operation.parentId" in theirs["tags"]
+        )
