@@ -6,8 +6,9 @@ deploy/alertmanager/alertmanager.yml to a local Slack-compatible incoming webhoo
 checking Slack's JSON) and a local SMTP server (aiosmtpd, with AUTH). Requests carrying
 `x-sluice-fault: error_rate=1` drive the SLA error-budget alert; its page reaches Slack
 and e-mail with summary, severity and runbook link, and the resolved notification
-follows once the faults stop. The Slack URL and SMTP password come from files, as in
-production.
+follows once the faults stop. Then the limiter is frozen (SIGSTOP): the target-down page
+arrives, and its resolution once it runs again (SIGCONT). The Slack URL and SMTP password
+come from files, as in production.
 
 Bounded: the test's copies of the rules keep every expression but scale the time
 windows down (5m → 5s ... 3d → 40s) and `for:` to 1 s; Alertmanager groups after 1 s.
@@ -20,8 +21,10 @@ import contextlib
 import email
 import email.policy
 import itertools
+import os
 import re
 import shutil
+import signal
 import subprocess  # nosec B404 - starts Prometheus and Alertmanager under test
 import time
 from collections.abc import AsyncIterator
@@ -37,7 +40,7 @@ from aiohttp import web
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from tests.e2e.conftest import DEV_KEY, free_ports, start_suite
+from tests.e2e.conftest import DEV_KEY, RunningSuite, free_ports, start_suite
 from tests.e2e.test_prometheus import render_config
 
 pytestmark = pytest.mark.e2e
@@ -45,6 +48,7 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 ALERT = "SluiceErrorBudgetBurn"
+DOWN = "SluiceTargetDown"
 RUNBOOK = "docs/runbooks.md#error-budget-burn"
 # Window scaling of the test's rule copies: order kept, so short windows stay short.
 WINDOWS = {
@@ -244,17 +248,27 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def slack_messages(inbox: Inbox, status: str) -> list[dict[str, Any]]:
+def slack_messages(inbox: Inbox, status: str, alert: str = ALERT) -> list[dict[str, Any]]:
     return [
         attachment
         for payload in inbox.slack
         for attachment in payload.get("attachments", [])
-        if ALERT in attachment.get("title", "") and f"({status})" in attachment.get("title", "")
+        if f" {alert} ({status})" in attachment.get("title", "")
     ]
 
 
-def mails(inbox: Inbox, status: str) -> list[EmailMessage]:
-    return [m for m in inbox.mails if m["Subject"] == f"[sluice] {ALERT} {status}"]
+def mails(inbox: Inbox, status: str, alert: str = ALERT) -> list[EmailMessage]:
+    return [m for m in inbox.mails if m["Subject"] == f"[sluice] {alert} {status}"]
+
+
+def limiter_pid(suite: RunningSuite) -> int:
+    """The limiter process under `sluice up` (`python -m sluice.limiter`)."""
+    for pid in suite.descendants():
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"sluice.limiter" in argv:
+                return pid
+    raise AssertionError("no limiter process under the suite")
 
 
 def text_of(message: EmailMessage) -> str:
@@ -336,6 +350,7 @@ async def test_error_budget_page_reaches_slack_and_email_then_resolves(
                 + f"\nslack errors: {received.slack_errors}\nslack: {received.slack}"
             )
 
+        frozen = False
         fault, done = asyncio.Event(), asyncio.Event()
         fault.set()
         load = asyncio.create_task(traffic(suite.edge, fault, done))
@@ -355,7 +370,34 @@ async def test_error_budget_page_reaches_slack_and_email_then_resolves(
                 logs,
             )
             resolved_s = time.monotonic() - began
+
+            # A stopped limiter (frozen, as a hung process or a paused container is): its
+            # scrapes fail, so the target-down page goes out; thawed, it resolves.
+            limiter = limiter_pid(suite)
+            os.kill(limiter, signal.SIGSTOP)
+            frozen = True
+            await wait_for(
+                lambda: (
+                    slack_messages(received, "firing", DOWN) and mails(received, "firing", DOWN)
+                ),
+                60,
+                "the target-down page",
+                logs,
+            )
+            os.kill(limiter, signal.SIGCONT)
+            frozen = False
+            await wait_for(
+                lambda: (
+                    slack_messages(received, "resolved", DOWN) and mails(received, "resolved", DOWN)
+                ),
+                60,
+                "the target-down resolved notification",
+                logs,
+            )
+            down_s = time.monotonic() - began
         finally:
+            if frozen:
+                os.kill(limiter, signal.SIGCONT)  # else the suite could not stop
             done.set()
             await load
             stop(prom)
@@ -382,13 +424,18 @@ async def test_error_budget_page_reaches_slack_and_email_then_resolves(
     body = text_of(mail)
     assert "[firing] [page] router:" in body and f"Runbook: {RUNBOOK}" in body
     assert f"Runbook: {RUNBOOK}" in text_of(mails(received, "resolved")[0])
+    down = slack_messages(received, "firing", DOWN)[0]
+    assert re.search(r"\[page\] sluice-limiter at 127\.0\.0\.1:\d+ is down", down["text"])
+    assert "Runbook: docs/runbooks.md#target-down" in down["text"]
+    assert "sluice-limiter at" in text_of(mails(received, "firing", DOWN)[0])
+    assert "[resolved]" in slack_messages(received, "resolved", DOWN)[0]["text"]
     # The password Alertmanager logged in with came from its file.
     assert received.logins and all(
         (login.login.decode(), login.password.decode()) == (SMTP_USER, SMTP_PASSWORD)
         for login in received.logins
     )
     print(
-        f"suite up in {suite_s:.1f}s; then page after {fired_s:.1f}s, resolved after"
-        f" {resolved_s:.1f}s"
+        f"suite up in {suite_s:.1f}s; then error page after {fired_s:.1f}s, resolved after"
+        f" {resolved_s:.1f}s; target-down page and resolved by {down_s:.1f}s"
     )
-    assert resolved_s < 60  # the alerting part's bound (the windows are scaled for it)
+    assert down_s < 75  # the alerting part's bound (the windows are scaled for it)
