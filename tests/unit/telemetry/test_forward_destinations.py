@@ -24,6 +24,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
+from sluice.core.config import ConfigError
 from sluice.telemetry.forward import ForwardMetrics, build_forwarders
 from sluice.telemetry.forward.azure_monitor import (
     ConnectionString,
@@ -267,6 +268,18 @@ def test_durations_are_timespans_and_connection_strings_parse(tmp_path: Path) ->
         ConnectionString.load("", tmp_path / "missing")
     with pytest.raises(ConnectionStringError, match="UNSET_VAR_FOR_TEST"):
         ConnectionString.load("UNSET_VAR_FOR_TEST", None)
+
+
+async def test_a_missing_connection_string_fails_start_up_naming_the_entry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TEST_AI_MISSING", raising=False)
+    targets = [
+        ForwardSettings(protocol="zipkin", endpoint="http://127.0.0.1:1/api/v2/spans"),
+        ForwardSettings(protocol="azure_monitor", connection_string_env="TEST_AI_MISSING"),
+    ]
+    with pytest.raises(ConfigError, match=r"telemetry\.forward\.1: .*TEST_AI_MISSING"):
+        build_forwarders(targets, ForwardMetrics(CollectorRegistry()))
 
 
 def test_bad_destination_settings_name_the_field() -> None:

@@ -7,7 +7,12 @@ format (otlp.py, zipkin.py, azure_monitor.py).
 
 from __future__ import annotations
 
-from sluice.telemetry.forward.azure_monitor import AzureMonitorSink, ConnectionString
+from sluice.core.config import ConfigError
+from sluice.telemetry.forward.azure_monitor import (
+    AzureMonitorSink,
+    ConnectionString,
+    ConnectionStringError,
+)
 from sluice.telemetry.forward.forwarder import Forwarder, ForwardMetrics, Outcome, Sink
 from sluice.telemetry.forward.otlp import OtlpGrpcSink, OtlpHttpSink
 from sluice.telemetry.forward.zipkin import ZipkinSink
@@ -38,11 +43,18 @@ def sink_for(target: ForwardSettings) -> Sink:
 
 
 def build_forwarders(targets: list[ForwardSettings], metrics: ForwardMetrics) -> list[Forwarder]:
-    """One Forwarder per configured destination."""
+    """One Forwarder per configured destination; a bad connection string is a ConfigError
+    naming the entry, so the service exits at start-up with that message."""
+    sinks: list[Sink] = []
+    for index, target in enumerate(targets):
+        try:
+            sinks.append(sink_for(target))
+        except ConnectionStringError as err:
+            raise ConfigError(f"telemetry.forward.{index}: {err}") from err
     return [
         Forwarder(
             target.name,
-            sink_for(target),
+            sink,
             metrics=metrics,
             max_buffer_spans=target.max_buffer_spans,
             max_batch_spans=target.max_batch_spans,
@@ -50,5 +62,5 @@ def build_forwarders(targets: list[ForwardSettings], metrics: ForwardMetrics) ->
             backoff_max_s=target.backoff_max_s,
             max_attempts=target.max_attempts,
         )
-        for target in targets
+        for target, sink in zip(targets, sinks, strict=True)
     ]
