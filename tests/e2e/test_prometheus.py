@@ -113,6 +113,8 @@ def test_prometheus_scrapes_the_suite_and_sees_the_request_rate(tmp_path: Path) 
                 "sluice-alerts",
                 "sluice-backend-errors",
                 "sluice-resilience",
+                "sluice-sla-recording",
+                "sluice-sla",
             }
             assert recorded and float(recorded[0]["value"][1]) == 0.0
         finally:

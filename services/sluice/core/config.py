@@ -108,6 +108,40 @@ class SecuritySettings(BaseModel):
     open to any identity and reflection to `operator` unless listed here."""
 
 
+class LogExportSettings(BaseModel):
+    """Optional OTLP export of the log, beside the JSON lines on stderr
+    (docs/observability.md, "Connect your backend")."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    endpoint: str = ""
+    """OTLP/gRPC endpoint (host:port, plaintext) of a logs back end, e.g. an OpenTelemetry
+    Collector; empty (the default) exports nothing. Each record carries the trace and
+    span id of the span it was logged in."""
+    level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    """Minimum level exported."""
+    export_delay_ms: int = Field(1000, ge=10, le=60_000)
+    """Longest time a record waits in the batch before export."""
+    max_queue_size: int = Field(8192, ge=64)
+    """Records buffered before new ones are dropped (dropping never blocks logging)."""
+    timeout_s: float = Field(5.0, gt=0.0, le=60.0)
+    """Deadline of one export, retries included (also bounds the flush at exit)."""
+
+
+class MetricsExportSettings(BaseModel):
+    """Optional OTLP push of the metrics /metrics serves, for stacks without Prometheus."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    endpoint: str = ""
+    """OTLP/gRPC endpoint (host:port, plaintext), e.g. an OpenTelemetry Collector; empty
+    (the default) pushes nothing."""
+    interval_s: float = Field(15.0, ge=0.1, le=3_600.0)
+    """Time between pushes (cumulative values: a missed push loses nothing)."""
+    timeout_s: float = Field(5.0, gt=0.0, le=60.0)
+    """Deadline of one push."""
+
+
 class ServerSettings(BaseModel):
     """How a service's gRPC server listens and stops."""
 
@@ -134,6 +168,10 @@ class ServiceSettings(BaseSettings):
     """OpenTelemetry export."""
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     """Minimum level of the JSON log."""
+    log_export: LogExportSettings = LogExportSettings()
+    """Optional OTLP export of the log records."""
+    metrics_export: MetricsExportSettings = MetricsExportSettings()
+    """Optional OTLP push of the metrics."""
     error_reporting: ErrorReportingSettings = ErrorReportingSettings()
     """Optional Sentry reporting of server-side failures."""
     security: SecuritySettings = SecuritySettings()

@@ -24,7 +24,7 @@ from sluice.core.errors import FieldViolation, SluiceError, ValidationError
 from sluice.core.grpcx.server import ServiceHost
 from sluice.core.grpcx.types import ServicerContext
 from sluice.core.telemetry.tracing import build_tracer_provider
-from sluice.telemetry.forward import Forwarder, ForwardMetrics
+from sluice.telemetry.forward import ForwardMetrics, build_forwarders
 from sluice.telemetry.sampling import DecidedTrace, StoredSpan, TailSampler
 from sluice.telemetry.settings import TelemetrySettings
 from sluice.telemetry.stats import StatsCollector, WindowStats
@@ -65,20 +65,7 @@ class TracePipeline:
             max_samples=settings.stats.max_samples,
         )
         host.registry.register(StatsCollector(self.stats))
-        forward_metrics = ForwardMetrics(host.registry)
-        self.forwarders = [
-            Forwarder(
-                target.endpoint,
-                metrics=forward_metrics,
-                max_buffer_spans=target.max_buffer_spans,
-                max_batch_spans=target.max_batch_spans,
-                timeout_s=target.timeout_s,
-                backoff_initial_s=target.backoff_initial_s,
-                backoff_max_s=target.backoff_max_s,
-                max_attempts=target.max_attempts,
-            )
-            for target in settings.forward
-        ]
+        self.forwarders = build_forwarders(settings.forward, ForwardMetrics(host.registry))
         self._queue: asyncio.Queue[list[otlp_trace.ResourceSpans]] = asyncio.Queue()
         self._queued_spans = 0
         self._max_queued = settings.ingest_queue_spans

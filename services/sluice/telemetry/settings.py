@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from sluice.core.config import SecuritySettings, ServerSettings, ServiceSettings
@@ -24,13 +27,29 @@ class TailSamplingSettings(BaseModel):
     """Traces waiting for a decision; beyond this the least recently active is decided."""
 
 
+ForwardProtocol = Literal["otlp_grpc", "otlp_http", "zipkin", "azure_monitor"]
+
+
 class ForwardSettings(BaseModel):
-    """One OTLP/gRPC endpoint kept traces are forwarded to (Jaeger, Tempo, a collector)."""
+    """One back end kept traces are forwarded to; see docs/observability.md
+    ("Connect your backend") for each protocol's settings as tested."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
-    endpoint: str
-    """host:port of the OTLP/gRPC receiver (plaintext)."""
+    protocol: ForwardProtocol = "otlp_grpc"
+    """Wire format: `otlp_grpc` (Jaeger, Tempo, a collector), `otlp_http` (protobuf POST),
+    `zipkin` (Zipkin v2 JSON) or `azure_monitor` (Application Insights track envelopes)."""
+    endpoint: str = ""
+    """Where to send. otlp_grpc: host:port (plaintext). otlp_http: the full URL, e.g.
+    http://tempo:4318/v1/traces. zipkin: the full URL, e.g. http://zipkin:9411/api/v2/spans.
+    azure_monitor: leave empty (the connection string's IngestionEndpoint is used)."""
+    headers: dict[str, str] = {}
+    """Extra HTTP headers (otlp_http, zipkin) or gRPC metadata (otlp_grpc), e.g. Tempo's
+    tenant header X-Scope-OrgID."""
+    connection_string_env: str = ""
+    """azure_monitor: name of the environment variable holding the connection string."""
+    connection_string_file: Path | None = None
+    """azure_monitor: file holding the connection string (read once at start-up)."""
     max_buffer_spans: int = Field(20_000, ge=1)
     """Spans buffered for this endpoint; the oldest are dropped (and counted) beyond."""
     max_batch_spans: int = Field(512, ge=1)
@@ -40,9 +59,28 @@ class ForwardSettings(BaseModel):
     backoff_initial_s: float = Field(0.1, gt=0.0, le=60.0)
     """Delay before the first retry; doubled per retry (with jitter)."""
     backoff_max_s: float = Field(5.0, gt=0.0, le=300.0)
-    """Longest delay between retries."""
+    """Longest delay between retries; also caps a receiver's Retry-After."""
     max_attempts: int = Field(5, ge=1, le=100)
     """Attempts per batch before it is dropped (counted as failed)."""
+
+    @model_validator(mode="after")
+    def _destination_given(self) -> ForwardSettings:
+        if self.protocol == "azure_monitor":
+            if not self.connection_string_env and self.connection_string_file is None:
+                raise ValueError(
+                    "azure_monitor needs connection_string_env or connection_string_file"
+                )
+        elif not self.endpoint:
+            raise ValueError(f"endpoint is required for protocol {self.protocol}")
+        elif self.protocol != "otlp_grpc" and not self.endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint of {self.protocol} must be an http(s):// URL")
+        return self
+
+    @property
+    def name(self) -> str:
+        """The `endpoint` label of this destination's metrics."""
+        source = self.connection_string_env or self.connection_string_file
+        return self.endpoint or f"azure_monitor:{source}"
 
 
 class StatsSettings(BaseModel):
@@ -91,6 +129,7 @@ class TelemetrySettings(ServiceSettings):
     sampling: TailSamplingSettings = TailSamplingSettings()
     """Tail-based sampling."""
     forward: list[ForwardSettings] = []
-    """OTLP/gRPC endpoints kept traces are forwarded to; each has its own buffer."""
+    """Back ends kept traces are forwarded to, several at once; each has its own buffer,
+    retries and dropped-span counts (env: SLUICE_TELEMETRY_FORWARD as a JSON list)."""
     stats: StatsSettings = StatsSettings()
     """Sliding-window statistics."""

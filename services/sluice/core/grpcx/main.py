@@ -9,6 +9,7 @@ from collections.abc import Callable
 from sluice.core.config import ConfigError, S, load_settings
 from sluice.core.grpcx.server import ServiceHost, run
 from sluice.core.telemetry.logging import configure_logging
+from sluice.core.telemetry.metrics_push import MetricsPusher
 
 
 def service_main(section: str, settings_cls: type[S], build: Callable[[S], ServiceHost]) -> None:
@@ -18,7 +19,7 @@ def service_main(section: str, settings_cls: type[S], build: Callable[[S], Servi
     except ConfigError as err:
         print(f"sluice-{section}: {err}", file=sys.stderr)
         raise SystemExit(2) from err
-    configure_logging(f"sluice-{section}", settings.log_level)
+    log_provider = configure_logging(f"sluice-{section}", settings.log_level, settings.log_export)
 
     async def main() -> None:
         try:
@@ -27,10 +28,18 @@ def service_main(section: str, settings_cls: type[S], build: Callable[[S], Servi
             print(f"sluice-{section}: {err}", file=sys.stderr)
             raise SystemExit(2) from err
         await host.start()
+        if settings.metrics_export.endpoint:
+            pusher = MetricsPusher(host.registry, f"sluice-{section}", settings.metrics_export)
+            pusher.start()
+            host.add_cleanup(pusher.close)
         settle_heap()
         await host.run_until_signalled()
 
-    run(main)
+    try:
+        run(main)
+    finally:
+        if log_provider is not None:
+            log_provider.shutdown()  # sends what is batched (bounded by its export timeout)
 
 
 def settle_heap() -> None:

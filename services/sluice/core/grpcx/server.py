@@ -33,6 +33,7 @@ from sluice.core.grpcx.tls import (
     tls_files,
 )
 from sluice.core.telemetry.error_reporting import build_reporter
+from sluice.core.telemetry.limits import ResourceLimitsCollector
 from sluice.core.telemetry.metrics import MetricsServer, RpcMetrics, serve_metrics
 from sluice.core.telemetry.tracing import build_tracer_provider, failed_spans_of
 
@@ -71,8 +72,10 @@ class ServiceHost:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         if registry is None:
-            # process_resident_memory_bytes & co., for the memory-growth alert.
+            # process_resident_memory_bytes & co., for the memory-growth alert; the
+            # cgroup's limits beside them for the SLA's CPU and memory alerts.
             ProcessCollector(registry=self.registry)
+            ResourceLimitsCollector(self.registry)
         self.spans_dropped = Counter(
             "sluice_spans_dropped",
             "Spans lost because the telemetry service could not take them.",

@@ -8,8 +8,17 @@ import sys
 import time
 
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+from opentelemetry.instrumentation.logging.handler import LoggingHandler
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
+from opentelemetry.sdk.resources import Resource
 
+from sluice.core.config import LogExportSettings
 from sluice.core.grpcx.request_context import current_request_id
+
+# The exporter's own logs (and gRPC's) are not exported: a failing export would feed itself.
+_NOT_EXPORTED = ("opentelemetry", "grpc")
 
 
 class JsonFormatter(logging.Formatter):
@@ -40,10 +49,52 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(service: str, level: str) -> None:
-    """Route all logging to stderr as JSON lines."""
+def _exportable(record: logging.LogRecord) -> bool:
+    return not record.name.startswith(_NOT_EXPORTED)
+
+
+def otlp_log_handler(
+    service: str, settings: LogExportSettings, *, exporter: LogRecordExporter | None = None
+) -> tuple[logging.Handler, LoggerProvider]:
+    """A handler exporting records over OTLP in batches, with the current span's ids.
+
+    The resource names the service as its tracer provider does (core/telemetry/tracing.py),
+    so a back end joins a record to its span by trace id and service.
+    """
+    resource = Resource.create({"service.name": service, "service.namespace": "sluice"})
+    provider = LoggerProvider(resource=resource)
+    provider.add_log_record_processor(
+        BatchLogRecordProcessor(
+            exporter
+            or OTLPLogExporter(
+                endpoint=settings.endpoint, insecure=True, timeout=settings.timeout_s
+            ),
+            max_queue_size=settings.max_queue_size,
+            schedule_delay_millis=settings.export_delay_ms,
+            max_export_batch_size=min(512, settings.max_queue_size),
+        )
+    )
+    level = logging.getLevelNamesMapping()[settings.level]
+    handler = LoggingHandler(level=level, logger_provider=provider)
+    handler.addFilter(_exportable)
+    return handler, provider
+
+
+def configure_logging(
+    service: str, level: str, export: LogExportSettings | None = None
+) -> LoggerProvider | None:
+    """Route all logging to stderr as JSON lines, and over OTLP when an endpoint is set.
+
+    Returns the OTLP logger provider (to flush at exit), or None when not exporting.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
+    handlers: list[logging.Handler] = [handler]
+    provider = None
+    if export is not None and export.endpoint:
+        otlp, provider = otlp_log_handler(service, export)
+        handlers.append(otlp)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(level)
+    return provider

@@ -1,9 +1,10 @@
-"""Forwarding kept traces to OTLP/gRPC back ends (Jaeger, Tempo, a collector...).
+"""One destination's bounded buffer, batching and bounded retries, whatever its format.
 
-One Forwarder per endpoint, each with its own bounded buffer and its own task, so a dead
-or slow endpoint only fills (and then drops from) its own buffer and never stalls the
-others or ingest. A failed export is retried with exponential backoff when the OTLP
-spec calls its status retryable; the buffer drops the oldest spans first when full.
+Each destination gets its own Forwarder (buffer + task), so a dead or slow back end only
+fills, and then drops from, its own buffer: it never stalls ingest or the other
+destinations. What goes over the wire is a `Sink`'s business (otlp.py, zipkin.py,
+azure_monitor.py); the Sink says which spans may be retried, and this module decides
+when, how often (at most `max_attempts` per batch) and what is counted.
 """
 
 from __future__ import annotations
@@ -12,28 +13,43 @@ import asyncio
 import logging
 import random
 from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
 
-import grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from opentelemetry.proto.trace.v1 import trace_pb2 as otlp_trace
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from sluice.telemetry.sampling import StoredSpan
 
 log = logging.getLogger(__name__)
 
-# OTLP/gRPC: these codes may succeed on retry; any other failure drops the batch.
-RETRYABLE = frozenset(
-    {
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.OUT_OF_RANGE,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DATA_LOSS,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    }
-)
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one export attempt."""
+
+    retry: list[StoredSpan] = field(default_factory=list)
+    """Spans the receiver may accept later (e.g. HTTP 429/503, UNAVAILABLE, a timeout)."""
+    failed: int = 0
+    """Spans rejected for good (bad request, bad credentials...)."""
+    retry_after_s: float | None = None
+    """The receiver's own hint (Retry-After), capped by the forwarder."""
+    error: str = ""
+    """Why anything was not accepted, for the log."""
+
+
+SENT = Outcome()
+
+
+class Sink(Protocol):
+    """Puts one batch of spans on the wire in one destination's format."""
+
+    async def send(self, batch: list[StoredSpan]) -> Outcome:
+        """One attempt; must return within its own timeout and never raise."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
 
 
 def backoff_delay(attempt: int, initial_s: float, max_s: float, jitter: float) -> float:
@@ -46,33 +62,14 @@ def backoff_delay(attempt: int, initial_s: float, max_s: float, jitter: float) -
     return float(base * (0.5 + jitter / 2))
 
 
-def export_request(spans: list[StoredSpan]) -> trace_service_pb2.ExportTraceServiceRequest:
-    """One OTLP export of the spans, grouped back under their resource and scope."""
-    request = trace_service_pb2.ExportTraceServiceRequest()
-    resources: dict[int, otlp_trace.ResourceSpans] = {}
-    scopes: dict[tuple[int, int], otlp_trace.ScopeSpans] = {}
-    for item in spans:
-        resource_key = id(item.resource)
-        resource_spans = resources.get(resource_key)
-        if resource_spans is None:
-            resource_spans = resources[resource_key] = request.resource_spans.add()
-            resource_spans.resource.CopyFrom(item.resource)
-        scope_key = (resource_key, id(item.scope))
-        scope_spans = scopes.get(scope_key)
-        if scope_spans is None:
-            scope_spans = scopes[scope_key] = resource_spans.scope_spans.add()
-            scope_spans.scope.CopyFrom(item.scope)
-        scope_spans.spans.append(item.span)
-    return request
-
-
 class ForwardMetrics:
     """Counters shared by every forwarder, labelled by endpoint."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.spans = Counter(
             "sluice_telemetry_forwarded_spans",
-            "Spans forwarded, by endpoint and result (sent, dropped, failed).",
+            "Spans forwarded, by endpoint and result (sent; dropped: pushed out of a full "
+            "buffer; failed: rejected or out of attempts).",
             ["endpoint", "result"],
             registry=registry,
         )
@@ -91,40 +88,28 @@ class ForwardMetrics:
 
 
 class Forwarder:
-    """Sends kept spans to one OTLP/gRPC endpoint from a bounded buffer."""
+    """Sends kept spans to one destination from a bounded buffer."""
 
     def __init__(
         self,
         endpoint: str,
+        sink: Sink,
         *,
         metrics: ForwardMetrics,
         max_buffer_spans: int,
         max_batch_spans: int,
-        timeout_s: float,
         backoff_initial_s: float,
         backoff_max_s: float,
         max_attempts: int,
     ) -> None:
         self.endpoint = endpoint
+        self._sink = sink
         self._buffer: deque[StoredSpan] = deque()
         self._max_buffer = max_buffer_spans
         self._max_batch = max_batch_spans
-        self._timeout = timeout_s
         self._backoff = (backoff_initial_s, backoff_max_s)
         self._max_attempts = max_attempts
         self._ready = asyncio.Event()
-        # gRPC's own reconnect backoff (up to 2 min by default) would outlast ours: align
-        # it, and keep this channel's connection state out of the process-wide pool.
-        self._channel = grpc.aio.insecure_channel(
-            endpoint,
-            options=(
-                ("grpc.use_local_subchannel_pool", 1),
-                ("grpc.initial_reconnect_backoff_ms", int(backoff_initial_s * 1000)),
-                ("grpc.min_reconnect_backoff_ms", int(backoff_initial_s * 1000)),
-                ("grpc.max_reconnect_backoff_ms", int(backoff_max_s * 1000)),
-            ),
-        )
-        self._stub = trace_service_pb2_grpc.TraceServiceStub(self._channel)
         self._sent = metrics.spans.labels(endpoint, "sent")
         self._dropped = metrics.spans.labels(endpoint, "dropped")
         self._failed = metrics.spans.labels(endpoint, "failed")
@@ -150,34 +135,53 @@ class Forwarder:
             self._run(), name=f"forward-{self.endpoint}"
         )
 
+    def _take(self) -> list[StoredSpan]:
+        batch = [self._buffer.popleft() for _ in range(min(self._max_batch, len(self._buffer)))]
+        self._gauge.set(len(self._buffer))
+        return batch
+
     async def _run(self) -> None:
         while True:
             await self._ready.wait()
             if not self._buffer:
                 self._ready.clear()
                 continue
-            batch = [self._buffer.popleft() for _ in range(min(self._max_batch, len(self._buffer)))]
-            self._gauge.set(len(self._buffer))
-            await self._send(batch)
+            await self._send(self._take())
 
     async def _send(self, batch: list[StoredSpan]) -> bool:
-        request = export_request(batch)
+        """Send with bounded retries; True when every span was accepted."""
+        initial, cap = self._backoff
         for attempt in range(1, self._max_attempts + 1):
             try:
-                await self._stub.Export(request, timeout=self._timeout)
-            except grpc.aio.AioRpcError as err:
-                if err.code() not in RETRYABLE or attempt == self._max_attempts:
+                outcome = await self._sink.send(batch)
+            except Exception as err:  # a Sink bug must not kill forwarding for good
+                log.exception("forwarding to %s raised", self.endpoint)
+                outcome = Outcome(failed=len(batch), error=repr(err))
+            self._sent.inc(len(batch) - len(outcome.retry) - outcome.failed)
+            if outcome.failed:
+                self._failed.inc(outcome.failed)
+            if not outcome.retry:
+                if outcome.failed:
                     log.warning(
-                        "forwarding %d spans to %s failed: %s", len(batch), self.endpoint, err
+                        "%s rejected %d spans: %s", self.endpoint, outcome.failed, outcome.error
                     )
-                    self._failed.inc(len(batch))
-                    return False
-                self._retries.inc()
-                initial, cap = self._backoff
-                await asyncio.sleep(backoff_delay(attempt, initial, cap, self._random.random()))
-            else:
-                self._sent.inc(len(batch))
-                return True
+                return not outcome.failed
+            if attempt == self._max_attempts:
+                log.warning(
+                    "forwarding %d spans to %s failed after %d attempts: %s",
+                    len(outcome.retry),
+                    self.endpoint,
+                    attempt,
+                    outcome.error,
+                )
+                self._failed.inc(len(outcome.retry))
+                return False
+            self._retries.inc()
+            delay = backoff_delay(attempt, initial, cap, self._random.random())
+            if outcome.retry_after_s is not None:
+                delay = max(delay, min(outcome.retry_after_s, cap))
+            batch = outcome.retry
+            await asyncio.sleep(delay)
         return False  # pragma: no cover - the loop always returns
 
     async def close(self, flush_timeout_s: float) -> None:
@@ -188,14 +192,11 @@ class Forwarder:
 
         async def flush() -> None:
             while self._buffer:
-                batch = [
-                    self._buffer.popleft() for _ in range(min(self._max_batch, len(self._buffer)))
-                ]
-                if not await self._send(batch):
+                if not await self._send(self._take()):
                     return
 
         try:
             await asyncio.wait_for(flush(), timeout=flush_timeout_s)
         except TimeoutError:
             log.warning("%s: %d spans not forwarded at shutdown", self.endpoint, len(self._buffer))
-        await self._channel.close()
+        await self._sink.close()

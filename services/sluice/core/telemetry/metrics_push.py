@@ -1,0 +1,168 @@
+"""Optional OTLP push of a service's Prometheus metrics, for stacks without Prometheus.
+
+The same registry /metrics serves is collected every `interval_s` and sent as one OTLP
+ExportMetricsServiceRequest to an OTLP/gRPC endpoint (an OpenTelemetry Collector,
+Grafana Mimir/Alloy, Azure Monitor through a collector...). Counters become monotonic
+cumulative Sums, gauges Gauges, histograms cumulative explicit-bucket Histograms (OTLP
+bucket counts are per bucket, Prometheus' are cumulative: they are differenced);
+summaries and info metrics are not sent. A failed push is counted and the next interval
+simply sends the then-current totals: cumulative values lose nothing in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.metrics.v1 import metrics_pb2
+from opentelemetry.proto.resource.v1 import resource_pb2
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.metrics_core import Metric
+
+from sluice.core.config import MetricsExportSettings
+
+log = logging.getLogger(__name__)
+CUMULATIVE = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
+
+
+def _attributes(labels: dict[str, str]) -> list[common_pb2.KeyValue]:
+    return [
+        common_pb2.KeyValue(key=key, value=common_pb2.AnyValue(string_value=value))
+        for key, value in sorted(labels.items())
+    ]
+
+
+def _number(
+    family: Metric, suffix: str, start_ns: int, now_ns: int
+) -> list[metrics_pb2.NumberDataPoint]:
+    return [
+        metrics_pb2.NumberDataPoint(
+            attributes=_attributes(sample.labels),
+            start_time_unix_nano=start_ns,
+            time_unix_nano=now_ns,
+            as_double=sample.value,
+        )
+        for sample in family.samples
+        if sample.name == family.name + suffix
+    ]
+
+
+@dataclass
+class _Series:
+    """One labelled histogram series as Prometheus exposes it."""
+
+    buckets: list[tuple[float, float]] = field(default_factory=list)  # (le, cumulative)
+    count: float = 0.0
+    total: float = 0.0
+
+
+def _histogram(family: Metric, start_ns: int, now_ns: int) -> list[metrics_pb2.HistogramDataPoint]:
+    series: dict[tuple[tuple[str, str], ...], _Series] = {}
+    for sample in family.samples:
+        labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
+        one = series.setdefault(labels, _Series())
+        if sample.name.endswith("_bucket"):
+            one.buckets.append((float(sample.labels["le"]), sample.value))
+        elif sample.name.endswith("_count"):
+            one.count = sample.value
+        elif sample.name.endswith("_sum"):
+            one.total = sample.value
+    points = []
+    for labels, one in series.items():
+        buckets = sorted(one.buckets)
+        cumulative = [count for _, count in buckets]
+        below = [0.0, *cumulative[:-1]]
+        points.append(
+            metrics_pb2.HistogramDataPoint(
+                attributes=_attributes(dict(labels)),
+                start_time_unix_nano=start_ns,
+                time_unix_nano=now_ns,
+                count=int(one.count),
+                sum=one.total,
+                explicit_bounds=[le for le, _ in buckets if not math.isinf(le)],
+                bucket_counts=[int(c - b) for c, b in zip(cumulative, below, strict=True)],
+            )
+        )
+    return points
+
+
+def export_request(
+    registry: CollectorRegistry, service: str, start_ns: int, now_ns: int
+) -> metrics_service_pb2.ExportMetricsServiceRequest:
+    """The registry's current values as one OTLP metrics export."""
+    scope = metrics_pb2.ScopeMetrics(scope=common_pb2.InstrumentationScope(name="sluice"))
+    for family in registry.collect():
+        metric = metrics_pb2.Metric(name=family.name, description=family.documentation)
+        if family.type == "counter":
+            metric.name = family.name + "_total"
+            metric.sum.is_monotonic = True
+            metric.sum.aggregation_temporality = CUMULATIVE
+            metric.sum.data_points.extend(_number(family, "_total", start_ns, now_ns))
+        elif family.type == "gauge":
+            metric.gauge.data_points.extend(_number(family, "", start_ns, now_ns))
+        elif family.type == "histogram":
+            metric.histogram.aggregation_temporality = CUMULATIVE
+            metric.histogram.data_points.extend(_histogram(family, start_ns, now_ns))
+        else:
+            continue
+        scope.metrics.append(metric)
+    resource = resource_pb2.Resource(
+        attributes=_attributes({"service.name": service, "service.namespace": "sluice"})
+    )
+    return metrics_service_pb2.ExportMetricsServiceRequest(
+        resource_metrics=[metrics_pb2.ResourceMetrics(resource=resource, scope_metrics=[scope])]
+    )
+
+
+class MetricsPusher:
+    """Pushes the registry every interval from a task of the service's event loop."""
+
+    def __init__(
+        self, registry: CollectorRegistry, service: str, settings: MetricsExportSettings
+    ) -> None:
+        self._registry = registry
+        self._service = service
+        self._settings = settings
+        self._start_ns = time.time_ns()
+        self._channel = grpc.aio.insecure_channel(settings.endpoint)
+        self._stub = metrics_service_pb2_grpc.MetricsServiceStub(self._channel)
+        self._failures = Counter(
+            "sluice_metrics_export_failures",
+            "OTLP metric pushes that failed (the next one sends the then-current totals).",
+            registry=registry,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def push(self) -> bool:
+        """One export of the current values; False (and counted) when it failed."""
+        request = export_request(self._registry, self._service, self._start_ns, time.time_ns())
+        try:
+            await self._stub.Export(request, timeout=self._settings.timeout_s)
+        except grpc.aio.AioRpcError as err:
+            self._failures.inc()
+            log.warning("metrics push to %s failed: %s", self._settings.endpoint, err.code())
+            return False
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.interval_s)
+            await self.push()
+
+    def start(self) -> None:
+        """Start pushing every interval."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="metrics-push")
+
+    async def close(self) -> None:
+        """Stop, push the final values once, close the channel."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.push()
+        await self._channel.close()

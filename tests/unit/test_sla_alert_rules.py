@@ -1,0 +1,88 @@
+"""The SLA alert rules (deploy/prometheus/rules/sla.rules.yml) are valid, each is
+unit-tested with `promtool test rules`, and each links its runbook.
+
+promtool comes from Debian's `prometheus` package (`make tools`); its absence fails
+these tests rather than skipping them.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess  # nosec B404
+from pathlib import Path
+
+import yaml
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
+RULES = DEPLOY / "rules" / "sla.rules.yml"
+TESTS = DEPLOY / "tests" / "sla.rules.test.yml"
+ANCHOR = re.compile(r"^docs/runbooks\.md#[a-z0-9]+(-[a-z0-9]+)*$")
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("promtool")
+    assert binary, "promtool is missing: run `make tools` (apt-get install prometheus)"
+    return subprocess.run(  # nosec B603
+        [binary, *args], cwd=DEPLOY, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def alerts() -> list[dict[str, object]]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def test_sla_rules_are_valid() -> None:
+    result = promtool("check", "rules", "rules/sla.rules.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 10 rules found" in result.stdout
+
+
+def test_sla_alerts_fire_and_resolve_as_their_unit_tests_expect() -> None:
+    result = promtool("test", "rules", "tests/sla.rules.test.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_every_sla_alert_is_tested_and_links_its_runbook() -> None:
+    tested = {
+        check["alertname"]
+        for case in yaml.safe_load(TESTS.read_text())["tests"]
+        for check in case["alert_rule_test"]
+        if check["exp_alerts"]
+    }
+    names = set()
+    for rule in alerts():
+        names.add(rule["alert"])
+        annotations = rule["annotations"]
+        assert isinstance(annotations, dict)
+        assert ANCHOR.match(annotations["runbook_url"]), rule["alert"]
+        assert rule["labels"] in ({"severity": "page"}, {"severity": "ticket"}), rule["alert"]
+    assert names == {
+        "SluiceTargetDown",
+        "SluiceCpuNearLimit",
+        "SluiceMemoryNearLimit",
+        "SluiceLatencyP99OverSLA",
+        "SluiceErrorBudgetBurn",
+        "SluiceErrorBudgetSlowBurn",
+        "SluiceRolloutFailed",
+    }
+    assert names <= tested  # each seen firing in a promtool test, not only silent
+
+
+def test_prometheus_loads_the_sla_rules() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    assert "rules/sla.rules.yml" in config["rule_files"]
+
+
+def test_a_wrong_expectation_fails_promtool(tmp_path: Path) -> None:
+    # The unit test above could pass vacuously if promtool ignored expectations.
+    broken = yaml.safe_load(TESTS.read_text())
+    broken["rule_files"] = [str(DEPLOY / "rules" / "sluice.rules.yml"), str(RULES)]
+    broken["tests"][0]["alert_rule_test"][0]["exp_alerts"] = []
+    path = tmp_path / "broken.test.yml"
+    path.write_text(yaml.safe_dump(broken))
+    result = promtool("test", "rules", str(path))
+    assert result.returncode != 0
+    assert "SluiceTargetDown" in result.stdout + result.stderr
