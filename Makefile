@@ -16,7 +16,7 @@ STAMP         := $(VENV)/.synced-dev
 # The runtime set only, for `make up`; leaves dev tools in place when already there.
 RUNTIME_STAMP := $(VENV)/.synced-runtime
 
-.PHONY: venv tools js-deps up test test-fast gen lint lock lock-check sbom security bench \
+.PHONY: venv tools js-deps up test test-fast gen docs docs-gen lint lock lock-check sbom security bench \
 	bench-limiter bench-overload envoy-config clean
 
 $(UV): requirements/uv.txt
@@ -82,9 +82,21 @@ test: $(STAMP) tools js-deps lint
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit tests/integration
 
-## gen: regenerate gen/ (stubs + descriptor image) from protos/.
+## gen: regenerate gen/ (stubs + descriptor image) from protos/, then the generated
+## reference pages (docs/reference/) that read them.
 gen: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
+	$(BIN)/python scripts/gen_docs.py
+
+## docs-gen: regenerate docs/reference/ (gRPC, HTTP, configuration) from the descriptor
+## image, the OpenAPI document and the settings models; commit the result.
+docs-gen: $(STAMP)
+	$(BIN)/python scripts/gen_docs.py
+
+## docs: build the documentation site (mkdocs.yml) into build/site. --strict: a broken
+## link or anchor, or a page missing from the navigation, fails. Works offline.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 lint: $(STAMP) lock-check
 	$(BIN)/buf lint gen/sluice.binpb --path sluice --config buf.yaml
