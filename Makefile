@@ -56,8 +56,8 @@ tools:
 	    prometheus prometheus-alertmanager chromium fonts-dejavu-core; \
 	fi
 
-## js-deps: Node.js and the pinned `openai` JavaScript SDK for tests/e2e/test_openai_js_sdk.py
-## (tests/js; `npm ci` from its committed lock, again only when the lock changes). Installs
+## js-deps: Node.js, the pinned `openai` JavaScript SDK for tests/e2e/test_openai_js_sdk.py and
+## newman for tests/docs/test_postman.py (tests/js; `npm ci` from its committed lock, again only when the lock changes). Installs
 ## Debian's nodejs and npm when node or npm is missing (root).
 JS_DEPS := tests/js/node_modules/.package-lock.json
 
@@ -87,11 +87,13 @@ test-fast: $(STAMP)
 gen: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
 	$(BIN)/python scripts/gen_docs.py
+	$(BIN)/python scripts/gen_postman.py
 
-## docs-gen: regenerate docs/reference/ (gRPC, HTTP, configuration) from the descriptor
-## image, the OpenAPI document and the settings models; commit the result.
+## docs-gen: regenerate docs/reference/ (gRPC, HTTP, configuration, the Postman
+## collection) from the descriptor image, the OpenAPI document and the settings models.
 docs-gen: $(STAMP)
 	$(BIN)/python scripts/gen_docs.py
+	$(BIN)/python scripts/gen_postman.py
 
 ## docs: build the documentation site (mkdocs.yml) into build/site. --strict: a broken
 ## link or anchor, or a page missing from the navigation, fails. Works offline.

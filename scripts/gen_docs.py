@@ -317,7 +317,11 @@ def http_reference(document: dict[str, Any]) -> str:
         "# HTTP reference",
         "",
         paragraphs(document["info"]["description"]),
-        "The same document is served by the running edge at `GET /openapi.json`.",
+        "The same document is served by the running edge at `GET /openapi.json`. A Postman",
+        "collection of these operations, with tests on every answer, is generated from it:",
+        "[collection](postman/sluice.postman_collection.json) and",
+        "[environment](postman/sluice.postman_environment.json)",
+        "(`newman run sluice.postman_collection.json -e sluice.postman_environment.json`).",
         "",
         "Authentication: `authorization: Bearer <key>` (or `x-api-key: <key>` on the",
         "contract's routes). Errors are JSON: on the contract's routes a `google.rpc.Status`",
@@ -393,6 +397,8 @@ SECTIONS: tuple[tuple[str, str, type[BaseModel]], ...] = (
 def type_name(annotation: Any) -> str:
     """A readable name for a field's annotation (`list[ApiKeySettings]`, `float | None`)."""
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return type_name(typing.get_args(annotation)[0])
     if origin in (types.UnionType, typing.Union):
         return " | ".join(type_name(a) for a in typing.get_args(annotation))
     if origin is typing.Literal:
@@ -473,6 +479,16 @@ class ConfigPage:
                 below.append((key, annotation, f"{env}{name.upper()}__" if env else None, current))
             for item in nested_models(annotation):
                 self.items.setdefault(item.__name__, item)
+            if env and isinstance(current, dict):
+                # An entry the default map already has (provider.backends.simulated) can be
+                # changed field by field from the environment when its model needs no
+                # field set (the others then take their defaults), so it gets a table.
+                for entry, entry_value in current.items():
+                    if isinstance(entry_value, BaseModel) and not any(
+                        f.is_required() for f in type(entry_value).model_fields.values()
+                    ):
+                        entry_env = f"{env}{name.upper()}__{entry.upper()}__"
+                        below.append((f"{key}.{entry}", type(entry_value), entry_env, entry_value))
         out.append("")
         for key, nested, nested_env, current in below:
             out += [f"#### `{key}`", "", text(nested.__doc__ or ""), ""]

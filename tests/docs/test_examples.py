@@ -8,19 +8,17 @@ each block's `localhost:<default port>` is rewritten to the suite's port. A bloc
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from sluice.core.config import deep_merge
 from tests.docs.blocks import ROOT, Block, all_blocks, with_ports
-from tests.e2e.conftest import RunningSuite, start_suite
+from tests.e2e.conftest import RunningSuite
 
 BLOCKS = all_blocks()
 RUN = [b for b in BLOCKS if b.kind and not b.not_run]
@@ -28,36 +26,47 @@ NOT_RUN = [b for b in BLOCKS if b.kind and b.not_run]
 BLOCK_TIMEOUT_S = 60
 
 
-def _guide_config() -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    for block in BLOCKS:
-        if block.suite_config:
-            merged = deep_merge(merged, yaml.safe_load(block.code))
-    return merged
+class PythonRunner:
+    """One interpreter running tests/docs/runner.py; blocks are sent to it in turn."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("runner.py"))],
+            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def run(self, name: str, code: str) -> tuple[bool, str]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps({"name": name, "code": code}) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        assert line, f"the Python block runner died running {name}"
+        reply = json.loads(line)
+        return bool(reply["ok"]), str(reply["output"])
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
 
 
 @pytest.fixture(scope="module")
-def docs_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuite]:
-    config = _guide_config()
-    # start_suite merges one level deep; the guides' sections go in whole on top of it.
-    with start_suite(tmp_path_factory.mktemp("docs-suite"), **config) as running:
-        yield running
-
-
-def _run(block: Block, suite: RunningSuite, tmp: Path) -> subprocess.CompletedProcess[str]:
-    code = with_ports(block.code, suite.ports)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    if block.kind == "python":
-        script = tmp / "block.py"
-        script.write_text(code)
-        command = [sys.executable, str(script)]
-    else:
-        command = ["bash", "-e", "-o", "pipefail", "-c", code]
-    return subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S,
-        check=False,
-    )  # fmt: skip
+def python_runner() -> Iterator[PythonRunner]:
+    runner = PythonRunner(_env())
+    try:
+        yield runner
+    finally:
+        runner.close()
 
 
 def test_the_guides_have_runnable_examples() -> None:
@@ -72,10 +81,16 @@ def test_every_not_run_block_says_why() -> None:
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("block", RUN, ids=[b.id for b in RUN])
-def test_docs_block_runs(block: Block, docs_suite: RunningSuite, tmp_path: Path) -> None:
-    result = _run(block, docs_suite, tmp_path)
-    assert result.returncode == 0, (
-        f"{block.id} ({block.kind}) exited {result.returncode}\n--- code\n"
-        f"{with_ports(block.code, docs_suite.ports)}\n--- stdout\n{result.stdout[-3000:]}"
-        f"\n--- stderr\n{result.stderr[-3000:]}"
-    )
+def test_docs_block_runs(
+    block: Block, docs_suite: RunningSuite, python_runner: PythonRunner
+) -> None:
+    code = with_ports(block.code, docs_suite.ports)
+    if block.kind == "python":
+        ok, output = python_runner.run(block.id, code)
+    else:
+        result = subprocess.run(
+            ["bash", "-e", "-o", "pipefail", "-c", code], cwd=ROOT, env=_env(),
+            capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S, check=False,
+        )  # fmt: skip
+        ok, output = result.returncode == 0, result.stdout + result.stderr
+    assert ok, f"{block.id} ({block.kind}) failed\n--- code\n{code}\n--- output\n{output[-4000:]}"

@@ -13,16 +13,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "docs" / "reference"
-PAGES = ("grpc.md", "http.md", "configuration.md")
+PAGES = (
+    "grpc.md",
+    "http.md",
+    "configuration.md",
+    "postman/sluice.postman_collection.json",
+    "postman/sluice.postman_environment.json",
+)
 
 
 def _generate(out: Path) -> None:
-    subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gen_docs.py"), str(out)],
-        check=True,
-        capture_output=True,
-        cwd=ROOT,
-    )
+    for script, target in (("gen_docs.py", out), ("gen_postman.py", out / "postman")):
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / script), str(target)],
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
+        )
 
 
 def test_reference_pages_are_up_to_date(tmp_path: Path) -> None:
