@@ -52,6 +52,8 @@ class PythonRunner:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        assert self.process.stdout is not None
+        self.process.stdout.close()
 
 
 def _env() -> dict[str, str]:
