@@ -107,7 +107,8 @@ def _contract_requests(document: dict[str, Any]) -> list[dict[str, Any]]:
                 if path == "/v1/models":  # also answers in OpenAI's shape (openapi.py)
                     fields += ["object", "data"]
                 tests = _json_tests(fields)
-            items.append(_request(operation["summary"], verb, path, body, tests))
+            name = f"{operation['operationId']} ({verb.upper()} {path})"
+            items.append(_request(name, verb, path, body, tests))
     return items
 
 

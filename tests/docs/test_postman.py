@@ -33,7 +33,7 @@ def test_newman_runs_the_collection_against_the_suite(
             "--environment", str(POSTMAN / "sluice.postman_environment.json"),
             "--env-var", f"baseUrl={docs_suite.edge}",
             "--reporters", "cli,json", "--reporter-json-export", str(report),
-            "--timeout-request", "30000", "--no-color",
+            "--timeout-request", "30000", "--color", "off",
         ],
         capture_output=True, text=True, timeout=110, check=False,
     )  # fmt: skip
