@@ -69,7 +69,15 @@ $(JS_DEPS): tests/js/package.json tests/js/package-lock.json
 	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 	touch $@
 
-js-deps: $(JS_DEPS)
+# The TypeScript client (clients/typescript): protoc-gen-es for `make gen`, tsc and Connect
+# for its example client (tests/docs/test_typescript_client.py).
+TS_DEPS := clients/typescript/node_modules/.package-lock.json
+
+$(TS_DEPS): clients/typescript/package.json clients/typescript/package-lock.json $(JS_DEPS)
+	npm ci --prefix clients/typescript --no-audit --no-fund --loglevel=error
+	touch $@
+
+js-deps: $(JS_DEPS) $(TS_DEPS)
 
 ## up: start the whole suite in the foreground (Ctrl-C stops it). CONFIG=file.yaml to override.
 up: $(RUNTIME_STAMP)
@@ -82,12 +90,13 @@ test: $(STAMP) tools js-deps lint
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit tests/integration
 
-## gen: regenerate gen/ (stubs + descriptor image) from protos/, then the generated
-## reference pages (docs/reference/) that read them.
-gen: $(STAMP)
+## gen: regenerate gen/ (stubs + descriptor image) from protos/, then what reads them: the
+## reference pages (docs/reference/) and the TypeScript stubs (clients/typescript/src/gen/).
+gen: $(STAMP) js-deps
 	$(BIN)/python scripts/gen_protos.py
 	$(BIN)/python scripts/gen_docs.py
 	$(BIN)/python scripts/gen_postman.py
+	$(BIN)/python scripts/gen_ts_client.py
 
 ## docs-gen: regenerate docs/reference/ (gRPC, HTTP, configuration, the Postman
 ## collection) from the descriptor image, the OpenAPI document and the settings models.
