@@ -96,13 +96,15 @@ gen: $(STAMP) js-deps
 	$(BIN)/python scripts/gen_protos.py
 	$(BIN)/python scripts/gen_docs.py
 	$(BIN)/python scripts/gen_postman.py
+	$(BIN)/python scripts/gen_apib.py
 	$(BIN)/python scripts/gen_ts_client.py
 
 ## docs-gen: regenerate docs/reference/ (gRPC, HTTP, configuration, the Postman
-## collection) from the descriptor image, the OpenAPI document and the settings models.
+## collection, the API Blueprint export) from the descriptor image, the OpenAPI document and the settings models.
 docs-gen: $(STAMP)
 	$(BIN)/python scripts/gen_docs.py
 	$(BIN)/python scripts/gen_postman.py
+	$(BIN)/python scripts/gen_apib.py
 
 ## docs: build the documentation site (mkdocs.yml) into build/site. --strict: a broken
 ## link or anchor, or a page missing from the navigation, fails. Works offline.

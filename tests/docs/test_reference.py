@@ -19,11 +19,16 @@ PAGES = (
     "configuration.md",
     "postman/sluice.postman_collection.json",
     "postman/sluice.postman_environment.json",
+    "sluice.apib",
 )
 
 
 def _generate(out: Path) -> None:
-    for script, target in (("gen_docs.py", out), ("gen_postman.py", out / "postman")):
+    for script, target in (
+        ("gen_docs.py", out),
+        ("gen_postman.py", out / "postman"),
+        ("gen_apib.py", out / "sluice.apib"),
+    ):
         subprocess.run(
             [sys.executable, str(ROOT / "scripts" / script), str(target)],
             check=True,
