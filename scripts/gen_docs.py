@@ -457,7 +457,7 @@ class ConfigPage:
 
     def table(self, model: type[BaseModel], path: str, env: str | None, value: Any) -> None:
         out = self.lines
-        out += ["| key | type | default | env | description |", "|---|---|---|---|---|"]
+        out += ["| field | type | default | env | description |", "|---|---|---|---|---|"]
         below: list[tuple[str, type[BaseModel], str | None, Any]] = []
         for name, info in model.model_fields.items():
             current = getattr(value, name) if value is not None else default_of(info)
@@ -475,7 +475,7 @@ class ConfigPage:
                 )
             )
             out.append(
-                f"| `{key}` | `{type_name(annotation)}` | {default} | {variable} | {description} |"
+                f"| `{name}` | `{type_name(annotation)}` | {default} | {variable} | {description} |"
             )
             if is_model:
                 assert isinstance(annotation, type)
