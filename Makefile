@@ -90,17 +90,20 @@ test: $(STAMP) tools js-deps lint
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit tests/integration
 
-## gen: regenerate gen/ (stubs + descriptor image) from protos/, then what reads them: the
-## reference pages (docs/reference/) and the TypeScript stubs (clients/typescript/src/gen/).
+## gen: regenerate gen/ (stubs + descriptor image) from protos/, and what reads them:
+## docs/errors.md from the error table in services/sluice/core/errors.py, the reference
+## pages (docs/reference/) and the TypeScript stubs (clients/typescript/src/gen/).
 gen: $(STAMP) js-deps
 	$(BIN)/python scripts/gen_protos.py
+	$(BIN)/python scripts/gen_error_docs.py
 	$(BIN)/python scripts/gen_docs.py
 	$(BIN)/python scripts/gen_postman.py
 	$(BIN)/python scripts/gen_apib.py
 	$(BIN)/python scripts/gen_ts_client.py
 
 ## docs-gen: regenerate docs/reference/ (gRPC, HTTP, configuration, the Postman
-## collection, the API Blueprint export) from the descriptor image, the OpenAPI document and the settings models.
+## collection, the API Blueprint export) from the descriptor image, the OpenAPI document
+## and the settings models.
 docs-gen: $(STAMP)
 	$(BIN)/python scripts/gen_docs.py
 	$(BIN)/python scripts/gen_postman.py

@@ -110,7 +110,7 @@ async def run(args: argparse.Namespace) -> None:
         [
             sys.executable,
             "-m",
-            "loadtest.fakes",
+            "tests.fakes",
             "openai",
             "--answer-tokens",
             str(args.answer_tokens),

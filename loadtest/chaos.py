@@ -1,4 +1,6 @@
-"""Chaos run: the real suite under bounded load while things break (SPEC §2, issue 3).
+"""Chaos run: the real suite under bounded load while things break.
+
+What it shows and the figures it gave: docs/resilience.md, "The chaos run".
 
 Starts `sluice up` (two provider replicas, primary + secondary back ends, fault
 injection on) on free loopback ports, keeps `--concurrency` Generate streams in flight

@@ -26,6 +26,9 @@ import aiohttp
 import grpc
 import yaml
 
+# Run as `python loadtest/converse_bench.py`: the repository root, for `loadtest.bench`.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from loadtest.bench import RunningSuite, suite_config
 from sluice.common.v1 import common_pb2
 from sluice.router.v1 import router_pb2, router_pb2_grpc

@@ -1,6 +1,6 @@
 """Shared testing helpers: a fake clock, settings builders, in-process services, metrics.
 
-Every test module imports from here (STYLE "Tests": fakes from one shared testing module).
+Every test module imports its fakes from here, so every test fakes the same way.
 """
 
 from __future__ import annotations
@@ -31,13 +31,15 @@ from sluice.limiter.v1 import limiter_pb2_grpc
 from sluice.provider.service import build_server as build_provider
 from sluice.provider.settings import ProviderSettings
 from sluice.provider.v1 import provider_pb2_grpc
-from sluice.router.service import build_server as build_router
 from sluice.router.settings import RouterSettings
 from sluice.router.v1 import router_pb2_grpc
+from sluice.router.wiring import RouterHost
+from sluice.router.wiring import build_server as build_router
 from sluice.telemetry.settings import TelemetrySettings
 
 S = TypeVar("S", bound=ServiceSettings)
 T = TypeVar("T")
+H = TypeVar("H", bound=ServiceHost)
 
 # The key every integration router accepts, and its configured id.
 API_KEY = "sk-test-key"
@@ -132,7 +134,7 @@ class ServiceStack:
         self._servers.append(server)
         return port
 
-    async def start(self, host: ServiceHost) -> ServiceHost:
+    async def start(self, host: H) -> H:
         """Start a host built by some build_server(settings) and track it for teardown."""
         self.hosts.append(host)
         await host.start()
@@ -263,7 +265,7 @@ class Suite:
 
     limiter: ServiceHost
     provider: ServiceHost
-    router: ServiceHost
+    router: RouterHost
     router_stub: router_pb2_grpc.RouterServiceStub
     limiter_stub: limiter_pb2_grpc.LimiterServiceStub
     provider_stub: provider_pb2_grpc.ProviderServiceStub

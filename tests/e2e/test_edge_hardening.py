@@ -1,4 +1,4 @@
-"""Edge hardening of the Envoy front (launcher/envoy.py), over HTTP/1.1 and HTTP/2:
+"""Edge hardening of the Envoy front (launcher/envoy/), over HTTP/1.1 and HTTP/2:
 body and header limits, the per-connection stream limit, the header timeout, TLS.
 
 Envoy runs alone on a rendered config (the limits act before any upstream is asked),

@@ -147,7 +147,8 @@ def test_streamed_chat_with_usage(seen: dict[str, dict[str, Any]]) -> None:
     assert stream["role"] == "assistant"
     assert stream["text"] == observed(seen, "chat")["text"]
     # One token per chunk when idle; under load the router's buffer and the simulated
-    # model's ticks may put two in one chunk (SPEC §3), so count tokens, not chunks.
+    # model's ticks may put two in one chunk (docs/architecture.md, the adaptive buffer),
+    # so count tokens, not chunks.
     assert 2 <= stream["content_chunks"] <= 8
     assert len(stream["text"].split()) == 8
     assert stream["finish_reason"] == "length"

@@ -29,7 +29,7 @@ def fake_openai() -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "loadtest.fakes",
+            "tests.fakes",
             "openai",
             "--api-key",
             KEY,

@@ -17,8 +17,8 @@ from sluice.common.v1 import common_pb2
 from sluice.core.tokens import count_tokens
 from sluice.limiter.service import build_server as build_limiter
 from sluice.provider.service import build_server as build_provider
-from sluice.router.service import build_server as build_router
 from sluice.router.v1 import router_pb2, router_pb2_grpc
+from sluice.router.wiring import build_server as build_router
 from tests.support import (
     API_KEY,
     AUTH,
@@ -282,7 +282,7 @@ async def test_history_is_bounded_per_stream(stack: ServiceStack) -> None:
 
 
 def ws_url(suite: Suite) -> str:
-    return f"http://127.0.0.1:{suite.router.http_api.port}/v1/ws"  # type: ignore[attr-defined]
+    return f"http://127.0.0.1:{suite.router.http_port}/v1/ws"
 
 
 def frame(request: router_pb2.ConverseRequest) -> str:

@@ -15,8 +15,8 @@ import pytest
 from sluice.common.v1 import common_pb2
 from sluice.limiter.service import build_server as build_limiter
 from sluice.provider.service import build_server as build_provider
-from sluice.router.service import build_server as build_router
 from sluice.router.v1 import router_pb2, router_pb2_grpc
+from sluice.router.wiring import build_server as build_router
 from tests.support import (
     API_KEY,
     AUTH,

@@ -16,9 +16,9 @@ import pytest
 from anthropic.types import MessageParam, ToolParam
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
-from loadtest.fakes.anthropic_fake import AnthropicFake
-from loadtest.fakes.common import FakeBehaviour
-from loadtest.fakes.openai_fake import OpenAIFake
+from tests.fakes.anthropic_fake import AnthropicFake
+from tests.fakes.common import FakeBehaviour
+from tests.fakes.openai_fake import OpenAIFake
 
 KEY = "sk-fidelity-0123456789"
 TOOL: ChatCompletionToolParam = {

@@ -30,8 +30,8 @@ from sluice.limiter.service import LIMITER_SERVICE, STORE_HEALTH, build_server
 from sluice.limiter.settings import RedisSettings
 from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
 from sluice.provider.service import build_server as build_provider
-from sluice.router.service import build_server as build_router
 from sluice.router.v1 import router_pb2, router_pb2_grpc
+from sluice.router.wiring import build_server as build_router
 from tests.support import (
     AUTH,
     FakeClock,

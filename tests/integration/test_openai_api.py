@@ -9,10 +9,10 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from sluice.core.grpcx.server import ServiceHost
 from sluice.limiter.service import build_server as build_limiter
 from sluice.provider.service import build_server as build_provider
-from sluice.router.service import build_server as build_router
+from sluice.router.wiring import RouterHost
+from sluice.router.wiring import build_server as build_router
 from tests.support import (
     API_KEY,
     SLOW_BACKEND,
@@ -29,8 +29,8 @@ from tests.support import (
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me about sluices"}]
 
 
-def base_url(router: ServiceHost) -> str:
-    return f"http://127.0.0.1:{router.http_api.port}/v1"  # type: ignore[attr-defined]
+def base_url(router: RouterHost) -> str:
+    return f"http://127.0.0.1:{router.http_port}/v1"
 
 
 def client(suite: Suite, key: str = API_KEY) -> openai.AsyncOpenAI:
@@ -119,7 +119,7 @@ async def test_bad_key_is_the_sdks_authentication_error(suite: Suite) -> None:
     assert caught.value.status_code == 401
     assert caught.value.request_id  # errors carry x-request-id too, as OpenAI's do
     assert caught.value.body["type"] == "authentication_error"  # type: ignore[index]
-    assert caught.value.code == "authorization_error"  # the SPEC §2.1 reason
+    assert caught.value.code == "authorization_error"  # the reason, docs/errors.md
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 Each test runs the provider in-process on a free port, with back ends "oa" (OpenAI
 Chat Completions) and "an" (Anthropic Messages) pointing at the fakes, and reads what
 the official wire formats produce through our gRPC contract: text, tool calls, exact
-usage, SPEC §2.1 errors, GenAI spans and metrics.
+usage, typed errors (docs/errors.md), GenAI spans and metrics.
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from loadtest.fakes.anthropic_fake import AnthropicFake
-from loadtest.fakes.common import FakeBehaviour, FakeServer
-from loadtest.fakes.openai_fake import OpenAIFake
 from sluice.common.v1 import common_pb2
 from sluice.core.config import deep_merge, load_settings
 from sluice.core.grpcx.server import ServiceHost
 from sluice.provider.service import build_server as build_provider
 from sluice.provider.settings import ProviderSettings
 from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
+from tests.fakes.anthropic_fake import AnthropicFake
+from tests.fakes.common import FakeBehaviour, FakeServer
+from tests.fakes.openai_fake import OpenAIFake
 from tests.support import (
     FAST_BACKEND,
     ServiceStack,
@@ -501,6 +501,10 @@ ROWS = [
     ("model_not_found", "an", grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_ERROR"),
     ("context_length", "oa", grpc.StatusCode.INVALID_ARGUMENT, "TOKEN_LIMIT_EXCEEDED"),
     ("context_length", "an", grpc.StatusCode.INVALID_ARGUMENT, "TOKEN_LIMIT_EXCEEDED"),
+    # The client's request refused by the back end: a client error, never INTERNAL (the
+    # router would count that against the back end's breaker).
+    ("bad_request", "oa", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_INPUT"),
+    ("bad_request", "an", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_INPUT"),
     ("request_timeout", "oa", grpc.StatusCode.UNAVAILABLE, "SERVICE_UNAVAILABLE"),
     ("request_timeout", "an", grpc.StatusCode.UNAVAILABLE, "SERVICE_UNAVAILABLE"),
     ("rate_limit", "oa", grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMIT_EXCEEDED"),

@@ -20,8 +20,8 @@ from sluice.core.config import deep_merge
 from sluice.core.grpcx.server import ServiceHost
 from sluice.limiter.service import build_server as build_limiter
 from sluice.provider.service import build_server as build_provider
-from sluice.router.service import build_server as build_router
 from sluice.router.v1 import router_pb2, router_pb2_grpc
+from sluice.router.wiring import build_server as build_router
 from tests.support import (
     AUTH,
     FAST_BACKEND,

@@ -10,13 +10,13 @@ from typing import Any
 import httpx
 import pytest
 
-from loadtest.fakes.common import FakeBehaviour
-from loadtest.fakes.openai_fake import OpenAIFake
 from sluice.common.v1 import common_pb2
-from sluice.core.grpcx.server import ServiceHost
 from sluice.limiter.service import build_server as build_limiter
-from sluice.router.service import build_server as build_router
 from sluice.router.v1 import router_pb2, router_pb2_grpc
+from sluice.router.wiring import RouterHost
+from sluice.router.wiring import build_server as build_router
+from tests.fakes.common import FakeBehaviour
+from tests.fakes.openai_fake import OpenAIFake
 from tests.integration.test_provider_http import KEY, TOOL, http_backend, start_rig
 from tests.support import (
     AUTH,
@@ -36,7 +36,7 @@ async def oa_fake() -> AsyncIterator[OpenAIFake]:
         yield fake
 
 
-async def start_router(stack: ServiceStack, oa_fake: OpenAIFake, **fields: Any) -> ServiceHost:
+async def start_router(stack: ServiceStack, oa_fake: OpenAIFake, **fields: Any) -> RouterHost:
     limiter = await stack.start(build_limiter(limiter_settings()))
     rig = await start_rig(stack, {"oa": oa_fake}, {"oa": http_backend("openai", oa_fake)})
     return await stack.start(
@@ -153,7 +153,7 @@ async def test_openai_http_without_stream_is_one_upstream_body(
     stack: ServiceStack, oa_fake: OpenAIFake
 ) -> None:
     host = await start_router(stack, oa_fake)
-    url = f"http://127.0.0.1:{host.http_api.port}/v1/chat/completions"  # type: ignore[attr-defined]
+    url = f"http://127.0.0.1:{host.http_port}/v1/chat/completions"
     body = {"model": "gpt", "messages": [{"role": "user", "content": "hello there"}]}
     headers = {"Authorization": "Bearer sk-test-key"}
     async with httpx.AsyncClient(timeout=10) as http:

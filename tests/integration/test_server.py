@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sluice.core.grpcx.server import ServiceHost
 from sluice.limiter.service import build_server as build_limiter
 from sluice.provider.service import build_server as build_provider
-from sluice.router.service import build_server as build_router
+from sluice.router.wiring import build_server as build_router
 from sluice.telemetry.service import build_server as build_telemetry
 from tests.support import (
     ServiceStack,

@@ -25,8 +25,8 @@ from sluice.core.grpcx.types import ServicerContext
 from sluice.limiter.service import build_server as build_limiter
 from sluice.provider.multiplex import Multiplexer
 from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
-from sluice.router.service import build_server as build_router
 from sluice.router.v1 import router_pb2
+from sluice.router.wiring import build_server as build_router
 from tests.support import (
     API_KEY,
     AUTH,
@@ -115,7 +115,7 @@ async def rig(stack: ServiceStack, request: pytest.FixtureRequest) -> AsyncItera
             )
         )
     )
-    yield Rig(provider, router.port, router.http_api.port, multiplexed)  # type: ignore[attr-defined]
+    yield Rig(provider, router.port, router.http_port, multiplexed)
 
 
 async def stalled(provider: CountingProvider) -> int:

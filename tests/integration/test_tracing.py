@@ -7,15 +7,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 import pytest
 
-from loadtest.fakes.common import FakeBehaviour
-from loadtest.fakes.openai_fake import OpenAIFake
 from sluice.common.v1 import common_pb2
 from sluice.core.grpcx.server import ServiceHost
 from sluice.limiter.service import build_server as build_limiter
 from sluice.provider.service import build_server as build_provider
-from sluice.router.service import build_server as build_router
 from sluice.router.v1 import router_pb2, router_pb2_grpc
+from sluice.router.wiring import build_server as build_router
 from sluice.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
+from tests.fakes.common import FakeBehaviour
+from tests.fakes.openai_fake import OpenAIFake
 from tests.integration.test_provider_http import KEY, KEY_ENV, http_backend
 from tests.support import (
     AUTH,

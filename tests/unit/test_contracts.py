@@ -16,6 +16,16 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
+def _generate(script: str, output: Path) -> Path:
+    """Run one of scripts/ that regenerates a committed file, writing to `output`."""
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script), str(output)],
+        check=True,
+        capture_output=True,
+    )
+    return output
+
+
 def _differences(left: Path, right: Path) -> list[str]:
     comparison = filecmp.dircmp(left, right)
     found = [f"only in gen/: {n}" for n in comparison.left_only]
@@ -27,13 +37,15 @@ def _differences(left: Path, right: Path) -> list[str]:
 
 
 def test_gen_is_up_to_date_with_protos(tmp_path: Path) -> None:
-    fresh = tmp_path / "gen"
-    subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gen_protos.py"), str(fresh)],
-        check=True,
-        capture_output=True,
-    )
+    fresh = _generate("gen_protos.py", tmp_path / "gen")
     assert _differences(ROOT / "gen", fresh) == [], "gen/ is stale: run `make gen`"
+
+
+def test_error_docs_are_up_to_date_with_the_error_table(tmp_path: Path) -> None:
+    fresh = _generate("gen_error_docs.py", tmp_path / "errors.md")
+    committed = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
+    assert "`QUOTA_EXCEEDED` | `RESOURCE_EXHAUSTED` | 429" in committed
+    assert committed == fresh.read_text(encoding="utf-8"), "docs/errors.md is stale: run `make gen`"
 
 
 def test_buf_lint_is_clean() -> None:

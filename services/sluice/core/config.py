@@ -14,18 +14,33 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from sluice.core.audit import AuditSettings
 from sluice.core.telemetry.error_reporting import ErrorReportingSettings
 
 CONFIG_ENV = "SLUICE_CONFIG"
-SHARED_SECTIONS = ("tracing",)
+SHARED_SECTIONS = ("tracing", "security", "audit")
 
 
 class ConfigError(Exception):
     """Configuration that cannot be loaded or does not validate."""
+
+
+MIN_SAMPLING_RATIO = 1e-4
+"""The smallest ratio a trace is taken to be sampled with. The tracestate entry that
+carries it comes from clients too, and statistics weight each span by 1/ratio
+(telemetry/stats.py): a claimed `r:1e-300` would count one request as 1e300. So a carried
+ratio is clamped to [MIN_SAMPLING_RATIO, 1] (core/telemetry/tracing.py) and a configured
+one is 0 or at least this."""
 
 
 class TracingSettings(BaseModel):
@@ -42,6 +57,7 @@ class TracingSettings(BaseModel):
     gRPC caller's sampled `traceparent` is traced whole; through Envoy, Envoy decides at
     this ratio, docs/observability.md). 0.1 keeps tracing under 10% of throughput;
     failures are exported whatever the ratio."""
+
     keep_errors: bool = True
     """Export the failed RPC spans of traces head sampling left out (rebuilt when the
     call fails; nothing is recorded while it runs); the telemetry service's tail sampler
@@ -50,6 +66,46 @@ class TracingSettings(BaseModel):
     """Longest time a finished span waits in the batch before export."""
     max_queue_size: int = Field(8192, ge=64)
     """Spans buffered before new ones are dropped (dropping never blocks serving)."""
+
+    @field_validator("sample_ratio")
+    @classmethod
+    def _ratio_is_zero_or_weighable(cls, ratio: float) -> float:
+        if 0.0 < ratio < MIN_SAMPLING_RATIO:
+            raise ValueError(f"must be 0 or at least {MIN_SAMPLING_RATIO}")
+        return ratio
+
+
+class SecuritySettings(BaseModel):
+    """Mutual TLS between the suite's parts, and who may call what (docs/security.md).
+
+    Shared by every service (YAML section `security`), each service adding its own
+    `allow` list; paths may differ per service in its own section.
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    mtls: bool = False
+    """Serve gRPC only over mutual TLS, call the other services and export spans over it,
+    and authorize each call by the caller's certificate (`allow`). Off: plaintext on
+    loopback, every caller trusted."""
+    certs_dir: Path | None = None
+    """Directory of `ca.pem`, `<identity>.pem` and `<identity>-key.pem` (what `sluice
+    certs` writes; `sluice up` creates `<run-dir>/certs` when mtls is on and nothing is
+    configured). The paths below override single files."""
+    ca_path: Path | None = None
+    """PEM bundle of the CA(s) whose certificates are trusted (callers and services)."""
+    cert_path: Path | None = None
+    """PEM certificate chain of this service's identity."""
+    key_path: Path | None = None
+    """PEM private key of that certificate."""
+    identity: str = Field("", pattern=r"^[a-z0-9_.-]*$")
+    """This part's identity, as its certificate names it (`spiffe://sluice/<identity>` or
+    CN); empty means the service's name."""
+    allow: dict[str, list[str]] = Field(default_factory=dict)
+    """Identities allowed to call, by gRPC method (`/pkg.Service/Method`) or service
+    (`pkg.Service`); `*` is any identity the CA vouches for. A method matched by neither
+    is refused (PERMISSION_DENIED). Each service sets its own defaults; health checks are
+    open to any identity and reflection to `operator` unless listed here."""
 
 
 class ServerSettings(BaseModel):
@@ -84,6 +140,10 @@ class ServiceSettings(BaseSettings):
     """Minimum level of the JSON log."""
     error_reporting: ErrorReportingSettings = ErrorReportingSettings()
     """Optional Sentry reporting of server-side failures."""
+    security: SecuritySettings = SecuritySettings()
+    """Mutual TLS and per-method authorization of callers (off by default)."""
+    audit: AuditSettings = AuditSettings()
+    """The append-only audit log of requests and admin actions (off by default)."""
 
     @classmethod
     def settings_customise_sources(

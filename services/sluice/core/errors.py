@@ -1,4 +1,5 @@
-"""The error taxonomy of SPEC §2.1 and its mapping to rich gRPC statuses.
+"""The error taxonomy (docs/errors.md, generated from this module) and its mapping to
+rich gRPC statuses.
 
 Every failure a client can see is a ``SluiceError`` subclass that declares its reason
 and gRPC code; ``to_rpc_status`` turns it into ``google.rpc.Status`` with ErrorInfo
@@ -33,10 +34,10 @@ class QuotaViolation:
     description: str
 
 
-# The HTTP status of each reason (SPEC §2.1). Envoy's transcoder maps gRPC codes on its
+# The HTTP status of each reason (docs/errors.md). Envoy's transcoder maps gRPC codes on its
 # own (RESOURCE_EXHAUSTED -> 429, UNAVAILABLE -> 503, FAILED_PRECONDITION -> 400 ...),
 # which differs for OUT_OF_MEMORY, INVALID_RESPONSE and BUSINESS_RULE_VIOLATION; the
-# status travels in this trailer and the edge applies it (launcher/envoy.py).
+# status travels in this trailer and the edge applies it (launcher/envoy/errors.py).
 HTTP_STATUS_HEADER = "x-sluice-http-status"
 _HTTP_STATUS = {
     "OUT_OF_MEMORY": 503,
@@ -61,6 +62,10 @@ class SluiceError(Exception):
 
     reason: str = "INTERNAL"
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    category: str = "system"
+    """Where the failure lies: system, provider, business, user or limit (docs/errors.md)."""
+    advice: str = "Retry once; if it persists, report the x-request-id."
+    """What a client should do about it, as docs/errors.md tells client authors."""
 
     def __init__(
         self,
@@ -85,7 +90,7 @@ class SluiceError(Exception):
 
     @property
     def http_status(self) -> int:
-        """The HTTP status a web client gets for this error (SPEC §2.1)."""
+        """The HTTP status a web client gets for this error (docs/errors.md)."""
         if self._http_status is not None:
             return self._http_status
         if self.reason == "AUTHORIZATION_ERROR":
@@ -98,6 +103,7 @@ class OutOfMemoryError(SluiceError):
 
     reason = "OUT_OF_MEMORY"
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    advice = "Retry later with backoff: the gateway is shedding load."
 
 
 class NetworkFailureError(SluiceError):
@@ -105,6 +111,7 @@ class NetworkFailureError(SluiceError):
 
     reason = "NETWORK_FAILURE"
     code = grpc.StatusCode.UNAVAILABLE
+    advice = "Retry with backoff: a connection between the gateway and a back end failed."
 
 
 class ServiceUnavailableError(SluiceError):
@@ -112,6 +119,7 @@ class ServiceUnavailableError(SluiceError):
 
     reason = "SERVICE_UNAVAILABLE"
     code = grpc.StatusCode.UNAVAILABLE
+    advice = "Retry after RetryInfo's delay when there is one, else with backoff."
 
 
 class RateLimitExceededError(SluiceError):
@@ -119,6 +127,8 @@ class RateLimitExceededError(SluiceError):
 
     reason = "RATE_LIMIT_EXCEEDED"
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    category = "provider"
+    advice = "Wait RetryInfo's delay (the provider's own reset time), then retry."
 
 
 class TokenLimitExceededError(SluiceError):
@@ -126,6 +136,8 @@ class TokenLimitExceededError(SluiceError):
 
     reason = "TOKEN_LIMIT_EXCEEDED"
     code = grpc.StatusCode.INVALID_ARGUMENT
+    category = "provider"
+    advice = "Do not retry as is: shorten the prompt or lower max_tokens."
 
 
 class InvalidResponseError(SluiceError):
@@ -133,6 +145,8 @@ class InvalidResponseError(SluiceError):
 
     reason = "INVALID_RESPONSE"
     code = grpc.StatusCode.UNAVAILABLE
+    category = "provider"
+    advice = "Retry; if it persists, report the x-request-id (the back end broke its format)."
 
 
 class ValidationError(SluiceError):
@@ -140,6 +154,8 @@ class ValidationError(SluiceError):
 
     reason = "VALIDATION_ERROR"
     code = grpc.StatusCode.INVALID_ARGUMENT
+    category = "business"
+    advice = "Fix the fields BadRequest names; the same request fails again."
 
 
 class AuthenticationError(SluiceError):
@@ -147,6 +163,8 @@ class AuthenticationError(SluiceError):
 
     reason = "AUTHORIZATION_ERROR"
     code = grpc.StatusCode.UNAUTHENTICATED
+    category = "business"
+    advice = "Send a valid API key (Authorization: Bearer, or x-api-key)."
 
 
 class PermissionDeniedError(SluiceError):
@@ -154,6 +172,8 @@ class PermissionDeniedError(SluiceError):
 
     reason = "AUTHORIZATION_ERROR"
     code = grpc.StatusCode.PERMISSION_DENIED
+    category = "business"
+    advice = "Use a key that may do this (e.g. one whose models include the alias)."
 
 
 class BusinessRuleViolationError(SluiceError):
@@ -161,6 +181,11 @@ class BusinessRuleViolationError(SluiceError):
 
     reason = "BUSINESS_RULE_VIOLATION"
     code = grpc.StatusCode.FAILED_PRECONDITION
+    category = "business"
+    advice = (
+        "Do not retry until the rule allows it: a spent budget (412) waits for the next "
+        "period, a model outside the key's tier (403) needs another key or model."
+    )
 
 
 class InvalidInputError(SluiceError):
@@ -168,6 +193,8 @@ class InvalidInputError(SluiceError):
 
     reason = "INVALID_INPUT"
     code = grpc.StatusCode.INVALID_ARGUMENT
+    category = "user"
+    advice = "Fix the request (metadata says what was wrong); do not retry it unchanged."
 
 
 class MissingParameterError(SluiceError):
@@ -175,6 +202,8 @@ class MissingParameterError(SluiceError):
 
     reason = "MISSING_PARAMETER"
     code = grpc.StatusCode.INVALID_ARGUMENT
+    category = "user"
+    advice = "Add the field BadRequest names."
 
 
 class UnsupportedOperationError(SluiceError):
@@ -182,6 +211,8 @@ class UnsupportedOperationError(SluiceError):
 
     reason = "UNSUPPORTED_OPERATION"
     code = grpc.StatusCode.UNIMPLEMENTED
+    category = "user"
+    advice = "Do not retry: use a method, path or option the gateway supports."
 
 
 class QuotaExceededError(SluiceError):
@@ -189,6 +220,8 @@ class QuotaExceededError(SluiceError):
 
     reason = "QUOTA_EXCEEDED"
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    category = "limit"
+    advice = "Wait RetryInfo's delay; QuotaFailure names the limit that refused."
 
 
 class DeadlineExceededError(SluiceError):
@@ -196,6 +229,7 @@ class DeadlineExceededError(SluiceError):
 
     reason = "DEADLINE_EXCEEDED"
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+    advice = "Retry with a longer deadline or a smaller request."
 
 
 class InternalError(SluiceError):
@@ -254,25 +288,30 @@ def to_rpc_status(error: SluiceError) -> status_pb2.Status:
     return status_pb2.Status(code=code_value, message=error.message, details=details)
 
 
+ERROR_TYPES: tuple[type[SluiceError], ...] = (
+    OutOfMemoryError,
+    NetworkFailureError,
+    ServiceUnavailableError,
+    RateLimitExceededError,
+    TokenLimitExceededError,
+    InvalidResponseError,
+    ValidationError,
+    AuthenticationError,
+    PermissionDeniedError,
+    BusinessRuleViolationError,
+    InvalidInputError,
+    MissingParameterError,
+    UnsupportedOperationError,
+    QuotaExceededError,
+    DeadlineExceededError,
+    InternalError,
+)
+"""Every error a client can see, in the order docs/errors.md lists them."""
+
+# A status names only its reason: AUTHORIZATION_ERROR comes back as AuthenticationError
+# (the status's own code, kept by from_rpc_status, says which of the two it was).
 _ERROR_BY_REASON: dict[str, type[SluiceError]] = {
-    cls.reason: cls
-    for cls in (
-        OutOfMemoryError,
-        NetworkFailureError,
-        ServiceUnavailableError,
-        RateLimitExceededError,
-        TokenLimitExceededError,
-        InvalidResponseError,
-        ValidationError,
-        AuthenticationError,
-        BusinessRuleViolationError,
-        InvalidInputError,
-        MissingParameterError,
-        UnsupportedOperationError,
-        QuotaExceededError,
-        DeadlineExceededError,
-        InternalError,
-    )
+    error_type.reason: error_type for error_type in reversed(ERROR_TYPES)
 }
 
 _CODE_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}

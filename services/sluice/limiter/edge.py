@@ -1,7 +1,7 @@
 """Envoy's rate limit service (RLS v3): edge limits by API key, by route and globally.
 
 Envoy's `envoy.filters.http.ratelimit` filter calls `ShouldRateLimit` once per request
-with the descriptors the launcher's route actions produce (see launcher/envoy.py):
+with the descriptors the launcher's route actions produce (see launcher/envoy/rate_limits.py):
 
 - `generic_key=global` on every request, so one without an API key is still limited;
 - `api_key=<presented key>` when `x-api-key` or `authorization: Bearer` is present;

@@ -7,7 +7,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from sluice.core.config import ServerSettings, ServiceSettings
+from sluice.core.config import SecuritySettings, ServerSettings, ServiceSettings
 from sluice.limiter.algorithms import AlgorithmName
 
 Scope = Literal["global", "user", "api_key", "tenant", "endpoint", "model"]
@@ -146,6 +146,18 @@ class LimiterSettings(ServiceSettings):
 
     server: ServerSettings = ServerSettings(port=50052, metrics_port=9102)
     """Listeners."""
+    security: SecuritySettings = SecuritySettings(
+        allow={
+            "/sluice.limiter.v1.LimiterService/Acquire": ["router"],
+            "/sluice.limiter.v1.LimiterService/Reconcile": ["router"],
+            "/sluice.limiter.v1.LimiterService/Spend": ["router"],
+            "envoy.service.ratelimit.v3.RateLimitService": ["envoy"],
+            # Any other (administrative) limiter method: operators only.
+            "sluice.limiter.v1.LimiterService": ["operator"],
+        }
+    )
+    """Under mtls: only the router takes and settles capacity; only Envoy asks the edge
+    rate limit service; anything else the limiter serves is for operators."""
     per_key: BucketSettings = BucketSettings()
     """The request bucket every API key gets unless overridden (the default policy
     `per_key`, used when `policies` is empty)."""

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from sluice.common.v1 import common_pb2
-from sluice.provider.http_backend import CallState, HttpBackend
+from sluice.provider.http_backend import CallState, HttpBackend, tool_parameters
 from sluice.provider.upstream import (
     SseEvent,
     UpstreamRequest,
@@ -73,11 +73,9 @@ class AnthropicBackend(HttpBackend):
                 {
                     "name": tool.name,
                     "description": tool.description,
-                    "input_schema": json.loads(tool.parameters_json)
-                    if tool.parameters_json
-                    else {"type": "object", "properties": {}},
+                    "input_schema": tool_parameters(tool, index),
                 }
-                for tool in request.tools
+                for index, tool in enumerate(request.tools)
             ]
         headers = {
             "anthropic-version": settings.anthropic_version,

@@ -14,7 +14,7 @@ from sluice.provider.http_backend import HttpBackend
 from sluice.provider.openai_compat import OpenAIBackend
 from sluice.provider.settings import HttpBackendSettings, ProviderSettings
 from sluice.provider.simulated import SimulatedBackend
-from sluice.provider.upstream import build_client, load_api_key
+from sluice.provider.upstream import UpstreamClient, load_api_key
 from sluice.provider.v1 import provider_pb2
 
 
@@ -58,7 +58,7 @@ def build_backends(
             backends[name] = _HTTP_KINDS[backend_settings.kind](
                 name,
                 backend_settings,
-                client=build_client(backend_settings),
+                client=UpstreamClient(backend_settings),
                 key=key,
                 clock=clock,
                 instruments=instruments,

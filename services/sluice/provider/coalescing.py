@@ -1,4 +1,4 @@
-"""Tokens coalesced under load, sent at once when idle (SPEC §3).
+"""Tokens coalesced under load, sent at once when idle (docs/architecture.md).
 
 Every message a stream sends costs the provider a gRPC write, the router a read and a
 relay, and Envoy a proxied chunk. When the CPU is saturated (many streams, each token
@@ -24,28 +24,13 @@ import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from pydantic import BaseModel, ConfigDict, Field
+
+from sluice.provider.settings import CoalescingSettings
 
 log = logging.getLogger("sluice.provider")
 
 _SMOOTHING = 0.5  # weight of the newest sample in the moving average
 _SCHEDSTAT = "/proc/thread-self/schedstat"
-
-
-class CoalescingSettings(BaseModel):
-    """When and how long an HTTP back end's stream lets tokens gather under load."""
-
-    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
-
-    enabled: bool = True
-    """Coalesce tokens while the provider is under load."""
-    wait_threshold: float = Field(0.25, gt=0.0, le=1.0)
-    """Share of time the event-loop thread waits for a CPU (moving average) over which
-    the provider counts as under load."""
-    max_delay_ms: float = Field(20.0, ge=0.0, le=1000.0)
-    """How long a stream waits after a message before its next read, under load."""
-    sample_interval_ms: float = Field(100.0, ge=10.0, le=10_000.0)
-    """How often the load is measured."""
 
 
 def read_run_queue_wait() -> float:

@@ -7,7 +7,7 @@ fail in a chosen way. The header holds ``key=value`` pairs separated by commas, 
 ``error_rate=1,backend=primary``; ``backend=`` scopes the faults to one back end (the
 router forwards the header to every attempt, so a scoped fault lets failover through).
 
-Each fault maps to the SPEC §2.1 reason a real upstream failure of that kind gets:
+Each fault maps to the reason (docs/errors.md) a real upstream failure of that kind gets:
 an upstream 500 is SERVICE_UNAVAILABLE, a 429 is RATE_LIMIT_EXCEEDED with a
 retry-after, a malformed chunk is INVALID_RESPONSE, an over-long prompt is
 TOKEN_LIMIT_EXCEEDED; a drop after N tokens fails the stream mid-way as a broken
@@ -20,8 +20,9 @@ import asyncio
 import random
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
+from sluice.core import headers
 from sluice.core.errors import (
     InvalidInputError,
     InvalidResponseError,
@@ -29,39 +30,10 @@ from sluice.core.errors import (
     ServiceUnavailableError,
     TokenLimitExceededError,
 )
+from sluice.provider.settings import FaultSettings
 
-FAULT_HEADER = "x-sluice-fault"
+FAULT_HEADER = headers.FAULT
 
-
-class FaultSettings(BaseModel):
-    """Faults a simulated back end injects. All off by default."""
-
-    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
-
-    error_rate: float = Field(0.0, ge=0.0, le=1.0)
-    """Share of requests that fail at once as an upstream 500 (SERVICE_UNAVAILABLE)."""
-    rate_limit_rate: float = Field(0.0, ge=0.0, le=1.0)
-    """Share of requests refused as an upstream 429 (RATE_LIMIT_EXCEEDED)."""
-    retry_after_ms: int = Field(1000, ge=0, le=3_600_000)
-    """Retry-after the injected 429 carries."""
-    added_latency_ms: float = Field(0.0, ge=0.0, le=600_000.0)
-    """Extra delay before the stream starts."""
-    hang: bool = False
-    """Accept the request, then never send a token (until cancelled)."""
-    drop_after_tokens: int = Field(-1, ge=-1)
-    """Break the stream after this many tokens; -1 never does."""
-    malformed_chunk: bool = False
-    """Fail as if the upstream sent a chunk that cannot be parsed (INVALID_RESPONSE)."""
-    context_length_error: bool = False
-    """Refuse as if the prompt exceeded the model's context window (TOKEN_LIMIT_EXCEEDED)."""
-
-    @property
-    def active(self) -> bool:
-        """Whether any fault is switched on."""
-        return self != _NO_FAULTS
-
-
-_NO_FAULTS = FaultSettings()
 _FIELDS = frozenset(FaultSettings.model_fields)
 _BOOLS = frozenset(
     name for name, field in FaultSettings.model_fields.items() if field.annotation is bool

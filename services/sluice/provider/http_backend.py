@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from sluice.common.v1 import common_pb2
+from sluice.core.bounded_json import parse_json_object
 from sluice.core.clock import Clock
 from sluice.core.errors import SluiceError
 from sluice.core.tokens import count_tokens
@@ -44,6 +45,22 @@ from sluice.provider.v1 import provider_pb2
 _UNSPECIFIED = common_pb2.FINISH_REASON_UNSPECIFIED
 _MAX_ERROR_BODY = 64 * 1024
 _DRAIN_S = 0.5
+# The router bounds a tool's schema far lower (router.max_tool_parameters_bytes); this
+# only keeps a direct caller from reaching the parser with more than a gRPC message holds.
+_MAX_TOOL_PARAMETERS_BYTES = 4 * 1024 * 1024
+
+
+def tool_parameters(tool: common_pb2.Tool, index: int) -> dict[str, Any]:
+    """A tool's parameter schema as the object a back end expects. Not JSON, nested too
+    deep or not an object: the caller's mistake, a VALIDATION_ERROR (never INTERNAL, which
+    the router would count against this back end's breaker)."""
+    if not tool.parameters_json:
+        return {"type": "object", "properties": {}}
+    return parse_json_object(
+        tool.parameters_json,
+        field=f"tools[{index}].parameters_json",
+        max_bytes=_MAX_TOOL_PARAMETERS_BYTES,
+    )
 
 
 @dataclass(slots=True)

@@ -9,11 +9,10 @@ flagged usage. Tool calls arrive as ``delta.tool_calls`` pieces keyed by ``index
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sluice.common.v1 import common_pb2
-from sluice.provider.http_backend import CallState, HttpBackend
+from sluice.provider.http_backend import CallState, HttpBackend, tool_parameters
 from sluice.provider.upstream import (
     SseEvent,
     UpstreamRequest,
@@ -33,15 +32,11 @@ FINISH_REASONS = {
 }
 
 
-def _tool(tool: common_pb2.Tool) -> dict[str, Any]:
+def _tool(tool: common_pb2.Tool, index: int) -> dict[str, Any]:
     function: dict[str, Any] = {"name": tool.name}
     if tool.description:
         function["description"] = tool.description
-    function["parameters"] = (
-        json.loads(tool.parameters_json)
-        if tool.parameters_json
-        else {"type": "object", "properties": {}}
-    )
+    function["parameters"] = tool_parameters(tool, index)
     return {"type": "function", "function": function}
 
 
@@ -67,7 +62,7 @@ class OpenAIBackend(HttpBackend):
         if request.stop:
             body["stop"] = list(request.stop)
         if request.tools:
-            body["tools"] = [_tool(tool) for tool in request.tools]
+            body["tools"] = [_tool(tool, index) for index, tool in enumerate(request.tools)]
         headers = {"Accept": "application/json"}
         if self.streams(request):
             body["stream"] = True

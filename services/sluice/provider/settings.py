@@ -7,9 +7,54 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from sluice.core.config import ServerSettings, ServiceSettings
-from sluice.provider.coalescing import CoalescingSettings
-from sluice.provider.faults import FaultSettings
+from sluice.core.config import SecuritySettings, ServerSettings, ServiceSettings
+
+
+class FaultSettings(BaseModel):
+    """Faults a simulated back end injects. All off by default."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    error_rate: float = Field(0.0, ge=0.0, le=1.0)
+    """Share of requests that fail at once as an upstream 500 (SERVICE_UNAVAILABLE)."""
+    rate_limit_rate: float = Field(0.0, ge=0.0, le=1.0)
+    """Share of requests refused as an upstream 429 (RATE_LIMIT_EXCEEDED)."""
+    retry_after_ms: int = Field(1000, ge=0, le=3_600_000)
+    """Retry-after the injected 429 carries."""
+    added_latency_ms: float = Field(0.0, ge=0.0, le=600_000.0)
+    """Extra delay before the stream starts."""
+    hang: bool = False
+    """Accept the request, then never send a token (until cancelled)."""
+    drop_after_tokens: int = Field(-1, ge=-1)
+    """Break the stream after this many tokens; -1 never does."""
+    malformed_chunk: bool = False
+    """Fail as if the upstream sent a chunk that cannot be parsed (INVALID_RESPONSE)."""
+    context_length_error: bool = False
+    """Refuse as if the prompt exceeded the model's context window (TOKEN_LIMIT_EXCEEDED)."""
+
+    @property
+    def active(self) -> bool:
+        """Whether any fault is switched on."""
+        return self != _NO_FAULTS
+
+
+_NO_FAULTS = FaultSettings()
+
+
+class CoalescingSettings(BaseModel):
+    """When and how long an HTTP back end's stream lets tokens gather under load."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    enabled: bool = True
+    """Coalesce tokens while the provider is under load."""
+    wait_threshold: float = Field(0.25, gt=0.0, le=1.0)
+    """Share of time the event-loop thread waits for a CPU (moving average) over which
+    the provider counts as under load."""
+    max_delay_ms: float = Field(20.0, ge=0.0, le=1000.0)
+    """How long a stream waits after a message before its next read, under load."""
+    sample_interval_ms: float = Field(100.0, ge=10.0, le=10_000.0)
+    """How often the load is measured."""
 
 
 class SimulatedBackendSettings(BaseModel):
@@ -146,6 +191,11 @@ class ProviderSettings(ServiceSettings):
 
     server: ServerSettings = ServerSettings(port=50053, metrics_port=9103)
     """Listeners."""
+    security: SecuritySettings = SecuritySettings(
+        allow={"sluice.provider.v1.ProviderService": ["router"]}
+    )
+    """Under mtls: only the router may generate (a direct caller would spend the
+    gateway's upstream keys with no key, limit or budget of its own)."""
     backends: dict[str, BackendSettings] = Field(
         default_factory=lambda: {"simulated": _default_backend()}
     )

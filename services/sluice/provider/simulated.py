@@ -17,8 +17,8 @@ from sluice.common.v1 import common_pb2
 from sluice.core.clock import Clock, SystemClock
 from sluice.core.errors import TokenLimitExceededError
 from sluice.core.tokens import count_tokens
-from sluice.provider.faults import FaultInjector, FaultSettings
-from sluice.provider.settings import SimulatedBackendSettings
+from sluice.provider.faults import FaultInjector
+from sluice.provider.settings import FaultSettings, SimulatedBackendSettings
 from sluice.provider.v1 import provider_pb2
 
 _PROSE = (

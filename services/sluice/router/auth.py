@@ -25,16 +25,29 @@ class Principal:
         return "*" in self.models or model in self.models
 
 
+def _text(value: str | bytes) -> str:
+    """A header value as text. Not UTF-8 (bytes from gRPC, or a str holding the lone
+    surrogates an HTTP server decodes undecodable bytes into): a 401 like any wrong key,
+    never a 500."""
+    try:
+        raw = value if isinstance(value, bytes) else value.encode("utf-8")
+        return raw.decode("utf-8")
+    except UnicodeError as err:
+        raise AuthenticationError(
+            "invalid API key: not UTF-8 text", metadata={"cause": "malformed_key"}
+        ) from err
+
+
 def _presented_key(metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
     for key, value in metadata:
         if key == "authorization":
-            text = value.decode() if isinstance(value, bytes) else value
+            text = _text(value)
             scheme, _, credential = text.partition(" ")
             if scheme.lower() == "bearer" and credential.strip():
                 return credential.strip()
             return None
         if key == "x-api-key":
-            return value.decode() if isinstance(value, bytes) else value
+            return _text(value)
     return None
 
 

@@ -1,4 +1,4 @@
-"""The adaptive buffer between a provider stream and the client writer (SPEC §3).
+"""The adaptive buffer between a provider stream and the client writer.
 
 Two modes, chosen per stream as it runs:
 
@@ -15,8 +15,8 @@ Two modes, chosen per stream as it runs:
   stream until the writer has taken the batch, so a stalled client pauses the provider
   (through gRPC flow control) instead of growing the router's memory.
 
-Coalescing keeps every stream's `sequence` contiguous: merged events give their numbers
-back, and the stream's counter is corrected when the stream ends.
+Events pass here unnumbered: the pipeline numbers them as they leave
+(router/relay.py), so merged events leave no gaps in a stream's `sequence`.
 """
 
 from __future__ import annotations
@@ -24,50 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import Protocol
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sluice.core.clock import Clock
+from sluice.router.settings.streams import BufferSettings
 from sluice.router.v1 import router_pb2
-
-
-class BufferSettings(BaseModel):
-    """Buffer management between a provider stream and its client (SPEC §3)."""
-
-    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
-
-    initial_buffer_size: int = Field(4096, ge=64)
-    """Bytes of coalesced text sent to a lagging client at once: a held batch this big is
-    flushed without waiting for the flush interval."""
-    max_buffer_size: int = Field(65_536, ge=1024)
-    """Most bytes of text held for one stream; one data event never grows past it."""
-    flush_interval_ms: int = Field(100, ge=1, le=10_000)
-    """Longest a delta is held back (coalescing) while the client lags."""
-    backpressure_threshold: float = Field(0.8, gt=0.0, le=1.0)
-    """Fraction of max_buffer_size at which the provider stream stops being read until the
-    client has taken the held text."""
-    slow_write_ms: float = Field(20.0, ge=0.0)
-    """A single write slower than this marks the client as lagging and switches the stream
-    to buffered mode for the rest of its life."""
-
-    @model_validator(mode="after")
-    def _initial_within_max(self) -> BufferSettings:
-        if self.initial_buffer_size > self.max_buffer_size:
-            raise ValueError("initial_buffer_size must not exceed max_buffer_size")
-        return self
-
-    @property
-    def pause_bytes(self) -> int:
-        """Held bytes at which the provider read pauses."""
-        return max(1, int(self.max_buffer_size * self.backpressure_threshold))
-
-
-class Sequenced(Protocol):
-    """The stream's event counter (`StreamState`), corrected after coalescing."""
-
-    sequence: int
-
 
 _DATA = "data"
 
@@ -80,7 +40,7 @@ class PendingEvents:
     as they are, in order.
     """
 
-    __slots__ = ("_events", "_last_data_bytes", "bytes", "max_bytes", "removed", "since")
+    __slots__ = ("_events", "_last_data_bytes", "bytes", "max_bytes", "since")
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -90,8 +50,6 @@ class PendingEvents:
         """Text bytes held."""
         self.since = 0.0
         """Clock time the oldest held event arrived."""
-        self.removed = 0
-        """Events merged away so far (the stream's sequence numbers shift back by this)."""
 
     def __len__(self) -> int:
         return len(self._events)
@@ -108,12 +66,10 @@ class PendingEvents:
                 last.text += event.data.text
                 last.token_count += event.data.token_count
                 self._last_data_bytes += size
-                self.removed += 1
                 return
             self._last_data_bytes = size
         else:
             self._last_data_bytes = -1
-        event.sequence -= self.removed
         self._events.append(event)
 
     def due(self, now: float, *, behind: bool, flush_bytes: int, interval_s: float) -> bool:
@@ -204,20 +160,19 @@ async def adaptive(
     events: AsyncIterator[router_pb2.GenerateEvent],
     settings: BufferSettings,
     clock: Clock,
-    state: Sequenced,
     behind: Callable[[], bool] | None = None,
 ) -> AsyncGenerator[router_pb2.GenerateEvent, None]:
     """`events` as the client should get them: at once while it keeps up, coalesced and
     bounded once it lags (see the module docstring).
 
     `behind` is the writer's own, non-blocking "my transport still holds unsent bytes"
-    (the HTTP front has one); without it only slow writes reveal a lagging client.
+    (`CallContext.writer_behind`: the HTTP front has one); without it only slow writes
+    reveal a lagging client.
     """
     slow_s = settings.slow_write_ms / 1000.0
     monotonic = clock.monotonic
     iterator = events.__aiter__()
     reader: asyncio.Future[None] | None = None
-    channel: _Channel | None = None
     try:
         async for event in iterator:
             started = monotonic()
@@ -239,8 +194,6 @@ async def adaptive(
                 reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-        if channel is not None:
-            state.sequence -= channel.pending.removed
         # The relay owns the stream it read: closing it stops the provider call at once.
         close = getattr(iterator, "aclose", None)
         if close is not None:

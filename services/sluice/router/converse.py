@@ -13,22 +13,20 @@ History: a completed turn's messages plus its answer are kept (bounded by
 later prompt can continue it with ``follows_turn_id``. The combined request is then
 validated as any other (so ``max_messages`` and ``max_prompt_chars`` still apply).
 
-Cancel path: the reader receives the cancel, cancels the turn's task; closing the
-pipeline's generator cancels the provider call at once (service.py `_attempt`).
+Cancel path: the reader receives the cancel, cancels the turn's task and the turn's
+provider calls (router/relay.py `UPSTREAM_CALLS`); closing the pipeline's generator
+cancels the provider call at once (router/attempts.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable
 
-import grpc
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter
 
@@ -40,35 +38,19 @@ from sluice.core.errors import (
     MissingParameterError,
     SluiceError,
 )
+from sluice.core.grpcx.call_context import CallContext
 from sluice.core.grpcx.request_context import new_request_id, request_id_var
+from sluice.router import relay
+from sluice.router.pipeline import Pipeline
+from sluice.router.provider_streams import ProviderCall
 from sluice.router.settings import ConverseSettings
 from sluice.router.v1 import router_pb2
 
 log = logging.getLogger("sluice.router.converse")
 
-CANCELLED = "CANCELLED"
-"""Reason and gRPC code name of the error event that ends a turn the client cancelled.
-A cancel is the client's own wish, not a failure, so it is outside SPEC §2.1's
-failure reasons; it uses the gRPC code a cancelled Generate call ends with."""
 MAX_TURN_ID = 64
-UPSTREAM_CALLS: contextvars.ContextVar[set[Any] | None] = contextvars.ContextVar(
-    "converse_upstream_calls", default=None
-)
-"""The provider calls of the running Converse turn (service.py registers each), so a
-cancel reaches them directly: a task cancel can be lost inside a grpc.aio read."""
 _QUEUE_SIZE = 64
 _DRAIN_S = 5.0  # events buffered towards a slow client before the turn waits
-
-Metadata = Sequence[tuple[str, str | bytes]]
-
-
-class Pipeline(Protocol):
-    """What Converse needs of the router servicer: its Generate pipeline."""
-
-    def generate_events(
-        self, request: router_pb2.GenerateRequest, context: Any
-    ) -> AsyncIterator[router_pb2.GenerateEvent]:
-        """The events of one generation (raises SluiceError before the first one)."""
 
 
 class ConverseMetrics:
@@ -88,53 +70,18 @@ class ConverseMetrics:
         )
 
 
-class _TurnContext:
-    """The two things the Generate pipeline asks of a gRPC context, for one turn."""
-
-    __slots__ = ("_metadata", "_time_remaining")
-
-    def __init__(self, metadata: Metadata, time_remaining: Callable[[], float | None]) -> None:
-        self._metadata = metadata
-        self._time_remaining = time_remaining
-
-    def invocation_metadata(self) -> Metadata:
-        return self._metadata
-
-    def time_remaining(self) -> float | None:
-        return self._time_remaining()
-
-
 def error_event(
     turn_id: str, error: SluiceError, *, sequence: int = 0, output_tokens: int = 0
 ) -> router_pb2.ConverseEvent:
     """A turn's final `error` event for a Sluice error."""
     return router_pb2.ConverseEvent(
-        turn_id=turn_id,
-        event=router_pb2.GenerateEvent(
-            sequence=sequence,
-            error=router_pb2.ErrorEvent(
-                reason=error.reason,
-                message=error.message,
-                grpc_code=error.code.name,
-                retry_after_ms=int((error.retry_after_s or 0.0) * 1000),
-                usage=common_pb2.Usage(output_tokens=output_tokens, estimated=True),
-            ),
-        ),
+        turn_id=turn_id, event=relay.error_event(error, output_tokens, sequence=sequence)
     )
 
 
 def _cancelled_event(turn_id: str, sequence: int, output_tokens: int) -> router_pb2.ConverseEvent:
     return router_pb2.ConverseEvent(
-        turn_id=turn_id,
-        event=router_pb2.GenerateEvent(
-            sequence=sequence,
-            error=router_pb2.ErrorEvent(
-                reason=CANCELLED,
-                message="the turn was cancelled by the client",
-                grpc_code=grpc.StatusCode.CANCELLED.name,
-                usage=common_pb2.Usage(output_tokens=output_tokens, estimated=True),
-            ),
-        ),
+        turn_id=turn_id, event=relay.cancelled_event(output_tokens, sequence=sequence)
     )
 
 
@@ -192,7 +139,7 @@ class _Running:
         self.task: asyncio.Task[None]
         self.cancelled = False
         self.abandoned = False
-        self.calls: set[Any] = set()
+        self.calls: set[ProviderCall] = set()
 
     def stop(self, *, by_client: bool = False) -> None:
         """Cancel the turn's provider calls and its task."""
@@ -218,9 +165,8 @@ class Conversation:
         pipeline: Pipeline,
         settings: ConverseSettings,
         metrics: ConverseMetrics,
+        call: CallContext,
         *,
-        metadata: Metadata,
-        time_remaining: Callable[[], float | None] = lambda: None,
         tracer: trace.Tracer | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -230,7 +176,7 @@ class Conversation:
         self._pipeline = pipeline
         self._settings = settings
         self._metrics = metrics
-        self._context = _TurnContext(metadata, time_remaining)
+        self._call = call
         self._tracer = tracer
         self._history = _History(settings.max_history_turns, settings.max_history_chars)
         self._seen: set[str] = set()
@@ -381,7 +327,7 @@ class Conversation:
 
     async def _turn(self, running: _Running, request: router_pb2.GenerateRequest) -> None:
         request_id_var.set(new_request_id())
-        UPSTREAM_CALLS.set(running.calls)
+        relay.UPSTREAM_CALLS.set(running.calls)
         span = (
             self._tracer.start_as_current_span(
                 "converse turn",
@@ -399,7 +345,7 @@ class Conversation:
         try:
             with span:
                 try:
-                    events: Any = self._pipeline.generate_events(request, self._context)
+                    events = self._pipeline.generate(request, self._call)
                     async with contextlib.aclosing(events):
                         async for event in events:
                             if running.cancelled and not ended:
@@ -508,7 +454,6 @@ class Converser:
     def __init__(
         self,
         pipeline: Pipeline,
-        authenticate: Callable[[Metadata], object],
         settings: ConverseSettings,
         registry: CollectorRegistry,
         tracer: trace.Tracer | None,
@@ -517,33 +462,28 @@ class Converser:
     ) -> None:
         self.settings = settings
         self.monotonic = monotonic
-        self.authenticate = authenticate
         self._pipeline = pipeline
         self._metrics = ConverseMetrics(registry)
         self._tracer = tracer
 
-    def conversation(
-        self, metadata: Metadata, time_remaining: Callable[[], float | None] = lambda: None
-    ) -> Conversation:
-        """A new conversation whose turns run with the caller's metadata (already authenticated)."""
+    def open(self, call: CallContext) -> Conversation:
+        """A conversation whose turns run in `call`; raises SluiceError for a bad key."""
+        self._pipeline.authenticate(call.metadata)
         return Conversation(
             self._pipeline,
             self.settings,
             self._metrics,
-            metadata=metadata,
-            time_remaining=time_remaining,
+            call,
             tracer=self._tracer,
             monotonic=self.monotonic,
         )
 
     async def rpc(
-        self, requests: AsyncIterator[router_pb2.ConverseRequest], context: Any
+        self, requests: AsyncIterator[router_pb2.ConverseRequest], call: CallContext
     ) -> AsyncIterator[router_pb2.ConverseEvent]:
         """The gRPC `Converse` method: authenticate once, then serve turns until the client
         half-closes (the running turn finishes first) or goes away (it is cancelled)."""
-        metadata = tuple(context.invocation_metadata() or ())
-        self.authenticate(metadata)  # a bad key ends the call with UNAUTHENTICATED
-        conversation = self.conversation(metadata, context.time_remaining)
+        conversation = self.open(call)  # a bad key ends the call with UNAUTHENTICATED
 
         async def read() -> None:
             try:

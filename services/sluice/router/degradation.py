@@ -1,4 +1,4 @@
-"""Keeping the router serving when its own resources or dependencies fail (SPEC §2.2).
+"""Keeping the router serving when its own resources or dependencies fail (docs/resilience.md).
 
 - Memory: past a configured RSS bound the router sheds new requests with
   OUT_OF_MEMORY instead of growing until the kernel kills it (and every stream with it).

@@ -1,4 +1,5 @@
-"""The fallback chain of a model alias (SPEC §2.3) and the guards around each back end.
+"""The fallback chain of a model alias and the guards around each back end
+(docs/resilience.md).
 
 primary → secondary(ies) → response cache → simplified response → clear error.
 
@@ -30,13 +31,10 @@ from sluice.core.errors import (
     ServiceUnavailableError,
     SluiceError,
 )
-from sluice.core.grpcx.request_context import current_request_id
 from sluice.core.resilience.breaker import BreakerState, CircuitBreaker
 from sluice.core.resilience.bulkhead import Bulkhead, BulkheadFullError
 from sluice.core.resilience.retry import Backoff, RetryBudget
 from sluice.core.telemetry.spans import RequestSpans
-from sluice.core.telemetry.tracing import current_trace_id
-from sluice.core.tokens import count_tokens
 from sluice.router.cache import (
     CachedAnswer,
     RedisResponseCache,
@@ -45,15 +43,12 @@ from sluice.router.cache import (
     cache_key,
 )
 from sluice.router.genai import record_step
+from sluice.router.relay import CACHE, PRIMARY, SECONDARY, SIMPLIFIED, StreamState
 from sluice.router.settings import BackendRef, ModelAliasSettings, RouterSettings
 from sluice.router.v1 import router_pb2
 
 log = logging.getLogger("sluice.router.fallback")
 
-PRIMARY = common_pb2.FALLBACK_STEP_PRIMARY
-SECONDARY = common_pb2.FALLBACK_STEP_SECONDARY
-CACHE = common_pb2.FALLBACK_STEP_CACHE
-SIMPLIFIED = common_pb2.FALLBACK_STEP_SIMPLIFIED
 STEP_NAMES = {PRIMARY: "primary", SECONDARY: "secondary", CACHE: "cache", SIMPLIFIED: "simplified"}
 
 # Failures that say "this back end is unwell": retried, counted by the breaker, and a
@@ -70,27 +65,28 @@ BACKEND_FAILURES = frozenset(
 )
 
 
-class ChainState(Protocol):
-    """What the chain reads and updates on the servicer's per-stream state."""
+class ChainStream(Protocol):
+    """One request's answer as the chain drives it (router/attempts.py `RequestStream`):
+    the chain decides where each attempt goes; the stream runs it and keeps the state."""
 
-    attempt: int
-    step: int
-    backend: str
-    output_tokens: int
-    text: list[str]
-    prior_usage: common_pb2.Usage
-    completed: router_pb2.CompleteEvent | None
-    degradations: list[str]
-    whole_answer: bool
+    @property
+    def state(self) -> StreamState:
+        """What the stream has produced so far (the chain only reads it)."""
+        ...
 
+    def begin_attempt(self, step: int, backend: str) -> None:
+        """An attempt at `step` of the chain, on `backend`, is about to start."""
+        ...
 
-EventFactory = Callable[..., router_pb2.GenerateEvent]
+    def attempt_refused(self) -> None:
+        """The attempt just begun never started (the back end had no room)."""
+        ...
 
+    def failed_over(self, prompt: Sequence[common_pb2.Message]) -> None:
+        """The attempt broke after its tokens reached the client; the next continues."""
+        ...
 
-class Attempt(Protocol):
-    """Runs one attempt on one back end and yields client events (the servicer's)."""
-
-    def __call__(
+    def attempt(
         self,
         target: BackendRef,
         messages: Sequence[common_pb2.Message],
@@ -99,6 +95,14 @@ class Attempt(Protocol):
         first_token_timeout_s: float,
     ) -> AsyncIterator[router_pb2.GenerateEvent]:
         """Yield the client events of one provider stream; raise SluiceError on failure."""
+        ...
+
+    def serve_cached(self, cached: CachedAnswer) -> AsyncIterator[router_pb2.GenerateEvent]:
+        """Yield the client events of a cached answer."""
+        ...
+
+    def serve_simplified(self, text: str) -> AsyncIterator[router_pb2.GenerateEvent]:
+        """Yield the client events of the alias's simplified answer."""
         ...
 
 
@@ -252,11 +256,10 @@ class FallbackChain:
         max_tokens: int,
         cache_extra: Sequence[Any],
         deadline: float,
-        state: ChainState,
-        attempt: Attempt,
-        make_event: EventFactory,
+        stream: ChainStream,
     ) -> AsyncIterator[router_pb2.GenerateEvent]:
         """Yield the client events of the step that serves the request."""
+        state = stream.state
         self.budget.record_request()
         key = cache_key(model, messages, cache_extra) if self.cache is not None else ""
         last_error: SluiceError | None = None
@@ -277,11 +280,11 @@ class FallbackChain:
                 prompt = list(messages)
                 if streamed_before:
                     # Continue the answer instead of restarting it.
-                    prompt.append(common_pb2.Message(role="assistant", content="".join(state.text)))
+                    prompt.append(
+                        common_pb2.Message(role="assistant", content=state.answer_so_far())
+                    )
                 remaining_tokens = max_tokens - streamed_before
-                state.attempt += 1
-                state.step = step
-                state.backend = target.backend
+                stream.begin_attempt(step, target.backend)
                 self._metrics.attempts.labels(target.backend).inc()
                 try:
                     waiting = self._spans.queue_wait(
@@ -290,7 +293,7 @@ class FallbackChain:
                         refusals={BulkheadFullError: "rejected"},
                     )
                     async with guard.bulkhead.slot(waiting):
-                        async for event in attempt(
+                        async for event in stream.attempt(
                             target,
                             prompt,
                             remaining_tokens,
@@ -304,7 +307,7 @@ class FallbackChain:
                         ):
                             yield event
                 except BulkheadFullError:
-                    state.attempt -= 1
+                    stream.attempt_refused()
                     self._metrics.bulkhead_rejected.labels(target.backend).inc()
                     record_step("bulkhead.rejected", {"sluice.backend": target.backend})
                     guard.breaker.record_success()  # a probe refused here proves nothing
@@ -337,9 +340,7 @@ class FallbackChain:
                             "failover",
                             {"sluice.backend": target.backend, "error.type": err.reason},
                         )
-                        if "failover" not in state.degradations:
-                            state.degradations.append("failover")
-                        self._remember_partial(state, prompt)
+                        stream.failed_over(prompt)
                         break
                     retry += 1
                     if retry >= self._resilience.retry.max_attempts:
@@ -386,13 +387,15 @@ class FallbackChain:
                 cached = await self.cache.get(key)
                 span.set_attribute("sluice.cache.hit", cached is not None)
             if cached is not None:
-                async for event in self._serve_cached(model, cached, state, make_event):
+                async for event in stream.serve_cached(cached):
                     yield event
+                self._metrics.served.labels(model, "cache").inc()
                 return
         if alias.simplified_text:
             self._step_event("simplified", "simplified", last_error)
-            async for event in self._serve_simplified(model, alias, state, make_event):
+            async for event in stream.serve_simplified(alias.simplified_text):
                 yield event
+            self._metrics.served.labels(model, "simplified").inc()
             return
         if last_error is None:
             raise ServiceUnavailableError(
@@ -414,21 +417,12 @@ class FallbackChain:
             },
         )
 
-    @staticmethod
-    def _remember_partial(state: ChainState, prompt: Sequence[common_pb2.Message]) -> None:
-        """Usage of a broken attempt, added to the final usage of the continuation."""
-        usage = state.prior_usage
-        usage.input_tokens += sum(count_tokens(m.content) for m in prompt)
-        usage.output_tokens = state.output_tokens
-        usage.total_tokens = usage.input_tokens + usage.output_tokens
-        usage.estimated = True
-
-    async def _store(self, key: str, state: ChainState) -> None:
+    async def _store(self, key: str, state: StreamState) -> None:
         assert self.cache is not None  # nosec B101
         completed = state.completed
         if completed is None:
             return
-        text = "".join(state.text)
+        text = state.answer_so_far()
         if len(text) > self._resilience.cache.max_entry_chars:
             return
         await self.cache.put(
@@ -439,54 +433,4 @@ class FallbackChain:
                 finish_reason=completed.finish_reason,
                 usage=completed.usage.SerializeToString(),
             ),
-        )
-
-    async def _serve_cached(
-        self, model: str, cached: CachedAnswer, state: ChainState, make_event: EventFactory
-    ) -> AsyncIterator[router_pb2.GenerateEvent]:
-        state.attempt += 1
-        state.step = CACHE
-        state.backend = "cache"
-        yield make_event(metadata=self._metadata(model, "cache", state))
-        yield make_event(
-            data=router_pb2.DataEvent(text=cached.text, token_count=cached.output_tokens)
-        )
-        state.output_tokens = cached.output_tokens
-        self._metrics.served.labels(model, "cache").inc()
-        yield make_event(
-            complete=router_pb2.CompleteEvent(
-                finish_reason=cached.finish_reason,  # type: ignore[arg-type]
-                usage=common_pb2.Usage.FromString(cached.usage),
-                fallback_step=CACHE,
-            )
-        )
-
-    async def _serve_simplified(
-        self, model: str, alias: ModelAliasSettings, state: ChainState, make_event: EventFactory
-    ) -> AsyncIterator[router_pb2.GenerateEvent]:
-        state.attempt += 1
-        state.step = SIMPLIFIED
-        state.backend = "simplified"
-        yield make_event(metadata=self._metadata(model, "simplified", state))
-        tokens = count_tokens(alias.simplified_text)
-        yield make_event(data=router_pb2.DataEvent(text=alias.simplified_text, token_count=tokens))
-        self._metrics.served.labels(model, "simplified").inc()
-        yield make_event(
-            complete=router_pb2.CompleteEvent(
-                finish_reason=common_pb2.FINISH_REASON_STOP,
-                usage=common_pb2.Usage(estimated=True),
-                fallback_step=SIMPLIFIED,
-            )
-        )
-
-    @staticmethod
-    def _metadata(model: str, provider: str, state: ChainState) -> router_pb2.MetadataEvent:
-        return router_pb2.MetadataEvent(
-            request_id=current_request_id(),
-            trace_id=current_trace_id(),
-            model=model,
-            provider=provider,
-            attempt=state.attempt,
-            fallback_step=state.step,  # type: ignore[arg-type]
-            degradations=state.degradations,
         )

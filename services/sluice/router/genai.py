@@ -1,8 +1,9 @@
 """GenAI semantic-convention attributes on the router's Generate/Complete server span.
 
-OpenTelemetry's `gen_ai.*` conventions plus the SPEC §5 names (`user_id`, `session_id`,
-`model_name`, `token_count`). Prompt and completion text are never recorded. Every
-function is a no-op when the current span is not recording (tracing off or unsampled).
+OpenTelemetry's `gen_ai.*` conventions plus the names of docs/observability.md
+(`user_id`, `session_id`, `model_name`, `token_count`). Prompt and completion text
+are never recorded. Every function is a no-op when the current span is not recording
+(tracing off or unsampled).
 
 `record_step` is the hook for retries, fallback steps and breaker changes: it adds a
 span event to the request's server span (the resilience work calls it).

@@ -2,7 +2,7 @@
 
 Served by the router process itself on its own HTTP listener (Envoy routes the two
 paths here), so a request costs no extra gRPC hop: the handler runs the same
-`_generate` pipeline as `RouterService/Generate` and rewrites each event as an OpenAI
+pipeline as `RouterService/Generate` (router/pipeline.py) and rewrites each event as an OpenAI
 `chat.completion.chunk` (or one `chat.completion`). The per-token path is one string
 concatenation and one write; the chunk's constant parts are built once per stream.
 
@@ -24,15 +24,18 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import grpc
 from aiohttp import web
 from opentelemetry import trace
 
 from sluice.common.v1 import common_pb2
+from sluice.core import headers
 from sluice.core.errors import FieldViolation, InternalError, SluiceError, ValidationError
-from sluice.core.grpcx.request_context import new_request_id, request_id_var
-from sluice.core.telemetry.grpc_server import ServerSpan
+from sluice.core.grpcx.call_context import CallContext
+from sluice.core.grpcx.calls import served
+from sluice.core.grpcx.request_context import request_id_var
 from sluice.core.telemetry.metrics import RpcMetrics
+from sluice.router.pipeline import Pipeline
+from sluice.router.relay import fold
 from sluice.router.v1 import router_pb2
 from sluice.router.web_page import add_web_page
 
@@ -40,9 +43,6 @@ log = logging.getLogger("sluice.router.openai")
 
 CHAT_METHOD = "/openai.v1.Chat/Completions"
 MODELS_METHOD = "/openai.v1.Models/List"
-_FORWARDED = frozenset({"authorization", "x-api-key", "x-request-id", "traceparent", "tracestate"})
-_FAULT_HEADER = "x-sluice-fault"
-_MAX_REQUEST_ID = 64
 _FINISH = {
     common_pb2.FINISH_REASON_STOP: "stop",
     common_pb2.FINISH_REASON_LENGTH: "length",
@@ -68,45 +68,6 @@ _SSE_HEADERS = {
 _DONE = b"data: [DONE]\n\n"
 
 
-class _HttpContext:
-    """The two things `_generate` asks of a gRPC context, answered from HTTP headers,
-    plus the writer's lag for the adaptive buffer (router/buffer.py)."""
-
-    __slots__ = ("_metadata", "_transport")
-
-    def __init__(
-        self, metadata: tuple[tuple[str, str], ...], transport: asyncio.Transport | None = None
-    ) -> None:
-        self._metadata = metadata
-        self._transport = transport
-
-    def writer_behind(self) -> bool:
-        """Whether earlier writes still sit in the socket's send buffer (the client lags)."""
-        transport = self._transport
-        return transport is not None and transport.get_write_buffer_size() > 0
-
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return self._metadata
-
-    def time_remaining(self) -> float | None:
-        return None
-
-
-def _metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
-    return tuple(
-        (key.lower(), value)
-        for key, value in request.headers.items()
-        if key.lower() in _FORWARDED or key.lower() == _FAULT_HEADER
-    )
-
-
-def _request_id(request: web.Request) -> str:
-    given = request.headers.get("x-request-id", "")
-    if 0 < len(given) <= _MAX_REQUEST_ID and given.isprintable():
-        return given
-    return new_request_id()
-
-
 def error_body(error: SluiceError) -> dict[str, Any]:
     """OpenAI's error object for a Sluice error."""
     status = error.http_status
@@ -125,15 +86,15 @@ def error_body(error: SluiceError) -> dict[str, Any]:
 
 
 def error_response(error: SluiceError) -> web.Response:
-    """The HTTP error reply (status per SPEC §2.1, retry-after when the error has one)."""
-    headers = {}
+    """The HTTP error reply (status per docs/errors.md, retry-after when the error has one)."""
+    reply = {}
     request_id = request_id_var.get()
     if request_id:  # as OpenAI does: the SDKs expose it on their error objects
-        headers["x-request-id"] = request_id
+        reply[headers.REQUEST_ID] = request_id
     if error.retry_after_s is not None:
-        headers["retry-after"] = str(max(1, math.ceil(error.retry_after_s)))
-        headers["retry-after-ms"] = str(int(error.retry_after_s * 1000))
-    return web.json_response(error_body(error), status=error.http_status, headers=headers)
+        reply["retry-after"] = str(max(1, math.ceil(error.retry_after_s)))
+        reply["retry-after-ms"] = str(int(error.retry_after_s * 1000))
+    return web.json_response(error_body(error), status=error.http_status, headers=reply)
 
 
 def _bad_request(message: str, field: str) -> ValidationError:
@@ -219,11 +180,11 @@ def _usage(usage: common_pb2.Usage) -> dict[str, int]:
 
 
 class OpenAIHttpApi:
-    """aiohttp handlers over the router servicer's generation pipeline."""
+    """aiohttp handlers over the router's generation pipeline."""
 
     def __init__(
         self,
-        servicer: Any,
+        pipeline: Pipeline,
         metrics: RpcMetrics,
         tracer: trace.Tracer | None,
         *,
@@ -233,7 +194,7 @@ class OpenAIHttpApi:
     ) -> None:
         self._pause_bytes = pause_bytes
         self._shutdown_timeout_s = shutdown_timeout_s
-        self._servicer = servicer
+        self._pipeline = pipeline
         self._metrics = metrics
         self._tracer = tracer
         self.app = web.Application(client_max_size=max_request_bytes)
@@ -269,19 +230,13 @@ class OpenAIHttpApi:
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
         """OpenAI's model list (plus Sluice's own `models` shape for existing clients)."""
-        started = time.perf_counter()
-        request_id_var.set(_request_id(request))
-        code = "OK"
-        try:
-            listed = await self._servicer.ListModels(
-                router_pb2.ListModelsRequest(), _HttpContext(_metadata(request))
-            )
-        except SluiceError as error:
-            code = error.code.name
-            self._metrics.count_error(MODELS_METHOD, error.reason)
-            return error_response(error)
-        finally:
-            self._metrics.observe(MODELS_METHOD, code, time.perf_counter() - started)
+        call = CallContext.of_http(request.headers, request.remote)
+        with served(MODELS_METHOD, call.metadata, self._metrics, None) as rpc:
+            try:
+                listed = self._pipeline.list_models(call)
+            except SluiceError as error:
+                rpc.fail(error)
+                return error_response(error)
         return web.json_response(
             {
                 "object": "list",
@@ -304,59 +259,36 @@ class OpenAIHttpApi:
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         """One chat completion, streamed as SSE chunks when `stream` is true."""
-        started = time.perf_counter()
-        request_id_var.set(_request_id(request))
-        metadata = _metadata(request)
-        span = ServerSpan(self._tracer, CHAT_METHOD, metadata) if self._tracer else None
-        code = grpc.StatusCode.OK
-        error_type: str | None = None
-        try:
+        call = CallContext.of_http(request.headers, request.remote)
+        with served(CHAT_METHOD, call.metadata, self._metrics, self._tracer) as rpc:
             try:
-                raw = await request.read()
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                raise _bad_request("the request body is not valid JSON", "body") from None
-            generate, stream, include_usage = parse_chat_request(body)
-            transport = request.transport if stream else None
-            events = self._servicer.generate_events(
-                generate, _HttpContext(metadata, transport), whole_answer=not stream
-            )
-            async with contextlib.aclosing(events):
-                if stream:
-                    return await self._stream(request, generate, events, include_usage)
-                return await self._unary(generate, events)
-        except SluiceError as error:
-            code, error_type = error.code, error.reason
-            self._metrics.count_error(CHAT_METHOD, error.reason)
-            return error_response(error)
-        except Exception as error:  # never shown to the client
-            log.error("unhandled error in %s", CHAT_METHOD, exc_info=error)
-            failure = InternalError("internal error; see the gateway logs for this request id")
-            code, error_type = failure.code, failure.reason
-            self._metrics.count_error(CHAT_METHOD, failure.reason)
-            return error_response(failure)
-        except BaseException:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        finally:
-            self._metrics.observe(CHAT_METHOD, code.name, time.perf_counter() - started)
-            if span is not None:
-                span.finish(code, code.name, error_type)
+                try:
+                    raw = await request.read()
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    raise _bad_request("the request body is not valid JSON", "body") from None
+                generate, stream, include_usage = parse_chat_request(body)
+                if stream:  # the buffer watches the socket's send buffer (router/buffer.py)
+                    call = call.writing_to(request.transport)
+                events = self._pipeline.generate(generate, call, whole_answer=not stream)
+                async with contextlib.aclosing(events):
+                    if stream:
+                        return await self._stream(request, generate, events, include_usage)
+                    return await self._unary(generate, events)
+            except SluiceError as error:
+                rpc.fail(error)
+                return error_response(error)
+            except Exception as error:  # never shown to the client
+                log.error("unhandled error in %s", CHAT_METHOD, exc_info=error)
+                failure = InternalError("internal error; see the gateway logs for this request id")
+                rpc.fail(failure)
+                return error_response(failure)
 
     async def _unary(
         self, generate: router_pb2.GenerateRequest, events: AsyncIterator[router_pb2.GenerateEvent]
     ) -> web.StreamResponse:
-        text: list[str] = []
-        meta = router_pb2.MetadataEvent()
-        complete = router_pb2.CompleteEvent()
-        async for event in events:
-            kind = event.WhichOneof("event")
-            if kind == "data":
-                text.append(event.data.text)
-            elif kind == "metadata":
-                meta = event.metadata
-            elif kind == "complete":
-                complete = event.complete
+        answer = await fold(events)
+        meta, complete = answer.metadata, answer.complete
         return web.json_response(
             {
                 "id": f"chatcmpl-{meta.request_id}",
@@ -366,7 +298,7 @@ class OpenAIHttpApi:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": "".join(text)},
+                        "message": {"role": "assistant", "content": answer.text},
                         "logprobs": None,
                         "finish_reason": _FINISH.get(complete.finish_reason, "stop"),
                     }
@@ -479,12 +411,12 @@ def _error_event(error: router_pb2.ErrorEvent) -> bytes:
 def _meta_headers(
     meta: router_pb2.MetadataEvent, complete: router_pb2.CompleteEvent | None
 ) -> dict[str, str]:
-    headers = {
-        "x-request-id": meta.request_id,
-        "x-sluice-trace-id": meta.trace_id,
-        "x-sluice-provider": meta.provider,
-        "x-sluice-fallback-step": common_pb2.FallbackStep.Name(meta.fallback_step),
+    reply = {
+        headers.REQUEST_ID: meta.request_id,
+        headers.TRACE_ID: meta.trace_id,
+        headers.PROVIDER: meta.provider,
+        headers.FALLBACK_STEP: common_pb2.FallbackStep.Name(meta.fallback_step),
     }
     if complete is not None and complete.fallback_step:
-        headers["x-sluice-fallback-step"] = common_pb2.FallbackStep.Name(complete.fallback_step)
-    return headers
+        reply[headers.FALLBACK_STEP] = common_pb2.FallbackStep.Name(complete.fallback_step)
+    return reply

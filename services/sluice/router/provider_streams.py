@@ -20,7 +20,6 @@ from typing import Any, Protocol
 import grpc
 from google.protobuf import duration_pb2
 from google.rpc import status_pb2
-from pydantic import BaseModel, ConfigDict, Field
 
 from sluice.core.errors import (
     NetworkFailureError,
@@ -31,6 +30,7 @@ from sluice.core.grpcx.methods import method_path
 from sluice.core.telemetry.grpc_client import ClientSpans, TracedChannel
 from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
 from sluice.router.downstream import error_from_code, error_from_status
+from sluice.router.settings.streams import MultiplexSettings
 
 log = logging.getLogger("sluice.router.provider_streams")
 
@@ -40,23 +40,6 @@ MULTIPLEX_METHOD = method_path(PROVIDER_SERVICE, "Multiplex")
 _OK = grpc.StatusCode.OK.value[0]
 
 Metadata = Sequence[tuple[str, str | bytes]]
-
-
-class MultiplexSettings(BaseModel):
-    """Carrying provider streams on a few long-lived Multiplex calls."""
-
-    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
-
-    enabled: bool = True
-    """Off: one ProviderService.Stream call per provider stream."""
-    window_bytes: int = Field(65_536, ge=1024, le=16 * 1024 * 1024)
-    """Bytes of a stream's events the provider may send ahead of what the router has
-    taken: a stalled client holds at most about this much here (as a call's 64 KiB
-    HTTP/2 window did)."""
-    max_age_s: float = Field(300.0, gt=0)
-    """A Multiplex call takes new streams this long, then is closed once its last stream
-    ends; its successor may land on another provider replica, so load spreads again
-    after a replica restarts."""
 
 
 class ProviderCall(Protocol):

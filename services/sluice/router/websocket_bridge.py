@@ -29,17 +29,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import weakref
 from typing import Any
 
-import grpc
 from aiohttp import WSCloseCode, WSMsgType, web
 from google.protobuf import json_format
 from opentelemetry import trace
 
+from sluice.core import headers
 from sluice.core.errors import FieldViolation, InvalidInputError, SluiceError
-from sluice.core.telemetry.grpc_server import ServerSpan
+from sluice.core.grpcx.call_context import CallContext, http_metadata
+from sluice.core.grpcx.calls import served
 from sluice.core.telemetry.metrics import RpcMetrics
 from sluice.router.converse import Conversation, Converser, error_event
 from sluice.router.v1 import router_pb2
@@ -51,25 +51,20 @@ SUBPROTOCOL = "sluice.v1"
 KEY_SUBPROTOCOL_PREFIX = "bearer."
 WS_METHOD = "/sluice.router.v1.WebSocket/Converse"
 CLOSE_IDLE = WSCloseCode.GOING_AWAY
-_FORWARDED = frozenset(
-    {"authorization", "x-api-key", "x-request-id", "traceparent", "tracestate", "x-sluice-fault"}
-)
 _MAX_CLOSE_REASON = 120  # a close frame's reason is at most 123 bytes
 
 
 def _metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
     """The upgrade request's headers the Generate pipeline reads, plus a subprotocol key."""
-    metadata = [
-        (key.lower(), value) for key, value in request.headers.items() if key.lower() in _FORWARDED
-    ]
-    has_key = any(key in ("authorization", "x-api-key") for key, _ in metadata)
+    metadata = list(http_metadata(request.headers.items()))
+    has_key = any(key in (headers.AUTHORIZATION, headers.API_KEY) for key, _ in metadata)
     if not has_key:
         for offered in request.headers.getall("Sec-WebSocket-Protocol", ()):
             for item in offered.split(","):
                 protocol = item.strip()
                 if protocol.startswith(KEY_SUBPROTOCOL_PREFIX):
                     metadata.append(
-                        ("authorization", "Bearer " + protocol[len(KEY_SUBPROTOCOL_PREFIX) :])
+                        (headers.AUTHORIZATION, "Bearer " + protocol[len(KEY_SUBPROTOCOL_PREFIX) :])
                     )
                     break
     return tuple(metadata)
@@ -116,8 +111,7 @@ class WebSocketBridge:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """One WebSocket: authenticate, then relay frames both ways until either side ends."""
-        started = time.perf_counter()
-        metadata = _metadata(request)
+        call = CallContext(metadata=_metadata(request), peer=request.remote or "")
         ws = web.WebSocketResponse(
             protocols=(SUBPROTOCOL,),
             max_msg_size=self._settings.websocket_max_message_bytes,
@@ -130,30 +124,21 @@ class WebSocketBridge:
             )
         await ws.prepare(request)
         self._open.add(ws)
-        span = ServerSpan(self._tracer, WS_METHOD, metadata) if self._tracer else None
-        code = grpc.StatusCode.OK
-        error_type: str | None = None
         try:
-            try:
-                self._converser.authenticate(metadata)
-            except SluiceError as error:
-                code, error_type = error.code, error.reason
-                self._metrics.count_error(WS_METHOD, error.reason)
-                await ws.send_str(to_json(error_event("", error)))
-                await ws.close(
-                    code=WSCloseCode.POLICY_VIOLATION,
-                    message=_reason(f"{error.reason}: {error.message}"),
-                )
-                return ws
-            await self._serve(ws, self._converser.conversation(metadata))
-        except BaseException:
-            code = grpc.StatusCode.CANCELLED
-            raise
+            with served(WS_METHOD, call.metadata, self._metrics, self._tracer) as rpc:
+                try:
+                    conversation = self._converser.open(call)
+                except SluiceError as error:
+                    rpc.fail(error)
+                    await ws.send_str(to_json(error_event("", error)))
+                    await ws.close(
+                        code=WSCloseCode.POLICY_VIOLATION,
+                        message=_reason(f"{error.reason}: {error.message}"),
+                    )
+                    return ws
+                await self._serve(ws, conversation)
         finally:
             self._open.discard(ws)
-            self._metrics.observe(WS_METHOD, code.name, time.perf_counter() - started)
-            if span is not None:
-                span.finish(code, code.name, error_type)
         return ws
 
     async def _serve(self, ws: web.WebSocketResponse, conversation: Conversation) -> None:

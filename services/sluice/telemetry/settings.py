@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
-from sluice.core.config import ServerSettings, ServiceSettings
+from sluice.core.config import SecuritySettings, ServerSettings, ServiceSettings
 
 
 class TailSamplingSettings(BaseModel):
@@ -67,6 +67,20 @@ class TelemetrySettings(ServiceSettings):
 
     server: ServerSettings = ServerSettings(port=4317, metrics_port=9104)
     """Listeners (4317 is the standard OTLP/gRPC port)."""
+    security: SecuritySettings = SecuritySettings(
+        allow={
+            "opentelemetry.proto.collector.trace.v1.TraceService": [
+                "router",
+                "limiter",
+                "provider",
+                "telemetry",
+                "envoy",
+            ],
+            # Traces hold user and session ids (and prompts when recorded).
+            "sluice.telemetry.v1.TelemetryService": ["operator"],
+        }
+    )
+    """Under mtls: every part of the suite may export spans; only operators query."""
     max_traces: int = Field(10_000, ge=1)
     """Recent kept traces stored; the oldest are dropped beyond this."""
     max_spans_per_trace: int = Field(2_000, ge=1)

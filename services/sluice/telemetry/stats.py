@@ -11,7 +11,12 @@ each span counts with the weight 1/p, p being the probability it was exported wi
 which the services record as `sluice.sampling.ratio` (the head ratio of its trace, or
 1.0 on a failed RPC span, exported whatever the ratio). Counts and rates are the
 Horvitz-Thompson estimates (sums of weights), percentiles and Apdex are weighted too.
-A span without the attribute (Envoy's, older senders) counts once.
+A span without the attribute (Envoy's, older senders) counts once. Any sender can export
+spans, and the ratio travels in a client's tracestate: a ratio is clamped to
+[MIN_SAMPLING_RATIO, 1] (one span stands for at most 10,000 calls), a non-finite or
+non-positive one is ignored; a time to first token is ignored when non-finite or
+negative and held within its span's duration, so no value a span
+carries can make a figure overflow (GetStats and /metrics failed on `r:1e-300`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sluice.core.clock import Clock
+from sluice.core.config import MIN_SAMPLING_RATIO
 from sluice.telemetry.sampling import ERROR, StoredSpan
 from sluice.telemetry.v1 import telemetry_pb2
 
@@ -110,12 +116,28 @@ def apdex(
 
 
 def _number(value: otlp_common.AnyValue) -> float | None:
+    """The attribute's finite number, or None."""
     kind = value.WhichOneof("value")
     if kind == "double_value":
-        return value.double_value
-    if kind == "int_value":
-        return float(value.int_value)
-    return None
+        number = value.double_value
+    elif kind == "int_value":
+        number = float(value.int_value)
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def weight_of(ratio: float | None) -> float:
+    """1 / the probability a span was exported with, the ratio clamped to
+    [MIN_SAMPLING_RATIO, 1]; 1 for a missing, zero or negative one."""
+    if ratio is None or ratio <= 0.0:
+        return 1.0
+    return 1.0 / min(1.0, max(MIN_SAMPLING_RATIO, ratio))
+
+
+def _count(weights: float) -> int:
+    """A sum of weights as the proto's int64 count, whatever it adds up to."""
+    return round(min(weights, float(2**62)))
 
 
 def samples_of(spans: list[StoredSpan]) -> tuple[list[SpanSample], list[EdgeSample]]:
@@ -139,9 +161,10 @@ def samples_of(spans: list[StoredSpan]) -> tuple[list[SpanSample], list[EdgeSamp
             if attribute.key == TTFT_ATTRIBUTE:
                 ttft = _number(attribute.value)
             elif attribute.key == RATIO_ATTRIBUTE:
-                ratio = _number(attribute.value)
-                if ratio is not None and 0.0 < ratio <= 1.0:
-                    weight = 1.0 / ratio
+                weight = weight_of(_number(attribute.value))
+        if ttft is not None:
+            # The first token comes within the span: a larger or negative claim is noise.
+            ttft = None if ttft < 0 else min(ttft, duration_ns / 1e9)
         end_s = span.end_time_unix_nano / 1e9
         error = span.status.code == ERROR
         samples.append(
@@ -215,7 +238,7 @@ class WindowStats:
                 telemetry_pb2.OperationStats(
                     service_name=svc,
                     operation=operation,
-                    count=round(total),
+                    count=_count(total),
                     request_rate=total / window,
                     error_rate=errors / total,
                     p50_ms=weighted_percentile(durations, 0.50),
@@ -252,8 +275,8 @@ class WindowStats:
                 telemetry_pb2.ServiceEdge(
                     client=client,
                     server=server,
-                    calls=round(calls),
-                    errors=round(errors),
+                    calls=_count(calls),
+                    errors=_count(errors),
                     error_rate=errors / calls,
                 )
             )
@@ -277,7 +300,7 @@ class WindowStats:
                     service_name=svc,
                     operation=operation,
                     kind=otlp_trace.Span.SpanKind.Name(otlp_trace.Span.SpanKind.ValueType(kind)),
-                    count=round(total),
+                    count=_count(total),
                     p99_ms=weighted_percentile(durations, 0.99),
                     mean_self_ms=sum(s.self_s * s.weight for s in group) * 1000 / total,
                 )

@@ -9,6 +9,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from sluice.common.v1 import common_pb2
 from sluice.core import errors
 from sluice.core.errors import (
     DOMAIN,
@@ -239,3 +240,25 @@ def test_method_path_is_the_one_grpc_routes_by() -> None:
     assert method_path(service, "Multiplex") == "/sluice.provider.v1.ProviderService/Multiplex"
     with pytest.raises(KeyError):
         method_path(service, "Nonexistent")
+
+
+def test_the_error_table_covers_every_reason_of_the_contract() -> None:
+    contract = {
+        name.removeprefix("ERROR_REASON_")
+        for name in common_pb2.ErrorReason.DESCRIPTOR.values_by_name
+        if name != "ERROR_REASON_UNSPECIFIED"
+    }
+    assert {error.reason for error in errors.ERROR_TYPES} == contract
+    assert {error.category for error in errors.ERROR_TYPES} == {
+        "system",
+        "provider",
+        "business",
+        "user",
+        "limit",
+    }
+    assert all(error.advice for error in errors.ERROR_TYPES)
+    # A status names only its reason: AUTHORIZATION_ERROR is rebuilt as the first type.
+    rebuilt = from_rpc_status(to_rpc_status(errors.PermissionDeniedError("no")))
+    assert type(rebuilt) is errors.AuthenticationError
+    assert rebuilt.code == grpc.StatusCode.PERMISSION_DENIED
+    assert rebuilt.http_status == 403

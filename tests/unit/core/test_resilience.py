@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -252,3 +253,19 @@ def test_an_abandoned_probe_frees_its_slot() -> None:
     assert state_of(breaker) is BreakerState.CLOSED
     breaker.record_abandoned()  # closed: nothing to free
     assert state_of(breaker) is BreakerState.CLOSED
+
+
+def test_retry_budget_memory_stays_bounded_on_the_healthy_path() -> None:
+    # Issue 16 item 5: a request per millisecond for 1e5 requests and no retry at all
+    # (the healthy path); the window must not keep a timestamp per request.
+    clock = FakeClock()
+    budget = RetryBudget(RetrySettings(budget_window_s=10, budget_min_retries=0), clock)
+    for _ in range(100_000):
+        budget.record_request()
+        clock.advance(0.001)
+    sizes = [sys.getsizeof(part) for part in vars(budget).values()]
+    assert sum(sizes) < 4_096
+    assert budget.slices <= RetryBudget.BUCKETS
+    # Only the last window's requests count: 10 s at 1,000/s, 20% of them retries.
+    granted = sum(budget.try_spend() for _ in range(3_000))
+    assert 1_900 <= granted <= 2_000

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from pydantic import ValidationError
 
-from sluice.core.config import TracingSettings
+from sluice.core.config import MIN_SAMPLING_RATIO, TracingSettings
 from sluice.core.telemetry.grpc_server import ServerSpan
 from sluice.core.telemetry.tracing import (
     SAMPLING_RATIO,
@@ -180,3 +182,25 @@ def test_a_sampled_server_span_that_fails_counts_once_when_errors_are_kept() -> 
         )
         assert _ratios(list(memory.get_finished_spans())) == [expected, 0.1]
         provider.shutdown()
+
+
+def test_a_carried_ratio_from_a_client_is_clamped_or_ignored() -> None:
+    # Issue 16 item 2: the tracestate entry comes from clients too, and statistics weight
+    # a span by 1/ratio; an absurd ratio is raised to the floor and handed on so, and a
+    # non-finite, zero or negative one is replaced by this service's own.
+    parent = unsampled("01")[0][1]
+    for claimed in ("r:1e-300", "r:5e-324", "r:0.00001"):
+        spans = _spans_under(0.5, {"traceparent": parent, "tracestate": f"sluice={claimed}"})
+        assert _ratios(spans) == [MIN_SAMPLING_RATIO] * 2, claimed
+        assert _states(spans) == ["r:0.0001"] * 2, claimed
+    for claimed in ("r:0", "r:-1", "r:nan", "r:inf", "r:-inf", "r:1e400"):
+        spans = _spans_under(0.5, {"traceparent": parent, "tracestate": f"sluice={claimed}"})
+        assert _ratios(spans) == [0.5, 0.5], claimed
+        assert _states(spans) == ["r:0.5", "r:0.5"], claimed
+
+
+def test_a_configured_ratio_below_the_floor_is_refused() -> None:
+    with pytest.raises(ValidationError, match="at least"):
+        TracingSettings(sample_ratio=1e-6)
+    assert TracingSettings(sample_ratio=0.0).sample_ratio == 0.0
+    assert TracingSettings(sample_ratio=MIN_SAMPLING_RATIO).sample_ratio == MIN_SAMPLING_RATIO

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from sluice.provider.coalescing import CoalescingSettings, LoadCoalescer, read_run_queue_wait
+from sluice.provider.coalescing import LoadCoalescer, read_run_queue_wait
+from sluice.provider.settings import CoalescingSettings
 
 
 class FakeClock:

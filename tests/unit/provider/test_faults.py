@@ -1,4 +1,4 @@
-"""Fault injection in the simulated model: each fault gives its SPEC §2.1 reason."""
+"""Fault injection in the simulated model: each fault gives its reason (docs/errors.md)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from sluice.core.errors import (
     SluiceError,
     TokenLimitExceededError,
 )
-from sluice.provider.faults import FaultSettings, parse_fault_header
-from sluice.provider.settings import SimulatedBackendSettings
+from sluice.provider.faults import parse_fault_header
+from sluice.provider.settings import FaultSettings, SimulatedBackendSettings
 from sluice.provider.simulated import SimulatedBackend
 from sluice.provider.v1 import provider_pb2
 

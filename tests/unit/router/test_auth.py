@@ -132,3 +132,23 @@ def test_stored_digest_may_be_upper_case_hex() -> None:
 def test_no_configured_keys_rejects_everyone() -> None:
     with pytest.raises(AuthenticationError):
         ApiKeyAuthenticator([]).authenticate([("x-api-key", ALICE_KEY)])
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        [("x-api-key", b"sk-\xff\xfe")],
+        [("authorization", b"Bearer sk-\xff")],
+        [("x-api-key", "sk-\udcff")],  # how aiohttp hands over undecodable header bytes
+        [("authorization", "Bearer sk-\udcff")],
+    ],
+    ids=["bytes-key", "bytes-bearer", "surrogate-key", "surrogate-bearer"],
+)
+def test_a_key_that_is_not_utf8_is_a_401_not_a_crash(
+    authenticator: ApiKeyAuthenticator, metadata: list[tuple[str, str | bytes]]
+) -> None:
+    # Issue 16 item 3: a non-UTF-8 byte in x-api-key answered 500.
+    with pytest.raises(AuthenticationError) as caught:
+        authenticator.authenticate(metadata)
+    assert caught.value.http_status == 401
+    assert caught.value.metadata["cause"] == "malformed_key"

@@ -7,7 +7,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sluice.core.errors import BusinessRuleViolationError
-from sluice.router.budgets import Budgets, BudgetSettings
+from sluice.router.budgets import Budgets
+from sluice.router.settings.budgets import BudgetSettings
 from tests.support import FakeClock
 
 

@@ -1,4 +1,8 @@
-"""The adaptive buffer (router/buffer.py): an injected clock and a fake writer."""
+"""The adaptive buffer (router/buffer.py): an injected clock and a fake writer.
+
+Events reach the buffer unnumbered; the writer here takes them through the pipeline's
+last stage (`StreamState.number`, router/relay.py), so each test also checks that the
+numbers the client sees stay contiguous however the buffer merged."""
 
 from __future__ import annotations
 
@@ -9,28 +13,33 @@ from dataclasses import dataclass, field
 import pytest
 from pydantic import ValidationError
 
-from sluice.router.buffer import BufferSettings, PendingEvents, adaptive
+from sluice.router.buffer import PendingEvents, adaptive
+from sluice.router.relay import StreamState
+from sluice.router.settings.streams import BufferSettings
 from sluice.router.v1 import router_pb2
 from tests.support import FakeClock, eventually
 
 SETTINGS = BufferSettings()
 
 
-@dataclass
-class Counter:
-    """The stream's sequence counter, as StreamState holds it."""
-
-    sequence: int = 0
+def data(text: str) -> router_pb2.GenerateEvent:
+    return router_pb2.GenerateEvent(data=router_pb2.DataEvent(text=text, token_count=1))
 
 
-def data(sequence: int, text: str) -> router_pb2.GenerateEvent:
-    return router_pb2.GenerateEvent(
-        sequence=sequence, data=router_pb2.DataEvent(text=text, token_count=1)
-    )
+def complete() -> router_pb2.GenerateEvent:
+    return router_pb2.GenerateEvent(complete=router_pb2.CompleteEvent())
 
 
-def complete(sequence: int) -> router_pb2.GenerateEvent:
-    return router_pb2.GenerateEvent(sequence=sequence, complete=router_pb2.CompleteEvent())
+def new_state() -> StreamState:
+    return StreamState(started=0.0)
+
+
+async def numbered(
+    events: AsyncIterator[router_pb2.GenerateEvent], state: StreamState
+) -> AsyncIterator[router_pb2.GenerateEvent]:
+    """The pipeline's last stage: each event leaves with the stream's next number."""
+    async for event in events:
+        yield state.number(event)
 
 
 @dataclass
@@ -39,15 +48,13 @@ class FakeProvider:
 
     queue: asyncio.Queue[router_pb2.GenerateEvent | None] = field(default_factory=asyncio.Queue)
     read: int = 0
-    counter: Counter = field(default_factory=Counter)
+    state: StreamState = field(default_factory=new_state)
 
     def send(self, text: str) -> None:
-        self.queue.put_nowait(data(self.counter.sequence, text))
-        self.counter.sequence += 1
+        self.queue.put_nowait(data(text))
 
     def finish(self) -> None:
-        self.queue.put_nowait(complete(self.counter.sequence))
-        self.counter.sequence += 1
+        self.queue.put_nowait(complete())
         self.queue.put_nowait(None)
 
     async def events(self) -> AsyncIterator[router_pb2.GenerateEvent]:
@@ -91,26 +98,25 @@ async def settle() -> None:
 # -- PendingEvents: pure logic ----------------------------------------------------------
 
 
-def test_consecutive_deltas_merge_and_give_their_sequence_numbers_back() -> None:
+def test_consecutive_deltas_merge_into_one_event() -> None:
     pending = PendingEvents(max_bytes=1024)
-    pending.add(data(3, "a"), now=1.0)
-    pending.add(data(4, "bc"), now=2.0)
-    pending.add(complete(5), now=3.0)
+    pending.add(data("a"), now=1.0)
+    pending.add(data("bc"), now=2.0)
+    pending.add(complete(), now=3.0)
     assert pending.bytes == 3
     assert pending.since == 1.0
     events = pending.take()
-    assert [e.sequence for e in events] == [3, 4]
+    assert [e.WhichOneof("event") for e in events] == ["data", "complete"]
     assert events[0].data.text == "abc"
     assert events[0].data.token_count == 2
-    assert pending.removed == 1
     assert pending.bytes == 0
     assert len(pending) == 0
 
 
 def test_a_merged_event_never_grows_past_max_bytes() -> None:
     pending = PendingEvents(max_bytes=8)
-    for i in range(5):
-        pending.add(data(i, "abc"), now=0.0)
+    for _ in range(5):
+        pending.add(data("abc"), now=0.0)
     sizes = [len(e.data.text) for e in pending.take()]
     assert sizes == [6, 6, 3]
     assert max(sizes) <= 8
@@ -118,7 +124,7 @@ def test_a_merged_event_never_grows_past_max_bytes() -> None:
 
 def test_bytes_are_counted_in_utf8() -> None:
     pending = PendingEvents(max_bytes=1024)
-    pending.add(data(0, "é€"), now=0.0)
+    pending.add(data("é€"), now=0.0)
     assert pending.bytes == 5
 
 
@@ -133,7 +139,7 @@ def test_bytes_are_counted_in_utf8() -> None:
 )
 def test_when_held_events_are_due(behind: bool, held_bytes: int, age_s: float, due: bool) -> None:
     pending = PendingEvents(max_bytes=65_536)
-    pending.add(data(0, "x" * held_bytes), now=10.0)
+    pending.add(data("x" * held_bytes), now=10.0)
     assert pending.due(10.0 + age_s, behind=behind, flush_bytes=4096, interval_s=0.1) is due
 
 
@@ -159,7 +165,7 @@ async def test_a_client_that_keeps_up_gets_every_delta_at_once() -> None:
     provider = FakeProvider()
     writer = FakeWriter(clock)
     consumer = asyncio.ensure_future(
-        writer.consume(adaptive(provider.events(), SETTINGS, clock, provider.counter))
+        writer.consume(numbered(adaptive(provider.events(), SETTINGS, clock), provider.state))
     )
     for i in range(5):
         provider.send(f"t{i} ")
@@ -169,7 +175,7 @@ async def test_a_client_that_keeps_up_gets_every_delta_at_once() -> None:
     provider.finish()
     await asyncio.wait_for(consumer, 5)
     assert [e.sequence for e in writer.written] == list(range(6))
-    assert provider.counter.sequence == 6
+    assert provider.state.sequence == 6
 
 
 async def test_deltas_arriving_during_a_slow_write_are_coalesced_into_one_event() -> None:
@@ -177,7 +183,7 @@ async def test_deltas_arriving_during_a_slow_write_are_coalesced_into_one_event(
     provider = FakeProvider()
     writer = FakeWriter(clock, write_takes_s=1.0)  # every write is "slow"
     consumer = asyncio.ensure_future(
-        writer.consume(adaptive(provider.events(), SETTINGS, clock, provider.counter))
+        writer.consume(numbered(adaptive(provider.events(), SETTINGS, clock), provider.state))
     )
     provider.send("first ")
     await settle()
@@ -198,7 +204,7 @@ async def test_deltas_arriving_during_a_slow_write_are_coalesced_into_one_event(
     assert writer.written[2].data.token_count == 10
     # Sequence numbers stay contiguous, and the stream's counter agrees.
     assert [e.sequence for e in writer.written] == [0, 1, 2, 3]
-    assert provider.counter.sequence == 4
+    assert provider.state.sequence == 4
 
 
 async def test_a_stalled_client_stops_the_provider_read_at_the_backpressure_mark() -> None:
@@ -207,7 +213,7 @@ async def test_a_stalled_client_stops_the_provider_read_at_the_backpressure_mark
     provider = FakeProvider()
     writer = FakeWriter(clock, write_takes_s=1.0)
     consumer = asyncio.ensure_future(
-        writer.consume(adaptive(provider.events(), settings, clock, provider.counter))
+        writer.consume(numbered(adaptive(provider.events(), settings, clock), provider.state))
     )
     provider.send("x" * 100)
     await settle()  # one slow write: buffered from now on
@@ -235,7 +241,7 @@ async def test_a_lagging_transport_holds_deltas_until_the_flush_interval() -> No
     writer = FakeWriter(clock, lagging=True)  # the socket's send buffer is not empty
     consumer = asyncio.ensure_future(
         writer.consume(
-            adaptive(provider.events(), SETTINGS, clock, provider.counter, writer.behind)
+            numbered(adaptive(provider.events(), SETTINGS, clock, writer.behind), provider.state)
         )
     )
     provider.send("a")
@@ -268,7 +274,7 @@ async def test_a_held_batch_is_flushed_by_time_alone_when_no_delta_follows() -> 
     writer = FakeWriter(clock, lagging=True)
     consumer = asyncio.ensure_future(
         writer.consume(
-            adaptive(provider.events(), settings, clock, provider.counter, writer.behind)
+            numbered(adaptive(provider.events(), settings, clock, writer.behind), provider.state)
         )
     )
     provider.send("a")
@@ -287,19 +293,20 @@ async def test_a_held_batch_is_flushed_by_time_alone_when_no_delta_follows() -> 
 
 async def test_a_provider_failure_reaches_the_writer_after_the_held_events() -> None:
     clock = FakeClock()
-    counter = Counter()
+    state = new_state()
 
     async def failing() -> AsyncIterator[router_pb2.GenerateEvent]:
         for i in range(3):
-            yield data(i, f"t{i}")
-            counter.sequence += 1
+            yield data(f"t{i}")
         raise RuntimeError("provider died")
 
     writer = FakeWriter(clock, write_takes_s=1.0)
     with pytest.raises(RuntimeError, match="provider died"):
-        await asyncio.wait_for(writer.consume(adaptive(failing(), SETTINGS, clock, counter)), 5)
+        await asyncio.wait_for(
+            writer.consume(numbered(adaptive(failing(), SETTINGS, clock), state)), 5
+        )
     assert writer.texts() == ["t0", "t1t2"]
-    assert counter.sequence == 2  # the error event that follows gets the next number
+    assert state.sequence == 2  # the error event that follows gets the next number
 
 
 async def test_closing_the_relay_stops_its_reader_and_the_provider_stream() -> None:
@@ -308,15 +315,13 @@ async def test_closing_the_relay_stops_its_reader_and_the_provider_stream() -> N
 
     async def endless() -> AsyncIterator[router_pb2.GenerateEvent]:
         try:
-            i = 0
             while True:
-                yield data(i, "x")
-                i += 1
+                yield data("x")
                 await asyncio.sleep(0)
         finally:
             closed.set()
 
-    relay = adaptive(endless(), SETTINGS, clock, Counter())
+    relay = adaptive(endless(), SETTINGS, clock)
     await relay.__anext__()
     clock.advance(1.0)  # the first write was slow: buffered mode, a reader runs
     await relay.__anext__()

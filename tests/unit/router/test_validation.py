@@ -177,3 +177,43 @@ def test_every_problem_is_reported_at_once(settings: RouterSettings) -> None:
     assert fields_of(error) == ["model", "messages[0].role", "max_tokens", "temperature", "stop"]
     for field in ("model", "max_tokens", "temperature", "stop"):
         assert field in error.message
+
+
+# -- tools (issue 16 item 4: a tool the back end cannot take is the client's mistake) ---
+
+
+def tool(name: str = "lookup", parameters_json: str = "") -> common_pb2.Tool:
+    return common_pb2.Tool(name=name, parameters_json=parameters_json)
+
+
+@pytest.mark.parametrize(
+    "parameters_json",
+    [
+        "not json",
+        "[1, 2]",
+        '"a string"',
+        '{"type": NaN}',
+        "[" * 50_000 + "]" * 50_000,
+        '{"d": "' + "x" * 70_000 + '"}',
+    ],
+    ids=["not-json", "array", "string", "nan", "deep", "huge"],
+)
+def test_tool_parameters_that_are_not_a_bounded_object_are_refused(
+    settings: RouterSettings, parameters_json: str
+) -> None:
+    error = rejected(request(tools=[tool(), tool("other", parameters_json)]), settings)
+    assert isinstance(error, ValidationError)
+    assert error.code.name == "INVALID_ARGUMENT"
+    assert fields_of(error) == ["tools[1].parameters_json"]
+
+
+def test_tool_names_and_counts_are_bounded(settings: RouterSettings) -> None:
+    error = rejected(request(tools=[tool(""), tool("a b"), tool("x" * 65)]), settings)
+    assert fields_of(error) == ["tools[0].name", "tools[1].name", "tools[2].name"]
+    error = rejected(request(tools=[tool()] * (settings.max_tools + 1)), settings)
+    assert fields_of(error) == ["tools"]
+
+
+def test_good_tools_pass(settings: RouterSettings) -> None:
+    schema = '{"type": "object", "properties": {"q": {"type": "string"}}}'
+    validate_request(request(tools=[tool("get_weather-2", schema), tool("bare")]), settings)

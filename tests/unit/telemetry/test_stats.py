@@ -10,9 +10,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
+from sluice.core.config import MIN_SAMPLING_RATIO
 from sluice.telemetry.sampling import StoredSpan
 from sluice.telemetry.stats import (
     RATIO_ATTRIBUTE,
+    TTFT_ATTRIBUTE,
     StatsCollector,
     WindowStats,
     service_label,
@@ -328,3 +330,57 @@ def test_prometheus_export_carries_the_same_figures() -> None:
         text, "sluice_service_graph_calls", {"client": edge.client, "server": edge.server}
     ) == float(edge.calls)
     assert service_label("sluice-router") == "router" and service_label("envoy") == "envoy"
+
+
+@pytest.mark.parametrize(
+    "ratio", [1e-300, 5e-324, 0.0, -1.0, math.inf, -math.inf, math.nan, 1e308, 2**63 - 1]
+)
+def test_no_ratio_or_ttft_a_span_carries_breaks_the_figures(ratio: float) -> None:
+    # Issue 16 item 2: spans claiming `sluice.sampling.ratio` 1e-300 made GetStats and
+    # /metrics fail (`ValueError: Value out of range` on the uint64 count). Any sender can
+    # export spans, so every value is bounded here: one span stands for at most 1/floor.
+    clock = FakeClock()
+    stats = WindowStats(clock=clock, max_window_s=60, apdex_t_ms=APDEX_T_MS, max_samples=1_000)
+    end_ns = int(clock.wall() * SEC)
+    for index in range(10):
+        parent = os.urandom(8)
+        trace_id = os.urandom(16)
+        stats.record(
+            [
+                stored(
+                    "router",
+                    trace_id=trace_id,
+                    span_id=parent,
+                    name="/Generate",
+                    start_ns=end_ns - SEC // 10,
+                    end_ns=end_ns,
+                    error=index % 3 == 0,
+                    attributes={RATIO_ATTRIBUTE: ratio, TTFT_ATTRIBUTE: ratio},
+                ),
+                stored(
+                    "provider",
+                    trace_id=trace_id,
+                    parent=parent,
+                    name="/Stream",
+                    start_ns=end_ns - SEC // 20,
+                    end_ns=end_ns,
+                    attributes={RATIO_ATTRIBUTE: ratio},
+                ),
+            ]
+        )
+    ops = {o.operation: o for o in stats.operations().operations}
+    assert set(ops) == {"/Generate", "/Stream"}
+    for op in ops.values():
+        assert 10 <= op.count <= 10 / MIN_SAMPLING_RATIO
+        assert all(math.isfinite(v) for v in (op.request_rate, op.error_rate, op.apdex))
+        assert all(math.isfinite(v) for v in (op.ttft_p50_ms, op.ttft_p95_ms))
+    (edge,) = stats.graph().edges
+    assert 10 <= edge.calls <= 10 / MIN_SAMPLING_RATIO
+    assert stats.breakdown().slowest
+    registry = CollectorRegistry()
+    registry.register(StatsCollector(stats))
+    text = generate_latest(registry).decode()
+    labels = {"service": "router", "method": "/Generate"}
+    assert sample_value(text, "sluice_slo_request_rate", labels) == pytest.approx(
+        ops["/Generate"].request_rate
+    )

@@ -58,7 +58,7 @@ class ProviderServiceServicer:
 
     def Stream(self, request, context):
         """Stream runs one generation: one `start`, any number of `delta`, one `end`.
-        Failures are gRPC statuses with ErrorInfo (SPEC §2.1 reasons).
+        Failures are gRPC statuses with ErrorInfo (the reasons of docs/errors.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

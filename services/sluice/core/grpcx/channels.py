@@ -8,6 +8,7 @@ from typing import cast
 import grpc
 from opentelemetry.sdk.trace import TracerProvider
 
+from sluice.core.grpcx.tls import ClientTls
 from sluice.core.telemetry.grpc_client import TracedChannel
 from sluice.core.telemetry.tracing import failed_spans_of
 
@@ -43,8 +44,10 @@ def internal_channel(
     *,
     retries: bool = True,
     fixed_window: bool = False,
+    tls: ClientTls | None = None,
 ) -> grpc.aio.Channel:
-    """An insecure loopback channel to another Sluice service.
+    """A channel to another Sluice service: plaintext on loopback, or mutual TLS with
+    `tls` (core/grpcx/tls.py client_tls, which is None when security.mtls is off).
 
     ``retries=False`` leaves retrying to the caller (the router's fallback chain owns
     provider retries, with its budget): an application-level UNAVAILABLE from a back
@@ -55,19 +58,21 @@ def internal_channel(
     gRPC's 64 KiB: a stream the caller stops reading (its client stalled) then holds at
     most that much here instead of the megabytes a probed window grows to on loopback.
     """
-    channel = grpc.aio.insecure_channel(
-        target,
-        options=(
-            ("grpc.service_config", _service_config(service, retries)),
-            ("grpc.enable_retries", 1),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-            # Subchannels of our own: never one shared with another channel to the same
-            # address that last saw a previous server there fail (e.g. a restarted replica
-            # on a reused port) and is still backing off.
-            ("grpc.use_local_subchannel_pool", 1),
-            *((("grpc.http2.bdp_probe", 0),) if fixed_window else ()),
-        ),
+    options = (
+        ("grpc.service_config", _service_config(service, retries)),
+        ("grpc.enable_retries", 1),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Subchannels of our own: never one shared with another channel to the same
+        # address that last saw a previous server there fail (e.g. a restarted replica
+        # on a reused port) and is still backing off.
+        ("grpc.use_local_subchannel_pool", 1),
+        *((("grpc.http2.bdp_probe", 0),) if fixed_window else ()),
+    )
+    channel = (
+        grpc.aio.insecure_channel(target, options=options)
+        if tls is None
+        else grpc.aio.secure_channel(target, tls.credentials, options=(*options, *tls.options))
     )
     if tracer_provider is None:
         return channel

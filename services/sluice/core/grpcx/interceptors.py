@@ -17,7 +17,6 @@ inside tracing and metrics so refused work is still traced and counted.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,11 +32,11 @@ from sluice.core.errors import (
     status_code,
     to_rpc_status,
 )
+from sluice.core.grpcx.calls import CallRecord
 from sluice.core.grpcx.handlers import StreamBehaviour, UnaryBehaviour, wrap_handler
-from sluice.core.grpcx.request_context import new_request_id, request_id_var
+from sluice.core.grpcx.request_context import request_id_var
 from sluice.core.grpcx.types import ServicerContext
 from sluice.core.telemetry.error_reporting import ErrorReporter
-from sluice.core.telemetry.grpc_server import ServerSpan
 from sluice.core.telemetry.metrics import RpcMetrics
 from sluice.core.telemetry.tracing import FailedSpans, current_trace_id
 
@@ -47,7 +46,6 @@ Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandl
 
 # Health probes and reflection would flood traces (Envoy checks every second).
 UNTRACED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
-_MAX_REQUEST_ID = 64
 
 
 async def abort_with(context: ServicerContext, error: SluiceError) -> None:
@@ -55,28 +53,6 @@ async def abort_with(context: ServicerContext, error: SluiceError) -> None:
     status = rpc_status.to_status(to_rpc_status(error))
     trailing = (*status.trailing_metadata, (HTTP_STATUS_HEADER, str(error.http_status)))
     await context.abort(status.code, status.details, trailing)
-
-
-def _request_id(metadata: Any) -> str:
-    for key, value in metadata or ():
-        if key == "x-request-id":
-            text = value if isinstance(value, str) else value.decode(errors="replace")
-            # Accept a caller's id only if it is short and printable, so logs stay sane.
-            if 0 < len(text) <= _MAX_REQUEST_ID and text.isprintable():
-                return text
-            break
-    return new_request_id()
-
-
-class _Call:
-    """Book-keeping for one RPC between its stages."""
-
-    __slots__ = ("error_type", "span", "started")
-
-    def __init__(self, span: ServerSpan | None) -> None:
-        self.span = span
-        self.started = time.perf_counter()
-        self.error_type: str | None = None
 
 
 class ServerPipeline(grpc.aio.ServerInterceptor):
@@ -136,15 +112,14 @@ class ServerPipeline(grpc.aio.ServerInterceptor):
 
     # -- stages ------------------------------------------------------------------------
 
-    def _begin(self, method: str, traced: bool, context: ServicerContext) -> _Call:
-        metadata = context.invocation_metadata()
-        request_id_var.set(_request_id(metadata))
-        span = (
-            ServerSpan(self._tracer, method, metadata or (), self._failed_spans)
-            if traced and self._tracer
-            else None
+    def _begin(self, method: str, traced: bool, context: ServicerContext) -> CallRecord:
+        return CallRecord(
+            method,
+            context.invocation_metadata(),
+            self._metrics,
+            self._tracer if traced else None,
+            self._failed_spans,
         )
-        return _Call(span)
 
     async def _check_deadline(self, context: ServicerContext) -> None:
         remaining = context.time_remaining()
@@ -154,15 +129,14 @@ class ServerPipeline(grpc.aio.ServerInterceptor):
             )
 
     async def _map_error(
-        self, method: str, call: _Call, error: Exception, context: ServicerContext
+        self, method: str, call: CallRecord, error: Exception, context: ServicerContext
     ) -> None:
         if isinstance(error, SluiceError):
             mapped = error
         else:
             log.error("unhandled error in %s", method, exc_info=error)
             mapped = InternalError("internal error; see the gateway logs for this request id")
-        call.error_type = mapped.reason
-        self._metrics.count_error(method, mapped.reason)
+        call.count_error(mapped.reason)
         if self._reporter is not None:
             self._reporter.report(
                 error,
@@ -174,7 +148,7 @@ class ServerPipeline(grpc.aio.ServerInterceptor):
         await abort_with(context, mapped)
 
     def _end(
-        self, method: str, call: _Call, context: ServicerContext, failure: BaseException | None
+        self, method: str, call: CallRecord, context: ServicerContext, failure: BaseException | None
     ) -> None:
         if failure is not None and not isinstance(failure, Exception):
             code = grpc.StatusCode.CANCELLED
@@ -186,9 +160,7 @@ class ServerPipeline(grpc.aio.ServerInterceptor):
                 code = grpc.StatusCode.UNKNOWN if failure is not None else grpc.StatusCode.OK
             else:
                 code = status_code(raw)
-        self._metrics.observe(method, code.name, time.perf_counter() - call.started)
-        if call.span is not None:
-            call.span.finish(code, code.name, call.error_type)
+        call.finish(code)
 
     # -- wrappers ----------------------------------------------------------------------
 

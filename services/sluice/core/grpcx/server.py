@@ -1,8 +1,9 @@
 """Server bootstrap shared by every service: interceptors, health, reflection,
 metrics, tracing, and graceful shutdown.
 
-Shutdown order (STYLE): health NOT_SERVING -> server.stop(grace) drains in-flight
-streams -> close clients -> flush telemetry -> stop the metrics listener.
+Shutdown order (docs/architecture.md, "Shutdown"): health NOT_SERVING ->
+server.stop(grace) drains in-flight streams -> close clients -> flush telemetry -> stop
+the metrics listener.
 """
 
 from __future__ import annotations
@@ -21,8 +22,16 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, Counter, ProcessCollector
 
+from sluice.core.audit import AuditLog
 from sluice.core.config import ServiceSettings
 from sluice.core.grpcx.interceptors import ServerPipeline
+from sluice.core.grpcx.tls import (
+    Authorizer,
+    client_tls,
+    own_identity,
+    server_credentials,
+    tls_files,
+)
 from sluice.core.telemetry.error_reporting import build_reporter
 from sluice.core.telemetry.metrics import MetricsServer, RpcMetrics, serve_metrics
 from sluice.core.telemetry.tracing import build_tracer_provider, failed_spans_of
@@ -69,8 +78,16 @@ class ServiceHost:
             "Spans lost because the telemetry service could not take them.",
             registry=self.registry,
         )
+        self.audit = AuditLog(settings.audit, name) if settings.audit.enabled else None
+        """The audit log, when configured (core/audit.py)."""
+        security = settings.security
+        self.identity = own_identity(security, name)
+        """Who this service is to the others (its certificate's identity under mtls)."""
         self.tracer_provider = tracer_provider or build_tracer_provider(
-            f"sluice-{name}", settings.tracing, self.spans_dropped.inc
+            f"sluice-{name}",
+            settings.tracing,
+            self.spans_dropped.inc,
+            tls=client_tls(security, name, "telemetry"),
         )
         self.metrics = RpcMetrics(name, self.registry)
         # With export off, spans would be built only to be dropped: skip them entirely.
@@ -85,8 +102,14 @@ class ServiceHost:
             reporter=self.error_reporter,
             failed_spans=failed_spans_of(self.tracer_provider),
         )
+        # Under mtls the authorizer runs first: a refused call never reaches the pipeline.
+        interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (
+            (Authorizer(security.allow, self.metrics, self.audit), self.rpc_pipeline)
+            if security.mtls
+            else (self.rpc_pipeline,)
+        )
         self.server = grpc.aio.server(
-            interceptors=(self.rpc_pipeline,),
+            interceptors=interceptors,
             options=(
                 *SERVER_OPTIONS,
                 ("grpc.max_concurrent_streams", settings.server.max_concurrent_streams),
@@ -98,6 +121,13 @@ class ServiceHost:
         self._cleanups: list[Cleanup] = []
         self._startups: list[Cleanup] = []
         self._stoppings: list[Callable[[], None]] = []
+        audit = self.audit
+        if audit is not None:
+
+            async def close_audit() -> None:
+                await asyncio.to_thread(audit.close)
+
+            self._cleanups.append(close_audit)
         reporter = self.error_reporter
         if reporter is not None:
 
@@ -138,7 +168,13 @@ class ServiceHost:
             ),
             self.server,
         )
-        self.port = self.server.add_insecure_port(f"{server_settings.host}:{server_settings.port}")
+        address = f"{server_settings.host}:{server_settings.port}"
+        security = self.settings.security
+        if security.mtls:
+            credentials = server_credentials(tls_files(security, self.identity))
+            self.port = self.server.add_secure_port(address, credentials)
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"{self.name}: cannot bind {server_settings.host}:{server_settings.port}")
         self._metrics_server, self.metrics_port = serve_metrics(

@@ -1,4 +1,4 @@
-"""A circuit breaker per back end (SPEC §2.2).
+"""A circuit breaker per back end (docs/resilience.md).
 
 CLOSED counts consecutive failures; at ``failure_threshold`` it OPENs and refuses
 every call for ``reset_timeout``. Then it goes HALF_OPEN and lets exactly

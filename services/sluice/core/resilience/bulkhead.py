@@ -1,4 +1,4 @@
-"""A bulkhead: bounded concurrent streams per back end plus a bounded wait (SPEC §2.2).
+"""A bulkhead: bounded concurrent streams per back end plus a bounded wait (docs/resilience.md).
 
 One slow back end fills only its own pool; callers that cannot get a slot within
 ``max_wait_ms`` (or find ``max_waiting`` callers already queued) are turned away at

@@ -1,4 +1,4 @@
-"""Retry policy: exponential backoff with full jitter, and a retry budget (SPEC §2.2).
+"""Retry policy: exponential backoff with full jitter, and a retry budget (docs/resilience.md).
 
 Full jitter (a uniform draw between 0 and the exponential cap) spreads retries of many
 clients over time instead of synchronising them. An upstream Retry-After/RetryInfo is
@@ -8,6 +8,7 @@ retries at a share of recent requests, so an outage cannot multiply the load.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 
@@ -59,37 +60,60 @@ class Backoff:
 
 
 class RetryBudget:
-    """Retries ≤ ratio x requests (+ a small floor) over a sliding window."""
+    """Retries ≤ ratio x requests (+ a small floor) over a sliding window.
+
+    The window is counted in `BUCKETS` slices of `budget_window_s / BUCKETS` seconds, so
+    its memory is a fixed handful of counters whatever the request rate, and every call
+    (a request on the healthy path too) drops the slices that left the window. Keeping a
+    timestamp per request and trimming only when a retry was spent grew without bound on
+    a gateway that never failed. An event leaves the window up to one slice early.
+    """
+
+    BUCKETS = 20
 
     def __init__(self, settings: RetrySettings, clock: Clock) -> None:
         self._settings = settings
         self._clock = clock
-        self._requests: deque[float] = deque()
-        self._retries: deque[float] = deque()
+        self._width = settings.budget_window_s / self.BUCKETS
+        # [slice index, requests, retries], oldest first; at most BUCKETS entries.
+        self._slices: deque[list[int]] = deque()
+        self._requests = 0
+        self._retries = 0
 
-    def _trim(self, now: float) -> None:
-        horizon = now - self._settings.budget_window_s
-        for events in (self._requests, self._retries):
-            while events and events[0] <= horizon:
-                events.popleft()
+    def _current(self) -> list[int]:
+        index = math.floor(self._clock.monotonic() / self._width)
+        slices = self._slices
+        while slices and slices[0][0] <= index - self.BUCKETS:
+            _, requests, retries = slices.popleft()
+            self._requests -= requests
+            self._retries -= retries
+        if not slices or slices[-1][0] != index:
+            slices.append([index, 0, 0])
+        return slices[-1]
 
     def record_request(self) -> None:
         """A new request (not a retry) started."""
-        self._requests.append(self._clock.monotonic())
+        self._current()[1] += 1
+        self._requests += 1
 
     def try_spend(self) -> bool:
         """Take one retry from the budget; False when the budget is spent."""
-        now = self._clock.monotonic()
-        self._trim(now)
-        allowed = self._settings.budget_ratio * len(self._requests)
+        current = self._current()
+        allowed = self._settings.budget_ratio * self._requests
         allowed += self._settings.budget_min_retries
-        if len(self._retries) + 1 > allowed:
+        if self._retries + 1 > allowed:
             return False
-        self._retries.append(now)
+        current[2] += 1
+        self._retries += 1
         return True
 
     @property
     def retries_in_window(self) -> int:
         """Retries spent in the current window."""
-        self._trim(self._clock.monotonic())
-        return len(self._retries)
+        self._current()
+        return self._retries
+
+    @property
+    def slices(self) -> int:
+        """Slices of the window held now (never more than `BUCKETS`)."""
+        return len(self._slices)

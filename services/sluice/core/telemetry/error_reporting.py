@@ -1,4 +1,4 @@
-"""Optional Sentry reporting of server-side failures (SPEC §2.4).
+"""Optional Sentry reporting of server-side failures (docs/resilience.md).
 
 Off unless a DSN is configured. What is reported: unexpected exceptions (INTERNAL) and
 errors that say the gateway or a dependency is unwell (the `system`/`provider`

@@ -1,4 +1,4 @@
-"""Structured JSON logs carrying the trace id and request id (SPEC §2.4)."""
+"""Structured JSON logs carrying the trace id and request id."""
 
 from __future__ import annotations
 

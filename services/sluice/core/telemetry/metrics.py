@@ -50,7 +50,7 @@ class RpcMetrics:
         )
         self._errors = Counter(
             "sluice_errors",
-            "Errors returned to callers, by SPEC §2.1 reason.",
+            "Errors returned to callers, by reason (docs/errors.md).",
             ["service", "method", "reason"],
             registry=registry,
         )

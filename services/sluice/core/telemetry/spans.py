@@ -1,4 +1,4 @@
-"""Spans inside a request: queue waits, cache operations, Redis commands (SPEC §5).
+"""Spans inside a request: queue waits, cache operations, Redis commands (docs/observability.md).
 
 One `RequestSpans` per service, built from its tracer (None when tracing is off). Every
 helper is a context manager that costs one attribute check when there is nothing to

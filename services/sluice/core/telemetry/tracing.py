@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -22,14 +24,18 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes, AttributeValue
 
-from sluice.core.config import TracingSettings
+from sluice.core.config import MIN_SAMPLING_RATIO, TracingSettings
 from sluice.core.telemetry.span_export import CountingSpanExporter
+
+if TYPE_CHECKING:
+    # Only the type: core/grpcx imports this module.
+    from sluice.core.grpcx.tls import ClientTls
 
 
 class FailedSpans:
     """Exports the failed RPC spans of traces head sampling left out (`keep_errors`).
 
-    Sampling design (SPEC §5): head sampling decides which traces are exported whole
+    Sampling design (docs/observability.md): head sampling decides which traces are exported whole
     (sampled flag, propagated in traceparent). Spans of the other traces are not
     recorded at all: the SDK hands out a non-recording span that only carries the ids,
     which is what makes a low ratio cheap. The RPC spans (core/telemetry/grpc_server.py
@@ -161,6 +167,9 @@ class RatioSampler(Sampler):
                 ratio = _parse_ratio(carried)
                 if ratio is not None and len(self._carried) < 64:
                     self._carried[carried] = ratio
+            if ratio is not None and carried != _ratio_value(ratio):
+                # Clamped (or spelt otherwise): the services downstream see what was used.
+                state = state.update(_STATE_KEY, _ratio_value(ratio))
         if ratio is None:
             ratio = self._ratio
             if carried is None:
@@ -180,13 +189,17 @@ def _ratio_value(ratio: float) -> str:
 
 
 def _parse_ratio(value: str) -> float | None:
+    """The carried ratio, raised to MIN_SAMPLING_RATIO (core/config.py) when below it;
+    None when it is not a ratio (not a number, non-finite, at most 0 or above 1)."""
     if not value.startswith("r:"):
         return None
     try:
         ratio = float(value[2:])
     except ValueError:
         return None
-    return ratio if 0.0 < ratio <= 1.0 else None
+    if not (math.isfinite(ratio) and 0.0 < ratio <= 1.0):
+        return None
+    return max(MIN_SAMPLING_RATIO, ratio)
 
 
 def build_sampler(settings: TracingSettings) -> Sampler:
@@ -200,11 +213,12 @@ def build_tracer_provider(
     on_dropped: Callable[[int], None] | None = None,
     *,
     processor: SpanProcessor | None = None,
+    tls: ClientTls | None = None,
 ) -> TracerProvider:
     """A provider that samples new traces at the configured ratio and exports in batches.
 
     `on_dropped` hears how many spans each failed export lost; `processor` replaces the
-    OTLP batch export (tests use an in-memory one).
+    OTLP batch export (tests use an in-memory one); `tls` exports over mutual TLS.
     """
     resource = Resource.create({"service.name": service_name, "service.namespace": "sluice"})
     provider = SluiceTracerProvider(
@@ -213,8 +227,16 @@ def build_tracer_provider(
     )
     if settings.enabled:
         if processor is None:
-            exporter: SpanExporter = OTLPSpanExporter(
-                endpoint=settings.endpoint, insecure=True, timeout=5
+            exporter: SpanExporter = (
+                OTLPSpanExporter(endpoint=settings.endpoint, insecure=True, timeout=5)
+                if tls is None
+                else OTLPSpanExporter(
+                    endpoint=settings.endpoint,
+                    insecure=False,
+                    credentials=tls.credentials,
+                    channel_options=tls.options,
+                    timeout=5,
+                )
             )
             if on_dropped is not None:
                 exporter = CountingSpanExporter(exporter, on_dropped)

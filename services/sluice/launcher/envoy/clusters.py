@@ -1,0 +1,104 @@
+"""The upstream clusters: the router (gRPC and its HTTP listener), the limiter and the
+telemetry service. One builder; each cluster differs only in what it passes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sluice.launcher.envoy.names import (
+    H2_OPTIONS,
+    HTTP_API_CLUSTER,
+    LIMITER_CLUSTER,
+    ROUTER_CLUSTER,
+    ROUTER_SERVICE,
+    TELEMETRY_CLUSTER,
+    seconds,
+)
+from sluice.launcher.settings import SuiteSettings
+
+
+def cluster(
+    name: str,
+    host: str,
+    port: int,
+    *,
+    kind: str = "STATIC",
+    connect_timeout: str = "1s",
+    http2: dict[str, Any] | None = None,
+    health_service: str | None = None,
+    health_interval_ms: int = 0,
+) -> dict[str, Any]:
+    """One cluster of a single host. `http2` (its protocol options) makes it HTTP/2;
+    `health_service` adds an active gRPC health check, which needs HTTP/2."""
+    built: dict[str, Any] = {"name": name, "type": kind, "connect_timeout": connect_timeout}
+    if http2 is not None:
+        built["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": H2_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": http2},
+            }
+        }
+    address = {"socket_address": {"address": host, "port_value": port}}
+    built["load_assignment"] = {
+        "cluster_name": name,
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+    }
+    if health_service is not None:
+        interval = seconds(health_interval_ms / 1000)
+        built["health_checks"] = [
+            {
+                "timeout": "1s",
+                "interval": interval,
+                # Without it the second check comes about a minute after start, whatever
+                # the interval (docs/envoy.md, "Health checks").
+                "no_traffic_interval": interval,
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "grpc_health_check": {"service_name": health_service},
+            }
+        ]
+        # Never send traffic to a host that fails its health check (no panic routing).
+        built["common_lb_config"] = {"healthy_panic_threshold": {"value": 0.0}}
+    return built
+
+
+def clusters(settings: SuiteSettings) -> list[dict[str, Any]]:
+    """Every cluster the settings need, the router's gRPC cluster first."""
+    envoy = settings.envoy
+    router = settings.router
+    built = [
+        cluster(
+            ROUTER_CLUSTER,
+            router.server.host,
+            router.server.port,
+            http2={
+                "max_concurrent_streams": 10_000,
+                "connection_keepalive": {"interval": "30s", "timeout": "10s"},
+            },
+            health_service=ROUTER_SERVICE,
+            health_interval_ms=envoy.health_check_interval_ms,
+        )
+    ]
+    if router.http_api.enabled:
+        # The OpenAI-compatible listener speaks HTTP/1.1.
+        built.append(cluster(HTTP_API_CLUSTER, router.http_api.host, router.http_api.port))
+    if envoy.rate_limit.enabled:
+        # No active health check: the filter's timeout and failure mode decide what
+        # happens when the limiter is down.
+        limiter = settings.limiter.server
+        built.append(
+            cluster(LIMITER_CLUSTER, limiter.host, limiter.port, connect_timeout="0.25s", http2={})
+        )
+    if router.tracing.enabled:
+        # The OTLP/gRPC endpoint Envoy's tracer exports to (a name, hence STRICT_DNS).
+        host, _, port = router.tracing.endpoint.rpartition(":")
+        built.append(
+            cluster(
+                TELEMETRY_CLUSTER,
+                host.strip("[]") or "127.0.0.1",
+                int(port),
+                kind="STRICT_DNS",
+                http2={},
+            )
+        )
+    return built

@@ -1,0 +1,213 @@
+"""The Generate pipeline: one request from its call context to its last event.
+
+Every front runs this: the gRPC servicer (Generate, Complete), the OpenAI HTTP front,
+and Converse (gRPC or WebSocket), each through the `Pipeline` protocol with a
+`CallContext` (core/grpcx/call_context.py). The stages, in order, each entered once
+(docs/architecture.md draws them):
+
+deadline and memory guard -> authenticate -> validate -> resolve the alias ->
+limits (router/limits.py) -> fallback chain (router/fallback.py) over the request's
+attempts (router/attempts.py) -> fair queue (router/admission.py) -> adaptive buffer
+(router/buffer.py) -> numbering and the in-band error (router/relay.py) -> settle.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from typing import Protocol
+
+from sluice.core import headers
+from sluice.core.clock import Clock
+from sluice.core.errors import (
+    BusinessRuleViolationError,
+    FieldViolation,
+    InternalError,
+    SluiceError,
+    ValidationError,
+)
+from sluice.core.grpcx.call_context import CallContext, Metadata
+from sluice.router import genai, relay
+from sluice.router.admission import Admission, request_class
+from sluice.router.attempts import Attempts
+from sluice.router.auth import ApiKeyAuthenticator, Principal
+from sluice.router.buffer import adaptive
+from sluice.router.degradation import MemoryGuard
+from sluice.router.fallback import FallbackChain
+from sluice.router.limits import Limits
+from sluice.router.relay import StreamState
+from sluice.router.settings import ModelAliasSettings, RouterSettings
+from sluice.router.v1 import router_pb2
+from sluice.router.validation import GenerationRequest, validate_request
+
+
+class Pipeline(Protocol):
+    """What the fronts call (the gRPC servicer, router/openai_http.py, router/converse.py)."""
+
+    def authenticate(self, metadata: Metadata) -> Principal:
+        """The caller's principal (a front that checks a key once, e.g. a WebSocket)."""
+        ...
+
+    def generate(
+        self, request: GenerationRequest, call: CallContext, *, whole_answer: bool = False
+    ) -> AsyncGenerator[router_pb2.GenerateEvent, None]:
+        """The events of one generation; raises SluiceError before the first one, ends
+        with an in-band `error` event after it. `whole_answer`: the front relays nothing
+        before the end, so the back end may answer in one piece."""
+        ...
+
+    def list_models(self, call: CallContext) -> router_pb2.ListModelsResponse:
+        """The model aliases the caller's key may use."""
+        ...
+
+
+def _first_text(event: router_pb2.GenerateEvent) -> bool:
+    return event.HasField("data")
+
+
+def _never(_event: router_pb2.GenerateEvent) -> bool:
+    return False
+
+
+class GeneratePipeline:
+    """The router's `Pipeline`."""
+
+    def __init__(
+        self,
+        settings: RouterSettings,
+        *,
+        authenticator: ApiKeyAuthenticator,
+        limits: Limits,
+        chain: FallbackChain,
+        attempts: Attempts,
+        memory: MemoryGuard,
+        clock: Clock,
+        admission: Admission | None = None,
+    ) -> None:
+        self._settings = settings
+        self._auth = authenticator
+        self._limits = limits
+        self._chain = chain
+        self._attempts = attempts
+        self._metrics = attempts.metrics
+        self._memory = memory
+        self._clock = clock
+        self._admission = admission
+
+    def authenticate(self, metadata: Metadata) -> Principal:
+        """The caller's principal from request metadata."""
+        return self._auth.authenticate(metadata)
+
+    def list_models(self, call: CallContext) -> router_pb2.ListModelsResponse:
+        """The aliases the caller's key may use, by name."""
+        principal = self._auth.authenticate(call.metadata)
+        return router_pb2.ListModelsResponse(
+            models=[
+                router_pb2.ModelInfo(
+                    id=name,
+                    backends=[ref.backend for ref in alias.backends],
+                    default_max_tokens=alias.default_max_tokens,
+                )
+                for name, alias in sorted(self._settings.models.items())
+                if principal.may_use(name)
+            ]
+        )
+
+    def _resolve_model(
+        self, request: GenerationRequest, principal: Principal
+    ) -> ModelAliasSettings:
+        alias = self._settings.models.get(request.model)
+        if alias is None:
+            known = ", ".join(sorted(self._settings.models))
+            raise ValidationError(
+                f"unknown model '{request.model[:64]}'; available: {known}",
+                metadata={"model": request.model[:64]},
+                field_violations=[
+                    FieldViolation("model", f"unknown model alias '{request.model[:64]}'")
+                ],
+            )
+        if not principal.may_use(request.model):
+            raise BusinessRuleViolationError(
+                f"model '{request.model}' is not available to this API key",
+                metadata={"model": request.model, "tier": principal.tier},
+                http_status=403,  # "model not in tier" (a spent budget is 412)
+            )
+        return alias
+
+    async def generate(
+        self, request: GenerationRequest, call: CallContext, *, whole_answer: bool = False
+    ) -> AsyncGenerator[router_pb2.GenerateEvent, None]:
+        """See `Pipeline.generate`."""
+        settings = self._settings
+        whole_answer = whole_answer and settings.whole_answers
+        state = StreamState(started=time.perf_counter(), whole_answer=whole_answer)
+        remaining = call.time_remaining()
+        deadline = self._clock.monotonic() + (
+            remaining if remaining is not None else settings.request_timeout_s
+        )
+        self._chain.check_deadline(deadline)
+        self._memory.check()
+        principal = self._auth.authenticate(call.metadata)
+        validate_request(request, settings)
+        alias = self._resolve_model(request, principal)
+        max_tokens = request.max_tokens or alias.default_max_tokens
+        await self._limits.admit(request, principal, max_tokens, state)
+
+        genai.annotate_request(request, alias.backends[0].backend, max_tokens)
+        forwarded = tuple((k, v) for k, v in call.metadata if k == headers.FAULT)
+        self._metrics.streams_in_flight.inc()
+        events = self._chain.run(
+            model=request.model,
+            alias=alias,
+            messages=request.messages,
+            max_tokens=max_tokens,
+            cache_extra=(
+                max_tokens,
+                request.temperature if request.HasField("temperature") else None,
+                list(request.stop),
+                [tool.SerializeToString().hex() for tool in getattr(request, "tools", ())],
+            ),
+            deadline=deadline,
+            stream=self._attempts.stream(request, state, forwarded),
+        )
+        if self._admission is not None:
+            # Wait for capacity in the primary back end's fair queue, by class.
+            events = self._admission.run(
+                events,
+                backend=alias.backends[0].backend,
+                tenant=principal.tenant,
+                klass=request_class(principal.tier, call.metadata),
+                deadline=deadline,
+                # A whole answer's first text is its last: no first-token time to learn from.
+                is_first_token=_never if whole_answer else _first_text,
+            )
+        # The adaptive buffer (router/buffer.py): direct while the client keeps up,
+        # coalesced and bounded (pausing the provider read) once it lags.
+        relayed = adaptive(events, settings.buffer, self._clock, call.writer_behind)
+        number = state.number
+        try:
+            async for event in relayed:
+                yield number(event)
+        except SluiceError as failure:
+            if state.sequence > 0:
+                yield number(relay.error_event(failure, state.output_tokens))
+            raise
+        except Exception:
+            if state.sequence > 0:
+                internal = InternalError("internal error")
+                yield number(relay.error_event(internal, state.output_tokens))
+            raise
+        finally:
+            # Close the stream chain here, in order, not in the loop's finaliser (where
+            # its context managers may already be finalised): the buffer first (it stops
+            # its reader), then the chain it was reading.
+            await relayed.aclose()
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
+            self._metrics.streams_in_flight.dec()
+            self._limits.settle(request, principal, state)
+            if state.output_tokens:
+                self._metrics.tokens_streamed.labels(request.model, state.backend).inc(
+                    state.output_tokens
+                )

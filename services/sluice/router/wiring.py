@@ -1,0 +1,176 @@
+"""The router's wiring: the one place its parts are built and joined (docs/architecture.md)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sluice.core.clock import Clock, SystemClock
+from sluice.core.grpcx.channels import internal_channel
+from sluice.core.grpcx.server import ServiceHost
+from sluice.core.telemetry.spans import RequestSpans
+from sluice.limiter.v1 import limiter_pb2_grpc
+from sluice.router.admission import Admission
+from sluice.router.attempts import Attempts, StreamMetrics
+from sluice.router.auth import ApiKeyAuthenticator
+from sluice.router.budgets import Budgets
+from sluice.router.converse import Converser
+from sluice.router.degradation import LocalLimits, MemoryGuard
+from sluice.router.fallback import FallbackChain, ResilienceMetrics
+from sluice.router.leases import LeaseBook
+from sluice.router.limits import LimitMetrics, Limits
+from sluice.router.pipeline import GeneratePipeline
+from sluice.router.provider_streams import (
+    PROVIDER_SERVICE,
+    MultiplexedStreams,
+    ProviderStreams,
+    StreamCalls,
+    split_target,
+)
+from sluice.router.service import RouterServicer
+from sluice.router.settings import RouterSettings
+from sluice.router.v1 import router_pb2, router_pb2_grpc
+
+if TYPE_CHECKING:
+    from sluice.router.openai_http import OpenAIHttpApi
+
+
+class RouterHost(ServiceHost):
+    """The router's gRPC server, plus its HTTP listener when `http_api` is enabled."""
+
+    def __init__(self, settings: RouterSettings) -> None:
+        super().__init__("router", settings)
+        self.http_api: OpenAIHttpApi | None = None
+        """The OpenAI-compatible HTTP API (its `port` once started), or None when off."""
+
+    @property
+    def http_port(self) -> int:
+        """The HTTP listener's port once started (0 while it is off or not started)."""
+        return self.http_api.port if self.http_api is not None else 0
+
+    def serve_http(self, api: OpenAIHttpApi, host: str, port: int) -> None:
+        """Serve `api` on host:port from start-up (after gRPC) until after gRPC stops."""
+        self.http_api = api
+
+        async def start() -> None:
+            await api.start(host, port)
+
+        self.add_startup(start)
+        self.add_cleanup(api.stop)
+
+
+def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> RouterHost:
+    """Wire the router service. Call ``await host.start()`` to bind and serve."""
+    host = RouterHost(settings)
+    clock = clock or SystemClock()
+    tracing = host.tracer_provider if host.tracing_active else None
+    limiter_channel = internal_channel(
+        settings.limiter_address, "sluice.limiter.v1.LimiterService", tracing
+    )
+    provider_service = PROVIDER_SERVICE.full_name
+    provider_channel = internal_channel(
+        settings.provider_address,
+        provider_service,
+        tracing,
+        retries=False,
+        # A stalled client's stream holds at most one 64 KiB window here (router/buffer.py).
+        fixed_window=True,
+    )
+    provider_streams: ProviderStreams = (
+        MultiplexedStreams(
+            [
+                # Not the per-call channel: per-stream credit bounds a stalled stream
+                # here, so the long-lived calls keep gRPC's probed (growing) window.
+                internal_channel(address, provider_service, tracing, retries=False)
+                for address in split_target(settings.provider_address)
+            ],
+            settings.provider_multiplex,
+            fallback=StreamCalls(provider_channel),
+        )
+        if settings.provider_multiplex.enabled
+        else StreamCalls(provider_channel)
+    )
+    spans = RequestSpans(
+        host.tracer_provider.get_tracer("sluice.router") if host.tracing_active else None
+    )
+    chain = FallbackChain(settings, ResilienceMetrics(host.registry), clock, spans=spans)
+    limits = Limits(
+        limiter_pb2_grpc.LimiterServiceStub(limiter_channel),
+        budgets=Budgets(settings.budgets, clock, host.registry),
+        local_limits=LocalLimits(
+            settings.resilience.local_limit_rps,
+            settings.resilience.limiter_fail_closed,
+            host.registry,
+        ),
+        leases=LeaseBook(clock, ask=settings.limiter_lease_requests),
+        metrics=LimitMetrics(host.registry),
+        clock=clock,
+        timeout_s=settings.limiter_timeout_ms / 1000.0,
+    )
+    pipeline = GeneratePipeline(
+        settings,
+        authenticator=ApiKeyAuthenticator(settings.api_keys),
+        limits=limits,
+        chain=chain,
+        attempts=Attempts(
+            provider_streams,
+            StreamMetrics(host.registry),
+            progress_interval_s=settings.progress_interval_ms / 1000.0,
+        ),
+        memory=MemoryGuard(settings.resilience.memory_limit_mb, clock, host.registry),
+        clock=clock,
+        admission=(
+            Admission(
+                settings.admission,
+                clock,
+                host.registry,
+                memory_limit_bytes=settings.resilience.memory_limit_mb * 1024 * 1024,
+                spans=spans,
+            )
+            if settings.admission.enabled
+            else None
+        ),
+    )
+    converser = Converser(
+        pipeline,
+        settings.converse,
+        host.registry,
+        host.tracer_provider.get_tracer("sluice.router.converse") if host.tracing_active else None,
+        monotonic=clock.monotonic,
+    )
+    router_pb2_grpc.add_RouterServiceServicer_to_server(
+        RouterServicer(pipeline, converser), host.server
+    )
+    host.add_service(router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name)
+
+    async def close_channels() -> None:
+        await limiter_channel.close()
+        await provider_streams.close()
+        await provider_channel.close()
+        await chain.close()
+
+    host.add_cleanup(close_channels)
+    if settings.http_api.enabled:
+        _serve_http_api(host, settings, pipeline, converser)
+    return host
+
+
+def _serve_http_api(
+    host: RouterHost, settings: RouterSettings, pipeline: GeneratePipeline, converser: Converser
+) -> None:
+    """The OpenAI-compatible HTTP listener (and the WebSocket bridge on it)."""
+    # Imported only when enabled: aiohttp is not needed otherwise.
+    from sluice.router.openai_http import OpenAIHttpApi  # noqa: PLC0415
+    from sluice.router.websocket_bridge import WebSocketBridge  # noqa: PLC0415
+
+    tracer = host.tracer_provider.get_tracer("sluice.router.http") if host.tracing_active else None
+    api = OpenAIHttpApi(
+        pipeline,
+        host.metrics,
+        tracer,
+        max_request_bytes=settings.http_api.max_request_bytes,
+        shutdown_timeout_s=settings.server.shutdown_grace_s,
+        pause_bytes=settings.buffer.pause_bytes,
+    )
+    if settings.converse.websocket_enabled:
+        WebSocketBridge(converser, host.metrics, tracer).register(api.app)
+    host.serve_http(api, settings.http_api.host, settings.http_api.port)

@@ -1,0 +1,121 @@
+"""Alert rules and the Alertmanager config, checked by Prometheus' own tools.
+
+promtool and amtool come from Debian's `prometheus` and `prometheus-alertmanager`
+packages (`make tools` installs them; CI runs them). Their absence fails these tests
+rather than skipping them: unchecked alert rules are how an outage goes unnoticed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess  # nosec B404 - runs the Prometheus tools on our own files
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+PROMETHEUS = ROOT / "deploy" / "prometheus"
+RULES = PROMETHEUS / "rules" / "sluice.rules.yml"
+RULE_TESTS = PROMETHEUS / "tests" / "sluice.rules.test.yml"
+ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
+# The SLO and capacity alerts of sluice.rules.yml, each with its promtool unit tests.
+ALERTS = {
+    "SluiceHighErrorRate",
+    "SluiceTimeToFirstTokenP99OverSLA",
+    "SluiceUnaryP99OverSLA",
+    "SluiceAvailabilityBudgetFastBurn",
+    "SluiceAvailabilityBudgetSlowBurn",
+    "SluiceLimiterFallbackMode",
+    "SluiceMemoryGrowth",
+}
+# (rule file, its promtool unit tests, how many rules it holds)
+RULE_FILES = [
+    ("rules/sluice.rules.yml", "tests/sluice.rules.test.yml", 11),
+    ("rules/resilience.rules.yml", "tests/resilience.rules.test.yml", 4),
+]
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} is not installed: run `make tools` (Debian prometheus packages)"
+    return path
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # nosec B603
+        args, cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.parametrize(("rules", "unit_tests", "count"), RULE_FILES)
+def test_rules_are_valid_and_fire_as_their_unit_tests_expect(
+    rules: str, unit_tests: str, count: int
+) -> None:
+    checked = run(tool("promtool"), "check", "rules", rules, cwd=PROMETHEUS)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"SUCCESS: {count} rules found" in checked.stdout
+    tested = run(tool("promtool"), "test", "rules", unit_tests, cwd=PROMETHEUS)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "SUCCESS" in tested.stdout
+
+
+def test_every_slo_alert_is_defined_and_has_unit_tests() -> None:
+    tested = RULE_TESTS.read_text()
+    assert {alert for alert in ALERTS if f"alertname: {alert}" not in tested} == set()
+    defined = RULES.read_text()
+    assert {alert for alert in ALERTS if f"alert: {alert}\n" in defined} == ALERTS
+
+
+def test_a_broken_rule_file_is_caught(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        "groups:\n  - name: x\n    rules:\n      - alert: Bad\n        expr: rate(x[5m]\n"
+    )
+    result = run(tool("promtool"), "check", "rules", str(broken))
+    assert result.returncode != 0
+
+
+def test_promtool_catches_a_wrong_expectation(tmp_path: Path) -> None:
+    # The same rules, one expectation flipped: the run must fail, or the tests prove nothing.
+    wrong = RULE_TESTS.read_text().replace(
+        "      - eval_time: 4m\n        alertname: SluiceHighErrorRate\n        exp_alerts: []",
+        "      - eval_time: 4m\n        alertname: SluiceHighErrorRate\n        exp_alerts:\n"
+        "          - exp_labels: {severity: page, service: limiter}",
+    )
+    assert wrong != RULE_TESTS.read_text()
+    (tmp_path / "rules").mkdir()
+    shutil.copy(RULES, tmp_path / "rules" / "sluice.rules.yml")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "wrong.test.yml").write_text(wrong)
+
+    result = run(tool("promtool"), "test", "rules", str(tmp_path / "tests" / "wrong.test.yml"))
+
+    assert result.returncode != 0
+    assert "SluiceHighErrorRate" in result.stdout + result.stderr
+
+
+def test_alertmanager_config_is_valid_and_routes_pages_to_slack_and_email() -> None:
+    amtool = tool("amtool")
+    result = run(amtool, "check-config", str(ALERTMANAGER))
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = ALERTMANAGER.read_text()
+    assert "slack_configs" in config and "email_configs" in config
+
+    def route(*labels: str) -> str:
+        routed = run(
+            amtool, "config", "routes", "test", "--config.file", str(ALERTMANAGER), *labels
+        )
+        assert routed.returncode == 0, routed.stdout + routed.stderr
+        return routed.stdout.strip()
+
+    assert route("alertname=SluiceHighErrorRate", "severity=page") == "oncall-page"
+    assert route("alertname=SluiceBreakerOpen", "severity=ticket") == "slack-sluice"
+    assert route("alertname=Other") == "slack-sluice"
+
+
+def test_a_broken_alertmanager_config_is_rejected(tmp_path: Path) -> None:
+    broken = tmp_path / "alertmanager.yml"
+    broken.write_text(ALERTMANAGER.read_text().replace("receiver: oncall-page", "receiver: nobody"))
+    result = run(tool("amtool"), "check-config", str(broken))
+    assert result.returncode != 0
+    assert "nobody" in result.stdout + result.stderr
