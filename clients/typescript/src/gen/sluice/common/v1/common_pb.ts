@@ -233,7 +233,7 @@ export const FinishReasonSchema: GenEnum<FinishReason> = /*@__PURE__*/
   enumDesc(file_sluice_common_v1_common, 0);
 
 /**
- * Which step of the fallback chain (SPEC §2.3) served a response.
+ * Which step of the fallback chain (docs/resilience.md) served a response.
  *
  * @generated from enum sluice.common.v1.FallbackStep
  */
@@ -281,7 +281,7 @@ export const FallbackStepSchema: GenEnum<FallbackStep> = /*@__PURE__*/
   enumDesc(file_sluice_common_v1_common, 1);
 
 /**
- * The error reasons of SPEC §2.1. They appear, without the ERROR_REASON_ prefix, as
+ * The error reasons of docs/errors.md. They appear, without the ERROR_REASON_ prefix, as
  * google.rpc.ErrorInfo.reason in every error status and in-band error event.
  *
  * @generated from enum sluice.common.v1.ErrorReason

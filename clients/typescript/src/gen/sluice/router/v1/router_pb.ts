@@ -438,7 +438,7 @@ export const ProgressEventSchema: GenMessage<ProgressEvent> = /*@__PURE__*/
  */
 export type ErrorEvent = Message<"sluice.router.v1.ErrorEvent"> & {
   /**
-   * Error reason from SPEC §2.1, e.g. "SERVICE_UNAVAILABLE".
+   * Error reason (docs/errors.md), e.g. "SERVICE_UNAVAILABLE".
    *
    * @generated from field: string reason = 1;
    */
