@@ -16,7 +16,7 @@ STAMP         := $(VENV)/.synced-dev
 # The runtime set only, for `make up`; leaves dev tools in place when already there.
 RUNTIME_STAMP := $(VENV)/.synced-runtime
 
-.PHONY: venv tools js-deps up test test-fast gen lint lock lock-check sbom security bench \
+.PHONY: venv tools js-deps up test test-fast gen docs docs-gen lint lock lock-check sbom security bench \
 	bench-limiter bench-overload envoy-config clean
 
 $(UV): requirements/uv.txt
@@ -56,8 +56,8 @@ tools:
 	    prometheus prometheus-alertmanager chromium fonts-dejavu-core; \
 	fi
 
-## js-deps: Node.js and the pinned `openai` JavaScript SDK for tests/e2e/test_openai_js_sdk.py
-## (tests/js; `npm ci` from its committed lock, again only when the lock changes). Installs
+## js-deps: Node.js, the pinned `openai` JavaScript SDK for tests/e2e/test_openai_js_sdk.py and
+## newman for tests/docs/test_postman.py (tests/js; `npm ci` from its committed lock, again only when the lock changes). Installs
 ## Debian's nodejs and npm when node or npm is missing (root).
 JS_DEPS := tests/js/node_modules/.package-lock.json
 
@@ -69,7 +69,15 @@ $(JS_DEPS): tests/js/package.json tests/js/package-lock.json
 	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 	touch $@
 
-js-deps: $(JS_DEPS)
+# The TypeScript client (clients/typescript): protoc-gen-es for `make gen`, tsc and Connect
+# for its example client (tests/docs/test_typescript_client.py).
+TS_DEPS := clients/typescript/node_modules/.package-lock.json
+
+$(TS_DEPS): clients/typescript/package.json clients/typescript/package-lock.json $(JS_DEPS)
+	npm ci --prefix clients/typescript --no-audit --no-fund --loglevel=error
+	touch $@
+
+js-deps: $(JS_DEPS) $(TS_DEPS)
 
 ## up: start the whole suite in the foreground (Ctrl-C stops it). CONFIG=file.yaml to override.
 up: $(RUNTIME_STAMP)
@@ -82,11 +90,29 @@ test: $(STAMP) tools js-deps lint
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit tests/integration
 
-## gen: regenerate gen/ (stubs + descriptor image) from protos/, and docs/errors.md from
-## the error table in services/sluice/core/errors.py.
-gen: $(STAMP)
+## gen: regenerate gen/ (stubs + descriptor image) from protos/, and what reads them:
+## docs/errors.md from the error table in services/sluice/core/errors.py, the reference
+## pages (docs/reference/) and the TypeScript stubs (clients/typescript/src/gen/).
+gen: $(STAMP) js-deps
 	$(BIN)/python scripts/gen_protos.py
 	$(BIN)/python scripts/gen_error_docs.py
+	$(BIN)/python scripts/gen_docs.py
+	$(BIN)/python scripts/gen_postman.py
+	$(BIN)/python scripts/gen_apib.py
+	$(BIN)/python scripts/gen_ts_client.py
+
+## docs-gen: regenerate docs/reference/ (gRPC, HTTP, configuration, the Postman
+## collection, the API Blueprint export) from the descriptor image, the OpenAPI document
+## and the settings models.
+docs-gen: $(STAMP)
+	$(BIN)/python scripts/gen_docs.py
+	$(BIN)/python scripts/gen_postman.py
+	$(BIN)/python scripts/gen_apib.py
+
+## docs: build the documentation site (mkdocs.yml) into build/site. --strict: a broken
+## link or anchor, or a page missing from the navigation, fails. Works offline.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 lint: $(STAMP) lock-check
 	$(BIN)/buf lint gen/sluice.binpb --path sluice --config buf.yaml

@@ -22,7 +22,7 @@ from pydantic import (
     field_validator,
 )
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sluice.core.audit import AuditSettings
 from sluice.core.telemetry.error_reporting import ErrorReportingSettings
@@ -161,6 +161,10 @@ class ServerSettings(BaseModel):
 
 class ServiceSettings(BaseSettings):
     """Base of every service's settings: server, tracing, logging."""
+
+    # So that the docstrings below are these fields' descriptions in every subclass
+    # (docs/reference/configuration.md is generated from them).
+    model_config = SettingsConfigDict(use_attribute_docstrings=True)
 
     server: ServerSettings
     """gRPC and metrics listeners."""
