@@ -1,10 +1,13 @@
-"""`sluice`: start the suite (`sluice up`), print its Envoy configuration, or show
-where time goes (`sluice top`)."""
+"""`sluice`: start the suite (`sluice up`), run one part of it in the foreground
+(`sluice serve PART`, `sluice envoy`: what each container of the image runs), print its
+Envoy configuration, or show where time goes (`sluice top`)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import runpy
 import signal
 import sys
 import threading
@@ -13,11 +16,38 @@ from types import FrameType
 
 import grpc
 
-from sluice.core.config import ConfigError
+from sluice.core.config import CONFIG_ENV, ConfigError
 from sluice.launcher.envoy import descriptor_path, render_yaml
 from sluice.launcher.settings import load_suite
-from sluice.launcher.supervisor import StartupError, Suite
+from sluice.launcher.supervisor import (
+    SERVICES,
+    StartupError,
+    Suite,
+    envoy_argv,
+    write_envoy_config,
+)
 from sluice.launcher.top import fetch
+from sluice.launcher.version import version_text
+
+RUN_DIR_ENV = "SLUICE_RUN_DIR"
+"""Where `sluice envoy` writes its rendered bootstrap (a writable path in the image)."""
+
+
+class _VersionAction(argparse.Action):
+    """`--version`, computed only when asked (it may run git)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help=str(kwargs.get("help", "")))
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        print(version_text())
+        parser.exit()
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -56,6 +86,31 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    # The part's own entry point (its package's __main__, what `sluice up` starts as a
+    # child), run in this process so the container's init signals the service itself.
+    if args.config:
+        os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
+    runpy.run_module(f"sluice.{args.part}", run_name="__main__", alter_sys=True)
+    return 0
+
+
+def _envoy(args: argparse.Namespace) -> int:
+    settings = load_suite(args.config)
+    try:
+        argv = envoy_argv(settings, write_envoy_config(settings, Path(args.run_dir)))
+    except StartupError as err:
+        print(f"sluice envoy: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"sluice envoy: cannot write to {args.run_dir}: {err.strerror}", file=sys.stderr)
+        return 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Envoy replaces this process: it gets the init's SIGTERM and drains by itself.
+    os.execv(argv[0], argv)  # noqa: S606  # nosec B606
+
+
 def _envoy_config(args: argparse.Namespace) -> int:
     settings = load_suite(args.config)
     descriptor = Path(args.descriptor) if args.descriptor else descriptor_path()
@@ -84,6 +139,9 @@ def _top(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the chosen command."""
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
+    parser.add_argument(
+        "--version", action=_VersionAction, help="print the version and build revision"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start the whole suite in the foreground")
     up.add_argument(
@@ -100,6 +158,22 @@ def main(argv: list[str] | None = None) -> int:
         help="provider processes to start (default: provider.replicas, 1)",
     )
     up.set_defaults(run=_up)
+    serve = commands.add_parser("serve", help="run one service in the foreground")
+    serve.add_argument("part", choices=SERVICES, help="the service to run")
+    serve.add_argument(
+        "--config", help="suite YAML file (default: $SLUICE_CONFIG or built-in defaults)"
+    )
+    serve.set_defaults(run=_serve)
+    envoy_run = commands.add_parser("envoy", help="run the Envoy front in the foreground")
+    envoy_run.add_argument(
+        "--config", help="suite YAML file (default: $SLUICE_CONFIG or built-in defaults)"
+    )
+    envoy_run.add_argument(
+        "--run-dir",
+        default=os.environ.get(RUN_DIR_ENV, ".run"),
+        help=f"where the rendered envoy.yaml goes (default ${RUN_DIR_ENV} or .run)",
+    )
+    envoy_run.set_defaults(run=_envoy)
     envoy = commands.add_parser("envoy-config", help="print the Envoy configuration")
     envoy.add_argument("--config", help="suite YAML file")
     envoy.add_argument("--descriptor", help="path of sluice.binpb as Envoy will see it")
