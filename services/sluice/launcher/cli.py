@@ -18,6 +18,7 @@ import grpc
 
 from sluice.core.config import CONFIG_ENV, ConfigError
 from sluice.launcher.envoy import descriptor_path, render_yaml
+from sluice.launcher.k8s.render import render, stale, write
 from sluice.launcher.settings import load_suite
 from sluice.launcher.supervisor import (
     SERVICES,
@@ -122,6 +123,19 @@ def _envoy_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _k8s_render(args: argparse.Namespace) -> int:
+    texts = render(Path(args.values))
+    output = Path(args.output)
+    if args.check:
+        differing = stale(texts, output)
+        for relative in differing:
+            print(f"sluice k8s render: {output / relative} is stale", file=sys.stderr)
+        return 1 if differing else 0
+    for path in write(texts, output):
+        print(f"wrote {path}")
+    return 0
+
+
 def _top(args: argparse.Namespace) -> int:
     if args.address:
         address = args.address
@@ -179,6 +193,17 @@ def main(argv: list[str] | None = None) -> int:
     envoy.add_argument("--descriptor", help="path of sluice.binpb as Envoy will see it")
     envoy.add_argument("--output", help="write to this file instead of stdout")
     envoy.set_defaults(run=_envoy_config)
+    k8s = commands.add_parser("k8s", help="Kubernetes manifests from the suite's settings")
+    k8s_commands = k8s.add_subparsers(dest="k8s_command", required=True)
+    k8s_render = k8s_commands.add_parser(
+        "render", help="write base, staging and production manifests"
+    )
+    k8s_render.add_argument("--values", required=True, help="values file (deploy/k8s/values.yaml)")
+    k8s_render.add_argument("--output", required=True, help="directory of the outputs")
+    k8s_render.add_argument(
+        "--check", action="store_true", help="write nothing; fail when the output is stale"
+    )
+    k8s_render.set_defaults(run=_k8s_render)
     top = commands.add_parser("top", help="slowest operations and time per span kind")
     top.add_argument("--config", help="suite YAML file (for the telemetry address)")
     top.add_argument("--address", help="telemetry host:port (overrides --config)")

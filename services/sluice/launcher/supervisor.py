@@ -107,6 +107,13 @@ def _http_ok(url: str, contains: str | None = None) -> bool:
 
 SERVICES = ("telemetry", "limiter", "provider", "router")
 """The suite's gRPC services, in start order."""
+HEALTH_SERVICES = {
+    "telemetry": "opentelemetry.proto.collector.trace.v1.TraceService",
+    "limiter": "sluice.limiter.v1.LimiterService",
+    "provider": "sluice.provider.v1.ProviderService",
+    "router": ROUTER_SERVICE,
+}
+"""The grpc.health.v1 service name each part reports SERVING for once it is ready."""
 
 
 def service_argv(name: str) -> list[str]:
@@ -241,19 +248,17 @@ class Suite:
             raise
 
     def _start_services(self) -> None:
+        settings = self.settings
         services = (
-            (
-                "telemetry",
-                self.settings.telemetry.server,
-                "opentelemetry.proto.collector.trace.v1.TraceService",
-            ),
-            ("limiter", self.settings.limiter.server, "sluice.limiter.v1.LimiterService"),
-            ("provider", self.settings.provider.server, "sluice.provider.v1.ProviderService"),
-            ("router", self.settings.router.server, ROUTER_SERVICE),
+            ("telemetry", settings.telemetry.server),
+            ("limiter", settings.limiter.server),
+            ("provider", settings.provider.server),
+            ("router", settings.router.server),
         )
         replicas = self.provider_listeners()
-        for name, server, health_service in services:
+        for name, server in services:
             argv = service_argv(name)
+            health_service = HEALTH_SERVICES[name]
             if name == "provider":
                 for index, (port, metrics_port) in enumerate(replicas):
                     part = Part(

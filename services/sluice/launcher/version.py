@@ -8,6 +8,7 @@ an image holds no git checkout. Run from a checkout, it is asked of git.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 
@@ -20,6 +21,7 @@ DISTRIBUTION = "sluice-gateway"
 REVISION_ENV = "SLUICE_BUILD_REVISION"
 
 
+@functools.cache
 def package_version() -> str:
     """The installed distribution's version (pyproject.toml's ``version``)."""
     return metadata.version(DISTRIBUTION)
