@@ -31,6 +31,7 @@ PRE_STOP_S = 5
 CONFIG_MAP = "sluice-config"
 UPSTREAM_SECRETS_DIR = "/etc/sluice/secrets/upstream"
 TLS_DIR = "/etc/sluice/tls"
+TMP_DIR = "/tmp"  # noqa: S108  # nosec B108 - each pod's own emptyDir, not a shared /tmp
 
 
 def labels(values: K8sValues, part: str) -> dict[str, str]:
@@ -145,7 +146,7 @@ def _writable_volumes() -> tuple[list[Manifest], list[Manifest]]:
     ]
     mounts: list[Manifest] = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir
+        {"name": "tmp", "mountPath": TMP_DIR},
         {"name": "run", "mountPath": "/run/sluice"},
     ]
     return volumes, mounts
@@ -498,7 +499,7 @@ def valkey(values: K8sValues) -> list[Manifest]:
                                 },
                                 "volumeMounts": [
                                     {"name": "data", "mountPath": "/data"},
-                                    {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
+                                    {"name": "tmp", "mountPath": TMP_DIR},
                                 ],
                             }
                         ],
