@@ -18,7 +18,7 @@ RUNTIME_STAMP := $(VENV)/.synced-runtime
 
 .PHONY: venv tools js-deps up test test-fast gen lint lock lock-check sbom security bench \
 	bench-limiter bench-overload envoy-config clean \
-	podman-deps containers-conf base-image image image-check k8s
+	podman-deps containers-conf base-image image image-check k8s checkov
 
 $(UV): requirements/uv.txt
 	$(PYTHON) -m venv $(UV_HOME)
@@ -119,6 +119,28 @@ bench-overload: $(STAMP)
 envoy-config: $(STAMP)
 	$(BIN)/sluice envoy-config --descriptor /etc/sluice/sluice.binpb --output deploy/envoy/envoy.yaml
 
+## k8s: re-render deploy/k8s/ from deploy/k8s/values.yaml and the suite's settings
+## (a test fails while the committed copy is stale).
+k8s: $(STAMP)
+	$(BIN)/sluice k8s render --values deploy/k8s/values.yaml --output deploy/k8s/
+
+## checkov: checkov over deploy/ (deploy/.checkov.yaml says why each skipped check is
+## skipped). In a venv of its own from requirements/checkov.txt (hashed): its pins
+## conflict with the dev group's.
+CHECKOV_HOME := .checkov
+CHECKOV      := $(CHECKOV_HOME)/bin/checkov
+$(CHECKOV): requirements/checkov.txt $(UV)
+	$(UV) venv --quiet --allow-existing $(CHECKOV_HOME)
+	$(UV) pip install --quiet --python $(CHECKOV_HOME)/bin/python --require-hashes \
+	  -r requirements/checkov.txt
+	touch $@
+
+checkov: $(CHECKOV)
+	$(CHECKOV) --config-file deploy/.checkov.yaml
+	@mkdir -p build/checkov && cp deploy/container/Containerfile build/checkov/Dockerfile
+	$(CHECKOV) --framework dockerfile --file build/checkov/Dockerfile --compact --quiet \
+	  --skip-download
+
 ## podman-deps: podman, buildah and debootstrap from Debian (root), only when missing.
 podman-deps:
 	@if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null \
@@ -168,4 +190,4 @@ image-check: containers-conf
 	echo "$$got"; [ "$$got" = "$$want" ] || { echo "expected: $$want" >&2; exit 1; }
 
 clean:
-	rm -rf $(VENV) $(UV_HOME) build .run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(UV_HOME) $(CHECKOV_HOME) build .run .pytest_cache .mypy_cache .ruff_cache

@@ -24,8 +24,6 @@ Manifest = dict[str, Any]
 
 UID = 10001
 """The image's user (deploy/container/Containerfile)."""
-VALKEY_UID = 999
-"""The valkey user of the Valkey image."""
 PRE_STOP_S = 5
 """Sleep before SIGTERM so endpoints and Envoy's health checks drop the pod first."""
 CONFIG_MAP = "sluice-config"
@@ -458,13 +456,13 @@ def valkey(values: K8sValues) -> list[Manifest]:
                     "spec": {
                         "automountServiceAccountToken": False,
                         "enableServiceLinks": False,
-                        "securityContext": pod_security(VALKEY_UID),
+                        "securityContext": pod_security(UID),
                         "terminationGracePeriodSeconds": 10,
                         "containers": [
                             {
                                 "name": "valkey",
                                 "image": values.valkey.image,
-                                "imagePullPolicy": "IfNotPresent",
+                                "imagePullPolicy": values.image_pull_policy,
                                 # Counters expire within a window: nothing to persist.
                                 "args": [
                                     "valkey-server",
@@ -488,7 +486,7 @@ def valkey(values: K8sValues) -> list[Manifest]:
                                     "requests": {"cpu": "100m", "memory": f"{memory}Mi"},
                                     "limits": {"cpu": "500m", "memory": f"{memory}Mi"},
                                 },
-                                "securityContext": container_security(VALKEY_UID),
+                                "securityContext": container_security(UID),
                                 "readinessProbe": {
                                     "tcpSocket": {"port": "redis"},
                                     "periodSeconds": 5,
