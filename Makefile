@@ -18,7 +18,7 @@ RUNTIME_STAMP := $(VENV)/.synced-runtime
 
 .PHONY: venv tools js-deps up test test-fast gen lint lock lock-check sbom security bench \
 	bench-limiter bench-overload envoy-config clean \
-	podman-deps containers-conf base-image image image-check k8s checkov
+	podman-deps containers-conf base-image image image-check podman-smoke k8s checkov
 
 $(UV): requirements/uv.txt
 	$(PYTHON) -m venv $(UV_HOME)
@@ -144,10 +144,10 @@ checkov: $(CHECKOV)
 ## podman-deps: podman, buildah and debootstrap from Debian (root), only when missing.
 podman-deps:
 	@if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null \
-	    || ! command -v runc >/dev/null; then \
+	    || ! command -v runc >/dev/null || ! command -v catatonit >/dev/null; then \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-	    podman buildah debootstrap uidmap fuse-overlayfs slirp4netns runc; \
+	    podman buildah debootstrap uidmap fuse-overlayfs slirp4netns runc catatonit; \
 	fi
 
 # The containers configuration this machine needs, computed from it (runtime, cgroups,
@@ -188,6 +188,12 @@ image-check: containers-conf
 	@want="sluice $(VERSION) (revision $(REVISION))"; \
 	got=$$($(PODMAN) run --rm --read-only $(IMAGE) --version); \
 	echo "$$got"; [ "$$got" = "$$want" ] || { echo "expected: $$want" >&2; exit 1; }
+
+## podman-smoke: the suite from the image under `podman kube play`
+## (deploy/k8s/podman/suite-pod.yaml), smoke-tested through its Envoy; prints the time
+## to SERVING. Minutes, so not part of `make test`.
+podman-smoke: containers-conf $(STAMP)
+	$(PODMAN_ENV) $(BIN)/python scripts/podman_smoke.py --image $(IMAGE)
 
 clean:
 	rm -rf $(VENV) $(UV_HOME) $(CHECKOV_HOME) build .run .pytest_cache .mypy_cache .ruff_cache

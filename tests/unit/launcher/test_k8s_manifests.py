@@ -55,7 +55,7 @@ def test_committed_manifests_are_what_the_values_render() -> None:
         "deploy/k8s is stale: run `sluice k8s render --values deploy/k8s/values.yaml "
         "--output deploy/k8s/`"
     )
-    assert {relative.split("/")[0] for relative in texts} == set(OUTPUTS)
+    assert {relative.split("/")[0] for relative in texts} == {*OUTPUTS, "podman"}
 
 
 @pytest.mark.parametrize("output", OUTPUTS)
@@ -414,3 +414,23 @@ def test_render_command_writes_and_checks(
     assert main(["k8s", "render", "--values", str(VALUES), "--output", str(out), "--check"]) == 1
     write(render(VALUES), out)
     assert not (out / "base" / "extra.yaml").exists()
+
+
+def test_the_podman_pod_runs_every_part_on_loopback_with_the_same_containers() -> None:
+    config_map, pod = list(yaml.safe_load_all((K8S / "podman" / "suite-pod.yaml").read_text()))
+    for resource in (config_map, pod):
+        kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
+    containers = {c["name"]: c for c in pod["spec"]["containers"]}
+    assert list(containers) == ["router", "limiter", "provider", "telemetry", "envoy"]
+    assert containers["envoy"]["args"] == ["envoy"]
+    for name, container in containers.items():
+        assert {m["mountPath"] for m in container["volumeMounts"]} == {
+            "/etc/sluice",
+            "/tmp",
+            "/run/sluice",
+        }, name
+        assert all("valueFrom" not in e for e in container["env"]), name  # no Secrets
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    settings = load_suite(data=yaml.safe_load(config_map["data"]["sluice.yaml"]))
+    assert settings.router.limiter_address.startswith("127.0.0.1:")  # one network namespace
+    assert settings.envoy.host == "0.0.0.0"  # published by the host

@@ -135,7 +135,8 @@ def topology_spread(part: str) -> list[Manifest]:
     ]
 
 
-def _writable_volumes() -> tuple[list[Manifest], list[Manifest]]:
+def writable_volumes() -> tuple[list[Manifest], list[Manifest]]:
+    """Volumes and mounts of every pod: the suite file, /tmp and the run dir."""
     # The image's only writable paths (deploy/container/Containerfile), plus the suite file.
     volumes: list[Manifest] = [
         {"name": "config", "configMap": {"name": CONFIG_MAP}},
@@ -212,7 +213,7 @@ def pod_spec(
     values: K8sValues, suite: ClusterSuite, part: str, container: Manifest, grace_s: float
 ) -> Manifest:
     """A pod running one container of the suite's image."""
-    volumes, mounts = _writable_volumes()
+    volumes, mounts = writable_volumes()
     container["volumeMounts"] = mounts + container.get("volumeMounts", [])
     if part == "provider":
         volumes.append(
