@@ -78,7 +78,5 @@ def suite_pod(values: K8sValues) -> list[Manifest]:
 
 def max_grace(suite: ClusterSuite) -> float:
     """The longest drain of any part (the pod's grace covers all of them)."""
-    return max(
-        suite.settings.envoy.drain_time_s + 1,
-        *(getattr(suite.settings, p).server.shutdown_grace_s for p in PARTS if p != "envoy"),
-    )
+    services = [suite.server(p).shutdown_grace_s for p in PARTS if p != "envoy"]
+    return max(suite.settings.envoy.drain_time_s + 1, *services)
