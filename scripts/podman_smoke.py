@@ -95,8 +95,8 @@ def played(manifests: list[dict[str, Any]]) -> Iterator[Path]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "suite-pod.yaml"
         path.write_text(yaml.safe_dump_all(manifests), encoding="utf-8")
-        podman("kube", "play", "--replace", str(path))
         try:
+            podman("kube", "play", "--replace", str(path))
             yield path
         finally:
             podman("kube", "play", "--down", str(path), check_rc=False)
@@ -180,6 +180,21 @@ def smoke(edge_port: int, telemetry_port: int) -> list[str]:
     return passed
 
 
+def hardening() -> list[str]:
+    """Every container of the Pod runs as uid 10001 on a read-only root filesystem."""
+    parts = ("router", "limiter", "provider", "telemetry", "envoy")
+    for part in parts:
+        shown = podman(
+            "inspect",
+            f"sluice-suite-{part}",
+            "--format",
+            "{{.HostConfig.ReadonlyRootfs}} {{.Config.User}}",
+        ).stdout.split()
+        check(shown[0] == "true", f"{part}: read-only root filesystem ({shown})")
+        check(shown[1].split(":")[0] == "10001", f"{part}: runs as uid 10001 ({shown})")
+    return [f"{len(parts)} containers: uid 10001, read-only root filesystem"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image", default="localhost/sluice:latest")
@@ -193,7 +208,7 @@ def main() -> int:
             serving_s = wait_serving(f"http://127.0.0.1:{edge_port}")
             print(f"kube play returned in {play_s:.1f} s; SERVING {play_s + serving_s:.1f} s "
                   "after kube play started")  # fmt: skip
-            for line in smoke(edge_port, telemetry_port):
+            for line in [*hardening(), *smoke(edge_port, telemetry_port)]:
                 print(f"ok  {line}")
             stop_started = time.monotonic()
             podman("pod", "stop", "sluice-suite")
