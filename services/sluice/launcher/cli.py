@@ -131,7 +131,12 @@ def _k8s_render(args: argparse.Namespace) -> int:
         for relative in differing:
             print(f"sluice k8s render: {output / relative} is stale", file=sys.stderr)
         return 1 if differing else 0
-    for path in write(texts, output):
+    try:
+        changed = write(texts, output)
+    except OSError as err:
+        print(f"sluice k8s render: cannot write {err.filename}: {err.strerror}", file=sys.stderr)
+        return 1
+    for path in changed:
         print(f"wrote {path}")
     return 0
 

@@ -434,3 +434,19 @@ def test_the_podman_pod_runs_every_part_on_loopback_with_the_same_containers() -
     settings = load_suite(data=yaml.safe_load(config_map["data"]["sluice.yaml"]))
     assert settings.router.limiter_address.startswith("127.0.0.1:")  # one network namespace
     assert settings.envoy.host == "0.0.0.0"  # published by the host
+
+
+def test_render_into_an_unwritable_place_fails_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code = main(["k8s", "render", "--values", str(VALUES), "--output", str(blocker / "k8s")])
+    assert code == 1
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_a_missing_values_file_is_a_config_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["k8s", "render", "--values", "/nonexistent/values.yaml", "--output", "x"])
+    assert code == 2
+    assert "cannot read values file" in capsys.readouterr().err

@@ -19,7 +19,6 @@ from sluice.launcher.k8s.values import PARTS, K8sValues
 from sluice.launcher.k8s.workloads import (
     CONFIG_MAP,
     Manifest,
-    labels,
     metadata,
     part_container,
     pod_spec,
@@ -59,7 +58,6 @@ def suite_pod(values: K8sValues) -> list[Manifest]:
     spec["containers"] = containers
     spec["volumes"] = [v for v in spec["volumes"] if "secret" not in v]
     del spec["topologySpreadConstraints"]
-    pod_labels = labels(values, "suite")
     return [
         {
             "apiVersion": "v1",
@@ -70,7 +68,7 @@ def suite_pod(values: K8sValues) -> list[Manifest]:
         {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {**metadata(values, "suite", POD), "labels": pod_labels},
+            "metadata": metadata(values, "suite", POD),
             "spec": spec,
         },
     ]
