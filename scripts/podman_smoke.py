@@ -103,11 +103,14 @@ def played(manifests: list[dict[str, Any]]) -> Iterator[Path]:
 
 
 def wait_serving(edge: str, limit_s: float = 120.0) -> float:
-    """Seconds until the edge answers GET /v1/models with 200."""
+    """Seconds until a request crosses the whole suite: POST /v1/complete through Envoy's
+    health-checked router cluster, the limiter and the provider, answered 200."""
     started = time.monotonic()
+    body = {**BODY, "max_tokens": 1}
     while time.monotonic() - started < limit_s:
         with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{edge}/v1/models", headers=AUTH, timeout=2).status_code == 200:
+            answer = httpx.post(f"{edge}/v1/complete", json=body, headers=AUTH, timeout=5)
+            if answer.status_code == 200:
                 return time.monotonic() - started
         time.sleep(0.2)
     raise SmokeError(f"the edge did not answer within {limit_s:g} s")
@@ -216,6 +219,9 @@ def main() -> int:
                   f"{time.monotonic() - stop_started:.1f} s")  # fmt: skip
     except SmokeError as failure:
         print(f"smoke test failed: {failure}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as err:
+        print(f"smoke test failed: gRPC {err.code().name}: {err.details()}", file=sys.stderr)
         return 1
     except subprocess.CalledProcessError as err:
         print(f"podman {' '.join(err.cmd[1:3])} failed: {err.stderr.strip()}", file=sys.stderr)
