@@ -16,8 +16,9 @@ STAMP         := $(VENV)/.synced-dev
 # The runtime set only, for `make up`; leaves dev tools in place when already there.
 RUNTIME_STAMP := $(VENV)/.synced-runtime
 
-.PHONY: venv tools js-deps up test test-fast gen docs docs-gen lint lock lock-check sbom security bench \
-	bench-limiter bench-overload envoy-config clean
+.PHONY: venv tools js-deps up test test-fast gen docs docs-gen lint lock lock-check sbom security \
+	bench bench-limiter bench-overload envoy-config clean \
+	podman-deps containers-conf base-image image image-check podman-smoke k8s checkov
 
 $(UV): requirements/uv.txt
 	$(PYTHON) -m venv $(UV_HOME)
@@ -146,5 +147,81 @@ bench-overload: $(STAMP)
 envoy-config: $(STAMP)
 	$(BIN)/sluice envoy-config --descriptor /etc/sluice/sluice.binpb --output deploy/envoy/envoy.yaml
 
+## k8s: re-render deploy/k8s/ from deploy/k8s/values.yaml and the suite's settings
+## (a test fails while the committed copy is stale).
+k8s: $(STAMP)
+	$(BIN)/sluice k8s render --values deploy/k8s/values.yaml --output deploy/k8s/
+
+## checkov: checkov over deploy/ (deploy/.checkov.yaml says why each skipped check is
+## skipped). In a venv of its own from requirements/checkov.txt (hashed): its pins
+## conflict with the dev group's.
+CHECKOV_HOME := .checkov
+CHECKOV      := $(CHECKOV_HOME)/bin/checkov
+$(CHECKOV): requirements/checkov.txt $(UV)
+	$(UV) venv --quiet --allow-existing $(CHECKOV_HOME)
+	$(UV) pip install --quiet --python $(CHECKOV_HOME)/bin/python --require-hashes \
+	  -r requirements/checkov.txt
+	touch $@
+
+checkov: $(CHECKOV)
+	$(CHECKOV) --config-file deploy/.checkov.yaml
+	@mkdir -p build/checkov && cp deploy/container/Containerfile build/checkov/Dockerfile
+	$(CHECKOV) --framework dockerfile --file build/checkov/Dockerfile --compact --quiet \
+	  --skip-download
+
+## podman-deps: podman, buildah and debootstrap from Debian (root), only when missing.
+podman-deps:
+	@if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null \
+	    || ! command -v runc >/dev/null || ! command -v catatonit >/dev/null; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	    podman buildah debootstrap uidmap fuse-overlayfs slirp4netns runc catatonit; \
+	fi
+
+# The containers configuration this machine needs, computed from it (runtime, cgroups,
+# ulimits, storage driver): scripts/containers_conf.py.
+CONTAINERS_DIR := build/containers
+PODMAN_ENV := CONTAINERS_CONF=$(CURDIR)/$(CONTAINERS_DIR)/containers.conf \
+	CONTAINERS_STORAGE_CONF=$(CURDIR)/$(CONTAINERS_DIR)/storage.conf
+PODMAN := $(PODMAN_ENV) podman
+containers-conf: podman-deps
+	$(PYTHON) scripts/containers_conf.py --output $(CONTAINERS_DIR)
+
+VERSION  := $(shell $(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+REVISION := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+# The commit's time, not the build's: rebuilding one commit gives the same labels.
+CREATED  := $(shell git log -1 --format=%cI 2>/dev/null)
+# BASE_IMAGE: a localhost/ name is built here by debootstrap (no registry); elsewhere pass a
+# pinned digest, e.g. BASE_IMAGE=docker.io/library/debian:bookworm-slim@sha256:...
+BASE_IMAGE ?= localhost/debian:bookworm-min
+IMAGE      ?= localhost/sluice:$(VERSION)
+SOURCE     ?= $(shell git remote get-url origin 2>/dev/null || echo https://example.invalid/sluice)
+# The CA bundle PyPI is reached with (pip's `cert`), for the build stage only.
+CA_BUNDLE  ?= /etc/ssl/certs/ca-certificates.crt
+
+base-image: containers-conf
+	@case "$(BASE_IMAGE)" in localhost/*) $(PODMAN_ENV) scripts/make_base_image.sh $(BASE_IMAGE) ;; esac
+
+## image: the suite's one image (deploy/container/Containerfile), built with podman.
+image: base-image sbom
+	cp $(CA_BUNDLE) build/ca-certificates.crt
+	$(PODMAN) build --file deploy/container/Containerfile \
+	  --build-arg BASE=$(BASE_IMAGE) --build-arg VERSION=$(VERSION) \
+	  --build-arg REVISION=$(REVISION) --build-arg SOURCE=$(SOURCE) \
+	  --build-arg CREATED=$(CREATED) \
+	  --tag $(IMAGE) --tag localhost/sluice:latest .
+
+## image-check: the image's `sluice --version` names this checkout's version and revision.
+image-check: containers-conf
+	@want="sluice $(VERSION) (revision $(REVISION))"; \
+	got=$$($(PODMAN) run --rm --read-only $(IMAGE) --version); \
+	echo "$$got"; [ "$$got" = "$$want" ] || { echo "expected: $$want" >&2; exit 1; }
+
+## podman-smoke: the suite from the image under `podman kube play`
+## (deploy/k8s/podman/suite-pod.yaml), smoke-tested through its Envoy; prints the time
+## to SERVING. Minutes, so not part of `make test`.
+podman-smoke: containers-conf $(STAMP)
+	$(PODMAN_ENV) $(BIN)/python scripts/podman_smoke.py --image $(IMAGE)
+
 clean:
-	rm -rf $(VENV) $(UV_HOME) build .run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(UV_HOME) $(CHECKOV_HOME) build .run .pytest_cache .mypy_cache .ruff_cache

@@ -1,10 +1,14 @@
-"""`sluice`: start the suite (`sluice up`), print its Envoy configuration, show where
-time goes (`sluice top`), or create the suite's mTLS certificates (`sluice certs`)."""
+"""`sluice`: start the suite (`sluice up`), run one part of it in the foreground
+(`sluice serve PART`, `sluice envoy`: what each container of the image runs), print its
+Envoy configuration, show where time goes (`sluice top`), or create the suite's mTLS
+certificates (`sluice certs`)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import runpy
 import signal
 import sys
 import threading
@@ -13,13 +17,41 @@ from types import FrameType
 
 import grpc
 
-from sluice.core.config import ConfigError
+from sluice.core.config import CONFIG_ENV, ConfigError
 from sluice.core.grpcx.certs import SUITE_IDENTITIES, write_suite_certs
 from sluice.core.grpcx.tls import OPERATOR, client_tls
 from sluice.launcher.envoy import descriptor_path, render_yaml
+from sluice.launcher.k8s.render import render, stale, write
 from sluice.launcher.settings import load_suite
-from sluice.launcher.supervisor import StartupError, Suite
+from sluice.launcher.supervisor import (
+    SERVICES,
+    StartupError,
+    Suite,
+    envoy_argv,
+    write_envoy_config,
+)
 from sluice.launcher.top import fetch
+from sluice.launcher.version import version_text
+
+RUN_DIR_ENV = "SLUICE_RUN_DIR"
+"""Where `sluice envoy` writes its rendered bootstrap (a writable path in the image)."""
+
+
+class _VersionAction(argparse.Action):
+    """`--version`, computed only when asked (it may run git)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help=str(kwargs.get("help", "")))
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        print(version_text())
+        parser.exit()
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -58,6 +90,31 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    # The part's own entry point (its package's __main__, what `sluice up` starts as a
+    # child), run in this process so the container's init signals the service itself.
+    if args.config:
+        os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
+    runpy.run_module(f"sluice.{args.part}", run_name="__main__", alter_sys=True)
+    return 0
+
+
+def _envoy(args: argparse.Namespace) -> int:
+    settings = load_suite(args.config)
+    try:
+        argv = envoy_argv(settings, write_envoy_config(settings, Path(args.run_dir)))
+    except StartupError as err:
+        print(f"sluice envoy: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"sluice envoy: cannot write to {args.run_dir}: {err.strerror}", file=sys.stderr)
+        return 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Envoy replaces this process: it gets the init's SIGTERM and drains by itself.
+    os.execv(argv[0], argv)  # noqa: S606  # nosec B606
+
+
 def _envoy_config(args: argparse.Namespace) -> int:
     settings = load_suite(args.config)
     descriptor = Path(args.descriptor) if args.descriptor else descriptor_path()
@@ -66,6 +123,24 @@ def _envoy_config(args: argparse.Namespace) -> int:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _k8s_render(args: argparse.Namespace) -> int:
+    texts = render(Path(args.values))
+    output = Path(args.output)
+    if args.check:
+        differing = stale(texts, output)
+        for relative in differing:
+            print(f"sluice k8s render: {output / relative} is stale", file=sys.stderr)
+        return 1 if differing else 0
+    try:
+        changed = write(texts, output)
+    except OSError as err:
+        print(f"sluice k8s render: cannot write {err.filename}: {err.strerror}", file=sys.stderr)
+        return 1
+    for path in changed:
+        print(f"wrote {path}")
     return 0
 
 
@@ -110,6 +185,9 @@ def _certs(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the chosen command."""
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
+    parser.add_argument(
+        "--version", action=_VersionAction, help="print the version and build revision"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start the whole suite in the foreground")
     up.add_argument(
@@ -126,11 +204,38 @@ def main(argv: list[str] | None = None) -> int:
         help="provider processes to start (default: provider.replicas, 1)",
     )
     up.set_defaults(run=_up)
+    serve = commands.add_parser("serve", help="run one service in the foreground")
+    serve.add_argument("part", choices=SERVICES, help="the service to run")
+    serve.add_argument(
+        "--config", help="suite YAML file (default: $SLUICE_CONFIG or built-in defaults)"
+    )
+    serve.set_defaults(run=_serve)
+    envoy_run = commands.add_parser("envoy", help="run the Envoy front in the foreground")
+    envoy_run.add_argument(
+        "--config", help="suite YAML file (default: $SLUICE_CONFIG or built-in defaults)"
+    )
+    envoy_run.add_argument(
+        "--run-dir",
+        default=os.environ.get(RUN_DIR_ENV, ".run"),
+        help=f"where the rendered envoy.yaml goes (default ${RUN_DIR_ENV} or .run)",
+    )
+    envoy_run.set_defaults(run=_envoy)
     envoy = commands.add_parser("envoy-config", help="print the Envoy configuration")
     envoy.add_argument("--config", help="suite YAML file")
     envoy.add_argument("--descriptor", help="path of sluice.binpb as Envoy will see it")
     envoy.add_argument("--output", help="write to this file instead of stdout")
     envoy.set_defaults(run=_envoy_config)
+    k8s = commands.add_parser("k8s", help="Kubernetes manifests from the suite's settings")
+    k8s_commands = k8s.add_subparsers(dest="k8s_command", required=True)
+    k8s_render = k8s_commands.add_parser(
+        "render", help="write base, staging and production manifests"
+    )
+    k8s_render.add_argument("--values", required=True, help="values file (deploy/k8s/values.yaml)")
+    k8s_render.add_argument("--output", required=True, help="directory of the outputs")
+    k8s_render.add_argument(
+        "--check", action="store_true", help="write nothing; fail when the output is stale"
+    )
+    k8s_render.set_defaults(run=_k8s_render)
     top = commands.add_parser("top", help="slowest operations and time per span kind")
     top.add_argument("--config", help="suite YAML file (for the telemetry address)")
     top.add_argument("--address", help="telemetry host:port (overrides --config)")

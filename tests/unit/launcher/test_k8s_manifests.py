@@ -1,0 +1,517 @@
+"""deploy/k8s/: rendered from the suite's settings and deploy/k8s/values.yaml, committed,
+valid against the Kubernetes schemas of a pinned version, and saying what the design says
+(restricted pods, gRPC health probes, draining, the trust graph, the canary)."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from sluice.core.config import ConfigError
+from sluice.launcher.cli import main
+from sluice.launcher.k8s.render import render, stale, write
+from sluice.launcher.k8s.values import K8sValues, PartValues, SizingValues, load_values
+from sluice.launcher.k8s.workloads import PRE_STOP_S, resources
+from sluice.launcher.settings import load_suite
+from sluice.launcher.supervisor import HEALTH_SERVICES
+
+ROOT = Path(__file__).resolve().parents[3]
+K8S = ROOT / "deploy" / "k8s"
+VALUES = K8S / "values.yaml"
+KUBERNETES_VERSION = "1.31.0"
+"""The oldest Kubernetes with every field used (native sleep preStop: 1.30)."""
+OUTPUTS = ("base", "staging", "production")
+ARGO = "argoproj.io/v1alpha1"
+
+
+def _resources(output: str) -> list[dict[str, Any]]:
+    found = []
+    for path in sorted((K8S / output).glob("*.yaml")):
+        found += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return found
+
+
+def _of_kind(output: str, kind: str) -> list[dict[str, Any]]:
+    return [r for r in _resources(output) if r["kind"] == kind]
+
+
+def _pod_specs(output: str) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (r["metadata"]["name"], r["spec"]["template"]["spec"])
+        for r in _resources(output)
+        if r["kind"] in {"Deployment", "StatefulSet", "Rollout"}
+    ]
+
+
+def test_committed_manifests_are_what_the_values_render() -> None:
+    texts = render(VALUES)
+    assert stale(texts, K8S) == [], (
+        "deploy/k8s is stale: run `sluice k8s render --values deploy/k8s/values.yaml "
+        "--output deploy/k8s/`"
+    )
+    assert {relative.split("/")[0] for relative in texts} == {*OUTPUTS, "podman"}
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_every_resource_validates_against_the_pinned_kubernetes_schemas(output: str) -> None:
+    kinds = set()
+    for resource in _resources(output):
+        kinds.add(resource["kind"])
+        if resource["apiVersion"] == ARGO:
+            continue  # checked against the Argo Rollouts fields below
+        kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
+    assert {"Deployment", "Service", "StatefulSet", "HorizontalPodAutoscaler"} <= kinds
+    assert {"PodDisruptionBudget", "NetworkPolicy", "Rollout", "AnalysisTemplate"} <= kinds
+
+
+def test_an_invalid_manifest_is_refused_by_the_validator() -> None:
+    # The validation above can fail: a misspelt field in strict mode.
+    deployment = copy.deepcopy(_of_kind("base", "Deployment")[0])
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+# The Argo Rollouts fields this renderer writes, as documented for argoproj.io/v1alpha1
+# (Rollout .spec.strategy.canary, AnalysisTemplate .spec.metrics[].provider.prometheus).
+# The CRDs themselves are not vendored here (docs/kubernetes.md, "What was verified").
+_STEP = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "setWeight": {"type": "integer", "minimum": 0, "maximum": 100},
+        "pause": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"duration": {"type": "string", "pattern": "^[0-9]+[smh]$"}},
+        },
+    },
+    "minProperties": 1,
+    "maxProperties": 1,
+}
+_ARG = {
+    "type": "object",
+    "required": ["name"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string"},
+        "value": {"type": "string"},
+        "valueFrom": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "podTemplateHashValue": {"enum": ["Stable", "Latest"]},
+                "fieldRef": {
+                    "type": "object",
+                    "required": ["fieldPath"],
+                    "properties": {"fieldPath": {"type": "string"}},
+                },
+            },
+        },
+    },
+}
+ROLLOUT_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "spec": {
+            "type": "object",
+            "required": ["selector", "template", "strategy"],
+            "additionalProperties": False,
+            "properties": {
+                "replicas": {"type": "integer", "minimum": 0},
+                "revisionHistoryLimit": {"type": "integer"},
+                "selector": {"type": "object"},
+                "template": {"type": "object"},
+                "strategy": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "canary": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["steps"],
+                            "properties": {
+                                "maxSurge": {"type": ["string", "integer"]},
+                                "maxUnavailable": {"type": ["string", "integer"]},
+                                "abortScaleDownDelaySeconds": {"type": "integer"},
+                                "steps": {"type": "array", "items": _STEP},
+                                "analysis": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["templates"],
+                                    "properties": {
+                                        "templates": {
+                                            "type": "array",
+                                            "items": {
+                                                "type": "object",
+                                                "required": ["templateName"],
+                                                "additionalProperties": False,
+                                                "properties": {"templateName": {"type": "string"}},
+                                            },
+                                        },
+                                        "startingStep": {"type": "integer"},
+                                        "args": {"type": "array", "items": _ARG},
+                                    },
+                                },
+                            },
+                        }
+                    },
+                },
+            },
+        }
+    },
+}
+ANALYSIS_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "spec": {
+            "type": "object",
+            "required": ["metrics"],
+            "additionalProperties": False,
+            "properties": {
+                "args": {"type": "array", "items": _ARG},
+                "metrics": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "provider"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string"},
+                            "interval": {"type": "string"},
+                            "failureLimit": {"type": "integer"},
+                            "successCondition": {"type": "string"},
+                            "provider": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "prometheus": {
+                                        "type": "object",
+                                        "required": ["address", "query"],
+                                        "additionalProperties": False,
+                                        "properties": {
+                                            "address": {"type": "string"},
+                                            "query": {"type": "string"},
+                                        },
+                                    }
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        }
+    },
+}
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_the_router_rollout_is_a_canary_through_5_25_50_100_with_analysis(output: str) -> None:
+    (rollout,) = _of_kind(output, "Rollout")
+    (template,) = _of_kind(output, "AnalysisTemplate")
+    jsonschema.validate(rollout, ROLLOUT_SCHEMA)
+    jsonschema.validate(template, ANALYSIS_SCHEMA)
+    # The pod template is a real PodTemplateSpec: validate it as a Deployment's.
+    as_deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": rollout["metadata"],
+        "spec": {k: rollout["spec"][k] for k in ("replicas", "selector", "template")},
+    }
+    kubernetes_validate.validate(as_deployment, KUBERNETES_VERSION, strict=True)
+    canary = rollout["spec"]["strategy"]["canary"]
+    weights = [step["setWeight"] for step in canary["steps"] if "setWeight" in step]
+    assert weights == [5, 25, 50, 100]
+    assert [next(iter(s)) for s in canary["steps"]] == [
+        "setWeight", "pause", "setWeight", "pause", "setWeight", "pause", "setWeight",
+    ]  # fmt: skip
+    assert canary["analysis"]["templates"] == [{"templateName": template["metadata"]["name"]}]
+    declared = {arg["name"] for arg in template["spec"]["args"]}
+    assert {arg["name"] for arg in canary["analysis"]["args"]} == declared
+    gates = {m["name"]: m for m in template["spec"]["metrics"]}
+    assert set(gates) == {"server-error-ratio", "ttft-p95"}
+    errors = gates["server-error-ratio"]["provider"]["prometheus"]["query"]
+    assert "sluice_rpc_requests_total" in errors and "INTERNAL|UNAVAILABLE" in errors
+    ttft = gates["ttft-p95"]["provider"]["prometheus"]["query"]
+    assert "histogram_quantile(0.95" in ttft
+    assert "sluice_router_time_to_first_token_seconds_bucket" in ttft
+    assert all(
+        "{{args.canary-hash}}" in g["provider"]["prometheus"]["query"] for g in gates.values()
+    )
+    assert gates["server-error-ratio"]["successCondition"].endswith("result[0] <= 0.01")
+    assert all(g["failureLimit"] == 1 for g in gates.values())  # then Argo aborts
+
+
+def test_the_gates_query_metrics_the_services_export() -> None:
+    # The metric names in the analysis exist in the code that exports them.
+    sources = "".join(p.read_text() for p in (ROOT / "services").rglob("*.py"))
+    assert '"sluice_rpc_requests_total"' in sources or '"sluice_rpc_requests"' in sources
+    assert "sluice_router_time_to_first_token_seconds" in sources
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_every_pod_is_restricted_sized_and_drains(output: str) -> None:
+    specs = _pod_specs(output)
+    assert len(specs) == 6  # five parts and Valkey
+    for name, spec in specs:
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert spec["automountServiceAccountToken"] is False, name
+        for container in spec["containers"]:
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["readOnlyRootFilesystem"] is True, name
+            assert security["capabilities"] == {"drop": ["ALL"]}, name
+            assert security["runAsUser"] > 0, name
+            assert set(container["resources"]) == {"requests", "limits"}, name
+            assert container["readinessProbe"] and container["livenessProbe"], name
+        if name == "sluice-valkey":
+            continue
+        (container,) = spec["containers"]
+        assert container["lifecycle"]["preStop"] == {"sleep": {"seconds": PRE_STOP_S}}
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert {"/tmp", "/run/sluice", "/etc/sluice"} <= mounts, name
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_services_are_probed_over_grpc_health_and_drain_within_the_grace(output: str) -> None:
+    config = yaml.safe_load(_of_kind(output, "ConfigMap")[0]["data"]["sluice.yaml"])
+    settings = load_suite(data=config)
+    for name, spec in _pod_specs(output):
+        part = name.removeprefix("sluice-")
+        if part not in HEALTH_SERVICES:
+            continue
+        (container,) = spec["containers"]
+        server = getattr(settings, part).server
+        assert container["args"] == ["serve", part]
+        assert container["readinessProbe"]["grpc"] == {
+            "port": server.port,
+            "service": HEALTH_SERVICES[part],
+        }
+        assert container["livenessProbe"]["grpc"] == {"port": server.port}
+        assert spec["terminationGracePeriodSeconds"] >= PRE_STOP_S + server.shutdown_grace_s
+
+
+def test_grpc_services_are_headless_and_addresses_name_them() -> None:
+    services = {s["metadata"]["name"]: s for s in _of_kind("production", "Service")}
+    for part in ("router", "limiter", "provider", "telemetry"):
+        assert services[f"sluice-{part}"]["spec"]["clusterIP"] == "None"
+    config = yaml.safe_load(_of_kind("production", "ConfigMap")[0]["data"]["sluice.yaml"])
+    ns = "sluice-production"
+    limiter_port = services["sluice-limiter"]["spec"]["ports"][0]["port"]
+    assert config["router"]["limiter_address"] == (
+        f"dns:///sluice-limiter.{ns}.svc.cluster.local:{limiter_port}"
+    )
+    assert config["limiter"]["backend"] == "redis"
+    assert "sluice-valkey" in config["limiter"]["redis"]["url"]
+    assert config["router"]["api_keys"] == []  # production keys come from the Secret
+
+
+def _edges(output: str) -> set[tuple[str, str, int]]:
+    """(from component or 'prometheus' or '*', to component, port) that the policies allow."""
+    allowed = set()
+    for policy in _of_kind(output, "NetworkPolicy"):
+        to = policy["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/component")
+        for rule in policy["spec"].get("ingress", []):
+            peers = rule.get("from") or [None]
+            for peer in peers:
+                if peer is None:
+                    source = "*"
+                elif "namespaceSelector" in peer:
+                    source = "prometheus"
+                else:
+                    source = peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                for port in rule["ports"]:
+                    allowed.add((source, to, port["port"]))
+    return allowed
+
+
+def test_network_policies_allow_only_the_trust_graph() -> None:
+    deny = [p for p in _of_kind("base", "NetworkPolicy") if p["spec"]["podSelector"] == {}]
+    assert len(deny) == 1 and "ingress" not in deny[0]["spec"]
+    edges = _edges("base")
+    # Envoy's edge rate limit is off by default, so Envoy may not reach the limiter.
+    expected = {
+        ("*", "envoy", 8080),
+        ("envoy", "router", 50051),
+        ("envoy", "router", 8090),
+        ("router", "limiter", 50052),
+        ("router", "provider", 50053),
+        ("limiter", "valkey", 6379),
+        *((p, "telemetry", 4317) for p in ("router", "limiter", "provider", "envoy")),
+        ("prometheus", "envoy", 9901),
+        *(
+            ("prometheus", part, port)
+            for part, port in (("router", 9101), ("limiter", 9102), ("provider", 9103))
+        ),
+        ("prometheus", "telemetry", 9104),
+    }
+    assert edges == expected
+
+
+def test_sizing_rule() -> None:
+    sizing = SizingValues(
+        streams_per_pod=100, tokens_per_second_per_stream=10, cpu_ms_per_token=0.5
+    )
+    streams = resources(PartValues(scales_with_streams=True), sizing)
+    # 100 streams x 10 tokens/s x 0.5 ms = 500 ms of CPU per second; 160 MiB + 100 x 96 KiB.
+    assert streams["requests"] == {"cpu": "500m", "memory": "176Mi"}
+    assert streams["limits"] == {"cpu": "1000m", "memory": "352Mi"}
+    fixed = resources(PartValues(cpu_request_millicores=120, memory_request_mib=64), sizing)
+    assert fixed["requests"] == {"cpu": "120m", "memory": "64Mi"}
+
+
+def test_overlays_merge_over_the_base() -> None:
+    outputs = load_values(VALUES)
+    assert outputs["base"].namespace == "sluice"
+    assert outputs["production"].parts["router"].replicas == 4
+    assert outputs["production"].parts["telemetry"] == outputs["base"].parts["telemetry"]
+    assert outputs["production"].secrets.required is True
+    assert outputs["staging"].rollout.steps == [5, 25, 50, 100]
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"rollout": {"steps": [5, 50, 25, 100]}}, "values.rollout.steps"),
+        ({"parts": {"gateway": {}}}, "values"),
+        ({"parts": {"router": {"replicas": 5, "max_replicas": 2}}}, "values.parts.router"),
+        ({"environments": {"prod": {"namespace": "Not_Valid"}}}, "environments.prod.namespace"),
+        ({"suite": {"router": {"server": {"port": 70000}}}}, "router.server.port"),
+    ],
+)
+def test_bad_values_fail_naming_the_field(
+    tmp_path: Path, values: dict[str, Any], field: str
+) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        render(path)
+
+
+def test_values_model_rejects_unknown_fields() -> None:
+    with pytest.raises(ValueError, match="replica"):
+        K8sValues.model_validate({"parts": {"router": {"replica": 3}}})
+
+
+def test_render_command_writes_and_checks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "k8s"
+    assert main(["k8s", "render", "--values", str(VALUES), "--output", str(out), "--check"]) == 1
+    assert "is stale" in capsys.readouterr().err
+    assert main(["k8s", "render", "--values", str(VALUES), "--output", str(out)]) == 0
+    assert main(["k8s", "render", "--values", str(VALUES), "--output", str(out), "--check"]) == 0
+    (out / "base" / "extra.yaml").write_text("{}\n")
+    assert main(["k8s", "render", "--values", str(VALUES), "--output", str(out), "--check"]) == 1
+    write(render(VALUES), out)
+    assert not (out / "base" / "extra.yaml").exists()
+
+
+def test_the_podman_pod_runs_every_part_on_loopback_with_the_same_containers() -> None:
+    config_map, pod = list(yaml.safe_load_all((K8S / "podman" / "suite-pod.yaml").read_text()))
+    for resource in (config_map, pod):
+        kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
+    containers = {c["name"]: c for c in pod["spec"]["containers"]}
+    assert list(containers) == ["router", "limiter", "provider", "telemetry", "envoy"]
+    assert containers["envoy"]["args"] == ["envoy"]
+    for name, container in containers.items():
+        assert {m["mountPath"] for m in container["volumeMounts"]} == {
+            "/etc/sluice",
+            "/tmp",
+            "/run/sluice",
+        }, name
+        assert all("valueFrom" not in e for e in container["env"]), name  # no Secrets
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    settings = load_suite(data=yaml.safe_load(config_map["data"]["sluice.yaml"]))
+    assert settings.router.limiter_address.startswith("127.0.0.1:")  # one network namespace
+    assert settings.envoy.host == "0.0.0.0"  # published by the host
+
+
+def test_render_into_an_unwritable_place_fails_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code = main(["k8s", "render", "--values", str(VALUES), "--output", str(blocker / "k8s")])
+    assert code == 1
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_a_missing_values_file_is_a_config_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["k8s", "render", "--values", "/nonexistent/values.yaml", "--output", "x"])
+    assert code == 2
+    assert "cannot read values file" in capsys.readouterr().err
+
+
+def _gate_queries(canary_hash: str) -> dict[str, str]:
+    (template,) = _of_kind("base", "AnalysisTemplate")
+    return {
+        m["name"]: m["provider"]["prometheus"]["query"]
+        .replace("{{args.namespace}}", "sluice")
+        .replace("{{args.canary-hash}}", canary_hash)
+        for m in template["spec"]["metrics"]
+    }
+
+
+def test_the_gates_measure_only_the_canary_pods_with_promtool(tmp_path: Path) -> None:
+    # promtool evaluates the rendered queries over synthetic series: the canary pod
+    # (hash abc123) fails 2 of 100 RPCs a minute, a stable pod 50 of 150, which must not
+    # count; the canary's first tokens all take 0.5-1 s.
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: run `make tools` (apt-get install prometheus)"
+    canary = 'namespace="sluice",pod="sluice-router-abc123-x1"'
+    stable = 'namespace="sluice",pod="sluice-router-def456-y1"'
+    rpc = 'sluice_rpc_requests_total{{service="router",code="{code}",{pod}}}'
+    bucket = 'sluice_router_time_to_first_token_seconds_bucket{{le="{le}",model="m",{pod}}}'
+    series = [
+        {"series": rpc.format(code="OK", pod=canary), "values": "0+98x10"},
+        {"series": rpc.format(code="INTERNAL", pod=canary), "values": "0+2x10"},
+        {"series": rpc.format(code="OK", pod=stable), "values": "0+100x10"},
+        {"series": rpc.format(code="UNAVAILABLE", pod=stable), "values": "0+50x10"},
+        *(
+            {"series": bucket.format(le=le, pod=canary), "values": values}
+            for le, values in (("0.5", "0+0x10"), ("1", "0+10x10"), ("+Inf", "0+10x10"))
+        ),
+    ]
+    gates, missing = _gate_queries("abc123"), _gate_queries("nope")
+    tests = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [
+                    {
+                        "expr": f"round(({gates['server-error-ratio']}) * 1000)",
+                        "eval_time": "5m",
+                        "exp_samples": [{"labels": "{}", "value": 20}],  # 2 %
+                    },
+                    {
+                        "expr": f"round(({gates['ttft-p95']}) * 1000)",
+                        "eval_time": "5m",
+                        "exp_samples": [{"labels": "{}", "value": 975}],  # 0.975 s
+                    },
+                    # No canary series: no sample, which the success condition lets pass.
+                    {"expr": missing["ttft-p95"], "eval_time": "5m", "exp_samples": []},
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "gates.test.yml"
+    path.write_text(yaml.safe_dump(tests))
+    done = subprocess.run(
+        [promtool, "test", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
