@@ -25,13 +25,9 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from sluice.core.config import ConfigError
+from sluice.core.telemetry.app_insights import ConnectionString, ConnectionStringError
 from sluice.telemetry.forward import ForwardMetrics, build_forwarders
-from sluice.telemetry.forward.azure_monitor import (
-    ConnectionString,
-    ConnectionStringError,
-    duration,
-    envelope,
-)
+from sluice.telemetry.forward.azure_monitor import duration, envelope
 from sluice.telemetry.forward.forwarder import Forwarder
 from sluice.telemetry.sampling import StoredSpan
 from sluice.telemetry.settings import ForwardSettings

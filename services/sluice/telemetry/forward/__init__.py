@@ -8,11 +8,8 @@ format (otlp.py, zipkin.py, azure_monitor.py).
 from __future__ import annotations
 
 from sluice.core.config import ConfigError
-from sluice.telemetry.forward.azure_monitor import (
-    AzureMonitorSink,
-    ConnectionString,
-    ConnectionStringError,
-)
+from sluice.core.telemetry.app_insights import ConnectionString, ConnectionStringError
+from sluice.telemetry.forward.azure_monitor import AzureMonitorSink
 from sluice.telemetry.forward.forwarder import Forwarder, ForwardMetrics, Outcome, Sink
 from sluice.telemetry.forward.otlp import OtlpGrpcSink, OtlpHttpSink
 from sluice.telemetry.forward.zipkin import ZipkinSink

@@ -9,78 +9,32 @@ configuration endpoints unless environment variables switch them off. So the env
 encoded here, field for field as that exporter (1.0.0b58) sends it: kind SERVER/CONSUMER
 → `RequestData`, every other kind → `RemoteDependencyData`, with the operation tags that
 link them into one end-to-end transaction. docs/observability.md shows the settings.
-
-Authentication is the connection string's instrumentation key only (no Entra ID token).
+The connection string and the POST are shared with the metrics push
+(services/sluice/core/telemetry/app_insights.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp_trace
 
+from sluice.core.telemetry.app_insights import (
+    RETRYABLE,
+    SDK_VERSION,
+    ConnectionString,
+    TrackPoster,
+    rejected_items,
+)
 from sluice.telemetry.forward.forwarder import SENT, Outcome
-from sluice.telemetry.forward.http import HttpPoster
 from sluice.telemetry.forward.otlp import Value, attributes
 from sluice.telemetry.sampling import StoredSpan
 
-DEFAULT_INGESTION = "https://dc.services.visualstudio.com"
 REQUEST = "Microsoft.ApplicationInsights.Request"
 DEPENDENCY = "Microsoft.ApplicationInsights.RemoteDependency"
-# Breeze (the ingestion service) answers these for items worth sending again.
-RETRYABLE = frozenset({408, 429, 439, 500, 502, 503, 504})
 MAX_PROPERTY = 8192  # Application Insights truncates longer property values
-SDK_VERSION = f"sluice_py{platform.python_version()}"
-
-
-class ConnectionStringError(ValueError):
-    """The connection string is missing, unreadable or lacks an instrumentation key."""
-
-
-@dataclass(frozen=True)
-class ConnectionString:
-    """The parts of an Application Insights connection string the exporter uses."""
-
-    instrumentation_key: str
-    ingestion_endpoint: str
-
-    @classmethod
-    def parse(cls, text: str) -> ConnectionString:
-        """`Key=Value;...` with case-insensitive keys, as Azure documents it."""
-        parts: dict[str, str] = {}
-        for item in text.strip().split(";"):
-            if not item.strip():
-                continue
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ConnectionStringError(f"connection string part {key.strip()!r} has no '='")
-            parts[key.strip().lower()] = value.strip()
-        ikey = parts.get("instrumentationkey", "")
-        if not ikey:
-            raise ConnectionStringError("connection string has no InstrumentationKey")
-        endpoint = parts.get("ingestionendpoint")
-        if not endpoint:
-            suffix = parts.get("endpointsuffix")
-            endpoint = f"https://dc.{suffix}" if suffix else DEFAULT_INGESTION
-        return cls(ikey, endpoint.rstrip("/"))
-
-    @classmethod
-    def load(cls, env: str, file: Path | None) -> ConnectionString:
-        """From the file when given, else from the environment variable."""
-        if file is not None:
-            try:
-                return cls.parse(file.read_text(encoding="utf-8"))
-            except OSError as err:
-                raise ConnectionStringError(f"cannot read {file}: {err}") from err
-        text = os.environ.get(env, "")
-        if not text:
-            raise ConnectionStringError(f"environment variable {env} is empty or unset")
-        return cls.parse(text)
 
 
 def duration(nanoseconds: int) -> str:
@@ -167,15 +121,12 @@ class AzureMonitorSink:
     """Track envelopes as a JSON array POSTed to `<IngestionEndpoint>/v2.1/track`."""
 
     def __init__(self, connection: ConnectionString, *, timeout_s: float) -> None:
-        self._ikey = connection.instrumentation_key
-        self._poster = HttpPoster(
-            f"{connection.ingestion_endpoint}/v2.1/track", timeout_s=timeout_s, headers={}
-        )
+        self._poster = TrackPoster(connection, timeout_s=timeout_s)
 
     async def send(self, batch: list[StoredSpan]) -> Outcome:
         """One POST; a 206 names the items to resend or give up on, by index."""
-        body = json.dumps([envelope(item, self._ikey) for item in batch]).encode()
-        response = await self._poster.post(body, "application/json")
+        ikey = self._poster.instrumentation_key
+        response = await self._poster.post([envelope(item, ikey) for item in batch])
         if response.status == 200:
             return SENT
         if response.status == 206:
@@ -191,9 +142,8 @@ class AzureMonitorSink:
 
 def _partial(batch: list[StoredSpan], body: bytes) -> Outcome:
     try:
-        errors = json.loads(body).get("errors", [])
-        codes = {int(error["index"]): int(error["statusCode"]) for error in errors}
-    except (ValueError, TypeError, KeyError, AttributeError):
+        codes = rejected_items(body)
+    except ValueError:
         return Outcome(failed=len(batch), error=f"HTTP 206 with an unreadable body {body[:200]!r}")
     retry = [batch[i] for i, code in codes.items() if 0 <= i < len(batch) and code in RETRYABLE]
     failed = sum(1 for i, code in codes.items() if 0 <= i < len(batch) and code not in RETRYABLE)

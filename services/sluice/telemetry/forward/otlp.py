@@ -13,8 +13,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.common.v1 import common_pb2 as otlp_common
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp_trace
 
+from sluice.core.telemetry.http_post import HttpPoster
 from sluice.telemetry.forward.forwarder import SENT, Outcome
-from sluice.telemetry.forward.http import HttpPoster
 from sluice.telemetry.sampling import StoredSpan
 
 # OTLP/gRPC: these codes may succeed on retry; any other failure drops the batch.

@@ -14,8 +14,8 @@ import json
 
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp_trace
 
+from sluice.core.telemetry.http_post import HttpPoster
 from sluice.telemetry.forward.forwarder import SENT, Outcome
-from sluice.telemetry.forward.http import HttpPoster
 from sluice.telemetry.forward.otlp import Value, attributes
 from sluice.telemetry.sampling import StoredSpan
 

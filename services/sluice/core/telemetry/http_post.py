@@ -1,4 +1,5 @@
-"""One HTTP POST per export attempt, for the HTTP destinations (OTLP/HTTP, Zipkin, Azure).
+"""One HTTP POST per export attempt, for the HTTP destinations of traces (OTLP/HTTP,
+Zipkin, Azure; services/sluice/telemetry/forward/) and of metrics (metrics_push.py).
 
 The attempt is bounded by `timeout_s` as a whole (connect + send + read), so a slow
 receiver costs one timeout per attempt and is then retried like a 503.
