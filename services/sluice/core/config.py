@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -129,17 +130,48 @@ class LogExportSettings(BaseModel):
 
 
 class MetricsExportSettings(BaseModel):
-    """Optional OTLP push of the metrics /metrics serves, for stacks without Prometheus."""
+    """Optional push of the metrics /metrics serves, for stacks without Prometheus
+    (docs/observability.md, "Connect your backend")."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
+    protocol: Literal["otlp_grpc", "azure_monitor"] = "otlp_grpc"
+    """`otlp_grpc` (to `endpoint`) or `azure_monitor` (Application Insights metric
+    telemetry, to the connection string's IngestionEndpoint)."""
     endpoint: str = ""
-    """OTLP/gRPC endpoint (host:port, plaintext), e.g. an OpenTelemetry Collector; empty
-    (the default) pushes nothing."""
+    """otlp_grpc: OTLP/gRPC endpoint (host:port, plaintext), e.g. an OpenTelemetry
+    Collector; empty (the default) pushes nothing unless the protocol is azure_monitor."""
+    connection_string_env: str = ""
+    """azure_monitor: name of the environment variable holding the connection string."""
+    connection_string_file: Path | None = None
+    """azure_monitor: file holding the connection string (read once at start-up)."""
     interval_s: float = Field(15.0, ge=0.1, le=3_600.0)
-    """Time between pushes (cumulative values: a missed push loses nothing)."""
+    """Time between pushes (a missed push loses no counter increase: otlp_grpc sends
+    cumulative totals, azure_monitor the increase since the last accepted push)."""
     timeout_s: float = Field(5.0, gt=0.0, le=60.0)
-    """Deadline of one push."""
+    """Deadline of one push attempt."""
+    max_attempts: int = Field(3, ge=1, le=10)
+    """azure_monitor: attempts per push (refused, timed out, 429, 503...) before it is
+    dropped and counted; the final push at shutdown makes one."""
+    backoff_initial_s: float = Field(0.5, gt=0.0, le=60.0)
+    """azure_monitor: delay before the first retry; doubled per retry."""
+    backoff_max_s: float = Field(5.0, gt=0.0, le=300.0)
+    """azure_monitor: longest delay between retries; also caps a receiver's Retry-After."""
+
+    @model_validator(mode="after")
+    def _destination_given(self) -> MetricsExportSettings:
+        if (
+            self.protocol == "azure_monitor"
+            and not self.connection_string_env
+            and self.connection_string_file is None
+        ):
+            raise ValueError("azure_monitor needs connection_string_env or connection_string_file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is pushed at all."""
+        return self.protocol == "azure_monitor" or bool(self.endpoint)
 
 
 class ServerSettings(BaseModel):
@@ -175,7 +207,7 @@ class ServiceSettings(BaseSettings):
     log_export: LogExportSettings = LogExportSettings()
     """Optional OTLP export of the log records."""
     metrics_export: MetricsExportSettings = MetricsExportSettings()
-    """Optional OTLP push of the metrics."""
+    """Optional push of the metrics (OTLP or Azure Monitor)."""
     error_reporting: ErrorReportingSettings = ErrorReportingSettings()
     """Optional Sentry reporting of server-side failures."""
     security: SecuritySettings = SecuritySettings()

@@ -4,7 +4,8 @@ Each is a real aiohttp server on a free loopback port that records every request
 answers from a script (status, Retry-After, delay), so a test can make it slow or
 return 429/503 for a while. The validators check the real formats: Zipkin's v2 JSON
 (the `Span` model of zipkin-api's zipkin2-api.yaml, as a JSON Schema), Application
-Insights' track envelope (the Bond schemas of RequestData/RemoteDependencyData), and
+Insights' track envelope (the Bond schemas of RequestData/RemoteDependencyData, and
+MetricData for the metrics push), and
 OTLP/HTTP's binary protobuf ExportTraceServiceRequest.
 """
 
@@ -101,50 +102,83 @@ DEPENDENCY_DATA = {
     },
     "additionalProperties": False,
 }
-TRACK_ENVELOPES = {
-    "type": "array",
-    "items": {
-        "type": "object",
-        "required": ["name", "time", "iKey", "tags", "data"],
-        "properties": {
-            "ver": {"type": "integer"},
-            "name": {
-                "enum": [
-                    "Microsoft.ApplicationInsights.Request",
-                    "Microsoft.ApplicationInsights.RemoteDependency",
-                ]
-            },
-            "time": {
-                "type": "string",
-                "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,7})?Z$",
-            },
-            "sampleRate": {"type": "number"},
-            "iKey": {"type": "string", "minLength": 1},
-            "tags": STRINGS,
-            "data": {
+METRIC_DATA = {
+    "type": "object",
+    "required": ["ver", "metrics"],
+    "properties": {
+        "ver": {"const": 2},
+        "metrics": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
                 "type": "object",
-                "required": ["baseType", "baseData"],
-                "properties": {"baseType": {}, "baseData": {}},
+                "required": ["name", "value"],
+                "properties": {
+                    "ns": {"type": "string", "maxLength": 256},
+                    "name": {"type": "string", "minLength": 1, "maxLength": 150},
+                    "kind": {"enum": ["Measurement", "Aggregation"]},
+                    "value": {"type": "number"},
+                    "count": {"type": "integer", "minimum": 1},
+                    "min": {"type": "number"},
+                    "max": {"type": "number"},
+                    "stdDev": {"type": "number"},
+                },
                 "additionalProperties": False,
-                "oneOf": [
-                    {
-                        "properties": {
-                            "baseType": {"const": "RequestData"},
-                            "baseData": REQUEST_DATA,
-                        }
-                    },
-                    {
-                        "properties": {
-                            "baseType": {"const": "RemoteDependencyData"},
-                            "baseData": DEPENDENCY_DATA,
-                        }
-                    },
-                ],
             },
         },
-        "additionalProperties": False,
+        "properties": STRINGS,
     },
+    "additionalProperties": False,
 }
+
+
+def _envelopes(name: dict[str, Any], data: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """A JSON array of track envelopes named by `name`, carrying one of `data`."""
+    return {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["name", "time", "iKey", "tags", "data"],
+            "properties": {
+                "ver": {"type": "integer"},
+                "name": name,
+                "time": {
+                    "type": "string",
+                    "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,7})?Z$",
+                },
+                "sampleRate": {"type": "number"},
+                "iKey": {"type": "string", "minLength": 1},
+                "tags": STRINGS,
+                "data": {
+                    "type": "object",
+                    "required": ["baseType", "baseData"],
+                    "properties": {"baseType": {}, "baseData": {}},
+                    "additionalProperties": False,
+                    "oneOf": [
+                        {"properties": {"baseType": {"const": base_type}, "baseData": schema}}
+                        for base_type, schema in data
+                    ],
+                },
+            },
+            "additionalProperties": False,
+        },
+    }
+
+
+TRACK_ENVELOPES = _envelopes(
+    {
+        "enum": [
+            "Microsoft.ApplicationInsights.Request",
+            "Microsoft.ApplicationInsights.RemoteDependency",
+        ]
+    },
+    [("RequestData", REQUEST_DATA), ("RemoteDependencyData", DEPENDENCY_DATA)],
+)
+# The classic SDKs' metric envelope name carries the instrumentation key without dashes.
+METRIC_ENVELOPES = _envelopes(
+    {"type": "string", "pattern": r"^Microsoft\.ApplicationInsights\.[0-9a-f]{32}\.Metric$"},
+    [("MetricData", METRIC_DATA)],
+)
 
 
 @dataclass
@@ -212,6 +246,13 @@ def track_envelopes(body: bytes) -> list[dict[str, Any]]:
     """Envelopes of an Application Insights track POST, validated."""
     envelopes = json.loads(body)
     jsonschema.validate(envelopes, TRACK_ENVELOPES)
+    return list(envelopes)
+
+
+def metric_envelopes(body: bytes) -> list[dict[str, Any]]:
+    """Envelopes of an Application Insights metrics POST, validated."""
+    envelopes = json.loads(body)
+    jsonschema.validate(envelopes, METRIC_ENVELOPES)
     return list(envelopes)
 
 

@@ -24,12 +24,14 @@ def service_main(section: str, settings_cls: type[S], build: Callable[[S], Servi
     async def main() -> None:
         try:
             host = build(settings)
+            pusher = None
+            if settings.metrics_export.enabled:
+                pusher = MetricsPusher(host.registry, f"sluice-{section}", settings.metrics_export)
         except ConfigError as err:  # e.g. a configured secret that is not there
             print(f"sluice-{section}: {err}", file=sys.stderr)
             raise SystemExit(2) from err
         await host.start()
-        if settings.metrics_export.endpoint:
-            pusher = MetricsPusher(host.registry, f"sluice-{section}", settings.metrics_export)
+        if pusher is not None:
             pusher.start()
             host.add_cleanup(pusher.close)
         settle_heap()

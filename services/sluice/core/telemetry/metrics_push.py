@@ -1,4 +1,5 @@
-"""Optional OTLP push of a service's Prometheus metrics, for stacks without Prometheus.
+"""Optional push of a service's Prometheus metrics, for stacks without Prometheus: over
+OTLP/gRPC (below) or to Azure Monitor (metrics_azure.py), chosen by `protocol`.
 
 The same registry /metrics serves is collected every `interval_s` and sent as one OTLP
 ExportMetricsServiceRequest to an OTLP/gRPC endpoint (an OpenTelemetry Collector,
@@ -6,7 +7,9 @@ Grafana Mimir/Alloy, Azure Monitor through a collector...). Counters become mono
 cumulative Sums, gauges Gauges, histograms cumulative explicit-bucket Histograms (OTLP
 bucket counts are per bucket, Prometheus' are cumulative: they are differenced);
 summaries and info metrics are not sent. A failed push is counted and the next interval
-simply sends the then-current totals: cumulative values lose nothing in between.
+simply sends the then-current totals: cumulative values lose nothing in between. Pushes
+run one after another in their own task, so a slow or failing receiver delays only the
+next push, never serving.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
@@ -25,7 +29,9 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.metrics_core import Metric
 
-from sluice.core.config import MetricsExportSettings
+from sluice.core.config import ConfigError, MetricsExportSettings
+from sluice.core.telemetry.app_insights import ConnectionString, ConnectionStringError
+from sluice.core.telemetry.metrics_azure import AzureMetricsSink
 
 log = logging.getLogger(__name__)
 CUMULATIVE = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
@@ -120,6 +126,60 @@ def export_request(
     )
 
 
+class MetricsSink(Protocol):
+    """One destination's wire format and transport."""
+
+    async def send(self, registry: CollectorRegistry, *, attempts: int | None = None) -> str | None:
+        """Push the current values (at most `attempts` tries when given); None when
+        accepted, else why the push was dropped."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+class OtlpMetricsSink:
+    """One OTLP/gRPC Export per push (cumulative values: the next push makes up a miss)."""
+
+    def __init__(self, endpoint: str, service: str, *, timeout_s: float) -> None:
+        self._service = service
+        self._timeout_s = timeout_s
+        self._start_ns = time.time_ns()
+        self._channel = grpc.aio.insecure_channel(endpoint)
+        self._stub = metrics_service_pb2_grpc.MetricsServiceStub(self._channel)
+
+    async def send(self, registry: CollectorRegistry, *, attempts: int | None = None) -> str | None:
+        """One Export call."""
+        request = export_request(registry, self._service, self._start_ns, time.time_ns())
+        try:
+            await self._stub.Export(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as err:
+            return str(err.code())
+        return None
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close()
+
+
+def sink_for(service: str, settings: MetricsExportSettings) -> MetricsSink:
+    """The sink of `settings.protocol`; a bad connection string is a ConfigError."""
+    if settings.protocol == "otlp_grpc":
+        return OtlpMetricsSink(settings.endpoint, service, timeout_s=settings.timeout_s)
+    try:
+        connection = ConnectionString.load(
+            settings.connection_string_env, settings.connection_string_file
+        )
+    except ConnectionStringError as err:
+        raise ConfigError(f"metrics_export: {err}") from err
+    return AzureMetricsSink(
+        connection,
+        service,
+        timeout_s=settings.timeout_s,
+        max_attempts=settings.max_attempts,
+        backoff_s=(settings.backoff_initial_s, settings.backoff_max_s),
+    )
+
+
 class MetricsPusher:
     """Pushes the registry every interval from a task of the service's event loop."""
 
@@ -127,26 +187,24 @@ class MetricsPusher:
         self, registry: CollectorRegistry, service: str, settings: MetricsExportSettings
     ) -> None:
         self._registry = registry
-        self._service = service
         self._settings = settings
-        self._start_ns = time.time_ns()
-        self._channel = grpc.aio.insecure_channel(settings.endpoint)
-        self._stub = metrics_service_pb2_grpc.MetricsServiceStub(self._channel)
+        source = settings.connection_string_file or settings.connection_string_env
+        azure = f"azure_monitor:{source}"
+        self._destination = settings.endpoint if settings.protocol == "otlp_grpc" else azure
+        self._sink = sink_for(service, settings)
         self._failures = Counter(
             "sluice_metrics_export_failures",
-            "OTLP metric pushes that failed (the next one sends the then-current totals).",
+            "Metric pushes dropped (the next accepted one still carries counters' gains).",
             registry=registry,
         )
         self._task: asyncio.Task[None] | None = None
 
-    async def push(self) -> bool:
-        """One export of the current values; False (and counted) when it failed."""
-        request = export_request(self._registry, self._service, self._start_ns, time.time_ns())
-        try:
-            await self._stub.Export(request, timeout=self._settings.timeout_s)
-        except grpc.aio.AioRpcError as err:
+    async def push(self, *, attempts: int | None = None) -> bool:
+        """One push of the current values; False (and counted) when it was dropped."""
+        error = await self._sink.send(self._registry, attempts=attempts)
+        if error is not None:
             self._failures.inc()
-            log.warning("metrics push to %s failed: %s", self._settings.endpoint, err.code())
+            log.warning("metrics push to %s failed: %s", self._destination, error)
             return False
         return True
 
@@ -160,9 +218,9 @@ class MetricsPusher:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="metrics-push")
 
     async def close(self) -> None:
-        """Stop, push the final values once, close the channel."""
+        """Stop, push the final values once (one attempt, so shutdown stays bounded), close."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self.push()
-        await self._channel.close()
+        await self.push(attempts=1)
+        await self._sink.close()
