@@ -26,7 +26,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import IO
@@ -158,13 +158,11 @@ class Suite:
                 f"SLUICE_{name.upper()}_SECURITY__CERTS_DIR": str(directory)
                 for name in ("router", "limiter", "provider", "telemetry")
             }
-        if self.start_envoy:
-            # Envoy's clusters need launcher/envoy_tls.py's transport socket, which is not
-            # wired into launcher/envoy.py yet: refuse rather than start a suite that
-            # cannot route (docs/security.md).
-            raise StartupError(
-                "security.mtls: Envoy's upstream TLS is not wired in this version; "
-                "start with --no-envoy (or envoy.enabled: false)"
+            # Envoy's bootstrap is rendered from these settings: its clusters then present
+            # the generated `envoy` certificate (launcher/envoy/upstream_tls.py).
+            self.settings = replace(
+                self.settings,
+                router=self.settings.router.model_copy(update={"security": self.security}),
             )
 
     def _audit(self, record: AdminRecord) -> None:

@@ -13,10 +13,18 @@ from sluice.launcher.envoy.browsers import browser_filters
 from sluice.launcher.envoy.clusters import clusters
 from sluice.launcher.envoy.errors import error_status_filter, local_reply_config
 from sluice.launcher.envoy.hardening import body_limit_filter, client_limits, tls_transport_socket
-from sluice.launcher.envoy.names import ROUTER_SERVICE, TRANSCODER_FILTER, seconds
+from sluice.launcher.envoy.names import (
+    LIMITER_CLUSTER,
+    ROUTER_CLUSTER,
+    ROUTER_SERVICE,
+    TELEMETRY_CLUSTER,
+    TRANSCODER_FILTER,
+    seconds,
+)
 from sluice.launcher.envoy.rate_limits import rate_limit_filter
 from sluice.launcher.envoy.routes import routes
 from sluice.launcher.envoy.tracing import flush_runtime, tracing
+from sluice.launcher.envoy.upstream_tls import envoy_tls_files, secure_clusters
 from sluice.launcher.settings import SuiteSettings
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"  # noqa: E501
@@ -88,7 +96,7 @@ def _connection_manager(settings: SuiteSettings, descriptor: Path) -> dict[str, 
 def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
     """The Envoy bootstrap as a dict."""
     envoy = settings.envoy
-    return {
+    bootstrap: dict[str, Any] = {
         "overload_manager": {
             "resource_monitors": [
                 {
@@ -127,6 +135,16 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
             "clusters": clusters(settings),
         },
     }
+    security = settings.router.security
+    if not security.mtls:
+        return bootstrap
+    # Under mtls every gRPC upstream demands Envoy's certificate (docs/security.md); the
+    # router's HTTP listener (router_http) stays plaintext HTTP/1.1 on loopback.
+    return secure_clusters(
+        bootstrap,
+        envoy_tls_files(security),
+        {ROUTER_CLUSTER: "router", LIMITER_CLUSTER: "limiter", TELEMETRY_CLUSTER: "telemetry"},
+    )
 
 
 def render_yaml(settings: SuiteSettings, descriptor: Path) -> str:
