@@ -158,7 +158,7 @@ class Limits:
                 leases.refused(lease_key)
 
     def settle(self, request: GenerationRequest, principal: Principal, state: StreamState) -> None:
-        """After the stream: reconcile its reservation and record its cost."""
+        """After the stream: reconcile its reservation and record its cost (in `state`)."""
         if state.reservation_id:
             self._later(
                 self._reconcile(
@@ -169,7 +169,7 @@ class Limits:
             )
         budgets = self._budgets
         usage = state.completed.usage if state.completed is not None else None
-        cost = budgets.charge(
+        cost = state.cost = budgets.charge(
             principal.key_id,
             request.model,
             usage.input_tokens

@@ -138,6 +138,7 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Rou
             if settings.admission.enabled
             else None
         ),
+        audit=host.audit,
     )
     converser = Converser(
         pipeline,
