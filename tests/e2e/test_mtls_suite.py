@@ -9,9 +9,8 @@ import json
 import subprocess
 from pathlib import Path
 
-import httpx
-
 import grpc
+import httpx
 import pytest
 
 from sluice.common.v1 import common_pb2

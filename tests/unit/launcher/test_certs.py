@@ -69,16 +69,16 @@ def test_sluice_up_with_mtls_gives_envoy_the_generated_certificates(
     config.write_text(f"security:\n  mtls: true\naudit:\n  enabled: true\n  directory: {audit}\n")
     suite = Suite(load_suite(config), run_dir=tmp_path / "run", start_envoy=True)
 
-    class Spawned(Exception):
+    class SpawnedError(Exception):
         pass
 
     def spawn(part: Part) -> None:
-        raise Spawned(part.name)
+        raise SpawnedError(part.name)
 
     # Everything up to the first process: certificates made, Envoy's config rendered.
     monkeypatch.setattr(suite, "_start_services", lambda: None)
     monkeypatch.setattr(suite, "_spawn", spawn)
-    with pytest.raises(Spawned, match="envoy"):
+    with pytest.raises(SpawnedError, match="envoy"):
         suite.start()
     certs = (tmp_path / "run" / "certs").resolve()
     assert (certs / "ca.pem").is_file()
