@@ -178,6 +178,7 @@ def _serve_http_api(
         host.metrics,
         tracer,
         max_request_bytes=settings.http_api.max_request_bytes,
+        max_json_depth=settings.http_api.max_json_depth,
         shutdown_timeout_s=settings.server.shutdown_grace_s,
         pause_bytes=settings.buffer.pause_bytes,
     )
