@@ -38,6 +38,7 @@ from sluice.core.audit import AdminRecord, AuditLog
 from sluice.core.grpcx.certs import has_suite_certs, write_suite_certs
 from sluice.core.grpcx.tls import OPERATOR, ClientTls, client_tls
 from sluice.launcher.envoy import ROUTER_SERVICE, descriptor_path, render_yaml
+from sluice.launcher.envoy.bootstrap import ADMIN_HOST
 from sluice.launcher.settings import SuiteSettings, exposure_problems
 from sluice.router.settings import DEV_KEY_SHA256
 
@@ -332,7 +333,7 @@ class Suite:
             envoy.drain_time_s + 1,
         )
         self._spawn(part)
-        admin = f"http://{envoy.host}:{envoy.admin_port}"
+        admin = f"http://{ADMIN_HOST}:{envoy.admin_port}"
         router = self.settings.router.server
         healthy_router = f"router::{router.host}:{router.port}::health_flags::healthy"
         self._wait_until(part, lambda: _http_ok(f"{admin}/ready"), "/ready")
@@ -405,7 +406,7 @@ class Suite:
             lines += [
                 f"  edge (Envoy)  http://{s.envoy.host}:{s.envoy.port}   "
                 "POST /v1/generate (SSE), POST /v1/complete, GET /v1/models, gRPC",
-                f"  envoy admin   http://{s.envoy.host}:{s.envoy.admin_port}",
+                f"  envoy admin   http://{ADMIN_HOST}:{s.envoy.admin_port}",
             ]
         listeners = [
             ("router", s.router.server.host, s.router.server.port, s.router.server.metrics_port),

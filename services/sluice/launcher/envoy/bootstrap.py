@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from sluice.core import headers
 from sluice.launcher.envoy.browsers import browser_filters
 from sluice.launcher.envoy.clusters import clusters
 from sluice.launcher.envoy.errors import error_status_filter, local_reply_config
@@ -36,6 +37,8 @@ _CONNECTIONS = (
     "type.googleapis.com/envoy.extensions.resource_monitors."
     "downstream_connections.v3.DownstreamConnectionsConfig"
 )
+ADMIN_HOST = "127.0.0.1"
+"""Where Envoy's admin interface listens, whatever `envoy.host` is."""
 # /openapi.json is a direct response bigger than the 4 KiB default.
 _MAX_DIRECT_RESPONSE = 1024 * 1024
 
@@ -78,7 +81,20 @@ def _connection_manager(settings: SuiteSettings, descriptor: Path) -> dict[str, 
         "route_config": {
             "name": "edge",
             "max_direct_response_body_size_bytes": _MAX_DIRECT_RESPONSE,
-            "virtual_hosts": [{"name": "sluice", "domains": ["*"], "routes": routes(settings)}],
+            "virtual_hosts": [
+                {
+                    "name": "sluice",
+                    "domains": ["*"],
+                    "routes": routes(settings),
+                    # A client must not pick the provider's faults unless the suite runs
+                    # with fault injection on (docs/security.md).
+                    **(
+                        {}
+                        if settings.provider.fault_injection
+                        else {"request_headers_to_remove": [headers.FAULT]}
+                    ),
+                }
+            ],
         },
         **({"tracing": tracing(settings)} if settings.router.tracing.enabled else {}),
         "http_filters": [
@@ -108,8 +124,9 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
                 }
             ]
         },
+        # Loopback whatever the edge binds: admin can quit Envoy and rewrite its runtime.
         "admin": {
-            "address": {"socket_address": {"address": envoy.host, "port_value": envoy.admin_port}}
+            "address": {"socket_address": {"address": ADMIN_HOST, "port_value": envoy.admin_port}}
         },
         "layered_runtime": flush_runtime(),
         "static_resources": {
