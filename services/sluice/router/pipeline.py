@@ -175,6 +175,8 @@ class GeneratePipeline:
             messages=request.messages,
             max_tokens=max_tokens,
             cache_extra=(
+                # Per tenant: the CACHE step must never serve one tenant another's answer.
+                principal.tenant,
                 max_tokens,
                 request.temperature if request.HasField("temperature") else None,
                 list(request.stop),
