@@ -187,6 +187,17 @@ class Limits:
                 )
             )
 
+    async def drain(self) -> None:
+        """Wait for the spend and reconcile calls still in flight (at shutdown, before the
+        limiter channel closes: a lost Spend is budget the limiter never counts). Each
+        call has its own timeout, so this ends within about one of them."""
+        pending = {task for task in self._settling if not task.done()}
+        while pending:
+            _, stuck = await asyncio.wait(pending, timeout=self._timeout_s + 1.0)
+            if stuck:
+                return  # past their own timeout: do not hold the shutdown
+            pending = {task for task in self._settling if not task.done()}
+
     def _later(self, call: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(call)
         self._settling.add(task)

@@ -153,6 +153,7 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Rou
     host.add_service(router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name)
 
     async def close_channels() -> None:
+        await limits.drain()  # the last streams' spend and reconcile calls first
         await limiter_channel.close()
         await provider_streams.close()
         await provider_channel.close()
