@@ -224,7 +224,7 @@ async def test_the_cache_never_serves_one_tenants_answer_to_another(
     chain = await start_chain(stack, api_keys=keys)
 
     async def ask(tenant: str, fault: str = "") -> list[router_pb2.GenerateEvent]:
-        metadata = (("authorization", f"Bearer sk-{tenant}"),)
+        metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer sk-{tenant}"),)
         metadata += (("x-sluice-fault", fault),) if fault else ()
         request = router_pb2.GenerateRequest(
             model="default", messages=[common_pb2.Message(role="user", content=PROMPT)]
