@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.common.v1 import common_pb2
 from sluice.core.grpcx.tls import ClientTls, TlsFiles, channel_credentials
@@ -116,6 +117,20 @@ def test_the_edge_streams_over_mtls_and_plaintext_probes_are_refused(tmp_path: P
         )
         assert chat.status_code == 200, chat.text
         assert chat.json()["choices"][0]["message"]["content"]
+
+        # Envoy's rate limit filter reached the limiter's RLS over mTLS (its failure mode
+        # lets requests pass, so only the limiter's own count proves the hop worked).
+        rls = [
+            sample
+            for family in text_string_to_metric_families(
+                httpx.get(suite.metrics_url("limiter"), timeout=5).text
+            )
+            for sample in family.samples
+            if sample.name == "sluice_rpc_requests_total"
+            and sample.labels.get("method", "").endswith("RateLimitService/ShouldRateLimit")
+        ]
+        assert {s.labels["code"] for s in rls} == {"OK"}, rls
+        assert sum(s.value for s in rls) >= 2
 
         for part, method, body in PROBES:
             probe = subprocess.run(
