@@ -1,24 +1,25 @@
 """`sluice up` with `security.mtls`: certificates made on first start, every service
-serving only mutual TLS, callers authorized by identity (issue 16 item 1).
-
-Envoy is off here: its upstream TLS (launcher/envoy_tls.py) is tested against a real
-Envoy in tests/integration/test_envoy_mtls.py, and `sluice up` refuses mtls with Envoy
-until that is wired into the rendered bootstrap.
+serving only mutual TLS, callers authorized by identity (issue 16 item 1), and Envoy
+reaching the router, the limiter's rate limit service and telemetry over mTLS.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.common.v1 import common_pb2
 from sluice.core.grpcx.tls import ClientTls, TlsFiles, channel_credentials
 from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
 from sluice.router.v1 import router_pb2, router_pb2_grpc
 from sluice.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
-from tests.e2e.conftest import DEV_KEY, start_suite
+from tests.e2e.conftest import BIN, DEV_KEY, start_suite
 
 pytestmark = pytest.mark.e2e
 
@@ -69,3 +70,82 @@ async def test_sluice_up_makes_certificates_and_serves_only_mtls(tmp_path: Path)
                     telemetry_pb2.SearchTracesRequest(), timeout=10
                 )
         assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+# The issue's item-1 probes: an attacker on the host calling internal services directly.
+PROBES = (
+    (
+        "provider",
+        "sluice.provider.v1.ProviderService/Stream",
+        {"backend": "simulated", "messages": [{"role": "user", "content": "hi"}]},
+    ),
+    (
+        "limiter",
+        "sluice.limiter.v1.LimiterService/Acquire",
+        {"api_key_id": "someone-else", "model": "default", "requests": 1, "tokens": 10},
+    ),
+    ("telemetry", "sluice.telemetry.v1.TelemetryService/GetTrace", {"trace_id": "0" * 32}),
+)
+
+
+def test_the_edge_streams_over_mtls_and_plaintext_probes_are_refused(tmp_path: Path) -> None:
+    # Envoy on, its rate limit filter calling the limiter and its tracer exporting to
+    # telemetry (the e2e suite config): every one of its upstream hops is mTLS here.
+    with start_suite(tmp_path, security={"mtls": True}) as suite:
+        ports = suite.ports
+        with httpx.stream(
+            "POST",
+            f"http://127.0.0.1:{ports['envoy']}/v1/generate",
+            headers={"authorization": f"Bearer {DEV_KEY}"},
+            json={"model": "default", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=30,
+        ) as response:
+            assert response.status_code == 200, response.read()
+            events = [
+                json.loads(line.removeprefix("data: "))
+                for line in response.iter_lines()
+                if line.startswith("data: ")
+            ]
+        assert "metadata" in events[0] and "complete" in events[-1], events
+        assert any("data" in event for event in events)
+        # The OpenAI-compatible route (Envoy -> the router's HTTP listener) works too.
+        chat = httpx.post(
+            f"http://127.0.0.1:{ports['envoy']}/v1/chat/completions",
+            headers={"authorization": f"Bearer {DEV_KEY}"},
+            json={"model": "default", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=30,
+        )
+        assert chat.status_code == 200, chat.text
+        assert chat.json()["choices"][0]["message"]["content"]
+
+        # Envoy's rate limit filter reached the limiter's RLS over mTLS (its failure mode
+        # lets requests pass, so only the limiter's own count proves the hop worked).
+        rls = [
+            sample
+            for family in text_string_to_metric_families(
+                httpx.get(suite.metrics_url("limiter"), timeout=5).text
+            )
+            for sample in family.samples
+            if sample.name == "sluice_rpc_requests_total"
+            and sample.labels.get("method", "").endswith("RateLimitService/ShouldRateLimit")
+        ]
+        assert {s.labels["code"] for s in rls} == {"OK"}, rls
+        assert sum(s.value for s in rls) >= 2
+
+        for part, method, body in PROBES:
+            probe = subprocess.run(
+                [
+                    str(BIN / "grpcurl"),
+                    "-plaintext",
+                    "-d",
+                    json.dumps(body),
+                    f"127.0.0.1:{ports[part]}",
+                    method,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            assert probe.returncode != 0, (part, probe.stdout)
+            assert "content" not in probe.stdout and "reservation" not in probe.stdout.lower()

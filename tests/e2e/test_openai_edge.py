@@ -123,3 +123,22 @@ def test_client_disconnect_cancels_the_provider_call(edge: RunningSuite, http2: 
     while time.monotonic() < deadline and provider_streams(edge, **CANCELLED) == before:
         time.sleep(0.05)
     assert provider_streams(edge, **CANCELLED) == before + 1
+
+
+def test_hostile_bodies_through_envoy_are_typed_400s(edge: RunningSuite) -> None:
+    # issue 16 item 3: both were 500s with a traceback in the router's log.
+    nested = b'{"model": "default", "messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    huge = (
+        b'{"model": "default", "messages": [{"role": "user", "content": "hi"}], '
+        b'"temperature": ' + b"9" * 400 + b"}"
+    )
+    for body, param in ((nested, "body"), (huge, "temperature")):
+        response = httpx.post(
+            f"{edge.edge}/v1/chat/completions",
+            content=body,
+            headers={"authorization": f"Bearer {DEV_KEY}", "content-type": "application/json"},
+            timeout=30,
+        )
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (error["type"], error["param"]) == ("invalid_request_error", param)

@@ -1,6 +1,6 @@
 """Envoy -> router over mutual TLS, with real Envoy and a real router (issue 16 item 1).
 
-Envoy's clusters get launcher/envoy_tls.py's transport socket; the router serves with
+Envoy's clusters get launcher/envoy/upstream_tls.py's transport socket; the router serves with
 `security.mtls` and admits the identity `envoy`. Envoy's gRPC health checks and a client's
 call through the edge then both travel over mTLS. An Envoy presenting another identity's
 certificate passes health checks (open to any identity the CA vouches for) but its calls
@@ -24,7 +24,7 @@ from sluice.core.grpcx.certs import write_suite_certs
 from sluice.core.grpcx.server import ServiceHost
 from sluice.core.grpcx.tls import TlsFiles
 from sluice.launcher.envoy import descriptor_path, render
-from sluice.launcher.envoy_tls import envoy_tls_files, secure_clusters
+from sluice.launcher.envoy.upstream_tls import envoy_tls_files, secure_clusters
 from sluice.launcher.settings import load_suite
 from sluice.router.v1 import router_pb2, router_pb2_grpc
 from sluice.router.wiring import build_server as build_router

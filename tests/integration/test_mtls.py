@@ -457,3 +457,34 @@ async def test_the_documented_grpcurl_calls_work_as_the_operator_only(
     assert "PermissionDenied" in output and "identity 'provider'" in output
     code, output = await grpcurl(certs, "operator", telemetry.port, "list")
     assert code == 0 and "sluice.telemetry.v1.TelemetryService" in output, output
+
+
+async def test_the_router_dials_limiter_and_provider_over_mtls(
+    stack: ServiceStack, certs: Path, channels: Channels
+) -> None:
+    # Limiter and provider serve only mTLS; a router that dialled them in plaintext
+    # could not stream (its Acquire would fail the handshake).
+    limiter = await stack.start(build_limiter(limiter_settings(**security(certs))))
+    provider = await stack.start(build_provider(provider_settings(**security(certs))))
+    for multiplex in (False, True):
+        router = await stack.start(
+            build_router(
+                router_settings(
+                    limiter,
+                    provider,
+                    provider_multiplex={"enabled": multiplex},
+                    **security(certs),
+                )
+            )
+        )
+        stub = router_pb2_grpc.RouterServiceStub(
+            channels.tls(router, client(certs, "envoy", "router"))
+        )
+        request = router_pb2.GenerateRequest(
+            model="default", messages=[common_pb2.Message(role="user", content="hello")]
+        )
+        events = await collect(stub.Generate(request, metadata=AUTH, timeout=20))
+        assert [e.WhichOneof("event") for e in events][-1] == "complete", events[-1]
+        assert events[-1].complete.finish_reason == common_pb2.FINISH_REASON_STOP
+        assert any(e.HasField("data") for e in events)
+        await stack.stop(router)

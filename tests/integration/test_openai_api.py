@@ -161,6 +161,35 @@ async def test_malformed_bodies_are_400_in_openai_shape(suite: Suite, raw: bytes
     assert error["message"]
 
 
+HOSTILE_BODIES = {
+    # issue 16 item 3: each was a 500 with a traceback in the router's log.
+    "nested 50,000 deep": b'{"model": "default", "messages": '
+    + b"[" * 50_000
+    + b"]" * 50_000
+    + b"}",
+    "temperature of 400 digits": b'{"model": "default", "messages": [{"role": "user", '
+    b'"content": "hi"}], "temperature": ' + b"9" * 400 + b"}",
+    "NaN temperature": b'{"model": "default", "messages": [{"role": "user", "content": "hi"}], '
+    b'"temperature": NaN}',
+    "not UTF-8": b'{"model": "default\xff", "messages": []}',
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_BODIES))
+async def test_hostile_bodies_are_typed_400s_never_500s(suite: Suite, name: str) -> None:
+    async with httpx.AsyncClient(trust_env=False) as http:
+        response = await http.post(
+            f"{base_url(suite.router)}/chat/completions",
+            content=HOSTILE_BODIES[name],
+            headers={"authorization": f"Bearer {API_KEY}", "content-type": "application/json"},
+        )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["code"] == "validation_error"
+    assert error["param"] in {"body", "temperature"}
+
+
 async def test_rate_limit_is_the_sdks_rate_limit_error_with_retry_after(
     stack: ServiceStack,
 ) -> None:

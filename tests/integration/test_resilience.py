@@ -35,6 +35,7 @@ from tests.support import (
     metric,
     provider_settings,
     router_settings,
+    sha256_hex,
     start_suite,
     tracing_to,
 )
@@ -107,6 +108,7 @@ async def start_chain(
     resilience: dict[str, Any] | None = None,
     alias: dict[str, Any] | None = None,
     primary: dict[str, Any] | None = None,
+    **router_fields: Any,
 ) -> Chain:
     limiter = await stack.start(build_limiter(limiter_settings()))
     provider = await stack.start(
@@ -132,6 +134,7 @@ async def start_chain(
                     "solo": {"backends": [{"backend": "primary"}]},
                 },
                 resilience=deep_merge(fast_retries, resilience or {}),
+                **router_fields,
             ),
             clock=clock,
         )
@@ -209,6 +212,32 @@ async def test_cache_then_simplified_then_clear_error(stack: ServiceStack) -> No
     assert final(simplified).complete.fallback_step == SIMPLIFIED
     assert text(simplified) == "Service is degraded; try later."
     assert metadata_events(simplified)[0].provider == "simplified"
+
+
+async def test_the_cache_never_serves_one_tenants_answer_to_another(
+    stack: ServiceStack,
+) -> None:
+    keys = [
+        {"id": f"key-{tenant}", "sha256": sha256_hex(f"sk-{tenant}"), "tenant": tenant}
+        for tenant in ("a", "b")
+    ]
+    chain = await start_chain(stack, api_keys=keys)
+
+    async def ask(tenant: str, fault: str = "") -> list[router_pb2.GenerateEvent]:
+        metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer sk-{tenant}"),)
+        metadata += (("x-sluice-fault", fault),) if fault else ()
+        request = router_pb2.GenerateRequest(
+            model="default", messages=[common_pb2.Message(role="user", content=PROMPT)]
+        )
+        return await collect(chain.stub.Generate(request, metadata=metadata))
+
+    served = await ask("a")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await ask("b", fault="error_rate=1")  # the same question: no cached answer for b
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    cached = await ask("a", fault="error_rate=1")  # a's own answer is still there for a
+    assert final(cached).complete.fallback_step == CACHE
+    assert text(cached) == text(served)
 
 
 async def test_when_every_step_fails_the_error_is_clear(stack: ServiceStack) -> None:

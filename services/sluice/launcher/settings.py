@@ -58,6 +58,21 @@ class EdgeLimitSettings(BaseModel):
     """A client must have sent its whole request header block within this (slow-loris)."""
 
 
+class EdgeCircuitBreakerSettings(BaseModel):
+    """Envoy's circuit breakers on the router's clusters (gRPC and HTTP): what all
+    clients together may hold of one router before Envoy refuses (503) instead of
+    queueing without bound. Envoy's own defaults are 1024 each."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    max_connections: int = Field(1024, ge=1)
+    """Connections Envoy opens to the router (per cluster); HTTP/1.1 requests need one each."""
+    max_pending_requests: int = Field(1024, ge=1)
+    """Requests waiting for a connection or stream to the router."""
+    max_requests: int = Field(1024, ge=1)
+    """Requests (HTTP/2 streams) in flight to the router at once."""
+
+
 class EdgeTlsSettings(BaseModel):
     """TLS on the edge listener: on when both paths are set (then the listener speaks
     only TLS, offering HTTP/2 and HTTP/1.1 by ALPN)."""
@@ -99,7 +114,7 @@ class EnvoySettings(BaseSettings):
     enabled: bool = True
     """Start Envoy in front of the router."""
     host: str = "127.0.0.1"
-    """Address of the edge listener and the admin interface."""
+    """Address of the edge listener (the admin interface binds 127.0.0.1 whatever this is)."""
     port: int = Field(8080, ge=0, le=65535)
     """Edge listener (HTTP/1.1 and HTTP/2, JSON/SSE and gRPC)."""
     admin_port: int = Field(9901, ge=0, le=65535)
@@ -130,6 +145,8 @@ class EnvoySettings(BaseSettings):
     """Header, stream and timeout limits per client."""
     tls: EdgeTlsSettings = EdgeTlsSettings()
     """TLS on the edge listener (off unless certificates are configured)."""
+    circuit_breakers: EdgeCircuitBreakerSettings = EdgeCircuitBreakerSettings()
+    """Bounds on what Envoy sends the router at once (its clusters' circuit breakers)."""
 
 
 @dataclass(frozen=True)

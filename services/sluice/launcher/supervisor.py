@@ -26,7 +26,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import IO
@@ -38,6 +38,7 @@ from sluice.core.audit import AdminRecord, AuditLog
 from sluice.core.grpcx.certs import has_suite_certs, write_suite_certs
 from sluice.core.grpcx.tls import OPERATOR, ClientTls, client_tls
 from sluice.launcher.envoy import ROUTER_SERVICE, descriptor_path, render_yaml
+from sluice.launcher.envoy.bootstrap import ADMIN_HOST
 from sluice.launcher.settings import SuiteSettings, exposure_problems
 from sluice.router.settings import DEV_KEY_SHA256
 
@@ -216,13 +217,11 @@ class Suite:
                 f"SLUICE_{name.upper()}_SECURITY__CERTS_DIR": str(directory)
                 for name in ("router", "limiter", "provider", "telemetry")
             }
-        if self.start_envoy:
-            # Envoy's clusters need launcher/envoy_tls.py's transport socket, which is not
-            # wired into launcher/envoy.py yet: refuse rather than start a suite that
-            # cannot route (docs/security.md).
-            raise StartupError(
-                "security.mtls: Envoy's upstream TLS is not wired in this version; "
-                "start with --no-envoy (or envoy.enabled: false)"
+            # Envoy's bootstrap is rendered from these settings: its clusters then present
+            # the generated `envoy` certificate (launcher/envoy/upstream_tls.py).
+            self.settings = replace(
+                self.settings,
+                router=self.settings.router.model_copy(update={"security": self.security}),
             )
 
     def _audit(self, record: AdminRecord) -> None:
@@ -357,7 +356,7 @@ class Suite:
         config_file = write_envoy_config(self.settings, self.run_dir)
         part = Part("envoy", envoy_argv(self.settings, config_file), envoy.drain_time_s + 1)
         self._spawn(part)
-        admin = f"http://{envoy.host}:{envoy.admin_port}"
+        admin = f"http://{ADMIN_HOST}:{envoy.admin_port}"
         router = self.settings.router.server
         healthy_router = f"router::{router.host}:{router.port}::health_flags::healthy"
         self._wait_until(part, lambda: _http_ok(f"{admin}/ready"), "/ready")
@@ -430,7 +429,7 @@ class Suite:
             lines += [
                 f"  edge (Envoy)  http://{s.envoy.host}:{s.envoy.port}   "
                 "POST /v1/generate (SSE), POST /v1/complete, GET /v1/models, gRPC",
-                f"  envoy admin   http://{s.envoy.host}:{s.envoy.admin_port}",
+                f"  envoy admin   http://{ADMIN_HOST}:{s.envoy.admin_port}",
             ]
         listeners = [
             ("router", s.router.server.host, s.router.server.port, s.router.server.metrics_port),

@@ -326,6 +326,9 @@ class FallbackChain:
                 except SluiceError as err:
                     self._metrics.backend_errors.labels(target.backend, err.reason).inc()
                     if err.reason not in BACKEND_FAILURES:
+                        # The client's own mistake says nothing of the back end: no
+                        # verdict, and a half-open probe slot it held is freed.
+                        guard.breaker.record_abandoned()
                         raise
                     guard.breaker.record_failure()
                     last_error = err

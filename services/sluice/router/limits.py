@@ -158,7 +158,7 @@ class Limits:
                 leases.refused(lease_key)
 
     def settle(self, request: GenerationRequest, principal: Principal, state: StreamState) -> None:
-        """After the stream: reconcile its reservation and record its cost."""
+        """After the stream: reconcile its reservation and record its cost (in `state`)."""
         if state.reservation_id:
             self._later(
                 self._reconcile(
@@ -169,7 +169,7 @@ class Limits:
             )
         budgets = self._budgets
         usage = state.completed.usage if state.completed is not None else None
-        cost = budgets.charge(
+        cost = state.cost = budgets.charge(
             principal.key_id,
             request.model,
             usage.input_tokens
@@ -186,6 +186,17 @@ class Limits:
                     )
                 )
             )
+
+    async def drain(self) -> None:
+        """Wait for the spend and reconcile calls still in flight (at shutdown, before the
+        limiter channel closes: a lost Spend is budget the limiter never counts). Each
+        call has its own timeout, so this ends within about one of them."""
+        pending = {task for task in self._settling if not task.done()}
+        while pending:
+            _, stuck = await asyncio.wait(pending, timeout=self._timeout_s + 1.0)
+            if stuck:
+                return  # past their own timeout: do not hold the shutdown
+            pending = {task for task in self._settling if not task.done()}
 
     def _later(self, call: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(call)

@@ -29,6 +29,7 @@ from opentelemetry import trace
 
 from sluice.common.v1 import common_pb2
 from sluice.core import headers
+from sluice.core.bounded_json import MAX_DEPTH, parse_json_object
 from sluice.core.errors import FieldViolation, InternalError, SluiceError, ValidationError
 from sluice.core.grpcx.call_context import CallContext
 from sluice.core.grpcx.calls import served
@@ -151,7 +152,10 @@ def parse_chat_request(body: Any) -> tuple[router_pb2.GenerateRequest, bool, boo
     if temperature is not None:
         if isinstance(temperature, bool) or not isinstance(temperature, int | float):
             raise _bad_request("temperature must be a number", "temperature")
-        request.temperature = float(temperature)
+        try:
+            request.temperature = float(temperature)
+        except OverflowError:  # an integer of hundreds of digits
+            raise _bad_request("temperature is out of range", "temperature") from None
     stop = body.get("stop")
     if isinstance(stop, str):
         request.stop.append(stop)
@@ -189,9 +193,12 @@ class OpenAIHttpApi:
         tracer: trace.Tracer | None,
         *,
         max_request_bytes: int,
+        max_json_depth: int = MAX_DEPTH,
         shutdown_timeout_s: float = 15.0,
         pause_bytes: int = 0,
     ) -> None:
+        self._max_request_bytes = max_request_bytes
+        self._max_json_depth = max_json_depth
         self._pause_bytes = pause_bytes
         self._shutdown_timeout_s = shutdown_timeout_s
         self._pipeline = pipeline
@@ -264,7 +271,17 @@ class OpenAIHttpApi:
             try:
                 try:
                     raw = await request.read()
-                    body = json.loads(raw) if raw else None
+                    # Bounded before parsing: depth, size, no NaN (core/bounded_json.py).
+                    body = (
+                        parse_json_object(
+                            raw.decode(),
+                            field="body",
+                            max_bytes=self._max_request_bytes,
+                            max_depth=self._max_json_depth,
+                        )
+                        if raw
+                        else None
+                    )
                 except ValueError:
                     raise _bad_request("the request body is not valid JSON", "body") from None
                 generate, stream, include_usage = parse_chat_request(body)

@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from sluice.core import headers
+from sluice.core.audit import AuditLog, RequestRecord
 from sluice.core.clock import Clock
 from sluice.core.errors import (
     BusinessRuleViolationError,
@@ -27,6 +28,8 @@ from sluice.core.errors import (
     ValidationError,
 )
 from sluice.core.grpcx.call_context import CallContext, Metadata
+from sluice.core.grpcx.request_context import current_request_id
+from sluice.core.telemetry.tracing import current_trace_id
 from sluice.router import genai, relay
 from sluice.router.admission import Admission, request_class
 from sluice.router.attempts import Attempts
@@ -83,8 +86,10 @@ class GeneratePipeline:
         memory: MemoryGuard,
         clock: Clock,
         admission: Admission | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self._settings = settings
+        self._audit = audit
         self._auth = authenticator
         self._limits = limits
         self._chain = chain
@@ -148,10 +153,18 @@ class GeneratePipeline:
         self._chain.check_deadline(deadline)
         self._memory.check()
         principal = self._auth.authenticate(call.metadata)
-        validate_request(request, settings)
-        alias = self._resolve_model(request, principal)
-        max_tokens = request.max_tokens or alias.default_max_tokens
-        await self._limits.admit(request, principal, max_tokens, state)
+        # From here every request is audited once, however it ends (`_record`).
+        try:
+            validate_request(request, settings)
+            alias = self._resolve_model(request, principal)
+            max_tokens = request.max_tokens or alias.default_max_tokens
+            await self._limits.admit(request, principal, max_tokens, state)
+        except SluiceError as refused:
+            self._record(request, principal, state, refused.reason)
+            raise
+        except BaseException as failed:
+            self._record(request, principal, state, _outcome_of(failed))
+            raise
 
         genai.annotate_request(request, alias.backends[0].backend, max_tokens)
         forwarded = tuple((k, v) for k, v in call.metadata if k == headers.FAULT)
@@ -162,6 +175,8 @@ class GeneratePipeline:
             messages=request.messages,
             max_tokens=max_tokens,
             cache_extra=(
+                # Per tenant: the CACHE step must never serve one tenant another's answer.
+                principal.tenant,
                 max_tokens,
                 request.temperature if request.HasField("temperature") else None,
                 list(request.stop),
@@ -185,14 +200,18 @@ class GeneratePipeline:
         # coalesced and bounded (pausing the provider read) once it lags.
         relayed = adaptive(events, settings.buffer, self._clock, call.writer_behind)
         number = state.number
+        outcome = "CANCELLED"  # the client left (the generator closed) unless set below
         try:
             async for event in relayed:
                 yield number(event)
+            outcome = "ok"
         except SluiceError as failure:
+            outcome = failure.reason
             if state.sequence > 0:
                 yield number(relay.error_event(failure, state.output_tokens))
             raise
         except Exception:
+            outcome = "INTERNAL"
             if state.sequence > 0:
                 internal = InternalError("internal error")
                 yield number(relay.error_event(internal, state.output_tokens))
@@ -211,3 +230,32 @@ class GeneratePipeline:
                 self._metrics.tokens_streamed.labels(request.model, state.backend).inc(
                     state.output_tokens
                 )
+            self._record(request, principal, state, outcome)
+
+    def _record(
+        self, request: GenerationRequest, principal: Principal, state: StreamState, outcome: str
+    ) -> None:
+        """The request's audit record (core/audit.py): identifiers, counts, cost and
+        outcome, never the prompt or the answer."""
+        if self._audit is None:
+            return
+        usage = state.completed.usage if state.completed is not None else None
+        self._audit.request(
+            RequestRecord(
+                key_id=principal.key_id,
+                tenant=principal.tenant,
+                model=request.model,
+                outcome=outcome,
+                input_tokens=usage.input_tokens if usage is not None else 0,
+                output_tokens=usage.output_tokens if usage is not None else state.output_tokens,
+                cost=state.cost,
+                request_id=current_request_id(),
+                trace_id=current_trace_id(),
+                service="router",
+            )
+        )
+
+
+def _outcome_of(error: BaseException) -> str:
+    """The audit outcome of a request that ended with `error` (not a SluiceError)."""
+    return "INTERNAL" if isinstance(error, Exception) else "CANCELLED"

@@ -67,6 +67,8 @@ class StreamState:
     input_tokens_estimate: int = 0
     whole_answer: bool = False
     """The client waits for the whole answer (no partial output is relayed to it)."""
+    cost: float = 0.0
+    """What the stream cost under its alias's price, once settled (0 when unpriced)."""
 
     # -- the request path reports -------------------------------------------------------
 

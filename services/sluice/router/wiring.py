@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from sluice.core.clock import Clock, SystemClock
 from sluice.core.grpcx.channels import internal_channel
 from sluice.core.grpcx.server import ServiceHost
+from sluice.core.grpcx.tls import client_tls
 from sluice.core.telemetry.spans import RequestSpans
 from sluice.limiter.v1 import limiter_pb2_grpc
 from sluice.router.admission import Admission
@@ -64,9 +65,14 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Rou
     clock = clock or SystemClock()
     tracing = host.tracer_provider if host.tracing_active else None
     limiter_channel = internal_channel(
-        settings.limiter_address, "sluice.limiter.v1.LimiterService", tracing
+        settings.limiter_address,
+        "sluice.limiter.v1.LimiterService",
+        tracing,
+        tls=client_tls(settings.security, "router", "limiter"),
     )
     provider_service = PROVIDER_SERVICE.full_name
+    # One credentials object for every provider channel (None when security.mtls is off).
+    provider_tls = client_tls(settings.security, "router", "provider")
     provider_channel = internal_channel(
         settings.provider_address,
         provider_service,
@@ -74,13 +80,16 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Rou
         retries=False,
         # A stalled client's stream holds at most one 64 KiB window here (router/buffer.py).
         fixed_window=True,
+        tls=provider_tls,
     )
     provider_streams: ProviderStreams = (
         MultiplexedStreams(
             [
                 # Not the per-call channel: per-stream credit bounds a stalled stream
                 # here, so the long-lived calls keep gRPC's probed (growing) window.
-                internal_channel(address, provider_service, tracing, retries=False)
+                internal_channel(
+                    address, provider_service, tracing, retries=False, tls=provider_tls
+                )
                 for address in split_target(settings.provider_address)
             ],
             settings.provider_multiplex,
@@ -129,6 +138,7 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Rou
             if settings.admission.enabled
             else None
         ),
+        audit=host.audit,
     )
     converser = Converser(
         pipeline,
@@ -143,6 +153,7 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Rou
     host.add_service(router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name)
 
     async def close_channels() -> None:
+        await limits.drain()  # the last streams' spend and reconcile calls first
         await limiter_channel.close()
         await provider_streams.close()
         await provider_channel.close()
@@ -168,6 +179,7 @@ def _serve_http_api(
         host.metrics,
         tracer,
         max_request_bytes=settings.http_api.max_request_bytes,
+        max_json_depth=settings.http_api.max_json_depth,
         shutdown_timeout_s=settings.server.shutdown_grace_s,
         pause_bytes=settings.buffer.pause_bytes,
     )

@@ -6,13 +6,14 @@ import stat
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 
 from sluice.core.audit import read_records
 from sluice.core.grpcx.certs import SUITE_IDENTITIES, spiffe_id
 from sluice.launcher.cli import main
 from sluice.launcher.settings import load_suite
-from sluice.launcher.supervisor import StartupError, Suite
+from sluice.launcher.supervisor import Part, Suite
 
 
 def san(path: Path) -> tuple[list[str], list[str]]:
@@ -60,15 +61,32 @@ def test_an_unwritable_directory_is_an_error_not_a_traceback(tmp_path: Path) -> 
     assert main(["certs", "--dir", str(blocker / "certs")]) == 1
 
 
-def test_sluice_up_with_mtls_and_envoy_refuses_naming_the_way_out(tmp_path: Path) -> None:
+def test_sluice_up_with_mtls_gives_envoy_the_generated_certificates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tmp_path / "suite.yaml"
     audit = tmp_path / "audit"
     config.write_text(f"security:\n  mtls: true\naudit:\n  enabled: true\n  directory: {audit}\n")
     suite = Suite(load_suite(config), run_dir=tmp_path / "run", start_envoy=True)
-    with pytest.raises(StartupError, match="--no-envoy"):
+
+    class SpawnedError(Exception):
+        pass
+
+    def spawn(part: Part) -> None:
+        raise SpawnedError(part.name)
+
+    # Everything up to the first process: certificates made, Envoy's config rendered.
+    monkeypatch.setattr(suite, "_start_services", lambda: None)
+    monkeypatch.setattr(suite, "_spawn", spawn)
+    with pytest.raises(SpawnedError, match="envoy"):
         suite.start()
-    # The certificates were made on this first start, for the next one.
-    assert (tmp_path / "run" / "certs" / "ca.pem").is_file()
-    assert suite.parts == []
+    certs = (tmp_path / "run" / "certs").resolve()
+    assert (certs / "ca.pem").is_file()
+    rendered = yaml.safe_load((tmp_path / "run" / "envoy.yaml").read_text())
+    clusters = {c["name"]: c for c in rendered["static_resources"]["clusters"]}
+    context = clusters["router"]["transport_socket"]["typed_config"]["common_tls_context"]
+    [certificate] = context["tls_certificates"]
+    assert certificate["certificate_chain"]["filename"] == str(certs / "envoy.pem")
+    assert context["validation_context"]["trusted_ca"]["filename"] == str(certs / "ca.pem")
     [record] = read_records(audit / "launcher.jsonl")
     assert (record["action"], record["actor"]) == ("certificates.issued", "sluice up")

@@ -1,4 +1,4 @@
-"""Envoy's upstream mutual TLS (launcher/envoy_tls.py), checked by Envoy itself."""
+"""Envoy's upstream mutual TLS (launcher/envoy/upstream_tls.py), checked by Envoy itself."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import yaml
 from sluice.core.config import SecuritySettings
 from sluice.core.grpcx.certs import spiffe_id, write_suite_certs
 from sluice.launcher.envoy import descriptor_path, render
-from sluice.launcher.envoy_tls import envoy_tls_files, secure_clusters
+from sluice.launcher.envoy.upstream_tls import envoy_tls_files, secure_clusters
 from sluice.launcher.settings import load_suite
 
 BIN = Path(sys.executable).parent
@@ -64,3 +64,22 @@ def test_envoy_accepts_the_secured_bootstrap(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_render_secures_the_grpc_clusters_only_under_mtls(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    write_suite_certs(certs)
+    config = tmp_path / "suite.yaml"
+    sections = {"envoy": {"rate_limit": {"enabled": True}}, "tracing": {"enabled": True}}
+    config.write_text(yaml.safe_dump(sections))
+    plain = render(load_suite(config), descriptor_path())
+    assert all("transport_socket" not in c for c in plain["static_resources"]["clusters"])
+    sections["security"] = {"mtls": True, "certs_dir": str(certs)}
+    config.write_text(yaml.safe_dump(sections))
+    rendered = render(load_suite(config), descriptor_path())
+    secured = {
+        c["name"]: c["transport_socket"]["typed_config"]["sni"]
+        for c in rendered["static_resources"]["clusters"]
+        if "transport_socket" in c
+    }
+    assert secured == IDENTITIES

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
 from sluice.common.v1 import common_pb2
+from sluice.core.errors import InvalidInputError
+from sluice.core.resilience.breaker import BreakerState
 from sluice.router.cache import CachedAnswer, ResponseCache, cache_key
-from sluice.router.fallback import BackendGuard, ResilienceMetrics
+from sluice.router.fallback import BackendGuard, FallbackChain, ResilienceMetrics
+from sluice.router.relay import StreamState
 from sluice.router.settings import RouterSettings
+from sluice.router.v1 import router_pb2
 from tests.support import FakeClock
 
 
@@ -75,3 +82,67 @@ async def test_cache_is_lru_with_ttl_on_the_injected_clock() -> None:
     clock.advance(10.0)
     assert await cache.get("a") is None
     assert len(cache) == 0
+
+
+class ClientErrorStream:
+    """A ChainStream whose every attempt fails with the client's own mistake."""
+
+    def __init__(self) -> None:
+        self.state = StreamState(started=0.0)
+        self.attempts = 0
+
+    def begin_attempt(self, step: int, backend: str) -> None:
+        self.attempts += 1
+
+    def attempt_refused(self) -> None:
+        pass
+
+    def failed_over(self, prompt: Sequence[common_pb2.Message]) -> None:
+        pass
+
+    async def attempt(self, *args: object) -> AsyncIterator[router_pb2.GenerateEvent]:
+        raise InvalidInputError("the request cannot be served as written")
+        yield router_pb2.GenerateEvent()  # an async generator, like the real stream
+
+    async def serve_cached(self, cached: CachedAnswer) -> AsyncIterator[router_pb2.GenerateEvent]:
+        yield router_pb2.GenerateEvent()
+
+    async def serve_simplified(self, text: str) -> AsyncIterator[router_pb2.GenerateEvent]:
+        yield router_pb2.GenerateEvent()
+
+
+async def test_a_client_error_in_half_open_frees_its_probe_slot() -> None:
+    clock = FakeClock()
+    settings = RouterSettings.model_validate(
+        {
+            "resilience": {
+                "breaker": {
+                    "failure_threshold": 1,
+                    "half_open_requests": 1,
+                    "reset_timeout": 1000,
+                }
+            }
+        }
+    )
+    chain = FallbackChain(settings, ResilienceMetrics(CollectorRegistry()), clock)
+    breaker = chain.guard("simulated").breaker
+    assert breaker.allow()
+    breaker.record_failure()
+    clock.advance(1.0)
+    assert breaker.state is BreakerState.HALF_OPEN
+    stream = ClientErrorStream()
+    with pytest.raises(InvalidInputError):
+        async for _ in chain.run(
+            model="default",
+            alias=settings.models["default"],
+            messages=[message("user", "hi")],
+            max_tokens=16,
+            cache_extra=[],
+            deadline=clock.monotonic() + 30.0,
+            stream=stream,
+        ):
+            pass
+    assert stream.attempts == 1
+    # No verdict on the back end: still half-open, and the next request may probe it.
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert breaker.allow()

@@ -9,14 +9,23 @@ from typing import Any
 
 import yaml
 
+from sluice.core import headers
 from sluice.launcher.envoy.browsers import browser_filters
 from sluice.launcher.envoy.clusters import clusters
 from sluice.launcher.envoy.errors import error_status_filter, local_reply_config
 from sluice.launcher.envoy.hardening import body_limit_filter, client_limits, tls_transport_socket
-from sluice.launcher.envoy.names import ROUTER_SERVICE, TRANSCODER_FILTER, seconds
+from sluice.launcher.envoy.names import (
+    LIMITER_CLUSTER,
+    ROUTER_CLUSTER,
+    ROUTER_SERVICE,
+    TELEMETRY_CLUSTER,
+    TRANSCODER_FILTER,
+    seconds,
+)
 from sluice.launcher.envoy.rate_limits import rate_limit_filter
 from sluice.launcher.envoy.routes import routes
 from sluice.launcher.envoy.tracing import flush_runtime, tracing
+from sluice.launcher.envoy.upstream_tls import envoy_tls_files, secure_clusters
 from sluice.launcher.settings import SuiteSettings
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"  # noqa: E501
@@ -28,6 +37,8 @@ _CONNECTIONS = (
     "type.googleapis.com/envoy.extensions.resource_monitors."
     "downstream_connections.v3.DownstreamConnectionsConfig"
 )
+ADMIN_HOST = "127.0.0.1"
+"""Where Envoy's admin interface listens, whatever `envoy.host` is."""
 # /openapi.json is a direct response bigger than the 4 KiB default.
 _MAX_DIRECT_RESPONSE = 1024 * 1024
 
@@ -70,7 +81,20 @@ def _connection_manager(settings: SuiteSettings, descriptor: Path) -> dict[str, 
         "route_config": {
             "name": "edge",
             "max_direct_response_body_size_bytes": _MAX_DIRECT_RESPONSE,
-            "virtual_hosts": [{"name": "sluice", "domains": ["*"], "routes": routes(settings)}],
+            "virtual_hosts": [
+                {
+                    "name": "sluice",
+                    "domains": ["*"],
+                    "routes": routes(settings),
+                    # A client must not pick the provider's faults unless the suite runs
+                    # with fault injection on (docs/security.md).
+                    **(
+                        {}
+                        if settings.provider.fault_injection
+                        else {"request_headers_to_remove": [headers.FAULT]}
+                    ),
+                }
+            ],
         },
         **({"tracing": tracing(settings)} if settings.router.tracing.enabled else {}),
         "http_filters": [
@@ -88,7 +112,7 @@ def _connection_manager(settings: SuiteSettings, descriptor: Path) -> dict[str, 
 def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
     """The Envoy bootstrap as a dict."""
     envoy = settings.envoy
-    return {
+    bootstrap: dict[str, Any] = {
         "overload_manager": {
             "resource_monitors": [
                 {
@@ -100,8 +124,9 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
                 }
             ]
         },
+        # Loopback whatever the edge binds: admin can quit Envoy and rewrite its runtime.
         "admin": {
-            "address": {"socket_address": {"address": envoy.host, "port_value": envoy.admin_port}}
+            "address": {"socket_address": {"address": ADMIN_HOST, "port_value": envoy.admin_port}}
         },
         "layered_runtime": flush_runtime(),
         "static_resources": {
@@ -127,6 +152,16 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
             "clusters": clusters(settings),
         },
     }
+    security = settings.router.security
+    if not security.mtls:
+        return bootstrap
+    # Under mtls every gRPC upstream demands Envoy's certificate (docs/security.md); the
+    # router's HTTP listener (router_http) stays plaintext HTTP/1.1 on loopback.
+    return secure_clusters(
+        bootstrap,
+        envoy_tls_files(security),
+        {ROUTER_CLUSTER: "router", LIMITER_CLUSTER: "limiter", TELEMETRY_CLUSTER: "telemetry"},
+    )
 
 
 def render_yaml(settings: SuiteSettings, descriptor: Path) -> str:

@@ -14,7 +14,7 @@ from sluice.launcher.envoy.names import (
     TELEMETRY_CLUSTER,
     seconds,
 )
-from sluice.launcher.settings import SuiteSettings
+from sluice.launcher.settings import EdgeCircuitBreakerSettings, SuiteSettings
 
 
 def cluster(
@@ -27,10 +27,22 @@ def cluster(
     http2: dict[str, Any] | None = None,
     health_service: str | None = None,
     health_interval_ms: int = 0,
+    circuit_breakers: EdgeCircuitBreakerSettings | None = None,
 ) -> dict[str, Any]:
     """One cluster of a single host. `http2` (its protocol options) makes it HTTP/2;
     `health_service` adds an active gRPC health check, which needs HTTP/2."""
     built: dict[str, Any] = {"name": name, "type": kind, "connect_timeout": connect_timeout}
+    if circuit_breakers is not None:
+        built["circuit_breakers"] = {
+            "thresholds": [
+                {
+                    "priority": "DEFAULT",
+                    "max_connections": circuit_breakers.max_connections,
+                    "max_pending_requests": circuit_breakers.max_pending_requests,
+                    "max_requests": circuit_breakers.max_requests,
+                }
+            ]
+        }
     if http2 is not None:
         built["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -77,11 +89,19 @@ def clusters(settings: SuiteSettings) -> list[dict[str, Any]]:
             },
             health_service=ROUTER_SERVICE,
             health_interval_ms=envoy.health_check_interval_ms,
+            circuit_breakers=envoy.circuit_breakers,
         )
     ]
     if router.http_api.enabled:
         # The OpenAI-compatible listener speaks HTTP/1.1.
-        built.append(cluster(HTTP_API_CLUSTER, router.http_api.host, router.http_api.port))
+        built.append(
+            cluster(
+                HTTP_API_CLUSTER,
+                router.http_api.host,
+                router.http_api.port,
+                circuit_breakers=envoy.circuit_breakers,
+            )
+        )
     if envoy.rate_limit.enabled:
         # No active health check: the filter's timeout and failure mode decide what
         # happens when the limiter is down.

@@ -11,6 +11,7 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from sluice.core.bounded_json import MAX_DEPTH
 from sluice.core.config import SecuritySettings, ServerSettings, ServiceSettings
 from sluice.core.resilience.breaker import BreakerSettings
 from sluice.core.resilience.bulkhead import BulkheadSettings
@@ -138,6 +139,8 @@ class HttpApiSettings(BaseModel):
     """HTTP port; 0 picks a free one."""
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     """Largest request body accepted."""
+    max_json_depth: int = Field(MAX_DEPTH, ge=2, le=1000)
+    """Deepest nesting of arrays and objects in a request body (core/bounded_json.py)."""
 
 
 class ConverseSettings(BaseModel):
