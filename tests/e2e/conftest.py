@@ -124,6 +124,7 @@ def suite_config(ports: dict[str, int], **overrides: Any) -> dict[str, Any]:
             # Off by default (cost); on here so the suite tests the whole edge path.
             "rate_limit": {"enabled": True},
         },
+        "supervisor": {"metrics_port": ports["supervisor_metrics"]},
     }
     for section, values in overrides.items():
         config.setdefault(section, {}).update(values)
@@ -142,6 +143,7 @@ PORT_NAMES = (
     "telemetry_metrics",
     "envoy",
     "envoy_admin",
+    "supervisor_metrics",
 )
 
 
