@@ -131,9 +131,10 @@ def test_a_part_that_keeps_failing_is_given_up_and_the_rest_keeps_serving(
             restarts = supervisor_metric(suite, "sluice_launcher_part_restarts_total", "telemetry")
             assert restarts == 2
             time.sleep(1.0)  # no further restart after giving up
-            assert supervisor_metric(
-                suite, "sluice_launcher_part_restarts_total", "telemetry"
-            ) == restarts
+            assert (
+                supervisor_metric(suite, "sluice_launcher_part_restarts_total", "telemetry")
+                == restarts
+            )
             assert supervisor_metric(suite, "sluice_launcher_part_up", "telemetry") == 0
             # Everything else keeps serving.
             for part in ("router", "limiter", "provider"):

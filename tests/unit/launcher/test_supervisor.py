@@ -29,9 +29,7 @@ class FakeProcess:
         return self.returncode
 
 
-def suite_with(
-    tmp_path: Path, replicas: int = 2, **supervisor: Any
-) -> tuple[Suite, list[str]]:
+def suite_with(tmp_path: Path, replicas: int = 2, **supervisor: Any) -> tuple[Suite, list[str]]:
     settings = load_suite(None)
     provider = settings.provider.model_copy(update={"replicas": replicas})
     settings = dataclasses.replace(
@@ -64,7 +62,9 @@ def kill(target: Part, code: int = -9) -> None:
 
 
 def sample(suite: Suite, name: str, target: Part) -> float:
-    value = suite.metrics.registry.get_sample_value(name, {"part": target.name, "role": target.role})
+    value = suite.metrics.registry.get_sample_value(
+        name, {"part": target.name, "role": target.role}
+    )
     assert value is not None, name
     return value
 
@@ -178,10 +178,7 @@ def test_a_part_that_cannot_bind_is_retried_then_named_with_its_port(
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        binder = (
-            "import socket,sys; s=socket.socket(); "
-            f"s.bind(('127.0.0.1', {port})); sys.exit(0)"
-        )
+        binder = f"import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', {port})); sys.exit(0)"
         blocked = Part(
             "router",
             [sys.executable, "-c", binder],
