@@ -35,7 +35,7 @@ def serving(target: str, service: str) -> bool:
             )
         except grpc.RpcError:
             return False
-    return response.status == health_pb2.HealthCheckResponse.SERVING
+    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def pid_of(run_dir: Path, part: str) -> int:
