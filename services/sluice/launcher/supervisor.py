@@ -388,7 +388,13 @@ class Suite:
         admin = f"http://{envoy.host}:{envoy.admin_port}"
         router = self.settings.router.server
         healthy_router = f"router::{router.host}:{router.port}::health_flags::healthy"
-        return _http_ok(f"{admin}/ready") and _http_ok(f"{admin}/clusters", healthy_router)
+        # The epoch tells the new Envoy's admin from its parent's during a hot restart.
+        epoch = f'"restart_epoch": {self.envoy_identity.epoch},'
+        return (
+            _http_ok(f"{admin}/ready")
+            and _http_ok(f"{admin}/server_info", epoch)
+            and _http_ok(f"{admin}/clusters", healthy_router)
+        )
 
     def _start_envoy(self) -> None:
         envoy = self.settings.envoy
