@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 
-from sluice.telemetry.memory import SPAN_OVERHEAD_BYTES, span_bytes, spans_bytes
+from sluice.telemetry.memory import (
+    MEMORY_PER_WIRE_BYTE,
+    SPAN_OVERHEAD_BYTES,
+    span_bytes,
+    spans_bytes,
+)
 from sluice.telemetry.sampling import StoredSpan, TailSampler
 from sluice.telemetry.stats import WindowStats
 from sluice.telemetry.store import SpanStore
@@ -21,8 +26,8 @@ def fat(trace_id: bytes, size: int = 1_000) -> StoredSpan:
 
 def test_span_estimate_grows_with_the_serialized_size() -> None:
     small, big = fat(os.urandom(16), 10), fat(os.urandom(16), 5_000)
-    assert span_bytes(small) == 4 * small.span.ByteSize() + SPAN_OVERHEAD_BYTES
-    assert span_bytes(big) - span_bytes(small) >= 4 * 4_990
+    assert span_bytes(small) == MEMORY_PER_WIRE_BYTE * small.span.ByteSize() + SPAN_OVERHEAD_BYTES
+    assert span_bytes(big) - span_bytes(small) >= MEMORY_PER_WIRE_BYTE * 4_990
 
 
 def test_store_evicts_the_oldest_traces_beyond_its_byte_bound() -> None:
@@ -31,8 +36,8 @@ def test_store_evicts_the_oldest_traces_beyond_its_byte_bound() -> None:
     for trace_id in ids:
         assert store.add(trace_id, [fat(trace_id), fat(trace_id)]) == 0
         assert store.bytes_used <= store.max_bytes
-    # ~8.3 KiB a trace: about 24 fit, far fewer than the count bound.
-    assert 15 <= len(store) <= 30
+    # ~12 KiB a trace: about 16 fit, far fewer than the count bound.
+    assert 10 <= len(store) <= 25
     assert store.evicted == 200 - len(store)
     assert store.get(ids[0]) == []
     assert len(store.get(ids[-1])) == 2
