@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry, Gauge
+
 from sluice.core.clock import Clock
 
 LeaseKey = tuple[str, str, str, str, str]
@@ -54,6 +56,7 @@ class LeaseBook:
         ask: int,
         max_subjects: int = 10_000,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self._clock = clock
         self._ask = ask
@@ -61,6 +64,17 @@ class LeaseBook:
         self.max_bytes = max_bytes
         self.bytes_used = 0
         self._leases: dict[LeaseKey, _Lease] = {}
+        if registry is not None:
+            Gauge(
+                "sluice_router_lease_book_bound_bytes",
+                "Most bytes the book of leased limiter permits may hold.",
+                registry=registry,
+            ).set(max_bytes)
+            Gauge(
+                "sluice_router_lease_book_used_bytes",
+                "Estimated bytes the book of leased limiter permits holds now.",
+                registry=registry,
+            ).set_function(lambda: self.bytes_used)
 
     def __contains__(self, key: object) -> bool:
         return key in self._leases

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from prometheus_client import CollectorRegistry
+
 from sluice.router.leases import LeaseBook, LeaseKey, entry_bytes
 from tests.support import FakeClock
 
@@ -120,3 +122,11 @@ def test_the_book_is_bounded_by_bytes_whatever_the_callers_put_in_a_key() -> Non
     assert book.ask_for(huge) == 0
     assert book.ask_for(huge) == 0
     assert huge not in book
+
+
+def test_the_books_bound_and_use_are_reported_when_given_a_registry() -> None:
+    registry = CollectorRegistry()
+    book = LeaseBook(FakeClock(), ask=10, max_bytes=2_000_000, registry=registry)
+    book.ask_for(KEY)
+    assert registry.get_sample_value("sluice_router_lease_book_bound_bytes") == 2_000_000
+    assert registry.get_sample_value("sluice_router_lease_book_used_bytes") == entry_bytes(KEY)
