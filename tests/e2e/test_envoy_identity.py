@@ -198,6 +198,7 @@ def run_as(uid: int, gid: int, argv: list[str], log: Path) -> subprocess.Popen[b
         )  # fmt: skip
 
 
+@pytest.mark.timeout(300)  # two whole suites start and stop one after the other
 def test_two_suites_and_another_users_envoy_side_by_side(
     tmp_path: Path, other_user: tuple[int, int]
 ) -> None:

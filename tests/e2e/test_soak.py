@@ -12,6 +12,7 @@ from loadtest.soak import PARTS, parse, running_suite, soak
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.timeout(300)  # a minute of load plus the suite's start and stop
 async def test_shortened_soak_keeps_every_request_and_every_process(tmp_path: Path) -> None:
     args = parse(["--duration", "60", "--interval", "12", "-c", "6", "--quiet"])
     with running_suite(tmp_path) as (edge, run_dir, process):
