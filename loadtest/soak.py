@@ -24,6 +24,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess  # nosec B404 - we start our own `sluice up`
 import sys
 import tempfile
@@ -37,7 +38,6 @@ import grpc
 import httpx
 import yaml
 
-from loadtest.chaos import free_ports
 from sluice.common.v1 import common_pb2
 from sluice.router.v1 import router_pb2, router_pb2_grpc
 
@@ -50,6 +50,20 @@ PORTS = (
     "provider_metrics", "telemetry", "telemetry_metrics", "envoy", "envoy_admin", "supervisor",
 )  # fmt: skip
 MAX_DURATION_S = 7 * 24 * 3600
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def soak_config(ports: dict[str, int]) -> dict[str, Any]:
