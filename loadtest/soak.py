@@ -9,7 +9,8 @@ seconds it samples each process of the suite (resident memory, open files, threa
 from /proc) and the interval's requests, error rate and p99 latency. At the end it
 prints availability, p99 drift (last interval against the first) and the memory slope
 per process in MB/hour (least squares over the samples after the first tenth, so
-start-up growth does not count). Bounded: the duration is capped and it stops itself.
+start-up growth does not count, and over the second half, once the in-memory stores
+have filled up to their bounds). Bounded: the duration is capped and it stops itself.
 
     python loadtest/soak.py --duration 3600                 # one hour, a sample a minute
     python loadtest/soak.py --duration 90 --interval 10     # the shortened test run
@@ -269,6 +270,8 @@ def summarise(run: Run, elapsed_s: float) -> dict[str, Any]:
             "rss_mb_last": samples[-1].rss_mb,
             "rss_mb_max": max(s.rss_mb for s in samples),
             "rss_slope_mb_per_hour": slope_mb_per_hour(samples),
+            # Stores fill up to their bounds first: a plateau shows in the second half.
+            "rss_slope_mb_per_hour_last_half": slope_mb_per_hour(samples[len(samples) // 2 :]),
             "open_files_first": samples[0].open_files,
             "open_files_last": samples[-1].open_files,
             "threads_first": samples[0].threads,
