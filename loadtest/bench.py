@@ -152,6 +152,7 @@ def suite_config(tracing_ratio: float | None) -> dict[str, Any]:
         "provider": {"server": servers["provider"], "backends": BACKENDS},
         "telemetry": {"server": servers["telemetry"]},
         "envoy": {"host": host, "port": next(ports), "admin_port": next(ports), "drain_time_s": 1},
+        "supervisor": {"metrics_port": 0},  # a free port: never another suite's
     }
 
 

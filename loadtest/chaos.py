@@ -114,6 +114,7 @@ def chaos_config(ports: dict[str, int], reset_timeout_ms: int) -> dict[str, Any]
             "server": {"port": ports["telemetry"], "metrics_port": ports["telemetry_metrics"]}
         },
         "envoy": {"enabled": False, "port": ports["envoy"], "admin_port": ports["envoy_admin"]},
+        "supervisor": {"metrics_port": 0},  # a free port: never another suite's
     }
 
 

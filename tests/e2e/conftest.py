@@ -18,11 +18,24 @@ import pytest
 import yaml
 
 from loadtest.chaos import free_ports
+from sluice.launcher.hot_restart import segment_path
 
 __all__ = ["BIN", "DEV_KEY", "RunningSuite", "free_ports", "start_envoy", "start_suite"]
 
 BIN = Path(sys.executable).parent
 DEV_KEY = "sk-sluice-dev"
+
+
+# Base ids of the Envoys started alone below; their shared-memory segments are removed
+# when the session ends (Envoy leaves them behind, see launcher/hot_restart.py).
+_ALONE_BASE_IDS: list[int] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_envoy_segments() -> Iterator[None]:
+    yield
+    for base_id in _ALONE_BASE_IDS:
+        segment_path(base_id).unlink(missing_ok=True)
 
 
 def start_envoy(config: Path, admin_port: int) -> subprocess.Popen[bytes]:
@@ -33,6 +46,7 @@ def start_envoy(config: Path, admin_port: int) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    _ALONE_BASE_IDS.append(admin_port)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -124,6 +138,7 @@ def suite_config(ports: dict[str, int], **overrides: Any) -> dict[str, Any]:
             # Off by default (cost); on here so the suite tests the whole edge path.
             "rate_limit": {"enabled": True},
         },
+        "supervisor": {"metrics_port": ports["supervisor_metrics"]},
     }
     for section, values in overrides.items():
         config.setdefault(section, {}).update(values)
@@ -142,6 +157,7 @@ PORT_NAMES = (
     "telemetry_metrics",
     "envoy",
     "envoy_admin",
+    "supervisor_metrics",
 )
 
 

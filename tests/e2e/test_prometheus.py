@@ -36,6 +36,7 @@ def render_config(ports: dict[str, int], into: Path) -> Path:
         "sluice-provider": ports["provider_metrics"],
         "sluice-telemetry": ports["telemetry_metrics"],
         "envoy": ports["envoy_admin"],
+        "sluice-launcher": ports["supervisor_metrics"],
     }
     assert {job["job_name"] for job in config["scrape_configs"]} == set(targets)
     for job in config["scrape_configs"]:
@@ -105,6 +106,7 @@ def test_prometheus_scrapes_the_suite_and_sees_the_request_rate(tmp_path: Path) 
                 "sluice-provider",
                 "sluice-telemetry",
                 "envoy",
+                "sluice-launcher",
             }, (tmp_path / "prometheus.log").read_text()[-3000:]
             assert rate and float(rate[0]["value"][1]) > 0
             rules = httpx.get(f"{base}/api/v1/rules", timeout=5).json()["data"]["groups"]
@@ -115,6 +117,7 @@ def test_prometheus_scrapes_the_suite_and_sees_the_request_rate(tmp_path: Path) 
                 "sluice-resilience",
                 "sluice-sla-recording",
                 "sluice-sla",
+                "sluice-runtime",
             }
             assert recorded and float(recorded[0]["value"][1]) == 0.0
         finally:

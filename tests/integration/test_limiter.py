@@ -479,3 +479,13 @@ async def test_a_negative_lease_request_is_invalid_argument(
     assert [v.field for v in bad.field_violations] == ["lease_requests"]
     # Nothing was taken.
     assert (await limiter.Acquire(acquire("big"))).remaining == 99
+
+
+async def test_memory_bound_and_use_are_reported(
+    limiter: limiter_pb2_grpc.LimiterServiceStub, limiter_host: ServiceHost
+) -> None:
+    port = limiter_host.metrics_port
+    before = await metric(port, "sluice_limiter_memory_used_bytes")
+    await limiter.Acquire(acquire("a-new-key"))
+    assert await metric(port, "sluice_limiter_memory_used_bytes") > before
+    assert await metric(port, "sluice_limiter_memory_bound_bytes") == 64 * 1024 * 1024

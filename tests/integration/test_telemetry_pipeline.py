@@ -340,3 +340,20 @@ async def test_an_endpoint_that_comes_up_late_gets_the_spans_by_retrying(
         return len(response.traces)
 
     assert await eventually(read, lambda n: n == 1, within_s=10) == 1
+
+
+async def test_metrics_report_every_memory_bound_and_its_use(stack: ServiceStack) -> None:
+    host = await start(stack, max_store_bytes=2 * 1024 * 1024)
+    receiver, _ = stubs(stack, host)
+    bound = await metric(host.metrics_port, "sluice_telemetry_memory_bound_bytes", store="traces")
+    assert bound == 2 * 1024 * 1024
+    for store in ("pending_traces", "stats_samples"):
+        assert await metric(host.metrics_port, "sluice_telemetry_memory_bound_bytes", store=store)
+    trace_id = os.urandom(16)
+    await receiver.Export(export_request("router", span(trace_id, error=True)))
+    used = await eventually(
+        lambda: metric(host.metrics_port, "sluice_telemetry_memory_used_bytes", store="traces"),
+        lambda value: value > 0,
+        within_s=5,
+    )
+    assert 0 < used <= bound

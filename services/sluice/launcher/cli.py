@@ -1,7 +1,10 @@
 """`sluice`: start the suite (`sluice up`), run one part of it in the foreground
 (`sluice serve PART`, `sluice envoy`: what each container of the image runs), print its
 Envoy configuration, show where time goes (`sluice top`), or create the suite's mTLS
-certificates (`sluice certs`)."""
+certificates (`sluice certs`).
+
+`sluice up` restarts any part that exits (see launcher/supervisor.py); SIGHUP makes it
+hot-restart Envoy on a freshly rendered configuration without closing its listeners."""
 
 from __future__ import annotations
 
@@ -54,6 +57,9 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+_TICK_S = 0.1
+
+
 def _up(args: argparse.Namespace) -> int:
     settings = load_suite(args.config)
     if args.provider_replicas is not None:
@@ -65,25 +71,37 @@ def _up(args: argparse.Namespace) -> int:
         log_dir=Path(args.log_dir) if args.log_dir else None,
         start_envoy=False if args.no_envoy else None,
     )
+    wake = threading.Event()
     stop = threading.Event()
+    hot_restart = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         stop.set()
+        wake.set()
+
+    def request_hot_restart(signum: int, frame: FrameType | None) -> None:
+        hot_restart.set()
+        wake.set()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, request_hot_restart)
     try:
         suite.start()
     except StartupError as err:
         print(f"sluice up: {err}", file=sys.stderr)
         return 1
     print(suite.banner(), flush=True)
-    while not stop.wait(0.5):
-        failed = suite.supervise()
-        if failed is not None:
-            print(f"sluice up: {failed.name} exited; stopping the suite", file=sys.stderr)
-            suite.stop()
-            return 1
+    while not stop.is_set():
+        # A short tick: a part's exit is seen within it, so recovery starts quickly.
+        wake.wait(_TICK_S)
+        wake.clear()
+        if stop.is_set():
+            break
+        if hot_restart.is_set():
+            hot_restart.clear()
+            suite.hot_restart_envoy()
+        suite.supervise()
     print("stopping...", flush=True)
     suite.stop()
     print("stopped.", flush=True)

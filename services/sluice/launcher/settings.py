@@ -1,10 +1,11 @@
 """Settings of the whole suite as `sluice up` sees it: each service's own settings plus
-the Envoy front (YAML section `envoy`, env prefix SLUICE_ENVOY_)."""
+the Envoy front (YAML section `envoy`, env prefix SLUICE_ENVOY_) and the supervisor
+that keeps the parts running (YAML section `supervisor`, env prefix SLUICE_SUPERVISOR_)."""
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,40 @@ class EnvoySettings(BaseSettings):
     """Bounds on what Envoy sends the router at once (its clusters' circuit breakers)."""
 
 
+class SupervisorSettings(BaseSettings):
+    """How `sluice up` restarts parts that exit, and where it reports on them."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SLUICE_SUPERVISOR_",
+        env_nested_delimiter="__",
+        use_attribute_docstrings=True,
+        extra="forbid",
+    )
+
+    backoff_initial_s: float = Field(0.25, gt=0.0, le=60.0)
+    """Wait before restarting a part that exited; doubled for each exit in a row."""
+    backoff_max_s: float = Field(8.0, gt=0.0, le=600.0)
+    """Longest wait between restarts."""
+    stable_s: float = Field(10.0, gt=0.0)
+    """A part that ran this long before exiting starts over at the shortest wait."""
+    max_restarts: int = Field(5, ge=0, le=1000)
+    """Restarts of one part allowed within `restart_window_s`; one more exit and the part
+    is declared crash-looping: reported and left stopped (the rest keeps running)."""
+    restart_window_s: float = Field(300.0, gt=0.0)
+    """The window `max_restarts` counts in."""
+    host: str = "127.0.0.1"
+    """Address of the supervisor's own Prometheus endpoint."""
+    metrics_port: int = Field(9105, ge=0, le=65535)
+    """Port of the supervisor's /metrics (restarts, crash loops, parts up); 0 picks a
+    free one (shown in the banner)."""
+
+    @model_validator(mode="after")
+    def _max_not_below_initial(self) -> SupervisorSettings:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be at least backoff_initial_s")
+        return self
+
+
 @dataclass(frozen=True)
 class SuiteSettings:
     """Every part's validated settings, from one YAML file and the environment."""
@@ -159,6 +194,7 @@ class SuiteSettings:
     telemetry: TelemetrySettings
     envoy: EnvoySettings
     config_path: Path | None
+    supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
 
 
 def _loopback(host: str) -> bool:
@@ -202,6 +238,10 @@ def load_suite(
         envoy = EnvoySettings(**envoy_section)
     except ValidationError as err:
         raise ConfigError(describe_validation_error("envoy", err)) from err
+    try:
+        supervisor = SupervisorSettings(**(data.get("supervisor") or {}))
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error("supervisor", err)) from err
     return SuiteSettings(
         router=load_settings(RouterSettings, "router", data=data),
         limiter=load_settings(LimiterSettings, "limiter", data=data),
@@ -209,4 +249,5 @@ def load_suite(
         telemetry=load_settings(TelemetrySettings, "telemetry", data=data),
         envoy=envoy,
         config_path=Path(path) if path else None,
+        supervisor=supervisor,
     )

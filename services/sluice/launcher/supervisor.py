@@ -6,11 +6,16 @@ Stop order: router first, so it drains in-flight streams while Envoy and the pro
 are still up; then Envoy, provider, limiter and telemetry last, so final spans land.
 Children die with the supervisor (PR_SET_PDEATHSIG), so none is left behind.
 
-Provider replicas (``provider.replicas``) are restarted when they die, with an
-exponential backoff, instead of taking the suite down: the router balances over the
-replicas and retries a call a dead one refused, so losing one is a recoverable fault.
-Any other part exiting still stops the suite. Each part's PID is written to
-``<run_dir>/<part>.pid`` (for operators and chaos runs).
+Every part (router, limiter, provider replicas, telemetry, Envoy) that exits is
+restarted with an exponential backoff; a part that keeps exiting is declared
+crash-looping after `supervisor.max_restarts` restarts within the window, reported (log
+line, `sluice_launcher_part_crash_looping` on the supervisor's /metrics, alert rule in
+deploy/prometheus/rules/runtime.yml) and left stopped while the rest keeps serving. A
+part that exits before it is ready at start (a port already taken) is retried the same
+way and named with its ports. Envoy keeps one hot-restart identity per suite
+(launcher/hot_restart.py); SIGHUP to `sluice up` hot-restarts it. Each part's PID is
+written to ``<run_dir>/<part>.pid`` (for operators and chaos runs). docs/runtime.md
+describes it for operators.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import ctypes
 import os
 import shutil
 import signal
+import socket
 
 # We start our own services and Envoy with fixed argv lists (no shell).
 import subprocess  # nosec B404
@@ -39,7 +45,10 @@ from sluice.core.grpcx.certs import has_suite_certs, write_suite_certs
 from sluice.core.grpcx.tls import OPERATOR, ClientTls, client_tls
 from sluice.launcher.envoy import ROUTER_SERVICE, descriptor_path, render_yaml
 from sluice.launcher.envoy.bootstrap import ADMIN_HOST
-from sluice.launcher.settings import SuiteSettings, exposure_problems
+from sluice.launcher.hot_restart import EnvoyIdentity
+from sluice.launcher.metrics import SupervisorMetrics
+from sluice.launcher.restarts import RestartPolicy
+from sluice.launcher.settings import SuiteSettings, SupervisorSettings, exposure_problems
 from sluice.router.settings import DEV_KEY_SHA256
 
 _PR_SET_PDEATHSIG = 1
@@ -49,11 +58,23 @@ class StartupError(RuntimeError):
     """A part of the suite did not become ready."""
 
 
+class PartExitedError(StartupError):
+    """A part exited before it became ready."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# Loaded once here: the child between fork and exec must not load libraries, since the
+# metrics thread may hold a lock (the dynamic loader's, malloc's) at fork time.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
 def _die_with_parent() -> None:
     # Runs in the child between fork and exec: ask the kernel to SIGTERM it when the
-    # supervisor dies, however it dies.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    # supervisor's main thread (the one that forks) dies, however it dies.
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -69,23 +90,50 @@ class Part:
     """The service the part runs (several provider replicas share one role)."""
     env: dict[str, str] = field(default_factory=dict)
     """Environment added for this part only."""
-    restart: bool = False
-    """Restart the part when it dies (instead of stopping the suite)."""
+    ready: Callable[[], bool] = field(default=lambda: True, repr=False)
+    """True once the part serves (gRPC health SERVING, Envoy ready)."""
+    ports: list[tuple[str, str, int]] = field(default_factory=list)
+    """(what, host, port) of each listener the part binds, named when it fails."""
+    policy: RestartPolicy = field(default_factory=lambda: RestartPolicy(SupervisorSettings()))
     restarts: int = 0
     """Times the part was restarted."""
     started_at: float = 0.0
     restart_at: float | None = None
-    failures_in_a_row: int = 0
+    down_since: float | None = None
+    """When the supervisor saw the part exit (None while it serves)."""
 
     def __post_init__(self) -> None:
         if not self.role:
             self.role = self.name
 
+    @property
+    def crash_looping(self) -> bool:
+        """Whether the part used up its restarts and is left stopped."""
+        return self.policy.crash_looping
 
-# A replica that lived this long before dying starts over at the shortest backoff.
-_STABLE_S = 10.0
-_RESTART_BACKOFF_S = 0.25
-_MAX_RESTART_BACKOFF_S = 8.0
+
+def _port_free(host: str, port: int) -> bool:
+    # SO_REUSEADDR as the servers set it, so a socket in TIME_WAIT does not count as taken.
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _stop_process(process: subprocess.Popen[bytes], grace_s: float) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s + 5.0)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5.0)
+
+
+def _say(message: str) -> None:
+    print(f"sluice up: {message}", file=sys.stderr, flush=True)
 
 
 def _grpc_serving(
@@ -159,9 +207,16 @@ def write_envoy_config(settings: SuiteSettings, run_dir: Path) -> Path:
     return config_file
 
 
-def envoy_argv(settings: SuiteSettings, config_file: Path) -> list[str]:
-    """Envoy's command line for a rendered bootstrap (``sluice up`` and ``sluice envoy``)."""
+def envoy_argv(
+    settings: SuiteSettings, config_file: Path, identity: list[str] | None = None
+) -> list[str]:
+    """Envoy's command line for a rendered bootstrap (``sluice up`` and ``sluice envoy``).
+
+    `identity` is the hot-restart identity `sluice up` keeps per suite (hot_restart.py); a
+    container's lone Envoy (``sluice envoy``) has a shared-memory namespace of its own and
+    takes the fixed base id."""
     envoy = settings.envoy
+    fixed_id = ["--base-id", str(envoy.admin_port)]
     return [
         envoy_binary(settings),
         "-c",
@@ -172,8 +227,7 @@ def envoy_argv(settings: SuiteSettings, config_file: Path) -> list[str]:
         f"{envoy.drain_time_s:g}",
         "--parent-shutdown-time-s",
         f"{envoy.drain_time_s + 1:g}",
-        "--base-id",
-        str(envoy.admin_port),  # lets several suites share a machine
+        *(fixed_id if identity is None else identity),
     ]
 
 
@@ -199,6 +253,10 @@ class Suite:
         """The suite's shared `security` section, with the generated certificates' directory
         when `sluice up` made them (mtls on, none configured)."""
         self._security_env: dict[str, str] = {}
+        self.metrics = SupervisorMetrics()
+        self.envoy_identity = EnvoyIdentity(self.run_dir)
+        self.retiring: list[subprocess.Popen[bytes]] = []
+        """Envoys handing over to a hot-restarted child; they exit on their own."""
 
     def _prepare_certificates(self) -> None:
         """Under mtls with no certificates configured, create (once) a local CA and every
@@ -261,7 +319,7 @@ class Suite:
             stderr=subprocess.STDOUT if stdout is not None else None,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops us in order
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads yet at spawn time
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - async-signal-safe: one prctl call
         )
         part.started_at = time.monotonic()
         if part not in self.parts:
@@ -287,11 +345,55 @@ class Suite:
         while time.monotonic() < deadline:
             code = part.process.poll() if part.process is not None else -1
             if code is not None:
-                raise StartupError(f"{part.name} exited with status {code} before {what}")
+                raise PartExitedError(f"{part.name} exited with status {code} before {what}", code)
             if ready():
                 return
             time.sleep(0.05)
         raise StartupError(f"{part.name}: {what} not reached in {self.startup_timeout_s:g} s")
+
+    def _ports_text(self, part: Part) -> str:
+        """The part's listeners, each marked when something else holds it."""
+        return ", ".join(
+            f"{what} {host}:{port}" + ("" if _port_free(host, port) else " (in use)")
+            for what, host, port in part.ports
+        )
+
+    def _add(self, part: Part) -> Part:
+        part.policy = RestartPolicy(self.settings.supervisor)
+        self.metrics.add(part.name, part.role)
+        return part
+
+    def _launch(self, part: Part, what: str) -> None:
+        """Start a part and wait until it is ready, retrying a failed start with backoff."""
+        self._add(part)
+        while True:
+            self._spawn(part)
+            self.metrics.up.labels(part.name, part.role).set(1)
+            try:
+                self._wait_until(part, part.ready, what)
+            except PartExitedError as exited:
+                now = time.monotonic()
+                self.metrics.up.labels(part.name, part.role).set(0)
+                self.metrics.exits.labels(part.name, part.role).inc()
+                delay = part.policy.on_exit(now, now - part.started_at)
+                where = self._ports_text(part)
+                if delay is None:
+                    self.metrics.crash_looping.labels(part.name, part.role).set(1)
+                    raise StartupError(
+                        f"{part.name} ({where}) exited with status {exited.code} before "
+                        f"{what} {part.restarts + 1} times; giving up"
+                    ) from exited
+                _say(
+                    f"{part.name} ({where}) exited with status {exited.code} before {what}; "
+                    f"retrying in {delay:g} s (restart {part.policy.tries + 1} of "
+                    f"{self.settings.supervisor.max_restarts})"
+                )
+                time.sleep(delay)
+                part.policy.restarted(time.monotonic())
+                part.restarts += 1
+                self.metrics.restarts.labels(part.name, part.role).inc()
+                continue
+            return
 
     def start(self) -> None:
         """Start every part in dependency order; raises StartupError (after cleaning up)."""
@@ -300,6 +402,17 @@ class Suite:
             raise StartupError("refusing to expose the edge: " + "; ".join(problems))
         try:
             self._prepare_certificates()
+            supervisor = self.settings.supervisor
+            try:
+                self.metrics.serve(supervisor.host, supervisor.metrics_port)
+            except OSError as err:
+                # Reporting must not keep the suite from serving (another suite on the
+                # machine may hold the default port): a free port, named in the banner.
+                port = self.metrics.serve(supervisor.host, 0)
+                _say(
+                    f"supervisor metrics cannot listen on {supervisor.host}:"
+                    f"{supervisor.metrics_port} ({err.strerror}); serving them on port {port}"
+                )
             self._start_services()
             if self.start_envoy:
                 self._start_envoy()
@@ -330,39 +443,159 @@ class Suite:
                             "SLUICE_PROVIDER_SERVER__PORT": str(port),
                             "SLUICE_PROVIDER_SERVER__METRICS_PORT": str(metrics_port),
                         },
-                        restart=len(replicas) > 1,
+                        ready=partial(
+                            _grpc_serving,
+                            f"{server.host}:{port}",
+                            health_service,
+                            tls=self._probe_tls(name),
+                        ),
+                        ports=[("grpc", server.host, port), ("metrics", server.host, metrics_port)],
                     )
-                    self._spawn(part)
-                    target = f"{server.host}:{port}"
-                    ready = partial(
-                        _grpc_serving, target, health_service, tls=self._probe_tls(name)
-                    )
-                    self._wait_until(part, ready, "SERVING")
+                    self._launch(part, "SERVING")
                 continue
             env = {}
-            if name == "router" and len(replicas) > 1:
-                # One target naming every replica; the router's channel balances round robin.
-                host = self.settings.provider.server.host
-                addresses = ",".join(f"{host}:{port}" for port, _ in replicas)
-                env["SLUICE_ROUTER_PROVIDER_ADDRESS"] = f"ipv4:{addresses}"
-            part = Part(name, argv, server.shutdown_grace_s, env=env)
-            self._spawn(part)
-            target = f"{server.host}:{server.port}"
-            ready = partial(_grpc_serving, target, health_service, tls=self._probe_tls(name))
-            self._wait_until(part, ready, "SERVING")
+            ports = [
+                ("grpc", server.host, server.port),
+                ("metrics", server.host, server.metrics_port),
+            ]
+            if name == "router":
+                http_api = self.settings.router.http_api
+                ports.append(("http", http_api.host, http_api.port))
+                if len(replicas) > 1:
+                    # One target naming every replica; the router's channel balances round robin.
+                    host = self.settings.provider.server.host
+                    addresses = ",".join(f"{host}:{port}" for port, _ in replicas)
+                    env["SLUICE_ROUTER_PROVIDER_ADDRESS"] = f"ipv4:{addresses}"
+            part = Part(
+                name,
+                argv,
+                server.shutdown_grace_s,
+                env=env,
+                ready=partial(
+                    _grpc_serving,
+                    f"{server.host}:{server.port}",
+                    health_service,
+                    tls=self._probe_tls(name),
+                ),
+                ports=ports,
+            )
+            self._launch(part, "SERVING")
 
-    def _start_envoy(self) -> None:
-        envoy = self.settings.envoy
+    def _envoy_argv(self, identity: list[str]) -> list[str]:
+        """Envoy's command line on a freshly rendered config, with its restart identity."""
         config_file = write_envoy_config(self.settings, self.run_dir)
-        part = Part("envoy", envoy_argv(self.settings, config_file), envoy.drain_time_s + 1)
-        self._spawn(part)
+        return envoy_argv(self.settings, config_file, identity)
+
+    def _envoy_ready(self) -> bool:
+        envoy = self.settings.envoy
         admin = f"http://{ADMIN_HOST}:{envoy.admin_port}"
         router = self.settings.router.server
         healthy_router = f"router::{router.host}:{router.port}::health_flags::healthy"
-        self._wait_until(part, lambda: _http_ok(f"{admin}/ready"), "/ready")
-        self._wait_until(
-            part, lambda: _http_ok(f"{admin}/clusters", healthy_router), "healthy router"
+        # The epoch tells the new Envoy's admin from its parent's during a hot restart.
+        epoch = f'"restart_epoch": {self.envoy_identity.epoch},'
+        return (
+            _http_ok(f"{admin}/ready")
+            and _http_ok(f"{admin}/server_info", epoch)
+            and _http_ok(f"{admin}/clusters", healthy_router)
         )
+
+    def _start_envoy(self) -> None:
+        envoy = self.settings.envoy
+        part = Part(
+            "envoy",
+            self._envoy_argv(self.envoy_identity.first_start()),
+            envoy.drain_time_s + 1,
+            ready=self._envoy_ready,
+            ports=[("edge", envoy.host, envoy.port), ("admin", ADMIN_HOST, envoy.admin_port)],
+        )
+        self._launch(part, "ready with a healthy router")
+
+    def part(self, name: str) -> Part | None:
+        """The part of that name, if the suite has one."""
+        return next((part for part in self.parts if part.name == name), None)
+
+    def hot_restart_envoy(self) -> bool:
+        """Replace a running Envoy by a hot restart (same base id, next epoch), so its
+        listeners stay open; returns whether the new one took over."""
+        part = self.part("envoy")
+        if part is None or part.process is None or part.process.poll() is not None:
+            _say("no running Envoy to hot-restart (a dead one is restarted by itself)")
+            return False
+        old = part.process
+        part.argv = self._envoy_argv(self.envoy_identity.restart(parent_alive=True))
+        self._spawn(part)
+        self.retiring.append(old)
+        try:
+            self._wait_until(part, self._envoy_ready, "ready after hot restart")
+        except StartupError as err:
+            # The old Envoy never handed over, so it keeps serving; the next try starts
+            # over from its epoch.
+            _say(f"hot restart of Envoy failed: {err}; the old one keeps serving")
+            if part.process.poll() is None:
+                self._stop_part(part)
+            self.retiring.remove(old)
+            part.process = old
+            self.envoy_identity.epoch -= 1
+            return False
+        _say(f"Envoy hot-restarted (epoch {self.envoy_identity.epoch}, pid {part.process.pid})")
+        return True
+
+    # -- supervise ---------------------------------------------------------------------
+
+    def supervise(self, now: float | None = None) -> None:
+        """Restart parts that exited (with backoff); give up on crash-looping ones."""
+        now = time.monotonic() if now is None else now
+        self.retiring = [old for old in self.retiring if old.poll() is None]
+        for part in self.parts:
+            process = part.process
+            if process is None or part.crash_looping:
+                continue
+            if process.poll() is None:
+                if part.down_since is not None and part.restart_at is None:
+                    self._check_recovered(part, now)
+                continue
+            if part.restart_at is None:
+                self._on_exit(part, process.returncode, now)
+            elif now >= part.restart_at:
+                part.restart_at = None
+                part.policy.restarted(now)
+                part.restarts += 1
+                self.metrics.restarts.labels(part.name, part.role).inc()
+                if part.role == "envoy":
+                    # Its parent is dead, so epoch 0 on the same base id (hot_restart.py).
+                    part.argv = self._envoy_argv(self.envoy_identity.restart(parent_alive=False))
+                self._spawn(part)
+                self.metrics.up.labels(part.name, part.role).set(1)
+
+    def _on_exit(self, part: Part, code: int, now: float) -> None:
+        if part.down_since is None:
+            part.down_since = now
+        self.metrics.up.labels(part.name, part.role).set(0)
+        self.metrics.exits.labels(part.name, part.role).inc()
+        delay = part.policy.on_exit(now, now - part.started_at)
+        window = self.settings.supervisor.restart_window_s
+        if delay is None:
+            self.metrics.crash_looping.labels(part.name, part.role).set(1)
+            _say(
+                f"{part.name} is crash-looping: exited with status {code} after "
+                f"{part.policy.tries} restarts within {window:g} s; not restarting it "
+                f"({self._ports_text(part)})"
+            )
+            return
+        part.restart_at = now + delay
+        _say(
+            f"{part.name} exited with status {code}; restarting in {delay:g} s "
+            f"(restart {part.policy.tries + 1} of {self.settings.supervisor.max_restarts} "
+            f"within {window:g} s; {self._ports_text(part)})"
+        )
+
+    def _check_recovered(self, part: Part, now: float) -> None:
+        if part.down_since is None or not part.ready():
+            return
+        seconds = now - part.down_since
+        part.down_since = None
+        self.metrics.recovery.labels(part.name, part.role).set(seconds)
+        _say(f"{part.name} serves again, {seconds:.2f} s after its exit was seen")
 
     # -- stop --------------------------------------------------------------------------
 
@@ -370,12 +603,7 @@ class Suite:
         process = part.process
         if process is None or process.poll() is not None:
             return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=part.grace_s + 5.0)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5.0)
+        _stop_process(process, part.grace_s)
 
     def stop(self) -> None:
         """Stop every part: router first (drains streams), telemetry last."""
@@ -384,40 +612,17 @@ class Suite:
             for part in self.parts:
                 if part.role == role:
                     self._stop_part(part)
+            if role == "envoy":
+                for old in self.retiring:
+                    _stop_process(old, self.settings.envoy.drain_time_s + 1)
+                self.retiring.clear()
+                if self.envoy_identity.started:
+                    self.envoy_identity.remove_segment()
         for part in self.parts:
             if part.log is not None:
                 part.log.close()
-
-    def failed_part(self) -> Part | None:
-        """The first part that exited on its own and is not restarted, if any."""
-        for part in self.parts:
-            if not part.restart and part.process is not None and part.process.poll() is not None:
-                return part
-        return None
-
-    def supervise(self, now: float | None = None) -> Part | None:
-        """Restart dead replicas (with backoff); return a dead part that stops the suite."""
-        now = time.monotonic() if now is None else now
-        for part in self.parts:
-            process = part.process
-            if not part.restart or process is None or process.poll() is None:
-                continue
-            if part.restart_at is None:
-                lived = now - part.started_at
-                part.failures_in_a_row = 0 if lived >= _STABLE_S else part.failures_in_a_row + 1
-                delay = min(_MAX_RESTART_BACKOFF_S, _RESTART_BACKOFF_S * 2**part.failures_in_a_row)
-                part.restart_at = now + delay
-                print(
-                    f"sluice up: {part.name} exited with status {process.returncode}; "
-                    f"restarting in {delay:g} s",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            elif now >= part.restart_at:
-                part.restart_at = None
-                part.restarts += 1
-                self._spawn(part)
-        return self.failed_part()
+                part.log = None
+        self.metrics.close()
 
     # -- banner ------------------------------------------------------------------------
 
@@ -455,6 +660,10 @@ class Suite:
                 f"  mutual TLS    on; operator certificate {certs}/operator.pem "
                 f"(key operator-key.pem, CA ca.pem)"
             )
+        lines.append(
+            f"  {'supervisor':<12}  metrics http://{s.supervisor.host}:{self.metrics.port}/metrics"
+            "   (restarts, crash loops)"
+        )
         if any(key.sha256 == DEV_KEY_SHA256 for key in s.router.api_keys):
             lines.append(
                 "  development API key: sk-sluice-dev   (authorization: Bearer sk-sluice-dev)"

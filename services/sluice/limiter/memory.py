@@ -2,6 +2,10 @@
 
 Exact for one replica: asyncio runs one decision at a time, and a decision checks every
 limit before it commits any, so a refusal consumes nothing.
+
+Each map (limit states, reservations, currency spend) is bounded by entries and by
+estimated bytes: keys carry caller-chosen values (a `user` as long as a header allows),
+so a count alone does not bound memory.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sluice.core.clock import Clock
 from sluice.limiter.algorithms import (
@@ -22,6 +27,53 @@ from sluice.limiter.algorithms import (
 )
 from sluice.limiter.backend import Outcome, Reconciled, Spent
 from sluice.limiter.policies import Check
+
+V = TypeVar("V")
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# An entry besides its key's characters: the dict slot, the str, the value object.
+_ENTRY_OVERHEAD_BYTES = 200
+
+
+class _SizedLru(OrderedDict[str, V]):
+    """Least recently used first out, beyond `max_entries` or `max_bytes` (estimated).
+
+    A mapping (reads are plain dict reads); `put`, `take` and `pop_oldest` keep the
+    size accounting.
+    """
+
+    def __init__(self, max_entries: int = 100_000, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        super().__init__()
+        self._max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes_used = 0
+        self._sizes: dict[str, int] = {}
+
+    def put(self, key: str, value: V, extra_bytes: int = 0) -> None:
+        size = _ENTRY_OVERHEAD_BYTES + len(key) + extra_bytes
+        self.bytes_used += size - self._sizes.get(key, 0)
+        self._sizes[key] = size
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > 1 and (len(self) > self._max_entries or self.bytes_used > self.max_bytes):
+            self.pop_oldest()
+
+    def take(self, key: str) -> V | None:
+        if key not in self:
+            return None
+        self.bytes_used -= self._sizes.pop(key, 0)
+        return super().pop(key)
+
+    def oldest(self) -> V | None:
+        return next(iter(self.values()), None)
+
+    def pop_oldest(self) -> None:
+        key, _ = self.popitem(last=False)
+        self.bytes_used -= self._sizes.pop(key, 0)
+
+    def clear(self) -> None:
+        super().clear()
+        self._sizes.clear()
+        self.bytes_used = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,15 +88,26 @@ class MemoryBackend:
     """A bounded map of key -> algorithm state, least recently used forgotten first."""
 
     def __init__(
-        self, clock: Clock, *, max_keys: int = 100_000, reservation_ttl_s: float = 3600.0
+        self,
+        clock: Clock,
+        *,
+        max_keys: int = 100_000,
+        reservation_ttl_s: float = 3600.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self._clock = clock
-        self._max_keys = max_keys
         self._reservation_ttl_s = reservation_ttl_s
-        self._states: OrderedDict[str, State] = OrderedDict()
-        self._reservations: OrderedDict[str, _Reservation] = OrderedDict()
-        self._spend: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self.max_bytes = max_bytes
+        # Half for the limit states, a quarter each for reservations and spend.
+        self._states: _SizedLru[State] = _SizedLru(max_keys, max_bytes // 2)
+        self._reservations: _SizedLru[_Reservation] = _SizedLru(max_keys, max_bytes // 4)
+        self._spend: _SizedLru[tuple[int, float]] = _SizedLru(max_keys, max_bytes // 4)
         """Currency spend per key: (period index, amount)."""
+
+    @property
+    def bytes_used(self) -> int:
+        """Estimated bytes of every map."""
+        return self._states.bytes_used + self._reservations.bytes_used + self._spend.bytes_used
 
     @property
     def name(self) -> str:
@@ -95,7 +158,7 @@ class MemoryBackend:
         """The synchronous reconciliation (the async `reconcile` wraps it)."""
         now = self._clock.monotonic()
         self._expire_reservations(now)
-        reservation = self._reservations.pop(reservation_id, None)
+        reservation = self._reservations.take(reservation_id)
         if reservation is None:
             return Reconciled(False)
         delta = actual_tokens - reservation.tokens
@@ -124,10 +187,7 @@ class MemoryBackend:
         period = math.floor(now / period_s)
         held = self._spend.get(key)
         total = (held[1] if held is not None and held[0] == period else 0.0) + amount
-        self._spend[key] = (period, total)
-        self._spend.move_to_end(key)
-        if len(self._spend) > self._max_keys:
-            self._spend.popitem(last=False)
+        self._spend.put(key, (period, total))
         return total
 
     async def spent(self, key: str, period_s: float) -> Spent:
@@ -142,20 +202,13 @@ class MemoryBackend:
         self._reservations.clear()
 
     def _store(self, key: str, state: State) -> None:
-        self._states[key] = state
-        self._states.move_to_end(key)
-        if len(self._states) > self._max_keys:
-            self._states.popitem(last=False)
+        self._states.put(key, state)
 
     def _remember(self, reservation_id: str, reservation: _Reservation) -> None:
         self._expire_reservations(reservation.reserved_at)
-        self._reservations[reservation_id] = reservation
-        if len(self._reservations) > self._max_keys:
-            self._reservations.popitem(last=False)
+        keys = sum(len(key) + _ENTRY_OVERHEAD_BYTES for key, _ in reservation.limits)
+        self._reservations.put(reservation_id, reservation, keys)
 
     def _expire_reservations(self, now: float) -> None:
-        while self._reservations:
-            oldest = next(iter(self._reservations.values()))
-            if oldest.expires > now:
-                break
-            self._reservations.popitem(last=False)
+        while (oldest := self._reservations.oldest()) is not None and oldest.expires <= now:
+            self._reservations.pop_oldest()

@@ -320,7 +320,19 @@ def build_backend(settings: LimiterSettings, clock: Clock | None, host: ServiceH
         clock or SystemClock(),
         max_keys=settings.max_tracked_keys,
         reservation_ttl_s=settings.reservation_ttl_s,
+        max_bytes=settings.max_tracked_bytes,
     )
+    memory_bound = Gauge(
+        "sluice_limiter_memory_bound_bytes",
+        "Most bytes the in-memory limit states, reservations and spend may hold.",
+        registry=host.registry,
+    )
+    memory_bound.set(local.max_bytes)
+    Gauge(
+        "sluice_limiter_memory_used_bytes",
+        "Estimated bytes the in-memory limit states, reservations and spend hold now.",
+        registry=host.registry,
+    ).set_function(lambda: local.bytes_used)
     if settings.backend == "memory":
         return local
     degraded = Gauge(

@@ -172,6 +172,9 @@ class LimiterSettings(ServiceSettings):
     """The Redis store (backend `redis`)."""
     max_tracked_keys: int = Field(100_000, ge=1)
     """Limit states kept in memory; the least recently used are forgotten beyond this."""
+    max_tracked_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
+    """Estimated bytes of the in-memory limit states, reservations and spend (keys carry
+    caller-chosen values, so `max_tracked_keys` alone does not bound memory)."""
     reservation_ttl_s: float = Field(3600.0, gt=0.0)
     """How long a token reservation can still be reconciled."""
     edge: EdgeSettings = EdgeSettings()

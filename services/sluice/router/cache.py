@@ -11,13 +11,15 @@ import base64
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from cachetools import TTLCache
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from sluice.common.v1 import common_pb2
@@ -81,27 +83,85 @@ class ResponseStore(Protocol):
         ...
 
 
-class ResponseCache:
-    """In-memory LRU with TTL over the injected clock."""
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# A cached answer besides its text and usage: the entry, the dataclass and the key.
+_ENTRY_OVERHEAD_BYTES = 400
 
-    def __init__(self, max_entries: int, ttl_s: float, clock: Clock) -> None:
-        self._entries: TTLCache[str, CachedAnswer] = TTLCache(
-            maxsize=max_entries, ttl=ttl_s, timer=clock.monotonic
+
+def answer_bytes(key: str, answer: CachedAnswer) -> int:
+    """Estimated resident size of one cached answer (UTF-8 text: at least its length)."""
+    return _ENTRY_OVERHEAD_BYTES + len(key) + len(answer.text) + len(answer.usage)
+
+
+class ResponseCache:
+    """In-memory LRU with TTL over the injected clock, bounded by entries and by bytes.
+
+    An answer may be up to `max_entry_chars` long, so a count alone lets the cache grow
+    to entries x that; each entry is charged at least max_bytes / max_entries, so both
+    bounds hold with one cachetools size bound.
+    """
+
+    def __init__(
+        self,
+        max_entries: int,
+        ttl_s: float,
+        clock: Clock,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.max_bytes = max_bytes
+        self._floor = max(1, max_bytes // max_entries)
+        self._entries: TTLCache[str, tuple[int, CachedAnswer]] = TTLCache(
+            maxsize=max_bytes, ttl=ttl_s, timer=clock.monotonic, getsizeof=self._charge
         )
+        if registry is not None:
+            registry.register(_CacheMemoryCollector(self))
+
+    def _charge(self, value: tuple[int, CachedAnswer]) -> int:
+        return max(self._floor, value[0])
+
+    @property
+    def bytes_used(self) -> int:
+        """Estimated bytes held (the entries' sizes, not what they are charged)."""
+        return sum(size for size, _ in self._entries.values())
 
     async def get(self, key: str) -> CachedAnswer | None:
         """The cached answer, if fresh."""
-        return self._entries.get(key)
+        entry = self._entries.get(key)
+        return None if entry is None else entry[1]
 
     async def put(self, key: str, answer: CachedAnswer) -> None:
-        """Store an answer."""
-        self._entries[key] = answer
+        """Store an answer (one bigger than the whole bound is not stored)."""
+        size = answer_bytes(key, answer)
+        if max(self._floor, size) > self.max_bytes:
+            return
+        self._entries[key] = (size, answer)
 
     async def close(self) -> None:
         """Nothing to release."""
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class _CacheMemoryCollector(Collector):
+    """The in-memory cache's bound and use, read at scrape time."""
+
+    def __init__(self, cache: ResponseCache) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "sluice_router_cache_bound_bytes",
+            "Most bytes the in-memory response cache may hold.",
+            value=self._cache.max_bytes,
+        )
+        yield GaugeMetricFamily(
+            "sluice_router_cache_used_bytes",
+            "Estimated bytes the in-memory response cache holds now.",
+            value=self._cache.bytes_used,
+        )
 
 
 class RedisResponseCache:

@@ -220,7 +220,13 @@ class FallbackChain:
                 cache.redis_url, cache.ttl_s, metrics.registry, spans=self._spans
             )
         elif cache.enabled:
-            self.cache = ResponseCache(cache.max_entries, cache.ttl_s, clock)
+            self.cache = ResponseCache(
+                cache.max_entries,
+                cache.ttl_s,
+                clock,
+                max_bytes=cache.max_bytes,
+                registry=metrics.registry,
+            )
         self._guards: dict[str, BackendGuard] = {}
 
     async def close(self) -> None:

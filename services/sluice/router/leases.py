@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry, Gauge
+
 from sluice.core.clock import Clock
 
 LeaseKey = tuple[str, str, str, str, str]
@@ -32,14 +34,53 @@ class _Lease:
     asking: bool = False
 
 
-class LeaseBook:
-    """Leased permits per subject; at most `max_subjects` are remembered (oldest go)."""
+# The dict slot, the key tuple and its five str objects, and the _Lease.
+_ENTRY_OVERHEAD_BYTES = 480
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 
-    def __init__(self, clock: Clock, *, ask: int, max_subjects: int = 10_000) -> None:
+
+def entry_bytes(key: LeaseKey) -> int:
+    """Estimated resident size of one subject's entry (its fields are the caller's, so
+    they count by length: a `user` may be as long as a header allows)."""
+    return _ENTRY_OVERHEAD_BYTES + sum(len(field) for field in key)
+
+
+class LeaseBook:
+    """Leased permits per subject; at most `max_subjects` are remembered, taking at most
+    `max_bytes` (estimated), the oldest going first."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        ask: int,
+        max_subjects: int = 10_000,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self._clock = clock
         self._ask = ask
         self._max_subjects = max_subjects
+        self.max_bytes = max_bytes
+        self.bytes_used = 0
         self._leases: dict[LeaseKey, _Lease] = {}
+        if registry is not None:
+            Gauge(
+                "sluice_router_lease_book_bound_bytes",
+                "Most bytes the book of leased limiter permits may hold.",
+                registry=registry,
+            ).set(max_bytes)
+            Gauge(
+                "sluice_router_lease_book_used_bytes",
+                "Estimated bytes the book of leased limiter permits holds now.",
+                registry=registry,
+            ).set_function(lambda: self.bytes_used)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._leases
+
+    def __len__(self) -> int:
+        return len(self._leases)
 
     @property
     def enabled(self) -> bool:
@@ -65,9 +106,17 @@ class LeaseBook:
             return 0
         lease = self._leases.get(key)
         if lease is None:
-            if len(self._leases) >= self._max_subjects:
-                del self._leases[next(iter(self._leases))]
+            size = entry_bytes(key)
+            if size > self.max_bytes:
+                return 0  # never remembered: asks nothing, like a subject seen once
+            while self._leases and (
+                len(self._leases) >= self._max_subjects or self.bytes_used + size > self.max_bytes
+            ):
+                oldest = next(iter(self._leases))
+                del self._leases[oldest]
+                self.bytes_used -= entry_bytes(oldest)
             self._leases[key] = _Lease()  # seen once: ask from the next request on
+            self.bytes_used += size
             return 0
         if lease.asking:
             return 0

@@ -110,7 +110,7 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Rou
             settings.resilience.limiter_fail_closed,
             host.registry,
         ),
-        leases=LeaseBook(clock, ask=settings.limiter_lease_requests),
+        leases=LeaseBook(clock, ask=settings.limiter_lease_requests, registry=host.registry),
         metrics=LimitMetrics(host.registry),
         clock=clock,
         timeout_s=settings.limiter_timeout_ms / 1000.0,

@@ -6,7 +6,8 @@ probably complete). It is kept when any span failed, when it lasted at least
 the way OpenTelemetry's TraceIdRatioBased does (its lower 64 bits against
 ratio * 2^64), so every replica decides the same. Late spans of a decided trace follow
 the decision already taken. Memory is bounded: at most `max_pending_traces` traces wait,
-beyond which the oldest is decided early; at most `max_spans_per_trace` spans each.
+holding at most `max_pending_bytes` (estimated, telemetry/memory.py), beyond which the
+oldest are decided early; at most `max_spans_per_trace` spans each.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp_trace
 
 from sluice.core.clock import Clock
+from sluice.telemetry.memory import span_bytes
 
 ERROR = otlp_trace.Status.STATUS_CODE_ERROR
 
@@ -55,6 +57,8 @@ class PendingTrace:
     spans: list[StoredSpan] = field(default_factory=list)
     last_seen: float = 0.0
     error: bool = False
+    size: int = 0
+    """Estimated bytes of the spans."""
 
 
 @dataclass(slots=True)
@@ -94,6 +98,7 @@ class TailSampler:
         slow_threshold_ms: float,
         max_pending_traces: int,
         max_spans_per_trace: int,
+        max_pending_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._clock = clock
         self._wait = decision_wait_s
@@ -101,6 +106,9 @@ class TailSampler:
         self._slow_ns = int(slow_threshold_ms * 1_000_000)
         self._max_pending = max_pending_traces
         self._max_spans = max_spans_per_trace
+        self.max_pending_bytes = max_pending_bytes
+        self.pending_bytes = 0
+        """Estimated bytes of the spans waiting for a decision."""
         # Insertion order = order of last activity (moved to the end on every span).
         self._pending: OrderedDict[bytes, PendingTrace] = OrderedDict()
         # Recent decisions, for late spans; bounded like the pending set.
@@ -121,17 +129,27 @@ class TailSampler:
         if pending is None:
             pending = self._pending[trace_id] = PendingTrace()
             if len(self._pending) > self._max_pending:
-                oldest_id, oldest = self._pending.popitem(last=False)
-                self._forced.append(self._decide(oldest_id, oldest))
+                self._force_oldest()
         else:
             self._pending.move_to_end(trace_id)
         if len(pending.spans) >= self._max_spans:
             return False
         pending.spans.append(item)
+        size = span_bytes(item)
+        pending.size += size
+        self.pending_bytes += size
+        while self.pending_bytes > self.max_pending_bytes and self._pending:
+            self._force_oldest()
         pending.last_seen = self._clock.monotonic()
         if item.span.status.code == ERROR:
             pending.error = True
         return True
+
+    def _force_oldest(self) -> None:
+        """Decide the least recently active trace now (a bound was reached)."""
+        oldest_id, oldest = self._pending.popitem(last=False)
+        self.pending_bytes -= oldest.size
+        self._forced.append(self._decide(oldest_id, oldest))
 
     def pending(self, trace_id: bytes) -> list[StoredSpan]:
         """Spans of a trace still waiting for its decision (empty when none)."""
@@ -150,6 +168,7 @@ class TailSampler:
             if not flush and pending.last_seen > cutoff:
                 break
             del self._pending[trace_id]
+            self.pending_bytes -= pending.size
             decided.append(self._decide(trace_id, pending))
         return decided
 

@@ -25,6 +25,7 @@ from sluice.core.grpcx.server import ServiceHost
 from sluice.core.grpcx.types import ServicerContext
 from sluice.core.telemetry.tracing import build_tracer_provider
 from sluice.telemetry.forward import ForwardMetrics, build_forwarders
+from sluice.telemetry.memory import MemoryCollector
 from sluice.telemetry.sampling import DecidedTrace, StoredSpan, TailSampler
 from sluice.telemetry.settings import TelemetrySettings
 from sluice.telemetry.stats import StatsCollector, WindowStats
@@ -56,15 +57,31 @@ class TracePipeline:
             slow_threshold_ms=sampling.slow_threshold_ms,
             max_pending_traces=sampling.max_pending_traces,
             max_spans_per_trace=settings.max_spans_per_trace,
+            max_pending_bytes=sampling.max_pending_bytes,
         )
-        self.store = SpanStore(settings.max_traces, settings.max_spans_per_trace)
+        self.store = SpanStore(
+            settings.max_traces, settings.max_spans_per_trace, settings.max_store_bytes
+        )
         self.stats = WindowStats(
             clock=clock,
             max_window_s=settings.stats.window_s,
             apdex_t_ms=settings.stats.apdex_t_ms,
             max_samples=settings.stats.max_samples,
+            max_bytes=settings.stats.max_bytes,
         )
         host.registry.register(StatsCollector(self.stats))
+        host.registry.register(
+            MemoryCollector(
+                {
+                    "traces": (self.store.max_bytes, lambda: self.store.bytes_used),
+                    "pending_traces": (
+                        self.sampler.max_pending_bytes,
+                        lambda: self.sampler.pending_bytes,
+                    ),
+                    "stats_samples": (self.stats.max_bytes, lambda: self.stats.bytes_used),
+                }
+            )
+        )
         self.forwarders = build_forwarders(settings.forward, ForwardMetrics(host.registry))
         self._queue: asyncio.Queue[list[otlp_trace.ResourceSpans]] = asyncio.Queue()
         self._queued_spans = 0

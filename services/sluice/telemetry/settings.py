@@ -10,6 +10,8 @@ from pydantic_settings import SettingsConfigDict
 
 from sluice.core.config import SecuritySettings, ServerSettings, ServiceSettings
 
+MIB = 1024 * 1024
+
 
 class TailSamplingSettings(BaseModel):
     """Tail-based sampling: one keep/drop decision per whole trace."""
@@ -25,6 +27,9 @@ class TailSamplingSettings(BaseModel):
     """Traces lasting at least this long (first start to last end) are always kept."""
     max_pending_traces: int = Field(50_000, ge=1)
     """Traces waiting for a decision; beyond this the least recently active is decided."""
+    max_pending_bytes: int = Field(64 * MIB, ge=MIB)
+    """Estimated bytes of the spans waiting for a decision (from their serialized size,
+    telemetry/memory.py); beyond this the least recently active traces are decided."""
 
 
 ForwardProtocol = Literal["otlp_grpc", "otlp_http", "zipkin", "azure_monitor"]
@@ -94,6 +99,8 @@ class StatsSettings(BaseModel):
     """Apdex threshold T: satisfied at most T, tolerating at most 4T."""
     max_samples: int = Field(500_000, ge=100)
     """Span samples held for the window at most (the oldest go first)."""
+    max_bytes: int = Field(32 * MIB, ge=MIB)
+    """Estimated bytes of the samples held for the window at most (the oldest go first)."""
 
 
 class TelemetrySettings(ServiceSettings):
@@ -121,6 +128,10 @@ class TelemetrySettings(ServiceSettings):
     """Under mtls: every part of the suite may export spans; only operators query."""
     max_traces: int = Field(10_000, ge=1)
     """Recent kept traces stored; the oldest are dropped beyond this."""
+    max_store_bytes: int = Field(64 * MIB, ge=MIB)
+    """Estimated bytes of the stored traces (from their spans' serialized size,
+    telemetry/memory.py); the oldest traces are dropped beyond this. Bounds the store's
+    memory whatever the traces' shape, where `max_traces` alone does not."""
     max_spans_per_trace: int = Field(2_000, ge=1)
     """Spans kept per trace; later ones are dropped and counted."""
     ingest_queue_spans: int = Field(100_000, ge=1)

@@ -4,7 +4,8 @@ Per service and RPC (SERVER spans): request rate, error rate, P50/P95/P99 latenc
 time to first token and Apdex; the service dependency map (a span whose parent is in
 another service is one call from that service to its own); and where time goes (self
 time per span kind, slowest operations). Samples older than the window are trimmed on
-every write, so memory is bounded by traffic in one window and by `max_samples`.
+every write, so memory is bounded by traffic in one window, by `max_samples` and by
+`max_bytes` (an estimate, telemetry/memory.py).
 
 Head sampling keeps only a share of the traces, but every failed RPC (`keep_errors`): so
 each span counts with the weight 1/p, p being the probability it was exported with,
@@ -34,6 +35,7 @@ from prometheus_client.registry import Collector
 
 from sluice.core.clock import Clock
 from sluice.core.config import MIN_SAMPLING_RATIO
+from sluice.telemetry.memory import SAMPLE_OVERHEAD_BYTES
 from sluice.telemetry.sampling import ERROR, StoredSpan
 from sluice.telemetry.v1 import telemetry_pb2
 
@@ -186,30 +188,62 @@ def samples_of(spans: list[StoredSpan]) -> tuple[list[SpanSample], list[EdgeSamp
     return samples, edges
 
 
+def _span_sample_bytes(sample: SpanSample) -> int:
+    return SAMPLE_OVERHEAD_BYTES + len(sample.service) + len(sample.operation)
+
+
+def _edge_sample_bytes(sample: EdgeSample) -> int:
+    return SAMPLE_OVERHEAD_BYTES + len(sample.client) + len(sample.server)
+
+
 class WindowStats:
     """Samples of the last `max_window_s` seconds and the figures computed from them."""
 
     def __init__(
-        self, *, clock: Clock, max_window_s: int, apdex_t_ms: float, max_samples: int
+        self,
+        *,
+        clock: Clock,
+        max_window_s: int,
+        apdex_t_ms: float,
+        max_samples: int,
+        max_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self._clock = clock
         self.max_window_s = max_window_s
         self.apdex_t_ms = apdex_t_ms
-        self._spans: deque[SpanSample] = deque(maxlen=max_samples)
-        self._edges: deque[EdgeSample] = deque(maxlen=max_samples)
+        self.max_samples = max_samples
+        self.max_bytes = max_bytes
+        self.bytes_used = 0
+        """Estimated bytes of the held samples (telemetry/memory.py)."""
+        self._spans: deque[SpanSample] = deque()
+        self._edges: deque[EdgeSample] = deque()
 
     def record(self, spans: list[StoredSpan]) -> None:
         """Add the spans of one trace (or late spans of one)."""
         samples, edges = samples_of(spans)
         self._spans.extend(samples)
         self._edges.extend(edges)
+        self.bytes_used += sum(map(_span_sample_bytes, samples))
+        self.bytes_used += sum(map(_edge_sample_bytes, edges))
         self._trim()
 
     def _trim(self) -> None:
         oldest = self._clock.wall() - self.max_window_s
-        for samples in (self._spans, self._edges):
-            while samples and samples[0].end_s < oldest:
-                samples.popleft()
+        spans, edges = self._spans, self._edges
+        while spans and (
+            spans[0].end_s < oldest or len(spans) > self.max_samples or self._over_bytes()
+        ):
+            self.bytes_used -= _span_sample_bytes(spans.popleft())
+        while edges and (
+            edges[0].end_s < oldest or len(edges) > self.max_samples or self._over_bytes()
+        ):
+            self.bytes_used -= _edge_sample_bytes(edges.popleft())
+
+    def _over_bytes(self) -> bool:
+        return self.bytes_used > self.max_bytes
+
+    def __len__(self) -> int:
+        return len(self._spans)
 
     def window(self, window_s: int) -> int:
         """The window used for a request: 0 means the configured one; never longer."""

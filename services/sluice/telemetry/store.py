@@ -1,4 +1,4 @@
-"""Recent kept traces, bounded in traces, with lookup by id and search.
+"""Recent kept traces, bounded in traces and in bytes, with lookup by id and search.
 
 Ingest keeps references to the received OTLP span messages and converts them only
 when a trace is read, so the per-span cost on the hot path is one list append.
@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from opentelemetry.proto.common.v1 import common_pb2 as otlp_common
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp_trace
 
+from sluice.telemetry.memory import span_bytes
 from sluice.telemetry.sampling import ERROR, StoredSpan, trace_duration_ns
 from sluice.telemetry.v1 import telemetry_pb2
 
@@ -91,25 +92,46 @@ def summary(trace_id: bytes, items: list[StoredSpan]) -> telemetry_pb2.TraceSumm
 
 
 class SpanStore:
-    """Kept traces by id, the least recently written evicted first."""
+    """Kept traces by id, the least recently written evicted first once there are more
+    than `max_traces` or they take more than `max_bytes` (telemetry/memory.py)."""
 
-    def __init__(self, max_traces: int, max_spans_per_trace: int) -> None:
+    def __init__(self, max_traces: int, max_spans_per_trace: int, max_bytes: int) -> None:
         self._traces: OrderedDict[bytes, list[StoredSpan]] = OrderedDict()
+        self._sizes: dict[bytes, int] = {}
         self._max_traces = max_traces
         self._max_spans = max_spans_per_trace
+        self.max_bytes = max_bytes
+        self.bytes_used = 0
+        self.evicted = 0
+        """Traces dropped to stay within the bounds."""
 
     def add(self, trace_id: bytes, items: list[StoredSpan]) -> int:
-        """Store spans of one trace; returns how many were over the per-trace limit."""
+        """Store spans of one trace; returns how many were over the per-trace limits."""
         spans = self._traces.get(trace_id)
         if spans is None:
             spans = self._traces[trace_id] = []
-            if len(self._traces) > self._max_traces:
-                self._traces.popitem(last=False)
+            self._sizes[trace_id] = 0
         else:
             self._traces.move_to_end(trace_id)
         room = max(0, self._max_spans - len(spans))
-        spans.extend(items[:room])
-        return max(0, len(items) - room)
+        added = 0
+        taken = 0
+        for item in items[:room]:
+            size = span_bytes(item)
+            if self._sizes[trace_id] + added + size > self.max_bytes:
+                break  # one trace alone never holds more than the whole bound
+            added += size
+            taken += 1
+        spans.extend(items[:taken])
+        self._sizes[trace_id] += added
+        self.bytes_used += added
+        while len(self._traces) > 1 and (
+            len(self._traces) > self._max_traces or self.bytes_used > self.max_bytes
+        ):
+            oldest, _ = self._traces.popitem(last=False)
+            self.bytes_used -= self._sizes.pop(oldest)
+            self.evicted += 1
+        return len(items) - taken
 
     def get(self, trace_id: bytes) -> list[StoredSpan]:
         """The stored spans of a trace (empty when unknown)."""

@@ -161,3 +161,15 @@ async def test_reservations_are_bounded_too() -> None:
         await backend.acquire([check(f"k{index}", 500, cost=1, unit="tokens")], f"r{index}")
 
     assert list(backend._reservations) == ["r7", "r8", "r9"]
+
+
+async def test_long_caller_chosen_keys_are_bounded_by_bytes() -> None:
+    backend = MemoryBackend(FakeClock(), max_keys=1_000_000, max_bytes=400_000)
+    for index in range(200):
+        key = f"per_user|{'u' * 5_000}{index}"
+        outcome = await backend.acquire([check(key, 10)], f"r{index}")
+        assert outcome.allowed
+        assert backend.bytes_used <= backend.max_bytes
+    # ~5 KB a state within 200 KB (half the bound): about 40 kept, not 200.
+    assert 20 <= len(backend._states) <= 45
+    assert f"per_user|{'u' * 5_000}199" in backend._states

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sluice.router.leases import LeaseBook, LeaseKey
+from prometheus_client import CollectorRegistry
+
+from sluice.router.leases import LeaseBook, LeaseKey, entry_bytes
 from tests.support import FakeClock
 
 KEY: LeaseKey = ("k1", "acme", "", "/sluice.router.v1.RouterService/Generate", "default")
@@ -101,3 +103,30 @@ def test_asking_is_off_with_a_zero_ask() -> None:
     assert not book.enabled
     assert book.ask_for(KEY) == 0
     assert book.ask_for(KEY) == 0
+
+
+def test_the_book_is_bounded_by_bytes_whatever_the_callers_put_in_a_key() -> None:
+    book = LeaseBook(FakeClock(), ask=10, max_subjects=10_000, max_bytes=100_000)
+    keys = [("key", "tenant", "u" * 9_000 + str(i), "generate", "default") for i in range(50)]
+    for key in keys:
+        book.ask_for(key)
+        assert book.bytes_used <= book.max_bytes
+    # ~9.5 KB a subject: about ten fit, far below the subject count bound.
+    remembered = [key for key in keys if key in book]
+    assert len(remembered) == len(book)
+    assert 5 <= len(remembered) <= 11
+    assert remembered == keys[-len(remembered) :]  # the newest
+    assert book.bytes_used == sum(entry_bytes(key) for key in remembered)
+    # A key bigger than the whole bound is never remembered, so never asked for.
+    huge = ("key", "tenant", "u" * 200_000, "generate", "default")
+    assert book.ask_for(huge) == 0
+    assert book.ask_for(huge) == 0
+    assert huge not in book
+
+
+def test_the_books_bound_and_use_are_reported_when_given_a_registry() -> None:
+    registry = CollectorRegistry()
+    book = LeaseBook(FakeClock(), ask=10, max_bytes=2_000_000, registry=registry)
+    book.ask_for(KEY)
+    assert registry.get_sample_value("sluice_router_lease_book_bound_bytes") == 2_000_000
+    assert registry.get_sample_value("sluice_router_lease_book_used_bytes") == entry_bytes(KEY)

@@ -93,6 +93,9 @@ class ResponseCacheSettings(BaseModel):
     """Store completed answers and serve them when every back end failed."""
     max_entries: int = Field(10_000, ge=1)
     """LRU capacity."""
+    max_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
+    """Estimated bytes the in-memory cache may hold (answers may be up to
+    `max_entry_chars` long, so `max_entries` alone does not bound memory)."""
     ttl_s: float = Field(3600.0, gt=0.0)
     """How long an answer stays servable."""
     max_entry_chars: int = Field(65_536, ge=1)
