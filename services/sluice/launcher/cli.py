@@ -25,14 +25,9 @@ from sluice.core.grpcx.certs import SUITE_IDENTITIES, write_suite_certs
 from sluice.core.grpcx.tls import OPERATOR, client_tls
 from sluice.launcher.envoy import descriptor_path, render_yaml
 from sluice.launcher.k8s.render import render, stale, write
+from sluice.launcher.parts import SERVICES, StartupError, envoy_argv, write_envoy_config
 from sluice.launcher.settings import load_suite
-from sluice.launcher.supervisor import (
-    SERVICES,
-    StartupError,
-    Suite,
-    envoy_argv,
-    write_envoy_config,
-)
+from sluice.launcher.supervisor import Suite
 from sluice.launcher.top import fetch
 from sluice.launcher.version import version_text
 

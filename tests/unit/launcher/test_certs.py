@@ -12,8 +12,9 @@ from cryptography import x509
 from sluice.core.audit import read_records
 from sluice.core.grpcx.certs import SUITE_IDENTITIES, spiffe_id
 from sluice.launcher.cli import main
+from sluice.launcher.parts import Part
 from sluice.launcher.settings import load_suite
-from sluice.launcher.supervisor import Part, Suite
+from sluice.launcher.supervisor import Suite
 
 
 def san(path: Path) -> tuple[list[str], list[str]]:

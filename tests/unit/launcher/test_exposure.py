@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from sluice.core.grpcx.certs import issue, load_authority, write_identity, write_suite_certs
+from sluice.launcher.parts import StartupError
 from sluice.launcher.settings import exposure_problems, load_suite
-from sluice.launcher.supervisor import StartupError, Suite
+from sluice.launcher.supervisor import Suite
 from tests.support import sha256_hex
 
 

@@ -20,8 +20,8 @@ from sluice.launcher.cli import main
 from sluice.launcher.k8s.render import render, stale, write
 from sluice.launcher.k8s.values import K8sValues, PartValues, SizingValues, load_values
 from sluice.launcher.k8s.workloads import PRE_STOP_S, resources
+from sluice.launcher.parts import HEALTH_SERVICES
 from sluice.launcher.settings import load_suite
-from sluice.launcher.supervisor import HEALTH_SERVICES
 
 ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "deploy" / "k8s"

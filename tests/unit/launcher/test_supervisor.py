@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from sluice.launcher.hot_restart import EnvoyIdentity, segment_path
+from sluice.launcher.parts import Part, StartupError
 from sluice.launcher.restarts import RestartPolicy
 from sluice.launcher.settings import SupervisorSettings, load_suite
-from sluice.launcher.supervisor import Part, StartupError, Suite
+from sluice.launcher.supervisor import Suite
 from sluice.provider.settings import ReplicaPorts
 
 

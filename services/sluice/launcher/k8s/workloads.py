@@ -17,7 +17,7 @@ from sluice.launcher.k8s.suite import (
     name_of,
 )
 from sluice.launcher.k8s.values import K8sValues, PartValues, SizingValues
-from sluice.launcher.supervisor import HEALTH_SERVICES
+from sluice.launcher.parts import HEALTH_SERVICES
 from sluice.launcher.version import package_version
 
 Manifest = dict[str, Any]
