@@ -1,5 +1,6 @@
-"""The SLA alert rules (deploy/prometheus/rules/sla.rules.yml) are valid, each is
-unit-tested with `promtool test rules`, and each links its runbook.
+"""Each SLA alert (deploy/prometheus/rules/sla.rules.yml) is unit-tested with `promtool
+test rules` and links its runbook (tests/unit/deploy/test_alerts.py checks the file and
+runs its unit tests with every other rule file).
 
 promtool comes from Debian's `prometheus` package (`make tools`); its absence fails
 these tests rather than skipping them.
@@ -8,11 +9,12 @@ these tests rather than skipping them.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess  # nosec B404
 from pathlib import Path
 
 import yaml
+
+from tests.unit.deploy.test_alerts import run, tool
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = DEPLOY / "rules" / "sla.rules.yml"
@@ -21,28 +23,12 @@ ANCHOR = re.compile(r"^docs/runbooks\.md#[a-z0-9]+(-[a-z0-9]+)*$")
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    binary = shutil.which("promtool")
-    assert binary, "promtool is missing: run `make tools` (apt-get install prometheus)"
-    return subprocess.run(  # nosec B603
-        [binary, *args], cwd=DEPLOY, capture_output=True, text=True, timeout=60, check=False
-    )
+    return run(tool("promtool"), *args, cwd=DEPLOY)
 
 
 def alerts() -> list[dict[str, object]]:
     groups = yaml.safe_load(RULES.read_text())["groups"]
     return [rule for group in groups for rule in group["rules"] if "alert" in rule]
-
-
-def test_sla_rules_are_valid() -> None:
-    result = promtool("check", "rules", "rules/sla.rules.yml")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 10 rules found" in result.stdout
-
-
-def test_sla_alerts_fire_and_resolve_as_their_unit_tests_expect() -> None:
-    result = promtool("test", "rules", "tests/sla.rules.test.yml")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout
 
 
 def test_every_sla_alert_is_tested_and_links_its_runbook() -> None:

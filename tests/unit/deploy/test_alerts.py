@@ -32,6 +32,8 @@ ALERTS = {
 RULE_FILES = [
     ("rules/sluice.rules.yml", "tests/sluice.rules.test.yml", 11),
     ("rules/resilience.rules.yml", "tests/resilience.rules.test.yml", 4),
+    ("rules/sla.rules.yml", "tests/sla.rules.test.yml", 10),
+    ("rules/runtime.yml", "tests/runtime.test.yml", 3),
 ]
 
 
