@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import yaml
 
 from loadtest.chaos import free_ports
+from sluice.core.grpcx.tls import ClientTls, TlsFiles, channel_credentials
 from sluice.launcher.hot_restart import segment_path
 
 __all__ = ["BIN", "DEV_KEY", "RunningSuite", "free_ports", "start_envoy", "start_suite"]
@@ -66,6 +68,28 @@ class RunningSuite:
     ports: dict[str, int]
     log_dir: Path
     banner: str
+    run_dir: Path | None = None
+
+    @property
+    def certs(self) -> Path | None:
+        """The certificates `sluice up` made (mtls on, none configured), else None."""
+        if self.run_dir is None or not (self.run_dir / "certs" / "ca.pem").is_file():
+            return None
+        return self.run_dir / "certs"
+
+    def channel(self, part: str, identity: str = "operator") -> grpc.aio.Channel:
+        """A channel to an internal port, as `identity` when the suite runs mutual TLS.
+
+        Tests dial internal ports only through here, so they keep working whether or
+        not the suite's internal hops use mutual TLS."""
+        address = self.grpc(part)
+        certs = self.certs
+        if certs is None:
+            return grpc.aio.insecure_channel(address)
+        files = TlsFiles(certs / "ca.pem", certs / f"{identity}.pem", certs / f"{identity}-key.pem")
+        server = part.split("_", 1)[0]
+        tls = ClientTls(channel_credentials(files), server)
+        return grpc.aio.secure_channel(address, tls.credentials, options=tls.options)
 
     @property
     def edge(self) -> str:
@@ -186,7 +210,7 @@ def start_suite(tmp: Path, **overrides: Any) -> Iterator[RunningSuite]:
         env=env,
     )
     banner: list[str] = []
-    suite = RunningSuite(process, ports, log_dir, "")
+    suite = RunningSuite(process, ports, log_dir, "", tmp / "run")
     try:
         assert process.stdout is not None
         deadline = time.monotonic() + 60
