@@ -138,6 +138,8 @@ def suite_config(ports: dict[str, int], **overrides: Any) -> dict[str, Any]:
             "limiter_address": f"127.0.0.1:{ports['limiter']}",
             "provider_address": f"127.0.0.1:{ports['provider']}",
             "progress_interval_ms": 200,
+            # The tests use the public development key, accepted only in dev mode.
+            "dev_mode": True,
         },
         "limiter": {"server": {"port": ports["limiter"], "metrics_port": ports["limiter_metrics"]}},
         "provider": {
