@@ -28,8 +28,16 @@ from tests.e2e.conftest import BIN, DEV_KEY, RunningSuite, start_suite
 
 pytestmark = pytest.mark.e2e
 
-SHORT = {"model": "default", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
-LONG = {"model": "default", "messages": [{"role": "user", "content": "go on"}], "max_tokens": 4000}
+SHORT: dict[str, Any] = {
+    "model": "default",
+    "messages": [{"role": "user", "content": "hi"}],
+    "max_tokens": 3,
+}
+LONG: dict[str, Any] = {
+    "model": "default",
+    "messages": [{"role": "user", "content": "go on"}],
+    "max_tokens": 4000,
+}
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +221,8 @@ async def grpc_first_event(suite: RunningSuite, key: str) -> router_pb2.Generate
             metadata=(("authorization", f"Bearer {key}"),),
             timeout=30,
         )
-        event: router_pb2.GenerateEvent = await call.read()  # type: ignore[assignment]
+        event = await call.read()
+        assert isinstance(event, router_pb2.GenerateEvent)
         call.cancel()
         return event
 
@@ -250,12 +259,12 @@ async def test_a_keys_stream_cap_holds_across_transports(keyed: RunningSuite) ->
             "QUOTA_EXCEEDED",
             "max_concurrent_streams",
         )
-        openai = httpx.post(
-            f"{keyed.edge}/v1/chat/completions",
-            json={**SHORT, "stream": True},
-            headers={"authorization": f"Bearer {capped}"},
-            timeout=30,
-        )
+        async with httpx.AsyncClient(timeout=30) as http_client:
+            openai = await http_client.post(
+                f"{keyed.edge}/v1/chat/completions",
+                json={**SHORT, "stream": True},
+                headers={"authorization": f"Bearer {capped}"},
+            )
         assert openai.status_code == 429
         assert openai.json()["error"]["type"] == "rate_limit_error"
         async with (
