@@ -216,11 +216,15 @@ def start_suite(tmp: Path, **overrides: Any) -> Iterator[RunningSuite]:
     try:
         assert process.stdout is not None
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        # Once the banner has begun it is read to its end, however late (a loaded machine
+        # may pass the deadline between its first line and its last).
+        begun = False
+        while time.monotonic() < deadline or (begun and not banner[-1].startswith("Ctrl-C")):
             line = process.stdout.readline()
             if not line:
                 raise AssertionError(f"sluice up exited early:\n{''.join(banner)}\n{suite.logs()}")
             banner.append(line)
+            begun = begun or line.startswith("Sluice is up")
             if line.startswith("Ctrl-C stops everything"):
                 break
         suite.banner = "".join(banner)
