@@ -26,7 +26,7 @@ from tests.support import (
     start_suite,
 )
 
-ONE_STREAM = {"api_keys": [{"id": API_KEY_ID, "sha256": sha256_hex(API_KEY),
+ONE_STREAM: dict[str, object] = {"api_keys": [{"id": API_KEY_ID, "sha256": sha256_hex(API_KEY),
                             "max_concurrent_streams": 1}]}  # fmt: skip
 
 
@@ -36,7 +36,7 @@ async def open_streams(port: int) -> float:
 
 async def test_every_converse_turn_passes_the_limiter(stack: ServiceStack) -> None:
     # Two requests of burst for the key, refilled far too slowly to matter here.
-    limiter = {"per_key": {"capacity": 2, "refill_per_second": 0.001}}
+    limiter: dict[str, object] = {"per_key": {"capacity": 2, "refill_per_second": 0.001}}
     suite = await start_suite(stack, limiter=limiter, router={"limiter_lease_requests": 0})
     client = Client(suite.router_stub)
     client.send(prompt("t1"))
