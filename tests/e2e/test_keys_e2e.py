@@ -77,6 +77,17 @@ def error_info(body: dict[str, Any]) -> dict[str, Any]:
     return next(d for d in body["details"] if d["@type"].endswith("google.rpc.ErrorInfo"))
 
 
+def created(suite: RunningSuite, *args: str) -> str:
+    """`sluice keys create ...`'s key, once the router has read the changed store (its next
+    look, within reload_interval_s)."""
+    key = sluice_keys(suite, "create", *args)
+    deadline = time.monotonic() + 5
+    while complete(suite, key).status_code == 401:
+        assert time.monotonic() < deadline, "the new key was not accepted within 5 s"
+        time.sleep(0.05)
+    return key
+
+
 def complete(suite: RunningSuite, key: str) -> httpx.Response:
     return httpx.post(
         f"{suite.edge}/v1/complete",
@@ -109,7 +120,7 @@ def test_dev_mode_on_an_exposed_edge_is_refused_naming_the_setting(tmp_path: Pat
 
 
 def test_a_revoked_key_is_refused_without_a_restart(keyed: RunningSuite) -> None:
-    key = sluice_keys(keyed, "create", "--id", "to-revoke", "--tenant", "acme")
+    key = created(keyed, "--id", "to-revoke", "--tenant", "acme")
     ok = complete(keyed, key)
     assert ok.status_code == 200, ok.text
     router_pid = (keyed.log_dir.parent / "run" / "router.pid").read_text()
@@ -128,7 +139,7 @@ def test_a_revoked_key_is_refused_without_a_restart(keyed: RunningSuite) -> None
 
 
 async def test_rotation_with_requests_in_flight_fails_none(keyed: RunningSuite) -> None:
-    old = sluice_keys(keyed, "create", "--id", "rotating", "--tenant", "acme")
+    old = created(keyed, "--id", "rotating", "--tenant", "acme")
     current = {"key": old}
     statuses: list[tuple[int, str]] = []
     failures: list[str] = []
@@ -157,6 +168,9 @@ async def test_rotation_with_requests_in_flight_fails_none(keyed: RunningSuite) 
         clients = [asyncio.create_task(client(http, lazy=index % 2 == 1)) for index in range(6)]
         await asyncio.sleep(1.0)
         new = await asyncio.to_thread(sluice_keys, keyed, "rotate", "rotating", "--overlap", "4s")
+        # The router accepts the new secret from its next look at the store (0.2 s here);
+        # a real rollout of the new key to clients takes longer than that.
+        await asyncio.sleep(0.5)
         current["key"] = new
         await asyncio.sleep(1.5)
         current["switch_lazy"] = "yes"
@@ -243,8 +257,8 @@ async def wait_open(suite: RunningSuite, count: float) -> None:
 
 
 async def test_a_keys_stream_cap_holds_across_transports(keyed: RunningSuite) -> None:
-    capped = sluice_keys(keyed, "create", "--id", "capped", "--max-streams", "2")
-    other = sluice_keys(keyed, "create", "--id", "other")
+    capped = created(keyed, "--id", "capped", "--max-streams", "2")
+    other = created(keyed, "--id", "other")
     await wait_open(keyed, 0)
     async with websocket(keyed, capped), sse_stream(keyed, capped):
         await wait_open(keyed, 2)
