@@ -67,7 +67,12 @@ def sluice_keys(suite: RunningSuite, *args: str) -> str:
     """`sluice keys ...` on the suite's own config (its `main`, in-process); stdout."""
     out, err = io.StringIO(), io.StringIO()
     config = suite.log_dir.parent / "sluice.yaml"
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    # In the suite's directory: the audit log's default directory is relative.
+    with (
+        contextlib.chdir(suite.log_dir.parent),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
         code = main(["keys", *args, "--config", str(config)])
     assert code == 0, err.getvalue()
     return out.getvalue().strip()
