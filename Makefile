@@ -82,7 +82,7 @@ js-deps: $(JS_DEPS) $(TS_DEPS)
 
 ## up: start the whole suite in the foreground (Ctrl-C stops it). CONFIG=file.yaml to override.
 up: $(RUNTIME_STAMP)
-	$(BIN)/sluice up $(if $(CONFIG),--config $(CONFIG))
+	$(BIN)/sluice up --dev $(if $(CONFIG),--config $(CONFIG))
 
 ## test: lint, then every test (unit, integration, end-to-end with real Envoy).
 test: $(STAMP) tools js-deps lint

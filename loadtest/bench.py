@@ -137,6 +137,7 @@ def suite_config(tracing_ratio: float | None) -> dict[str, Any]:
         "tracing": tracing,
         "router": {
             "server": servers["router"],
+            "dev_mode": True,  # the load uses the public development key
             "http_api": {"host": host, "port": next(ports)},
             "limiter_address": f"{host}:{servers['limiter']['port']}",
             "provider_address": f"{host}:{servers['provider']['port']}",

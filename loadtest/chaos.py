@@ -82,6 +82,7 @@ def chaos_config(ports: dict[str, int], reset_timeout_ms: int) -> dict[str, Any]
         "tracing": {"enabled": False},
         "router": {
             "server": {"port": ports["router"], "metrics_port": ports["router_metrics"]},
+            "dev_mode": True,  # the load uses the public development key
             # Its own port: the default (8090) may be taken by another suite on the machine.
             "http_api": {"port": ports["router_http"]},
             "limiter_address": f"127.0.0.1:{ports['limiter']}",

@@ -77,6 +77,7 @@ def soak_config(ports: dict[str, int]) -> dict[str, Any]:
         },
         "router": {
             "server": {"port": ports["router"], "metrics_port": ports["router_metrics"]},
+            "dev_mode": True,  # the load uses the public development key
             "http_api": {"port": ports["router_http"]},
             "limiter_address": f"127.0.0.1:{ports['limiter']}",
             "provider_address": f"127.0.0.1:{ports['provider']}",

@@ -70,6 +70,8 @@ def config(ports: dict[str, int]) -> dict[str, Any]:
         "tracing": {"enabled": False},
         "router": {
             "server": server("router"),
+            "dev_mode": True,  # the load uses the public development key
+            "streams": {"max_concurrent_streams": 100_000},  # one key opens them all
             "http_api": {"host": "127.0.0.1", "port": ports["router_http"]},
             "limiter_address": f"127.0.0.1:{ports['limiter']}",
             "provider_address": f"127.0.0.1:{ports['provider']}",

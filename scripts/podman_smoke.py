@@ -78,6 +78,7 @@ def prepared_pod(image: str, edge_port: int, telemetry_port: int) -> list[dict[s
     # Keep every trace, so the one the smoke test sends is stored.
     suite.setdefault("tracing", {})["sample_ratio"] = 1.0
     suite.setdefault("telemetry", {})["sampling"] = {"keep_ratio": 1.0, "decision_wait_s": 0.2}
+    suite.setdefault("router", {})["dev_mode"] = True  # the smoke test sends the development key
     config_map["data"]["sluice.yaml"] = yaml.safe_dump(suite)
     for container in pod["spec"]["containers"]:
         container["image"] = image

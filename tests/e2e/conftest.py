@@ -138,6 +138,8 @@ def suite_config(ports: dict[str, int], **overrides: Any) -> dict[str, Any]:
             "limiter_address": f"127.0.0.1:{ports['limiter']}",
             "provider_address": f"127.0.0.1:{ports['provider']}",
             "progress_interval_ms": 200,
+            # The tests use the public development key, accepted only in dev mode.
+            "dev_mode": True,
         },
         "limiter": {"server": {"port": ports["limiter"], "metrics_port": ports["limiter_metrics"]}},
         "provider": {
@@ -214,11 +216,15 @@ def start_suite(tmp: Path, **overrides: Any) -> Iterator[RunningSuite]:
     try:
         assert process.stdout is not None
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        # Once the banner has begun it is read to its end, however late (a loaded machine
+        # may pass the deadline between its first line and its last).
+        begun = False
+        while time.monotonic() < deadline or (begun and not banner[-1].startswith("Ctrl-C")):
             line = process.stdout.readline()
             if not line:
                 raise AssertionError(f"sluice up exited early:\n{''.join(banner)}\n{suite.logs()}")
             banner.append(line)
+            begun = begun or line.startswith("Sluice is up")
             if line.startswith("Ctrl-C stops everything"):
                 break
         suite.banner = "".join(banner)

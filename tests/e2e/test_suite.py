@@ -102,6 +102,7 @@ def test_banner_lists_every_listener_and_the_dev_key(suite: RunningSuite) -> Non
     for part in ("router", "limiter", "provider", "telemetry", "envoy", "envoy_admin"):
         assert str(suite.ports[part]) in suite.banner
     assert "sk-sluice-dev" in suite.banner
+    assert "development key accepted: dev mode" in suite.banner  # router.dev_mode in its config
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """`sluice`: start the suite (`sluice up`), run one part of it in the foreground
 (`sluice serve PART`, `sluice envoy`: what each container of the image runs), print its
-Envoy configuration, show where time goes (`sluice top`), or create the suite's mTLS
-certificates (`sluice certs`).
+Envoy configuration, show where time goes (`sluice top`), create the suite's mTLS
+certificates (`sluice certs`), or manage API keys (`sluice keys`, launcher/keys.py).
 
 `sluice up` restarts any part that exits (see launcher/supervisor.py); SIGHUP makes it
 hot-restart Envoy on a freshly rendered configuration without closing its listeners."""
@@ -23,6 +23,7 @@ import grpc
 from sluice.core.config import CONFIG_ENV, ConfigError
 from sluice.core.grpcx.certs import SUITE_IDENTITIES, write_suite_certs
 from sluice.core.grpcx.tls import OPERATOR, client_tls
+from sluice.launcher import keys
 from sluice.launcher.envoy import descriptor_path, render_yaml
 from sluice.launcher.k8s.render import render, stale, write
 from sluice.launcher.parts import SERVICES, StartupError, envoy_argv, write_envoy_config
@@ -57,6 +58,9 @@ _TICK_S = 0.1
 
 def _up(args: argparse.Namespace) -> int:
     settings = load_suite(args.config)
+    if args.dev:
+        router = settings.router.model_copy(update={"dev_mode": True})
+        settings = dataclasses.replace(settings, router=router)
     if args.provider_replicas is not None:
         provider = settings.provider.model_copy(update={"replicas": args.provider_replicas})
         settings = dataclasses.replace(settings, provider=provider)
@@ -210,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--log-dir", help="write each part's log to DIR/<part>.log instead of stderr")
     up.add_argument("--no-envoy", action="store_true", help="start the services only")
     up.add_argument(
+        "--dev",
+        action="store_true",
+        help="dev mode: accept the public development key sk-sluice-dev (router.dev_mode); "
+        "refused on an edge beyond loopback",
+    )
+    up.add_argument(
         "--provider-replicas",
         type=int,
         choices=range(1, 17),
@@ -272,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         help="issue only for NAME (repeatable; default: every suite identity)",
     )
     certs.set_defaults(run=_certs)
+    keys.add_parser(commands)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))

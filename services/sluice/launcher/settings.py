@@ -208,7 +208,8 @@ def _loopback(host: str) -> bool:
 
 def exposure_problems(settings: SuiteSettings) -> list[str]:
     """Why the edge must not listen where it is configured to, naming each setting: an
-    edge beyond loopback needs TLS and keys of its own (the development key is public)."""
+    edge beyond loopback needs TLS and keys of its own (the development key is public, and
+    dev mode accepts it)."""
     envoy = settings.envoy
     if not envoy.enabled or _loopback(envoy.host):
         return []
@@ -217,6 +218,11 @@ def exposure_problems(settings: SuiteSettings) -> list[str]:
         problems.append(
             f"envoy.host is {envoy.host} (not loopback) but router.api_keys holds the "
             "public development key sk-sluice-dev: configure router.api_keys"
+        )
+    if settings.router.dev_mode:
+        problems.append(
+            f"envoy.host is {envoy.host} (not loopback) but router.dev_mode is on (accepting "
+            "the public development key): turn router.dev_mode off (no `sluice up --dev`)"
         )
     if not envoy.tls.enabled:
         problems.append(

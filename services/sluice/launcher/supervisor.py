@@ -285,6 +285,8 @@ class Suite:
                 ("metrics", server.host, server.metrics_port),
             ]
             if name == "router":
+                if self.settings.router.dev_mode:  # `sluice up --dev` (its own file may not say so)
+                    env["SLUICE_ROUTER_DEV_MODE"] = "true"
                 http_api = self.settings.router.http_api
                 ports.append(("http", http_api.host, http_api.port))
                 if len(replicas) > 1:
@@ -492,7 +494,9 @@ class Suite:
         )
         if any(key.sha256 == DEV_KEY_SHA256 for key in s.router.api_keys):
             lines.append(
-                "  development API key: sk-sluice-dev   (authorization: Bearer sk-sluice-dev)"
+                "  development key accepted: dev mode   (authorization: Bearer sk-sluice-dev)"
+                if s.router.dev_mode
+                else "  development key sk-sluice-dev refused: dev mode is off (sluice up --dev)"
             )
         lines.append("Ctrl-C stops everything.")
         return "\n".join(lines)

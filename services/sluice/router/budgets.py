@@ -52,8 +52,11 @@ class Budgets:
         """Prices, budgets, period and currency."""
         return self._settings
 
-    def budget(self, key_id: str) -> float | None:
-        """The key's budget per period (None: unlimited)."""
+    def budget(self, key_id: str, own: float | None = None) -> float | None:
+        """The key's budget per period (None: unlimited); `own`, the key store entry's
+        budget, wins over the settings."""
+        if own is not None:
+            return own
         return self._settings.per_key.get(key_id, self._settings.default)
 
     def spent(self, key_id: str) -> float:
@@ -61,10 +64,10 @@ class Budgets:
         period, amount = self._spent.get(key_id, (self._period(), 0.0))
         return amount if period == self._period() else 0.0
 
-    def check(self, key_id: str) -> None:
+    def check(self, key_id: str, own: float | None = None) -> None:
         """Raise BUSINESS_RULE_VIOLATION when the key's budget for the period is spent
         (by this router's own count: the fallback while the limiter is unreachable)."""
-        budget = self.budget(key_id)
+        budget = self.budget(key_id, own)
         if budget is None:
             return
         spent = self.spent(key_id)

@@ -44,6 +44,7 @@ from sluice.router import relay
 from sluice.router.pipeline import Pipeline
 from sluice.router.provider_streams import ProviderCall
 from sluice.router.settings import ConverseSettings
+from sluice.router.stream_caps import StreamSlot
 from sluice.router.v1 import router_pb2
 
 log = logging.getLogger("sluice.router.converse")
@@ -169,8 +170,10 @@ class Conversation:
         *,
         tracer: trace.Tracer | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        slot: StreamSlot | None = None,
     ) -> None:
         self._monotonic = monotonic
+        self._slot = slot
         self.last_turn_end = 0.0
         """When the last turn ended (monotonic seconds), for idle timeouts."""
         self._pipeline = pipeline
@@ -311,17 +314,21 @@ class Conversation:
     async def aclose(self) -> None:
         """Cancel the running turn (its provider call with it) and wait for it."""
         self._input_closed = True
-        running = self._running
-        if running is not None:
-            running.stop()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running.task
-        # Turns that sent their final event are only finishing their bookkeeping (cache,
-        # breaker, reconciliation): let them, within reason.
-        if self._draining:
-            _, late = await asyncio.wait(set(self._draining), timeout=_DRAIN_S)
-            for task in late:
-                task.cancel()
+        try:
+            running = self._running
+            if running is not None:
+                running.stop()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await running.task
+            # Turns that sent their final event are only finishing their bookkeeping
+            # (cache, breaker, reconciliation): let them, within reason.
+            if self._draining:
+                _, late = await asyncio.wait(set(self._draining), timeout=_DRAIN_S)
+                for task in late:
+                    task.cancel()
+        finally:
+            if self._slot is not None:
+                self._slot.release()  # the key's stream slot, held for the conversation
 
     # -- one turn ----------------------------------------------------------------------
 
@@ -345,7 +352,7 @@ class Conversation:
         try:
             with span:
                 try:
-                    events = self._pipeline.generate(request, self._call)
+                    events = self._pipeline.generate(request, self._call, slot=self._slot)
                     async with contextlib.aclosing(events):
                         async for event in events:
                             if running.cancelled and not ended:
@@ -467,8 +474,9 @@ class Converser:
         self._tracer = tracer
 
     def open(self, call: CallContext) -> Conversation:
-        """A conversation whose turns run in `call`; raises SluiceError for a bad key."""
-        self._pipeline.authenticate(call.metadata)
+        """A conversation whose turns run in `call`; raises SluiceError for a bad key or
+        a key at its stream cap (the conversation holds one slot until `aclose`)."""
+        principal = self._pipeline.authenticate(call.metadata)
         return Conversation(
             self._pipeline,
             self.settings,
@@ -476,6 +484,7 @@ class Converser:
             call,
             tracer=self._tracer,
             monotonic=self.monotonic,
+            slot=self._pipeline.open_stream(principal),
         )
 
     async def rpc(

@@ -97,7 +97,7 @@ class Limits:
     ) -> None:
         """Admit the request or raise the limiter's refusal (a typed SluiceError)."""
         budgets = self._budgets
-        limit = budgets.budget(principal.key_id)
+        limit = budgets.budget(principal.key_id, principal.budget)
         budget = (
             None
             if limit is None
@@ -149,7 +149,7 @@ class Limits:
             # A broken limiter must not stop serving (docs/resilience.md): the router's
             # local approximate limit (or, fail-closed, a refusal) stands in.
             log.warning("limiter unavailable (%s); deciding locally", err.code().name)
-            budgets.check(principal.key_id)  # this router's own count of spend
+            budgets.check(principal.key_id, principal.budget)  # this router's own count of spend
             await self._local_limits.admit(principal.key_id)
             self._metrics.limiter_fail_open.inc()
             state.degrade(LIMITER_DEGRADED)
@@ -177,7 +177,7 @@ class Limits:
             else sum(count_tokens(m.content) for m in request.messages),
             usage.output_tokens if usage is not None else state.output_tokens,
         )
-        if cost > 0 and budgets.budget(principal.key_id) is not None:
+        if cost > 0 and budgets.budget(principal.key_id, principal.budget) is not None:
             # Only keys with a budget share their spend (one call per stream).
             self._later(
                 self._spend(

@@ -14,7 +14,7 @@ attempts (router/attempts.py) -> fair queue (router/admission.py) -> adaptive bu
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Protocol
 
 from sluice.core import headers
@@ -40,6 +40,7 @@ from sluice.router.fallback import FallbackChain
 from sluice.router.limits import Limits
 from sluice.router.relay import StreamState
 from sluice.router.settings import ModelAliasSettings, RouterSettings
+from sluice.router.stream_caps import KeyCaps, StreamSlot
 from sluice.router.v1 import router_pb2
 from sluice.router.validation import GenerationRequest, validate_request
 
@@ -51,12 +52,23 @@ class Pipeline(Protocol):
         """The caller's principal (a front that checks a key once, e.g. a WebSocket)."""
         ...
 
+    def open_stream(self, principal: Principal) -> StreamSlot | None:
+        """A slot among the key's concurrent streams for a front that holds one for
+        longer than a generation (a Converse stream); QUOTA_EXCEEDED at the key's cap."""
+        ...
+
     def generate(
-        self, request: GenerationRequest, call: CallContext, *, whole_answer: bool = False
+        self,
+        request: GenerationRequest,
+        call: CallContext,
+        *,
+        whole_answer: bool = False,
+        slot: StreamSlot | None = None,
     ) -> AsyncGenerator[router_pb2.GenerateEvent, None]:
         """The events of one generation; raises SluiceError before the first one, ends
         with an in-band `error` event after it. `whole_answer`: the front relays nothing
-        before the end, so the back end may answer in one piece."""
+        before the end, so the back end may answer in one piece. `slot`: the generation
+        runs in a stream slot the front holds (else it takes one of its own)."""
         ...
 
     def list_models(self, call: CallContext) -> router_pb2.ListModelsResponse:
@@ -87,6 +99,7 @@ class GeneratePipeline:
         clock: Clock,
         admission: Admission | None = None,
         audit: AuditLog | None = None,
+        caps: KeyCaps | None = None,
     ) -> None:
         self._settings = settings
         self._audit = audit
@@ -98,6 +111,11 @@ class GeneratePipeline:
         self._memory = memory
         self._clock = clock
         self._admission = admission
+        self._caps = caps
+
+    def open_stream(self, principal: Principal) -> StreamSlot | None:
+        """See `Pipeline.open_stream` (None when caps are not wired)."""
+        return self._caps.acquire(principal) if self._caps is not None else None
 
     def authenticate(self, metadata: Metadata) -> Principal:
         """The caller's principal from request metadata."""
@@ -140,7 +158,12 @@ class GeneratePipeline:
         return alias
 
     async def generate(
-        self, request: GenerationRequest, call: CallContext, *, whole_answer: bool = False
+        self,
+        request: GenerationRequest,
+        call: CallContext,
+        *,
+        whole_answer: bool = False,
+        slot: StreamSlot | None = None,
     ) -> AsyncGenerator[router_pb2.GenerateEvent, None]:
         """See `Pipeline.generate`."""
         settings = self._settings
@@ -154,18 +177,85 @@ class GeneratePipeline:
         self._memory.check()
         principal = self._auth.authenticate(call.metadata)
         # From here every request is audited once, however it ends (`_record`).
+        own: StreamSlot | None = None  # this generation's stream slot, released at its end
         try:
             validate_request(request, settings)
             alias = self._resolve_model(request, principal)
             max_tokens = request.max_tokens or alias.default_max_tokens
+            if slot is None:
+                # The key's stream cap, before the limiter: a refused stream takes no quota.
+                own = self.open_stream(principal)
             await self._limits.admit(request, principal, max_tokens, state)
         except SluiceError as refused:
+            if own is not None:
+                own.release()
             self._record(request, principal, state, refused.reason)
             raise
         except BaseException as failed:
+            if own is not None:
+                own.release()
             self._record(request, principal, state, _outcome_of(failed))
             raise
+        try:
+            relayed, events = self._stream(
+                request, call, principal, state, alias=alias, deadline=deadline
+            )
+        except BaseException:
+            if own is not None:
+                own.release()
+            raise
 
+        number = state.number
+        outcome = "CANCELLED"  # the client left (the generator closed) unless set below
+        try:
+            async for event in relayed:
+                yield number(event)
+            outcome = "ok"
+        except SluiceError as failure:
+            outcome = failure.reason
+            if state.sequence > 0:
+                yield number(relay.error_event(failure, state.output_tokens))
+            raise
+        except Exception:
+            outcome = "INTERNAL"
+            if state.sequence > 0:
+                internal = InternalError("internal error")
+                yield number(relay.error_event(internal, state.output_tokens))
+            raise
+        finally:
+            # Close the stream chain here, in order, not in the loop's finaliser (where
+            # its context managers may already be finalised): the buffer first (it stops
+            # its reader), then the chain it was reading.
+            await relayed.aclose()
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
+            self._metrics.streams_in_flight.dec()
+            if own is not None:
+                own.release()
+            self._limits.settle(request, principal, state)
+            if state.output_tokens:
+                self._metrics.tokens_streamed.labels(request.model, state.backend).inc(
+                    state.output_tokens
+                )
+            self._record(request, principal, state, outcome)
+
+    def _stream(
+        self,
+        request: GenerationRequest,
+        call: CallContext,
+        principal: Principal,
+        state: StreamState,
+        *,
+        alias: ModelAliasSettings,
+        deadline: float,
+    ) -> tuple[
+        AsyncGenerator[router_pb2.GenerateEvent, None], AsyncIterator[router_pb2.GenerateEvent]
+    ]:
+        """The stream chain of an admitted request: fallback chain, fair queue, buffer."""
+        settings = self._settings
+        whole_answer = state.whole_answer
+        max_tokens = request.max_tokens or alias.default_max_tokens
         genai.annotate_request(request, alias.backends[0].backend, max_tokens)
         forwarded = tuple((k, v) for k, v in call.metadata if k == headers.FAULT)
         self._metrics.streams_in_flight.inc()
@@ -199,38 +289,7 @@ class GeneratePipeline:
         # The adaptive buffer (router/buffer.py): direct while the client keeps up,
         # coalesced and bounded (pausing the provider read) once it lags.
         relayed = adaptive(events, settings.buffer, self._clock, call.writer_behind)
-        number = state.number
-        outcome = "CANCELLED"  # the client left (the generator closed) unless set below
-        try:
-            async for event in relayed:
-                yield number(event)
-            outcome = "ok"
-        except SluiceError as failure:
-            outcome = failure.reason
-            if state.sequence > 0:
-                yield number(relay.error_event(failure, state.output_tokens))
-            raise
-        except Exception:
-            outcome = "INTERNAL"
-            if state.sequence > 0:
-                internal = InternalError("internal error")
-                yield number(relay.error_event(internal, state.output_tokens))
-            raise
-        finally:
-            # Close the stream chain here, in order, not in the loop's finaliser (where
-            # its context managers may already be finalised): the buffer first (it stops
-            # its reader), then the chain it was reading.
-            await relayed.aclose()
-            close = getattr(events, "aclose", None)
-            if close is not None:
-                await close()
-            self._metrics.streams_in_flight.dec()
-            self._limits.settle(request, principal, state)
-            if state.output_tokens:
-                self._metrics.tokens_streamed.labels(request.model, state.backend).inc(
-                    state.output_tokens
-                )
-            self._record(request, principal, state, outcome)
+        return relayed, events
 
     def _record(
         self, request: GenerationRequest, principal: Principal, state: StreamState, outcome: str

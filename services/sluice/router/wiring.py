@@ -17,6 +17,7 @@ from sluice.router.budgets import Budgets
 from sluice.router.converse import Converser
 from sluice.router.degradation import LocalLimits, MemoryGuard
 from sluice.router.fallback import FallbackChain, ResilienceMetrics
+from sluice.router.keystore import KeyStoreReader
 from sluice.router.leases import LeaseBook
 from sluice.router.limits import LimitMetrics, Limits
 from sluice.router.pipeline import GeneratePipeline
@@ -29,6 +30,7 @@ from sluice.router.provider_streams import (
 )
 from sluice.router.service import RouterServicer
 from sluice.router.settings import RouterSettings
+from sluice.router.stream_caps import KeyCaps
 from sluice.router.v1 import router_pb2, router_pb2_grpc
 
 if TYPE_CHECKING:
@@ -117,7 +119,7 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Rou
     )
     pipeline = GeneratePipeline(
         settings,
-        authenticator=ApiKeyAuthenticator(settings.api_keys),
+        authenticator=_authenticator(settings, clock),
         limits=limits,
         chain=chain,
         attempts=Attempts(
@@ -139,6 +141,7 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Rou
             else None
         ),
         audit=host.audit,
+        caps=KeyCaps(host.registry, clock.monotonic),
     )
     converser = Converser(
         pipeline,
@@ -163,6 +166,29 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Rou
     if settings.http_api.enabled:
         _serve_http_api(host, settings, pipeline, converser)
     return host
+
+
+def _authenticator(settings: RouterSettings, clock: Clock) -> ApiKeyAuthenticator:
+    """Keys from settings, plus the key store when one is configured (router/keystore.py)."""
+    keys = settings.keys
+    secret = keys.secret_file()
+    store = (
+        KeyStoreReader(
+            keys.store_path,
+            secret,
+            reload_interval_s=keys.reload_interval_s,
+            monotonic=clock.monotonic,
+        )
+        if keys.store_path is not None and secret is not None
+        else None
+    )
+    return ApiKeyAuthenticator(
+        settings.api_keys,
+        dev_mode=settings.dev_mode,
+        store=store,
+        streams=settings.streams,
+        wall=clock.wall,
+    )
 
 
 def _serve_http_api(

@@ -18,6 +18,7 @@ from sluice.core.resilience.bulkhead import BulkheadSettings
 from sluice.core.resilience.retry import RetrySettings
 from sluice.router.settings.admission import AdmissionSettings
 from sluice.router.settings.budgets import BudgetSettings
+from sluice.router.settings.keys import KeyStoreSettings, StreamCapSettings
 from sluice.router.settings.streams import BufferSettings, MultiplexSettings
 
 # sha256("sk-sluice-dev"): the development key of the default configuration.
@@ -39,6 +40,9 @@ class ApiKeySettings(BaseModel):
     """Priority class of the key's requests."""
     models: list[str] = Field(default_factory=lambda: ["*"])
     """Model aliases the key may use; "*" allows all."""
+    max_concurrent_streams: int | None = Field(None, ge=1)
+    """Streams the key may hold open at once; None: `streams.per_tier`, else
+    `streams.max_concurrent_streams`."""
 
     @field_validator("sha256")
     @classmethod
@@ -193,7 +197,15 @@ class RouterSettings(ServiceSettings):
     api_keys: list[ApiKeySettings] = Field(
         default_factory=lambda: [ApiKeySettings(id="dev", sha256=DEV_KEY_SHA256)]
     )
-    """Accepted API keys (hashed)."""
+    """Accepted API keys (hashed). The development key (the default) is accepted only
+    with `dev_mode`."""
+    dev_mode: bool = False
+    """Accept the public development key sk-sluice-dev (`sluice up --dev`). Never on an
+    exposed edge: `sluice up` refuses to bind a non-loopback address with it."""
+    keys: KeyStoreSettings = KeyStoreSettings()
+    """The key store managed by `sluice keys` (HMAC-SHA256 digests, expiry, rotation)."""
+    streams: StreamCapSettings = StreamCapSettings()
+    """Concurrent streams per API key (router/stream_caps.py)."""
     models: dict[str, ModelAliasSettings] = Field(
         default_factory=lambda: {
             "default": ModelAliasSettings(backends=[BackendRef(backend="simulated")])
