@@ -47,14 +47,24 @@ lock-check: $(UV)
 	  exit 1; }
 
 ## tools: system tools with no PyPI package, from Debian: prometheus, promtool, amtool
-## (alert-rule tests, the real-Prometheus e2e test) and chromium (the web page's browser
-## test; Playwright drives it, no browser download). Installs only what is missing (root).
+## (alert-rule tests, the real-Prometheus e2e test), chromium (the web page's browser
+## test; Playwright drives it, no browser download), and Go with protoc-gen-go,
+## protoc-gen-go-grpc and the grpc-go sources (the Go client, clients/go; protobuf 1.5's
+## APIv2-backed golang/protobuf, which grpc-go's codec needs for protoc-gen-go's output).
+## Installs only what is missing (root).
 tools:
 	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null \
 	    || ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null; then \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 	    prometheus prometheus-alertmanager chromium fonts-dejavu-core; \
+	fi
+	@if ! command -v go >/dev/null || ! command -v protoc-gen-go-grpc >/dev/null \
+	    || ! test -f /usr/share/gocode/src/github.com/golang/protobuf/proto/wrappers.go; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	    golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev \
+	    golang-github-golang-protobuf-1-5-dev; \
 	fi
 
 ## js-deps: Node.js, the pinned `openai` JavaScript SDK for tests/e2e/test_openai_js_sdk.py and
@@ -93,7 +103,8 @@ test-fast: $(STAMP)
 
 ## gen: regenerate gen/ (stubs + descriptor image) from protos/, and what reads them:
 ## docs/errors.md from the error table in services/sluice/core/errors.py, the reference
-## pages (docs/reference/) and the TypeScript stubs (clients/typescript/src/gen/).
+## pages (docs/reference/), the TypeScript stubs (clients/typescript/src/gen/) and the Go
+## stubs (clients/go/src/sluice.dev/sluice/gen/).
 gen: $(STAMP) js-deps
 	$(BIN)/python scripts/gen_protos.py
 	$(BIN)/python scripts/gen_error_docs.py
@@ -101,6 +112,7 @@ gen: $(STAMP) js-deps
 	$(BIN)/python scripts/gen_postman.py
 	$(BIN)/python scripts/gen_apib.py
 	$(BIN)/python scripts/gen_ts_client.py
+	$(BIN)/python scripts/gen_go_client.py
 
 ## docs-gen: regenerate docs/reference/ (gRPC, HTTP, configuration, the Postman
 ## collection, the API Blueprint export) from the descriptor image, the OpenAPI document

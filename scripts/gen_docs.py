@@ -319,7 +319,7 @@ def http_reference(document: dict[str, Any]) -> str:
         paragraphs(document["info"]["description"]),
         "The same document is served by the running edge at `GET /openapi.json`, and as",
         'interactive docs (Swagger UI, with "Try it out" against that edge) at',
-        "`GET /ui/docs.html`. A Postman",
+        "`GET /docs` (a redirect to `/ui/docs.html`). A Postman",
         "collection of these operations, with tests on every answer, is generated from it:",
         "[collection](postman/sluice.postman_collection.json) and",
         "[environment](postman/sluice.postman_environment.json)",

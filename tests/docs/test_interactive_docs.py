@@ -1,4 +1,5 @@
-"""The interactive API docs (Swagger UI at /ui/docs.html through Envoy), in a real browser.
+"""The interactive API docs (Swagger UI at /docs, a redirect to /ui/docs.html, through
+Envoy), in a real browser.
 
 Swagger UI is vendored into services/sluice/router/web/ from the swagger-ui-dist version
 pinned in tests/js/package.json (no CDN: the page's content security policy allows only
@@ -50,7 +51,8 @@ def test_try_it_out_answers_through_the_edge(docs_suite: RunningSuite) -> None:
                 "console",
                 lambda m: problems.append(m.text) if "Content Security Policy" in m.text else None,
             )
-            page.goto(f"{docs_suite.edge}/ui/docs.html")
+            page.goto(f"{docs_suite.edge}/docs")
+            assert page.url == f"{docs_suite.edge}/ui/docs.html", page.url
             page.wait_for_selector("body[data-ready='1']", timeout=TIMEOUT_MS)
             # Every operation of /openapi.json is listed.
             listed = {e.get_attribute("id") for e in page.query_selector_all(".opblock")}

@@ -219,3 +219,16 @@ def test_errors_are_rendered(page: Page) -> None:
     wait_status(page, "error")
     message = text(page, "#error")
     assert message.startswith("gRPC 16 UNAUTHENTICATED: "), message
+
+
+def test_docs_redirects_to_the_interactive_docs(web_suite: RunningSuite) -> None:
+    """GET /docs is a redirect with an empty body (not an error JSON), for GET only."""
+    for path in ("/docs", "/docs/"):
+        answer = httpx.get(f"{web_suite.edge}{path}", timeout=10)
+        assert answer.status_code == 302, answer.text
+        assert answer.headers["location"].endswith("/ui/docs.html")
+        assert answer.content == b""
+    followed = httpx.get(f"{web_suite.edge}/docs", timeout=10, follow_redirects=True)
+    assert followed.status_code == 200 and "swagger-ui" in followed.text
+    posted = httpx.post(f"{web_suite.edge}/docs", timeout=10)
+    assert posted.status_code == 404 and posted.json()["details"][0]["reason"]

@@ -257,23 +257,55 @@ def _openai_operations() -> dict[str, Any]:
         code: {"description": text, "content": {"application/json": {"schema": _OPENAI_ERROR}}}
         for code, text in _ERROR_STATUSES.items()
     }
+    # Each field as services/sluice/router/openai_http.py (parse_chat_request) reads it;
+    # fields OpenAI defines and this list omits are ignored.
     request = {
         "type": "object",
         "required": ["model", "messages"],
         "properties": {
-            "model": {"type": "string"},
-            "messages": {"type": "array", "items": _OPENAI_MESSAGE},
-            "max_tokens": {"type": "integer", "minimum": 1},
-            "max_completion_tokens": {"type": "integer", "minimum": 1},
-            "temperature": {"type": "number"},
-            "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-            "stream": {"type": "boolean"},
+            "model": {
+                "type": "string",
+                "description": "A model alias of the gateway's configuration (GET /v1/models).",
+            },
+            "messages": {
+                "type": "array",
+                "items": _OPENAI_MESSAGE,
+                "description": "The conversation; a `developer` message counts as `system`.",
+            },
+            "max_tokens": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Upper bound on the answer's tokens (below 2^31).",
+            },
+            "max_completion_tokens": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "OpenAI's newer name for `max_tokens`; wins when both are given.",
+            },
+            "temperature": {"type": "number", "description": "Sampling temperature, passed on."},
+            "stop": {
+                "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                "description": "Sequences that end the answer.",
+            },
+            "stream": {
+                "type": "boolean",
+                "description": "`true`: answer as Server-Sent Events of chunks.",
+            },
             "stream_options": {
                 "type": "object",
                 "properties": {"include_usage": {"type": "boolean"}},
+                "description": "`include_usage: true` adds a last chunk with token usage.",
             },
-            "user": {"type": "string"},
-            "n": {"type": "integer", "enum": [1]},
+            "user": {
+                "type": "string",
+                "description": "The end user's id (first 256 characters kept): traces, "
+                "privacy erasure and per-user accounting use it.",
+            },
+            "n": {
+                "type": "integer",
+                "enum": [1],
+                "description": "Only one choice per request is supported.",
+            },
         },
     }
     return {

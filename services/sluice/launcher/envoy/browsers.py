@@ -94,17 +94,31 @@ def grpc_web_routes(settings: SuiteSettings) -> list[dict[str, Any]]:
 
 
 def web_page_routes(settings: SuiteSettings) -> list[dict[str, Any]]:
-    """GET / and /ui/*: the web page, served by the router's HTTP listener."""
+    """GET / and /ui/*: the web page, served by the router's HTTP listener; GET /docs
+    redirects to the interactive API docs (/ui/docs.html)."""
     if not settings.router.http_api.enabled:
         return []
     # Shared by both routes, so the YAML names them once (an anchor and an alias).
     get = [method_is("GET")]
     disabled = transcoder_off()
-    return [
+    # /docs is the address people type for the interactive API docs; Envoy answers it
+    # with a redirect so the page keeps its relative asset paths under /ui/.
+    docs = [
         {
-            "match": {**match, "headers": get},
-            "route": {"cluster": HTTP_API_CLUSTER, "timeout": "10s"},
+            "match": {"path": path, "headers": get},
+            "redirect": {"path_redirect": "/ui/docs.html", "response_code": "FOUND"},
             "typed_per_filter_config": disabled,
         }
-        for match in ({"path": "/"}, {"prefix": "/ui/"})
+        for path in ("/docs", "/docs/")
+    ]
+    return [
+        *docs,
+        *(
+            {
+                "match": {**match, "headers": get},
+                "route": {"cluster": HTTP_API_CLUSTER, "timeout": "10s"},
+                "typed_per_filter_config": disabled,
+            }
+            for match in ({"path": "/"}, {"prefix": "/ui/"})
+        ),
     ]

@@ -47,11 +47,11 @@ def _status_body(error: type[SluiceError]) -> dict[str, Any]:
     }
 
 
-def _status_is(http: int) -> dict[str, Any]:
+def _status_is(http: int, op: str = "EQ") -> dict[str, Any]:
     return {
         "status_code_filter": {
             "comparison": {
-                "op": "EQ",
+                "op": op,
                 "value": {"default_value": http, "runtime_key": f"sluice.local_reply.{http}"},
             }
         }
@@ -73,7 +73,15 @@ def local_reply_config() -> dict[str, Any]:
             "content_type": "application/json",
         },
     }
-    return {"mappers": [passthrough, *mappers], "body_format": _status_body(InternalError)}
+    # Redirects (GET /docs) are not errors: an empty body, the Location header does the work.
+    redirects = {
+        "filter": {"and_filter": {"filters": [_status_is(300, "GE"), _status_is(399, "LE")]}},
+        "body_format_override": {"text_format_source": {"inline_string": ""}},
+    }
+    return {
+        "mappers": [passthrough, redirects, *mappers],
+        "body_format": _status_body(InternalError),
+    }
 
 
 # Applies the HTTP status the router put in x-sluice-http-status (docs/errors.md) to a
