@@ -51,6 +51,8 @@ def suite_config(ports: dict[str, int]) -> dict[str, object]:
             "http_api": {"port": ports["router_http"]},
             "limiter_address": f"127.0.0.1:{ports['limiter']}",
             "provider_address": f"127.0.0.1:{ports['provider']}",
+            # The walkthrough uses the public development key, as `make up` (--dev) does.
+            "dev_mode": True,
         },
         "limiter": {"server": {"port": ports["limiter"], "metrics_port": ports["limiter_metrics"]}},
         "provider": {
