@@ -26,6 +26,7 @@ from sluice.core.grpcx.tls import OPERATOR, client_tls
 from sluice.launcher.envoy import descriptor_path, render_yaml
 from sluice.launcher.k8s.render import render, stale, write
 from sluice.launcher.parts import SERVICES, StartupError, envoy_argv, write_envoy_config
+from sluice.launcher.rollout.commands import add_commands as add_rollout_commands
 from sluice.launcher.settings import load_suite
 from sluice.launcher.supervisor import Suite
 from sluice.launcher.top import fetch
@@ -272,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         help="issue only for NAME (repeatable; default: every suite identity)",
     )
     certs.set_defaults(run=_certs)
+    add_rollout_commands(commands)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
