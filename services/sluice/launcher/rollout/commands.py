@@ -45,6 +45,20 @@ def _print(status: dict[str, Any], as_json: bool) -> None:
         print(f"  {decision['at']}  {decision['decision']:<12} {decision['message']}")
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    if args.steps:
+        try:
+            found["steps"] = [int(step) for step in args.steps.split(",")]
+        except ValueError:
+            found["steps"] = args.steps  # refused by the suite, naming the field
+    for name in ("analysis_window_s", "rollback_window_s", "drain_timeout_s"):
+        value = getattr(args, name)
+        if value is not None:
+            found[name] = value
+    return found
+
+
 def _run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     try:
@@ -56,6 +70,7 @@ def _run(args: argparse.Namespace) -> int:
                 if args.candidate_bin
                 else None,
                 "version": args.label,
+                "settings": _overrides(args),
             }
             status = call(run_dir, "POST", "/v1/rollout", body)
         elif args.rollout_command == "status":
@@ -97,6 +112,16 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         command.add_argument("--label", help="version label (default: the file's name)")
         command.add_argument(
             "--wait", action="store_true", help="follow it to the end; exit 1 unless it succeeded"
+        )
+        command.add_argument("--steps", help="canary steps in percent, e.g. 5,25,50,100")
+        command.add_argument(
+            "--analysis-window", dest="analysis_window_s", type=float, help="seconds per step"
+        )
+        command.add_argument(
+            "--rollback-window", dest="rollback_window_s", type=float, help="blue-green: seconds"
+        )
+        command.add_argument(
+            "--drain-timeout", dest="drain_timeout_s", type=float, help="seconds per replica"
         )
     sub.add_parser("status", help="the rollout's state, pools, gates and decisions")
     sub.add_parser("promote", help="skip to the end: all traffic to the candidate")

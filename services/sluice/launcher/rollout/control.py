@@ -3,7 +3,8 @@ written to `<run_dir>/rollout.url`, every request carrying the bearer token from
 `<run_dir>/rollout.token` (mode 0600: only the user running `sluice up` can read it).
 
     GET  /v1/rollout            status
-    POST /v1/rollout            {"strategy", "candidate", "candidate_bin"?, "version"?}
+    POST /v1/rollout            {"strategy", "candidate", "candidate_bin"?, "version"?,
+                                 "settings"?: rollout settings for this rollout only}
     POST /v1/rollout/promote    skip to the end
     POST /v1/rollout/abort      roll back
 
@@ -92,8 +93,11 @@ class _Handler(BaseHTTPRequestHandler):
                     raise RolloutError(
                         "INVALID_ARGUMENT", "strategy, candidate_bin and version are strings"
                     )
+                overrides = body.get("settings") or {}
+                if not isinstance(overrides, dict):
+                    raise RolloutError("INVALID_ARGUMENT", "settings is an object")
                 status = rollouts.start(
-                    str(body.get("strategy")), body["candidate"], binary, version
+                    str(body.get("strategy")), body["candidate"], binary, version, overrides
                 )
                 self._reply(202, status)
             elif self.path == "/v1/rollout/promote":

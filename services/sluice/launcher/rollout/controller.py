@@ -22,8 +22,9 @@ from queue import Empty, Queue
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
+from pydantic import ValidationError
 
-from sluice.core.config import ConfigError
+from sluice.core.config import ConfigError, describe_validation_error
 from sluice.launcher.envoy import descriptor_path, render
 from sluice.launcher.envoy.bootstrap import ADMIN_HOST
 from sluice.launcher.envoy.names import HTTP_API_CLUSTER, ROUTER_CLUSTER
@@ -41,6 +42,7 @@ from sluice.launcher.rollout.pools import (
     smoke_direct,
     smoke_pinned,
 )
+from sluice.launcher.rollout.settings import RolloutSettings
 from sluice.launcher.settings import SuiteSettings, load_suite
 from sluice.router.settings import DEV_KEY_SHA256
 
@@ -248,9 +250,15 @@ class Rollouts:
         )
 
     def start(
-        self, strategy: str, candidate: str, binary: str | None, version: str | None
+        self,
+        strategy: str,
+        candidate: str,
+        binary: str | None,
+        version: str | None,
+        overrides: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Start a rollout in its own thread; returns the status."""
+        """Start a rollout in its own thread (`overrides`: rollout settings for this one
+        only, e.g. its steps); returns the status."""
         if strategy not in STRATEGIES:
             raise RolloutError(
                 "INVALID_ARGUMENT", f"strategy must be one of {', '.join(STRATEGIES)}"
@@ -267,10 +275,19 @@ class Rollouts:
         program = Path(binary).resolve() if binary else None
         if program is not None and not program.is_file():
             raise RolloutError("INVALID_CANDIDATE", f"candidate binary {program} is not a file")
+        try:
+            settings = RolloutSettings.model_validate(
+                self.suite.settings.rollout.model_dump() | (overrides or {})
+            )
+        except ValidationError as err:
+            raise RolloutError(
+                "INVALID_ARGUMENT", describe_validation_error("rollout", err)
+            ) from err
         key = self.smoke_key()
         with self._lock:
             if self.run is not None and self.run.state == "running":
                 raise RolloutError("ROLLOUT_RUNNING", "a rollout is already running", 409)
+            self.settings = settings
             self._baseline()
             name = other_colour(self.stable)
             label = version or config.stem
