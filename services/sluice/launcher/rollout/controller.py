@@ -482,7 +482,13 @@ class Rollouts:
         if self.suite.settings.envoy.tls.enabled:
             return
         self.set_phase(f"smoke request through Envoy pinned to {pool.name}")
-        problem = smoke_pinned(self.edge, pool.name, key, self.settings.smoke_model)
+        # Envoy's admin reports a host healthy before every worker thread has the
+        # update: a pinned request right after may still find no healthy host.
+        for _ in range(10):
+            problem = smoke_pinned(self.edge, pool.name, key, self.settings.smoke_model)
+            if problem is None or "no healthy upstream" not in problem:
+                break
+            self.wait(0.3)
         if problem is not None:
             raise RollBack("smoke", f"pinned smoke request to pool {pool.name} failed: {problem}")
 

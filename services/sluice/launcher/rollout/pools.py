@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import socket
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from functools import partial
@@ -252,6 +253,8 @@ def smoke_pinned(edge: str, pool: str, api_key: str, model: str) -> str | None:
     try:
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310  # nosec B310
             text = response.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        return f"through Envoy: HTTP {err.code}: {err.read()[:200].decode(errors='replace')}"
     except OSError as err:
         return f"through Envoy: {err}"
     events = [line for line in text.splitlines() if line.startswith("data: ")]
