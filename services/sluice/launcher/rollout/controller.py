@@ -96,6 +96,10 @@ class Run:
     gates: list[GateResult] = field(default_factory=list)
     candidate_requests: float = 0.0
     baseline_requests: float = 0.0
+    traffic_since: float | None = None
+    """When the candidate first took a share of unpinned traffic (monotonic)."""
+    traffic_seconds: float | None = None
+    """From then to the end (for a rollback: how long it served, the time to roll back)."""
 
 
 class Rollouts:
@@ -340,6 +344,7 @@ class Rollouts:
                 "started_at": run.started_at if run else None,
                 "finished_at": run.finished_at if run else None,
                 "seconds": run.seconds if run else None,
+                "traffic_seconds": run.traffic_seconds if run else None,
                 "step": run.step if run else None,
                 "steps": run.steps if run else None,
                 "candidate_requests": run.candidate_requests if run else None,
@@ -497,6 +502,9 @@ class Rollouts:
         with self._lock:
             for name, share in shares.items():
                 self.pools[name].share = share
+            run = self.run
+            if run is not None and run.traffic_since is None and shares.get(run.candidate, 0) > 0:
+                run.traffic_since = time.monotonic()
         self.publish()
 
     def check_health(self, pool: Pool) -> None:
@@ -617,6 +625,8 @@ class Rollouts:
             run.phase = "done"
             run.finished_at = datetime.now(UTC).isoformat()
             run.seconds = round(time.monotonic() - run.started_monotonic, 2)
+            if run.traffic_since is not None:
+                run.traffic_seconds = round(time.monotonic() - run.traffic_since, 2)
             self.metrics.in_progress.set(0)
 
     def promoted(self) -> None:
