@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -27,6 +28,7 @@ from tests.e2e.conftest import BIN, RunningSuite, start_suite
 
 pytestmark = pytest.mark.timeout(240)
 
+ROOT = Path(__file__).resolve().parents[2]
 CONCURRENCY = 9
 """Streams in flight: about 50 requests/s with the fast model below on 2 cores."""
 STEADY_S = 3.0
@@ -267,6 +269,17 @@ async def test_bad_canary_is_rolled_back_in_its_first_step(
     )
     assert webhook["version"] == "4" and webhook["status"] == "firing"
     assert webhook["alerts"][0]["labels"]["severity"] == "page"
+    # The dashboard's rollout panels query series this supervisor now exposes.
+    exposed = httpx.get(_metrics_url(suite), timeout=5).text
+    board = json.loads((ROOT / "deploy" / "grafana" / "errors.json").read_text())
+    queried = {
+        name
+        for panel in board["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"sluice_rollout_\w+", target["expr"])
+    }
+    assert len(queried) >= 5
+    assert [name for name in queried if f"\n{name}" not in exposed] == []
 
 
 def supervisor_metric_total(suite: RunningSuite, name: str, **labels: str) -> float:
