@@ -270,7 +270,7 @@ async def test_bad_canary_is_rolled_back_in_its_first_step(
     assert webhook["version"] == "4" and webhook["status"] == "firing"
     assert webhook["alerts"][0]["labels"]["severity"] == "page"
     # The dashboard's rollout panels query series this supervisor now exposes.
-    exposed = httpx.get(_metrics_url(suite), timeout=5).text
+    exposed = supervisor_text(suite)
     board = json.loads((ROOT / "deploy" / "grafana" / "errors.json").read_text())
     queried = {
         name
@@ -282,8 +282,12 @@ async def test_bad_canary_is_rolled_back_in_its_first_step(
     assert [name for name in queried if f"\n{name}" not in exposed] == []
 
 
+def supervisor_text(suite: RunningSuite) -> str:
+    return httpx.get(_metrics_url(suite), timeout=5).text
+
+
 def supervisor_metric_total(suite: RunningSuite, name: str, **labels: str) -> float:
-    text = httpx.get(_metrics_url(suite), timeout=5).text
+    text = supervisor_text(suite)
     total = 0.0
     for line in text.splitlines():
         if (line.startswith(name + "{") or line.startswith(name + " ")) and all(
