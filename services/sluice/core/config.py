@@ -192,7 +192,7 @@ class ServerSettings(BaseModel):
     pool: str = Field("", pattern=r"^[a-z0-9-]{0,32}$")
     """Rollout pool of this process (e.g. `green`); when set, every series on its
     /metrics carries a `pool` label, so a canary is compared with its baseline
-    (docs/deployment.md). `sluice rollout` sets it for the routers it starts."""
+    (docs/deployment.md). `sluice rollout` sets it for the processes it starts."""
 
 
 class ServiceSettings(BaseSettings):
