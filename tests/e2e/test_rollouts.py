@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(240)
 ROOT = Path(__file__).resolve().parents[2]
 CONCURRENCY = 9
 """Streams in flight: about 50 requests/s with the fast model below on 2 cores."""
-STEADY_S = 3.0
+STEADY_S = 2.5
 FAST_MODEL = {"time_to_first_token_ms": 20, "tokens_per_second": 200, "answer_tokens": 12}
 
 
@@ -79,10 +79,10 @@ def rollout_suite(
             envoy={"rate_limit": {"enabled": False}},
             tracing={"sample_ratio": 0.05},
             rollout={
-                "analysis_window_s": 3,
+                "analysis_window_s": 2,
                 "analysis_interval_s": 0.5,
                 "min_requests": 5,
-                "rollback_window_s": 3,
+                "rollback_window_s": 2,
                 "drain_timeout_s": 10,
                 "ready_timeout_s": 60,
                 "webhook_url": f"http://127.0.0.1:{hook.server_port}/hook",
@@ -133,7 +133,7 @@ async def under_load(
         began = time.monotonic()
         result = await asyncio.to_thread(sluice_rollout, suite, *args, "--wait")
         ended = time.monotonic()
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.5)
     finally:
         run.stop = True
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=60)
@@ -295,6 +295,35 @@ def supervisor_metric_total(suite: RunningSuite, name: str, **labels: str) -> fl
         ):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def test_abort_switches_back_to_blue_within_the_rollback_window(
+    rollout_suite: tuple[RunningSuite, Webhook],
+) -> None:
+    suite, hook = rollout_suite
+    stable = json.loads(sluice_rollout(suite, "status").stdout)["stable_pool"]
+    candidate = candidate_file(suite, "v6-aborted", router={"progress_interval_ms": 600})
+    started = sluice_rollout(
+        suite, "blue-green", "--candidate", str(candidate), "--rollback-window", "120"
+    )
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 90
+    status = json.loads(started.stdout)
+    while "warm" not in (status["phase"] or "") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status = json.loads(sluice_rollout(suite, "status").stdout)
+    assert status["state"] == "running" and "warm" in status["phase"], status
+    assert edge_pools(suite) == {status["candidate_pool"]}
+    assert json.loads(sluice_rollout(suite, "abort").stdout)["state"] == "running"
+    while status["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status = json.loads(sluice_rollout(suite, "status").stdout)
+    assert status["state"] == "aborted" and status["reason"] == "manual", status
+    assert edge_pools(suite) == {stable}
+    assert [p["name"] for p in status["pools"]] == [stable]
+    assert ("aborted", "manual") in hook.decisions()
+    again = sluice_rollout(suite, "abort")
+    assert again.returncode == 1 and "NO_ROLLOUT" in again.stderr
 
 
 def test_control_endpoint_refuses_a_wrong_token(

@@ -131,7 +131,9 @@ def test_webhook_payload_is_alertmanagers() -> None:
     decision = Decision("rolled_back", "canary", "v2", "error_rate 0.05 > 0.01", "error_rate")
     payload = alertmanager_payload(decision, "http://sluice")
     assert payload["version"] == "4" and payload["status"] == "firing"
-    (alert,) = payload["alerts"]  # type: ignore[misc]
+    alerts = payload["alerts"]
+    assert isinstance(alerts, list) and len(alerts) == 1
+    alert = alerts[0]
     assert alert["labels"]["severity"] == "page" and alert["labels"]["reason"] == "error_rate"
     assert alert["endsAt"] == "0001-01-01T00:00:00Z" and alert["fingerprint"]
     step = alertmanager_payload(Decision("step", "canary", "v2", "5 %"), "http://sluice")

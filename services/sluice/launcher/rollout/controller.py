@@ -428,7 +428,7 @@ class Rollouts:
             self.set_phase(f"starting {part.name}")
             self._in_main(self._start_part, part)
             pool.helpers.append(part)
-            self._await_ready(part, "its provider")
+            # Not waited for here: the routers start meanwhile (add_replica waits).
             host, port = part.ports[0][1], part.ports[0][2]
             targets.append(f"{host}:{port}")
         return targets[0] if len(targets) == 1 else "ipv4:" + ",".join(targets)
@@ -467,6 +467,8 @@ class Rollouts:
         replica = Replica.of(part)
         with self._lock:
             pool.replicas.append(replica)
+        for helper in pool.helpers:
+            self._await_ready(helper, "its provider")
         self._await_ready(part, "router")
         self.set_phase(f"smoke request to {part.name}")
         problem = smoke_direct(replica, key, self.settings.smoke_model, tls)
