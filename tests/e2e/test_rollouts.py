@@ -8,9 +8,11 @@ Each test prints p99 during the rollout beside the steady state before it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -189,6 +191,35 @@ async def test_rolling_rollout_fails_nothing(rollout_suite: tuple[RunningSuite, 
     assert status["stable_pool"] == "green" and edge_pools(suite) == {"green"}
     assert [p["name"] for p in status["pools"]] == ["green"]
     assert ("completed", "") in hook.decisions()
+
+
+def test_envoy_hot_restart_after_a_rollout_keeps_the_new_pool(
+    rollout_suite: tuple[RunningSuite, Webhook],
+) -> None:
+    suite, _ = rollout_suite
+    assert suite.run_dir is not None
+    pid_file = suite.run_dir / "envoy.pid"
+    before = pid_file.read_text()
+    stable = json.loads(sluice_rollout(suite, "status").stdout)["stable_pool"]
+    os.kill(suite.process.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 60
+    while pid_file.read_text() == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pid_file.read_text() != before, "no hot restart"
+    # The new Envoy reads the endpoints file as the rollout left it.
+    assert edge_pools(suite) == {stable}
+    body = {"model": "default", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    auth = {"authorization": "Bearer sk-sluice-dev"}
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            response = httpx.post(f"{suite.edge}/v1/generate", json=body, headers=auth, timeout=10)
+            if response.status_code == 200 and '"complete"' in response.text:
+                break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the edge does not serve after the hot restart")
+    admin = f"http://127.0.0.1:{suite.ports['envoy_admin']}"
+    assert '"restart_epoch": 1' in httpx.get(f"{admin}/server_info", timeout=5).text
 
 
 async def test_blue_green_switch_fails_nothing(rollout_suite: tuple[RunningSuite, Webhook]) -> None:

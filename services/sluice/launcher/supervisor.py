@@ -321,14 +321,13 @@ class Suite:
     def _envoy_ready(self) -> bool:
         envoy = self.settings.envoy
         admin = f"http://{ADMIN_HOST}:{envoy.admin_port}"
-        router = self.settings.router.server
-        healthy_router = f"router::{router.host}:{router.port}::health_flags::healthy"
         # The epoch tells the new Envoy's admin from its parent's during a hot restart.
         epoch = f'"restart_epoch": {self.envoy_identity.epoch},'
         return (
             http_ok(f"{admin}/ready")
             and http_ok(f"{admin}/server_info", epoch)
-            and http_ok(f"{admin}/clusters", healthy_router)
+            # Any router replica: after a rollout they are not the configured port's.
+            and self.rollouts.envoy_sees_a_healthy_router()
         )
 
     def _start_envoy(self) -> None:
