@@ -404,7 +404,8 @@ class Rollouts:
 
     def candidate_pool(self) -> Pool:
         """The pool being rolled out."""
-        assert self.candidate is not None
+        if self.candidate is None:
+            raise RollBack("internal", "no candidate pool")
         return self.pools[self.candidate]
 
     def stable_pool(self) -> Pool:
@@ -457,7 +458,8 @@ class Rollouts:
     def add_replica(self, pool: Pool, provider_address: str, key: str) -> Replica:
         """Start one router of the pool; SERVING, smoke-tested and healthy in Envoy (with
         no share yet unless the pool has one), or RollBack."""
-        assert pool.config is not None
+        if pool.config is None:
+            raise RollBack("internal", f"pool {pool.name} has no configuration file")
         index = 1 + max((int(r.part.name.rsplit("-", 1)[1]) for r in pool.replicas), default=0)
         tls = self.suite._probe_tls("router")
         part = router_part(

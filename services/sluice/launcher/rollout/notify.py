@@ -149,7 +149,10 @@ class Notifier:
         if self.webhook_url:
             # Never holds the rollout up: a slow receiver only delays its own copy.
             threading.Thread(
-                target=self._post, args=(decision,), daemon=True, name="rollout-webhook"
+                target=self._post,
+                args=(self.webhook_url, decision),
+                daemon=True,
+                name="rollout-webhook",
             ).start()
 
     def recent(self, limit: int = 50) -> list[dict[str, object]]:
@@ -157,11 +160,10 @@ class Notifier:
         with self._lock:
             return [asdict(d) for d in self.history[-limit:]]
 
-    def _post(self, decision: Decision) -> None:
-        assert self.webhook_url is not None
+    def _post(self, url: str, decision: Decision) -> None:
         body = json.dumps(alertmanager_payload(decision, self.external_url)).encode()
         request = urllib.request.Request(  # noqa: S310 - an operator-configured http(s) URL
-            self.webhook_url,
+            url,
             data=body,
             headers={"content-type": "application/json"},
             method="POST",
@@ -174,6 +176,6 @@ class Notifier:
                 if attempt == 2:
                     with self._lock:
                         self.webhook_failures += 1
-                    say(f"rollout webhook {self.webhook_url}: {err}")
+                    say(f"rollout webhook {url}: {err}")
                     return
                 time.sleep(0.5 * (attempt + 1))

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 def _decide(rollouts: Rollouts, decision: str, message: str, reason: str = "") -> None:
     run = rollouts.run
-    assert run is not None
+    if run is None:
+        return
     share = rollouts.pools.get(run.candidate)
     rollouts.notifier.decide(
         Decision(
@@ -151,7 +152,8 @@ def canary(rollouts: Rollouts, settings: SuiteSettings, key: str) -> None:
 
 def _roll_back(rollouts: Rollouts, back: RollBack, stopped: list[Part]) -> None:
     run = rollouts.run
-    assert run is not None
+    if run is None:
+        return
     rollouts.set_phase(f"rolling back: {back}")
     stable, candidate = rollouts.stable_pool(), rollouts.pools.get(run.candidate)
     for part in stopped:
