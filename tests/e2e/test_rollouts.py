@@ -90,10 +90,23 @@ def rollout_suite(
                 "webhook_url": f"http://127.0.0.1:{hook.server_port}/hook",
             },
         ) as suite:
+            # Keep reading `sluice up`'s log (tests look for lines in it).
+            threading.Thread(target=_read_log, args=(suite,), daemon=True).start()
             yield suite, hook
     finally:
         hook.shutdown()
         hook.server_close()
+
+
+SUPERVISOR_LOG: list[str] = []
+
+
+def _read_log(suite: RunningSuite) -> None:
+    assert suite.process.stdout is not None
+    # The file is closed under us when the suite stops.
+    with contextlib.suppress(ValueError, OSError):
+        for line in suite.process.stdout:
+            SUPERVISOR_LOG.append(line)
 
 
 def candidate_file(suite: RunningSuite, name: str, **changes: Any) -> Path:
@@ -206,7 +219,22 @@ def test_envoy_hot_restart_after_a_rollout_keeps_the_new_pool(
     while pid_file.read_text() == before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert pid_file.read_text() != before, "no hot restart"
-    # The new Envoy reads the endpoints file as the rollout left it.
+    # The new Envoy takes over (the supervisor waits for the same) and reads the
+    # endpoints file as the rollout left it.
+    admin = f"http://127.0.0.1:{suite.ports['envoy_admin']}"
+    info = ""
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            info = httpx.get(f"{admin}/server_info", timeout=5).text
+            if '"restart_epoch": 1' in info and '"hot_restart_initializing": true' not in info:
+                break
+        time.sleep(0.2)
+    assert '"restart_epoch": 1' in info, info[-300:]
+    # The supervisor saw the new Envoy ready: a healthy router replica, though none is
+    # on the configured port any more.
+    while not any("Envoy hot-restarted" in line for line in SUPERVISOR_LOG):
+        assert time.monotonic() < deadline, "".join(SUPERVISOR_LOG[-20:])
+        time.sleep(0.2)
     assert edge_pools(suite) == {stable}
     body = {"model": "default", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     auth = {"authorization": "Bearer sk-sluice-dev"}
@@ -218,8 +246,8 @@ def test_envoy_hot_restart_after_a_rollout_keeps_the_new_pool(
         time.sleep(0.2)
     else:
         raise AssertionError("the edge does not serve after the hot restart")
-    admin = f"http://127.0.0.1:{suite.ports['envoy_admin']}"
-    assert '"restart_epoch": 1' in httpx.get(f"{admin}/server_info", timeout=5).text
+    clusters = httpx.get(f"{admin}/clusters", timeout=5).text
+    assert "::health_flags::healthy" in clusters
 
 
 async def test_blue_green_switch_fails_nothing(rollout_suite: tuple[RunningSuite, Webhook]) -> None:
