@@ -31,6 +31,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from sluice.launcher.openapi import render_openapi
+from sluice.launcher.rollout.settings import RolloutSettings
 from sluice.launcher.settings import EnvoySettings
 from sluice.limiter.settings import LimiterSettings
 from sluice.provider.settings import ProviderSettings
@@ -394,6 +395,7 @@ SECTIONS: tuple[tuple[str, str, type[BaseModel]], ...] = (
     ("provider", "SLUICE_PROVIDER_", ProviderSettings),
     ("telemetry", "SLUICE_TELEMETRY_", TelemetrySettings),
     ("envoy", "SLUICE_ENVOY_", EnvoySettings),
+    ("rollout", "SLUICE_ROLLOUT_", RolloutSettings),
 )
 
 

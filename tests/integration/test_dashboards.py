@@ -8,9 +8,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.common.v1 import common_pb2
+from sluice.launcher.metrics import SupervisorMetrics
+from sluice.launcher.rollout.notify import RolloutMetrics
 from sluice.router.v1 import router_pb2
 from sluice.telemetry.service import build_server as build_telemetry
 from tests.support import (
@@ -81,6 +84,24 @@ def test_the_five_dashboards_exist() -> None:
     ]
 
 
+def supervisor_series() -> set[str]:
+    """The series `sluice up`'s supervisor exposes during a rollout (the rollout e2e test,
+    tests/e2e/test_rollouts.py, checks them on a real supervisor)."""
+    supervisor = SupervisorMetrics()
+    rollout = RolloutMetrics(supervisor.registry)
+    supervisor.add("router", "router")
+    rollout.steps.labels("canary", "green").inc()
+    rollout.rollbacks.labels("router", "v2", "canary", "error_rate").inc()
+    rollout.decisions.labels("canary", "step").inc()
+    rollout.weight.labels("green").set(5)
+    rollout.gate.labels("error_rate", "candidate").set(0)
+    return {
+        sample.name
+        for family in text_string_to_metric_families(generate_latest(supervisor.registry).decode())
+        for sample in family.samples
+    }
+
+
 async def test_every_panel_queries_series_the_suite_exposes(stack: ServiceStack) -> None:
     telemetry = await stack.start(build_telemetry(telemetry_settings()))
     suite = await start_suite(stack, tracing=tracing_to(telemetry.port))
@@ -103,6 +124,7 @@ async def test_every_panel_queries_series_the_suite_exposes(stack: ServiceStack)
     for host in (telemetry, suite.router, suite.limiter, suite.provider):
         for family in text_string_to_metric_families(await scrape(host.metrics_port)):
             exposed.update(sample.name for sample in family.samples)
+    exposed.update(supervisor_series())
     recorded = set(re.findall(r"record: (\S+)", RULES.read_text()))
 
     missing = [

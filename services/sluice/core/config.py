@@ -189,6 +189,10 @@ class ServerSettings(BaseModel):
     """How long in-flight RPCs may run after SIGTERM before they are cancelled."""
     max_concurrent_streams: int = Field(10_000, ge=1)
     """HTTP/2 streams allowed per connection."""
+    pool: str = Field("", pattern=r"^[a-z0-9-]{0,32}$")
+    """Rollout pool of this process (e.g. `green`); when set, every series on its
+    /metrics carries a `pool` label, so a canary is compared with its baseline
+    (docs/deployment.md). `sluice rollout` sets it for the processes it starts."""
 
 
 class ServiceSettings(BaseSettings):

@@ -28,6 +28,7 @@ from sluice.launcher.envoy import descriptor_path, render_yaml
 from sluice.launcher.k8s.render import render, stale, write
 from sluice.launcher.parts import SERVICES, StartupError, envoy_argv, write_envoy_config
 from sluice.launcher.report import cli as report_commands
+from sluice.launcher.rollout.commands import add_commands as add_rollout_commands
 from sluice.launcher.settings import load_suite
 from sluice.launcher.supervisor import Suite
 from sluice.launcher.top import fetch
@@ -285,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     certs.set_defaults(run=_certs)
     keys.add_parser(commands)
     report_commands.add_commands(commands)
+    add_rollout_commands(commands)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))

@@ -18,6 +18,7 @@ from sluice.core.config import (
     load_settings,
     read_config_file,
 )
+from sluice.launcher.rollout.settings import RolloutSettings
 from sluice.limiter.settings import LimiterSettings
 from sluice.provider.settings import ProviderSettings
 from sluice.router.settings import DEV_KEY_SHA256, RouterSettings
@@ -195,6 +196,7 @@ class SuiteSettings:
     envoy: EnvoySettings
     config_path: Path | None
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
 
 
 def _loopback(host: str) -> bool:
@@ -248,6 +250,10 @@ def load_suite(
         supervisor = SupervisorSettings(**(data.get("supervisor") or {}))
     except ValidationError as err:
         raise ConfigError(describe_validation_error("supervisor", err)) from err
+    try:
+        rollout = RolloutSettings(**(data.get("rollout") or {}))
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error("rollout", err)) from err
     return SuiteSettings(
         router=load_settings(RouterSettings, "router", data=data),
         limiter=load_settings(LimiterSettings, "limiter", data=data),
@@ -256,4 +262,5 @@ def load_suite(
         envoy=envoy,
         config_path=Path(path) if path else None,
         supervisor=supervisor,
+        rollout=rollout,
     )

@@ -50,9 +50,10 @@ from sluice.launcher.parts import (
     say,
     service_argv,
     stop_process,
-    write_envoy_config,
 )
 from sluice.launcher.restarts import RestartPolicy
+from sluice.launcher.rollout.control import ControlServer
+from sluice.launcher.rollout.controller import Rollouts
 from sluice.launcher.settings import SuiteSettings, exposure_problems
 from sluice.router.settings import DEV_KEY_SHA256
 
@@ -83,6 +84,9 @@ class Suite:
         self.envoy_identity = EnvoyIdentity(self.run_dir)
         self.retiring: list[subprocess.Popen[bytes]] = []
         """Envoys handing over to a hot-restarted child; they exit on their own."""
+        self.rollouts = Rollouts(self)
+        """The router pools and their rollouts (launcher/rollout/, docs/deployment.md)."""
+        self.control: ControlServer | None = None
 
     def _prepare_certificates(self) -> None:
         """Under mtls with no certificates configured, create (once) a local CA and every
@@ -242,6 +246,7 @@ class Suite:
             self._start_services()
             if self.start_envoy:
                 self._start_envoy()
+            self.control = ControlServer(self.rollouts, self.run_dir)
         except BaseException:
             self.stop()
             raise
@@ -311,20 +316,20 @@ class Suite:
 
     def _envoy_argv(self, identity: list[str]) -> list[str]:
         """Envoy's command line on a freshly rendered config, with its restart identity."""
-        config_file = write_envoy_config(self.settings, self.run_dir)
+        # The router clusters' endpoints come from files the rollouts rewrite.
+        config_file = self.rollouts.write_envoy_config(self.settings)
         return envoy_argv(self.settings, config_file, identity)
 
     def _envoy_ready(self) -> bool:
         envoy = self.settings.envoy
         admin = f"http://{ADMIN_HOST}:{envoy.admin_port}"
-        router = self.settings.router.server
-        healthy_router = f"router::{router.host}:{router.port}::health_flags::healthy"
         # The epoch tells the new Envoy's admin from its parent's during a hot restart.
         epoch = f'"restart_epoch": {self.envoy_identity.epoch},'
         return (
             http_ok(f"{admin}/ready")
             and http_ok(f"{admin}/server_info", epoch)
-            and http_ok(f"{admin}/clusters", healthy_router)
+            # Any router replica: after a rollout they are not the configured port's.
+            and self.rollouts.envoy_sees_a_healthy_router()
         )
 
     def _start_envoy(self) -> None:
@@ -373,6 +378,7 @@ class Suite:
     def supervise(self, now: float | None = None) -> None:
         """Restart parts that exited (with backoff); give up on crash-looping ones."""
         now = time.monotonic() if now is None else now
+        self.rollouts.tick()
         self.retiring = [old for old in self.retiring if old.poll() is None]
         for part in self.parts:
             process = part.process
@@ -435,6 +441,10 @@ class Suite:
 
     def stop(self) -> None:
         """Stop every part: router first (drains streams), telemetry last."""
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        self.rollouts.close()
         order = ["router", "envoy", "provider", "limiter", "telemetry"]
         for role in order:
             for part in self.parts:
@@ -490,8 +500,13 @@ class Suite:
             )
         lines.append(
             f"  {'supervisor':<12}  metrics http://{s.supervisor.host}:{self.metrics.port}/metrics"
-            "   (restarts, crash loops)"
+            "   (restarts, crash loops, rollouts)"
         )
+        if self.control is not None:
+            lines.append(
+                f"  {'rollouts':<12}  sluice rollout canary|blue-green|rolling --candidate FILE "
+                f"--run-dir {self.run_dir}"
+            )
         if any(key.sha256 == DEV_KEY_SHA256 for key in s.router.api_keys):
             lines.append(
                 "  development key accepted: dev mode   (authorization: Bearer sk-sluice-dev)"

@@ -34,7 +34,7 @@ from sluice.core.grpcx.tls import (
 )
 from sluice.core.telemetry.error_reporting import build_reporter
 from sluice.core.telemetry.limits import ResourceLimitsCollector
-from sluice.core.telemetry.metrics import MetricsServer, RpcMetrics, serve_metrics
+from sluice.core.telemetry.metrics import MetricsServer, RpcMetrics, serve_metrics, with_labels
 from sluice.core.telemetry.tracing import build_tracer_provider, failed_spans_of
 
 log = logging.getLogger("sluice.server")
@@ -180,8 +180,9 @@ class ServiceHost:
             self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"{self.name}: cannot bind {server_settings.host}:{server_settings.port}")
+        pool = {"pool": server_settings.pool} if server_settings.pool else {}
         self._metrics_server, self.metrics_port = serve_metrics(
-            server_settings.host, server_settings.metrics_port, self.registry
+            server_settings.host, server_settings.metrics_port, with_labels(self.registry, pool)
         )
         await self.server.start()
         for startup in self._startups:

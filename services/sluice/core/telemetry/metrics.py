@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Iterator
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -74,6 +77,37 @@ class RpcMetrics:
     def count_error(self, method: str, reason: str) -> None:
         """Record one error by reason."""
         self._errors.labels(self._service, method, reason).inc()
+
+
+class _ConstantLabels(Collector):
+    """Another registry's series, each with labels added (e.g. a rollout's `pool`)."""
+
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]) -> None:
+        self._registry = registry
+        self._labels = labels
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            for sample in family.samples:
+                labelled.add_sample(
+                    sample.name,
+                    {**sample.labels, **self._labels},
+                    sample.value,
+                    sample.timestamp,
+                    sample.exemplar,
+                )
+            yield labelled
+
+
+def with_labels(registry: CollectorRegistry, labels: dict[str, str]) -> CollectorRegistry:
+    """A registry exporting `registry`'s series with `labels` added to each (itself when
+    there are none)."""
+    if not labels:
+        return registry
+    outer = CollectorRegistry(auto_describe=False)
+    outer.register(_ConstantLabels(registry, labels))
+    return outer
 
 
 class _QuietHandler(WSGIRequestHandler):

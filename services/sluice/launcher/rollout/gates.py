@@ -1,0 +1,249 @@
+"""The canary's gates: which router metrics compare the candidate pool with the
+baseline, and the thresholds that roll a canary back.
+
+One place for both forms of each gate: the figures `sluice rollout canary` computes from
+the routers' own /metrics (scraped per replica, summed per pool over the step), and the
+same quantity as PromQL over a `pool` label, for Prometheus-driven analysis (an Argo
+Rollouts AnalysisTemplate, dashboards). docs/deployment.md lists them.
+
+Gate names: `error_rate`, `upstream_error_rate`, `success_rate`, `latency_p99`,
+`ttft_p99`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from string import Template
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from sluice.launcher.rollout.settings import RolloutSettings
+
+SERVER_ERROR_CODES = (
+    "UNKNOWN",
+    "DEADLINE_EXCEEDED",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+)
+"""Codes that count against the service (as the SLA rules in deploy/prometheus/rules)."""
+_SERVER_ERRORS = "|".join(SERVER_ERROR_CODES)
+_RPC = 'service="router",method!~"/grpc[.].*"'
+"""Router RPCs that serve clients (health checks and reflection left out)."""
+
+REQUESTS = "sluice_rpc_requests_total"
+DURATION = "sluice_rpc_duration_seconds"
+TTFT = "sluice_router_time_to_first_token_seconds"
+ATTEMPTS = "sluice_router_backend_attempts_total"
+BACKEND_ERRORS = "sluice_router_backend_errors_total"
+
+_SERIES = {
+    "requests": f"{REQUESTS}{{{_RPC},$pool}}",
+    "server_errors": f'{REQUESTS}{{{_RPC},$pool,code=~"{_SERVER_ERRORS}"}}',
+    "ok": f'{REQUESTS}{{{_RPC},$pool,code="OK"}}',
+    "duration": f"{DURATION}_bucket{{{_RPC},$pool}}",
+    "ttft": f"{TTFT}_bucket{{$pool}}",
+    "attempts": f"{ATTEMPTS}{{$pool}}",
+    "backend_errors": f"{BACKEND_ERRORS}{{$pool}}",
+}
+PROMQL: dict[str, str] = {
+    "error_rate": (
+        f"sum(rate({_SERIES['server_errors']}[$window]))"
+        f" / sum(rate({_SERIES['requests']}[$window]))"
+    ),
+    "upstream_error_rate": (
+        f"sum(rate({_SERIES['backend_errors']}[$window]))"
+        f" / sum(rate({_SERIES['attempts']}[$window]))"
+    ),
+    "success_rate": (
+        f"sum(rate({_SERIES['ok']}[$window])) / sum(rate({_SERIES['requests']}[$window]))"
+    ),
+    "latency_p99": f"histogram_quantile(0.99, sum by (le) (rate({_SERIES['duration']}[$window])))",
+    "ttft_p99": f"histogram_quantile(0.99, sum by (le) (rate({_SERIES['ttft']}[$window])))",
+}
+"""Each gate's quantity for one pool: `$pool` is a label matcher (`pool_selector`),
+`$window` a range such as `1m` (string.Template placeholders)."""
+
+
+def pool_selector(pool: str, *, baseline: bool = False) -> str:
+    """The label matcher of a pool (`pool="green"`), or of everything else when it is the
+    candidate and the baseline is wanted (`pool!="green"`: routers started with the suite
+    carry no pool label)."""
+    return f'pool{"!=" if baseline else "="}"{pool}"'
+
+
+def promql(gate: str, pool: str, window: str, *, baseline: bool = False) -> str:
+    """The PromQL of `gate` for the candidate `pool` (or its baseline)."""
+    template = Template(PROMQL[gate])
+    return template.substitute(pool=pool_selector(pool, baseline=baseline), window=window)
+
+
+@dataclass
+class Figures:
+    """Cumulative counts of a set of router replicas (one pool), as scraped."""
+
+    requests: float = 0.0
+    server_errors: float = 0.0
+    ok: float = 0.0
+    attempts: float = 0.0
+    backend_errors: float = 0.0
+    latency: dict[float, float] = field(default_factory=dict)
+    """Cumulative histogram buckets (upper bound → count) of client RPC durations."""
+    ttft: dict[float, float] = field(default_factory=dict)
+
+    def add(self, other: Figures) -> None:
+        """Sum another replica's figures into these."""
+        self.requests += other.requests
+        self.server_errors += other.server_errors
+        self.ok += other.ok
+        self.attempts += other.attempts
+        self.backend_errors += other.backend_errors
+        for bound, count in other.latency.items():
+            self.latency[bound] = self.latency.get(bound, 0.0) + count
+        for bound, count in other.ttft.items():
+            self.ttft[bound] = self.ttft.get(bound, 0.0) + count
+
+    def since(self, start: Figures) -> Figures:
+        """What happened between `start` and these (a restarted replica counts from 0)."""
+
+        def delta(now: float, then: float) -> float:
+            return now - then if now >= then else now
+
+        return Figures(
+            requests=delta(self.requests, start.requests),
+            server_errors=delta(self.server_errors, start.server_errors),
+            ok=delta(self.ok, start.ok),
+            attempts=delta(self.attempts, start.attempts),
+            backend_errors=delta(self.backend_errors, start.backend_errors),
+            latency={b: delta(c, start.latency.get(b, 0.0)) for b, c in self.latency.items()},
+            ttft={b: delta(c, start.ttft.get(b, 0.0)) for b, c in self.ttft.items()},
+        )
+
+
+def parse_figures(text: str) -> Figures:
+    """A router's figures from its /metrics text."""
+    figures = Figures()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            client_rpc = labels.get("service") == "router" and not labels.get(
+                "method", ""
+            ).startswith("/grpc.")
+            if sample.name == REQUESTS and client_rpc:
+                figures.requests += sample.value
+                if labels.get("code") in SERVER_ERROR_CODES:
+                    figures.server_errors += sample.value
+                elif labels.get("code") == "OK":
+                    figures.ok += sample.value
+            elif sample.name == f"{DURATION}_bucket" and client_rpc:
+                bound = float(labels["le"])
+                figures.latency[bound] = figures.latency.get(bound, 0.0) + sample.value
+            elif sample.name == f"{TTFT}_bucket":
+                bound = float(labels["le"])
+                figures.ttft[bound] = figures.ttft.get(bound, 0.0) + sample.value
+            elif sample.name == ATTEMPTS:
+                figures.attempts += sample.value
+            elif sample.name == BACKEND_ERRORS:
+                figures.backend_errors += sample.value
+    return figures
+
+
+def quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """`histogram_quantile` over cumulative buckets (seconds), None without samples."""
+    ordered = sorted(buckets.items())
+    if not ordered or ordered[-1][1] <= 0:
+        return None
+    total = ordered[-1][1]
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in ordered:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound  # as Prometheus: the highest finite bound
+            width = count - lower_count
+            share = (rank - lower_count) / width if width > 0 else 1.0
+            return lower_bound + (bound - lower_bound) * share
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def _ratio(part: float, whole: float) -> float | None:
+    return part / whole if whole > 0 else None
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One gate's verdict on a step so far."""
+
+    gate: str
+    candidate: float | None
+    baseline: float | None
+    limit: float | None
+    passed: bool
+
+    def describe(self) -> str:
+        """`error_rate 0.052 > limit 0.010 (baseline 0.000)`."""
+
+        def show(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.4g}"
+
+        relation = "within" if self.passed else ">" if self.gate != "success_rate" else "<"
+        return (
+            f"{self.gate} {show(self.candidate)} {relation} limit {show(self.limit)} "
+            f"(baseline {show(self.baseline)})"
+        )
+
+
+def evaluate(candidate: Figures, baseline: Figures, settings: RolloutSettings) -> list[GateResult]:
+    """Every gate on a step's figures (deltas since the step began). A gate with no
+    candidate data passes (the caller waits for `min_requests` first); a missing
+    baseline rate counts as perfect (no errors); a missing baseline latency passes."""
+    results = []
+    for gate, value_of, allowance in (
+        (
+            "error_rate",
+            lambda f: _ratio(f.server_errors, f.requests),
+            settings.max_error_rate_increase,
+        ),
+        (
+            "upstream_error_rate",
+            lambda f: _ratio(f.backend_errors, f.attempts),
+            settings.max_upstream_error_rate_increase,
+        ),
+    ):
+        value, base = value_of(candidate), value_of(baseline)
+        limit = (base or 0.0) + allowance
+        results.append(GateResult(gate, value, base, limit, value is None or value <= limit))
+    success, base_success = (
+        _ratio(candidate.ok, candidate.requests),
+        _ratio(baseline.ok, baseline.requests),
+    )
+    floor = (1.0 if base_success is None else base_success) - settings.max_success_rate_drop
+    results.append(
+        GateResult(
+            "success_rate", success, base_success, floor, success is None or success >= floor
+        )
+    )
+    for gate, buckets_of, ratio, slack_ms in (
+        (
+            "latency_p99",
+            lambda f: f.latency,
+            settings.max_latency_p99_ratio,
+            settings.latency_slack_ms,
+        ),
+        ("ttft_p99", lambda f: f.ttft, settings.max_ttft_p99_ratio, settings.ttft_slack_ms),
+    ):
+        value, base = quantile(0.99, buckets_of(candidate)), quantile(0.99, buckets_of(baseline))
+        # Without a baseline figure there is nothing to compare with.
+        bound = None if base is None else base * ratio + slack_ms / 1000
+        passed = value is None or bound is None or value <= bound
+        results.append(GateResult(gate, value, base, bound, passed))
+    return results
+
+
+def failed(results: Iterable[GateResult]) -> list[GateResult]:
+    """The gates that crossed their threshold."""
+    return [result for result in results if not result.passed]
