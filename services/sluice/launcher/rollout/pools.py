@@ -193,6 +193,8 @@ def router_part(
         "SLUICE_ROUTER_PROVIDER_ADDRESS": provider_address,
         "SLUICE_ROUTER_TRACING__ENDPOINT": router.tracing.endpoint,
     }
+    if router.dev_mode:  # `sluice up --dev` holds for the candidates it starts too
+        env["SLUICE_ROUTER_DEV_MODE"] = "true"
     ports = [("grpc", host, port), ("metrics", host, metrics_port)]
     if router.http_api.enabled:
         http_port = free_port(router.http_api.host)
