@@ -120,9 +120,9 @@ async def test_first_tokens_raise_the_limit_and_start_waiting_streams_at_once() 
     await _settle()
     assert all(task.done() for task in tasks)
     for task in tasks:
-        ticket: Ticket = task.result()
-        if ticket not in running:
-            admission.release(ticket)
+        later: Ticket = task.result()
+        if later not in running:
+            admission.release(later)
 
 
 async def test_a_deep_queue_is_not_refused_while_the_limit_can_still_grow() -> None:
