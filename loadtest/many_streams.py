@@ -1,14 +1,15 @@
 """Many long streams at once: N concurrent SSE streams through Envoy against a real suite.
 
 Starts `sluice up` (with Envoy) on free loopback ports, the simulated model set to answer
-in `--answer-s` seconds (`--tokens-per-second`, exactly answer-s x rate tokens), and
-opens N streams (`POST /v1/generate`) over `--ramp-s` seconds. Every stream that ends is
-replaced by a new one until `--ramp-s + --hold-s`, so N stay open; then the last ones
+in `--answer-s` seconds (`--tokens-per-second`, exactly answer-s x rate tokens, sent every
+`--tick-ms`), and opens N streams (`POST /v1/generate`) over `--ramp-s` seconds. Every
+stream that ends is replaced by a new one until `--ramp-s + --hold-s`, so N stay open; then the last ones
 finish. Prints completions, errors by kind (HTTP status, in-band error reason,
 truncation, client exception), time to first token (request sent to the first `data`
 event) for the streams opened during the ramp and for those opened after it, the
-adaptive limit the router reached, Envoy's overflow counters, and resident memory
-(peak per process and the suite's peak sum, sampled every second from /proc).
+adaptive limit the router reached, Envoy's overflow counters, resident memory (peak per
+process and the suite's peak sum, sampled every second from /proc) and CPU cores used
+per process over the run.
 
 The client is aiohttp on uvloop over HTTP/1.1 (one connection per stream), split over
 `--clients` processes (one Python process relays about 1,000 such streams on one core).
@@ -194,9 +195,10 @@ def client_process(run: Slice, ready: Any, go: Any, origin: Any, results: Any) -
     try:
         import uvloop  # optional speed-up
     except ImportError:
-        results.put(asyncio.run(_client(run)))
+        rows = asyncio.run(_client(run))
     else:
-        results.put(uvloop.run(_client(run)))
+        rows = uvloop.run(_client(run))
+    results.put((time.process_time(), rows))
 
 
 # -- the suite ----------------------------------------------------------------------------
@@ -253,6 +255,15 @@ def _pids(run_dir: Path, supervisor: int) -> dict[str, int]:
     return found
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _scrape(url: str, prefixes: tuple[str, ...]) -> dict[str, float]:
     """Sample lines of a text exposition whose names start with one of `prefixes`."""
     try:
@@ -301,6 +312,8 @@ def measure(
         for _ in processes:
             ready.get(timeout=120)
         origin.value = time.time() + 0.2
+        cpu_before = {name: _cpu_seconds(pid) for name, pid in _pids(run_dir, supervisor).items()}
+        cpu: dict[str, float] = {}
         go.set()
         deadline = origin.value + open_until + stream_timeout + 30
         pending = len(processes)
@@ -315,8 +328,13 @@ def measure(
                     total += figures[0]
             peak_total = max(peak_total, total)
             with contextlib.suppress(queue.Empty):
-                results += results_queue.get(timeout=1.0)
+                client_cpu, rows = results_queue.get(timeout=1.0)
+                results += rows
+                cpu["clients"] = cpu.get("clients", 0.0) + client_cpu
                 pending -= 1
+        for name, pid in _pids(run_dir, supervisor).items():
+            cpu[name] = _cpu_seconds(pid) - cpu_before.get(name, 0.0)
+        elapsed = time.time() - origin.value
     finally:
         for process in processes:
             process.join(timeout=10)
@@ -332,7 +350,14 @@ def measure(
         ("cluster.router.",),
     )
     return summarise(
-        args, results, clients=clients, peak=peak, peak_total=peak_total, router=router, envoy=envoy
+        args,
+        results,
+        clients=clients,
+        peak=peak,
+        peak_total=peak_total,
+        router=router,
+        envoy=envoy,
+        cpu_share={k: round(v / elapsed, 2) for k, v in sorted(cpu.items())},
     )
 
 
@@ -345,6 +370,7 @@ def summarise(
     peak_total: float,
     router: dict[str, float],
     envoy: dict[str, float],
+    cpu_share: dict[str, float],
 ) -> dict[str, Any]:
     """The printed figures."""
     outcomes: dict[str, int] = {}
@@ -380,6 +406,7 @@ def summarise(
         "envoy_router_cluster": {k: v for k, v in envoy.items() if v},
         "rss_peak_mb": {k: round(v, 1) for k, v in sorted(peak.items())},
         "suite_rss_peak_mb": round(peak_total, 1),
+        "cpu_cores_used": cpu_share,
     }
 
 
@@ -389,7 +416,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--answer-s", type=float, default=30.0, help="seconds per answer")
     parser.add_argument("--tokens-per-second", type=float, default=20.0, help="model pace")
     parser.add_argument(
-        "--tick-ms", type=float, default=50.0, help="model's shortest gap between deltas"
+        "--tick-ms",
+        type=float,
+        default=250.0,
+        help="model's shortest gap between deltas (250: 5 tokens a message at 20/s; "
+        "50: one each, which at 2,000 streams is more messages than 2 cores relay)",
     )
     parser.add_argument(
         "--model-ttft-ms", type=float, default=20.0, help="model's time to first token"
