@@ -3,8 +3,8 @@
 Starts `sluice up` (with Envoy) on free loopback ports, the simulated model set to answer
 in `--answer-s` seconds (`--tokens-per-second`, exactly answer-s x rate tokens, sent every
 `--tick-ms`), and opens N streams (`POST /v1/generate`) over `--ramp-s` seconds. Every
-stream that ends is replaced by a new one until `--ramp-s + --hold-s`, so N stay open; then the last ones
-finish. Prints completions, errors by kind (HTTP status, in-band error reason,
+stream that ends is replaced by a new one until `--ramp-s + --hold-s`, so N stay open;
+then the last ones finish. Prints completions, errors by kind (HTTP status, in-band error reason,
 truncation, client exception), time to first token (request sent to the first `data`
 event) for the streams opened during the ramp and for those opened after it, the
 adaptive limit the router reached, Envoy's overflow counters, resident memory (peak per
