@@ -29,6 +29,7 @@ import json
 import math
 import os
 import queue
+import resource
 import signal
 import subprocess  # nosec B404 - we start our own `sluice up`
 import sys
@@ -456,8 +457,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _raise_open_files_limit() -> None:
+    """Every stream is a socket in a client and in Envoy (the suite and the client
+    processes inherit this limit): raise the soft limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    _raise_open_files_limit()
     with contextlib.ExitStack() as stack:
         if args.keep:
             workdir = Path(args.keep)
