@@ -1,5 +1,6 @@
-"""The shortened many-streams run (loadtest/many_streams.py): 100 concurrent streams of
-3 s answers through Envoy against the real suite, each replaced once it ends."""
+"""The shortened many-streams run (loadtest/many_streams.py): 100 concurrent streams
+(answers of 3 s on average) through Envoy against the real suite, each replaced when it
+ends."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.mark.timeout(240)  # the suite's start (slow on a loaded machine), ~10 s of streams
 def test_a_hundred_concurrent_streams_all_complete_without_refusals(tmp_path: Path) -> None:
-    args = parse(["--streams", "100", "--answer-s", "3", "--ramp-s", "1", "--hold-s", "4"])
+    args = parse(["--streams", "100", "--answer-s", "3", "--ramp-s", "1", "--hold-s", "6"])
     with running_suite(tmp_path, args) as (ports, run_dir, process):
         figures = measure(args, ports, run_dir, process.pid)
         assert process.poll() is None
@@ -24,8 +25,8 @@ def test_a_hundred_concurrent_streams_all_complete_without_refusals(tmp_path: Pa
     assert figures["ttft_during_ramp"]["n"] == 100, figures
     assert figures["ttft_after_ramp"]["n"] >= 100, figures
     assert figures["ttft_after_ramp"]["p99_ms"] is not None
-    # Answers last their 3 s (60 tokens at 20/s), not cut short.
-    assert figures["stream_seconds"]["p50_ms"] >= 2900, figures
+    # Answers last their 1.5-4.5 s (30-90 tokens at 20/s), not cut short.
+    assert 1500 <= figures["stream_seconds"]["p50_ms"] <= 6000, figures
     # No circuit breaker of Envoy tripped and the adaptive limit grew above its start (64).
     assert not any("overflow" in name for name in figures["envoy_router_cluster"]), figures
     limit = figures["router_adaptive"]['sluice_router_concurrency_limit{backend="simulated"}']
