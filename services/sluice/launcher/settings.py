@@ -61,18 +61,28 @@ class EdgeLimitSettings(BaseModel):
 
 
 class EdgeCircuitBreakerSettings(BaseModel):
-    """Envoy's circuit breakers on the router's clusters (gRPC and HTTP): what all
-    clients together may hold of one router before Envoy refuses (503) instead of
-    queueing without bound. Envoy's own defaults are 1024 each."""
+    """Envoy's circuit breakers on the router's clusters (gRPC and HTTP), and how many
+    streams share one HTTP/2 connection to a router: what all clients together may hold
+    of the routers before Envoy refuses (503) instead of queueing without bound. Envoy's
+    own defaults (1,024 connections, pending and active requests, 3 retries) refused
+    streams past about a thousand; these admit 10,000 concurrent streams, more than
+    one router holds (docs/runtime.md, "Capacity")."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
-    max_connections: int = Field(1024, ge=1)
-    """Connections Envoy opens to the router (per cluster); HTTP/1.1 requests need one each."""
-    max_pending_requests: int = Field(1024, ge=1)
-    """Requests waiting for a connection or stream to the router."""
-    max_requests: int = Field(1024, ge=1)
-    """Requests (HTTP/2 streams) in flight to the router at once."""
+    max_connections: int = Field(10_000, ge=1)
+    """Connections Envoy opens to the routers (per cluster); HTTP/1.1 requests (the
+    OpenAI-compatible listener) need one each."""
+    max_pending_requests: int = Field(10_000, ge=1)
+    """Requests waiting for a connection or stream to a router."""
+    max_requests: int = Field(10_000, ge=1)
+    """Requests (HTTP/2 streams) in flight to the routers at once."""
+    max_retries: int = Field(1024, ge=0)
+    """Retries in flight at once (per cluster): when a router dies, every request it had
+    not answered is retried on another, all together."""
+    max_streams_per_connection: int = Field(1000, ge=1, le=2_147_483_647)
+    """HTTP/2 streams Envoy puts on one connection to a router before opening another
+    (within `max_connections`)."""
 
 
 class EdgeTlsSettings(BaseModel):

@@ -34,6 +34,7 @@ from typing import IO
 from sluice.core.audit import AdminRecord, AuditLog
 from sluice.core.grpcx.certs import has_suite_certs, write_suite_certs
 from sluice.core.grpcx.tls import OPERATOR, ClientTls, client_tls
+from sluice.launcher.capacity import capacity_lines
 from sluice.launcher.envoy.bootstrap import ADMIN_HOST
 from sluice.launcher.hot_restart import EnvoyIdentity
 from sluice.launcher.metrics import SupervisorMetrics
@@ -492,6 +493,7 @@ class Suite:
             lines.append(
                 f"  {name:<12}  grpc {host}:{port}   metrics http://{host}:{metrics_port}/metrics"
             )
+        lines += capacity_lines(s)
         if self.security.mtls and self.security.certs_dir is not None:
             certs = self.security.certs_dir
             lines.append(

@@ -20,7 +20,13 @@ BIN = Path(sys.executable).parent
 EXPOSED: dict[str, Any] = {
     "envoy": {
         "host": "0.0.0.0",  # nosec B104 - the exposure under test
-        "circuit_breakers": {"max_connections": 7, "max_pending_requests": 8, "max_requests": 9},
+        "circuit_breakers": {
+            "max_connections": 7,
+            "max_pending_requests": 8,
+            "max_requests": 9,
+            "max_retries": 10,
+            "max_streams_per_connection": 11,
+        },
     }
 }
 
@@ -55,15 +61,26 @@ def test_router_clusters_have_circuit_breakers_from_settings(tmp_path: Path) -> 
                 "max_connections": 7,
                 "max_pending_requests": 8,
                 "max_requests": 9,
+                "max_retries": 10,
             }
         ]
     }
     assert clusters["router"]["circuit_breakers"] == expected
     assert clusters["router_http"]["circuit_breakers"] == expected
     assert "circuit_breakers" not in clusters["limiter"]
+    h2 = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    options = clusters["router"]["typed_extension_protocol_options"][h2]
+    assert options["explicit_http_config"]["http2_protocol_options"]["max_concurrent_streams"] == 11
+    # The defaults admit 5,000 concurrent streams and more (Envoy's own: 1,024 and 3).
     default = {c["name"]: c for c in render_suite(tmp_path)["static_resources"]["clusters"]}
     [threshold] = default["router"]["circuit_breakers"]["thresholds"]
-    assert threshold["max_requests"] == 1024
+    assert threshold == {
+        "priority": "DEFAULT",
+        "max_connections": 10_000,
+        "max_pending_requests": 10_000,
+        "max_requests": 10_000,
+        "max_retries": 1024,
+    }
 
 
 def test_envoy_accepts_the_hardened_bootstrap(tmp_path: Path) -> None:

@@ -52,7 +52,8 @@ def test_default_breaker_applies_to_backends_without_an_override() -> None:
     settings = RouterSettings.model_validate({})
     guard = BackendGuard("other", settings, FakeClock(), ResilienceMetrics(CollectorRegistry()))
     assert guard.breaker_settings.failure_threshold == 5
-    assert guard.bulkhead.settings.max_concurrent == 256
+    # Above the adaptive limit's default ceiling (5,461), which normally bounds streams.
+    assert guard.bulkhead.settings.max_concurrent == 10_000
 
 
 def message(role: str, content: str) -> common_pb2.Message:

@@ -21,8 +21,10 @@ class BulkheadSettings(BaseModel):
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
-    max_concurrent: int = Field(256, ge=1)
-    """Streams that may run on the back end at once."""
+    max_concurrent: int = Field(10_000, ge=1)
+    """Streams that may run on the back end at once: a hard guard above the router's
+    adaptive limit, whose memory-derived ceiling (router.admission.adaptive) is what
+    normally bounds them; keep it at least that high."""
     max_waiting: int = Field(64, ge=0)
     """Callers that may queue for a slot."""
     max_wait_ms: float = Field(100.0, ge=0.0)

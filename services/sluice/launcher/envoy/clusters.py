@@ -40,6 +40,7 @@ def cluster(
                     "max_connections": circuit_breakers.max_connections,
                     "max_pending_requests": circuit_breakers.max_pending_requests,
                     "max_requests": circuit_breakers.max_requests,
+                    "max_retries": circuit_breakers.max_retries,
                 }
             ]
         }
@@ -84,7 +85,7 @@ def clusters(settings: SuiteSettings) -> list[dict[str, Any]]:
             router.server.host,
             router.server.port,
             http2={
-                "max_concurrent_streams": 10_000,
+                "max_concurrent_streams": envoy.circuit_breakers.max_streams_per_connection,
                 "connection_keepalive": {"interval": "30s", "timeout": "10s"},
             },
             health_service=ROUTER_SERVICE,

@@ -20,11 +20,14 @@ How a request gets to run (on the router's request path, after the limiter admit
    limit, times the observed service time) ends after its deadline is refused at once
    with DEADLINE_EXCEEDED; one whose deadline passes while queued is removed and
    refused the same way.
-5. The concurrency limit per back end adapts (AIMD on time-to-first-token): while the
-   back end answers within the target it grows by 1/limit per completion; when it
-   slows down past the target the limit is cut by `decrease_factor`. So overload shows
-   up as queueing in front of the back end, not as timeouts inside it. The resilience
-   bulkhead per back end (core/resilience) stays the hard capacity guard behind this.
+5. The concurrency limit per back end adapts (AIMD on time to first token, fed at each
+   stream's first token, not at its end): from `initial_limit` it grows by a step per
+   first token within the target while the limit is in use, and a slower one cuts it by
+   `decrease_factor` (once per round of admissions); it stays between the floor and a
+   ceiling derived from the router's memory budget per stream (docs/runtime.md,
+   "Capacity"). So overload shows up as queueing in front of the back end, not as
+   timeouts inside it. The resilience bulkhead per back end (core/resilience) stays the
+   hard capacity guard behind this.
 """
 
 from sluice.router.admission.aimd import Aimd

@@ -84,13 +84,7 @@ class Admission:
 
     def limit(self, gate: BackendGate) -> int:
         """The gate's concurrency limit now: adaptive, capped by active schedules."""
-        limit = gate.aimd.limit
-        if self._settings.schedules:
-            minute = int(self._clock.wall() // 60) % (24 * 60)
-            caps = [w.max_limit for w in self._settings.schedules if w.active(minute)]
-            if caps:
-                limit = min(limit, *caps)
-        return limit
+        return min(gate.aimd.limit, self._scheduled_cap())
 
     def gate(self, backend: str) -> BackendGate:
         """The gate of a back end (created on first use)."""
@@ -98,6 +92,7 @@ class Admission:
         if found is None:
             found = self._gates[backend] = BackendGate(backend, self._settings)
             self.metrics.limit.labels(backend).set(self.limit(found))
+            self.metrics.ceiling.labels(backend).set(found.aimd.ceiling)
         return found
 
     def _shed(self, klass: PriorityClass) -> None:
@@ -122,7 +117,21 @@ class Admission:
 
     def _estimated_wait(self, gate: BackendGate, tenant: str, klass: PriorityClass) -> float:
         ahead = gate.queue.ahead_of(tenant, klass) + 1
-        return ahead / self.limit(gate) * gate.service.mean()
+        # While first tokens come in time the limit climbs towards its ceiling as the
+        # queue drains, so the queue is estimated at that capacity, not today's limit
+        # (thousands of streams opened at once would otherwise look hopeless).
+        capacity = self.limit(gate)
+        if gate.aimd.growing:
+            capacity = max(capacity, min(gate.aimd.ceiling, self._scheduled_cap()))
+        return ahead / capacity * gate.service.mean()
+
+    def _scheduled_cap(self) -> int:
+        """The smallest time-of-day cap active now (a very large number when none)."""
+        caps = [w.max_limit for w in self._settings.schedules if w.active(self._minute())]
+        return min(caps, default=2**31)
+
+    def _minute(self) -> int:
+        return int(self._clock.wall() // 60) % (24 * 60)
 
     def _refuse_deadline(self, klass: PriorityClass, why: str) -> DeadlineExceededError:
         self.metrics.refused.labels(klass, "deadline").inc()
@@ -244,17 +253,12 @@ class Admission:
             raise
 
     def release(self, ticket: Ticket) -> None:
-        """Give the capacity back; the ticket's first token feeds the adaptive limit."""
+        """Give the capacity back (and start whoever waits next)."""
         backend = ticket.backend
         gate = self.gate(backend)
         gate.in_flight -= 1
         now = self._clock.monotonic()
         gate.service.add(now - ticket.started)
-        if ticket.first_token_at is not None:
-            ttft = ticket.first_token_at - ticket.started
-            gate.aimd.observe(ttft)
-            self._ttft.add(ttft)
-        self.metrics.limit.labels(backend).set(self.limit(gate))
         self._dispatch(gate)
 
     async def run(
@@ -291,6 +295,18 @@ class Admission:
                 await close()
 
     def first_token(self, ticket: Ticket) -> None:
-        """Record that the ticket's stream produced its first token."""
-        if ticket.first_token_at is None:
-            ticket.first_token_at = self._clock.monotonic()
+        """Record that the ticket's stream produced its first token: its time to first
+        token feeds the adaptive limit now, not when the (long) stream ends, and a limit
+        that grew starts waiting requests at once."""
+        if ticket.first_token_at is not None:
+            return
+        now = ticket.first_token_at = self._clock.monotonic()
+        ttft = now - ticket.started
+        self._ttft.add(ttft)
+        gate = self.gate(ticket.backend)
+        gate.aimd.observe(
+            ttft, admitted_at=ticket.started, now=now, demand=gate.in_flight + len(gate.queue)
+        )
+        self.metrics.limit.labels(ticket.backend).set(self.limit(gate))
+        if gate.queue:
+            self._dispatch(gate)

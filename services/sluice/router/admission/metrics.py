@@ -34,6 +34,13 @@ class AdmissionMetrics:
             ["backend"],
             registry=registry,
         )
+        self.ceiling = Gauge(
+            "sluice_router_concurrency_ceiling",
+            "The most the adaptive limit may grow to per back end (the memory budget's "
+            "worth of streams, or admission.adaptive.max_limit).",
+            ["backend"],
+            registry=registry,
+        )
         self.refused = Counter(
             "sluice_router_admission_refused",
             "Requests refused by admission, by class and reason (shed, deadline, queue_full).",

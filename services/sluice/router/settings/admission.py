@@ -7,20 +7,45 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class AdaptiveSettings(BaseModel):
-    """The AIMD concurrency limit per back end."""
+    """The AIMD concurrency limit per back end (docs/runtime.md, "Capacity"): it starts at
+    `initial_limit`, grows by `increase_step` per first token that arrives within
+    `target_ttft_ms` while the limit is in use, is cut by `decrease_factor` per slower
+    first token, and stays within `min_limit` and the ceiling. The ceiling is what the
+    router's memory holds: `memory_budget_mb` over `stream_memory_kb`, unless `max_limit`
+    sets it."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
-    initial_limit: int = Field(256, ge=1)
-    """Concurrent streams allowed per back end at start."""
+    initial_limit: int = Field(64, ge=1)
+    """Concurrent streams allowed per back end at start; the limit grows from here."""
     min_limit: int = Field(4, ge=1)
     """Floor of the adaptive limit."""
-    max_limit: int = Field(256, ge=1)
-    """Ceiling of the adaptive limit."""
+    max_limit: int | None = Field(None, ge=1)
+    """Ceiling of the adaptive limit; unset, it is `memory_budget_mb` over
+    `stream_memory_kb`."""
+    memory_budget_mb: int = Field(512, ge=1)
+    """Memory one router may spend on open streams (on top of its idle size, about
+    100 MB); with `stream_memory_kb` it sets the ceiling when `max_limit` is unset."""
+    stream_memory_kb: int = Field(96, ge=1)
+    """Resident memory one open stream costs the router: measured 67 KB for a stream that
+    is read as it comes (loadtest/stream_memory.py), rounded up to the 64 KiB receive
+    window plus the kept answer (the Kubernetes sizing uses the same figure)."""
+    increase_step: float = Field(1.0, gt=0.0)
+    """Added to the limit per first token within the target while the limit is in use
+    (at least half taken, or requests waiting)."""
     target_ttft_ms: float = Field(2000.0, gt=0.0)
     """Time to first token the back end should stay within; slower answers cut the limit."""
     decrease_factor: float = Field(0.9, gt=0.0, lt=1.0)
-    """Multiplicative decrease on a slow answer."""
+    """Multiplicative decrease on a slow answer (once per answer admitted after the
+    previous cut)."""
+
+    @property
+    def ceiling(self) -> int:
+        """The largest the limit may grow: `max_limit`, else the memory budget's worth of
+        streams."""
+        if self.max_limit is not None:
+            return self.max_limit
+        return max(1, self.memory_budget_mb * 1024 // self.stream_memory_kb)
 
 
 class SheddingSettings(BaseModel):
@@ -76,8 +101,10 @@ class AdmissionSettings(BaseModel):
 
     enabled: bool = True
     """Queue and schedule requests per back end (off: straight to the fallback chain)."""
-    max_queue: int = Field(1024, ge=0)
-    """Requests that may wait per back end; beyond, SERVICE_UNAVAILABLE at once."""
+    max_queue: int = Field(8192, ge=0)
+    """Requests that may wait per back end; beyond, SERVICE_UNAVAILABLE at once. Deep
+    enough for thousands of streams opened at once while the limit grows (a waiter costs
+    a few KB)."""
     tenant_weights: dict[str, float] = Field(default_factory=dict)
     """Relative share of capacity per tenant within a class (default 1)."""
     adaptive: AdaptiveSettings = AdaptiveSettings()
