@@ -1,0 +1,138 @@
+"""Production on this machine: a suite run by `sluice up`, updated by canary rollouts.
+
+`deploy`: when no suite answers at the run dir, the first deploy starts one (`sluice up`,
+detached, its logs in RUN_DIR/logs, its pid in RUN_DIR.pid) and waits until Envoy is
+ready; when one runs, it rolls this build out to it with `sluice rollout canary
+--candidate CONFIG --candidate-bin SLUICE --wait`, which shifts traffic step by step,
+analyses each step and rolls back by itself when a gate fails; the exit code says whether
+the candidate was promoted. `health`: production's Envoy is ready and every router host
+behind it passes Envoy's active health check. docs/pipeline.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess  # nosec B404 - runs sluice with fixed argument lists
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from sluice.core.config import ConfigError
+from sluice.launcher.settings import load_suite
+
+NO_ROLLOUT = (
+    "deploy to production needs `sluice rollout canary` (the router-pool rollouts, "
+    "docs/deployment.md), and this sluice has no `rollout` command: merge the rollouts "
+    "work first."
+)
+
+
+def _sluice(sluice: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603  # nosec B603 - fixed argv, no shell
+        [sluice, *args], capture_output=True, text=True, check=False
+    )
+
+
+def _admin(config: str, path: str) -> str | None:
+    settings = load_suite(config)
+    url = f"http://127.0.0.1:{settings.envoy.admin_port}{path}"
+    try:
+        # Only ever Envoy's loopback admin interface.
+        with urllib.request.urlopen(url, timeout=2.0) as response:  # nosec B310
+            return str(response.read().decode(errors="replace"))
+    except OSError:
+        return None
+
+
+def health(config: str) -> list[str]:
+    """What is wrong with production (nothing when healthy)."""
+    ready = _admin(config, "/ready")
+    if ready is None or "LIVE" not in ready:
+        return [f"Envoy is not ready (admin /ready: {ready!r})"]
+    clusters = _admin(config, "/clusters") or ""
+    flags = [
+        line.split("::health_flags::", 1)
+        for line in clusters.splitlines()
+        if line.startswith("router") and "::health_flags::" in line
+    ]
+    if not flags:
+        return ["Envoy lists no router host"]
+    return [f"{host}: {flag}" for host, flag in flags if flag.strip() != "healthy"]
+
+
+def _running(sluice: str, run_dir: Path) -> bool:
+    return _sluice(sluice, "rollout", "status", "--run-dir", str(run_dir)).returncode == 0
+
+
+def _start(sluice: str, config: str, run_dir: Path, wait_s: float) -> int:
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / "sluice-up.log").open("ab") as log:
+        process = subprocess.Popen(  # noqa: S603  # nosec B603 - fixed argv, no shell
+            [sluice, "up", "--config", config, "--run-dir", str(run_dir),
+             "--log-dir", str(logs)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    pid_file = run_dir.with_suffix(".pid")
+    pid_file.write_text(f"{process.pid}\n")
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            print(f"production: `sluice up` exited {process.returncode}; see {logs}")
+            return 1
+        if not health(config):
+            print(f"production started (first deploy): pid {process.pid} in {pid_file}; "
+                  f"stop it with: kill $(cat {pid_file})")  # fmt: skip
+            return 0
+        time.sleep(1.0)
+    print(f"production: not healthy {wait_s:.0f} s after start; see {logs}")
+    return 1
+
+
+def deploy(args: argparse.Namespace) -> int:
+    if _sluice(args.sluice, "rollout", "--help").returncode != 0:
+        print(NO_ROLLOUT, file=sys.stderr)
+        return 3
+    run_dir = Path(args.run_dir)
+    if not _running(args.sluice, run_dir):
+        return _start(args.sluice, args.config, run_dir, args.start_timeout)
+    argv = ["rollout", "canary", "--candidate", args.config, "--candidate-bin",
+            args.sluice, "--label", args.label, "--steps", args.steps,
+            "--analysis-window", str(args.analysis_window), "--wait",
+            "--run-dir", str(run_dir)]  # fmt: skip
+    print(f"production: $ sluice {' '.join(argv)}", flush=True)
+    done = subprocess.run([args.sluice, *argv], check=False)  # noqa: S603  # nosec B603
+    return done.returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sluice", default=str(Path(sys.executable).parent / "sluice"))
+    parser.add_argument("--config", required=True, help="production's suite YAML")
+    parser.add_argument("--run-dir", default=".run/production")
+    commands = parser.add_subparsers(dest="command", required=True)
+    deploy_command = commands.add_parser("deploy", help="start, or canary-roll this build")
+    deploy_command.add_argument("--label", default=os.environ.get("REVISION", "candidate"))
+    deploy_command.add_argument("--steps", default="5,25,50,100")
+    deploy_command.add_argument("--analysis-window", type=float, default=30.0)
+    deploy_command.add_argument("--start-timeout", type=float, default=120.0)
+    commands.add_parser("health", help="Envoy ready, every router host healthy")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "deploy":
+            return deploy(args)
+        problems = health(args.config)
+    except ConfigError as err:
+        print(f"production: {err}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(f"production unhealthy: {problem}")
+    if not problems:
+        print("production healthy: Envoy ready, every router host passes its health check")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
