@@ -244,7 +244,7 @@ $(SEMGREP): requirements/semgrep.txt $(UV)
 
 semgrep: $(SEMGREP)
 	$(SEMGREP) --test $(SEMGREP_FLAGS) deploy/semgrep
-	$(SEMGREP) scan $(SEMGREP_FLAGS) --error --config deploy/semgrep services
+	$(SEMGREP) scan $(SEMGREP_FLAGS) --error --config deploy/semgrep --include "*.py" services
 
 ## hadolint: the Containerfile's lint (deploy/container/hadolint.yaml says why a rule is off).
 hadolint: $(STAMP)

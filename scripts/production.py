@@ -1,12 +1,13 @@
 """Production on this machine: a suite run by `sluice up`, updated by canary rollouts.
 
-`deploy`: when no suite answers at the run dir, the first deploy starts one (`sluice up`,
-detached, its logs in RUN_DIR/logs, its pid in RUN_DIR.pid) and waits until Envoy is
-ready; when one runs, it rolls this build out to it with `sluice rollout canary
---candidate CONFIG --candidate-bin SLUICE --wait`, which shifts traffic step by step,
-analyses each step and rolls back by itself when a gate fails; the exit code says whether
-the candidate was promoted. `health`: production's Envoy is ready and every router host
-behind it passes Envoy's active health check. docs/pipeline.md.
+`deploy`: when production is not up (its Envoy, at CONFIG's admin port, not ready), the
+first deploy starts it (`sluice up`, detached, its logs in RUN_DIR/logs, its pid in
+RUN_DIR.pid) and waits until it is healthy; when it is up, it rolls this build out to it
+with `sluice rollout canary --candidate CONFIG --candidate-bin SLUICE --wait`, which
+shifts traffic step by step, analyses each step and rolls back by itself when a gate
+fails; the exit code says whether the candidate was promoted. `health`: production's Envoy
+is ready and every router host behind it passes Envoy's active health check.
+docs/pipeline.md.
 """
 
 from __future__ import annotations
@@ -62,10 +63,6 @@ def health(config: str) -> list[str]:
     return [f"{host}: {flag}" for host, flag in flags if flag.strip() != "healthy"]
 
 
-def _running(sluice: str, run_dir: Path) -> bool:
-    return _sluice(sluice, "rollout", "status", "--run-dir", str(run_dir)).returncode == 0
-
-
 def _start(sluice: str, config: str, run_dir: Path, wait_s: float) -> int:
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -91,13 +88,28 @@ def _start(sluice: str, config: str, run_dir: Path, wait_s: float) -> int:
     return 1
 
 
+def _alive(pid_file: Path) -> int | None:
+    """The pid in the file when that process still runs."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
 def deploy(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    problems = health(args.config)
+    if problems:
+        pid = _alive(run_dir.with_suffix(".pid"))
+        if pid is not None:
+            print(f"production (pid {pid}) runs but is unhealthy: {'; '.join(problems)}")
+            return 1
+        return _start(args.sluice, args.config, run_dir, args.start_timeout)
     if _sluice(args.sluice, "rollout", "--help").returncode != 0:
         print(NO_ROLLOUT, file=sys.stderr)
         return 3
-    run_dir = Path(args.run_dir)
-    if not _running(args.sluice, run_dir):
-        return _start(args.sluice, args.config, run_dir, args.start_timeout)
     argv = ["rollout", "canary", "--candidate", args.config, "--candidate-bin",
             args.sluice, "--label", args.label, "--steps", args.steps,
             "--analysis-window", str(args.analysis_window), "--wait",
