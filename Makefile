@@ -290,11 +290,18 @@ PROD_CONFIG     ?= deploy/sluice.example.yaml
 PROD_RUN_DIR    ?= .run/production
 PROD_STEPS      ?= 5,25,50,100
 PROD_ANALYSIS_S ?= 30
+# A canary step is judged once the candidate has answered enough requests: a production
+# without traffic of its own (this machine) gets PROD_TRAFFIC_RPS small completions/s
+# through its edge during the rollout, with PROD_TRAFFIC_KEY (the development key of the
+# default configuration here; 0 turns it off where real traffic flows).
+PROD_TRAFFIC_RPS ?= 5
+PROD_TRAFFIC_KEY ?= sk-sluice-dev
+export PROD_TRAFFIC_KEY
 PRODUCTION := $(BIN)/python scripts/production.py --sluice $(BIN)/sluice \
 	--config $(PROD_CONFIG) --run-dir $(PROD_RUN_DIR)
 deploy-production: $(STAMP)
 	$(PRODUCTION) deploy --label $(REVISION) --steps $(PROD_STEPS) \
-	  --analysis-window $(PROD_ANALYSIS_S)
+	  --analysis-window $(PROD_ANALYSIS_S) --traffic-rps $(PROD_TRAFFIC_RPS)
 
 ## health-check: production's Envoy is ready and every router behind it passes its health check.
 health-check: $(STAMP)

@@ -5,17 +5,23 @@ first deploy starts it (`sluice up`, detached, its logs in RUN_DIR/logs, its pid
 RUN_DIR.pid) and waits until it is healthy; when it is up, it rolls this build out to it
 with `sluice rollout canary --candidate CONFIG --candidate-bin SLUICE --wait`, which
 shifts traffic step by step, analyses each step and rolls back by itself when a gate
-fails; the exit code says whether the candidate was promoted. `health`: production's Envoy
-is ready and every router host behind it passes Envoy's active health check.
-docs/pipeline.md.
+fails; the exit code says whether the candidate was promoted. A canary judges a step
+only once the candidate has answered enough requests: where production has no traffic of
+its own (this machine), `--traffic-rps` sends a bounded trickle of small completions
+through the edge while the rollout runs, with the key in PROD_TRAFFIC_KEY.
+
+`health`: production's Envoy is ready and every router host behind it passes Envoy's
+active health check. docs/pipeline.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess  # nosec B404 - runs sluice with fixed argument lists
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -98,6 +104,34 @@ def _alive(pid_file: Path) -> int | None:
     return pid
 
 
+def _edge(config: str) -> str:
+    settings = load_suite(config)
+    return f"http://127.0.0.1:{settings.envoy.port}"
+
+
+def _send(url: str, key: str, body: dict[str, object] | None = None) -> bytes:
+    request = urllib.request.Request(  # noqa: S310 - our own edge, http on loopback
+        url,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10.0) as response:  # noqa: S310  # nosec B310
+        return bytes(response.read())
+
+
+def _trickle(edge: str, key: str, rps: float, stop: threading.Event, sent: list[int]) -> None:
+    """Small completions at `rps` until `stop` (or 30 minutes): sent[0] ok, sent[1] failed."""
+    model = json.loads(_send(f"{edge}/v1/models", key))["data"][0]["id"]
+    body = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 4}
+    deadline = time.monotonic() + 1800
+    while not stop.wait(1.0 / rps) and time.monotonic() < deadline:
+        try:
+            _send(f"{edge}/v1/chat/completions", key, body)
+            sent[0] += 1
+        except OSError:
+            sent[1] += 1
+
+
 def deploy(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     problems = health(args.config)
@@ -115,7 +149,23 @@ def deploy(args: argparse.Namespace) -> int:
             "--analysis-window", str(args.analysis_window), "--wait",
             "--run-dir", str(run_dir)]  # fmt: skip
     print(f"production: $ sluice {' '.join(argv)}", flush=True)
-    done = subprocess.run([args.sluice, *argv], check=False)  # noqa: S603  # nosec B603
+    stop, sent = threading.Event(), [0, 0]
+    key = os.environ.get("PROD_TRAFFIC_KEY", "")
+    if args.traffic_rps > 0 and not key:
+        print("production: --traffic-rps needs the key in PROD_TRAFFIC_KEY", file=sys.stderr)
+        return 2
+    trickle = threading.Thread(
+        target=_trickle, args=(_edge(args.config), key, args.traffic_rps, stop, sent), daemon=True
+    )
+    if args.traffic_rps > 0:
+        trickle.start()
+    try:
+        done = subprocess.run([args.sluice, *argv], check=False)  # noqa: S603  # nosec B603
+    finally:
+        stop.set()
+    if args.traffic_rps > 0:
+        trickle.join(timeout=15.0)
+        print(f"production: traffic during the rollout: {sent[0]} answered, {sent[1]} failed")
     return done.returncode
 
 
@@ -129,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     deploy_command.add_argument("--label", default=os.environ.get("REVISION", "candidate"))
     deploy_command.add_argument("--steps", default="5,25,50,100")
     deploy_command.add_argument("--analysis-window", type=float, default=30.0)
-    deploy_command.add_argument("--start-timeout", type=float, default=120.0)
+    deploy_command.add_argument("--start-timeout", type=float, default=180.0)
+    deploy_command.add_argument(
+        "--traffic-rps", type=float, default=0.0, help="synthetic requests/s during a rollout"
+    )
     commands.add_parser("health", help="Envoy ready, every router host healthy")
     args = parser.parse_args(argv)
     try:

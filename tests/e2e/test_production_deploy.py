@@ -29,6 +29,7 @@ BIN = Path(sys.executable).parent
 
 def production(config: Path, run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    env["PROD_TRAFFIC_KEY"] = "sk-sluice-dev"  # the default configuration's development key
     return subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "production.py"), "--sluice",
          str(BIN / "sluice"), "--config", str(config), "--run-dir", str(run_dir), *args],
@@ -67,6 +68,7 @@ def prod(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
             stop(int(pid_file.read_text()))
 
 
+@pytest.mark.timeout(600)
 def test_first_deploy_starts_production_then_health_passes_and_a_redeploy_rolls_out(
     prod: tuple[Path, Path],
 ) -> None:
@@ -85,7 +87,7 @@ def test_first_deploy_starts_production_then_health_passes_and_a_redeploy_rolls_
 
     redeploy = production(
         config, run_dir, "deploy", "--label", "second", "--steps", "50,100",
-        "--analysis-window", "3",
+        "--analysis-window", "3", "--traffic-rps", "10",
     )  # fmt: skip
     has_rollout = subprocess.run(
         [str(BIN / "sluice"), "rollout", "--help"], capture_output=True, check=False
@@ -96,6 +98,7 @@ def test_first_deploy_starts_production_then_health_passes_and_a_redeploy_rolls_
     else:
         # Promoted or rolled back by its gates: either way production stays healthy.
         assert "sluice rollout canary" in redeploy.stdout, redeploy.stdout + redeploy.stderr
+        assert "traffic during the rollout" in redeploy.stdout
     assert production(config, run_dir, "health").returncode == 0
     # Still the one production started first: a redeploy never starts a second suite.
     assert int(run_dir.with_suffix(".pid").read_text()) == pid
