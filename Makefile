@@ -18,7 +18,9 @@ RUNTIME_STAMP := $(VENV)/.synced-runtime
 
 .PHONY: venv tools js-deps up test test-fast gen docs docs-gen lint lock lock-check sbom security \
 	bench bench-limiter bench-overload envoy-config clean \
-	podman-deps containers-conf base-image image image-check podman-smoke k8s checkov
+	podman-deps containers-conf base-image image image-check podman-smoke k8s checkov \
+	semgrep hadolint scan build test-unit test-integration deploy-staging smoke \
+	deploy-production health-check pipeline publish-image deploy-cluster
 
 $(UV): requirements/uv.txt
 	$(PYTHON) -m venv $(UV_HOME)
@@ -127,7 +129,7 @@ docs-gen: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-lint: $(STAMP) lock-check
+lint: $(STAMP) lock-check semgrep
 	$(BIN)/buf lint gen/sluice.binpb --path sluice --config buf.yaml
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -236,4 +238,104 @@ podman-smoke: containers-conf $(STAMP)
 	$(PODMAN_ENV) $(BIN)/python scripts/podman_smoke.py --image $(IMAGE)
 
 clean:
-	rm -rf $(VENV) $(UV_HOME) $(CHECKOV_HOME) build .run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(UV_HOME) $(CHECKOV_HOME) $(SEMGREP_HOME) build .run .pytest_cache .mypy_cache .ruff_cache
+
+## semgrep (part of `make lint`): our own rule set, deploy/semgrep/ (the registry's rules
+## cannot be fetched here): first each rule against its annotated test file (`--test`),
+## then every rule over services/, which must have no finding (a justified exception
+## carries `# nosemgrep: RULE` and a comment saying why). In a venv of its own from
+## requirements/semgrep.txt (hashed): semgrep pins an older opentelemetry than the suite.
+SEMGREP_HOME  := .semgrep-venv
+SEMGREP       := $(SEMGREP_HOME)/bin/semgrep
+SEMGREP_FLAGS := --metrics=off --disable-version-check --quiet
+$(SEMGREP): requirements/semgrep.txt $(UV)
+	$(UV) venv --quiet --allow-existing $(SEMGREP_HOME)
+	$(UV) pip install --quiet --python $(SEMGREP_HOME)/bin/python --require-hashes \
+	  -r requirements/semgrep.txt
+	touch $@
+
+semgrep: $(SEMGREP)
+	$(SEMGREP) --test $(SEMGREP_FLAGS) deploy/semgrep
+	$(SEMGREP) scan $(SEMGREP_FLAGS) --error --config deploy/semgrep --include "*.py" services
+
+## hadolint: the Containerfile's lint (deploy/container/hadolint.yaml says why a rule is off).
+hadolint: $(STAMP)
+	$(BIN)/hadolint --config deploy/container/hadolint.yaml deploy/container/Containerfile
+
+## scan: the pipeline's security scan: bandit, semgrep, checkov, hadolint, then pip-audit.
+## pip-audit needs its vulnerability service; where it cannot be reached the scan says so
+## in one line and goes on, unless REQUIRE_AUDIT=1 (CI with network) makes that a failure.
+REQUIRE_AUDIT ?=
+scan: $(STAMP) semgrep checkov hadolint
+	$(BIN)/bandit -q -c pyproject.toml -r services scripts
+	@$(BIN)/python scripts/audit.py --uv $(UV); rc=$$?; \
+	if [ $$rc -eq 2 ] && [ -z "$(REQUIRE_AUDIT)" ]; then \
+	  echo "scan: pip-audit NOT RUN (service unreachable); REQUIRE_AUDIT=1 makes this fail"; \
+	elif [ $$rc -ne 0 ]; then exit $$rc; fi
+
+## build: the environment from the lock, the wheel (build/dist/) and the SBOM.
+build: $(STAMP) sbom
+	$(UV) build --wheel --quiet --out-dir build/dist
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+## test-integration: real processes: services, Envoy, Redis, Prometheus (and the docs' tests).
+test-integration: $(STAMP) tools js-deps
+	$(BIN)/python -m pytest -q tests/integration tests/e2e tests/docs
+
+## deploy-staging: staging is the suite from the image under `podman kube play`
+## (`make podman-smoke`: up, SERVING, checked through its Envoy, stopped).
+deploy-staging: image-check podman-smoke
+
+## smoke: the suite's smoke set (tests/e2e/test_suite.py: every listener, gRPC, SSE, the
+## OpenAI-compatible edge, 401s, one trace) against this build on the host, the way
+## production will run it.
+smoke: $(STAMP)
+	$(BIN)/python -m pytest -q tests/e2e/test_suite.py
+
+## deploy-production: production is a suite started by `sluice up` (PROD_CONFIG, its run
+## dir PROD_RUN_DIR); the first deploy starts it, later ones roll this build out to it by
+## `sluice rollout canary` (steps PROD_STEPS, PROD_ANALYSIS_S seconds each), which rolls
+## back by itself when a gate fails (scripts/production.py, docs/pipeline.md).
+PROD_CONFIG     ?= deploy/sluice.example.yaml
+PROD_RUN_DIR    ?= .run/production
+PROD_STEPS      ?= 5,25,50,100
+PROD_ANALYSIS_S ?= 30
+# A canary step is judged once the candidate has answered enough requests: a production
+# without traffic of its own (this machine) gets PROD_TRAFFIC_RPS small completions/s
+# through its edge during the rollout, with PROD_TRAFFIC_KEY (the development key of the
+# default configuration here; 0 turns it off where real traffic flows).
+PROD_TRAFFIC_RPS ?= 5
+PROD_TRAFFIC_KEY ?= sk-sluice-dev
+export PROD_TRAFFIC_KEY
+PRODUCTION := $(BIN)/python scripts/production.py --sluice $(BIN)/sluice \
+	--config $(PROD_CONFIG) --run-dir $(PROD_RUN_DIR)
+deploy-production: $(STAMP)
+	$(PRODUCTION) deploy --label $(REVISION) --steps $(PROD_STEPS) \
+	  --analysis-window $(PROD_ANALYSIS_S) --traffic-rps $(PROD_TRAFFIC_RPS)
+
+## health-check: production's Envoy is ready and every router behind it passes its health check.
+health-check: $(STAMP)
+	$(PRODUCTION) health
+
+## pipeline: the 10 stages in order, each a make target (scripts/pipeline.py prints each
+## stage's name and time and stops at the first failure, naming it).
+## PIPELINE_FAIL_STAGE=smoke fails that stage on purpose (proves nothing after it runs).
+pipeline:
+	$(PYTHON) scripts/pipeline.py
+
+## publish-image, deploy-cluster: for CI systems with a registry and a cluster, never run
+## here. REGISTRY (e.g. ghcr.io/acme) with podman already logged in to it (the CI's
+## registry secret); KUBE_CONTEXT a context of the CI's kubeconfig secret; K8S_ENV staging
+## or production (deploy/k8s/<env>/, rendered by `make k8s`). docs/pipeline.md.
+REGISTRY     ?=
+KUBE_CONTEXT ?=
+K8S_ENV      ?= staging
+publish-image: containers-conf
+	@[ -n "$(REGISTRY)" ] || { echo "publish-image: set REGISTRY (the CI's registry secret)" >&2; exit 2; }
+	$(PODMAN) push $(IMAGE) docker://$(REGISTRY)/sluice:$(VERSION)-$(REVISION)
+
+deploy-cluster:
+	@[ -n "$(KUBE_CONTEXT)" ] || { echo "deploy-cluster: set KUBE_CONTEXT (the CI's kubeconfig secret)" >&2; exit 2; }
+	kubectl --context "$(KUBE_CONTEXT)" apply --recursive -f deploy/k8s/$(K8S_ENV)/

@@ -108,7 +108,9 @@ async def timed_batches(
 def _unread(content: aiohttp.StreamReader) -> bytes:
     """Bytes already received but not yet read (aiohttp keeps them after an error)."""
     read_buffered = getattr(content, "_read_nowait", None)
-    try:
+    # Only on a path that already failed: the original error is the one raised and logged;
+    # a changed private API here must not replace it.
+    try:  # nosemgrep: sluice-swallowed-exception
         return read_buffered(-1) if read_buffered is not None else b""
-    except Exception:  # a changed private API must not hide the original failure
+    except Exception:
         return b""

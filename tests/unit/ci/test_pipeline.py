@@ -1,0 +1,137 @@
+"""scripts/pipeline.py: stages run in order, each timed; the first failure stops the run
+and is named; nothing after it runs (a failed smoke test never reaches production).
+
+The stage commands here are real child processes that record that they ran; the real
+stages (make targets) take far too long for `make test` (docs/pipeline.md has a full run).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+SCRIPT = ROOT / "scripts" / "pipeline.py"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("sluice_pipeline_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+pipeline = _load()
+
+
+def fake_stages(marks: Path, failing: str | None = None) -> list[object]:
+    """The 10 real stage keys and names, each command a child that touches a mark file
+    (and exits 3 for the failing one)."""
+    stages = []
+    for stage in pipeline.STAGES:
+        code = 3 if stage.key == failing else 0
+        mark = str(marks / stage.key)
+        script = f"import pathlib, sys; pathlib.Path({mark!r}).touch(); sys.exit({code})"
+        stages.append(pipeline.Stage(stage.key, stage.name, (sys.executable, "-c", script)))
+    return stages
+
+
+def test_the_seed_ten_stages_in_order_each_a_make_target() -> None:
+    assert [stage.name for stage in pipeline.STAGES] == [
+        "commit", "build", "unit tests", "integration tests", "security scan",
+        "container build", "deploy to staging", "smoke tests", "deploy to production",
+        "health check",
+    ]  # fmt: skip
+    for stage in pipeline.STAGES:
+        assert stage.command[:2] == ("make", "--no-print-directory")
+        targets = stage.command[2:]
+        makefile = (ROOT / "Makefile").read_text()
+        for target in targets:
+            assert f"\n{target}:" in makefile, f"{stage.name}: no make target {target}"
+
+
+def test_all_stages_pass_in_order_each_named_and_timed(tmp_path: Path) -> None:
+    out = io.StringIO()
+    result = pipeline.run_pipeline(fake_stages(tmp_path), out=out)
+    assert result.exit_code == 0 and result.failed is None
+    assert list(result.passed) == [stage.name for stage in pipeline.STAGES]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(s.key for s in pipeline.STAGES)
+    text = out.getvalue()
+    positions = [text.index(f": {stage.name}: ok in ") for stage in pipeline.STAGES]
+    assert positions == sorted(positions)
+    assert "pipeline passed: 10 stages in" in text
+
+
+def test_a_failed_smoke_stage_stops_before_production(tmp_path: Path) -> None:
+    out = io.StringIO()
+    result = pipeline.run_pipeline(fake_stages(tmp_path, failing="smoke"), out=out)
+    assert result.failed == "smoke tests"
+    assert result.exit_code == 3
+    ran = {p.name for p in tmp_path.iterdir()}
+    assert "smoke" in ran
+    assert not ran & {"production", "health"}, ran
+    text = out.getvalue()
+    assert "smoke tests: FAILED (exit 3)" in text
+    assert "pipeline FAILED at stage 'smoke tests'" in text
+    assert "not run: deploy to production, health check" in text
+    assert "deploy to production: ok" not in text
+
+
+def test_pipeline_fail_stage_fails_that_stage_without_running_it(tmp_path: Path) -> None:
+    out = io.StringIO()
+    result = pipeline.run_pipeline(fake_stages(tmp_path), fail_stage="smoke", out=out)
+    assert result.failed == "smoke tests" and result.exit_code == 1
+    ran = {p.name for p in tmp_path.iterdir()}
+    assert ran == {"commit", "build", "unit", "integration", "security", "container", "staging"}
+    assert "failing on purpose (PIPELINE_FAIL_STAGE=smoke)" in out.getvalue()
+
+
+def test_an_unknown_stage_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(pipeline.UnknownStageError, match="smok"):
+        pipeline.run_pipeline(fake_stages(tmp_path), fail_stage="smok")
+    assert not list(tmp_path.iterdir())
+
+
+def test_make_pipeline_entry_point_stops_at_smoke_and_never_deploys() -> None:
+    # The real runner and stage list from the command line: only smoke and the two
+    # production stages selected, smoke failed on purpose, so no make target runs.
+    env = os.environ | {
+        "PIPELINE_STAGES": "smoke,production,health",
+        "PIPELINE_FAIL_STAGE": "smoke",
+    }
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "==> stage 1/3: smoke tests" in done.stdout
+    assert "pipeline FAILED at stage 'smoke tests'" in done.stdout
+    assert "not run: deploy to production, health check" in done.stdout
+    assert "make --no-print-directory deploy-production" not in done.stdout
+
+
+def test_unknown_stage_in_the_environment_exits_2() -> None:
+    env = os.environ | {"PIPELINE_STAGES": "smoke,prod"}
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "no stage prod" in done.stderr
