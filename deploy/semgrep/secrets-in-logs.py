@@ -27,3 +27,11 @@ def good(api_key_id: str, key_name: str, api_key: str) -> dict[str, str]:
         raise ValueError("no key given")
     # ok: sluice-secret-in-log
     return {"authorization": f"Bearer {api_key}"}
+
+
+SECRET_BYTES = 32
+
+
+def short(path: str) -> None:
+    # ok: sluice-secret-in-exception
+    raise ValueError(f"{path}: shorter than {SECRET_BYTES} bytes")
