@@ -58,7 +58,12 @@ def suite_config(ports: dict[str, int]) -> dict[str, object]:
         "provider": {
             "server": {"port": ports["provider"], "metrics_port": ports["provider_metrics"]},
             # A visible stream: about 15 tokens a second.
-            "backends": {"simulated": {"time_to_first_token_ms": 80, "tokens_per_second": 15}},
+            "backends": {
+                "simulated": {
+                    "time_to_first_token_ms": 80,  # nosec B105 - a latency, not a secret
+                    "tokens_per_second": 15,
+                },
+            },
         },
         "telemetry": {
             "server": {"port": ports["telemetry"], "metrics_port": ports["telemetry_metrics"]}
