@@ -14,16 +14,10 @@ from typing import Any
 import yaml
 
 from sluice.core.config import deep_merge
-from sluice.launcher.k8s.suite import ClusterSuite, load_quietly
+from sluice.launcher.k8s.meta import Manifest, metadata
+from sluice.launcher.k8s.suite import ENVOY_STATS_PORT, ClusterSuite, load_quietly
 from sluice.launcher.k8s.values import PARTS, K8sValues
-from sluice.launcher.k8s.workloads import (
-    CONFIG_MAP,
-    Manifest,
-    metadata,
-    part_container,
-    pod_spec,
-    writable_volumes,
-)
+from sluice.launcher.k8s.workloads import CONFIG_MAP, part_container, pod_spec, writable_volumes
 
 POD = "sluice-suite"
 
@@ -33,7 +27,10 @@ def local_suite(values: K8sValues) -> ClusterSuite:
     any_address = "0.0.0.0"  # noqa: S104  # nosec B104 - inside the pod's own namespace
     config: dict[str, Any] = deep_merge(
         values.suite,
-        {"envoy": {"host": any_address}, "telemetry": {"server": {"host": any_address}}},
+        {
+            "envoy": {"host": any_address, "stats_port": ENVOY_STATS_PORT},
+            "telemetry": {"server": {"host": any_address}},
+        },
     )
     return ClusterSuite(config=config, settings=load_quietly(config))
 

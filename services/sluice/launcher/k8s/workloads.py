@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any
 
+from sluice.launcher.k8s.certificates import certs_volume
+from sluice.launcher.k8s.meta import Manifest, labels, metadata, selector
 from sluice.launcher.k8s.suite import (
+    CERTS_DIR,
     CONFIG_DIR,
     CONFIG_FILE,
     VALKEY_PORT,
@@ -16,11 +18,8 @@ from sluice.launcher.k8s.suite import (
     dns_name,
     name_of,
 )
-from sluice.launcher.k8s.values import K8sValues, PartValues, SizingValues
+from sluice.launcher.k8s.values import POOL, K8sValues, PartValues, SizingValues
 from sluice.launcher.parts import HEALTH_SERVICES
-from sluice.launcher.version import package_version
-
-Manifest = dict[str, Any]
 
 UID = 10001
 """The image's user (deploy/container/Containerfile)."""
@@ -30,31 +29,6 @@ CONFIG_MAP = "sluice-config"
 UPSTREAM_SECRETS_DIR = "/etc/sluice/secrets/upstream"
 TLS_DIR = "/etc/sluice/tls"
 TMP_DIR = "/tmp"  # noqa: S108  # nosec B108 - each pod's own emptyDir, not a shared /tmp
-
-
-def labels(values: K8sValues, part: str) -> dict[str, str]:
-    """Recommended labels of one part's resources."""
-    return {
-        "app.kubernetes.io/name": "sluice",
-        "app.kubernetes.io/component": part,
-        "app.kubernetes.io/part-of": "sluice",
-        "app.kubernetes.io/version": package_version(),
-        "app.kubernetes.io/managed-by": "sluice-k8s-render",
-    }
-
-
-def selector(part: str) -> dict[str, str]:
-    """The labels that pick one part's pods (stable across versions)."""
-    return {"app.kubernetes.io/name": "sluice", "app.kubernetes.io/component": part}
-
-
-def metadata(values: K8sValues, part: str, name: str | None = None) -> Manifest:
-    """Name, namespace and labels of a part's resource."""
-    return {
-        "name": name or name_of(part),
-        "namespace": values.namespace,
-        "labels": labels(values, part),
-    }
 
 
 # -- sizing ---------------------------------------------------------------------------
@@ -128,7 +102,7 @@ def topology_spread(part: str) -> list[Manifest]:
             # Spread each revision on its own (Argo Rollouts labels its ReplicaSets' pods
             # with its own hash key).
             "matchLabelKeys": [
-                "rollouts-pod-template-hash" if part == "router" else "pod-template-hash"
+                "rollouts-pod-template-hash" if part in POOL else "pod-template-hash"
             ],
         }
         for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
@@ -151,26 +125,41 @@ def writable_volumes() -> tuple[list[Manifest], list[Manifest]]:
     return volumes, mounts
 
 
-def _grpc_probes(port: int, service: str) -> Manifest:
+def _grpc_probes(part: str, port: int, service: str, mtls: bool) -> Manifest:
+    def check(health_service: str) -> Manifest:
+        if not mtls:
+            grpc: Manifest = {"port": port}
+            if health_service:
+                grpc["service"] = health_service
+            return {"grpc": grpc}
+        # The kubelet's gRPC probe speaks plaintext only; under mtls the part is asked
+        # by `sluice probe` (services/sluice/launcher/probe.py) with its own certificate.
+        command = ["sluice", "probe", part]
+        if health_service:
+            command += ["--service", health_service]
+        return {"exec": {"command": command}}
+
+    # An exec probe starts a Python process: give it more time than a native one.
+    timeout = 5 if mtls else 2
     return {
         # Ready only when the part's dependencies are (its health turns SERVING), and
         # NOT_SERVING again as soon as SIGTERM starts the drain.
         "readinessProbe": {
-            "grpc": {"port": port, "service": service},
+            **check(service),
             "periodSeconds": 5,
-            "timeoutSeconds": 2,
+            "timeoutSeconds": timeout,
             "failureThreshold": 2,
         },
         "livenessProbe": {
-            "grpc": {"port": port},
+            **check(""),
             "periodSeconds": 10,
-            "timeoutSeconds": 2,
+            "timeoutSeconds": timeout,
             "failureThreshold": 3,
         },
         "startupProbe": {
-            "grpc": {"port": port},
+            **check(""),
             "periodSeconds": 2,
-            "timeoutSeconds": 2,
+            "timeoutSeconds": timeout,
             "failureThreshold": 30,
         },
     }
@@ -226,6 +215,13 @@ def pod_spec(
                 },
             }
         )
+    if values.mtls.enabled:
+        # Each part's own identity (docs/security.md); the Secret's keys become the
+        # file names of security.certs_dir.
+        volumes.append(certs_volume(values, part))
+        container["volumeMounts"].append(
+            {"name": "certs", "mountPath": CERTS_DIR, "readOnly": True}
+        )
     if part == "envoy" and values.secrets.edge_tls_enabled:
         volumes.append(
             {"name": "tls", "secret": {"secretName": values.secrets.edge_tls, "defaultMode": 0o440}}
@@ -250,7 +246,7 @@ def part_container(values: K8sValues, suite: ClusterSuite, part: str) -> Manifes
         args = ["envoy"]
         ports = [
             {"name": "http", "containerPort": envoy.port, "protocol": "TCP"},
-            {"name": "admin", "containerPort": envoy.admin_port, "protocol": "TCP"},
+            {"name": "stats", "containerPort": envoy.stats_port, "protocol": "TCP"},
         ]
         # Envoy's upstreams are the router's (and limiter's) Services.
         env += [
@@ -272,12 +268,12 @@ def part_container(values: K8sValues, suite: ClusterSuite, part: str) -> Manifes
             ]
         probes: Manifest = {
             "readinessProbe": {
-                "httpGet": {"path": "/ready", "port": "admin"},
+                "httpGet": {"path": "/ready", "port": "stats"},
                 "periodSeconds": 5,
                 "failureThreshold": 2,
             },
             "livenessProbe": {
-                "httpGet": {"path": "/ready", "port": "admin"},
+                "httpGet": {"path": "/ready", "port": "stats"},
                 "periodSeconds": 10,
                 "failureThreshold": 3,
             },
@@ -299,7 +295,7 @@ def part_container(values: K8sValues, suite: ClusterSuite, part: str) -> Manifes
             )
         if part == "provider":
             mounts.append({"name": "upstream", "mountPath": UPSTREAM_SECRETS_DIR, "readOnly": True})
-        probes = _grpc_probes(server.port, HEALTH_SERVICES[part])
+        probes = _grpc_probes(part, server.port, HEALTH_SERVICES[part], values.mtls.enabled)
     return {
         "name": part,
         "image": values.image,
@@ -346,7 +342,7 @@ def suite_hash(suite: ClusterSuite) -> str:
 
 
 def deployment(values: K8sValues, suite: ClusterSuite, part: str) -> Manifest:
-    """One part's Deployment (the router's is a Rollout, rollout.py)."""
+    """One part's Deployment (the router's and provider's are Rollouts, rollout.py)."""
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
