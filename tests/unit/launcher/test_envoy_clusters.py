@@ -14,7 +14,6 @@ from sluice.launcher.envoy import descriptor_path, render
 from sluice.launcher.envoy.clusters import cluster, discovery_type
 from sluice.launcher.settings import load_suite
 
-
 BIN = Path(sys.executable).parent
 SERVICE = "sluice-router.sluice.svc.cluster.local"
 

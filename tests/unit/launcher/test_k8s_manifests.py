@@ -337,7 +337,9 @@ def test_grpc_services_are_headless_and_addresses_name_them() -> None:
     services = {s["metadata"]["name"]: s for s in _of_kind("production", "Service")}
     for part in ("router", "limiter", "provider", "telemetry"):
         assert services[f"sluice-{part}"]["spec"]["clusterIP"] == "None"
-    config = yaml.safe_load(_named("production", "ConfigMap", "sluice-config")["data"]["sluice.yaml"])
+    config = yaml.safe_load(
+        _named("production", "ConfigMap", "sluice-config")["data"]["sluice.yaml"]
+    )
     ns = "sluice-production"
     limiter_port = services["sluice-limiter"]["spec"]["ports"][0]["port"]
     assert config["router"]["limiter_address"] == (
@@ -464,6 +466,14 @@ def test_the_podman_pod_runs_every_part_on_loopback_with_the_same_containers() -
         }, name
         assert all("valueFrom" not in e for e in container["env"]), name  # no Secrets
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # Only the edge and telemetry's query port are declared, published on loopback:
+    # `podman kube play` publishes every declared port on all host addresses.
+    declared = {
+        (name, port["name"], port.get("hostIP"))
+        for name, container in containers.items()
+        for port in container.get("ports", [])
+    }
+    assert declared == {("envoy", "http", "127.0.0.1"), ("telemetry", "grpc", "127.0.0.1")}
     settings = load_suite(data=yaml.safe_load(config_map["data"]["sluice.yaml"]))
     assert settings.router.limiter_address.startswith("127.0.0.1:")  # one network namespace
     assert settings.envoy.host == "0.0.0.0"  # published by the host
