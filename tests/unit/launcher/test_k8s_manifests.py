@@ -404,6 +404,20 @@ def test_sizing_rule() -> None:
     assert fixed["requests"] == {"cpu": "120m", "memory": "64Mi"}
 
 
+def test_the_memory_limit_holds_every_stream_stalled() -> None:
+    # 1,000 streams: requests 160 MiB + 1,000 x 96 KiB = 256 Mi, twice that is 512 Mi, but
+    # 1,000 stalled streams at 460 KiB need 160 + 449 = 609 MiB: the limit is 624 Mi.
+    sizing = SizingValues(streams_per_pod=1000)
+    streams = resources(PartValues(scales_with_streams=True), sizing)
+    assert streams["requests"]["memory"] == "256Mi"
+    assert streams["limits"]["memory"] == "624Mi"
+    # The committed manifests: 200 streams stalled fit under the router's limit.
+    rollout = _named("base", "Rollout", "sluice-router")
+    (container,) = rollout["spec"]["template"]["spec"]["containers"]
+    limit_mib = int(container["resources"]["limits"]["memory"].removesuffix("Mi"))
+    assert limit_mib >= 160 + 200 * 460 / 1024
+
+
 def test_overlays_merge_over_the_base() -> None:
     outputs = load_values(VALUES)
     assert outputs["base"].namespace == "sluice"

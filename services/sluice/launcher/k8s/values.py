@@ -41,7 +41,11 @@ class SizingValues(BaseModel):
     base_memory_mib: int = Field(160, ge=16)
     """Resident memory of an idle part."""
     memory_kib_per_stream: int = Field(96, ge=1)
-    """Memory per open stream: the 64 KiB receive window plus the answer text kept."""
+    """Memory per open stream: the 64 KiB receive window plus the answer text kept
+    (measured: 67 KB per idle stream, loadtest/README.md, stream_memory.py)."""
+    stalled_memory_kib_per_stream: int = Field(460, ge=1)
+    """Memory per stream whose client stopped reading (measured: 459 KB for gRPC, 283 KB
+    for SSE): the memory limit holds every stream of a pod stalled at once."""
     limit_factor: float = Field(2.0, ge=1.0)
     """Limits are this many times the requests (CPU bursts, memory headroom)."""
 

@@ -42,24 +42,26 @@ def resources(part: PartValues, sizing: SizingValues) -> Manifest:
     """Requests from the sizing rule (docs/kubernetes.md, "Sizing"); limits a factor above.
 
     A part that carries streams needs streams x tokens/s x CPU per token, and its idle
-    memory plus a receive window and the kept answer per stream.
+    memory plus a receive window and the kept answer per stream; its memory limit also
+    holds every stream stalled by a client that stopped reading.
     """
+    factor = sizing.limit_factor
     if part.scales_with_streams:
-        tokens_per_s = sizing.streams_per_pod * sizing.tokens_per_second_per_stream
-        cpu_m = _round_up(tokens_per_s * sizing.cpu_ms_per_token, 50)
-        memory_mib = _round_up(
-            sizing.base_memory_mib + sizing.streams_per_pod * sizing.memory_kib_per_stream / 1024,
-            16,
+        streams = sizing.streams_per_pod
+        cpu_m = _round_up(
+            streams * sizing.tokens_per_second_per_stream * sizing.cpu_ms_per_token, 50
         )
+        memory_mib = _round_up(
+            sizing.base_memory_mib + streams * sizing.memory_kib_per_stream / 1024, 16
+        )
+        stalled_mib = sizing.base_memory_mib + streams * sizing.stalled_memory_kib_per_stream / 1024
+        memory_limit_mib = _round_up(max(memory_mib * factor, stalled_mib), 16)
     else:
         cpu_m, memory_mib = part.cpu_request_millicores, part.memory_request_mib
-    factor = sizing.limit_factor
+        memory_limit_mib = _round_up(memory_mib * factor, 16)
     return {
         "requests": {"cpu": f"{cpu_m}m", "memory": f"{memory_mib}Mi"},
-        "limits": {
-            "cpu": f"{_round_up(cpu_m * factor, 50)}m",
-            "memory": f"{_round_up(memory_mib * factor, 16)}Mi",
-        },
+        "limits": {"cpu": f"{_round_up(cpu_m * factor, 50)}m", "memory": f"{memory_limit_mib}Mi"},
     }
 
 
