@@ -26,7 +26,6 @@ from sluice.core.grpcx.tls import OPERATOR, client_tls
 from sluice.launcher.envoy import descriptor_path, render_yaml
 from sluice.launcher.k8s.render import render, stale, write
 from sluice.launcher.parts import SERVICES, StartupError, envoy_argv, write_envoy_config
-from sluice.launcher.probe import probe
 from sluice.launcher.settings import load_suite
 from sluice.launcher.supervisor import Suite
 from sluice.launcher.top import fetch
@@ -196,10 +195,6 @@ def _certs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _probe(args: argparse.Namespace) -> int:
-    return 0 if probe(args.part, args.service, args.config, args.timeout) else 1
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the chosen command."""
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
@@ -228,14 +223,6 @@ def main(argv: list[str] | None = None) -> int:
         "--config", help="suite YAML file (default: $SLUICE_CONFIG or built-in defaults)"
     )
     serve.set_defaults(run=_serve)
-    probe_part = commands.add_parser(
-        "probe", help="exit 0 when a part's health is SERVING (over mTLS when on)"
-    )
-    probe_part.add_argument("part", choices=SERVICES, help="the service to ask")
-    probe_part.add_argument("--service", default="", help="health service name (default: all)")
-    probe_part.add_argument("--config", help="suite YAML file (default: $SLUICE_CONFIG)")
-    probe_part.add_argument("--timeout", type=float, default=2.0, help="seconds (default 2)")
-    probe_part.set_defaults(run=_probe)
     envoy_run = commands.add_parser("envoy", help="run the Envoy front in the foreground")
     envoy_run.add_argument(
         "--config", help="suite YAML file (default: $SLUICE_CONFIG or built-in defaults)"

@@ -316,14 +316,24 @@ def test_services_are_probed_over_grpc_health_and_drain_within_the_grace(output:
         server = getattr(settings, part).server
         assert container["args"] == ["serve", part]
         if settings.router.security.mtls:
-            # The kubelet's gRPC probe cannot speak mTLS: `sluice probe` asks instead.
-            probe = ["sluice", "probe", part]
-            assert container["readinessProbe"]["exec"]["command"] == [
-                *probe,
-                "--service",
-                HEALTH_SERVICES[part],
-            ]
-            assert container["livenessProbe"]["exec"]["command"] == probe
+            # The kubelet's gRPC probe cannot speak mTLS: the part asks itself with its
+            # own certificate (python -m sluice.launcher.probe).
+            ready = container["readinessProbe"]["exec"]["command"]
+            live = container["livenessProbe"]["exec"]["command"]
+            assert ready[:3] == live[:3] == ["python", "-m", "sluice.launcher.probe"]
+            for command in (ready, live):
+                flags = dict(zip(command[3::2], command[4::2], strict=True))
+                assert flags["--port"] == str(server.port)
+                assert flags["--server-name"] == part
+                certs = settings.router.security.certs_dir
+                assert flags["--cert"] == f"{certs}/{part}.pem"
+                assert flags["--key"] == f"{certs}/{part}-key.pem"
+                assert flags["--ca"] == f"{certs}/ca.pem"
+            assert (
+                dict(zip(ready[3::2], ready[4::2], strict=True))["--service"]
+                == (HEALTH_SERVICES[part])
+            )
+            assert "--service" not in live
         else:
             assert container["readinessProbe"]["grpc"] == {
                 "port": server.port,

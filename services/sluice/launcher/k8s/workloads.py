@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 
+from sluice.core.grpcx.certs import CA_CERT, cert_file, key_file
 from sluice.launcher.k8s.certificates import certs_volume
 from sluice.launcher.k8s.meta import Manifest, labels, metadata, selector
 from sluice.launcher.k8s.suite import (
@@ -127,6 +128,21 @@ def writable_volumes() -> tuple[list[Manifest], list[Manifest]]:
     return volumes, mounts
 
 
+def probe_command(part: str, port: int, health_service: str = "") -> list[str]:
+    """The exec probe of a part under mtls: its port, health service and identity files
+    (certificates.certs_volume) written out, so the probe reads no settings."""
+    command = ["python", "-m", "sluice.launcher.probe", "--port", str(port)]
+    if health_service:
+        command += ["--service", health_service]
+    return [
+        *command,
+        "--ca", f"{CERTS_DIR}/{CA_CERT}",
+        "--cert", f"{CERTS_DIR}/{cert_file(part)}",
+        "--key", f"{CERTS_DIR}/{key_file(part)}",
+        "--server-name", part,
+    ]  # fmt: skip
+
+
 def _grpc_probes(part: str, port: int, service: str, mtls: bool) -> Manifest:
     def check(health_service: str) -> Manifest:
         if not mtls:
@@ -134,14 +150,11 @@ def _grpc_probes(part: str, port: int, service: str, mtls: bool) -> Manifest:
             if health_service:
                 grpc["service"] = health_service
             return {"grpc": grpc}
-        # The kubelet's gRPC probe speaks plaintext only; under mtls the part is asked
-        # by `sluice probe` (services/sluice/launcher/probe.py) with its own certificate.
-        command = ["sluice", "probe", part]
-        if health_service:
-            command += ["--service", health_service]
-        return {"exec": {"command": command}}
+        # The kubelet's gRPC probe speaks plaintext only; under mtls the part asks
+        # itself with its own certificate (services/sluice/launcher/probe.py).
+        return {"exec": {"command": probe_command(part, port, health_service)}}
 
-    # An exec probe starts a Python process: give it more time than a native one.
+    # An exec probe starts a Python process (about 0.2 s of CPU): give it more time.
     timeout = 5 if mtls else 2
     return {
         # Ready only when the part's dependencies are (its health turns SERVING), and
