@@ -180,9 +180,9 @@ def test_the_router_hpa_scales_on_the_metrics_the_adapter_serves() -> None:
 
 def _expand(rule: dict[str, Any], pods: str) -> str:
     """The adapter's template as it expands it for the pods of one namespace."""
-    series = rule["seriesQuery"].split("{")[0]
+    series = str(rule["seriesQuery"]).split("{")[0]
     return (
-        rule["metricsQuery"]
+        str(rule["metricsQuery"])
         .replace("<<.Series>>", series)
         .replace("<<.LabelMatchers>>", f'namespace="sluice",pod=~"{pods}"')
         .replace("<<.GroupBy>>", "pod")
