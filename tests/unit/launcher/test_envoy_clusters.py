@@ -80,3 +80,41 @@ def test_service_names_make_dns_clusters_that_envoy_accepts(tmp_path: Path) -> N
 def test_loopback_addresses_stay_static(tmp_path: Path) -> None:
     clusters = _clusters(tmp_path, "127.0.0.1")
     assert {c["type"] for n, c in clusters.items() if n != "telemetry"} == {"STATIC"}
+
+
+def test_the_rendered_envoy_pod_gets_a_bootstrap_envoy_accepts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The suite file and environment of deploy/k8s/base's Envoy pod, as `sluice envoy`
+    # sees them in the cluster: its upstreams are the Services' names.
+    k8s = Path(__file__).resolve().parents[3] / "deploy" / "k8s" / "base"
+    (config_map,) = yaml.safe_load_all((k8s / "config.yaml").read_text())
+    deployment = next(
+        d for d in yaml.safe_load_all((k8s / "envoy.yaml").read_text()) if d["kind"] == "Deployment"
+    )
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    suite = tmp_path / "sluice.yaml"
+    suite.write_text(config_map["data"]["sluice.yaml"])
+    for variable in container["env"]:
+        if variable["name"] != "SLUICE_CONFIG":
+            monkeypatch.setenv(variable["name"], variable["value"])
+    bootstrap = render(load_suite(suite), descriptor_path())
+    clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
+    assert clusters["router"]["type"] == "STRICT_DNS"
+    address = clusters["router"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert address["endpoint"]["address"]["socket_address"]["address"] == SERVICE
+    stats = {p["containerPort"] for p in container["ports"] if p["name"] == "stats"}
+    listeners = {
+        listener["name"]: listener["address"]["socket_address"]["port_value"]
+        for listener in bootstrap["static_resources"]["listeners"]
+    }
+    assert {listeners["stats"]} == stats  # what the probes and the PodMonitor use
+    (tmp_path / "envoy.yaml").write_text(yaml.safe_dump(bootstrap))
+    result = subprocess.run(
+        [str(BIN / "envoy"), "--mode", "validate", "-c", str(tmp_path / "envoy.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
