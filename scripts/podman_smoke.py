@@ -34,6 +34,9 @@ from sluice.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 POD_FILE = ROOT / "deploy" / "k8s" / "podman" / "suite-pod.yaml"
+# A name of this run's own: another run on the machine (a pipeline, another checkout)
+# may play the same file at the same time, and `kube play --replace` would take its pod.
+POD_NAME = f"sluice-suite-{os.getpid()}"
 DEV_KEY = "sk-sluice-dev"
 AUTH = {"authorization": f"Bearer {DEV_KEY}"}
 BODY: dict[str, Any] = {
@@ -80,6 +83,11 @@ def prepared_pod(image: str, edge_port: int, telemetry_port: int) -> list[dict[s
     suite.setdefault("telemetry", {})["sampling"] = {"keep_ratio": 1.0, "decision_wait_s": 0.2}
     suite.setdefault("router", {})["dev_mode"] = True  # the smoke test sends the development key
     config_map["data"]["sluice.yaml"] = yaml.safe_dump(suite)
+    config_map["metadata"]["name"] = f"{POD_NAME}-config"
+    pod["metadata"]["name"] = POD_NAME
+    for volume in pod["spec"]["volumes"]:
+        if "configMap" in volume:
+            volume["configMap"]["name"] = config_map["metadata"]["name"]
     for container in pod["spec"]["containers"]:
         container["image"] = image
         for port in container.get("ports", []):
@@ -190,13 +198,30 @@ def hardening() -> list[str]:
     for part in parts:
         shown = podman(
             "inspect",
-            f"sluice-suite-{part}",
+            f"{POD_NAME}-{part}",
             "--format",
             "{{.HostConfig.ReadonlyRootfs}} {{.Config.User}}",
         ).stdout.split()
         check(shown[0] == "true", f"{part}: read-only root filesystem ({shown})")
         check(shown[1].split(":")[0] == "10001", f"{part}: runs as uid 10001 ({shown})")
     return [f"{len(parts)} containers: uid 10001, read-only root filesystem"]
+
+
+def published(edge_port: int, telemetry_port: int) -> list[str]:
+    """The pod publishes the edge and telemetry's port on loopback, and nothing else
+    (podman 4.3 would publish every declared containerPort on all host addresses)."""
+    inspected = json.loads(podman("pod", "inspect", POD_NAME).stdout)
+    bindings = (inspected[0] if isinstance(inspected, list) else inspected)["InfraConfig"][
+        "PortBindings"
+    ]
+    found = {
+        (binding["HostIp"], int(binding["HostPort"]))
+        for ports in bindings.values()
+        for binding in ports
+    }
+    expected = {("127.0.0.1", edge_port), ("127.0.0.1", telemetry_port)}
+    check(found == expected, f"published ports {sorted(found)}, expected {sorted(expected)}")
+    return ["published: the edge and telemetry only, on 127.0.0.1"]
 
 
 def main() -> int:
@@ -212,10 +237,11 @@ def main() -> int:
             serving_s = wait_serving(f"http://127.0.0.1:{edge_port}")
             print(f"kube play returned in {play_s:.1f} s; SERVING {play_s + serving_s:.1f} s "
                   "after kube play started")  # fmt: skip
-            for line in [*hardening(), *smoke(edge_port, telemetry_port)]:
+            checks = [*hardening(), *published(edge_port, telemetry_port)]
+            for line in [*checks, *smoke(edge_port, telemetry_port)]:
                 print(f"ok  {line}")
             stop_started = time.monotonic()
-            podman("pod", "stop", "sluice-suite")
+            podman("pod", "stop", POD_NAME)
             print(f"podman pod stop (SIGTERM through tini, drain): "
                   f"{time.monotonic() - stop_started:.1f} s")  # fmt: skip
     except SmokeError as failure:

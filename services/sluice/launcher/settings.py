@@ -131,6 +131,9 @@ class EnvoySettings(BaseSettings):
     """Edge listener (HTTP/1.1 and HTTP/2, JSON/SSE and gRPC)."""
     admin_port: int = Field(9901, ge=0, le=65535)
     """Envoy admin interface (stats, /ready); loopback only."""
+    stats_port: int = Field(0, ge=0, le=65535)
+    """A read-only listener on `host` serving only the admin's /ready and
+    /stats/prometheus, for probes and scrapes from outside the pod (Kubernetes); 0: none."""
     stream_idle_timeout_s: float = Field(300.0, gt=0.0)
     """A stream with no bytes in either direction for this long is reset."""
     unary_timeout_s: float = Field(300.0, gt=0.0)

@@ -30,6 +30,8 @@ KUBERNETES_VERSION = "1.31.0"
 """The oldest Kubernetes with every field used (native sleep preStop: 1.30)."""
 OUTPUTS = ("base", "staging", "production")
 ARGO = "argoproj.io/v1alpha1"
+# Custom resources: checked against their CRDs' fields (tests/unit/launcher/k8s_crds.py).
+CUSTOM_GROUPS = (ARGO, "monitoring.coreos.com/v1", "cert-manager.io/v1")
 
 
 def _resources(output: str) -> list[dict[str, Any]]:
@@ -65,11 +67,12 @@ def test_every_resource_validates_against_the_pinned_kubernetes_schemas(output: 
     kinds = set()
     for resource in _resources(output):
         kinds.add(resource["kind"])
-        if resource["apiVersion"] == ARGO:
-            continue  # checked against the Argo Rollouts fields below
+        if resource["apiVersion"] in CUSTOM_GROUPS:
+            continue  # checked against their CRDs' fields (test_k8s_custom_resources.py)
         kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
     assert {"Deployment", "Service", "StatefulSet", "HorizontalPodAutoscaler"} <= kinds
     assert {"PodDisruptionBudget", "NetworkPolicy", "Rollout", "AnalysisTemplate"} <= kinds
+    assert {"PodMonitor", "PrometheusRule", "ConfigMap"} <= kinds
 
 
 def test_an_invalid_manifest_is_refused_by_the_validator() -> None:
@@ -215,10 +218,22 @@ ANALYSIS_SCHEMA = {
 }
 
 
+def _named(output: str, kind: str, name: str) -> dict[str, Any]:
+    (found,) = [r for r in _of_kind(output, kind) if r["metadata"]["name"] == name]
+    return found
+
+
+@pytest.mark.parametrize("part", ["router", "provider"])
 @pytest.mark.parametrize("output", OUTPUTS)
-def test_the_router_rollout_is_a_canary_through_5_25_50_100_with_analysis(output: str) -> None:
-    (rollout,) = _of_kind(output, "Rollout")
-    (template,) = _of_kind(output, "AnalysisTemplate")
+def test_the_pool_rollouts_are_canaries_through_5_25_50_100_with_analysis(
+    output: str, part: str
+) -> None:
+    assert {r["metadata"]["name"] for r in _of_kind(output, "Rollout")} == {
+        "sluice-router",
+        "sluice-provider",
+    }
+    rollout = _named(output, "Rollout", f"sluice-{part}")
+    template = _named(output, "AnalysisTemplate", f"sluice-{part}-canary")
     jsonschema.validate(rollout, ROLLOUT_SCHEMA)
     jsonschema.validate(template, ANALYSIS_SCHEMA)
     # The pod template is a real PodTemplateSpec: validate it as a Deployment's.
@@ -239,12 +254,18 @@ def test_the_router_rollout_is_a_canary_through_5_25_50_100_with_analysis(output
     declared = {arg["name"] for arg in template["spec"]["args"]}
     assert {arg["name"] for arg in canary["analysis"]["args"]} == declared
     gates = {m["name"]: m for m in template["spec"]["metrics"]}
-    assert set(gates) == {"server-error-ratio", "ttft-p95"}
+    latency = "ttft-p95" if part == "router" else "stream-p95-ratio"
+    assert set(gates) == {"server-error-ratio", latency}
     errors = gates["server-error-ratio"]["provider"]["prometheus"]["query"]
     assert "sluice_rpc_requests_total" in errors and "INTERNAL|UNAVAILABLE" in errors
-    ttft = gates["ttft-p95"]["provider"]["prometheus"]["query"]
-    assert "histogram_quantile(0.95" in ttft
-    assert "sluice_router_time_to_first_token_seconds_bucket" in ttft
+    assert f'service="{part}"' in errors
+    slow = gates[latency]["provider"]["prometheus"]["query"]
+    assert "histogram_quantile(0.95" in slow
+    if part == "router":
+        assert "sluice_router_time_to_first_token_seconds_bucket" in slow
+    else:  # canary over stable
+        assert "sluice_rpc_duration_seconds_bucket" in slow
+        assert "{{args.stable-hash}}" in slow and "Stream" in slow
     assert all(
         "{{args.canary-hash}}" in g["provider"]["prometheus"]["query"] for g in gates.values()
     )
@@ -280,12 +301,12 @@ def test_every_pod_is_restricted_sized_and_drains(output: str) -> None:
         (container,) = spec["containers"]
         assert container["lifecycle"]["preStop"] == {"sleep": {"seconds": PRE_STOP_S}}
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
-        assert {"/tmp", "/run/sluice", "/etc/sluice"} <= mounts, name
+        assert {"/tmp", "/run/sluice", "/etc/sluice/config"} <= mounts, name
 
 
 @pytest.mark.parametrize("output", OUTPUTS)
 def test_services_are_probed_over_grpc_health_and_drain_within_the_grace(output: str) -> None:
-    config = yaml.safe_load(_of_kind(output, "ConfigMap")[0]["data"]["sluice.yaml"])
+    config = yaml.safe_load(_named(output, "ConfigMap", "sluice-config")["data"]["sluice.yaml"])
     settings = load_suite(data=config)
     for name, spec in _pod_specs(output):
         part = name.removeprefix("sluice-")
@@ -294,11 +315,31 @@ def test_services_are_probed_over_grpc_health_and_drain_within_the_grace(output:
         (container,) = spec["containers"]
         server = getattr(settings, part).server
         assert container["args"] == ["serve", part]
-        assert container["readinessProbe"]["grpc"] == {
-            "port": server.port,
-            "service": HEALTH_SERVICES[part],
-        }
-        assert container["livenessProbe"]["grpc"] == {"port": server.port}
+        if settings.router.security.mtls:
+            # The kubelet's gRPC probe cannot speak mTLS: the part asks itself with its
+            # own certificate (python -m sluice.launcher.probe).
+            ready = container["readinessProbe"]["exec"]["command"]
+            live = container["livenessProbe"]["exec"]["command"]
+            assert ready[:3] == live[:3] == ["python", "-m", "sluice.launcher.probe"]
+            for command in (ready, live):
+                flags = dict(zip(command[3::2], command[4::2], strict=True))
+                assert flags["--port"] == str(server.port)
+                assert flags["--server-name"] == part
+                certs = settings.router.security.certs_dir
+                assert flags["--cert"] == f"{certs}/{part}.pem"
+                assert flags["--key"] == f"{certs}/{part}-key.pem"
+                assert flags["--ca"] == f"{certs}/ca.pem"
+            assert (
+                dict(zip(ready[3::2], ready[4::2], strict=True))["--service"]
+                == (HEALTH_SERVICES[part])
+            )
+            assert "--service" not in live
+        else:
+            assert container["readinessProbe"]["grpc"] == {
+                "port": server.port,
+                "service": HEALTH_SERVICES[part],
+            }
+            assert container["livenessProbe"]["grpc"] == {"port": server.port}
         assert spec["terminationGracePeriodSeconds"] >= PRE_STOP_S + server.shutdown_grace_s
 
 
@@ -306,7 +347,9 @@ def test_grpc_services_are_headless_and_addresses_name_them() -> None:
     services = {s["metadata"]["name"]: s for s in _of_kind("production", "Service")}
     for part in ("router", "limiter", "provider", "telemetry"):
         assert services[f"sluice-{part}"]["spec"]["clusterIP"] == "None"
-    config = yaml.safe_load(_of_kind("production", "ConfigMap")[0]["data"]["sluice.yaml"])
+    config = yaml.safe_load(
+        _named("production", "ConfigMap", "sluice-config")["data"]["sluice.yaml"]
+    )
     ns = "sluice-production"
     limiter_port = services["sluice-limiter"]["spec"]["ports"][0]["port"]
     assert config["router"]["limiter_address"] == (
@@ -349,7 +392,7 @@ def test_network_policies_allow_only_the_trust_graph() -> None:
         ("router", "provider", 50053),
         ("limiter", "valkey", 6379),
         *((p, "telemetry", 4317) for p in ("router", "limiter", "provider", "envoy")),
-        ("prometheus", "envoy", 9901),
+        ("prometheus", "envoy", 9902),  # the stats listener, not the admin port
         *(
             ("prometheus", part, port)
             for part, port in (("router", 9101), ("limiter", 9102), ("provider", 9103))
@@ -369,6 +412,20 @@ def test_sizing_rule() -> None:
     assert streams["limits"] == {"cpu": "1000m", "memory": "352Mi"}
     fixed = resources(PartValues(cpu_request_millicores=120, memory_request_mib=64), sizing)
     assert fixed["requests"] == {"cpu": "120m", "memory": "64Mi"}
+
+
+def test_the_memory_limit_holds_every_stream_stalled() -> None:
+    # 1,000 streams: requests 160 MiB + 1,000 x 96 KiB = 256 Mi, twice that is 512 Mi, but
+    # 1,000 stalled streams at 460 KiB need 160 + 449 = 609 MiB: the limit is 624 Mi.
+    sizing = SizingValues(streams_per_pod=1000)
+    streams = resources(PartValues(scales_with_streams=True), sizing)
+    assert streams["requests"]["memory"] == "256Mi"
+    assert streams["limits"]["memory"] == "624Mi"
+    # The committed manifests: 200 streams stalled fit under the router's limit.
+    rollout = _named("base", "Rollout", "sluice-router")
+    (container,) = rollout["spec"]["template"]["spec"]["containers"]
+    limit_mib = int(container["resources"]["limits"]["memory"].removesuffix("Mi"))
+    assert limit_mib >= 160 + 200 * 460 / 1024
 
 
 def test_overlays_merge_over_the_base() -> None:
@@ -427,12 +484,20 @@ def test_the_podman_pod_runs_every_part_on_loopback_with_the_same_containers() -
     assert containers["envoy"]["args"] == ["envoy"]
     for name, container in containers.items():
         assert {m["mountPath"] for m in container["volumeMounts"]} == {
-            "/etc/sluice",
+            "/etc/sluice/config",
             "/tmp",
             "/run/sluice",
         }, name
         assert all("valueFrom" not in e for e in container["env"]), name  # no Secrets
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # Only the edge and telemetry's query port are declared, published on loopback:
+    # `podman kube play` publishes every declared port on all host addresses.
+    declared = {
+        (name, port["name"], port.get("hostIP"))
+        for name, container in containers.items()
+        for port in container.get("ports", [])
+    }
+    assert declared == {("envoy", "http", "127.0.0.1"), ("telemetry", "grpc", "127.0.0.1")}
     settings = load_suite(data=yaml.safe_load(config_map["data"]["sluice.yaml"]))
     assert settings.router.limiter_address.startswith("127.0.0.1:")  # one network namespace
     assert settings.envoy.host == "0.0.0.0"  # published by the host
@@ -455,7 +520,7 @@ def test_a_missing_values_file_is_a_config_error(capsys: pytest.CaptureFixture[s
 
 
 def _gate_queries(canary_hash: str) -> dict[str, str]:
-    (template,) = _of_kind("base", "AnalysisTemplate")
+    template = _named("base", "AnalysisTemplate", "sluice-router-canary")
     return {
         m["name"]: m["provider"]["prometheus"]["query"]
         .replace("{{args.namespace}}", "sluice")

@@ -24,6 +24,7 @@ from sluice.launcher.envoy.names import (
 )
 from sluice.launcher.envoy.rate_limits import rate_limit_filter
 from sluice.launcher.envoy.routes import routes
+from sluice.launcher.envoy.stats import stats_listener
 from sluice.launcher.envoy.tracing import flush_runtime, tracing
 from sluice.launcher.envoy.upstream_tls import envoy_tls_files, secure_clusters
 from sluice.launcher.settings import SuiteSettings
@@ -152,6 +153,10 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
             "clusters": clusters(settings),
         },
     }
+    if envoy.stats_port:
+        listener, admin_cluster = stats_listener(settings, ADMIN_HOST)
+        bootstrap["static_resources"]["listeners"].append(listener)
+        bootstrap["static_resources"]["clusters"].append(admin_cluster)
     security = settings.router.security
     if not security.mtls:
         return bootstrap

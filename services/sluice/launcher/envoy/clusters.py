@@ -3,6 +3,7 @@ telemetry service. One builder; each cluster differs only in what it passes."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from sluice.launcher.envoy.names import (
@@ -17,12 +18,24 @@ from sluice.launcher.envoy.names import (
 from sluice.launcher.settings import EdgeCircuitBreakerSettings, SuiteSettings
 
 
+def discovery_type(host: str) -> str:
+    """STATIC for an IP literal; STRICT_DNS for a name, which a STATIC cluster refuses
+    ("malformed IP address"). In Kubernetes the router's address is its headless
+    Service's name: STRICT_DNS keeps every ready pod's address as a host, refreshed from
+    DNS, so Envoy balances over all of them (docs/kubernetes.md)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return "STRICT_DNS"
+    return "STATIC"
+
+
 def cluster(
     name: str,
     host: str,
     port: int,
     *,
-    kind: str = "STATIC",
+    kind: str | None = None,
     connect_timeout: str = "1s",
     http2: dict[str, Any] | None = None,
     health_service: str | None = None,
@@ -30,8 +43,13 @@ def cluster(
     circuit_breakers: EdgeCircuitBreakerSettings | None = None,
 ) -> dict[str, Any]:
     """One cluster of a single host. `http2` (its protocol options) makes it HTTP/2;
-    `health_service` adds an active gRPC health check, which needs HTTP/2."""
+    `health_service` adds an active gRPC health check, which needs HTTP/2. Without a
+    `kind`, the host decides it (`discovery_type`)."""
+    kind = kind or discovery_type(host)
     built: dict[str, Any] = {"name": name, "type": kind, "connect_timeout": connect_timeout}
+    if kind != "STATIC":
+        # IPv4 first: "localhost" may resolve to ::1 while a part binds 127.0.0.1.
+        built["dns_lookup_family"] = "V4_PREFERRED"
     if circuit_breakers is not None:
         built["circuit_breakers"] = {
             "thresholds": [

@@ -14,18 +14,15 @@ from typing import Any
 import yaml
 
 from sluice.core.config import deep_merge
-from sluice.launcher.k8s.suite import ClusterSuite, load_quietly
+from sluice.launcher.k8s.meta import Manifest, metadata
+from sluice.launcher.k8s.suite import ENVOY_STATS_PORT, ClusterSuite, load_quietly
 from sluice.launcher.k8s.values import PARTS, K8sValues
-from sluice.launcher.k8s.workloads import (
-    CONFIG_MAP,
-    Manifest,
-    metadata,
-    part_container,
-    pod_spec,
-    writable_volumes,
-)
+from sluice.launcher.k8s.workloads import CONFIG_MAP, part_container, pod_spec, writable_volumes
 
 POD = "sluice-suite"
+PUBLISHED = {"envoy": "http", "telemetry": "grpc"}
+"""The ports a host publishes: the edge, and telemetry's query API (traces)."""
+LOOPBACK = "127.0.0.1"
 
 
 def local_suite(values: K8sValues) -> ClusterSuite:
@@ -33,7 +30,10 @@ def local_suite(values: K8sValues) -> ClusterSuite:
     any_address = "0.0.0.0"  # noqa: S104  # nosec B104 - inside the pod's own namespace
     config: dict[str, Any] = deep_merge(
         values.suite,
-        {"envoy": {"host": any_address}, "telemetry": {"server": {"host": any_address}}},
+        {
+            "envoy": {"host": any_address, "stats_port": ENVOY_STATS_PORT},
+            "telemetry": {"server": {"host": any_address}},
+        },
     )
     return ClusterSuite(config=config, settings=load_quietly(config))
 
@@ -50,6 +50,7 @@ def suite_pod(values: K8sValues) -> list[Manifest]:
         container["volumeMounts"] = [
             m for m in container["volumeMounts"] if m["name"] not in {"upstream", "tls"}
         ]
+        _publish_only(container, PUBLISHED.get(part))
         containers.append(container)
     spec = pod_spec(values, suite, "router", containers[0], max_grace(suite))
     _, mounts = writable_volumes()
@@ -68,10 +69,35 @@ def suite_pod(values: K8sValues) -> list[Manifest]:
         {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": metadata(values, "suite", POD),
+            "metadata": {
+                **metadata(values, "suite", POD),
+                # The Pod is for `podman kube play` on one machine: hostPort is how the
+                # host reaches the edge, and it is bound to loopback only.
+                "annotations": {
+                    "checkov.io/skip1": "CKV_K8S_26=podman publishes the edge on 127.0.0.1"
+                },
+            },
             "spec": spec,
         },
     ]
+
+
+def _publish_only(container: Manifest, port_name: str | None) -> None:
+    """Keep only the container port the host publishes, on loopback. `podman kube play`
+    (4.3) publishes every declared containerPort on all host addresses under its own
+    number; the parts reach each other inside the pod without any declaration."""
+    numbers = {port["name"]: port["containerPort"] for port in container["ports"]}
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        action = container.get(probe, {}).get("httpGet")
+        if action is not None and isinstance(action["port"], str):
+            action["port"] = numbers[action["port"]]  # its name is no longer declared
+    kept = [
+        {**port, "hostPort": port["containerPort"], "hostIP": LOOPBACK}
+        for port in container.pop("ports")
+        if port["name"] == port_name
+    ]
+    if kept:
+        container["ports"] = kept
 
 
 def max_grace(suite: ClusterSuite) -> float:

@@ -3,9 +3,14 @@ HorizontalPodAutoscalers."""
 
 from __future__ import annotations
 
+from sluice.launcher.k8s.meta import Manifest, metadata, selector
 from sluice.launcher.k8s.suite import VALKEY_PORT, ClusterSuite
-from sluice.launcher.k8s.values import PARTS, K8sValues
-from sluice.launcher.k8s.workloads import Manifest, metadata, selector
+from sluice.launcher.k8s.values import PARTS, POOL, K8sValues
+
+QUEUE_DEPTH_METRIC = "sluice_router_queue_depth"
+"""Custom metric: requests waiting for admission per router pod (the gauge itself)."""
+TTFT_P95_METRIC = "sluice_router_ttft_p95_seconds"
+"""Custom metric: time-to-first-token p95 per router pod (from the histogram)."""
 
 # Who may open connections to whom (docs/kubernetes.md, "Network policies"). Everything
 # else is refused by the namespace's default-deny policy.
@@ -77,10 +82,11 @@ def network_policies(values: K8sValues, suite: ClusterSuite) -> list[Manifest]:
             [
                 # The edge: clients arrive from anywhere (the ingress or load balancer).
                 {"ports": [{"protocol": "TCP", "port": envoy.port}]},
-                # Envoy's own metrics at /stats/prometheus on the admin port.
+                # Envoy's own metrics at /stats/prometheus on its stats listener (the
+                # admin interface itself only listens on the pod's loopback).
                 {
                     "from": [_prometheus(values)],
-                    "ports": [{"protocol": "TCP", "port": envoy.admin_port}],
+                    "ports": [{"protocol": "TCP", "port": envoy.stats_port}],
                 },
             ],
         )
@@ -119,8 +125,39 @@ def disruption_budgets(values: K8sValues) -> list[Manifest]:
     return budgets
 
 
+def custom_metrics(values: K8sValues) -> list[Manifest]:
+    """The router's own load signals, per pod, from the custom metrics API (served by
+    prometheus-adapter with the rules of monitoring.adapter_rules): requests waiting for
+    admission and time-to-first-token p95. The HPA scales on whichever asks for most."""
+    wanted = values.custom_metrics
+    if not wanted.enabled:
+        return []
+
+    def pods(metric: str, average: float) -> Manifest:
+        return {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": metric},
+                "target": {"type": "AverageValue", "averageValue": quantity(average)},
+            },
+        }
+
+    return [
+        pods(QUEUE_DEPTH_METRIC, wanted.queue_depth_per_pod),
+        pods(TTFT_P95_METRIC, wanted.ttft_p95_s),
+    ]
+
+
+def quantity(value: float) -> str:
+    """A Kubernetes quantity: whole numbers as they are, fractions in milli-units."""
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{round(value * 1000)}m"
+
+
 def autoscalers(values: K8sValues) -> list[Manifest]:
-    """CPU autoscaling of every part allowed more than its floor of replicas."""
+    """CPU autoscaling of every part allowed more than its floor of replicas, plus the
+    router's custom metrics."""
     scalers = []
     for part in PARTS:
         sizes = values.parts[part]
@@ -128,9 +165,10 @@ def autoscalers(values: K8sValues) -> list[Manifest]:
             continue
         target = (
             {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout"}
-            if part == "router"
+            if part in POOL
             else {"apiVersion": "apps/v1", "kind": "Deployment"}
         )
+        custom = custom_metrics(values) if part == "router" else []
         scalers.append(
             {
                 "apiVersion": "autoscaling/v2",
@@ -150,7 +188,8 @@ def autoscalers(values: K8sValues) -> list[Manifest]:
                                     "averageUtilization": sizes.target_cpu_percent,
                                 },
                             },
-                        }
+                        },
+                        *custom,
                     ],
                     # Streams are long: scale down slowly so drains are rare.
                     "behavior": {

@@ -7,19 +7,20 @@ from pathlib import Path
 
 import yaml
 
+from sluice.launcher.k8s.certificates import certificates
+from sluice.launcher.k8s.meta import Manifest, metadata
+from sluice.launcher.k8s.monitoring import (
+    adapter_config_map,
+    dashboards,
+    pod_monitor,
+    prometheus_rules,
+)
 from sluice.launcher.k8s.pod import suite_pod
 from sluice.launcher.k8s.policies import autoscalers, disruption_budgets, network_policies
 from sluice.launcher.k8s.rollout import analysis_template, rollout
 from sluice.launcher.k8s.suite import ClusterSuite, cluster_suite
-from sluice.launcher.k8s.values import PARTS, K8sValues, load_values
-from sluice.launcher.k8s.workloads import (
-    CONFIG_MAP,
-    Manifest,
-    deployment,
-    metadata,
-    service,
-    valkey,
-)
+from sluice.launcher.k8s.values import PARTS, POOL, K8sValues, load_values
+from sluice.launcher.k8s.workloads import CONFIG_MAP, deployment, service, valkey
 
 
 class _Dumper(yaml.SafeDumper):
@@ -68,8 +69,9 @@ def _config_map(values: K8sValues, suite: ClusterSuite) -> Manifest:
     }
 
 
-def manifests(values: K8sValues) -> dict[str, list[Manifest]]:
-    """File name -> the resources it holds, for one output."""
+def manifests(values: K8sValues, base: Path) -> dict[str, list[Manifest]]:
+    """File name -> the resources it holds, for one output; `base` is the values file's
+    directory (rule and dashboard directories are relative to it)."""
     suite = cluster_suite(values)
     by_kind = {
         "autoscalers": {m["metadata"]["name"]: m for m in autoscalers(values)},
@@ -82,8 +84,8 @@ def manifests(values: K8sValues) -> dict[str, list[Manifest]]:
     for part in PARTS:
         name = f"sluice-{part}"
         workload = (
-            [rollout(values, suite), analysis_template(values)]
-            if part == "router"
+            [rollout(values, suite, part), analysis_template(values, part)]
+            if part in POOL
             else [deployment(values, suite, part)]
         )
         files[f"{part}.yaml"] = [
@@ -95,6 +97,14 @@ def manifests(values: K8sValues) -> dict[str, list[Manifest]]:
     if values.valkey.enabled:
         files["valkey.yaml"] = valkey(values)
     files["network-policies.yaml"] = network_policies(values, suite)
+    if values.prometheus.operator:
+        files["monitoring.yaml"] = [pod_monitor(values), *prometheus_rules(values, base)]
+    if values.custom_metrics.enabled:
+        files["prometheus-adapter.yaml"] = [adapter_config_map(values)]
+    if values.grafana.enabled:
+        files["dashboards.yaml"] = dashboards(values, base)
+    if values.mtls.enabled and values.mtls.cert_manager.enabled:
+        files["certificates.yaml"] = certificates(values)
     return files
 
 
@@ -104,7 +114,7 @@ def render(values_path: Path) -> dict[str, str]:
     texts: dict[str, str] = {}
     outputs = load_values(values_path)
     for output, values in outputs.items():
-        for name, resources in manifests(values).items():
+        for name, resources in manifests(values, values_path.parent).items():
             texts[f"{output}/{name}"] = header + _dump(resources)
     # The base values as one Pod, for `podman kube play` (pod.py).
     texts[f"{PODMAN}/suite-pod.yaml"] = header + _dump(suite_pod(outputs["base"]))

@@ -1,39 +1,67 @@
-"""The router's canary with Argo Rollouts: the steps of the values (5 -> 25 -> 50 -> 100 %
-by default), each held while an AnalysisTemplate measures the canary pods' server-error
-ratio and time-to-first-token p95 in Prometheus; a failed gate aborts the rollout and
-scales the canary away."""
+"""The router/provider pool's canaries with Argo Rollouts: the steps of the values
+(5 -> 25 -> 50 -> 100 % by default), each held while an AnalysisTemplate measures the
+canary pods in Prometheus; a failed gate aborts the rollout and scales the canary away.
+
+Gates (thresholds in the values' `rollout.analysis`):
+- both parts: the server-error ratio of the part's RPCs on its canary pods, the codes of
+  the SLO rules in deploy/prometheus/rules/sluice.rules.yml;
+- router: time-to-first-token p95 on its canary pods;
+- provider: p95 stream duration on its canary pods relative to its stable pods (a stream
+  lasts as long as its answer, so only a comparison says the new pods are slower).
+"""
 
 from __future__ import annotations
 
-from sluice.launcher.k8s.suite import ClusterSuite
+from sluice.launcher.k8s.meta import Manifest, metadata, selector
+from sluice.launcher.k8s.suite import ClusterSuite, name_of
 from sluice.launcher.k8s.values import K8sValues
-from sluice.launcher.k8s.workloads import Manifest, metadata, pod_template, selector
+from sluice.launcher.k8s.workloads import pod_template
 
-ANALYSIS = "sluice-router-canary"
 # The gRPC codes counted as the server's failures, as in the router's SLO recording
 # rules (deploy/prometheus/rules/sluice.rules.yml).
 SERVER_ERROR_CODES = "UNKNOWN|DEADLINE_EXCEEDED|UNIMPLEMENTED|INTERNAL|UNAVAILABLE|DATA_LOSS"
-# Pods of the canary ReplicaSet are named <rollout>-<pod-template-hash>-<suffix>.
-_CANARY_PODS = 'namespace="{{args.namespace}}",pod=~"sluice-router-{{args.canary-hash}}-.*"'
+# Pods of a ReplicaSet of the Rollout are named <rollout>-<pod-template-hash>-<suffix>.
+_PODS = 'namespace="{{{{args.namespace}}}}",pod=~"{rollout}-{{{{args.{hash}}}}}-.*"'
 
 
-def error_ratio_query(window: str = "2m") -> str:
-    """Server-side errors per router RPC on the canary's pods (0 without errors)."""
-    rpcs = f'sluice_rpc_requests_total{{service="router",{_CANARY_PODS}}}'
-    errors = (
-        f'sluice_rpc_requests_total{{service="router",code=~"{SERVER_ERROR_CODES}",{_CANARY_PODS}}}'
-    )
+def analysis_name(part: str) -> str:
+    """The AnalysisTemplate of a part's canary."""
+    return f"{name_of(part)}-canary"
+
+
+def _pods(part: str, which: str = "canary-hash") -> str:
+    return _PODS.format(rollout=name_of(part), hash=which)
+
+
+def error_ratio_query(part: str = "router", window: str = "2m") -> str:
+    """Server-side errors per RPC of the part on its canary's pods (0 without errors)."""
+    pods = _pods(part)
+    rpcs = f'sluice_rpc_requests_total{{service="{part}",{pods}}}'
+    errors = f'sluice_rpc_requests_total{{service="{part}",code=~"{SERVER_ERROR_CODES}",{pods}}}'
     return f"(sum(rate({errors}[{window}])) or vector(0)) / sum(rate({rpcs}[{window}]))"
 
 
 def ttft_p95_query(window: str = "2m") -> str:
-    """Time-to-first-token p95 of the canary's pods, in seconds."""
-    buckets = f"sluice_router_time_to_first_token_seconds_bucket{{{_CANARY_PODS}}}"
+    """Time-to-first-token p95 of the router's canary pods, in seconds."""
+    buckets = f"sluice_router_time_to_first_token_seconds_bucket{{{_pods('router')}}}"
     return f"histogram_quantile(0.95, sum by (le) (rate({buckets}[{window}])))"
 
 
-def analysis_template(values: K8sValues) -> Manifest:
-    """The canary's gates (Prometheus queries with success conditions)."""
+def stream_latency_ratio_query(window: str = "2m") -> str:
+    """p95 of the provider's Stream durations on its canary pods over its stable pods'."""
+
+    def p95(which: str) -> str:
+        buckets = (
+            'sluice_rpc_duration_seconds_bucket{service="provider",method=~".*/Stream",'
+            f"{_pods('provider', which)}}}"
+        )
+        return f"histogram_quantile(0.95, sum by (le) (rate({buckets}[{window}])))"
+
+    return f"{p95('canary-hash')} / {p95('stable-hash')}"
+
+
+def analysis_template(values: K8sValues, part: str = "router") -> Manifest:
+    """A part's canary gates (Prometheus queries with success conditions)."""
     gates = values.rollout.analysis
     address = values.prometheus.url
 
@@ -47,37 +75,52 @@ def analysis_template(values: K8sValues) -> Manifest:
             "provider": {"prometheus": {"address": address, "query": query}},
         }
 
+    metrics = [
+        metric("server-error-ratio", error_ratio_query(part, gates.window), gates.max_error_ratio)
+    ]
+    args = [{"name": "canary-hash"}, {"name": "namespace"}]
+    if part == "router":
+        metrics.append(metric("ttft-p95", ttft_p95_query(gates.window), gates.max_ttft_p95_s))
+    else:
+        metrics.append(
+            metric(
+                "stream-p95-ratio",
+                stream_latency_ratio_query(gates.window),
+                gates.max_latency_ratio,
+            )
+        )
+        args.insert(1, {"name": "stable-hash"})
     return {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "AnalysisTemplate",
-        "metadata": metadata(values, "router", ANALYSIS),
-        "spec": {
-            "args": [{"name": "canary-hash"}, {"name": "namespace"}],
-            "metrics": [
-                metric("server-error-ratio", error_ratio_query(), gates.max_error_ratio),
-                metric("ttft-p95", ttft_p95_query(), gates.max_ttft_p95_s),
-            ],
-        },
+        "metadata": metadata(values, part, analysis_name(part)),
+        "spec": {"args": args, "metrics": metrics},
     }
 
 
-def rollout(values: K8sValues, suite: ClusterSuite) -> Manifest:
-    """The router as an Argo Rollouts canary (the weight is the canary's share of pods:
+def rollout(values: K8sValues, suite: ClusterSuite, part: str = "router") -> Manifest:
+    """A pool part as an Argo Rollouts canary (the weight is the canary's share of pods:
     gRPC clients balance per call over the headless Service's pods)."""
     steps: list[Manifest] = []
     for weight in values.rollout.steps:
         steps.append({"setWeight": weight})
         if weight < 100:
             steps.append({"pause": {"duration": values.rollout.pause}})
+    args: list[Manifest] = [
+        {"name": "canary-hash", "valueFrom": {"podTemplateHashValue": "Latest"}},
+        {"name": "namespace", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    if part != "router":
+        args.insert(1, {"name": "stable-hash", "valueFrom": {"podTemplateHashValue": "Stable"}})
     return {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "Rollout",
-        "metadata": metadata(values, "router"),
+        "metadata": metadata(values, part),
         "spec": {
-            "replicas": values.parts["router"].replicas,
+            "replicas": values.parts[part].replicas,
             "revisionHistoryLimit": 5,
-            "selector": {"matchLabels": selector("router")},
-            "template": pod_template(values, suite, "router"),
+            "selector": {"matchLabels": selector(part)},
+            "template": pod_template(values, suite, part),
             "strategy": {
                 "canary": {
                     "maxSurge": "25%",
@@ -85,18 +128,9 @@ def rollout(values: K8sValues, suite: ClusterSuite) -> Manifest:
                     # Measured from the first weight on; a failed gate aborts the
                     # rollout, and the stable pods take all traffic again.
                     "analysis": {
-                        "templates": [{"templateName": ANALYSIS}],
+                        "templates": [{"templateName": analysis_name(part)}],
                         "startingStep": 1,
-                        "args": [
-                            {
-                                "name": "canary-hash",
-                                "valueFrom": {"podTemplateHashValue": "Latest"},
-                            },
-                            {
-                                "name": "namespace",
-                                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
-                            },
-                        ],
+                        "args": args,
                     },
                     "abortScaleDownDelaySeconds": 30,
                     "steps": steps,

@@ -13,10 +13,16 @@ from sluice.core.config import ServerSettings, deep_merge
 from sluice.launcher.k8s.values import K8sValues
 from sluice.launcher.settings import SuiteSettings, load_suite
 
-CONFIG_DIR = "/etc/sluice"
+CONFIG_DIR = "/etc/sluice/config"
 CONFIG_FILE = f"{CONFIG_DIR}/sluice.yaml"
-"""Where the ConfigMap's suite file is mounted in every pod (SLUICE_CONFIG)."""
+"""Where the ConfigMap's suite file is mounted in every pod (SLUICE_CONFIG). Secrets
+and certificates are mounted beside it, never inside: a configMap volume is read-only,
+so the runtime cannot create another volume's mount point in it."""
 VALKEY_PORT = 6379
+ENVOY_STATS_PORT = 9902
+"""Envoy's stats listener in a pod, unless the suite sets envoy.stats_port."""
+CERTS_DIR = "/etc/sluice/certs"
+"""Where a part's identity Secret is mounted (security.certs_dir) under mtls."""
 
 
 def name_of(part: str) -> str:
@@ -83,7 +89,9 @@ def cluster_suite(values: K8sValues) -> ClusterSuite:
         "limiter": {"server": {"host": any_address}},
         "provider": {"server": {"host": any_address}},
         "telemetry": {"server": {"host": any_address}},
-        "envoy": {"host": any_address},
+        # Probes and Prometheus reach Envoy's /ready and stats through its stats
+        # listener; the admin interface itself stays on loopback.
+        "envoy": {"host": any_address, "stats_port": given.envoy.stats_port or ENVOY_STATS_PORT},
     }
     if values.valkey.enabled:
         overrides["limiter"] |= {
@@ -93,5 +101,8 @@ def cluster_suite(values: K8sValues) -> ClusterSuite:
                 "replicas": values.parts["limiter"].replicas,
             },
         }
+    if values.mtls.enabled:
+        # Each pod mounts its identity's Secret there (certificates.py).
+        overrides["security"] = {"mtls": True, "certs_dir": CERTS_DIR}
     config = deep_merge(values.suite, overrides)
     return ClusterSuite(config=config, settings=load_quietly(config))

@@ -20,6 +20,8 @@ from sluice.core.config import ConfigError, deep_merge, describe_validation_erro
 
 PARTS = ("router", "limiter", "provider", "telemetry", "envoy")
 """Every Deployment (or Rollout) of the suite, one per part."""
+POOL = ("router", "provider")
+"""The parts that carry streams: Argo Rollouts canaries instead of Deployments."""
 
 _Strict = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
@@ -39,7 +41,11 @@ class SizingValues(BaseModel):
     base_memory_mib: int = Field(160, ge=16)
     """Resident memory of an idle part."""
     memory_kib_per_stream: int = Field(96, ge=1)
-    """Memory per open stream: the 64 KiB receive window plus the answer text kept."""
+    """Memory per open stream: the 64 KiB receive window plus the answer text kept
+    (measured: 67 KB per idle stream, loadtest/README.md, stream_memory.py)."""
+    stalled_memory_kib_per_stream: int = Field(460, ge=1)
+    """Memory per stream whose client stopped reading (measured: 459 KB for gRPC, 283 KB
+    for SSE): the memory limit holds every stream of a pod stalled at once."""
     limit_factor: float = Field(2.0, ge=1.0)
     """Limits are this many times the requests (CPU bursts, memory headroom)."""
 
@@ -110,6 +116,53 @@ class PrometheusValues(BaseModel):
     """Labels of the Prometheus pods."""
     url: str = "http://prometheus-operated.monitoring.svc:9090"
     """Prometheus the canary analysis queries."""
+    operator: bool = True
+    """Render the Prometheus Operator's resources: a PodMonitor for every part's metrics
+    and PrometheusRules from `rules_dir`."""
+    resource_labels: dict[str, str] = Field(default_factory=dict)
+    """Labels on the PodMonitor and PrometheusRules, for the Prometheus resource's
+    podMonitorSelector and ruleSelector (e.g. release: kube-prometheus-stack)."""
+    rules_dir: str = "../prometheus/rules"
+    """Prometheus rule files (relative to the values file) turned into PrometheusRules."""
+    skip_rule_files: list[str] = Field(default_factory=lambda: ["runtime.yml"])
+    """Rule files not for a cluster: runtime.yml watches the `sluice up` supervisor,
+    which Kubernetes replaces (its restarts show in kube-state-metrics)."""
+    adapter_namespace: str = "monitoring"
+    """Namespace of prometheus-adapter, where its rules' ConfigMap is rendered."""
+
+
+class GrafanaValues(BaseModel):
+    """The dashboards as ConfigMaps for Grafana's dashboard sidecar."""
+
+    model_config = _Strict
+
+    enabled: bool = True
+    """Render one ConfigMap per dashboard."""
+    dashboards_dir: str = "../grafana"
+    """Dashboard JSON files (relative to the values file)."""
+    namespace: str = "monitoring"
+    """Namespace the sidecar watches."""
+    labels: dict[str, str] = Field(default_factory=lambda: {"grafana_dashboard": "1"})
+    """Labels the sidecar picks ConfigMaps by (its `label`/`labelValue`)."""
+
+
+class CustomMetricsValues(BaseModel):
+    """The router's autoscaling on its own metrics, served to the HPA by
+    prometheus-adapter (docs/kubernetes.md, "Scaling")."""
+
+    model_config = _Strict
+
+    enabled: bool = True
+    """Add the metrics below to the router's HorizontalPodAutoscaler and render the
+    prometheus-adapter rules that expose them."""
+    queue_depth_per_pod: float = Field(10.0, gt=0)
+    """Average requests waiting for admission per router pod (sluice_router_queue_depth)
+    above which the router scales out."""
+    ttft_p95_s: float = Field(1.5, gt=0)
+    """Time-to-first-token p95 per router pod above which it scales out (below the
+    canary's abort gate, so scaling acts before a rollout would abort)."""
+    window: str = Field("2m", pattern=r"^[0-9]+[smh]$")
+    """Rate window of the TTFT p95."""
 
 
 class SecretValues(BaseModel):
@@ -129,6 +182,38 @@ class SecretValues(BaseModel):
     """Serve TLS on the edge from the edge_tls Secret."""
 
 
+class CertManagerValues(BaseModel):
+    """cert-manager issuing the mTLS Secrets (one Certificate per identity)."""
+
+    model_config = _Strict
+
+    enabled: bool = False
+    """Render a cert-manager Certificate per identity; else the operator creates the
+    Secrets (e.g. from `sluice certs`)."""
+    issuer_name: str = "sluice-ca"
+    """The issuer that signs them: a CA Issuer whose CA every part trusts."""
+    issuer_kind: Literal["Issuer", "ClusterIssuer"] = "Issuer"
+    """Namespaced Issuer or ClusterIssuer."""
+    duration: str = Field("2160h", pattern=r"^[0-9]+h$")
+    """Certificate lifetime (90 days)."""
+    renew_before: str = Field("720h", pattern=r"^[0-9]+h$")
+    """Renew this long before expiry (the parts reload rotated files by themselves)."""
+
+
+class MtlsValues(BaseModel):
+    """Mutual TLS between the parts: each identity's certificate from a Secret."""
+
+    model_config = _Strict
+
+    enabled: bool = False
+    """Turn `security.mtls` on and mount each part's Secret as its certificate directory."""
+    secret_prefix: str = "sluice-mtls-"  # noqa: S105 - a Secret name prefix
+    """Secret of an identity: prefix + identity (router, limiter, provider, telemetry,
+    envoy), with keys tls.crt, tls.key and ca.crt (cert-manager's layout)."""
+    cert_manager: CertManagerValues = CertManagerValues()
+    """Issue those Secrets with cert-manager."""
+
+
 class AnalysisValues(BaseModel):
     """The canary's gates, as in the router's SLO rules (deploy/prometheus/rules)."""
 
@@ -137,7 +222,12 @@ class AnalysisValues(BaseModel):
     max_error_ratio: float = Field(0.01, gt=0, lt=1)
     """Most server-side errors per router RPC on the canary pods."""
     max_ttft_p95_s: float = Field(2.0, gt=0)
-    """Highest time-to-first-token p95 on the canary pods."""
+    """Highest time-to-first-token p95 on the router's canary pods."""
+    max_latency_ratio: float = Field(1.25, gt=1)
+    """Highest p95 stream duration of the provider's canary pods as a multiple of its
+    stable pods' (a relative gate: stream length depends on the answers, not the pod)."""
+    window: str = Field("2m", pattern=r"^[0-9]+[smh]$")
+    """Rate window of every gate's query."""
     interval: str = Field("1m", pattern=r"^[0-9]+[smh]$")
     """How often each gate is measured."""
     failure_limit: int = Field(1, ge=0)
@@ -145,7 +235,7 @@ class AnalysisValues(BaseModel):
 
 
 class RolloutValues(BaseModel):
-    """The router's canary (Argo Rollouts)."""
+    """The canary of the router/provider pool (Argo Rollouts)."""
 
     model_config = _Strict
 
@@ -189,7 +279,13 @@ class K8sValues(BaseModel):
     secrets: SecretValues = SecretValues()
     """Secret names."""
     rollout: RolloutValues = RolloutValues()
-    """The router's canary."""
+    """The canary of the router and provider Rollouts."""
+    grafana: GrafanaValues = GrafanaValues()
+    """Dashboards as ConfigMaps."""
+    custom_metrics: CustomMetricsValues = CustomMetricsValues()
+    """The router's autoscaling on queue depth and TTFT p95."""
+    mtls: MtlsValues = MtlsValues()
+    """Mutual TLS certificates from Secrets (optionally cert-manager)."""
     environments: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Overlays merged over these values per environment (e.g. staging, production)."""
 

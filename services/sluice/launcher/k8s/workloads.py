@@ -6,9 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any
 
+from sluice.core.grpcx.certs import CA_CERT, cert_file, key_file
+from sluice.launcher.k8s.certificates import certs_volume
+from sluice.launcher.k8s.meta import Manifest, labels, metadata, selector
 from sluice.launcher.k8s.suite import (
+    CERTS_DIR,
     CONFIG_DIR,
     CONFIG_FILE,
     VALKEY_PORT,
@@ -16,11 +19,8 @@ from sluice.launcher.k8s.suite import (
     dns_name,
     name_of,
 )
-from sluice.launcher.k8s.values import K8sValues, PartValues, SizingValues
+from sluice.launcher.k8s.values import POOL, K8sValues, PartValues, SizingValues
 from sluice.launcher.parts import HEALTH_SERVICES
-from sluice.launcher.version import package_version
-
-Manifest = dict[str, Any]
 
 UID = 10001
 """The image's user (deploy/container/Containerfile)."""
@@ -30,31 +30,6 @@ CONFIG_MAP = "sluice-config"
 UPSTREAM_SECRETS_DIR = "/etc/sluice/secrets/upstream"
 TLS_DIR = "/etc/sluice/tls"
 TMP_DIR = "/tmp"  # noqa: S108  # nosec B108 - each pod's own emptyDir, not a shared /tmp
-
-
-def labels(values: K8sValues, part: str) -> dict[str, str]:
-    """Recommended labels of one part's resources."""
-    return {
-        "app.kubernetes.io/name": "sluice",
-        "app.kubernetes.io/component": part,
-        "app.kubernetes.io/part-of": "sluice",
-        "app.kubernetes.io/version": package_version(),
-        "app.kubernetes.io/managed-by": "sluice-k8s-render",
-    }
-
-
-def selector(part: str) -> dict[str, str]:
-    """The labels that pick one part's pods (stable across versions)."""
-    return {"app.kubernetes.io/name": "sluice", "app.kubernetes.io/component": part}
-
-
-def metadata(values: K8sValues, part: str, name: str | None = None) -> Manifest:
-    """Name, namespace and labels of a part's resource."""
-    return {
-        "name": name or name_of(part),
-        "namespace": values.namespace,
-        "labels": labels(values, part),
-    }
 
 
 # -- sizing ---------------------------------------------------------------------------
@@ -68,24 +43,26 @@ def resources(part: PartValues, sizing: SizingValues) -> Manifest:
     """Requests from the sizing rule (docs/kubernetes.md, "Sizing"); limits a factor above.
 
     A part that carries streams needs streams x tokens/s x CPU per token, and its idle
-    memory plus a receive window and the kept answer per stream.
+    memory plus a receive window and the kept answer per stream; its memory limit also
+    holds every stream stalled by a client that stopped reading.
     """
+    factor = sizing.limit_factor
     if part.scales_with_streams:
-        tokens_per_s = sizing.streams_per_pod * sizing.tokens_per_second_per_stream
-        cpu_m = _round_up(tokens_per_s * sizing.cpu_ms_per_token, 50)
-        memory_mib = _round_up(
-            sizing.base_memory_mib + sizing.streams_per_pod * sizing.memory_kib_per_stream / 1024,
-            16,
+        streams = sizing.streams_per_pod
+        cpu_m = _round_up(
+            streams * sizing.tokens_per_second_per_stream * sizing.cpu_ms_per_token, 50
         )
+        memory_mib = _round_up(
+            sizing.base_memory_mib + streams * sizing.memory_kib_per_stream / 1024, 16
+        )
+        stalled_mib = sizing.base_memory_mib + streams * sizing.stalled_memory_kib_per_stream / 1024
+        memory_limit_mib = _round_up(max(memory_mib * factor, stalled_mib), 16)
     else:
         cpu_m, memory_mib = part.cpu_request_millicores, part.memory_request_mib
-    factor = sizing.limit_factor
+        memory_limit_mib = _round_up(memory_mib * factor, 16)
     return {
         "requests": {"cpu": f"{cpu_m}m", "memory": f"{memory_mib}Mi"},
-        "limits": {
-            "cpu": f"{_round_up(cpu_m * factor, 50)}m",
-            "memory": f"{_round_up(memory_mib * factor, 16)}Mi",
-        },
+        "limits": {"cpu": f"{_round_up(cpu_m * factor, 50)}m", "memory": f"{memory_limit_mib}Mi"},
     }
 
 
@@ -128,7 +105,7 @@ def topology_spread(part: str) -> list[Manifest]:
             # Spread each revision on its own (Argo Rollouts labels its ReplicaSets' pods
             # with its own hash key).
             "matchLabelKeys": [
-                "rollouts-pod-template-hash" if part == "router" else "pod-template-hash"
+                "rollouts-pod-template-hash" if part in POOL else "pod-template-hash"
             ],
         }
         for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
@@ -151,26 +128,53 @@ def writable_volumes() -> tuple[list[Manifest], list[Manifest]]:
     return volumes, mounts
 
 
-def _grpc_probes(port: int, service: str) -> Manifest:
+def probe_command(part: str, port: int, health_service: str = "") -> list[str]:
+    """The exec probe of a part under mtls: its port, health service and identity files
+    (certificates.certs_volume) written out, so the probe reads no settings."""
+    command = ["python", "-m", "sluice.launcher.probe", "--port", str(port)]
+    if health_service:
+        command += ["--service", health_service]
+    return [
+        *command,
+        "--ca", f"{CERTS_DIR}/{CA_CERT}",
+        "--cert", f"{CERTS_DIR}/{cert_file(part)}",
+        "--key", f"{CERTS_DIR}/{key_file(part)}",
+        "--server-name", part,
+    ]  # fmt: skip
+
+
+def _grpc_probes(part: str, port: int, service: str, mtls: bool) -> Manifest:
+    def check(health_service: str) -> Manifest:
+        if not mtls:
+            grpc: Manifest = {"port": port}
+            if health_service:
+                grpc["service"] = health_service
+            return {"grpc": grpc}
+        # The kubelet's gRPC probe speaks plaintext only; under mtls the part asks
+        # itself with its own certificate (services/sluice/launcher/probe.py).
+        return {"exec": {"command": probe_command(part, port, health_service)}}
+
+    # An exec probe starts a Python process (about 0.2 s of CPU): give it more time.
+    timeout = 5 if mtls else 2
     return {
         # Ready only when the part's dependencies are (its health turns SERVING), and
         # NOT_SERVING again as soon as SIGTERM starts the drain.
         "readinessProbe": {
-            "grpc": {"port": port, "service": service},
+            **check(service),
             "periodSeconds": 5,
-            "timeoutSeconds": 2,
+            "timeoutSeconds": timeout,
             "failureThreshold": 2,
         },
         "livenessProbe": {
-            "grpc": {"port": port},
+            **check(""),
             "periodSeconds": 10,
-            "timeoutSeconds": 2,
+            "timeoutSeconds": timeout,
             "failureThreshold": 3,
         },
         "startupProbe": {
-            "grpc": {"port": port},
+            **check(""),
             "periodSeconds": 2,
-            "timeoutSeconds": 2,
+            "timeoutSeconds": timeout,
             "failureThreshold": 30,
         },
     }
@@ -226,6 +230,13 @@ def pod_spec(
                 },
             }
         )
+    if values.mtls.enabled:
+        # Each part's own identity (docs/security.md); the Secret's keys become the
+        # file names of security.certs_dir.
+        volumes.append(certs_volume(values, part))
+        container["volumeMounts"].append(
+            {"name": "certs", "mountPath": CERTS_DIR, "readOnly": True}
+        )
     if part == "envoy" and values.secrets.edge_tls_enabled:
         volumes.append(
             {"name": "tls", "secret": {"secretName": values.secrets.edge_tls, "defaultMode": 0o440}}
@@ -250,7 +261,7 @@ def part_container(values: K8sValues, suite: ClusterSuite, part: str) -> Manifes
         args = ["envoy"]
         ports = [
             {"name": "http", "containerPort": envoy.port, "protocol": "TCP"},
-            {"name": "admin", "containerPort": envoy.admin_port, "protocol": "TCP"},
+            {"name": "stats", "containerPort": envoy.stats_port, "protocol": "TCP"},
         ]
         # Envoy's upstreams are the router's (and limiter's) Services.
         env += [
@@ -272,12 +283,12 @@ def part_container(values: K8sValues, suite: ClusterSuite, part: str) -> Manifes
             ]
         probes: Manifest = {
             "readinessProbe": {
-                "httpGet": {"path": "/ready", "port": "admin"},
+                "httpGet": {"path": "/ready", "port": "stats"},
                 "periodSeconds": 5,
                 "failureThreshold": 2,
             },
             "livenessProbe": {
-                "httpGet": {"path": "/ready", "port": "admin"},
+                "httpGet": {"path": "/ready", "port": "stats"},
                 "periodSeconds": 10,
                 "failureThreshold": 3,
             },
@@ -299,7 +310,7 @@ def part_container(values: K8sValues, suite: ClusterSuite, part: str) -> Manifes
             )
         if part == "provider":
             mounts.append({"name": "upstream", "mountPath": UPSTREAM_SECRETS_DIR, "readOnly": True})
-        probes = _grpc_probes(server.port, HEALTH_SERVICES[part])
+        probes = _grpc_probes(part, server.port, HEALTH_SERVICES[part], values.mtls.enabled)
     return {
         "name": part,
         "image": values.image,
@@ -346,7 +357,7 @@ def suite_hash(suite: ClusterSuite) -> str:
 
 
 def deployment(values: K8sValues, suite: ClusterSuite, part: str) -> Manifest:
-    """One part's Deployment (the router's is a Rollout, rollout.py)."""
+    """One part's Deployment (the router's and provider's are Rollouts, rollout.py)."""
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
