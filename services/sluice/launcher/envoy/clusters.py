@@ -3,6 +3,7 @@ telemetry service. One builder; each cluster differs only in what it passes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sluice.launcher.envoy.names import (
@@ -14,6 +15,7 @@ from sluice.launcher.envoy.names import (
     TELEMETRY_CLUSTER,
     seconds,
 )
+from sluice.launcher.replicas import endpoints, replicas
 from sluice.launcher.settings import EdgeCircuitBreakerSettings, SuiteSettings
 
 
@@ -28,9 +30,14 @@ def cluster(
     health_service: str | None = None,
     health_interval_ms: int = 0,
     circuit_breakers: EdgeCircuitBreakerSettings | None = None,
+    more_hosts: Sequence[tuple[str, int]] = (),
+    tcp_health_check: bool = False,
+    max_retries: int | None = None,
 ) -> dict[str, Any]:
-    """One cluster of a single host. `http2` (its protocol options) makes it HTTP/2;
-    `health_service` adds an active gRPC health check, which needs HTTP/2."""
+    """One cluster of host:port and `more_hosts` (further replicas). `http2` (its protocol
+    options) makes it HTTP/2; `health_service` adds an active gRPC health check, which
+    needs HTTP/2, `tcp_health_check` a connect-only one; `max_retries` bounds the retries
+    in flight (launcher/envoy/retries.py)."""
     built: dict[str, Any] = {"name": name, "type": kind, "connect_timeout": connect_timeout}
     if circuit_breakers is not None:
         built["circuit_breakers"] = {
@@ -40,6 +47,7 @@ def cluster(
                     "max_connections": circuit_breakers.max_connections,
                     "max_pending_requests": circuit_breakers.max_pending_requests,
                     "max_requests": circuit_breakers.max_requests,
+                    **({} if max_retries is None else {"max_retries": max_retries}),
                 }
             ]
         }
@@ -50,12 +58,19 @@ def cluster(
                 "explicit_http_config": {"http2_protocol_options": http2},
             }
         }
-    address = {"socket_address": {"address": host, "port_value": port}}
+    hosts = [(host, port), *more_hosts]
     built["load_assignment"] = {
         "cluster_name": name,
-        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+        "endpoints": [
+            {
+                "lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": h, "port_value": p}}}}
+                    for h, p in hosts
+                ]
+            }
+        ],
     }
-    if health_service is not None:
+    if health_service is not None or tcp_health_check:
         interval = seconds(health_interval_ms / 1000)
         built["health_checks"] = [
             {
@@ -66,7 +81,11 @@ def cluster(
                 "no_traffic_interval": interval,
                 "unhealthy_threshold": 2,
                 "healthy_threshold": 1,
-                "grpc_health_check": {"service_name": health_service},
+                **(
+                    {"grpc_health_check": {"service_name": health_service}}
+                    if health_service is not None
+                    else {"tcp_health_check": {}}
+                ),
             }
         ]
         # Never send traffic to a host that fails its health check (no panic routing).
@@ -78,6 +97,11 @@ def clusters(settings: SuiteSettings) -> list[dict[str, Any]]:
     """Every cluster the settings need, the router's gRPC cluster first."""
     envoy = settings.envoy
     router = settings.router
+    routers = replicas(settings, "router")
+    # More than one router: Envoy retries a request no router answered on another one
+    # (retries.py), and must know which HTTP listeners are alive to balance over them.
+    several = len(routers) > 1
+    max_retries = envoy.circuit_breakers.max_requests if several else None
     built = [
         cluster(
             ROUTER_CLUSTER,
@@ -90,6 +114,8 @@ def clusters(settings: SuiteSettings) -> list[dict[str, Any]]:
             health_service=ROUTER_SERVICE,
             health_interval_ms=envoy.health_check_interval_ms,
             circuit_breakers=envoy.circuit_breakers,
+            more_hosts=endpoints(routers[1:]),
+            max_retries=max_retries,
         )
     ]
     if router.http_api.enabled:
@@ -100,6 +126,12 @@ def clusters(settings: SuiteSettings) -> list[dict[str, Any]]:
                 router.http_api.host,
                 router.http_api.port,
                 circuit_breakers=envoy.circuit_breakers,
+                more_hosts=endpoints(routers[1:], http=True),
+                # Its only health signal is the listener accepting connections: the
+                # router's gRPC health needs an HTTP/2 cluster.
+                tcp_health_check=several,
+                health_interval_ms=envoy.health_check_interval_ms,
+                max_retries=max_retries,
             )
         )
     if envoy.rate_limit.enabled:
@@ -107,7 +139,14 @@ def clusters(settings: SuiteSettings) -> list[dict[str, Any]]:
         # happens when the limiter is down.
         limiter = settings.limiter.server
         built.append(
-            cluster(LIMITER_CLUSTER, limiter.host, limiter.port, connect_timeout="0.25s", http2={})
+            cluster(
+                LIMITER_CLUSTER,
+                limiter.host,
+                limiter.port,
+                connect_timeout="0.25s",
+                http2={},
+                more_hosts=endpoints(replicas(settings, "limiter")[1:]),
+            )
         )
     if router.tracing.enabled:
         # The OTLP/gRPC endpoint Envoy's tracer exports to (a name, hence STRICT_DNS).
