@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from typing import cast
 
 import grpc
 import pytest
@@ -161,9 +162,8 @@ class DyingReplicaStream(ClientErrorStream):
     def failed_over(self, prompt: Sequence[common_pb2.Message]) -> None:
         self.state.failed_over(prompt)
 
-    async def attempt(
-        self, target: object, messages: Sequence[common_pb2.Message], *args: object
-    ) -> AsyncIterator[router_pb2.GenerateEvent]:
+    async def attempt(self, *args: object) -> AsyncIterator[router_pb2.GenerateEvent]:
+        messages = cast(Sequence[common_pb2.Message], args[1])  # (target, messages, ...)
         self.prompts.append([m.content for m in messages])
         if self.attempts == 1:
             for word in ("one ", "two "):
