@@ -4,7 +4,8 @@ Start order: telemetry -> (the limiters' shared store) -> limiters and providers
 routers -> Envoy, each step waited for (gRPC health SERVING, the store's PING, Envoy
 /ready and a healthy router upstream) before the next; replicas of a part start together.
 Stop order: router first, so it drains in-flight streams while Envoy and the provider
-are still up; then Envoy, provider, limiter and telemetry last, so final spans land.
+are still up; then Envoy, provider, limiter, the store and telemetry last, so final
+spans land.
 Children die with the supervisor (PR_SET_PDEATHSIG), so none is left behind.
 
 Every part (router, limiter, provider replicas, telemetry, Envoy) that exits is
