@@ -137,6 +137,7 @@ async def kills_under_load(suite: RunningSuite, run_dir: Path) -> dict[str, Any]
     }
 
 
+@pytest.mark.timeout(240)  # nine processes start, three come back, all stop: ~70 s here
 async def test_kill_9_of_one_replica_of_each_part_under_steady_load(tmp_path: Path) -> None:
     extra = dict(zip(EXTRA_PORTS, free_ports(len(EXTRA_PORTS)), strict=True))
     # Nine processes start on a machine that may be busy: more time than one suite needs.
