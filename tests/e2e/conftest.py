@@ -188,7 +188,9 @@ PORT_NAMES = (
 
 
 @contextlib.contextmanager
-def start_suite(tmp: Path, **overrides: Any) -> Iterator[RunningSuite]:
+def start_suite(
+    tmp: Path, *, startup_timeout_s: float = 60.0, **overrides: Any
+) -> Iterator[RunningSuite]:
     """Start `sluice up` with its own ports and logs; stop it (and check) on exit."""
     ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
     config_file = tmp / "sluice.yaml"
@@ -215,7 +217,7 @@ def start_suite(tmp: Path, **overrides: Any) -> Iterator[RunningSuite]:
     suite = RunningSuite(process, ports, log_dir, "", tmp / "run")
     try:
         assert process.stdout is not None
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + startup_timeout_s
         # Once the banner has begun it is read to its end, however late (a loaded machine
         # may pass the deadline between its first line and its last).
         begun = False

@@ -27,6 +27,7 @@ from sluice.launcher import keys
 from sluice.launcher.envoy import descriptor_path, render_yaml
 from sluice.launcher.k8s.render import render, stale, write
 from sluice.launcher.parts import SERVICES, StartupError, envoy_argv, write_envoy_config
+from sluice.launcher.replicas import MAX_REPLICAS, REPLICATED
 from sluice.launcher.report import cli as report_commands
 from sluice.launcher.rollout.commands import add_commands as add_rollout_commands
 from sluice.launcher.settings import load_suite
@@ -66,6 +67,10 @@ def _up(args: argparse.Namespace) -> int:
     if args.provider_replicas is not None:
         provider = settings.provider.model_copy(update={"replicas": args.provider_replicas})
         settings = dataclasses.replace(settings, provider=provider)
+    if args.replicas:
+        counts = settings.supervisor.replicas | args.replicas
+        supervisor = settings.supervisor.model_copy(update={"replicas": counts})
+        settings = dataclasses.replace(settings, supervisor=supervisor)
     suite = Suite(
         settings,
         run_dir=Path(args.run_dir),
@@ -107,6 +112,23 @@ def _up(args: argparse.Namespace) -> int:
     suite.stop()
     print("stopped.", flush=True)
     return 0
+
+
+def parse_replicas(text: str) -> dict[str, int]:
+    """`router=2,provider=2` as {"router": 2, "provider": 2} (argparse reports a ValueError)."""
+    counts: dict[str, int] = {}
+    for item in text.split(","):
+        part, _, number = item.strip().partition("=")
+        if part not in REPLICATED:
+            raise argparse.ArgumentTypeError(
+                f"{part!r} is not a replicated part ({', '.join(REPLICATED)})"
+            )
+        if not number.isdigit() or not 1 <= int(number) <= MAX_REPLICAS:
+            raise argparse.ArgumentTypeError(
+                f"{part}={number}: give a count from 1 to {MAX_REPLICAS}"
+            )
+        counts[part] = int(number)
+    return counts
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -227,6 +249,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=range(1, 17),
         metavar="N",
         help="provider processes to start (default: provider.replicas, 1)",
+    )
+    up.add_argument(
+        "--replicas",
+        type=parse_replicas,
+        metavar="PART=N,...",
+        help="processes per part, e.g. router=2,provider=2,limiter=2 (default: "
+        "supervisor.replicas, 1 each; docs/runtime.md)",
     )
     up.set_defaults(run=_up)
     serve = commands.add_parser("serve", help="run one service in the foreground")

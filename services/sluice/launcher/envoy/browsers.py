@@ -12,6 +12,7 @@ from sluice.launcher.envoy.names import (
     seconds,
     transcoder_off,
 )
+from sluice.launcher.envoy.retries import retry_policy
 from sluice.launcher.settings import SuiteSettings
 
 _CORS_FILTER = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
@@ -73,15 +74,16 @@ def grpc_web_routes(settings: SuiteSettings) -> list[dict[str, Any]]:
     }
     grpc_web = {"name": "content-type", "string_match": {"prefix": "application/grpc-web"}}
     unary_timeout = seconds(settings.envoy.unary_timeout_s)
+    retries = retry_policy(settings)
     return [
         {
             "match": {"path": f"{prefix}Generate", "headers": [grpc_web]},
-            "route": {"cluster": ROUTER_CLUSTER, "timeout": "0s"},
+            "route": {"cluster": ROUTER_CLUSTER, "timeout": "0s", **retries},
             "typed_per_filter_config": per_filter,
         },
         {
             "match": {"prefix": prefix, "headers": [grpc_web]},
-            "route": {"cluster": ROUTER_CLUSTER, "timeout": unary_timeout},
+            "route": {"cluster": ROUTER_CLUSTER, "timeout": unary_timeout, **retries},
             "typed_per_filter_config": per_filter,
         },
         {
@@ -116,7 +118,7 @@ def web_page_routes(settings: SuiteSettings) -> list[dict[str, Any]]:
         *(
             {
                 "match": {**match, "headers": get},
-                "route": {"cluster": HTTP_API_CLUSTER, "timeout": "10s"},
+                "route": {"cluster": HTTP_API_CLUSTER, "timeout": "10s", **retry_policy(settings)},
                 "typed_per_filter_config": disabled,
             }
             for match in ({"path": "/"}, {"prefix": "/ui/"})

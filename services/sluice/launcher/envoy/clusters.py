@@ -4,6 +4,7 @@ telemetry service. One builder; each cluster differs only in what it passes."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from typing import Any
 
 from sluice.launcher.envoy.names import (
@@ -15,6 +16,7 @@ from sluice.launcher.envoy.names import (
     TELEMETRY_CLUSTER,
     seconds,
 )
+from sluice.launcher.replicas import endpoints, replicas
 from sluice.launcher.settings import EdgeCircuitBreakerSettings, SuiteSettings
 
 
@@ -41,10 +43,15 @@ def cluster(
     health_service: str | None = None,
     health_interval_ms: int = 0,
     circuit_breakers: EdgeCircuitBreakerSettings | None = None,
+    more_hosts: Sequence[tuple[str, int]] = (),
+    tcp_health_check: bool = False,
+    max_retries: int | None = None,
 ) -> dict[str, Any]:
-    """One cluster of a single host. `http2` (its protocol options) makes it HTTP/2;
-    `health_service` adds an active gRPC health check, which needs HTTP/2. Without a
-    `kind`, the host decides it (`discovery_type`)."""
+    """One cluster of host:port and `more_hosts` (further replicas). `http2` (its protocol
+    options) makes it HTTP/2; `health_service` adds an active gRPC health check, which
+    needs HTTP/2, `tcp_health_check` a connect-only one; `max_retries` overrides the
+    breakers' bound on retries in flight (launcher/envoy/retries.py). Without a `kind`,
+    the host decides it (`discovery_type`)."""
     kind = kind or discovery_type(host)
     built: dict[str, Any] = {"name": name, "type": kind, "connect_timeout": connect_timeout}
     if kind != "STATIC":
@@ -58,7 +65,9 @@ def cluster(
                     "max_connections": circuit_breakers.max_connections,
                     "max_pending_requests": circuit_breakers.max_pending_requests,
                     "max_requests": circuit_breakers.max_requests,
-                    "max_retries": circuit_breakers.max_retries,
+                    "max_retries": (
+                        circuit_breakers.max_retries if max_retries is None else max_retries
+                    ),
                 }
             ]
         }
@@ -69,12 +78,19 @@ def cluster(
                 "explicit_http_config": {"http2_protocol_options": http2},
             }
         }
-    address = {"socket_address": {"address": host, "port_value": port}}
+    hosts = [(host, port), *more_hosts]
     built["load_assignment"] = {
         "cluster_name": name,
-        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+        "endpoints": [
+            {
+                "lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": h, "port_value": p}}}}
+                    for h, p in hosts
+                ]
+            }
+        ],
     }
-    if health_service is not None:
+    if health_service is not None or tcp_health_check:
         interval = seconds(health_interval_ms / 1000)
         built["health_checks"] = [
             {
@@ -85,7 +101,11 @@ def cluster(
                 "no_traffic_interval": interval,
                 "unhealthy_threshold": 2,
                 "healthy_threshold": 1,
-                "grpc_health_check": {"service_name": health_service},
+                **(
+                    {"grpc_health_check": {"service_name": health_service}}
+                    if health_service is not None
+                    else {"tcp_health_check": {}}
+                ),
             }
         ]
         # Never send traffic to a host that fails its health check (no panic routing).
@@ -97,6 +117,11 @@ def clusters(settings: SuiteSettings) -> list[dict[str, Any]]:
     """Every cluster the settings need, the router's gRPC cluster first."""
     envoy = settings.envoy
     router = settings.router
+    routers = replicas(settings, "router")
+    # More than one router: Envoy retries a request no router answered on another one
+    # (retries.py), and must know which HTTP listeners are alive to balance over them.
+    several = len(routers) > 1
+    max_retries = envoy.circuit_breakers.max_requests if several else None
     built = [
         cluster(
             ROUTER_CLUSTER,
@@ -109,6 +134,8 @@ def clusters(settings: SuiteSettings) -> list[dict[str, Any]]:
             health_service=ROUTER_SERVICE,
             health_interval_ms=envoy.health_check_interval_ms,
             circuit_breakers=envoy.circuit_breakers,
+            more_hosts=endpoints(routers[1:]),
+            max_retries=max_retries,
         )
     ]
     if router.http_api.enabled:
@@ -119,6 +146,12 @@ def clusters(settings: SuiteSettings) -> list[dict[str, Any]]:
                 router.http_api.host,
                 router.http_api.port,
                 circuit_breakers=envoy.circuit_breakers,
+                more_hosts=endpoints(routers[1:], http=True),
+                # Its only health signal is the listener accepting connections: the
+                # router's gRPC health needs an HTTP/2 cluster.
+                tcp_health_check=several,
+                health_interval_ms=envoy.health_check_interval_ms,
+                max_retries=max_retries,
             )
         )
     if envoy.rate_limit.enabled:
@@ -126,7 +159,14 @@ def clusters(settings: SuiteSettings) -> list[dict[str, Any]]:
         # happens when the limiter is down.
         limiter = settings.limiter.server
         built.append(
-            cluster(LIMITER_CLUSTER, limiter.host, limiter.port, connect_timeout="0.25s", http2={})
+            cluster(
+                LIMITER_CLUSTER,
+                limiter.host,
+                limiter.port,
+                connect_timeout="0.25s",
+                http2={},
+                more_hosts=endpoints(replicas(settings, "limiter")[1:]),
+            )
         )
     if router.tracing.enabled:
         # The OTLP/gRPC endpoint Envoy's tracer exports to (a name, hence STRICT_DNS).

@@ -17,16 +17,17 @@ from sluice.launcher.envoy.names import (
     transcoder_off,
 )
 from sluice.launcher.envoy.rate_limits import with_rate_limits
+from sluice.launcher.envoy.retries import retry_policy
 from sluice.launcher.openapi import render_openapi_json
 from sluice.launcher.settings import SuiteSettings
 
 _HTTP_API_ROUTES = (("/v1/chat/completions", "POST"), ("/v1/models", "GET"))
 
 
-def _grpc_route(prefix: str, timeout: str) -> dict[str, Any]:
+def _grpc_route(prefix: str, timeout: str, retries: dict[str, Any]) -> dict[str, Any]:
     return {
         "match": {"prefix": prefix, "grpc": {}},
-        "route": {"cluster": ROUTER_CLUSTER, "timeout": timeout},
+        "route": {"cluster": ROUTER_CLUSTER, "timeout": timeout, **retries},
     }
 
 
@@ -39,7 +40,7 @@ def _http_api_routes(settings: SuiteSettings) -> list[dict[str, Any]]:
             # Other methods fall through to the catch-all 404 (JSON, like every local reply).
             "match": {"path": path, "headers": [method_is(method)]},
             # Streams run as long as they produce; stream_idle_timeout cuts silent ones.
-            "route": {"cluster": HTTP_API_CLUSTER, "timeout": "0s"},
+            "route": {"cluster": HTTP_API_CLUSTER, "timeout": "0s", **retry_policy(settings)},
             "typed_per_filter_config": {
                 **transcoder_off(),
                 **body_limit(settings.envoy.max_request_bytes),
@@ -90,6 +91,7 @@ def _openapi_route() -> dict[str, Any]:
 
 def routes(settings: SuiteSettings) -> list[dict[str, Any]]:
     """Every route of the edge's one virtual host, with rate limits when they are on."""
+    retries = retry_policy(settings)
     found = [
         _openapi_route(),
         *_http_api_routes(settings),
@@ -98,11 +100,11 @@ def routes(settings: SuiteSettings) -> list[dict[str, Any]]:
         *_websocket_routes(settings),
         # Streams run as long as they produce; idle ones are cut by stream_idle_timeout
         # (the default route timeout would cut them: docs/envoy.md, "Transcoding").
-        _grpc_route(f"/{ROUTER_SERVICE}/Generate", "0s"),
-        _grpc_route(f"/{ROUTER_SERVICE}/Converse", "0s"),
-        _grpc_route(f"/{ROUTER_SERVICE}/", seconds(settings.envoy.unary_timeout_s)),
-        _grpc_route("/grpc.health.v1.Health/", "5s"),
-        _grpc_route("/grpc.reflection.v1alpha.ServerReflection/", "0s"),
+        _grpc_route(f"/{ROUTER_SERVICE}/Generate", "0s", retries),
+        _grpc_route(f"/{ROUTER_SERVICE}/Converse", "0s", retries),
+        _grpc_route(f"/{ROUTER_SERVICE}/", seconds(settings.envoy.unary_timeout_s), retries),
+        _grpc_route("/grpc.health.v1.Health/", "5s", retries),
+        _grpc_route("/grpc.reflection.v1alpha.ServerReflection/", "0s", retries),
         {
             "match": {"prefix": "/"},
             "direct_response": {"status": 404, "body": {"inline_string": "no such route"}},

@@ -471,6 +471,11 @@ class Rollouts:
             provider_address=provider_address,
             tls=tls,
         )
+        # The suite's limiter target as its own routers have it (every limiter replica).
+        baseline = next((p for p in self.suite.parts if p.role == "router"), None)
+        limiters = (baseline.env if baseline else {}).get("SLUICE_ROUTER_LIMITER_ADDRESS")
+        if limiters:
+            part.env["SLUICE_ROUTER_LIMITER_ADDRESS"] = limiters
         self.set_phase(f"starting {part.name}")
         self._in_main(self._start_part, part)
         replica = Replica.of(part)
