@@ -26,7 +26,7 @@ from sluice.core.grpcx.tls import OPERATOR, client_tls
 from sluice.launcher.envoy import descriptor_path, render_yaml
 from sluice.launcher.k8s.render import render, stale, write
 from sluice.launcher.parts import SERVICES, StartupError, envoy_argv, write_envoy_config
-from sluice.launcher.settings import load_suite
+from sluice.launcher.settings import load_suite, with_certs_dir
 from sluice.launcher.supervisor import Suite
 from sluice.launcher.top import fetch
 from sluice.launcher.version import version_text
@@ -130,6 +130,8 @@ def _envoy(args: argparse.Namespace) -> int:
 
 def _envoy_config(args: argparse.Namespace) -> int:
     settings = load_suite(args.config)
+    if args.certs_dir:
+        settings = with_certs_dir(settings, Path(args.certs_dir))
     descriptor = Path(args.descriptor) if args.descriptor else descriptor_path()
     text = render_yaml(settings, descriptor)
     if args.output:
@@ -237,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     envoy.add_argument("--config", help="suite YAML file")
     envoy.add_argument("--descriptor", help="path of sluice.binpb as Envoy will see it")
     envoy.add_argument("--output", help="write to this file instead of stdout")
+    envoy.add_argument(
+        "--certs-dir",
+        help="where Envoy finds ca.pem and envoy.pem under mtls (overrides security.certs_dir)",
+    )
     envoy.set_defaults(run=_envoy_config)
     k8s = commands.add_parser("k8s", help="Kubernetes manifests from the suite's settings")
     k8s_commands = k8s.add_subparsers(dest="k8s_command", required=True)

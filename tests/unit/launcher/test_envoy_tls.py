@@ -24,7 +24,13 @@ def bootstrap(tmp_path: Path) -> tuple[dict[str, Any], Path]:
     write_suite_certs(certs)
     config = tmp_path / "suite.yaml"
     config.write_text(
-        yaml.safe_dump({"envoy": {"rate_limit": {"enabled": True}}, "tracing": {"enabled": True}})
+        yaml.safe_dump(
+            {
+                "envoy": {"rate_limit": {"enabled": True}},
+                "tracing": {"enabled": True},
+                "security": {"mtls": False},
+            }
+        )
     )
     files = envoy_tls_files(SecuritySettings(mtls=True, certs_dir=certs))
     rendered = render(load_suite(config), descriptor_path())
@@ -70,7 +76,11 @@ def test_render_secures_the_grpc_clusters_only_under_mtls(tmp_path: Path) -> Non
     certs = tmp_path / "certs"
     write_suite_certs(certs)
     config = tmp_path / "suite.yaml"
-    sections = {"envoy": {"rate_limit": {"enabled": True}}, "tracing": {"enabled": True}}
+    sections: dict[str, Any] = {
+        "envoy": {"rate_limit": {"enabled": True}},
+        "tracing": {"enabled": True},
+        "security": {"mtls": False},
+    }
     config.write_text(yaml.safe_dump(sections))
     plain = render(load_suite(config), descriptor_path())
     assert all("transport_socket" not in c for c in plain["static_resources"]["clusters"])
@@ -83,3 +93,14 @@ def test_render_secures_the_grpc_clusters_only_under_mtls(tmp_path: Path) -> Non
         if "transport_socket" in c
     }
     assert secured == IDENTITIES
+
+
+def test_mtls_is_the_default_and_secures_envoy_without_being_asked(tmp_path: Path) -> None:
+    assert SecuritySettings().mtls is True
+    certs = tmp_path / "certs"
+    write_suite_certs(certs)
+    config = tmp_path / "suite.yaml"
+    config.write_text(yaml.safe_dump({"security": {"certs_dir": str(certs)}}))
+    rendered = render(load_suite(config), descriptor_path())
+    clusters = {c["name"]: c for c in rendered["static_resources"]["clusters"]}
+    assert clusters["router"]["transport_socket"]["typed_config"]["sni"] == "router"

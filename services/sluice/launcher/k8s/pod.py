@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from sluice.core.config import deep_merge
-from sluice.launcher.k8s.suite import ClusterSuite, load_quietly
+from sluice.launcher.k8s.suite import ClusterSuite, load_quietly, plaintext_unless_set
 from sluice.launcher.k8s.values import PARTS, K8sValues
 from sluice.launcher.k8s.workloads import (
     CONFIG_MAP,
@@ -35,7 +35,7 @@ def local_suite(values: K8sValues) -> ClusterSuite:
         values.suite,
         {"envoy": {"host": any_address}, "telemetry": {"server": {"host": any_address}}},
     )
-    return ClusterSuite(config=config, settings=load_quietly(config))
+    return ClusterSuite(config=config, settings=load_quietly(plaintext_unless_set(config)))
 
 
 def suite_pod(values: K8sValues) -> list[Manifest]:
