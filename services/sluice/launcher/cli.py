@@ -190,8 +190,8 @@ def _certs(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     print(
-        f"set security.mtls: true and security.certs_dir: {directory.resolve()} "
-        "(or let `sluice up` create .run/certs)",
+        f"set security.certs_dir: {directory.resolve()} (mutual TLS is on by default; "
+        "`sluice up` creates <run dir>/certs by itself)",
         file=sys.stderr,
     )
     return 0

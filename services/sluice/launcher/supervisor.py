@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO
 
 from sluice.core.audit import AdminRecord, AuditLog
+from sluice.core.config import SecuritySettings
 from sluice.core.grpcx.certs import has_suite_certs, write_suite_certs
 from sluice.core.grpcx.tls import OPERATOR, ClientTls, client_tls
 from sluice.launcher.envoy.bootstrap import ADMIN_HOST
@@ -55,6 +56,23 @@ from sluice.launcher.parts import (
 from sluice.launcher.restarts import RestartPolicy
 from sluice.launcher.settings import SuiteSettings, exposure_problems
 from sluice.router.settings import DEV_KEY_SHA256
+
+
+def mtls_line(security: SecuritySettings) -> str:
+    """The banner's line on mutual TLS: where the operator's certificate is, or a warning
+    that every internal port trusts any caller (docs/security.md)."""
+    if not security.mtls:
+        return (
+            "  mutual TLS    OFF (security.mtls: false): any local process can call the "
+            "internal ports (generate, drain limits, read traces)"
+        )
+    if security.certs_dir is None:
+        return "  mutual TLS    on; certificates from security.ca_path, cert_path, key_path"
+    certs = security.certs_dir
+    return (
+        f"  mutual TLS    on; operator certificate {certs}/operator.pem "
+        "(key operator-key.pem, CA ca.pem)"
+    )
 
 
 class Suite:
@@ -480,12 +498,7 @@ class Suite:
             lines.append(
                 f"  {name:<12}  grpc {host}:{port}   metrics http://{host}:{metrics_port}/metrics"
             )
-        if self.security.mtls and self.security.certs_dir is not None:
-            certs = self.security.certs_dir
-            lines.append(
-                f"  mutual TLS    on; operator certificate {certs}/operator.pem "
-                f"(key operator-key.pem, CA ca.pem)"
-            )
+        lines.append(mtls_line(self.security))
         lines.append(
             f"  {'supervisor':<12}  metrics http://{s.supervisor.host}:{self.metrics.port}/metrics"
             "   (restarts, crash loops)"
