@@ -163,7 +163,9 @@ def _top(args: argparse.Namespace) -> int:
     telemetry = load_suite(args.config).telemetry
     address = args.address or f"{telemetry.server.host}:{telemetry.server.port}"
     security = telemetry.security
-    if security.mtls and security.certs_dir is None and security.ca_path is None:
+    if args.certs:
+        security = security.model_copy(update={"certs_dir": Path(args.certs)})
+    elif security.mtls and security.certs_dir is None and security.ca_path is None:
         security = security.model_copy(update={"certs_dir": Path(".run/certs")})
     # Telemetry's query API answers only the operator's identity under mtls.
     operator = security.model_copy(update={"identity": OPERATOR})
@@ -260,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     top.add_argument("--address", help="telemetry host:port (overrides --config)")
     top.add_argument("--window", type=int, default=60, help="window in seconds (default 60)")
     top.add_argument("--limit", type=int, default=10, help="operations to list (default 10)")
+    top.add_argument(
+        "--certs",
+        help="the operator certificate's directory under mtls (default: security.certs_dir "
+        "or .run/certs, what `sluice up` makes)",
+    )
     top.set_defaults(run=_top)
     certs = commands.add_parser(
         "certs",
