@@ -122,7 +122,10 @@ def main() -> None:
     certs = work / "certs"
     try:
         write_suite_certs(certs, ("limiter", "router"))
-        with redis_server(work / "redis-a") as redis_a, limiter(redis_a.connection_url, certs) as stub:
+        with (
+            redis_server(work / "redis-a") as redis_a,
+            limiter(redis_a.connection_url, certs) as stub,
+        ):
             spent = [admitted(stub) for _ in range(3)]
             check(
                 f"limits in use: a two-request bucket answers {spent}", spent == [True, True, False]
@@ -138,7 +141,10 @@ def main() -> None:
             keys = sorted(k.decode() for k in redis_b.client().scan_iter("sluice:rl:*"))
             check(f"restore: {len(keys)} limiter keys back in a new Redis", len(keys) > 0)
             check("restore: the spent bucket is still spent", not admitted(stub))
-        with redis_server(work / "redis-c") as redis_c, limiter(redis_c.connection_url, certs) as stub:
+        with (
+            redis_server(work / "redis-c") as redis_c,
+            limiter(redis_c.connection_url, certs) as stub,
+        ):
             check("control: without the snapshot the same request passes", admitted(stub))
     finally:
         shutil.rmtree(work, ignore_errors=True)
