@@ -209,12 +209,39 @@ async def test_wrong_identity_and_expired_certificates_are_refused(tmp_path: Pat
         # Refused at the handshake: gRPC reports no server status for it.
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
+        # The router's HTTP listener (OpenAI-compatible API) likewise: TLS only, and only
+        # Envoy's and the operator's identities.
+        models = f"https://127.0.0.1:{suite.ports['router_http']}/v1/models"
+        assert await get(models.replace("https", "http"), None) is None  # refused
+        assert (await get(models, https(certs, "operator"))) == 200
+        assert (await get(models, https(certs, "provider"))) == 403
+        assert await get(models, https(stale, "router", certs)) is None  # expired
 
-def served_serial(certs: Path, port: int) -> int:
+
+async def get(url: str, context: ssl.SSLContext | None) -> int | None:
+    """The status of a GET with the development key, or None when the connection fails."""
+    async with httpx.AsyncClient(verify=context or True, timeout=10) as client:
+        try:
+            response = await client.get(url, headers={"authorization": f"Bearer {DEV_KEY}"})
+        except httpx.TransportError:
+            return None
+    if response.status_code == 403:
+        assert response.json()["error"]["code"] == "authorization_error", response.text
+    return response.status_code
+
+
+def https(directory: Path, identity: str, ca: Path | None = None) -> ssl.SSLContext:
+    """A client context presenting `identity`'s certificate from `directory`."""
+    context = ssl.create_default_context(cafile=str((ca or directory) / "ca.pem"))
+    context.load_cert_chain(directory / f"{identity}.pem", directory / f"{identity}-key.pem")
+    return context
+
+
+def served_serial(certs: Path, port: int, alpn: str = "h2") -> int:
     """The serial number of the certificate a service presents on a new connection."""
     context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
     context.load_cert_chain(certs / "operator.pem", certs / "operator-key.pem")
-    context.set_alpn_protocols(["h2"])
+    context.set_alpn_protocols([alpn])
     with (
         socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
         context.wrap_socket(raw, server_hostname="router") as tls,
@@ -245,6 +272,8 @@ def test_a_rotated_certificate_is_served_without_a_restart(tmp_path: Path) -> No
         os.replace(staging / "router.pem", certs / "router.pem")
 
         assert served_serial(certs, suite.ports["router"]) == cert.serial_number != before
+        http = served_serial(certs, suite.ports["router_http"], "http/1.1")
+        assert http == cert.serial_number  # the HTTP listener's too
         assert int((tmp_path / "run" / "router.pid").read_text()) == router_pid
         # Envoy's new connections check the new certificate too (same CA and identity).
         response = httpx.post(
@@ -254,3 +283,10 @@ def test_a_rotated_certificate_is_served_without_a_restart(tmp_path: Path) -> No
             timeout=30,
         )
         assert response.status_code == 200, response.text
+        chat = httpx.post(
+            f"{suite.edge}/v1/chat/completions",
+            headers={"authorization": f"Bearer {DEV_KEY}"},
+            json={"model": "default", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=30,
+        )
+        assert chat.status_code == 200, chat.text

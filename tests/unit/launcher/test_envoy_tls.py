@@ -92,7 +92,11 @@ def test_render_secures_the_grpc_clusters_only_under_mtls(tmp_path: Path) -> Non
         for c in rendered["static_resources"]["clusters"]
         if "transport_socket" in c
     }
-    assert secured == IDENTITIES
+    # The router's HTTP listener too: the same identity, HTTP/1.1 inside TLS.
+    assert secured == {**IDENTITIES, "router_http": "router"}
+    [http] = [c for c in rendered["static_resources"]["clusters"] if c["name"] == "router_http"]
+    context = http["transport_socket"]["typed_config"]["common_tls_context"]
+    assert context["alpn_protocols"] == ["http/1.1"]
 
 
 def test_mtls_is_the_default_and_secures_envoy_without_being_asked(tmp_path: Path) -> None:
