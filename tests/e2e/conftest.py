@@ -238,7 +238,8 @@ def start_suite(tmp: Path, **overrides: Any) -> Iterator[RunningSuite]:
     suite = RunningSuite(process, ports, log_dir, "", tmp / "run")
     try:
         assert process.stdout is not None
-        deadline = time.monotonic() + 60
+        # Generous: on a loaded shared machine five parts and Envoy took over 60 s.
+        deadline = time.monotonic() + 150
         while time.monotonic() < deadline:
             line = process.stdout.readline()
             if not line:
@@ -246,6 +247,8 @@ def start_suite(tmp: Path, **overrides: Any) -> Iterator[RunningSuite]:
             banner.append(line)
             if line.startswith("Ctrl-C stops everything"):
                 break
+        else:  # never hand a test a half-read banner
+            raise AssertionError(f"sluice up not up in 150 s:\n{''.join(banner)}\n{suite.logs()}")
         suite.banner = "".join(banner)
         yield suite
     finally:
