@@ -169,7 +169,10 @@ class Suite:
         if part not in self.parts:
             self.parts.append(part)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / f"{part.name}.pid").write_text(f"{part.process.pid}\n", encoding="utf-8")
+        # Renamed into place: a reader (operators, chaos runs) never sees it half-written.
+        pid_file = self.run_dir / f"{part.name}.pid"
+        pid_file.with_suffix(".pid.tmp").write_text(f"{part.process.pid}\n", encoding="utf-8")
+        os.replace(pid_file.with_suffix(".pid.tmp"), pid_file)
 
     def provider_listeners(self) -> list[tuple[int, int]]:
         """(port, metrics_port) of every provider replica, the first being the configured one."""
