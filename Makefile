@@ -159,7 +159,8 @@ bench-overload: $(STAMP)
 	$(BIN)/python loadtest/overload_bench.py
 
 envoy-config: $(STAMP)
-	$(BIN)/sluice envoy-config --descriptor /etc/sluice/sluice.binpb --output deploy/envoy/envoy.yaml
+	$(BIN)/sluice envoy-config --descriptor /etc/sluice/sluice.binpb \
+	  --certs-dir /etc/sluice/certs --output deploy/envoy/envoy.yaml
 
 ## k8s: re-render deploy/k8s/ from deploy/k8s/values.yaml and the suite's settings
 ## (a test fails while the committed copy is stale).

@@ -335,6 +335,12 @@ class RunningSuite:
         self.process = None
         return left
 
+    @property
+    def certs(self) -> Path | None:
+        """The certificates `sluice up` made (mutual TLS, the default), else None."""
+        directory = self.workdir / "run" / "certs"
+        return directory if (directory / "ca.pem").is_file() else None
+
     def address(self, config: dict[str, Any], via: str) -> str:
         """host:port of Envoy's edge or of the router."""
         if via == "envoy":
@@ -375,8 +381,10 @@ def run_scenario(
     duration_s: float,
     settle_s: float,
     cpus: set[int] | None,
+    certs: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the generator once; returns its figures plus the suite's CPU over the run."""
+    """Run the generator once; returns its figures plus the suite's CPU over the run.
+    `certs`: dial the router itself over mutual TLS (loadtest/tls.py)."""
     command = [
         sys.executable, str(GENERATOR), "--protocol",
         "--target", target,
@@ -385,6 +393,7 @@ def run_scenario(
         "-d", str(duration_s),
         "--max-tokens", str(ANSWER_TOKENS),
         "--transport", scenario.transport,
+        *(["--certs", str(certs)] if certs is not None else []),
     ]  # fmt: skip
     generator = subprocess.Popen(  # noqa: S603 - our own generator
         command,
@@ -542,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
                 duration_s=args.duration,
                 settle_s=args.settle,
                 cpus=gen_cpus,
+                certs=suite.certs if scenario.via == "router" else None,
             )
             results.append(figures)
             print(

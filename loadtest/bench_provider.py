@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -34,6 +35,10 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from httpx_sse import aconnect_sse
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from loadtest.tls import channel as suite_channel
+from loadtest.tls import ensure_certs
 from sluice.common.v1 import common_pb2
 from sluice.provider.v1 import provider_pb2, provider_pb2_grpc
 
@@ -125,12 +130,16 @@ async def run(args: argparse.Namespace) -> None:
         cwd=ROOT,
     )
     provider: subprocess.Popen[bytes] | None = None
+    certs_dir = Path(tempfile.mkdtemp(prefix="sluice-bench-certs-"))
     try:
         assert fake.stdout is not None
         fake_port = int(fake.stdout.readline().split()[1])
         base_url = f"http://127.0.0.1:{fake_port}/v1"
         provider_port = free_port()
+        # The provider as the suite runs it: mutual TLS, answering the router's identity.
+        certs = ensure_certs(certs_dir)
         config = {
+            "security": {"certs_dir": str(certs)},
             "provider": {
                 "log_level": "WARNING",
                 "server": {"host": "127.0.0.1", "port": provider_port, "metrics_port": 0},
@@ -143,7 +152,7 @@ async def run(args: argparse.Namespace) -> None:
                         "max_connections": args.concurrency * 2,
                     },
                 },
-            }
+            },
         }
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
             yaml.safe_dump(config, handle)
@@ -152,7 +161,7 @@ async def run(args: argparse.Namespace) -> None:
             env={**env, "SLUICE_CONFIG": handle.name},
             cwd=ROOT,
         )
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{provider_port}")
+        channel = suite_channel(f"127.0.0.1:{provider_port}", certs, "provider", "router")
         health = health_pb2_grpc.HealthStub(channel)
         for _ in range(200):
             try:
@@ -218,6 +227,7 @@ async def run(args: argparse.Namespace) -> None:
         await channel.close()
         report(args, phases, provider_cpu, cpu_mid - cpu_before, fake_direct)
     finally:
+        shutil.rmtree(certs_dir, ignore_errors=True)
         for process in (provider, fake):
             if process is not None and process.poll() is None:
                 process.send_signal(signal.SIGTERM)

@@ -44,6 +44,10 @@ import grpc
 import httpx
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from loadtest.tls import channel as suite_channel
+from loadtest.tls import find_certs
 from sluice.common.v1 import common_pb2
 from sluice.router.v1 import router_pb2, router_pb2_grpc
 
@@ -348,7 +352,7 @@ async def chaos(args: argparse.Namespace, suite: Suite) -> dict[str, Any]:
     scale = args.scale
     ports, run_dir = suite.ports, suite.run_dir
     run = Run()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{ports['router']}")
+    channel = suite_channel(f"127.0.0.1:{ports['router']}", find_certs(None, run_dir), "router")
     stub = router_pb2_grpc.RouterServiceStub(channel)
     origin = time.monotonic()
     tasks = [

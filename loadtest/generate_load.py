@@ -28,10 +28,15 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from loadtest.tls import add_certs_option, find_certs
+from loadtest.tls import channel as suite_channel
 from sluice.common.v1 import common_pb2
 from sluice.router.v1 import router_pb2, router_pb2_grpc
 
@@ -238,6 +243,7 @@ async def run_load(  # noqa: PLR0917 - positional order is the documented API
     timeout_s: float = 30.0,
     warmup: int | None = None,
     channels: int = 1,
+    certs: Path | None = None,
     before_start: Callable[[], Awaitable[None]] | None = None,
     after_end: Callable[[], None] | None = None,
     transport: str = "grpc",
@@ -247,7 +253,8 @@ async def run_load(  # noqa: PLR0917 - positional order is the documented API
     `warmup` calls (default: two per worker) go first and are not recorded, so channel
     set-up and first-call costs stay out of the figures. `before_start` is awaited after
     the warm-up and `after_end` called as soon as the last stream ends (bench.py samples
-    CPU counters there).
+    CPU counters there). `certs` (the suite's certificate directory) dials the router
+    itself over mutual TLS as the operator; None is plaintext (the Envoy edge).
     """
     if requests is None and duration_s is None:
         raise ValueError("give requests, duration_s or both: a run must be bounded")
@@ -258,7 +265,7 @@ async def run_load(  # noqa: PLR0917 - positional order is the documented API
     options = [("grpc.use_local_subchannel_pool", 1)]  # each channel its own connection
     grpc_transport = transport == "grpc"
     opened = (
-        [grpc.aio.insecure_channel(target, options=options) for _ in range(channels)]
+        [suite_channel(target, certs, "router", options=options) for _ in range(channels)]
         if grpc_transport
         else []
     )
@@ -365,6 +372,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default="grpc",
         help="native gRPC, SSE /v1/generate or OpenAI /v1/chat/completions (HTTP/1.1)",
     )
+    add_certs_option(parser)  # to dial the router itself (mTLS) rather than Envoy
     parser.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
     parser.add_argument("--json", help="also write the summary as JSON to this file")
     parser.add_argument(
@@ -404,6 +412,7 @@ async def _main(args: argparse.Namespace) -> LoadResult:
         timeout_s=args.timeout,
         warmup=args.warmup,
         channels=args.channels,
+        certs=find_certs(args.certs) if args.certs else None,
         before_start=before_start,
         after_end=after_end,
         transport=args.transport,

@@ -108,6 +108,7 @@ async def grpc_figures(url: str, total: int, concurrency: int) -> None:
                 {
                     "server": {"port": 0, "metrics_port": 0},
                     "tracing": {"enabled": False},
+                    "security": {"mtls": False},  # the decision path; mTLS: the peer bench
                     "backend": label,
                     "redis": {"url": url},
                     "policies": [p.model_dump() for p in policies],
@@ -142,6 +143,7 @@ async def accuracy(url: str, requests: int) -> None:
             {
                 "server": {"port": 0, "metrics_port": 0},
                 "tracing": {"enabled": False},
+                "security": {"mtls": False},  # in-process, dialled by this script only
                 "backend": "redis",
                 "redis": {"url": url, "replicas": 3, "key_prefix": prefix},
                 "policies": [

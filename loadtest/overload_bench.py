@@ -37,6 +37,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loadtest.bench import RunningSuite, suite_config
+from loadtest.tls import channel as suite_channel
 from sluice.common.v1 import common_pb2
 from sluice.router.v1 import router_pb2, router_pb2_grpc
 
@@ -234,8 +235,8 @@ def _satisfaction(
     return {t: served[t] / fair[t] if fair[t] else 1.0 for t in offered}
 
 
-async def run(args: argparse.Namespace, address: str) -> dict[str, Any]:
-    async with grpc.aio.insecure_channel(address) as channel:
+async def run(args: argparse.Namespace, address: str, certs: Path | None) -> dict[str, Any]:
+    async with suite_channel(address, certs, "router") as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         await one(stub, "light", "normal", 10.0)  # warm up
         capacity = await calibrate(stub, args.slots, args.calibrate)
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         path = workdir / "sluice.yaml"
         path.write_text(yaml.safe_dump(settings))
         with RunningSuite(path, workdir, None) as suite:
-            result = asyncio.run(run(args, suite.address(settings, "router")))
+            result = asyncio.run(run(args, suite.address(settings, "router"), suite.certs))
     result["settings"] = {
         "slots": args.slots,
         "factor": args.factor,

@@ -68,6 +68,9 @@ def config(ports: dict[str, int]) -> dict[str, Any]:
 
     return {
         "tracing": {"enabled": False},
+        # Plaintext, said explicitly: the stand-in provider below is a bare gRPC server, and
+        # the figure is the router's memory per stream, not TLS's.
+        "security": {"mtls": False},
         "router": {
             "server": server("router"),
             "dev_mode": True,  # the load uses the public development key

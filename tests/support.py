@@ -77,10 +77,14 @@ class FakeClock:
 
 
 def service_settings(cls: type[S], section: str, **fields: Any) -> S:
-    """Settings for an in-process service on free ports with tracing off, plus `fields`."""
+    """Settings for an in-process service on free ports with tracing off, plus `fields`.
+
+    Plaintext unless `fields` turn mtls on (tests/integration/test_mtls.py does): these
+    tests dial the service they built, not a suite."""
     base: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0, "metrics_port": 0},
         "tracing": {"enabled": False},
+        "security": {"mtls": False},
     }
     if section == "router":
         base["http_api"] = {"port": 0}

@@ -87,6 +87,8 @@ def test_docs_block_runs(
     block: Block, docs_suite: RunningSuite, python_runner: PythonRunner
 ) -> None:
     code = with_ports(block.code, docs_suite.ports)
+    if docs_suite.certs is not None:  # the guides' `.run/certs` is `make up`'s run dir
+        code = code.replace(".run/certs", str(docs_suite.certs))
     if block.kind == "python":
         ok, output = python_runner.run(block.id, code)
     else:

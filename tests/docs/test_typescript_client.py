@@ -67,7 +67,7 @@ def test_typescript_example_client_against_the_suite(docs_suite: RunningSuite) -
     assert build.returncode == 0, build.stdout + build.stderr
     cancelled_before = _cancelled(docs_suite)
     run = subprocess.run(
-        [node, str(CLIENT / "build" / "example.js"), f"http://{docs_suite.grpc('router')}"],
+        [node, str(CLIENT / "build" / "example.js"), docs_suite.edge],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr

@@ -83,13 +83,38 @@ class RunningSuite:
         Tests dial internal ports only through here, so they keep working whether or
         not the suite's internal hops use mutual TLS."""
         address = self.grpc(part)
+        tls = self._tls(part, identity)
+        if tls is None:
+            return grpc.aio.insecure_channel(address)
+        return grpc.aio.secure_channel(address, tls.credentials, options=tls.options)
+
+    def sync_channel(self, part: str, identity: str = "operator") -> grpc.Channel:
+        """`channel`, for blocking stubs."""
+        address = self.grpc(part)
+        tls = self._tls(part, identity)
+        if tls is None:
+            return grpc.insecure_channel(address)
+        return grpc.secure_channel(address, tls.credentials, options=tls.options)
+
+    def grpcurl_tls(self, part: str, identity: str = "operator") -> list[str]:
+        """grpcurl's transport flags for an internal port: `identity`'s certificate
+        under mutual TLS, else `-plaintext`."""
         certs = self.certs
         if certs is None:
-            return grpc.aio.insecure_channel(address)
+            return ["-plaintext"]
+        return [
+            "-cacert", str(certs / "ca.pem"),
+            "-cert", str(certs / f"{identity}.pem"),
+            "-key", str(certs / f"{identity}-key.pem"),
+            "-servername", part.split("_", 1)[0],
+        ]  # fmt: skip
+
+    def _tls(self, part: str, identity: str) -> ClientTls | None:
+        certs = self.certs
+        if certs is None:
+            return None
         files = TlsFiles(certs / "ca.pem", certs / f"{identity}.pem", certs / f"{identity}-key.pem")
-        server = part.split("_", 1)[0]
-        tls = ClientTls(channel_credentials(files), server)
-        return grpc.aio.secure_channel(address, tls.credentials, options=tls.options)
+        return ClientTls(channel_credentials(files), part.split("_", 1)[0])
 
     @property
     def edge(self) -> str:
@@ -189,7 +214,7 @@ PORT_NAMES = (
 
 @contextlib.contextmanager
 def start_suite(
-    tmp: Path, *, startup_timeout_s: float = 60.0, **overrides: Any
+    tmp: Path, *, startup_timeout_s: float = 150.0, **overrides: Any
 ) -> Iterator[RunningSuite]:
     """Start `sluice up` with its own ports and logs; stop it (and check) on exit."""
     ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
@@ -229,6 +254,8 @@ def start_suite(
             begun = begun or line.startswith("Sluice is up")
             if line.startswith("Ctrl-C stops everything"):
                 break
+        else:  # never hand a test a half-read banner
+            raise AssertionError(f"sluice up not up in 150 s:\n{''.join(banner)}\n{suite.logs()}")
         suite.banner = "".join(banner)
         yield suite
     finally:

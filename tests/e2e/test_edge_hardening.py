@@ -34,8 +34,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from sluice.core.config import load_settings
+from sluice.core.grpcx.certs import write_suite_certs
 from sluice.launcher.envoy import descriptor_path, render_yaml
-from sluice.launcher.settings import EnvoySettings, SuiteSettings
+from sluice.launcher.settings import EnvoySettings, SuiteSettings, with_certs_dir
 from sluice.limiter.settings import LimiterSettings
 from sluice.provider.settings import ProviderSettings
 from sluice.router.settings import RouterSettings
@@ -81,8 +82,9 @@ def _start(tmp_path: Path, **envoy: Any) -> Edge:
         {"port": port, "admin_port": admin, "rate_limit": {"enabled": False}, **envoy}
     )
     settings.router.tracing.enabled = False
+    write_suite_certs(tmp_path / "certs")  # mtls is the default; Envoy loads its files
     config = tmp_path / "envoy.yaml"
-    config.write_text(render_yaml(settings, descriptor_path()))
+    config.write_text(render_yaml(with_certs_dir(settings, tmp_path / "certs"), descriptor_path()))
     return Edge(port, admin, start_envoy(config, admin))
 
 
@@ -277,6 +279,7 @@ def test_limits_render_from_settings(tmp_path: Path) -> None:
     settings = _settings(
         {"limits": {"idle_timeout_s": 30, "max_headers_count": 50}, "max_request_bytes": 2048}
     )
+    settings.router.security.mtls = False  # neither edge nor upstream certificates
     rendered = render_yaml(settings, descriptor_path())
     assert "idle_timeout: 30s" in rendered
     assert "max_headers_count: 50" in rendered

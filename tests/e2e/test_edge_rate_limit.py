@@ -11,8 +11,9 @@ import httpx
 import pytest
 
 from sluice.core.config import load_settings
+from sluice.core.grpcx.certs import write_suite_certs
 from sluice.launcher.envoy import descriptor_path, render_yaml
-from sluice.launcher.settings import EnvoySettings, SuiteSettings
+from sluice.launcher.settings import EnvoySettings, SuiteSettings, with_certs_dir
 from sluice.limiter.settings import LimiterSettings
 from sluice.provider.settings import ProviderSettings
 from sluice.router.settings import RouterSettings
@@ -141,8 +142,9 @@ def _render(tmp_path: Path, *, deny: bool) -> tuple[subprocess.Popen[bytes], int
         ),
         config_path=None,
     )
+    write_suite_certs(tmp_path / "certs")  # mtls is the default; Envoy loads its files
     config = tmp_path / "envoy.yaml"
-    config.write_text(render_yaml(settings, descriptor_path()))
+    config.write_text(render_yaml(with_certs_dir(settings, tmp_path / "certs"), descriptor_path()))
     return start_envoy(config, admin), edge, admin
 
 

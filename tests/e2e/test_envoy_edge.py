@@ -9,8 +9,9 @@ import httpx
 import pytest
 
 from sluice.core.config import load_settings
+from sluice.core.grpcx.certs import write_suite_certs
 from sluice.launcher.envoy import descriptor_path, render_yaml
-from sluice.launcher.settings import EnvoySettings, SuiteSettings
+from sluice.launcher.settings import EnvoySettings, SuiteSettings, with_certs_dir
 from sluice.limiter.settings import LimiterSettings
 from sluice.provider.settings import ProviderSettings
 from sluice.router.settings import RouterSettings
@@ -32,7 +33,8 @@ def test_dead_router_gets_503_json_not_panic_routing(tmp_path: Path) -> None:
         config_path=None,
     )
     config = tmp_path / "envoy.yaml"
-    config.write_text(render_yaml(settings, descriptor_path()))
+    write_suite_certs(tmp_path / "certs")  # mtls is the default; Envoy loads its files
+    config.write_text(render_yaml(with_certs_dir(settings, tmp_path / "certs"), descriptor_path()))
     envoy = start_envoy(config, admin)
     try:
         time.sleep(0.5)  # a few failed health checks

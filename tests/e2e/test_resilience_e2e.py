@@ -68,7 +68,7 @@ def generate(
     suite: RunningSuite, prompt: str, *, fault: str = "", deadline: float = 20
 ) -> list[router_pb2.GenerateEvent]:
     metadata = AUTH + ([("x-sluice-fault", fault)] if fault else [])
-    with grpc.insecure_channel(suite.grpc("router")) as channel:
+    with suite.sync_channel("router") as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         return list(
             stub.Generate(

@@ -27,8 +27,8 @@ HEALTH = {
 BODY = {"model": "default", "messages": [{"role": "user", "content": "heal"}], "max_tokens": 3}
 
 
-def serving(target: str, service: str) -> bool:
-    with grpc.insecure_channel(target) as channel:
+def serving(suite: RunningSuite, part: str, service: str) -> bool:
+    with suite.sync_channel(part) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=0.3
@@ -82,7 +82,7 @@ def test_kill_9_of_each_part_comes_back_serving(tmp_path: Path) -> None:
             os.kill(victim, signal.SIGKILL)
             deadline = killed + 20
             while time.monotonic() < deadline:
-                if pid_of(run_dir, part) != victim and serving(suite.grpc(part), HEALTH[part]):
+                if pid_of(run_dir, part) != victim and serving(suite, part, HEALTH[part]):
                     break
                 time.sleep(0.02)
             else:
@@ -138,7 +138,7 @@ def test_a_part_that_keeps_failing_is_given_up_and_the_rest_keeps_serving(
             assert supervisor_metric(suite, "sluice_launcher_part_up", "telemetry") == 0
             # Everything else keeps serving.
             for part in ("router", "limiter", "provider"):
-                assert serving(suite.grpc(part), HEALTH[part]), part
+                assert serving(suite, part, HEALTH[part]), part
             complete_through_envoy(suite, timeout_s=5)
             assert suite.process.poll() is None
         suite.process.send_signal(signal.SIGTERM)

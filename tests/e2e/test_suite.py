@@ -33,7 +33,7 @@ BODY: dict[str, Any] = {
 
 def grpcurl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN / "grpcurl"), "-plaintext", *args],
+        [str(BIN / "grpcurl"), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -116,7 +116,7 @@ def test_banner_lists_every_listener_and_the_dev_key(suite: RunningSuite) -> Non
 def test_grpcurl_lists_service_health_and_reflection(
     suite: RunningSuite, part: str, service: str
 ) -> None:
-    result = grpcurl(suite.grpc(part), "list")
+    result = grpcurl(*suite.grpcurl_tls(part), suite.grpc(part), "list")
     assert result.returncode == 0, result.stderr
     listed = result.stdout.split()
     assert service in listed
@@ -126,7 +126,7 @@ def test_grpcurl_lists_service_health_and_reflection(
 
 def test_all_four_services_report_serving(suite: RunningSuite) -> None:
     for part in ("router", "limiter", "provider", "telemetry"):
-        with grpc.insecure_channel(suite.grpc(part)) as channel:
+        with suite.sync_channel(part) as channel:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=5
             )
@@ -138,6 +138,7 @@ def test_all_four_services_report_serving(suite: RunningSuite) -> None:
 
 def test_grpcurl_generate_streams_metadata_data_progress_complete(suite: RunningSuite) -> None:
     result = grpcurl(
+        *suite.grpcurl_tls("router"),
         "-H",
         f"authorization: Bearer {DEV_KEY}",
         "-d",
@@ -241,7 +242,7 @@ def test_missing_or_wrong_key_is_401_json(suite: RunningSuite, headers: dict[str
 
 
 def test_missing_key_over_grpc_is_unauthenticated_with_error_info(suite: RunningSuite) -> None:
-    with grpc.insecure_channel(suite.grpc("router")) as channel:
+    with suite.sync_channel("router") as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
             list(stub.Generate(router_pb2.GenerateRequest(**BODY), timeout=10))
@@ -277,7 +278,7 @@ def test_invalid_requests_are_400_with_field_violations(
 
 
 def test_invalid_request_over_grpc_carries_bad_request(suite: RunningSuite) -> None:
-    with grpc.insecure_channel(suite.grpc("router")) as channel:
+    with suite.sync_channel("router") as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
             stub.Complete(
@@ -327,7 +328,7 @@ def test_one_generate_is_one_trace_across_router_limiter_provider(suite: Running
     ) as r:
         events = [e for _, e in sse_events(r)]
     trace_id = events[0]["metadata"]["trace_id"]
-    with grpc.insecure_channel(suite.grpc("telemetry")) as channel:
+    with suite.sync_channel("telemetry") as channel:
         stub = telemetry_pb2_grpc.TelemetryServiceStub(channel)
         deadline = time.monotonic() + 10
         spans: list[telemetry_pb2.Span] = []
@@ -426,7 +427,7 @@ def test_sigterm_lets_an_inflight_stream_finish_and_leaves_no_process(tmp_path: 
         def stream() -> None:
             body = {**BODY, "max_tokens": 20}  # ~1 s at 20 tokens/s
             try:
-                with grpc.insecure_channel(running.grpc("router")) as channel:
+                with running.sync_channel("router") as channel:
                     stub = router_pb2_grpc.RouterServiceStub(channel)
                     for event in stub.Generate(
                         router_pb2.GenerateRequest(**body), metadata=list(AUTH.items()), timeout=30

@@ -31,7 +31,7 @@ EDGE_LIMIT_CLIENT = "async envoy.service.ratelimit.v3.RateLimitService.ShouldRat
 
 
 def wait_for_trace(suite: RunningSuite, trace_id: str, count: int) -> list[telemetry_pb2.Span]:
-    with grpc.insecure_channel(suite.grpc("telemetry")) as channel:
+    with suite.sync_channel("telemetry") as channel:
         stub = telemetry_pb2_grpc.TelemetryServiceStub(channel)
         deadline = time.monotonic() + 15
         spans: list[telemetry_pb2.Span] = []
@@ -150,7 +150,7 @@ def test_a_failed_request_is_one_tree_with_the_failure_on_each_hop(suite: Runnin
     assert router.attributes["error.type"] == "AUTHORIZATION_ERROR"
     # A caller's mistake is not a server error on the router's span.
     assert router.status_code == "STATUS_CODE_UNSET"
-    with grpc.insecure_channel(suite.grpc("telemetry")) as channel:
+    with suite.sync_channel("telemetry") as channel:
         stub = telemetry_pb2_grpc.TelemetryServiceStub(channel)
         found = stub.SearchTraces(
             telemetry_pb2.SearchTracesRequest(attributes={"user_id": "user-7"}), timeout=5

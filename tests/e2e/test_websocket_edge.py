@@ -97,7 +97,7 @@ async def cancelled_provider_span(
 ) -> tuple[telemetry_pb2.Span, list[telemetry_pb2.Span]]:
     """The provider's cancelled server span in the trace (a WebSocket's turns share its
     trace) and the whole trace, once the telemetry service has it and the turns' spans."""
-    async with grpc.aio.insecure_channel(edge.grpc("telemetry")) as channel:
+    async with edge.channel("telemetry") as channel:
         stub = telemetry_pb2_grpc.TelemetryServiceStub(channel)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -253,9 +253,9 @@ def grpc_prompt(turn_id: str, max_tokens: int = 4) -> router_pb2.ConverseRequest
 
 @pytest.mark.parametrize("via", ["envoy", "router"])
 async def test_grpc_converse_turns_and_cancel(edge: RunningSuite, via: str) -> None:
-    address = edge.grpc("envoy" if via == "envoy" else "router")
     requests = _Requests()
-    async with grpc.aio.insecure_channel(address) as channel:
+    edge_channel = grpc.aio.insecure_channel(edge.grpc("envoy"))
+    async with edge_channel if via == "envoy" else edge.channel("router") as channel:
         call = router_pb2_grpc.RouterServiceStub(channel).Converse(
             requests.__aiter__(), metadata=tuple(AUTH.items())
         )

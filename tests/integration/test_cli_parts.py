@@ -20,6 +20,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from loadtest.chaos import free_ports
 from sluice.core.config import CONFIG_ENV
+from sluice.core.grpcx.certs import write_suite_certs
+from sluice.core.grpcx.tls import ClientTls, TlsFiles, channel_credentials
 from sluice.launcher.cli import main
 from sluice.launcher.version import REVISION_ENV, git_revision, version_text
 
@@ -32,8 +34,18 @@ def _env(**extra: str) -> dict[str, str]:
     return env | extra
 
 
-def _serving(port: int, service: str) -> bool:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The suite's certificates: mutual TLS is the default, so every part needs them."""
+    directory = tmp_path_factory.mktemp("certs")
+    write_suite_certs(directory)
+    return directory
+
+
+def _serving(port: int, service: str, certs: Path, server: str) -> bool:
+    files = TlsFiles(certs / "ca.pem", certs / "operator.pem", certs / "operator-key.pem")
+    tls = ClientTls(channel_credentials(files), server)
+    with grpc.secure_channel(f"127.0.0.1:{port}", tls.credentials, options=tls.options) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=0.5
@@ -105,7 +117,7 @@ def test_version_without_git_or_metadata_names_the_version_only(
 
 
 def test_serve_runs_one_service_from_the_settings_file_until_sigterm(
-    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]], certs: Path
 ) -> None:
     port, metrics_port = free_ports(2)
     config = tmp_path / "sluice.yaml"
@@ -114,7 +126,8 @@ def test_serve_runs_one_service_from_the_settings_file_until_sigterm(
             {
                 "limiter": {
                     "server": {"port": port, "metrics_port": metrics_port, "shutdown_grace_s": 1}
-                }
+                },
+                "security": {"certs_dir": str(certs)},
             }
         )
     )
@@ -125,7 +138,11 @@ def test_serve_runs_one_service_from_the_settings_file_until_sigterm(
         stderr=subprocess.DEVNULL,
     )
     processes.append(process)
-    _wait(process, lambda: _serving(port, "sluice.limiter.v1.LimiterService"), "SERVING")
+    _wait(
+        process,
+        lambda: _serving(port, "sluice.limiter.v1.LimiterService", certs, "limiter"),
+        "SERVING",
+    )
     # One process: the service runs in the CLI's own process, so the init's signal lands.
     metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2)
     assert metrics.status_code == 200
@@ -134,7 +151,7 @@ def test_serve_runs_one_service_from_the_settings_file_until_sigterm(
 
 
 def test_serve_takes_the_environment_over_the_file(
-    processes: list[subprocess.Popen[bytes]],
+    processes: list[subprocess.Popen[bytes]], certs: Path
 ) -> None:
     port, metrics_port = free_ports(2)
     process = subprocess.Popen(
@@ -143,6 +160,7 @@ def test_serve_takes_the_environment_over_the_file(
             SLUICE_TELEMETRY_SERVER__PORT=str(port),
             SLUICE_TELEMETRY_SERVER__METRICS_PORT=str(metrics_port),
             SLUICE_TELEMETRY_SERVER__SHUTDOWN_GRACE_S="1",
+            SLUICE_TELEMETRY_SECURITY__CERTS_DIR=str(certs),
         ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -150,7 +168,9 @@ def test_serve_takes_the_environment_over_the_file(
     processes.append(process)
     _wait(
         process,
-        lambda: _serving(port, "opentelemetry.proto.collector.trace.v1.TraceService"),
+        lambda: _serving(
+            port, "opentelemetry.proto.collector.trace.v1.TraceService", certs, "telemetry"
+        ),
         "SERVING",
     )
     process.send_signal(signal.SIGTERM)
@@ -168,6 +188,26 @@ def test_serve_with_a_bad_setting_exits_2_naming_the_field(
     assert "router.server.port" in err
 
 
+def test_serve_without_certificates_exits_2_naming_the_settings(
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    port, metrics_port = free_ports(2)
+    process = subprocess.Popen(
+        [SLUICE, "serve", "provider"],
+        env=_env(
+            SLUICE_PROVIDER_SERVER__PORT=str(port),
+            SLUICE_PROVIDER_SERVER__METRICS_PORT=str(metrics_port),
+        ),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    processes.append(process)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert b"security.certs_dir" in err and b"security.mtls: false" in err
+
+
 def test_serve_refuses_an_unknown_part(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run_main(["serve", "envoy"], capsys)
     assert code == 2
@@ -175,7 +215,7 @@ def test_serve_refuses_an_unknown_part(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_envoy_renders_its_bootstrap_and_becomes_envoy(
-    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]], certs: Path
 ) -> None:
     edge, admin, router = free_ports(3)
     config = tmp_path / "sluice.yaml"
@@ -184,6 +224,7 @@ def test_envoy_renders_its_bootstrap_and_becomes_envoy(
             {
                 "router": {"server": {"port": router, "metrics_port": 0}},
                 "envoy": {"port": edge, "admin_port": admin, "drain_time_s": 0},
+                "security": {"certs_dir": str(certs)},
             }
         )
     )

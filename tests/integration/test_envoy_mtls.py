@@ -57,6 +57,7 @@ def run_envoy(
                 "tracing": {"enabled": False},
                 "router": {"server": {"port": router.port}},
                 "envoy": {"port": edge, "admin_port": admin, "health_check_interval_ms": 200},
+                "security": {"certs_dir": str(files.ca.parent)},
             }
         )
     )

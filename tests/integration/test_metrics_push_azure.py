@@ -259,6 +259,7 @@ async def test_a_service_pushes_its_metrics_until_sigterm(receiver: Receiver) ->
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     prefix = "SLUICE_TELEMETRY_"
     env |= {
+        f"{prefix}SECURITY__MTLS": "false",  # nothing dials it; its push is the subject
         "SLUICE_TEST_AI": os.environ["SLUICE_TEST_AI"],
         f"{prefix}SERVER__PORT": "0",
         f"{prefix}SERVER__METRICS_PORT": "0",

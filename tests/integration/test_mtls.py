@@ -183,6 +183,13 @@ async def test_only_the_router_calls_the_provider(
     assert events[-1].HasField("end")
     listed = await stub("router").ListBackends(provider_pb2.ListBackendsRequest(), timeout=10)
     assert [b.name for b in listed.backends] == ["simulated"]
+    # Operators may list the back ends (docs/runbooks.md), not generate; Envoy neither.
+    listed = await stub("operator").ListBackends(provider_pb2.ListBackendsRequest(), timeout=10)
+    assert [b.name for b in listed.backends] == ["simulated"]
+    await assert_denied(
+        lambda: stub("envoy").ListBackends(provider_pb2.ListBackendsRequest(), timeout=10),
+        "envoy",
+    )
     for identity in ("envoy", "operator", "limiter", "telemetry", "stranger"):
         await assert_denied(
             lambda i=identity: stub(i).Stream(stream_request(), timeout=10), identity

@@ -99,6 +99,7 @@ async def start_rig(
     values: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0, "metrics_port": 0},
         "tracing": {"enabled": True},
+        "security": {"mtls": False},  # dialled in-process, as in tests/support.py
         "backends": {"simulated": FAST_BACKEND, **backends},
     }
     settings = load_settings(
@@ -852,6 +853,7 @@ async def test_missing_key_stops_the_service_naming_the_variable(tmp_path: Any) 
     config.write_text(
         "provider:\n"
         "  server: {host: 127.0.0.1, port: 0, metrics_port: 0}\n"
+        "  security: {mtls: false}\n"
         "  backends:\n"
         "    oa: {kind: openai, base_url: 'http://127.0.0.1:1/v1', model: m,\n"
         "         api_key_env: SLUICE_TEST_ABSENT_KEY}\n"

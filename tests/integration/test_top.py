@@ -15,6 +15,12 @@ from tests.integration.test_telemetry_pipeline import free_port, span
 from tests.support import ServiceStack, eventually, metric, telemetry_settings
 
 
+@pytest.fixture(autouse=True)
+def _plaintext(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The telemetry services here are plaintext (tests/support.py); mTLS: test_mtls.py.
+    monkeypatch.setenv("SLUICE_TELEMETRY_SECURITY__MTLS", "false")
+
+
 async def test_top_prints_slowest_operations_and_time_per_kind(
     stack: ServiceStack, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from sluice.core.grpcx.certs import write_suite_certs
 from sluice.launcher.envoy import render_yaml
-from sluice.launcher.settings import load_suite
+from sluice.launcher.settings import load_suite, with_certs_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -70,7 +71,9 @@ def test_committed_envoy_config_matches_the_renderer(monkeypatch: pytest.MonkeyP
     for name in list(__import__("os").environ):
         if name.startswith("SLUICE_"):
             monkeypatch.delenv(name)
-    rendered = render_yaml(load_suite(None), Path("/etc/sluice/sluice.binpb"))
+    # As `make envoy-config` renders it: mtls on (the default), certificates in /etc/sluice.
+    suite = with_certs_dir(load_suite(None), Path("/etc/sluice/certs"))
+    rendered = render_yaml(suite, Path("/etc/sluice/sluice.binpb"))
     committed = (ROOT / "deploy" / "envoy" / "envoy.yaml").read_text()
     assert committed == rendered, "deploy/envoy/envoy.yaml is stale: run `make envoy-config`"
 
@@ -79,7 +82,9 @@ def test_rendered_envoy_config_is_accepted_by_envoy(tmp_path: Path) -> None:
     config = tmp_path / "envoy.yaml"
     from sluice.launcher.envoy import descriptor_path
 
-    config.write_text(render_yaml(load_suite(None), descriptor_path()))
+    write_suite_certs(tmp_path / "certs")
+    suite = with_certs_dir(load_suite(None), tmp_path / "certs")
+    config.write_text(render_yaml(suite, descriptor_path()))
     result = subprocess.run(
         [str(BIN / "envoy"), "--mode", "validate", "-c", str(config)],
         capture_output=True,

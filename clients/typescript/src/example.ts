@@ -9,7 +9,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { ErrorInfoSchema } from "./gen/google/rpc/error_details_pb.js";
 import { RouterService } from "./gen/sluice/router/v1/router_pb.js";
 
-const baseUrl = process.argv[2] ?? "http://localhost:50051";
+const baseUrl = process.argv[2] ?? "http://localhost:8080"; // the Envoy edge
 const client = createClient(RouterService, createGrpcTransport({ baseUrl }));
 const headers = { authorization: "Bearer sk-sluice-dev" };
 const prompt = { model: "default", messages: [{ role: "user", content: "Tell me about sluices" }] };

@@ -85,10 +85,11 @@ class SecuritySettings(BaseModel):
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
-    mtls: bool = False
+    mtls: bool = True
     """Serve gRPC only over mutual TLS, call the other services and export spans over it,
-    and authorize each call by the caller's certificate (`allow`). Off: plaintext on
-    loopback, every caller trusted."""
+    and authorize each call by the caller's certificate (`allow`). On by default (`sluice
+    up` makes the certificates). `false` is plaintext: any process that reaches a port can
+    generate on the provider, drain any key's limits and read traces (docs/security.md)."""
     certs_dir: Path | None = None
     """Directory of `ca.pem`, `<identity>.pem` and `<identity>-key.pem` (what `sluice
     certs` writes; `sluice up` creates `<run-dir>/certs` when mtls is on and nothing is

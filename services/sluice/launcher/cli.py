@@ -30,7 +30,7 @@ from sluice.launcher.parts import SERVICES, StartupError, envoy_argv, write_envo
 from sluice.launcher.replicas import MAX_REPLICAS, REPLICATED
 from sluice.launcher.report import cli as report_commands
 from sluice.launcher.rollout.commands import add_commands as add_rollout_commands
-from sluice.launcher.settings import load_suite
+from sluice.launcher.settings import load_suite, with_certs_dir
 from sluice.launcher.supervisor import Suite
 from sluice.launcher.top import fetch
 from sluice.launcher.version import version_text
@@ -158,6 +158,8 @@ def _envoy(args: argparse.Namespace) -> int:
 
 def _envoy_config(args: argparse.Namespace) -> int:
     settings = load_suite(args.config)
+    if args.certs_dir:
+        settings = with_certs_dir(settings, Path(args.certs_dir))
     descriptor = Path(args.descriptor) if args.descriptor else descriptor_path()
     text = render_yaml(settings, descriptor)
     if args.output:
@@ -189,7 +191,9 @@ def _top(args: argparse.Namespace) -> int:
     telemetry = load_suite(args.config).telemetry
     address = args.address or f"{telemetry.server.host}:{telemetry.server.port}"
     security = telemetry.security
-    if security.mtls and security.certs_dir is None and security.ca_path is None:
+    if args.certs:
+        security = security.model_copy(update={"certs_dir": Path(args.certs)})
+    elif security.mtls and security.certs_dir is None and security.ca_path is None:
         security = security.model_copy(update={"certs_dir": Path(".run/certs")})
     # Telemetry's query API answers only the operator's identity under mtls.
     operator = security.model_copy(update={"identity": OPERATOR})
@@ -216,8 +220,8 @@ def _certs(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     print(
-        f"set security.mtls: true and security.certs_dir: {directory.resolve()} "
-        "(or let `sluice up` create .run/certs)",
+        f"set security.certs_dir: {directory.resolve()} (mutual TLS is on by default; "
+        "`sluice up` creates <run dir>/certs by itself)",
         file=sys.stderr,
     )
     return 0
@@ -278,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     envoy.add_argument("--config", help="suite YAML file")
     envoy.add_argument("--descriptor", help="path of sluice.binpb as Envoy will see it")
     envoy.add_argument("--output", help="write to this file instead of stdout")
+    envoy.add_argument(
+        "--certs-dir",
+        help="where Envoy finds ca.pem and envoy.pem under mtls (overrides security.certs_dir)",
+    )
     envoy.set_defaults(run=_envoy_config)
     k8s = commands.add_parser("k8s", help="Kubernetes manifests from the suite's settings")
     k8s_commands = k8s.add_subparsers(dest="k8s_command", required=True)
@@ -295,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     top.add_argument("--address", help="telemetry host:port (overrides --config)")
     top.add_argument("--window", type=int, default=60, help="window in seconds (default 60)")
     top.add_argument("--limit", type=int, default=10, help="operations to list (default 10)")
+    top.add_argument(
+        "--certs",
+        help="the operator certificate's directory under mtls (default: security.certs_dir "
+        "or .run/certs, what `sluice up` makes)",
+    )
     top.set_defaults(run=_top)
     certs = commands.add_parser(
         "certs",

@@ -5,7 +5,7 @@ that keeps the parts running (YAML section `supervisor`, env prefix SLUICE_SUPER
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -287,6 +287,13 @@ def exposure_problems(settings: SuiteSettings) -> list[str]:
             "and envoy.tls.key_path"
         )
     return problems
+
+
+def with_certs_dir(settings: SuiteSettings, directory: Path) -> SuiteSettings:
+    """`settings` whose shared `security` section reads certificates from `directory`
+    (what Envoy's bootstrap is rendered from, launcher/envoy/upstream_tls.py)."""
+    security = settings.router.security.model_copy(update={"certs_dir": directory})
+    return replace(settings, router=settings.router.model_copy(update={"security": security}))
 
 
 def load_suite(

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO
 
 from sluice.core.audit import AdminRecord, AuditLog
+from sluice.core.config import SecuritySettings
 from sluice.core.grpcx.certs import has_suite_certs, write_suite_certs
 from sluice.core.grpcx.tls import OPERATOR, ClientTls, client_tls
 from sluice.launcher import store
@@ -62,6 +63,23 @@ from sluice.launcher.rollout.control import ControlServer
 from sluice.launcher.rollout.controller import Rollouts
 from sluice.launcher.settings import SuiteSettings, exposure_problems
 from sluice.router.settings import DEV_KEY_SHA256
+
+
+def mtls_line(security: SecuritySettings) -> str:
+    """The banner's line on mutual TLS: where the operator's certificate is, or a warning
+    that every internal port trusts any caller (docs/security.md)."""
+    if not security.mtls:
+        return (
+            "  mutual TLS    OFF (security.mtls: false): any local process can call the "
+            "internal ports (generate, drain limits, read traces)"
+        )
+    if security.certs_dir is None:
+        return "  mutual TLS    on; certificates from security.ca_path, cert_path, key_path"
+    certs = security.certs_dir
+    return (
+        f"  mutual TLS    on; operator certificate {certs}/operator.pem "
+        "(key operator-key.pem, CA ca.pem)"
+    )
 
 
 class Suite:
@@ -163,7 +181,10 @@ class Suite:
         if part not in self.parts:
             self.parts.append(part)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / f"{part.name}.pid").write_text(f"{part.process.pid}\n", encoding="utf-8")
+        # Renamed into place: a reader (operators, chaos runs) never sees it half-written.
+        pid_file = self.run_dir / f"{part.name}.pid"
+        pid_file.with_suffix(".pid.tmp").write_text(f"{part.process.pid}\n", encoding="utf-8")
+        os.replace(pid_file.with_suffix(".pid.tmp"), pid_file)
 
     def provider_listeners(self) -> list[tuple[int, int]]:
         """(port, metrics_port) of every provider replica, the first being the configured one."""
@@ -537,12 +558,7 @@ class Suite:
                 f"the {limiters} limiter replicas share their counters there)"
             )
         lines += capacity_lines(s)
-        if self.security.mtls and self.security.certs_dir is not None:
-            certs = self.security.certs_dir
-            lines.append(
-                f"  mutual TLS    on; operator certificate {certs}/operator.pem "
-                f"(key operator-key.pem, CA ca.pem)"
-            )
+        lines.append(mtls_line(self.security))
         lines.append(
             f"  {'supervisor':<12}  metrics http://{s.supervisor.host}:{self.metrics.port}/metrics"
             "   (restarts, crash loops, rollouts)"

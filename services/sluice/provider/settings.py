@@ -192,10 +192,15 @@ class ProviderSettings(ServiceSettings):
     server: ServerSettings = ServerSettings(port=50053, metrics_port=9103)
     """Listeners."""
     security: SecuritySettings = SecuritySettings(
-        allow={"sluice.provider.v1.ProviderService": ["router"]}
+        allow={
+            "sluice.provider.v1.ProviderService": ["router"],
+            # The back ends' state, for operators diagnosing (docs/runbooks.md).
+            "/sluice.provider.v1.ProviderService/ListBackends": ["router", "operator"],
+        }
     )
     """Under mtls: only the router may generate (a direct caller would spend the
-    gateway's upstream keys with no key, limit or budget of its own)."""
+    gateway's upstream keys with no key, limit or budget of its own); operators may list
+    the back ends."""
     backends: dict[str, BackendSettings] = Field(
         default_factory=lambda: {"simulated": _default_backend()}
     )

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -211,8 +212,9 @@ class OpenAIHttpApi:
         self._runner: web.AppRunner | None = None
         self.port = 0
 
-    async def start(self, host: str, port: int) -> None:
-        """Bind and serve; a client that disconnects cancels its handler (and upstream)."""
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Bind and serve (TLS with `ssl_context`, router/http_tls.py); a client that
+        disconnects cancels its handler (and upstream)."""
         self._runner = web.AppRunner(
             self.app,
             handler_cancellation=True,
@@ -220,7 +222,7 @@ class OpenAIHttpApi:
             shutdown_timeout=self._shutdown_timeout_s,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, backlog=1024)
+        site = web.TCPSite(self._runner, host, port, backlog=1024, ssl_context=ssl_context)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or ()

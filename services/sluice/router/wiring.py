@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import TYPE_CHECKING
 
 from sluice.core.clock import Clock, SystemClock
 from sluice.core.grpcx.channels import internal_channel
 from sluice.core.grpcx.server import ServiceHost
-from sluice.core.grpcx.tls import client_tls
+from sluice.core.grpcx.tls import client_tls, tls_files
 from sluice.core.telemetry.spans import RequestSpans
 from sluice.limiter.v1 import limiter_pb2_grpc
 from sluice.router.admission import Admission
@@ -50,12 +51,14 @@ class RouterHost(ServiceHost):
         """The HTTP listener's port once started (0 while it is off or not started)."""
         return self.http_api.port if self.http_api is not None else 0
 
-    def serve_http(self, api: OpenAIHttpApi, host: str, port: int) -> None:
+    def serve_http(
+        self, api: OpenAIHttpApi, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         """Serve `api` on host:port from start-up (after gRPC) until after gRPC stops."""
         self.http_api = api
 
         async def start() -> None:
-            await api.start(host, port)
+            await api.start(host, port, ssl_context)
 
         self.add_startup(start)
         self.add_cleanup(api.stop)
@@ -211,4 +214,12 @@ def _serve_http_api(
     )
     if settings.converse.websocket_enabled:
         WebSocketBridge(converser, host.metrics, tracer).register(api.app)
-    host.serve_http(api, settings.http_api.host, settings.http_api.port)
+    context = None
+    security = settings.security
+    if security.mtls:  # like the gRPC port: TLS, a client certificate, an allowed identity
+        from sluice.router.http_tls import HTTP_API, ReloadingContext, authorizer  # noqa: PLC0415
+        from sluice.router.openai_http import error_response  # noqa: PLC0415
+
+        context = ReloadingContext(tls_files(security, host.identity)).context
+        api.app.middlewares.append(authorizer(security.allow.get(HTTP_API, []), error_response))
+    host.serve_http(api, settings.http_api.host, settings.http_api.port, context)

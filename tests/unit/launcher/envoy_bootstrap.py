@@ -7,14 +7,27 @@ from typing import Any
 
 import yaml
 
+from sluice.core.grpcx.certs import write_suite_certs
 from sluice.launcher.envoy import render
 from sluice.launcher.settings import load_suite
+
+
+def with_certs(tmp_path: Path, config: dict[str, Any] | str | None = None) -> dict[str, Any]:
+    """The suite YAML (text or dict) as a dict; unless it has a `security` section, with
+    the default mtls on and real certificates in `tmp_path/certs` (Envoy's upstream TLS
+    names them; `envoy --mode validate` loads them)."""
+    data: dict[str, Any] = yaml.safe_load(config) if isinstance(config, str) else config or {}
+    data = dict(data or {})
+    if "security" not in data:
+        write_suite_certs(tmp_path / "certs")
+        data["security"] = {"certs_dir": str(tmp_path / "certs")}
+    return data
 
 
 def render_suite(tmp_path: Path, config: dict[str, Any] | str | None = None) -> dict[str, Any]:
     """The bootstrap for a suite YAML given as text or as a dict (None: the defaults)."""
     path = tmp_path / "suite.yaml"
-    path.write_text(config if isinstance(config, str) else yaml.safe_dump(config or {}))
+    path.write_text(yaml.safe_dump(with_certs(tmp_path, config)))
     return render(load_suite(path), Path("/x.binpb"))
 
 

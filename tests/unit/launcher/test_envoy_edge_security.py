@@ -14,7 +14,11 @@ import yaml
 
 from sluice.launcher.envoy import descriptor_path, render
 from sluice.launcher.settings import load_suite
-from tests.unit.launcher.envoy_bootstrap import connection_manager, render_suite
+from tests.unit.launcher.envoy_bootstrap import (
+    connection_manager,
+    render_suite,
+    with_certs,
+)
 
 BIN = Path(sys.executable).parent
 EXPOSED: dict[str, Any] = {
@@ -85,7 +89,7 @@ def test_router_clusters_have_circuit_breakers_from_settings(tmp_path: Path) -> 
 
 def test_envoy_accepts_the_hardened_bootstrap(tmp_path: Path) -> None:
     config = tmp_path / "suite.yaml"
-    config.write_text(yaml.safe_dump(EXPOSED))
+    config.write_text(yaml.safe_dump(with_certs(tmp_path, EXPOSED)))
     rendered = tmp_path / "envoy.yaml"
     rendered.write_text(yaml.safe_dump(render(load_suite(config), descriptor_path())))
     result = subprocess.run(

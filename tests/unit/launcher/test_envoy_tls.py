@@ -24,7 +24,13 @@ def bootstrap(tmp_path: Path) -> tuple[dict[str, Any], Path]:
     write_suite_certs(certs)
     config = tmp_path / "suite.yaml"
     config.write_text(
-        yaml.safe_dump({"envoy": {"rate_limit": {"enabled": True}}, "tracing": {"enabled": True}})
+        yaml.safe_dump(
+            {
+                "envoy": {"rate_limit": {"enabled": True}},
+                "tracing": {"enabled": True},
+                "security": {"mtls": False},
+            }
+        )
     )
     files = envoy_tls_files(SecuritySettings(mtls=True, certs_dir=certs))
     rendered = render(load_suite(config), descriptor_path())
@@ -70,7 +76,11 @@ def test_render_secures_the_grpc_clusters_only_under_mtls(tmp_path: Path) -> Non
     certs = tmp_path / "certs"
     write_suite_certs(certs)
     config = tmp_path / "suite.yaml"
-    sections = {"envoy": {"rate_limit": {"enabled": True}}, "tracing": {"enabled": True}}
+    sections: dict[str, Any] = {
+        "envoy": {"rate_limit": {"enabled": True}},
+        "tracing": {"enabled": True},
+        "security": {"mtls": False},
+    }
     config.write_text(yaml.safe_dump(sections))
     plain = render(load_suite(config), descriptor_path())
     assert all("transport_socket" not in c for c in plain["static_resources"]["clusters"])
@@ -82,4 +92,19 @@ def test_render_secures_the_grpc_clusters_only_under_mtls(tmp_path: Path) -> Non
         for c in rendered["static_resources"]["clusters"]
         if "transport_socket" in c
     }
-    assert secured == IDENTITIES
+    # The router's HTTP listener too: the same identity, HTTP/1.1 inside TLS.
+    assert secured == {**IDENTITIES, "router_http": "router"}
+    [http] = [c for c in rendered["static_resources"]["clusters"] if c["name"] == "router_http"]
+    context = http["transport_socket"]["typed_config"]["common_tls_context"]
+    assert context["alpn_protocols"] == ["http/1.1"]
+
+
+def test_mtls_is_the_default_and_secures_envoy_without_being_asked(tmp_path: Path) -> None:
+    assert SecuritySettings().mtls is True
+    certs = tmp_path / "certs"
+    write_suite_certs(certs)
+    config = tmp_path / "suite.yaml"
+    config.write_text(yaml.safe_dump({"security": {"certs_dir": str(certs)}}))
+    rendered = render(load_suite(config), descriptor_path())
+    clusters = {c["name"]: c for c in rendered["static_resources"]["clusters"]}
+    assert clusters["router"]["transport_socket"]["typed_config"]["sni"] == "router"

@@ -18,6 +18,7 @@ import yaml
 from sluice.core.config import ConfigError
 from sluice.launcher.cli import main
 from sluice.launcher.k8s.render import render, stale, write
+from sluice.launcher.k8s.suite import plaintext_unless_set
 from sluice.launcher.k8s.values import K8sValues, PartValues, SizingValues, load_values
 from sluice.launcher.k8s.workloads import PRE_STOP_S, resources
 from sluice.launcher.parts import HEALTH_SERVICES
@@ -358,6 +359,16 @@ def test_grpc_services_are_headless_and_addresses_name_them() -> None:
     assert config["limiter"]["backend"] == "redis"
     assert "sluice-valkey" in config["limiter"]["redis"]["url"]
     assert config["router"]["api_keys"] == []  # production keys come from the Secret
+
+
+def test_the_suite_file_says_plaintext_since_kubelet_probes_have_no_certificate() -> None:
+    # Mutual TLS is the default elsewhere; the gRPC probes above could not pass it.
+    for output in ("base", "staging", "production", "podman"):
+        [config_map] = _of_kind(output, "ConfigMap")
+        config = yaml.safe_load(config_map["data"]["sluice.yaml"])
+        assert config["security"]["mtls"] is False, output
+    chosen = plaintext_unless_set({"security": {"mtls": True, "certs_dir": "/etc/sluice/m"}})
+    assert chosen["security"]["mtls"] is True  # the values' own choice is kept
 
 
 def _edges(output: str) -> set[tuple[str, str, int]]:

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
+from sluice.core.config import SecuritySettings
 from sluice.launcher.hot_restart import EnvoyIdentity, segment_path
 from sluice.launcher.parts import Part, StartupError
 from sluice.launcher.restarts import RestartPolicy
 from sluice.launcher.settings import SupervisorSettings, load_suite
-from sluice.launcher.supervisor import Suite
+from sluice.launcher.supervisor import Suite, mtls_line
 from sluice.provider.settings import ReplicaPorts
 
 
@@ -221,3 +222,10 @@ def test_envoy_identity_picks_a_base_id_once_and_reuses_it(tmp_path: Path) -> No
     # A dead parent cannot hand over: epoch 0 on the same base id.
     assert identity.restart(parent_alive=False) == ["--base-id", "123456", "--restart-epoch", "0"]
     assert segment_path(123456).name == "envoy_shared_memory_1234560"
+
+
+def test_the_banner_says_where_the_operator_certificate_is_or_that_mtls_is_off() -> None:
+    on = mtls_line(SecuritySettings(certs_dir=Path("/run/certs")))
+    assert "mutual TLS    on" in on and "/run/certs/operator.pem" in on
+    off = mtls_line(SecuritySettings(mtls=False))
+    assert "OFF (security.mtls: false)" in off and "any local process" in off

@@ -372,7 +372,7 @@ REGISTRIES: dict[int, CollectorRegistry] = {}
 
 
 def servicer(policies: list[PolicySettings], backend: object, **lease: object) -> LimiterServicer:
-    host = ServiceHost("limiter", LimiterSettings())
+    host = ServiceHost("limiter", LimiterSettings(security={"mtls": False}))
     service = LimiterServicer(
         Policies(policies),
         backend,  # type: ignore[arg-type]

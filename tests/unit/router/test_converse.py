@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from sluice.common.v1 import common_pb2
 from sluice.launcher.envoy import HTTP_API_CLUSTER, render
 from sluice.launcher.settings import load_suite
 from sluice.router.converse import _History
+from tests.unit.launcher.envoy_bootstrap import with_certs
 
 
 def messages(*texts: str) -> tuple[common_pb2.Message, ...]:
@@ -43,7 +46,7 @@ def test_no_history_when_switched_off() -> None:
 
 def routes(tmp_path: Path, yaml_text: str) -> list[dict[str, object]]:
     config = tmp_path / "suite.yaml"
-    config.write_text(yaml_text)
+    config.write_text(yaml.safe_dump(with_certs(tmp_path, yaml_text)))
     bootstrap = render(load_suite(config), Path("/x.binpb"))
     [listener] = bootstrap["static_resources"]["listeners"]
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]

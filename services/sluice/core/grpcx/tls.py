@@ -91,9 +91,9 @@ def tls_files(settings: SecuritySettings, identity: str) -> TlsFiles:
             return explicit
         if directory is None:
             raise ConfigError(
-                "security.mtls is on but no certificates are configured: set "
+                "security.mtls is on (the default) but no certificates are configured: set "
                 "security.certs_dir (see `sluice certs`) or security.ca_path, cert_path "
-                "and key_path"
+                "and key_path; or security.mtls: false for plaintext (docs/security.md)"
             )
         return directory / name
 

@@ -15,6 +15,7 @@ from sluice.launcher.envoy.clusters import clusters
 from sluice.launcher.envoy.errors import error_status_filter, local_reply_config
 from sluice.launcher.envoy.hardening import body_limit_filter, client_limits, tls_transport_socket
 from sluice.launcher.envoy.names import (
+    HTTP_API_CLUSTER,
     LIMITER_CLUSTER,
     ROUTER_CLUSTER,
     ROUTER_SERVICE,
@@ -160,12 +161,18 @@ def render(settings: SuiteSettings, descriptor: Path) -> dict[str, Any]:
     security = settings.router.security
     if not security.mtls:
         return bootstrap
-    # Under mtls every gRPC upstream demands Envoy's certificate (docs/security.md); the
-    # router's HTTP listener (router_http) stays plaintext HTTP/1.1 on loopback.
+    # Under mtls every upstream demands Envoy's certificate (docs/security.md), the
+    # router's HTTP listener (router_http, HTTP/1.1) too.
     return secure_clusters(
         bootstrap,
         envoy_tls_files(security),
-        {ROUTER_CLUSTER: "router", LIMITER_CLUSTER: "limiter", TELEMETRY_CLUSTER: "telemetry"},
+        {
+            ROUTER_CLUSTER: "router",
+            HTTP_API_CLUSTER: "router",
+            LIMITER_CLUSTER: "limiter",
+            TELEMETRY_CLUSTER: "telemetry",
+        },
+        http1=frozenset({HTTP_API_CLUSTER}),
     )
 
 

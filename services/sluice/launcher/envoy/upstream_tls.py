@@ -26,8 +26,11 @@ def envoy_tls_files(security: SecuritySettings) -> TlsFiles:
     return tls_files(security.model_copy(update={"identity": ENVOY_IDENTITY}), ENVOY_IDENTITY)
 
 
-def upstream_transport_socket(files: TlsFiles, server_identity: str) -> dict[str, Any]:
-    """The `transport_socket` of a cluster whose hosts must prove `server_identity`."""
+def upstream_transport_socket(
+    files: TlsFiles, server_identity: str, alpn: str = "h2"
+) -> dict[str, Any]:
+    """The `transport_socket` of a cluster whose hosts must prove `server_identity`
+    (`alpn`: h2 for gRPC, http/1.1 for the router's HTTP listener)."""
     certificate: dict[str, Any] = {
         "certificate_chain": {"filename": str(files.cert.resolve())},
         "private_key": {"filename": str(files.key.resolve())},
@@ -49,7 +52,7 @@ def upstream_transport_socket(files: TlsFiles, server_identity: str) -> dict[str
             # The server name the upstream's certificate carries as a DNS SAN too.
             "sni": server_identity,
             "common_tls_context": {
-                "alpn_protocols": ["h2"],
+                "alpn_protocols": [alpn],
                 "tls_certificates": [certificate],
                 "validation_context": validation,
             },
@@ -58,13 +61,18 @@ def upstream_transport_socket(files: TlsFiles, server_identity: str) -> dict[str
 
 
 def secure_clusters(
-    bootstrap: dict[str, Any], files: TlsFiles, identities: Mapping[str, str]
+    bootstrap: dict[str, Any],
+    files: TlsFiles,
+    identities: Mapping[str, str],
+    http1: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """`bootstrap` with a TLS transport socket on each cluster named in `identities`
     (cluster name -> the identity its hosts must prove); a name not present is skipped
-    (the limiter and telemetry clusters exist only when their features are on)."""
+    (the limiter and telemetry clusters exist only when their features are on); the
+    clusters in `http1` speak HTTP/1.1 inside TLS."""
     for cluster in bootstrap.get("static_resources", {}).get("clusters", []):
         identity = identities.get(cluster.get("name", ""))
         if identity is not None:
-            cluster["transport_socket"] = upstream_transport_socket(files, identity)
+            alpn = "http/1.1" if cluster["name"] in http1 else "h2"
+            cluster["transport_socket"] = upstream_transport_socket(files, identity, alpn)
     return bootstrap

@@ -15,7 +15,12 @@ import yaml
 
 from sluice.core.config import deep_merge
 from sluice.launcher.k8s.meta import Manifest, metadata
-from sluice.launcher.k8s.suite import ENVOY_STATS_PORT, ClusterSuite, load_quietly
+from sluice.launcher.k8s.suite import (
+    ENVOY_STATS_PORT,
+    ClusterSuite,
+    load_quietly,
+    plaintext_unless_set,
+)
 from sluice.launcher.k8s.values import PARTS, K8sValues
 from sluice.launcher.k8s.workloads import CONFIG_MAP, part_container, pod_spec, writable_volumes
 
@@ -35,7 +40,7 @@ def local_suite(values: K8sValues) -> ClusterSuite:
             "telemetry": {"server": {"host": any_address}},
         },
     )
-    return ClusterSuite(config=config, settings=load_quietly(config))
+    return ClusterSuite(config=config, settings=load_quietly(plaintext_unless_set(config)))
 
 
 def suite_pod(values: K8sValues) -> list[Manifest]:

@@ -54,6 +54,16 @@ def load_quietly(data: dict[str, Any]) -> SuiteSettings:
         return load_suite(data=data)
 
 
+def plaintext_unless_set(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with `security.mtls: false` unless the values set it: the kubelet's gRPC
+    probes cannot present a client certificate, so an mTLS pod would never turn ready
+    (docs/kubernetes.md, "Mutual TLS"). Explicit, so the suite file says it."""
+    if "mtls" in (config.get("security") or {}):
+        return config
+    config.setdefault("security", {})["mtls"] = False
+    return config
+
+
 @dataclass(frozen=True)
 class ClusterSuite:
     """The suite file every pod mounts, and its validated settings."""
@@ -105,4 +115,4 @@ def cluster_suite(values: K8sValues) -> ClusterSuite:
         # Each pod mounts its identity's Secret there (certificates.py).
         overrides["security"] = {"mtls": True, "certs_dir": CERTS_DIR}
     config = deep_merge(values.suite, overrides)
-    return ClusterSuite(config=config, settings=load_quietly(config))
+    return ClusterSuite(config=config, settings=load_quietly(plaintext_unless_set(config)))

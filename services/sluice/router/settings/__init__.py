@@ -181,9 +181,14 @@ class RouterSettings(ServiceSettings):
     server: ServerSettings = ServerSettings(port=50051, metrics_port=9101)
     """Listeners."""
     security: SecuritySettings = SecuritySettings(
-        allow={"sluice.router.v1.RouterService": ["envoy", "operator"]}
+        allow={
+            "sluice.router.v1.RouterService": ["envoy", "operator"],
+            # The HTTP listener (OpenAI-compatible API, WebSocket, web page): router/http_tls.py.
+            "http": ["envoy", "operator"],
+        }
     )
-    """Under mtls: clients come through Envoy; operators may call directly (grpcurl)."""
+    """Under mtls: clients come through Envoy; operators may call directly (grpcurl). The
+    key `http` is the HTTP listener's list."""
     limiter_address: str = "127.0.0.1:50052"
     """host:port of the limiter service."""
     provider_address: str = "127.0.0.1:50053"
