@@ -6,7 +6,7 @@ def bad(port: int) -> None:
     # ruleid: sluice-bind-all-interfaces
     sock.bind(("0.0.0.0", port))
     # ruleid: sluice-bind-all-interfaces
-    listen = f"{'::'}:{port}"
+    listen = ("::", port)
     print(listen)
 
 
@@ -21,3 +21,8 @@ def good(host: str, port: int) -> None:
 def separator(line: str) -> list[str]:
     # ok: sluice-bind-all-interfaces
     return line.split("::")
+
+
+def stat_name(cluster: str, host: str) -> str:
+    # ok: sluice-bind-all-interfaces
+    return f"{cluster}::{host}::health_flags::healthy"

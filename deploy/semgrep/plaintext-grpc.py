@@ -21,3 +21,22 @@ def good(target: str, tls: object | None, credentials: grpc.ChannelCredentials) 
     # ok: sluice-plaintext-grpc-channel
     secure = grpc.aio.secure_channel(target, credentials)
     print(channel, sync_channel, secure)
+
+
+def probe(target: str, tls: bytes | None) -> object:
+    if tls is None:
+        # ok: sluice-plaintext-grpc-channel
+        channel = grpc.insecure_channel(target)
+    else:
+        credentials = grpc.ssl_channel_credentials(tls)
+        channel = grpc.secure_channel(target, credentials)
+    return channel
+
+
+def plain_only(target: str, tls: bytes | None) -> object:
+    if tls is None:
+        # ruleid: sluice-plaintext-grpc-channel
+        channel = grpc.insecure_channel(target)
+    else:
+        channel = None
+    return channel
