@@ -36,6 +36,7 @@ def _named(output: str, kind: str, name: str) -> dict[str, Any]:
             if doc and doc["kind"] == kind and doc["metadata"]["name"] == name
         ]
     (resource,) = found
+    assert isinstance(resource, dict)
     return resource
 
 
@@ -158,7 +159,7 @@ class Minute:
     def series(self, pool: str) -> list[dict[str, str]]:
         rpc = 'service="router",method="/sluice.router.v1.RouterService/Stream"'
         at = f'pool="{pool}"'
-        out = [
+        out: list[tuple[str, float]] = [
             (f'sluice_rpc_requests_total{{{rpc},code="OK",{at}}}', self.requests - self.errors),
             (f'sluice_rpc_requests_total{{{rpc},code="INTERNAL",{at}}}', self.errors),
             (f'sluice_router_backend_attempts_total{{backend="b",{at}}}', self.attempts),
@@ -238,7 +239,7 @@ def test_prometheus_and_the_host_judge_a_canary_alike_with_promtool(tmp_path: Pa
             r.gate: r.passed
             for r in gates.evaluate(canary.figures(2), (stable or Minute(0)).figures(2), settings)
         }
-        checks = []
+        checks: list[dict[str, Any]] = []
         for gate, query in queries.items():
             if expected == "none":  # the host holds the step: no verdict yet
                 assert canary.requests * 2 < settings.min_requests
