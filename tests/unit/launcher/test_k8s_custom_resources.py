@@ -99,8 +99,7 @@ def test_prometheus_rules_are_the_rule_files_except_the_supervisors() -> None:
 
 
 def _relabelled_job(endpoint: dict[str, Any], component: str) -> str:
-    (relabel,) = endpoint["relabelings"]
-    assert relabel["targetLabel"] == "job"
+    (relabel,) = [r for r in endpoint["relabelings"] if r["targetLabel"] == "job"]
     if "sourceLabels" in relabel:  # the default regex (.*) captures the whole label
         assert relabel["sourceLabels"] == [
             "__meta_kubernetes_pod_label_app_kubernetes_io_component"

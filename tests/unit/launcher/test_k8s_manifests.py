@@ -5,8 +5,6 @@ valid against the Kubernetes schemas of a pinned version, and saying what the de
 from __future__ import annotations
 
 import copy
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -193,8 +191,11 @@ ANALYSIS_SCHEMA = {
                         "properties": {
                             "name": {"type": "string"},
                             "interval": {"type": "string"},
+                            "initialDelay": {"type": "string"},
                             "failureLimit": {"type": "integer"},
+                            "inconclusiveLimit": {"type": "integer"},
                             "successCondition": {"type": "string"},
+                            "failureCondition": {"type": "string"},
                             "provider": {
                                 "type": "object",
                                 "additionalProperties": False,
@@ -255,23 +256,27 @@ def test_the_pool_rollouts_are_canaries_through_5_25_50_100_with_analysis(
     declared = {arg["name"] for arg in template["spec"]["args"]}
     assert {arg["name"] for arg in canary["analysis"]["args"]} == declared
     gates = {m["name"]: m for m in template["spec"]["metrics"]}
-    latency = "ttft-p95" if part == "router" else "stream-p95-ratio"
-    assert set(gates) == {"server-error-ratio", latency}
-    errors = gates["server-error-ratio"]["provider"]["prometheus"]["query"]
-    assert "sluice_rpc_requests_total" in errors and "INTERNAL|UNAVAILABLE" in errors
-    assert f'service="{part}"' in errors
-    slow = gates[latency]["provider"]["prometheus"]["query"]
-    assert "histogram_quantile(0.95" in slow
-    if part == "router":
-        assert "sluice_router_time_to_first_token_seconds_bucket" in slow
-    else:  # canary over stable
-        assert "sluice_rpc_duration_seconds_bucket" in slow
-        assert "{{args.stable-hash}}" in slow and "Stream" in slow
     assert all(
         "{{args.canary-hash}}" in g["provider"]["prometheus"]["query"] for g in gates.values()
     )
-    assert gates["server-error-ratio"]["successCondition"].endswith("result[0] <= 0.01")
     assert all(g["failureLimit"] == 1 for g in gates.values())  # then Argo aborts
+    if part == "router":  # the host canary's gates: tests/unit/launcher/test_k8s_analysis.py
+        assert set(gates) == {
+            "error-rate", "upstream-error-rate", "success-rate", "latency-p99", "ttft-p99",
+        }  # fmt: skip
+        assert all(  # canary over stable
+            "{{args.stable-hash}}" in g["provider"]["prometheus"]["query"] for g in gates.values()
+        )
+        return
+    assert set(gates) == {"server-error-ratio", "stream-p95-ratio"}
+    errors = gates["server-error-ratio"]["provider"]["prometheus"]["query"]
+    assert "sluice_rpc_requests_total" in errors and "INTERNAL|UNAVAILABLE" in errors
+    assert f'service="{part}"' in errors
+    slow = gates["stream-p95-ratio"]["provider"]["prometheus"]["query"]
+    assert "histogram_quantile(0.95" in slow
+    assert "sluice_rpc_duration_seconds_bucket" in slow and "Stream" in slow
+    assert "{{args.stable-hash}}" in slow  # canary over stable
+    assert gates["server-error-ratio"]["successCondition"].endswith("result[0] <= 0.01")
 
 
 def test_the_gates_query_metrics_the_services_export() -> None:
@@ -528,66 +533,3 @@ def test_a_missing_values_file_is_a_config_error(capsys: pytest.CaptureFixture[s
     code = main(["k8s", "render", "--values", "/nonexistent/values.yaml", "--output", "x"])
     assert code == 2
     assert "cannot read values file" in capsys.readouterr().err
-
-
-def _gate_queries(canary_hash: str) -> dict[str, str]:
-    template = _named("base", "AnalysisTemplate", "sluice-router-canary")
-    return {
-        m["name"]: m["provider"]["prometheus"]["query"]
-        .replace("{{args.namespace}}", "sluice")
-        .replace("{{args.canary-hash}}", canary_hash)
-        for m in template["spec"]["metrics"]
-    }
-
-
-def test_the_gates_measure_only_the_canary_pods_with_promtool(tmp_path: Path) -> None:
-    # promtool evaluates the rendered queries over synthetic series: the canary pod
-    # (hash abc123) fails 2 of 100 RPCs a minute, a stable pod 50 of 150, which must not
-    # count; the canary's first tokens all take 0.5-1 s.
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is missing: run `make tools` (apt-get install prometheus)"
-    canary = 'namespace="sluice",pod="sluice-router-abc123-x1"'
-    stable = 'namespace="sluice",pod="sluice-router-def456-y1"'
-    rpc = 'sluice_rpc_requests_total{{service="router",code="{code}",{pod}}}'
-    bucket = 'sluice_router_time_to_first_token_seconds_bucket{{le="{le}",model="m",{pod}}}'
-    series = [
-        {"series": rpc.format(code="OK", pod=canary), "values": "0+98x10"},
-        {"series": rpc.format(code="INTERNAL", pod=canary), "values": "0+2x10"},
-        {"series": rpc.format(code="OK", pod=stable), "values": "0+100x10"},
-        {"series": rpc.format(code="UNAVAILABLE", pod=stable), "values": "0+50x10"},
-        *(
-            {"series": bucket.format(le=le, pod=canary), "values": values}
-            for le, values in (("0.5", "0+0x10"), ("1", "0+10x10"), ("+Inf", "0+10x10"))
-        ),
-    ]
-    gates, missing = _gate_queries("abc123"), _gate_queries("nope")
-    tests = {
-        "rule_files": [],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": series,
-                "promql_expr_test": [
-                    {
-                        "expr": f"round(({gates['server-error-ratio']}) * 1000)",
-                        "eval_time": "5m",
-                        "exp_samples": [{"labels": "{}", "value": 20}],  # 2 %
-                    },
-                    {
-                        "expr": f"round(({gates['ttft-p95']}) * 1000)",
-                        "eval_time": "5m",
-                        "exp_samples": [{"labels": "{}", "value": 975}],  # 0.975 s
-                    },
-                    # No canary series: no sample, which the success condition lets pass.
-                    {"expr": missing["ttft-p95"], "eval_time": "5m", "exp_samples": []},
-                ],
-            }
-        ],
-    }
-    path = tmp_path / "gates.test.yml"
-    path.write_text(yaml.safe_dump(tests))
-    done = subprocess.run(
-        [promtool, "test", "rules", str(path)], capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stdout + done.stderr

@@ -1,5 +1,6 @@
 """What the monitoring stack of a cluster needs from the suite: a PodMonitor scraping
-every part (Prometheus Operator), the alert and recording rules of
+every part (Prometheus Operator) with each Rollout pod's
+ReplicaSet as its `pool`, the alert and recording rules of
 deploy/prometheus/rules as PrometheusRules, the Grafana dashboards of deploy/grafana as
 ConfigMaps for Grafana's dashboard sidecar, and the prometheus-adapter rules that serve
 the router's autoscaling metrics (policies.custom_metrics)."""
@@ -19,6 +20,7 @@ from sluice.launcher.k8s.values import K8sValues
 MONITORING = "monitoring.coreos.com/v1"
 ADAPTER_CONFIG_MAP = "sluice-prometheus-adapter-rules"
 _COMPONENT = "__meta_kubernetes_pod_label_app_kubernetes_io_component"
+_TEMPLATE_HASH = "__meta_kubernetes_pod_label_rollouts_pod_template_hash"
 
 
 def _meta(values: K8sValues, name: str, namespace: str | None = None) -> Manifest:
@@ -50,7 +52,17 @@ def pod_monitor(values: K8sValues) -> Manifest:
                             "sourceLabels": [_COMPONENT],
                             "targetLabel": "job",
                             "replacement": "sluice-$1",
-                        }
+                        },
+                        # The canary gates of launcher/rollout/gates.py compare pools:
+                        # a Rollout's pods are one pool per ReplicaSet (no label on
+                        # other pods: the regex needs a hash).
+                        {
+                            "sourceLabels": ["__meta_kubernetes_namespace", _TEMPLATE_HASH],
+                            "separator": "/",
+                            "regex": "(.+/.+)",
+                            "targetLabel": "pool",
+                            "replacement": "$1",
+                        },
                     ],
                 },
                 {

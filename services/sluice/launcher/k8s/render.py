@@ -84,7 +84,7 @@ def manifests(values: K8sValues, base: Path) -> dict[str, list[Manifest]]:
     for part in PARTS:
         name = f"sluice-{part}"
         workload = (
-            [rollout(values, suite, part), analysis_template(values, part)]
+            [rollout(values, suite, part), analysis_template(values, part, suite.settings.rollout)]
             if part in POOL
             else [deployment(values, suite, part)]
         )

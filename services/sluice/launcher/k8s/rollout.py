@@ -2,12 +2,16 @@
 (5 -> 25 -> 50 -> 100 % by default), each held while an AnalysisTemplate measures the
 canary pods in Prometheus; a failed gate aborts the rollout and scales the canary away.
 
-Gates (thresholds in the values' `rollout.analysis`):
-- both parts: the server-error ratio of the part's RPCs on its canary pods, the codes of
-  the SLO rules in deploy/prometheus/rules/sluice.rules.yml;
-- router: time-to-first-token p95 on its canary pods;
-- provider: p95 stream duration on its canary pods relative to its stable pods (a stream
-  lasts as long as its answer, so only a comparison says the new pods are slower).
+Gates:
+- router: the gates of `sluice rollout canary` (launcher/rollout/gates.py), canary pods
+  against stable pods, with the suite's `rollout` thresholds: one design on the host and
+  in a cluster. The PodMonitor (k8s/monitoring.py) turns each pod's
+  rollouts-pod-template-hash into the `pool` label the gates select on;
+- provider (thresholds in the values' `rollout.analysis`): the server-error ratio of its
+  RPCs on its canary pods, the codes of the SLO rules in
+  deploy/prometheus/rules/sluice.rules.yml, and p95 stream duration on its canary pods
+  relative to its stable pods (a stream lasts as long as its answer, so only a comparison
+  says the new pods are slower).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from sluice.launcher.k8s.meta import Manifest, metadata, selector
 from sluice.launcher.k8s.suite import ClusterSuite, name_of
 from sluice.launcher.k8s.values import K8sValues
 from sluice.launcher.k8s.workloads import pod_template
+from sluice.launcher.rollout import gates as host_gates
+from sluice.launcher.rollout.settings import RolloutSettings
 
 # The gRPC codes counted as the server's failures, as in the router's SLO recording
 # rules (deploy/prometheus/rules/sluice.rules.yml).
@@ -41,12 +47,6 @@ def error_ratio_query(part: str = "router", window: str = "2m") -> str:
     return f"(sum(rate({errors}[{window}])) or vector(0)) / sum(rate({rpcs}[{window}]))"
 
 
-def ttft_p95_query(window: str = "2m") -> str:
-    """Time-to-first-token p95 of the router's canary pods, in seconds."""
-    buckets = f"sluice_router_time_to_first_token_seconds_bucket{{{_pods('router')}}}"
-    return f"histogram_quantile(0.95, sum by (le) (rate({buckets}[{window}])))"
-
-
 def stream_latency_ratio_query(window: str = "2m") -> str:
     """p95 of the provider's Stream durations on its canary pods over its stable pods'."""
 
@@ -60,8 +60,75 @@ def stream_latency_ratio_query(window: str = "2m") -> str:
     return f"{p95('canary-hash')} / {p95('stable-hash')}"
 
 
-def analysis_template(values: K8sValues, part: str = "router") -> Manifest:
-    """A part's canary gates (Prometheus queries with success conditions)."""
+CANARY_POOL = "{{args.namespace}}/{{args.canary-hash}}"
+STABLE_POOL = "{{args.namespace}}/{{args.stable-hash}}"
+"""The `pool` label values of the canary and stable pods: namespace and pod-template
+hash, as the PodMonitor writes them (two namespaces may run the same pod template)."""
+
+
+def router_gate_queries(settings: RolloutSettings, window: str) -> dict[str, str]:
+    """Each gate of launcher/rollout/gates.py as one query: how far the canary pods are
+    past the gate's limit relative to the stable pods (at most 0 passes), no sample
+    while the canary answered fewer than `min_requests` within `window`."""
+    requests = host_gates.requests_promql(CANARY_POOL, window)
+    queries = {}
+    for gate in host_gates.PROMQL:
+        excess = host_gates.excess_promql(
+            gate,
+            host_gates.promql(gate, CANARY_POOL, window),
+            host_gates.promql(gate, STABLE_POOL, window),
+            settings,
+        )
+        queries[gate] = host_gates.judged_promql(excess, requests, settings)
+    return queries
+
+
+def _router_metrics(values: K8sValues, settings: RolloutSettings) -> list[Manifest]:
+    gates = values.rollout.analysis
+    metrics = []
+    for gate, query in router_gate_queries(settings, gates.window).items():
+        metrics.append(
+            {
+                "name": gate.replace("_", "-"),
+                "interval": gates.interval,
+                # The first measurement covers a whole window of canary traffic.
+                "initialDelay": gates.window,
+                "failureLimit": gates.failure_limit,
+                # Too few canary requests gives no sample: neither condition holds, so
+                # the measurement is inconclusive (the host holds the step instead);
+                # past `inconclusive_limit` of them Argo pauses the rollout for a person.
+                "inconclusiveLimit": gates.inconclusive_limit,
+                "successCondition": "len(result) > 0 && result[0] <= 0",
+                "failureCondition": "len(result) > 0 && result[0] > 0",
+                "provider": {"prometheus": {"address": values.prometheus.url, "query": query}},
+            }
+        )
+    return metrics
+
+
+def analysis_template(
+    values: K8sValues, part: str = "router", settings: RolloutSettings | None = None
+) -> Manifest:
+    """A part's canary gates (Prometheus queries with success conditions); the router's
+    thresholds are `settings` (the suite's `rollout` section)."""
+    if part == "router":
+        args: list[Manifest] = [
+            {"name": "canary-hash"},
+            {"name": "stable-hash"},
+            {"name": "namespace"},
+        ]
+        metrics = _router_metrics(values, settings or RolloutSettings())
+    else:
+        args, metrics = _provider_gates(values, part)
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "AnalysisTemplate",
+        "metadata": metadata(values, part, analysis_name(part)),
+        "spec": {"args": args, "metrics": metrics},
+    }
+
+
+def _provider_gates(values: K8sValues, part: str) -> tuple[list[Manifest], list[Manifest]]:
     gates = values.rollout.analysis
     address = values.prometheus.url
 
@@ -76,26 +143,13 @@ def analysis_template(values: K8sValues, part: str = "router") -> Manifest:
         }
 
     metrics = [
-        metric("server-error-ratio", error_ratio_query(part, gates.window), gates.max_error_ratio)
+        metric("server-error-ratio", error_ratio_query(part, gates.window), gates.max_error_ratio),
+        metric(
+            "stream-p95-ratio", stream_latency_ratio_query(gates.window), gates.max_latency_ratio
+        ),
     ]
-    args = [{"name": "canary-hash"}, {"name": "namespace"}]
-    if part == "router":
-        metrics.append(metric("ttft-p95", ttft_p95_query(gates.window), gates.max_ttft_p95_s))
-    else:
-        metrics.append(
-            metric(
-                "stream-p95-ratio",
-                stream_latency_ratio_query(gates.window),
-                gates.max_latency_ratio,
-            )
-        )
-        args.insert(1, {"name": "stable-hash"})
-    return {
-        "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "AnalysisTemplate",
-        "metadata": metadata(values, part, analysis_name(part)),
-        "spec": {"args": args, "metrics": metrics},
-    }
+    args = [{"name": "canary-hash"}, {"name": "stable-hash"}, {"name": "namespace"}]
+    return args, metrics
 
 
 def rollout(values: K8sValues, suite: ClusterSuite, part: str = "router") -> Manifest:
@@ -108,10 +162,9 @@ def rollout(values: K8sValues, suite: ClusterSuite, part: str = "router") -> Man
             steps.append({"pause": {"duration": values.rollout.pause}})
     args: list[Manifest] = [
         {"name": "canary-hash", "valueFrom": {"podTemplateHashValue": "Latest"}},
+        {"name": "stable-hash", "valueFrom": {"podTemplateHashValue": "Stable"}},
         {"name": "namespace", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
-    if part != "router":
-        args.insert(1, {"name": "stable-hash", "valueFrom": {"podTemplateHashValue": "Stable"}})
     return {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "Rollout",

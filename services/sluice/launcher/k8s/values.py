@@ -215,14 +215,14 @@ class MtlsValues(BaseModel):
 
 
 class AnalysisValues(BaseModel):
-    """The canary's gates, as in the router's SLO rules (deploy/prometheus/rules)."""
+    """How the canary's gates are measured. The router's gates and thresholds are those of
+    `sluice rollout canary` (launcher/rollout/gates.py, the suite's `rollout` section);
+    the provider's are below."""
 
     model_config = _Strict
 
     max_error_ratio: float = Field(0.01, gt=0, lt=1)
-    """Most server-side errors per router RPC on the canary pods."""
-    max_ttft_p95_s: float = Field(2.0, gt=0)
-    """Highest time-to-first-token p95 on the router's canary pods."""
+    """Provider: most server-side errors per RPC on the canary pods."""
     max_latency_ratio: float = Field(1.25, gt=1)
     """Highest p95 stream duration of the provider's canary pods as a multiple of its
     stable pods' (a relative gate: stream length depends on the answers, not the pod)."""
@@ -232,6 +232,9 @@ class AnalysisValues(BaseModel):
     """How often each gate is measured."""
     failure_limit: int = Field(1, ge=0)
     """Failed measurements tolerated before the rollout aborts."""
+    inconclusive_limit: int = Field(3, ge=0)
+    """Router: measurements with fewer than the suite's `rollout.min_requests` canary
+    requests in the window tolerated before Argo pauses the rollout for a person."""
 
 
 class RolloutValues(BaseModel):

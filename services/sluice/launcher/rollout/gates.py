@@ -68,6 +68,10 @@ PROMQL: dict[str, str] = {
 `$window` a range such as `1m` (string.Template placeholders)."""
 
 
+REQUESTS_PROMQL = f"sum(increase({_SERIES['requests']}[$window]))"
+"""Client requests a pool answered within the window: the `min_requests` guard."""
+
+
 def pool_selector(pool: str, *, baseline: bool = False) -> str:
     """The label matcher of a pool (`pool="green"`), or of everything else when it is the
     candidate and the baseline is wanted (`pool!="green"`: routers started with the suite
@@ -79,6 +83,50 @@ def promql(gate: str, pool: str, window: str, *, baseline: bool = False) -> str:
     """The PromQL of `gate` for the candidate `pool` (or its baseline)."""
     template = Template(PROMQL[gate])
     return template.substitute(pool=pool_selector(pool, baseline=baseline), window=window)
+
+
+def requests_promql(pool: str, window: str, *, baseline: bool = False) -> str:
+    """The PromQL of the requests `pool` (or its baseline) answered within `window`."""
+    template = Template(REQUESTS_PROMQL)
+    return template.substitute(pool=pool_selector(pool, baseline=baseline), window=window)
+
+
+def excess_promql(gate: str, candidate: str, baseline: str, settings: RolloutSettings) -> str:
+    """How far the candidate is past the gate's limit, as one PromQL expression over the
+    gate's `candidate` and `baseline` queries (from `promql`): at most 0 passes, as
+    `evaluate` judges. A missing baseline rate counts as perfect, a missing baseline
+    latency and a candidate without data pass (the result is 0); NaN (0/0, a histogram
+    without observations) counts as missing (`>= 0` drops it)."""
+
+    def known(query: str) -> str:
+        return f"(({query}) >= 0)"
+
+    if gate in ("error_rate", "upstream_error_rate"):
+        allowance = (
+            settings.max_error_rate_increase
+            if gate == "error_rate"
+            else settings.max_upstream_error_rate_increase
+        )
+        excess = f"{known(candidate)} - ({known(baseline)} or vector(0)) - {allowance:g}"
+    elif gate == "success_rate":
+        floor = f"({known(baseline)} or vector(1)) - {settings.max_success_rate_drop:g}"
+        excess = f"({floor}) - {known(candidate)}"
+    elif gate in ("latency_p99", "ttft_p99"):
+        ratio, slack_ms = (
+            (settings.max_latency_p99_ratio, settings.latency_slack_ms)
+            if gate == "latency_p99"
+            else (settings.max_ttft_p99_ratio, settings.ttft_slack_ms)
+        )
+        excess = f"{known(candidate)} - ({ratio:g} * {known(baseline)} + {slack_ms / 1000:g})"
+    else:
+        raise KeyError(gate)
+    return f"({excess}) or vector(0)"
+
+
+def judged_promql(excess: str, requests: str, settings: RolloutSettings) -> str:
+    """`excess` only once the candidate answered `min_requests` within the window
+    (`requests`, from `requests_promql`); before that no sample, which is no verdict."""
+    return f"({excess}) and on() (({requests}) >= {settings.min_requests})"
 
 
 @dataclass
