@@ -1,7 +1,7 @@
 """`sluice`: start the suite (`sluice up`), run one part of it in the foreground
 (`sluice serve PART`, `sluice envoy`: what each container of the image runs), print its
-Envoy configuration, show where time goes (`sluice top`), or create the suite's mTLS
-certificates (`sluice certs`).
+Envoy configuration, show where time goes (`sluice top`), create the suite's mTLS
+certificates (`sluice certs`), or erase a user's data (`sluice privacy erase`).
 
 `sluice up` restarts any part that exits (see launcher/supervisor.py); SIGHUP makes it
 hot-restart Envoy on a freshly rendered configuration without closing its listeners."""
@@ -24,6 +24,7 @@ from sluice.core.config import CONFIG_ENV, ConfigError
 from sluice.core.grpcx.certs import SUITE_IDENTITIES, write_suite_certs
 from sluice.core.grpcx.tls import OPERATOR, client_tls
 from sluice.launcher.envoy import descriptor_path, render_yaml
+from sluice.launcher import privacy
 from sluice.launcher.k8s.render import render, stale, write
 from sluice.launcher.parts import SERVICES, StartupError, envoy_argv, write_envoy_config
 from sluice.launcher.settings import load_suite
@@ -272,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         help="issue only for NAME (repeatable; default: every suite identity)",
     )
     certs.set_defaults(run=_certs)
+    privacy.add_parser(commands)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))

@@ -10,6 +10,7 @@ from sluice.core.grpcx.server import ServiceHost
 from sluice.core.grpcx.tls import client_tls
 from sluice.core.telemetry.spans import RequestSpans
 from sluice.limiter.v1 import limiter_pb2_grpc
+from sluice.router.admin import RouterAdminServicer
 from sluice.router.admission import Admission
 from sluice.router.attempts import Attempts, StreamMetrics
 from sluice.router.auth import ApiKeyAuthenticator
@@ -29,7 +30,7 @@ from sluice.router.provider_streams import (
 )
 from sluice.router.service import RouterServicer
 from sluice.router.settings import RouterSettings
-from sluice.router.v1 import router_pb2, router_pb2_grpc
+from sluice.router.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 
 if TYPE_CHECKING:
     from sluice.router.openai_http import OpenAIHttpApi
@@ -151,6 +152,10 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Rou
         RouterServicer(pipeline, converser), host.server
     )
     host.add_service(router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name)
+    admin_pb2_grpc.add_RouterAdminServiceServicer_to_server(
+        RouterAdminServicer(chain, host.audit), host.server
+    )
+    host.add_service(admin_pb2.DESCRIPTOR.services_by_name["RouterAdminService"].full_name)
 
     async def close_channels() -> None:
         await limits.drain()  # the last streams' spend and reconcile calls first

@@ -91,6 +91,7 @@ class ServiceHost:
             settings.tracing,
             self.spans_dropped.inc,
             tls=client_tls(security, name, "telemetry"),
+            redact_pii=settings.privacy.redact_pii,
         )
         self.metrics = RpcMetrics(name, self.registry)
         # With export off, spans would be built only to be dropped: skip them entirely.

@@ -177,9 +177,15 @@ class RouterSettings(ServiceSettings):
     server: ServerSettings = ServerSettings(port=50051, metrics_port=9101)
     """Listeners."""
     security: SecuritySettings = SecuritySettings(
-        allow={"sluice.router.v1.RouterService": ["envoy", "operator"]}
+        allow={
+            "sluice.router.v1.RouterService": ["envoy", "operator"],
+            # Erasure of cached answers (router/privacy.py): operators only.
+            "sluice.router.v1.RouterAdminService": ["operator"],
+            "/sluice.router.v1.RouterAdminService/EraseUser": ["operator"],
+        }
     )
-    """Under mtls: clients come through Envoy; operators may call directly (grpcurl)."""
+    """Under mtls: clients come through Envoy; operators may call directly (grpcurl) and
+    alone may call the admin service."""
     limiter_address: str = "127.0.0.1:50052"
     """host:port of the limiter service."""
     provider_address: str = "127.0.0.1:50053"
