@@ -8,13 +8,14 @@ Envoy's spans are covered too), answers written to the response cache
 
 What is found, and the typed placeholder that replaces it:
 
-| kind | found by | placeholder |
-|---|---|---|
-| API keys and tokens | known prefixes (sk-, AKIA, ghp_, xox?-, AIza, glpat-), `Bearer x`, JWTs, 32+ character tokens mixing upper case, lower case and digits | `<API_KEY>` |
-| e-mail addresses | the usual local@domain.tld shape | `<EMAIL_ADDRESS>` |
-| payment card numbers | 13-19 digits starting 2-6 (the card networks' ranges), spaces or dashes between, passing the Luhn check | `<CREDIT_CARD>` |
-| IP addresses | IPv4 and IPv6, validated by `ipaddress`; loopback is kept (it names no one) | `<IP_ADDRESS>` |
-| phone numbers | `+` and 8-15 digits, or the North American (555) 123-4567 shape | `<PHONE_NUMBER>` |
+- `<API_KEY>`: known key prefixes (sk-, AKIA, ghp_, xox?-, AIza, glpat-), `Bearer x`,
+  JWTs, and 32+ character tokens mixing upper case, lower case and digits;
+- `<EMAIL_ADDRESS>`: the usual local@domain.tld shape;
+- `<CREDIT_CARD>`: 13-19 digits starting 2-6 (the card networks' ranges), spaces or
+  dashes between, passing the Luhn check;
+- `<IP_ADDRESS>`: IPv4 and IPv6, validated by `ipaddress`; loopback is kept (it names
+  no one);
+- `<PHONE_NUMBER>`: `+` and 8-15 digits, or the North American (555) 123-4567 shape.
 
 Why our own patterns and not a library: Presidio needs a spaCy language model that has
 to be downloaded from outside the package registries, and scrubadub (last release 2023)
@@ -63,8 +64,8 @@ _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 # (lowercase hex ids and words are not).
 _LONG_TOKEN = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{32,}(?![A-Za-z0-9_-])")
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-_CARD = re.compile(r"(?<![\d.])[2-6](?:[ -]?\d){12,18}(?![\d.])")
-_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
+_CARD = re.compile(r"(?<!\d)(?<!\d\.)[2-6](?:[ -]?\d){12,18}(?!\.?\d)")
+_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d)")
 _IPV6 = re.compile(r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])")
 _PHONE = re.compile(
     r"(?<![\w+])\+\d(?:[ ().-]{0,2}\d){7,14}(?!\d)"
@@ -119,7 +120,7 @@ _PASSES: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...
     (_PHONE, PHONE),
 )
 # A string with none of these characters holds nothing the passes could find.
-_MAYBE = re.compile(r"[0-9@]|[A-Za-z0-9_-]{32}")
+_MAYBE = re.compile(r"[0-9@]|[A-Za-z0-9_-]{32}|(?i:bearer|basic)\s")
 
 
 def redact(text: str) -> str:

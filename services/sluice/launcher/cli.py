@@ -23,8 +23,8 @@ import grpc
 from sluice.core.config import CONFIG_ENV, ConfigError
 from sluice.core.grpcx.certs import SUITE_IDENTITIES, write_suite_certs
 from sluice.core.grpcx.tls import OPERATOR, client_tls
-from sluice.launcher.envoy import descriptor_path, render_yaml
 from sluice.launcher import privacy
+from sluice.launcher.envoy import descriptor_path, render_yaml
 from sluice.launcher.k8s.render import render, stale, write
 from sluice.launcher.parts import SERVICES, StartupError, envoy_argv, write_envoy_config
 from sluice.launcher.settings import load_suite

@@ -24,7 +24,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from sluice.common.v1 import common_pb2
 from sluice.core.clock import Clock
-from sluice.core.privacy import redact
 from sluice.core.errors import (
     DeadlineExceededError,
     QuotaExceededError,
@@ -32,6 +31,7 @@ from sluice.core.errors import (
     ServiceUnavailableError,
     SluiceError,
 )
+from sluice.core.privacy import redact
 from sluice.core.resilience.breaker import BreakerState, CircuitBreaker
 from sluice.core.resilience.bulkhead import Bulkhead, BulkheadFullError
 from sluice.core.resilience.retry import Backoff, RetryBudget

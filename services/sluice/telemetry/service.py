@@ -294,7 +294,6 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     ) -> telemetry_pb2.GetBreakdownResponse:
         return self._pipeline.stats.breakdown(request.window_s, request.limit)
 
-
     async def EraseUser(  # noqa: N802 - gRPC method name
         self, request: telemetry_pb2.EraseUserRequest, context: ServicerContext
     ) -> telemetry_pb2.EraseUserResponse:

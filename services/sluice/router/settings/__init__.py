@@ -179,7 +179,7 @@ class RouterSettings(ServiceSettings):
     security: SecuritySettings = SecuritySettings(
         allow={
             "sluice.router.v1.RouterService": ["envoy", "operator"],
-            # Erasure of cached answers (router/privacy.py): operators only.
+            # Erasure of cached answers (router/admin.py): operators only.
             "sluice.router.v1.RouterAdminService": ["operator"],
             "/sluice.router.v1.RouterAdminService/EraseUser": ["operator"],
         }
