@@ -24,9 +24,14 @@ from sluice.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 TIMEOUT_S = 10.0
 
 
-def _channel(address: str, security: SecuritySettings, server: str) -> grpc.Channel:
-    """A channel to `server` at `address`, as the operator under mtls."""
-    if security.mtls and security.certs_dir is None and security.ca_path is None:
+def _channel(
+    address: str, security: SecuritySettings, server: str, certs: Path | None
+) -> grpc.Channel:
+    """A channel to `server` at `address`, as the operator under mtls (certificates from
+    `certs`, else the settings', else `.run/certs` as `sluice up` makes them)."""
+    if certs is not None:
+        security = security.model_copy(update={"certs_dir": certs, "ca_path": None})
+    elif security.mtls and security.certs_dir is None and security.ca_path is None:
         security = security.model_copy(update={"certs_dir": Path(".run/certs")})
     operator = security.model_copy(update={"identity": OPERATOR})
     tls = client_tls(operator, OPERATOR, server)
@@ -36,13 +41,18 @@ def _channel(address: str, security: SecuritySettings, server: str) -> grpc.Chan
 
 
 def erase(
-    user: str, *, config: str | None, telemetry: str | None, routers: Sequence[str]
+    user: str,
+    *,
+    config: str | None,
+    telemetry: str | None,
+    routers: Sequence[str],
+    certs: Path | None = None,
 ) -> list[str]:
     """Erase `user` everywhere; one line of outcome per service (raises grpc.RpcError)."""
     suite = load_suite(config)
     lines = []
     address = telemetry or f"{suite.telemetry.server.host}:{suite.telemetry.server.port}"
-    with _channel(address, suite.telemetry.security, "telemetry") as channel:
+    with _channel(address, suite.telemetry.security, "telemetry", certs) as channel:
         traces = telemetry_pb2_grpc.TelemetryServiceStub(channel).EraseUser(
             telemetry_pb2.EraseUserRequest(user_id=user), timeout=TIMEOUT_S
         )
@@ -52,7 +62,7 @@ def erase(
     )
     router = suite.router.server
     for address in routers or [f"{router.host}:{router.port}"]:
-        with _channel(address, suite.router.security, "router") as channel:
+        with _channel(address, suite.router.security, "router", certs) as channel:
             cached = admin_pb2_grpc.RouterAdminServiceStub(channel).EraseUser(
                 admin_pb2.EraseUserRequest(user_id=user), timeout=TIMEOUT_S
             )
@@ -67,7 +77,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         for line in erase(
-            args.user, config=args.config, telemetry=args.telemetry, routers=args.router or []
+            args.user,
+            config=args.config,
+            telemetry=args.telemetry,
+            routers=args.router or [],
+            certs=Path(args.certs) if args.certs else None,
         ):
             print(line)
     except grpc.RpcError as err:
@@ -96,6 +110,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="append",
         metavar="HOST:PORT",
         help="a router replica (repeatable; default: the configured router)",
+    )
+    erase_cmd.add_argument(
+        "--certs",
+        help="directory of ca.pem and operator.pem (default: the settings' or .run/certs)",
     )
     digest = sub.add_parser("digest", help="how the audit log names a user")
     digest.add_argument("--user", required=True, help="the end-user id")
