@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from opentelemetry import trace
 
 from sluice.common.v1 import common_pb2
@@ -96,6 +97,31 @@ def error_response(error: SluiceError) -> web.Response:
         reply["retry-after"] = str(max(1, math.ceil(error.retry_after_s)))
         reply["retry-after-ms"] = str(int(error.retry_after_s * 1000))
     return web.json_response(error_body(error), status=error.http_status, headers=reply)
+
+
+MAX_HEADER_BYTES = 128 * 1024
+"""Longest request line or header line the listener reads (above the edge's bound)."""
+
+
+@web.middleware
+async def json_http_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own 4xx replies (unknown file, wrong method, bad upgrade) in OpenAI's
+    error shape, like every other error of this listener (docs/errors.md)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as err:
+        if err.status < 400 or err.content_type == "application/json":
+            raise
+        code = "unsupported_operation" if err.status in (404, 405) else "invalid_input"
+        body = {
+            "error": {
+                "message": (err.text or err.reason or "bad request")[:200],
+                "type": _ERROR_TYPES.get(err.status, "invalid_request_error"),
+                "param": None,
+                "code": code,
+            }
+        }
+        return web.json_response(body, status=err.status)
 
 
 def _bad_request(message: str, field: str) -> ValidationError:
@@ -204,7 +230,9 @@ class OpenAIHttpApi:
         self._pipeline = pipeline
         self._metrics = metrics
         self._tracer = tracer
-        self.app = web.Application(client_max_size=max_request_bytes)
+        self.app = web.Application(
+            client_max_size=max_request_bytes, middlewares=[json_http_errors]
+        )
         self.app.router.add_post("/v1/chat/completions", self.chat_completions)
         self.app.router.add_get("/v1/models", self.list_models)
         add_web_page(self.app)
@@ -218,6 +246,10 @@ class OpenAIHttpApi:
             handler_cancellation=True,
             access_log=None,
             shutdown_timeout=self._shutdown_timeout_s,
+            # aiohttp's own 8 KiB per header line would answer a plain-text 400 to what
+            # the edge lets through (envoy.limits.max_request_headers_kb, 60 KiB).
+            max_line_size=MAX_HEADER_BYTES,
+            max_field_size=MAX_HEADER_BYTES,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, backlog=1024)

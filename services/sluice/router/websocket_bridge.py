@@ -117,7 +117,13 @@ class WebSocketBridge:
             max_msg_size=self._settings.websocket_max_message_bytes,
             heartbeat=self._settings.websocket_heartbeat_s,
         )
-        if not ws.can_prepare(request).ok:
+        try:
+            upgradable = ws.can_prepare(request).ok
+        except ValueError:
+            # aiohttp's handshake fails on a non-ASCII Sec-WebSocket-Key (base64) or
+            # -Version (its error text cannot be encoded): a bad upgrade, not our failure.
+            upgradable = False
+        if not upgradable:
             message = "this path takes a WebSocket upgrade"
             return web.json_response(
                 {"error": {"message": message, "code": "invalid_input"}}, status=400
