@@ -189,5 +189,7 @@ def _serve_http_api(
         pause_bytes=settings.buffer.pause_bytes,
     )
     if settings.converse.websocket_enabled:
-        WebSocketBridge(converser, host.metrics, tracer).register(api.app)
+        WebSocketBridge(
+            converser, host.metrics, tracer, max_json_depth=settings.http_api.max_json_depth
+        ).register(api.app)
     host.serve_http(api, settings.http_api.host, settings.http_api.port)
