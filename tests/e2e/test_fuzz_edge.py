@@ -33,7 +33,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Generating overly large repr"),
 ]
 
-EXAMPLES = 30
+EXAMPLES = 60
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
