@@ -38,6 +38,7 @@ from sluice.core.grpcx.request_context import request_id_var
 from sluice.core.telemetry.metrics import RpcMetrics
 from sluice.router.pipeline import Pipeline
 from sluice.router.relay import fold
+from sluice.router.settings import HTTP_HEALTH_PATH
 from sluice.router.v1 import router_pb2
 from sluice.router.web_page import add_web_page
 
@@ -235,6 +236,9 @@ class OpenAIHttpApi:
         )
         self.app.router.add_post("/v1/chat/completions", self.chat_completions)
         self.app.router.add_get("/v1/models", self.list_models)
+        self.app.router.add_get(HTTP_HEALTH_PATH, self.health)
+        self.draining = False
+        """Set when the router begins a graceful stop: /healthz then answers 503."""
         add_web_page(self.app)
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -264,6 +268,17 @@ class OpenAIHttpApi:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    def drain(self) -> None:
+        """The router is stopping: fail the health check so the edge sends no new request
+        (in-flight ones finish; the listener closes after gRPC has drained)."""
+        self.draining = True
+
+    async def health(self, request: web.Request) -> web.Response:
+        """Envoy's active health check of this listener (launcher/envoy/clusters.py)."""
+        if self.draining:
+            return web.json_response({"status": "NOT_SERVING"}, status=503)
+        return web.json_response({"status": "SERVING"})
 
     # -- /v1/models ----------------------------------------------------------------------
 

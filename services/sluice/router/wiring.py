@@ -57,6 +57,7 @@ class RouterHost(ServiceHost):
             await api.start(host, port)
 
         self.add_startup(start)
+        self.add_stopping(api.drain)
         self.add_cleanup(api.stop)
 
 

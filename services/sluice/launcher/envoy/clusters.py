@@ -15,6 +15,7 @@ from sluice.launcher.envoy.names import (
     seconds,
 )
 from sluice.launcher.settings import EdgeCircuitBreakerSettings, SuiteSettings
+from sluice.router.settings import HTTP_HEALTH_PATH
 
 
 def cluster(
@@ -26,11 +27,13 @@ def cluster(
     connect_timeout: str = "1s",
     http2: dict[str, Any] | None = None,
     health_service: str | None = None,
+    health_path: str | None = None,
     health_interval_ms: int = 0,
     circuit_breakers: EdgeCircuitBreakerSettings | None = None,
 ) -> dict[str, Any]:
     """One cluster of a single host. `http2` (its protocol options) makes it HTTP/2;
-    `health_service` adds an active gRPC health check, which needs HTTP/2."""
+    `health_service` adds an active gRPC health check, which needs HTTP/2;
+    `health_path` an HTTP one (GET, 200 is healthy)."""
     built: dict[str, Any] = {"name": name, "type": kind, "connect_timeout": connect_timeout}
     if circuit_breakers is not None:
         built["circuit_breakers"] = {
@@ -55,8 +58,13 @@ def cluster(
         "cluster_name": name,
         "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
     }
-    if health_service is not None:
+    if health_service is not None or health_path is not None:
         interval = seconds(health_interval_ms / 1000)
+        check: dict[str, Any] = (
+            {"grpc_health_check": {"service_name": health_service}}
+            if health_service is not None
+            else {"http_health_check": {"path": health_path}}
+        )
         built["health_checks"] = [
             {
                 "timeout": "1s",
@@ -66,7 +74,7 @@ def cluster(
                 "no_traffic_interval": interval,
                 "unhealthy_threshold": 2,
                 "healthy_threshold": 1,
-                "grpc_health_check": {"service_name": health_service},
+                **check,
             }
         ]
         # Never send traffic to a host that fails its health check (no panic routing).
@@ -93,12 +101,15 @@ def clusters(settings: SuiteSettings) -> list[dict[str, Any]]:
         )
     ]
     if router.http_api.enabled:
-        # The OpenAI-compatible listener speaks HTTP/1.1.
+        # The OpenAI-compatible listener speaks HTTP/1.1; it fails its health check once
+        # the router drains, so a stopping router gets no new HTTP request either.
         built.append(
             cluster(
                 HTTP_API_CLUSTER,
                 router.http_api.host,
                 router.http_api.port,
+                health_path=HTTP_HEALTH_PATH,
+                health_interval_ms=envoy.health_check_interval_ms,
                 circuit_breakers=envoy.circuit_breakers,
             )
         )

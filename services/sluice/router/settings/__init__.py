@@ -129,6 +129,11 @@ class ResilienceSettings(BaseModel):
     """Approximate per-key request rate the router enforces itself while the limiter is down."""
 
 
+HTTP_HEALTH_PATH = "/healthz"
+"""The HTTP listener's health check (Envoy's, launcher/envoy/clusters.py): 200 while the
+router serves, 503 once it drains (router/openai_http.py). The edge routes no client here."""
+
+
 class HttpApiSettings(BaseModel):
     """The OpenAI-compatible HTTP listener (Envoy routes /v1/chat/completions here)."""
 
