@@ -235,8 +235,13 @@ def send(
     body: bytes | None = None,
     base: dict[str, str] | None = None,
 ) -> httpx.Response:
-    merged: list[tuple[str, str | bytes]] = [*(base or {}).items(), *headers]
-    return client.request(method, path, headers=merged, content=body)
+    return client.request(method, path, headers=as_bytes(base or {}, headers), content=body)
+
+
+def as_bytes(base: dict[str, str], headers: list[tuple[str, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The test's own headers, then the drawn ones (non-UTF-8 values stay bytes)."""
+    own = [(k.encode(), v.encode()) for k, v in base.items()]
+    return own + [(k.encode(), v) for k, v in headers]
 
 
 JSON_TYPE = {"content-type": "application/json"}
@@ -334,10 +339,9 @@ def grpc_web(
         "x-grpc-web": "1",
         "authorization": f"Bearer {DEV_KEY}",
     }
-    merged: list[tuple[str, str | bytes]] = [*base.items(), *headers]
     return client.post(
         f"/sluice.router.v1.RouterService/{method}",
-        headers=merged,
+        headers=as_bytes(base, headers),
         content=payload,
         timeout=timeout_s,
     )
