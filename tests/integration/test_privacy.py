@@ -13,10 +13,13 @@ from opentelemetry.proto.common.v1 import common_pb2 as otlp_common
 
 from sluice.core.audit import read_records
 from sluice.core.erasure import user_digest
-from sluice.core.privacy import EMAIL, IP, PHONE
+from sluice.core.errors import InternalError
+from sluice.core.privacy import CARD, EMAIL, IP, PHONE
+from sluice.core.telemetry.error_reporting import ErrorReporter, ErrorReportingSettings
 from sluice.router.v1 import admin_pb2, admin_pb2_grpc, router_pb2
 from sluice.telemetry.service import TelemetryHost
 from sluice.telemetry.v1 import telemetry_pb2
+from tests.integration.test_error_reporting import Capture, sentry  # noqa: F401 (fixture)
 from tests.integration.test_telemetry import export_request
 from tests.integration.test_telemetry_pipeline import span, start, stubs
 from tests.support import (
@@ -209,3 +212,26 @@ async def test_router_spans_are_redacted_before_export(stack: ServiceStack) -> N
         telemetry_pb2.SearchTracesRequest(attributes={"user_id": "erin@example.com"})
     )
     assert list(leaked.traces) == []
+
+
+@pytest.mark.parametrize("redact_pii", [True, False])
+def test_error_reports_are_redacted_when_the_option_is_on(
+    sentry: tuple[str, Capture],  # noqa: F811 (the fixture imported above)
+    redact_pii: bool,
+) -> None:
+    dsn, capture = sentry
+    reporter = ErrorReporter(
+        ErrorReportingSettings(sentry_dsn=dsn), "router", redact_pii=redact_pii
+    )
+    failure = ValueError("upstream refused card 4111 1111 1111 1111 of fay@example.com")
+    reporter.report(
+        failure, InternalError("internal error"), method="/m", request_id="r", trace_id=""
+    )
+    reporter.close()
+    (event,) = capture.wait(1)
+    message = event["exception"]["values"][0]["value"]
+    if redact_pii:
+        assert message == f"upstream refused card {CARD} of {EMAIL}"
+        assert b"4111 1111" not in b"".join(capture.raw)
+    else:
+        assert message == str(failure)

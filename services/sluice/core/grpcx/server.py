@@ -99,7 +99,9 @@ class ServiceHost:
         tracer = (
             self.tracer_provider.get_tracer("sluice.core.grpcx") if self.tracing_active else None
         )
-        self.error_reporter = build_reporter(settings.error_reporting, name)
+        self.error_reporter = build_reporter(
+            settings.error_reporting, name, redact_pii=settings.privacy.redact_pii
+        )
         self.rpc_pipeline = ServerPipeline(
             self.metrics,
             tracer,
