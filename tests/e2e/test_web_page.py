@@ -1,9 +1,10 @@
 """The web page at `/`, driven in Debian's headless Chromium through Envoy.
 
 Playwright for Python drives the system `chromium` (`make tools` installs it; no
-browser is downloaded). The page's gRPC-Web calls go to another origin (localhost vs
-127.0.0.1, both the same Envoy), so the browser itself runs the CORS preflight and must
-be allowed to read `grpc-status` — the real check of the edge's CORS policy.
+browser is downloaded). The page calls its own origin only (it sends the pasted API key:
+`connect-src 'self'`, and `?grpc_web=` naming another origin is ignored). The edge's CORS
+policy is checked in the browser from another page (localhost vs 127.0.0.1, both the same
+Envoy): the browser itself runs the preflight and must be allowed to read `grpc-status`.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def page(browser: Browser, web_suite: RunningSuite) -> Iterator[Page]:
     problems: list[str] = []
     opened.on("pageerror", lambda err: problems.append(f"page error: {err}"))
     port = web_suite.ports["envoy"]
-    opened.goto(f"http://127.0.0.1:{port}/?grpc_web=http://localhost:{port}")
+    opened.goto(f"http://127.0.0.1:{port}/?grpc_web=http://127.0.0.1:{port}")
     opened.wait_for_selector("body[data-ready='1']", timeout=TIMEOUT_MS)
     try:
         yield opened
@@ -102,8 +103,7 @@ def provider_cancels(suite: RunningSuite) -> float:
 
 
 def test_stream_usage_and_grpc_web_models(page: Page) -> None:
-    # gRPC-Web ListModels, cross-origin: a wrong key first (trailers-only status 16,
-    # readable only because CORS exposes grpc-status), then the right one.
+    # gRPC-Web ListModels: a wrong key first (trailers-only status 16), then the right one.
     page.fill("#api-key", "sk-wrong")
     page.click("#load-models")
     page.wait_for_selector("#models-status[data-state='error']", timeout=TIMEOUT_MS)
@@ -148,7 +148,7 @@ def test_stream_usage_and_grpc_web_models(page: Page) -> None:
     assert page.is_hidden("#error")
     shoot(page, "1-streamed")
 
-    # The same through gRPC-Web streaming (cross-origin, framed protobuf in the page).
+    # The same through gRPC-Web streaming (framed protobuf in the page).
     page.select_option("#transport", "grpc-web")
     page.fill("#max-tokens", "6")
     page.click("#send")
@@ -232,3 +232,63 @@ def test_docs_redirects_to_the_interactive_docs(web_suite: RunningSuite) -> None
     assert followed.status_code == 200 and "swagger-ui" in followed.text
     posted = httpx.post(f"{web_suite.edge}/docs", timeout=10)
     assert posted.status_code == 404 and posted.json()["details"][0]["reason"]
+
+
+def test_grpc_web_to_another_origin_is_ignored_and_the_key_stays_home(
+    browser: Browser, web_suite: RunningSuite
+) -> None:
+    port = web_suite.ports["envoy"]
+    page_origin, other = f"http://127.0.0.1:{port}", f"http://localhost:{port}"
+    headers = httpx.get(f"{page_origin}/", timeout=10).headers
+    assert "connect-src 'self';" in headers["content-security-policy"]
+    context = browser.new_context()
+    page = context.new_page()
+    hosts: list[str] = []
+    page.on("request", lambda request: hosts.append(request.url.split("/")[2]))
+    try:
+        page.goto(f"{page_origin}/?grpc_web={other}")
+        page.wait_for_selector("body[data-ready='1']", timeout=TIMEOUT_MS)
+        assert page.get_attribute("body", "data-grpc-web-ignored") == "1"
+        page.fill("#api-key", DEV_KEY)
+        page.click("#load-models")
+        page.wait_for_selector("#models-status[data-state='ok']", timeout=TIMEOUT_MS)
+        # Even a script of the page cannot reach another origin (connect-src 'self').
+        refused = page.evaluate(
+            """async (url) => {
+                 try { await fetch(url, {method: "POST"}); return "sent"; }
+                 catch (err) { return "refused"; }
+               }""",
+            f"{other}/sluice.router.v1.RouterService/ListModels",
+        )
+    finally:
+        context.close()
+    assert refused == "refused"
+    assert set(hosts) == {f"127.0.0.1:{port}"}, hosts
+
+
+def test_cors_lets_another_origins_browser_read_grpc_status(
+    browser: Browser, web_suite: RunningSuite
+) -> None:
+    # A page of another origin without the web page's policy (the OpenAPI document)
+    # calls gRPC-Web on 127.0.0.1: the browser runs the preflight, then must be allowed
+    # to read grpc-status (exposed by the edge's CORS policy).
+    port = web_suite.ports["envoy"]
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.goto(f"http://localhost:{port}/openapi.json")
+        status = page.evaluate(
+            """async (url) => {
+                 const answer = await fetch(url, {
+                   method: "POST",
+                   headers: {"content-type": "application/grpc-web+proto", "x-grpc-web": "1",
+                             "authorization": "Bearer sk-wrong"},
+                   body: new Uint8Array([0, 0, 0, 0, 0]),
+                 });
+                 return answer.headers.get("grpc-status");
+               }""",
+            f"http://127.0.0.1:{port}/sluice.router.v1.RouterService/ListModels",
+        )
+    finally:
+        context.close()
+    assert status == "16"

@@ -26,10 +26,11 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sluice.core.audit import AuditSettings
+from sluice.core.privacy import PrivacySettings
 from sluice.core.telemetry.error_reporting import ErrorReportingSettings
 
 CONFIG_ENV = "SLUICE_CONFIG"
-SHARED_SECTIONS = ("tracing", "security", "audit")
+SHARED_SECTIONS = ("tracing", "security", "audit", "privacy")
 
 
 class ConfigError(Exception):
@@ -219,6 +220,8 @@ class ServiceSettings(BaseSettings):
     """Mutual TLS and per-method authorization of callers (off by default)."""
     audit: AuditSettings = AuditSettings()
     """The append-only audit log of requests and admin actions (off by default)."""
+    privacy: PrivacySettings = PrivacySettings()
+    """PII redaction in what is recorded (off by default)."""
 
     @classmethod
     def settings_customise_sources(

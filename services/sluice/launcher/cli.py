@@ -1,7 +1,8 @@
 """`sluice`: start the suite (`sluice up`), run one part of it in the foreground
 (`sluice serve PART`, `sluice envoy`: what each container of the image runs), print its
 Envoy configuration, show where time goes (`sluice top`), create the suite's mTLS
-certificates (`sluice certs`), or manage API keys (`sluice keys`, launcher/keys.py).
+certificates (`sluice certs`), manage API keys (`sluice keys`, launcher/keys.py), or
+erase a user's data (`sluice privacy erase`).
 
 `sluice up` restarts any part that exits (see launcher/supervisor.py); SIGHUP makes it
 hot-restart Envoy on a freshly rendered configuration without closing its listeners."""
@@ -23,7 +24,7 @@ import grpc
 from sluice.core.config import CONFIG_ENV, ConfigError
 from sluice.core.grpcx.certs import SUITE_IDENTITIES, write_suite_certs
 from sluice.core.grpcx.tls import OPERATOR, client_tls
-from sluice.launcher import keys
+from sluice.launcher import keys, privacy
 from sluice.launcher.envoy import descriptor_path, render_yaml
 from sluice.launcher.k8s.render import render, stale, write
 from sluice.launcher.parts import SERVICES, StartupError, envoy_argv, write_envoy_config
@@ -329,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     keys.add_parser(commands)
     report_commands.add_commands(commands)
     add_rollout_commands(commands)
+    privacy.add_parser(commands)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))

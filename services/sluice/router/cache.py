@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from sluice.common.v1 import common_pb2
 from sluice.core.clock import Clock
+from sluice.core.errors import ServiceUnavailableError
 from sluice.core.telemetry.spans import RequestSpans, redis_address
 
 log = logging.getLogger("sluice.router.cache")
@@ -74,8 +75,12 @@ class ResponseStore(Protocol):
         """The cached answer, if fresh."""
         ...
 
-    async def put(self, key: str, answer: CachedAnswer) -> None:
-        """Store an answer."""
+    async def put(self, key: str, answer: CachedAnswer, user: str = "") -> None:
+        """Store an answer, remembering the end user whose request it answered."""
+        ...
+
+    async def erase_user(self, user: str) -> int:
+        """Delete every answer stored for `user`'s requests; returns how many."""
         ...
 
     async def close(self) -> None:
@@ -88,9 +93,26 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 _ENTRY_OVERHEAD_BYTES = 400
 
 
-def answer_bytes(key: str, answer: CachedAnswer) -> int:
-    """Estimated resident size of one cached answer (UTF-8 text: at least its length)."""
-    return _ENTRY_OVERHEAD_BYTES + len(key) + len(answer.text) + len(answer.usage)
+# One user id remembered by an entry: the string and its set slot.
+_USER_OVERHEAD_BYTES = 80
+
+
+def answer_bytes(key: str, answer: CachedAnswer, users: frozenset[str] = frozenset()) -> int:
+    """Estimated resident size of one cached answer (UTF-8 text: at least its length)
+    and the user ids it is kept for."""
+    return (
+        _ENTRY_OVERHEAD_BYTES
+        + len(key)
+        + len(answer.text)
+        + len(answer.usage)
+        + sum(_USER_OVERHEAD_BYTES + len(user) for user in users)
+    )
+
+
+def user_set_key(user: str) -> str:
+    """The Redis set of a user's cache keys, named by a digest (no user id in key names)."""
+    digest = hashlib.sha256(user.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"sluice:cache-user:{digest}"
 
 
 class ResponseCache:
@@ -98,7 +120,8 @@ class ResponseCache:
 
     An answer may be up to `max_entry_chars` long, so a count alone lets the cache grow
     to entries x that; each entry is charged at least max_bytes / max_entries, so both
-    bounds hold with one cachetools size bound.
+    bounds hold with one cachetools size bound. Each entry keeps the user ids of the
+    requests it answered (identical requests of several users share it), for erasure.
     """
 
     def __init__(
@@ -112,31 +135,42 @@ class ResponseCache:
     ) -> None:
         self.max_bytes = max_bytes
         self._floor = max(1, max_bytes // max_entries)
-        self._entries: TTLCache[str, tuple[int, CachedAnswer]] = TTLCache(
+        self._entries: TTLCache[str, tuple[int, CachedAnswer, frozenset[str]]] = TTLCache(
             maxsize=max_bytes, ttl=ttl_s, timer=clock.monotonic, getsizeof=self._charge
         )
         if registry is not None:
             registry.register(_CacheMemoryCollector(self))
 
-    def _charge(self, value: tuple[int, CachedAnswer]) -> int:
+    def _charge(self, value: tuple[int, CachedAnswer, frozenset[str]]) -> int:
         return max(self._floor, value[0])
 
     @property
     def bytes_used(self) -> int:
         """Estimated bytes held (the entries' sizes, not what they are charged)."""
-        return sum(size for size, _ in self._entries.values())
+        return sum(entry[0] for entry in self._entries.values())
 
     async def get(self, key: str) -> CachedAnswer | None:
         """The cached answer, if fresh."""
         entry = self._entries.get(key)
         return None if entry is None else entry[1]
 
-    async def put(self, key: str, answer: CachedAnswer) -> None:
+    async def put(self, key: str, answer: CachedAnswer, user: str = "") -> None:
         """Store an answer (one bigger than the whole bound is not stored)."""
-        size = answer_bytes(key, answer)
+        previous = self._entries.get(key)
+        users = previous[2] if previous is not None else frozenset()
+        if user:
+            users |= {user}
+        size = answer_bytes(key, answer, users)
         if max(self._floor, size) > self.max_bytes:
             return
-        self._entries[key] = (size, answer)
+        self._entries[key] = (size, answer, users)
+
+    async def erase_user(self, user: str) -> int:
+        """Delete every answer kept for `user` (one scan: erasure is rare)."""
+        doomed = [key for key, entry in self._entries.items() if user in entry[2]]
+        for key in doomed:
+            self._entries.pop(key, None)
+        return len(doomed)
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -199,14 +233,41 @@ class RedisResponseCache:
             log.warning("response cache get failed: %s", type(err).__name__)
             return None
 
-    async def put(self, key: str, answer: CachedAnswer) -> None:
-        """Store an answer (dropped when Redis fails)."""
+    async def put(self, key: str, answer: CachedAnswer, user: str = "") -> None:
+        """Store an answer (dropped when Redis fails); a user's answers are also listed
+        in the user's set (`user_set_key`), which lives as long as its newest answer."""
+        name = f"sluice:cache:{key}"
         try:
             with self._spans.redis(self._address, "SET", self._db):
-                await self._client.set(f"sluice:cache:{key}", answer.to_json(), px=self._ttl_ms)
+                if not user:
+                    await self._client.set(name, answer.to_json(), px=self._ttl_ms)
+                    return
+                users = user_set_key(user)
+                async with self._client.pipeline(transaction=True) as pipe:
+                    pipe.set(name, answer.to_json(), px=self._ttl_ms)
+                    pipe.sadd(users, name)
+                    pipe.pexpire(users, self._ttl_ms)
+                    await pipe.execute()
         except (RedisError, OSError) as err:
             self.failures.labels("put").inc()
             log.warning("response cache put failed: %s", type(err).__name__)
+
+    async def erase_user(self, user: str) -> int:
+        """Delete the user's answers; a Redis failure is an error here (an erasure must
+        not report success it did not achieve)."""
+        users = user_set_key(user)
+        try:
+            with self._spans.redis(self._address, "SMEMBERS", self._db):
+                names = list(await self._client.smembers(users))
+            with self._spans.redis(self._address, "DEL", self._db):
+                deleted = int(await self._client.delete(*names)) if names else 0
+                await self._client.delete(users)
+        except (RedisError, OSError) as err:
+            self.failures.labels("erase").inc()
+            raise ServiceUnavailableError(
+                f"the response cache (Redis) cannot be reached: {type(err).__name__}"
+            ) from err
+        return deleted
 
     async def close(self) -> None:
         """Close the connection pool."""

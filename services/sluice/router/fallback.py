@@ -31,6 +31,7 @@ from sluice.core.errors import (
     ServiceUnavailableError,
     SluiceError,
 )
+from sluice.core.privacy import redact
 from sluice.core.resilience.breaker import BreakerState, CircuitBreaker
 from sluice.core.resilience.bulkhead import Bulkhead, BulkheadFullError
 from sluice.core.resilience.retry import Backoff, RetryBudget
@@ -271,8 +272,10 @@ class FallbackChain:
         cache_extra: Sequence[Any],
         deadline: float,
         stream: ChainStream,
+        user: str = "",
     ) -> AsyncIterator[router_pb2.GenerateEvent]:
-        """Yield the client events of the step that serves the request."""
+        """Yield the client events of the step that serves the request (`user`, the
+        end-user id, is remembered with a cached answer, for erasure)."""
         state = stream.state
         self.budget.record_request()
         key = cache_key(model, messages, cache_extra) if self.cache is not None else ""
@@ -402,7 +405,7 @@ class FallbackChain:
                 self._metrics.served.labels(model, STEP_NAMES[step]).inc()
                 if self.cache is not None and not streamed_before:
                     with self._spans.cache("put", self._cache_store):
-                        await self._store(key, state)
+                        await self._store(key, state, user)
                 return
         if state.output_tokens:
             assert last_error is not None  # nosec B101
@@ -443,7 +446,11 @@ class FallbackChain:
             },
         )
 
-    async def _store(self, key: str, state: StreamState) -> None:
+    async def erase_user(self, user: str) -> int:
+        """Delete the cached answers of `user`'s requests; returns how many."""
+        return 0 if self.cache is None else await self.cache.erase_user(user)
+
+    async def _store(self, key: str, state: StreamState, user: str) -> None:
         assert self.cache is not None  # nosec B101
         completed = state.completed
         if completed is None:
@@ -451,6 +458,8 @@ class FallbackChain:
         text = state.answer_so_far()
         if len(text) > self._resilience.cache.max_entry_chars:
             return
+        if self._settings.privacy.redact_pii:
+            text = redact(text)  # served redacted from the CACHE step (core/privacy.py)
         await self.cache.put(
             key,
             CachedAnswer(
@@ -459,4 +468,5 @@ class FallbackChain:
                 finish_reason=completed.finish_reason,
                 usage=completed.usage.SerializeToString(),
             ),
+            user,
         )

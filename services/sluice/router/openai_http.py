@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from opentelemetry import trace
 
 from sluice.common.v1 import common_pb2
@@ -38,6 +39,7 @@ from sluice.core.grpcx.request_context import request_id_var
 from sluice.core.telemetry.metrics import RpcMetrics
 from sluice.router.pipeline import Pipeline
 from sluice.router.relay import fold
+from sluice.router.settings import HTTP_HEALTH_PATH
 from sluice.router.v1 import router_pb2
 from sluice.router.web_page import add_web_page
 
@@ -97,6 +99,31 @@ def error_response(error: SluiceError) -> web.Response:
         reply["retry-after"] = str(max(1, math.ceil(error.retry_after_s)))
         reply["retry-after-ms"] = str(int(error.retry_after_s * 1000))
     return web.json_response(error_body(error), status=error.http_status, headers=reply)
+
+
+MAX_HEADER_BYTES = 128 * 1024
+"""Longest request line or header line the listener reads (above the edge's bound)."""
+
+
+@web.middleware
+async def json_http_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own 4xx replies (unknown file, wrong method, bad upgrade) in OpenAI's
+    error shape, like every other error of this listener (docs/errors.md)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as err:
+        if err.status < 400 or err.content_type == "application/json":
+            raise
+        code = "unsupported_operation" if err.status in (404, 405) else "invalid_input"
+        body = {
+            "error": {
+                "message": (err.text or err.reason or "bad request")[:200],
+                "type": _ERROR_TYPES.get(err.status, "invalid_request_error"),
+                "param": None,
+                "code": code,
+            }
+        }
+        return web.json_response(body, status=err.status)
 
 
 def _bad_request(message: str, field: str) -> ValidationError:
@@ -205,9 +232,14 @@ class OpenAIHttpApi:
         self._pipeline = pipeline
         self._metrics = metrics
         self._tracer = tracer
-        self.app = web.Application(client_max_size=max_request_bytes)
+        self.app = web.Application(
+            client_max_size=max_request_bytes, middlewares=[json_http_errors]
+        )
         self.app.router.add_post("/v1/chat/completions", self.chat_completions)
         self.app.router.add_get("/v1/models", self.list_models)
+        self.app.router.add_get(HTTP_HEALTH_PATH, self.health)
+        self.draining = False
+        """Set when the router begins a graceful stop: /healthz then answers 503."""
         add_web_page(self.app)
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -220,6 +252,10 @@ class OpenAIHttpApi:
             handler_cancellation=True,
             access_log=None,
             shutdown_timeout=self._shutdown_timeout_s,
+            # aiohttp's own 8 KiB per header line would answer a plain-text 400 to what
+            # the edge lets through (envoy.limits.max_request_headers_kb, 60 KiB).
+            max_line_size=MAX_HEADER_BYTES,
+            max_field_size=MAX_HEADER_BYTES,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, backlog=1024, ssl_context=ssl_context)
@@ -234,6 +270,17 @@ class OpenAIHttpApi:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    def drain(self) -> None:
+        """The router is stopping: fail the health check so the edge sends no new request
+        (in-flight ones finish; the listener closes after gRPC has drained)."""
+        self.draining = True
+
+    async def health(self, request: web.Request) -> web.Response:
+        """Envoy's active health check of this listener (launcher/envoy/clusters.py)."""
+        if self.draining:
+            return web.json_response({"status": "NOT_SERVING"}, status=503)
+        return web.json_response({"status": "SERVING"})
 
     # -- /v1/models ----------------------------------------------------------------------
 

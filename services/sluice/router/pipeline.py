@@ -274,6 +274,7 @@ class GeneratePipeline:
             ),
             deadline=deadline,
             stream=self._attempts.stream(request, state, forwarded),
+            user=request.user,
         )
         if self._admission is not None:
             # Wait for capacity in the primary back end's fair queue, by class.

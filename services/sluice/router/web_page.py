@@ -17,12 +17,13 @@ _TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
 }
-# connect-src allows other origins only so `?grpc_web=<origin>` can reach a gRPC-Web
-# edge elsewhere (CORS there decides); scripts, styles and frames stay ours.
+# connect-src 'self': the page sends the pasted API key with every call, so it may call
+# its own origin only (app.js ignores a `?grpc_web=` naming another origin, and the
+# browser would refuse it anyway); scripts, styles and frames stay ours too.
 _HEADERS = {
     "content-security-policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self' http: https:; base-uri 'none'; form-action 'none'; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; "
         "frame-ancestors 'none'"
     ),
     "x-content-type-options": "nosniff",

@@ -37,7 +37,8 @@ from google.protobuf import json_format
 from opentelemetry import trace
 
 from sluice.core import headers
-from sluice.core.errors import FieldViolation, InvalidInputError, SluiceError
+from sluice.core.bounded_json import MAX_DEPTH, parse_json_object
+from sluice.core.errors import FieldViolation, InvalidInputError, SluiceError, ValidationError
 from sluice.core.grpcx.call_context import CallContext, http_metadata
 from sluice.core.grpcx.calls import served
 from sluice.core.telemetry.metrics import RpcMetrics
@@ -92,8 +93,11 @@ class WebSocketBridge:
         converser: Converser,
         metrics: RpcMetrics,
         tracer: trace.Tracer | None,
+        *,
+        max_json_depth: int = MAX_DEPTH,
     ) -> None:
         self._converser = converser
+        self._max_json_depth = max_json_depth
         self._settings = converser.settings
         self._metrics = metrics
         self._tracer = tracer
@@ -117,7 +121,13 @@ class WebSocketBridge:
             max_msg_size=self._settings.websocket_max_message_bytes,
             heartbeat=self._settings.websocket_heartbeat_s,
         )
-        if not ws.can_prepare(request).ok:
+        try:
+            upgradable = ws.can_prepare(request).ok
+        except ValueError:
+            # aiohttp's handshake fails on a non-ASCII Sec-WebSocket-Key (base64) or
+            # -Version (its error text cannot be encoded): a bad upgrade, not our failure.
+            upgradable = False
+        if not upgradable:
             message = "this path takes a WebSocket upgrade"
             return web.json_response(
                 {"error": {"message": message, "code": "invalid_input"}}, status=400
@@ -189,17 +199,31 @@ class WebSocketBridge:
                 return
 
     async def _submit(self, conversation: Conversation, text: Any) -> None:
+        # Parsed within the HTTP bodies' bounds (core/bounded_json.py): json_format.Parse
+        # alone recurses on deep nesting and takes any number.
         try:
-            request = json_format.Parse(text, router_pb2.ConverseRequest())
-        except json_format.ParseError as error:
-            message = f"the frame is not a ConverseRequest in JSON: {str(error)[:200]}"
+            value = parse_json_object(
+                str(text),
+                field="frame",
+                max_bytes=self._settings.websocket_max_message_bytes,
+                max_depth=self._max_json_depth,
+            )
+            request = json_format.ParseDict(value, router_pb2.ConverseRequest())
+        except ValidationError as error:
             await conversation.reject(
-                "",
-                InvalidInputError(
-                    message,
-                    metadata={"cause": "bad_frame"},
-                    field_violations=[FieldViolation("frame", message)],
-                ),
+                "", _bad_frame(error.message.removeprefix("invalid request: "))
             )
             return
+        except (json_format.ParseError, ValueError, TypeError, RecursionError) as error:
+            await conversation.reject("", _bad_frame(str(error)[:200]))
+            return
         await conversation.submit(request)
+
+
+def _bad_frame(problem: str) -> InvalidInputError:
+    message = f"the frame is not a ConverseRequest in JSON: {problem}"
+    return InvalidInputError(
+        message,
+        metadata={"cause": "bad_frame"},
+        field_violations=[FieldViolation("frame", message)],
+    )

@@ -11,6 +11,7 @@ from sluice.core.grpcx.server import ServiceHost
 from sluice.core.grpcx.tls import client_tls, tls_files
 from sluice.core.telemetry.spans import RequestSpans
 from sluice.limiter.v1 import limiter_pb2_grpc
+from sluice.router.admin import RouterAdminServicer
 from sluice.router.admission import Admission
 from sluice.router.attempts import Attempts, StreamMetrics
 from sluice.router.auth import ApiKeyAuthenticator
@@ -32,7 +33,7 @@ from sluice.router.provider_streams import (
 from sluice.router.service import RouterServicer
 from sluice.router.settings import RouterSettings
 from sluice.router.stream_caps import KeyCaps
-from sluice.router.v1 import router_pb2, router_pb2_grpc
+from sluice.router.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 
 if TYPE_CHECKING:
     from sluice.router.openai_http import OpenAIHttpApi
@@ -61,6 +62,7 @@ class RouterHost(ServiceHost):
             await api.start(host, port, ssl_context)
 
         self.add_startup(start)
+        self.add_stopping(api.drain)
         self.add_cleanup(api.stop)
 
 
@@ -157,6 +159,10 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Rou
         RouterServicer(pipeline, converser), host.server
     )
     host.add_service(router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name)
+    admin_pb2_grpc.add_RouterAdminServiceServicer_to_server(
+        RouterAdminServicer(chain, host.audit), host.server
+    )
+    host.add_service(admin_pb2.DESCRIPTOR.services_by_name["RouterAdminService"].full_name)
 
     async def close_channels() -> None:
         await limits.drain()  # the last streams' spend and reconcile calls first
@@ -213,7 +219,9 @@ def _serve_http_api(
         pause_bytes=settings.buffer.pause_bytes,
     )
     if settings.converse.websocket_enabled:
-        WebSocketBridge(converser, host.metrics, tracer).register(api.app)
+        WebSocketBridge(
+            converser, host.metrics, tracer, max_json_depth=settings.http_api.max_json_depth
+        ).register(api.app)
     context = None
     security = settings.security
     if security.mtls:  # like the gRPC port: TLS, a client certificate, an allowed identity

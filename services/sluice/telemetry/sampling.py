@@ -13,6 +13,7 @@ oldest are decided early; at most `max_spans_per_trace` spans each.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -150,6 +151,38 @@ class TailSampler:
         oldest_id, oldest = self._pending.popitem(last=False)
         self.pending_bytes -= oldest.size
         self._forced.append(self._decide(oldest_id, oldest))
+
+    def erase(self, match: Callable[[otlp_trace.Span], bool]) -> list[tuple[bytes, int]]:
+        """Drop every undecided trace (and decided, not yet routed one) with a span that
+        `match`es; returns (trace id, spans) of each. Their late spans are dropped too."""
+        erased: list[tuple[bytes, int]] = []
+        for trace_id, pending in list(self._pending.items()):
+            if any(match(item.span) for item in pending.spans):
+                del self._pending[trace_id]
+                self.pending_bytes -= pending.size
+                erased.append((trace_id, len(pending.spans)))
+        kept: list[DecidedTrace] = []
+        for decided in self._forced:
+            if any(match(item.span) for item in decided.spans):
+                erased.append((decided.trace_id, len(decided.spans)))
+            else:
+                kept.append(decided)
+        self._forced = kept
+        for trace_id, (_decision, late) in list(self._late.items()):
+            if any(match(item.span) for item in late):
+                del self._late[trace_id]
+                erased.append((trace_id, len(late)))
+        self.forget_later_spans([trace_id for trace_id, _ in erased])
+        return erased
+
+    def forget_later_spans(self, trace_ids: list[bytes]) -> None:
+        """Drop spans of these traces that arrive from now on (erased elsewhere)."""
+        for trace_id in trace_ids:
+            self._decided[trace_id] = Decision.DROPPED
+            self._decided.move_to_end(trace_id)
+            self._late.pop(trace_id, None)
+        while len(self._decided) > self._max_pending:
+            self._decided.popitem(last=False)
 
     def pending(self, trace_id: bytes) -> list[StoredSpan]:
         """Spans of a trace still waiting for its decision (empty when none)."""

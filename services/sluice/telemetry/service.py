@@ -19,13 +19,16 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp_trace
 from prometheus_client import Counter, Gauge
 
+from sluice.core.audit import AuditLog
 from sluice.core.clock import Clock, SystemClock
+from sluice.core.erasure import check_user_id, record_erasure
 from sluice.core.errors import FieldViolation, SluiceError, ValidationError
 from sluice.core.grpcx.server import ServiceHost
 from sluice.core.grpcx.types import ServicerContext
 from sluice.core.telemetry.tracing import build_tracer_provider
 from sluice.telemetry.forward import ForwardMetrics, build_forwarders
 from sluice.telemetry.memory import MemoryCollector
+from sluice.telemetry.privacy import names_user, redact_span
 from sluice.telemetry.sampling import DecidedTrace, StoredSpan, TailSampler
 from sluice.telemetry.settings import TelemetrySettings
 from sluice.telemetry.stats import StatsCollector, WindowStats
@@ -88,6 +91,7 @@ class TracePipeline:
         self._max_queued = settings.ingest_queue_spans
         self._tick_s = min(0.25, max(0.01, sampling.decision_wait_s / 4))
         self._tasks: list[asyncio.Task[None]] = []
+        self._redact = settings.privacy.redact_pii
         spans = Counter(
             "sluice_telemetry_spans",
             "Spans received, by result (accepted, dropped_queue_full, dropped_trace_limit).",
@@ -139,12 +143,33 @@ class TracePipeline:
                 scope = scope_spans.scope
                 for span in scope_spans.spans:
                     total += 1
+                    if self._redact:
+                        redact_span(span)
                     if not add(StoredSpan(service, span, resource, scope)):
                         rejected += 1
         self._queued_spans -= total
         self._queue_gauge.set(self._queued_spans)
         if rejected:
             self._dropped_limit.inc(rejected)
+
+    def erase_user(self, user_id: str) -> tuple[int, int]:
+        """Delete every held trace naming the user (telemetry/privacy.py); returns the
+        traces and spans deleted."""
+        # What was received but not yet ingested is ingested first, so it is seen.
+        with contextlib.suppress(asyncio.QueueEmpty):
+            while True:
+                self._ingest(self._queue.get_nowait())
+
+        def match(span: otlp_trace.Span) -> bool:
+            return names_user(span, user_id)
+
+        erased = self.sampler.erase(match)
+        stored = self.store.erase(match)
+        self.sampler.forget_later_spans([trace_id for trace_id, _ in stored])
+        erased += stored
+        self._pending_gauge.set(len(self.sampler))
+        self._stored_gauge.set(len(self.store))
+        return len({trace_id for trace_id, _ in erased}), sum(count for _, count in erased)
 
     def decide(self, *, flush: bool = False) -> None:
         """Take every due decision and route the traces."""
@@ -228,10 +253,11 @@ def _trace_id(text: str) -> bytes:
 
 
 class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
-    """Serves stored traces, statistics and the dependency map."""
+    """Serves stored traces, statistics and the dependency map; erases a user's traces."""
 
-    def __init__(self, pipeline: TracePipeline) -> None:
+    def __init__(self, pipeline: TracePipeline, audit: AuditLog | None = None) -> None:
         self._pipeline = pipeline
+        self._audit = audit
 
     async def GetTrace(  # noqa: N802 - gRPC method name
         self, request: telemetry_pb2.GetTraceRequest, context: ServicerContext
@@ -268,6 +294,21 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     ) -> telemetry_pb2.GetBreakdownResponse:
         return self._pipeline.stats.breakdown(request.window_s, request.limit)
 
+    async def EraseUser(  # noqa: N802 - gRPC method name
+        self, request: telemetry_pb2.EraseUserRequest, context: ServicerContext
+    ) -> telemetry_pb2.EraseUserResponse:
+        check_user_id(request.user_id)
+        traces, spans = self._pipeline.erase_user(request.user_id)
+        log.info("erased %d traces (%d spans) of a user", traces, spans)
+        record_erasure(
+            self._audit,
+            context,
+            service="telemetry",
+            user_id=request.user_id,
+            detail=f"traces_deleted={traces} spans_deleted={spans}",
+        )
+        return telemetry_pb2.EraseUserResponse(traces_deleted=traces, spans_deleted=spans)
+
 
 class TelemetryHost(ServiceHost):
     """A ServiceHost that also runs the trace pipeline's background tasks."""
@@ -293,7 +334,7 @@ def build_server(settings: TelemetrySettings, *, clock: Clock | None = None) -> 
         OtlpTraceReceiver(pipeline), host.server
     )
     telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(
-        TelemetryServicer(pipeline), host.server
+        TelemetryServicer(pipeline, host.audit), host.server
     )
     host.add_service(trace_service_pb2.DESCRIPTOR.services_by_name["TraceService"].full_name)
     host.add_service(telemetry_pb2.DESCRIPTOR.services_by_name["TelemetryService"].full_name)

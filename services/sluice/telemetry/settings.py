@@ -123,6 +123,8 @@ class TelemetrySettings(ServiceSettings):
             ],
             # Traces hold user and session ids (and prompts when recorded).
             "sluice.telemetry.v1.TelemetryService": ["operator"],
+            # Erasure deletes data: named on its own so a wider service entry never opens it.
+            "/sluice.telemetry.v1.TelemetryService/EraseUser": ["operator"],
         }
     )
     """Under mtls: every part of the suite may export spans; only operators query."""

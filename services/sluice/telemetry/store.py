@@ -7,7 +7,7 @@ when a trace is read, so the per-span cost on the hot path is one list append.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from opentelemetry.proto.common.v1 import common_pb2 as otlp_common
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp_trace
@@ -132,6 +132,18 @@ class SpanStore:
             self.bytes_used -= self._sizes.pop(oldest)
             self.evicted += 1
         return len(items) - taken
+
+    def erase(self, match: Callable[[otlp_trace.Span], bool]) -> list[tuple[bytes, int]]:
+        """Drop every trace with a span that `match`es; returns (trace id, spans) of each."""
+        erased = [
+            (trace_id, len(items))
+            for trace_id, items in self._traces.items()
+            if any(match(item.span) for item in items)
+        ]
+        for trace_id, _ in erased:
+            del self._traces[trace_id]
+            self.bytes_used -= self._sizes.pop(trace_id)
+        return erased
 
     def get(self, trace_id: bytes) -> list[StoredSpan]:
         """The stored spans of a trace (empty when unknown)."""

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#sluice/telemetry/v1/telemetry.proto\x12\x13sluice.telemetry.v1\"#\n\x0fGetTraceRequest\x12\x10\n\x08trace_id\x18\x01 \x01(\t\"N\n\x10GetTraceResponse\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12(\n\x05spans\x18\x02 \x03(\x0b\x32\x19.sluice.telemetry.v1.Span\"\xcf\x02\n\x04Span\x12\x0f\n\x07span_id\x18\x01 \x01(\t\x12\x16\n\x0eparent_span_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x14\n\x0cservice_name\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x1c\n\x14start_time_unix_nano\x18\x06 \x01(\x04\x12\x1a\n\x12\x65nd_time_unix_nano\x18\x07 \x01(\x04\x12\x13\n\x0bstatus_code\x18\x08 \x01(\t\x12\x16\n\x0estatus_message\x18\t \x01(\t\x12=\n\nattributes\x18\n \x03(\x0b\x32).sluice.telemetry.v1.Span.AttributesEntry\x12\x13\n\x0b\x65vent_names\x18\x0b \x03(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x86\x02\n\x13SearchTracesRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32 .sluice.telemetry.v1.TraceStatus\x12\x17\n\x0fmin_duration_ms\x18\x03 \x01(\x04\x12L\n\nattributes\x18\x04 \x03(\x0b\x32\x38.sluice.telemetry.v1.SearchTracesRequest.AttributesEntry\x12\r\n\x05limit\x18\x05 \x01(\r\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc0\x01\n\x0cTraceSummary\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12\x19\n\x11root_service_name\x18\x02 \x01(\t\x12\x16\n\x0eroot_span_name\x18\x03 \x01(\t\x12\x1c\n\x14start_time_unix_nano\x18\x04 \x01(\x04\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\x01\x12\x12\n\nspan_count\x18\x06 \x01(\r\x12\r\n\x05\x65rror\x18\x07 \x01(\x08\x12\x15\n\rservice_names\x18\x08 \x03(\t\"I\n\x14SearchTracesResponse\x12\x31\n\x06traces\x18\x01 \x03(\x0b\x32!.sluice.telemetry.v1.TraceSummary\"*\n\x16GetServiceGraphRequest\x12\x10\n\x08window_s\x18\x01 \x01(\r\"`\n\x0bServiceEdge\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x03 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x04 \x01(\x04\x12\x12\n\nerror_rate\x18\x05 \x01(\x01\"J\n\x17GetServiceGraphResponse\x12/\n\x05\x65\x64ges\x18\x01 \x03(\x0b\x32 .sluice.telemetry.v1.ServiceEdge\"9\n\x0fGetStatsRequest\x12\x10\n\x08window_s\x18\x01 \x01(\r\x12\x14\n\x0cservice_name\x18\x02 \x01(\t\"\xea\x01\n\x0eOperationStats\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x11\n\toperation\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x14\n\x0crequest_rate\x18\x04 \x01(\x01\x12\x12\n\nerror_rate\x18\x05 \x01(\x01\x12\x0e\n\x06p50_ms\x18\x06 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x07 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x08 \x01(\x01\x12\x13\n\x0bttft_p50_ms\x18\t \x01(\x01\x12\x13\n\x0bttft_p95_ms\x18\n \x01(\x01\x12\r\n\x05\x61pdex\x18\x0b \x01(\x01\x12\r\n\x05spans\x18\x0c \x01(\x04\"q\n\x10GetStatsResponse\x12\x10\n\x08window_s\x18\x01 \x01(\r\x12\x12\n\napdex_t_ms\x18\x02 \x01(\x01\x12\x37\n\noperations\x18\x03 \x03(\x0b\x32#.sluice.telemetry.v1.OperationStats\"6\n\x13GetBreakdownRequest\x12\x10\n\x08window_s\x18\x01 \x01(\r\x12\r\n\x05limit\x18\x02 \x01(\r\">\n\tKindShare\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x14\n\x0cself_time_ms\x18\x02 \x01(\x01\x12\r\n\x05share\x18\x03 \x01(\x01\"{\n\rSlowOperation\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x11\n\toperation\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\x12\x0e\n\x06p99_ms\x18\x05 \x01(\x01\x12\x14\n\x0cmean_self_ms\x18\x06 \x01(\x01\"\x8c\x01\n\x14GetBreakdownResponse\x12\x10\n\x08window_s\x18\x01 \x01(\r\x12\x33\n\x07slowest\x18\x02 \x03(\x0b\x32\".sluice.telemetry.v1.SlowOperation\x12-\n\x05kinds\x18\x03 \x03(\x0b\x32\x1e.sluice.telemetry.v1.KindShare*X\n\x0bTraceStatus\x12\x1c\n\x18TRACE_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12TRACE_STATUS_ERROR\x10\x01\x12\x13\n\x0fTRACE_STATUS_OK\x10\x02\x32\xfc\x03\n\x10TelemetryService\x12W\n\x08GetTrace\x12$.sluice.telemetry.v1.GetTraceRequest\x1a%.sluice.telemetry.v1.GetTraceResponse\x12\x63\n\x0cSearchTraces\x12(.sluice.telemetry.v1.SearchTracesRequest\x1a).sluice.telemetry.v1.SearchTracesResponse\x12l\n\x0fGetServiceGraph\x12+.sluice.telemetry.v1.GetServiceGraphRequest\x1a,.sluice.telemetry.v1.GetServiceGraphResponse\x12W\n\x08GetStats\x12$.sluice.telemetry.v1.GetStatsRequest\x1a%.sluice.telemetry.v1.GetStatsResponse\x12\x63\n\x0cGetBreakdown\x12(.sluice.telemetry.v1.GetBreakdownRequest\x1a).sluice.telemetry.v1.GetBreakdownResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#sluice/telemetry/v1/telemetry.proto\x12\x13sluice.telemetry.v1\"#\n\x10\x45raseUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"B\n\x11\x45raseUserResponse\x12\x16\n\x0etraces_deleted\x18\x01 \x01(\r\x12\x15\n\rspans_deleted\x18\x02 \x01(\r\"#\n\x0fGetTraceRequest\x12\x10\n\x08trace_id\x18\x01 \x01(\t\"N\n\x10GetTraceResponse\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12(\n\x05spans\x18\x02 \x03(\x0b\x32\x19.sluice.telemetry.v1.Span\"\xcf\x02\n\x04Span\x12\x0f\n\x07span_id\x18\x01 \x01(\t\x12\x16\n\x0eparent_span_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x14\n\x0cservice_name\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x1c\n\x14start_time_unix_nano\x18\x06 \x01(\x04\x12\x1a\n\x12\x65nd_time_unix_nano\x18\x07 \x01(\x04\x12\x13\n\x0bstatus_code\x18\x08 \x01(\t\x12\x16\n\x0estatus_message\x18\t \x01(\t\x12=\n\nattributes\x18\n \x03(\x0b\x32).sluice.telemetry.v1.Span.AttributesEntry\x12\x13\n\x0b\x65vent_names\x18\x0b \x03(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x86\x02\n\x13SearchTracesRequest\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32 .sluice.telemetry.v1.TraceStatus\x12\x17\n\x0fmin_duration_ms\x18\x03 \x01(\x04\x12L\n\nattributes\x18\x04 \x03(\x0b\x32\x38.sluice.telemetry.v1.SearchTracesRequest.AttributesEntry\x12\r\n\x05limit\x18\x05 \x01(\r\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc0\x01\n\x0cTraceSummary\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12\x19\n\x11root_service_name\x18\x02 \x01(\t\x12\x16\n\x0eroot_span_name\x18\x03 \x01(\t\x12\x1c\n\x14start_time_unix_nano\x18\x04 \x01(\x04\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\x01\x12\x12\n\nspan_count\x18\x06 \x01(\r\x12\r\n\x05\x65rror\x18\x07 \x01(\x08\x12\x15\n\rservice_names\x18\x08 \x03(\t\"I\n\x14SearchTracesResponse\x12\x31\n\x06traces\x18\x01 \x03(\x0b\x32!.sluice.telemetry.v1.TraceSummary\"*\n\x16GetServiceGraphRequest\x12\x10\n\x08window_s\x18\x01 \x01(\r\"`\n\x0bServiceEdge\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x03 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x04 \x01(\x04\x12\x12\n\nerror_rate\x18\x05 \x01(\x01\"J\n\x17GetServiceGraphResponse\x12/\n\x05\x65\x64ges\x18\x01 \x03(\x0b\x32 .sluice.telemetry.v1.ServiceEdge\"9\n\x0fGetStatsRequest\x12\x10\n\x08window_s\x18\x01 \x01(\r\x12\x14\n\x0cservice_name\x18\x02 \x01(\t\"\xea\x01\n\x0eOperationStats\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x11\n\toperation\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x14\n\x0crequest_rate\x18\x04 \x01(\x01\x12\x12\n\nerror_rate\x18\x05 \x01(\x01\x12\x0e\n\x06p50_ms\x18\x06 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x07 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x08 \x01(\x01\x12\x13\n\x0bttft_p50_ms\x18\t \x01(\x01\x12\x13\n\x0bttft_p95_ms\x18\n \x01(\x01\x12\r\n\x05\x61pdex\x18\x0b \x01(\x01\x12\r\n\x05spans\x18\x0c \x01(\x04\"q\n\x10GetStatsResponse\x12\x10\n\x08window_s\x18\x01 \x01(\r\x12\x12\n\napdex_t_ms\x18\x02 \x01(\x01\x12\x37\n\noperations\x18\x03 \x03(\x0b\x32#.sluice.telemetry.v1.OperationStats\"6\n\x13GetBreakdownRequest\x12\x10\n\x08window_s\x18\x01 \x01(\r\x12\r\n\x05limit\x18\x02 \x01(\r\">\n\tKindShare\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x14\n\x0cself_time_ms\x18\x02 \x01(\x01\x12\r\n\x05share\x18\x03 \x01(\x01\"{\n\rSlowOperation\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x11\n\toperation\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\x12\x0e\n\x06p99_ms\x18\x05 \x01(\x01\x12\x14\n\x0cmean_self_ms\x18\x06 \x01(\x01\"\x8c\x01\n\x14GetBreakdownResponse\x12\x10\n\x08window_s\x18\x01 \x01(\r\x12\x33\n\x07slowest\x18\x02 \x03(\x0b\x32\".sluice.telemetry.v1.SlowOperation\x12-\n\x05kinds\x18\x03 \x03(\x0b\x32\x1e.sluice.telemetry.v1.KindShare*X\n\x0bTraceStatus\x12\x1c\n\x18TRACE_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12TRACE_STATUS_ERROR\x10\x01\x12\x13\n\x0fTRACE_STATUS_OK\x10\x02\x32\xd8\x04\n\x10TelemetryService\x12W\n\x08GetTrace\x12$.sluice.telemetry.v1.GetTraceRequest\x1a%.sluice.telemetry.v1.GetTraceResponse\x12\x63\n\x0cSearchTraces\x12(.sluice.telemetry.v1.SearchTracesRequest\x1a).sluice.telemetry.v1.SearchTracesResponse\x12l\n\x0fGetServiceGraph\x12+.sluice.telemetry.v1.GetServiceGraphRequest\x1a,.sluice.telemetry.v1.GetServiceGraphResponse\x12W\n\x08GetStats\x12$.sluice.telemetry.v1.GetStatsRequest\x1a%.sluice.telemetry.v1.GetStatsResponse\x12\x63\n\x0cGetBreakdown\x12(.sluice.telemetry.v1.GetBreakdownRequest\x1a).sluice.telemetry.v1.GetBreakdownResponse\x12Z\n\tEraseUser\x12%.sluice.telemetry.v1.EraseUserRequest\x1a&.sluice.telemetry.v1.EraseUserResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,44 +35,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SPAN_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_SEARCHTRACESREQUEST_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_SEARCHTRACESREQUEST_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_TRACESTATUS']._serialized_start=2067
-  _globals['_TRACESTATUS']._serialized_end=2155
-  _globals['_GETTRACEREQUEST']._serialized_start=60
-  _globals['_GETTRACEREQUEST']._serialized_end=95
-  _globals['_GETTRACERESPONSE']._serialized_start=97
-  _globals['_GETTRACERESPONSE']._serialized_end=175
-  _globals['_SPAN']._serialized_start=178
-  _globals['_SPAN']._serialized_end=513
-  _globals['_SPAN_ATTRIBUTESENTRY']._serialized_start=464
-  _globals['_SPAN_ATTRIBUTESENTRY']._serialized_end=513
-  _globals['_SEARCHTRACESREQUEST']._serialized_start=516
-  _globals['_SEARCHTRACESREQUEST']._serialized_end=778
-  _globals['_SEARCHTRACESREQUEST_ATTRIBUTESENTRY']._serialized_start=464
-  _globals['_SEARCHTRACESREQUEST_ATTRIBUTESENTRY']._serialized_end=513
-  _globals['_TRACESUMMARY']._serialized_start=781
-  _globals['_TRACESUMMARY']._serialized_end=973
-  _globals['_SEARCHTRACESRESPONSE']._serialized_start=975
-  _globals['_SEARCHTRACESRESPONSE']._serialized_end=1048
-  _globals['_GETSERVICEGRAPHREQUEST']._serialized_start=1050
-  _globals['_GETSERVICEGRAPHREQUEST']._serialized_end=1092
-  _globals['_SERVICEEDGE']._serialized_start=1094
-  _globals['_SERVICEEDGE']._serialized_end=1190
-  _globals['_GETSERVICEGRAPHRESPONSE']._serialized_start=1192
-  _globals['_GETSERVICEGRAPHRESPONSE']._serialized_end=1266
-  _globals['_GETSTATSREQUEST']._serialized_start=1268
-  _globals['_GETSTATSREQUEST']._serialized_end=1325
-  _globals['_OPERATIONSTATS']._serialized_start=1328
-  _globals['_OPERATIONSTATS']._serialized_end=1562
-  _globals['_GETSTATSRESPONSE']._serialized_start=1564
-  _globals['_GETSTATSRESPONSE']._serialized_end=1677
-  _globals['_GETBREAKDOWNREQUEST']._serialized_start=1679
-  _globals['_GETBREAKDOWNREQUEST']._serialized_end=1733
-  _globals['_KINDSHARE']._serialized_start=1735
-  _globals['_KINDSHARE']._serialized_end=1797
-  _globals['_SLOWOPERATION']._serialized_start=1799
-  _globals['_SLOWOPERATION']._serialized_end=1922
-  _globals['_GETBREAKDOWNRESPONSE']._serialized_start=1925
-  _globals['_GETBREAKDOWNRESPONSE']._serialized_end=2065
-  _globals['_TELEMETRYSERVICE']._serialized_start=2158
-  _globals['_TELEMETRYSERVICE']._serialized_end=2666
+  _globals['_TRACESTATUS']._serialized_start=2172
+  _globals['_TRACESTATUS']._serialized_end=2260
+  _globals['_ERASEUSERREQUEST']._serialized_start=60
+  _globals['_ERASEUSERREQUEST']._serialized_end=95
+  _globals['_ERASEUSERRESPONSE']._serialized_start=97
+  _globals['_ERASEUSERRESPONSE']._serialized_end=163
+  _globals['_GETTRACEREQUEST']._serialized_start=165
+  _globals['_GETTRACEREQUEST']._serialized_end=200
+  _globals['_GETTRACERESPONSE']._serialized_start=202
+  _globals['_GETTRACERESPONSE']._serialized_end=280
+  _globals['_SPAN']._serialized_start=283
+  _globals['_SPAN']._serialized_end=618
+  _globals['_SPAN_ATTRIBUTESENTRY']._serialized_start=569
+  _globals['_SPAN_ATTRIBUTESENTRY']._serialized_end=618
+  _globals['_SEARCHTRACESREQUEST']._serialized_start=621
+  _globals['_SEARCHTRACESREQUEST']._serialized_end=883
+  _globals['_SEARCHTRACESREQUEST_ATTRIBUTESENTRY']._serialized_start=569
+  _globals['_SEARCHTRACESREQUEST_ATTRIBUTESENTRY']._serialized_end=618
+  _globals['_TRACESUMMARY']._serialized_start=886
+  _globals['_TRACESUMMARY']._serialized_end=1078
+  _globals['_SEARCHTRACESRESPONSE']._serialized_start=1080
+  _globals['_SEARCHTRACESRESPONSE']._serialized_end=1153
+  _globals['_GETSERVICEGRAPHREQUEST']._serialized_start=1155
+  _globals['_GETSERVICEGRAPHREQUEST']._serialized_end=1197
+  _globals['_SERVICEEDGE']._serialized_start=1199
+  _globals['_SERVICEEDGE']._serialized_end=1295
+  _globals['_GETSERVICEGRAPHRESPONSE']._serialized_start=1297
+  _globals['_GETSERVICEGRAPHRESPONSE']._serialized_end=1371
+  _globals['_GETSTATSREQUEST']._serialized_start=1373
+  _globals['_GETSTATSREQUEST']._serialized_end=1430
+  _globals['_OPERATIONSTATS']._serialized_start=1433
+  _globals['_OPERATIONSTATS']._serialized_end=1667
+  _globals['_GETSTATSRESPONSE']._serialized_start=1669
+  _globals['_GETSTATSRESPONSE']._serialized_end=1782
+  _globals['_GETBREAKDOWNREQUEST']._serialized_start=1784
+  _globals['_GETBREAKDOWNREQUEST']._serialized_end=1838
+  _globals['_KINDSHARE']._serialized_start=1840
+  _globals['_KINDSHARE']._serialized_end=1902
+  _globals['_SLOWOPERATION']._serialized_start=1904
+  _globals['_SLOWOPERATION']._serialized_end=2027
+  _globals['_GETBREAKDOWNRESPONSE']._serialized_start=2030
+  _globals['_GETBREAKDOWNRESPONSE']._serialized_end=2170
+  _globals['_TELEMETRYSERVICE']._serialized_start=2263
+  _globals['_TELEMETRYSERVICE']._serialized_end=2863
 # @@protoc_insertion_point(module_scope)

@@ -16,6 +16,20 @@ TRACE_STATUS_UNSPECIFIED: TraceStatus
 TRACE_STATUS_ERROR: TraceStatus
 TRACE_STATUS_OK: TraceStatus
 
+class EraseUserRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class EraseUserResponse(_message.Message):
+    __slots__ = ("traces_deleted", "spans_deleted")
+    TRACES_DELETED_FIELD_NUMBER: _ClassVar[int]
+    SPANS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    traces_deleted: int
+    spans_deleted: int
+    def __init__(self, traces_deleted: _Optional[int] = ..., spans_deleted: _Optional[int] = ...) -> None: ...
+
 class GetTraceRequest(_message.Message):
     __slots__ = ("trace_id",)
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]

@@ -60,6 +60,11 @@ class TelemetryServiceStub:
                 request_serializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetBreakdownRequest.SerializeToString,
                 response_deserializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetBreakdownResponse.FromString,
                 _registered_method=True)
+        self.EraseUser = channel.unary_unary(
+                '/sluice.telemetry.v1.TelemetryService/EraseUser',
+                request_serializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.EraseUserRequest.SerializeToString,
+                response_deserializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.EraseUserResponse.FromString,
+                _registered_method=True)
 
 
 class TelemetryServiceServicer:
@@ -104,6 +109,17 @@ class TelemetryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseUser(self, request, context):
+        """EraseUser deletes every held trace with a span whose user_id attribute is the
+        user's (GDPR erasure): stored traces and traces awaiting their sampling decision;
+        spans of those traces arriving later are dropped. Operator identity only; every
+        call is written to the audit log. Copies forwarded to other back ends are not
+        reached. INVALID_ARGUMENT when user_id is empty.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TelemetryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +147,11 @@ def add_TelemetryServiceServicer_to_server(servicer, server):
                     servicer.GetBreakdown,
                     request_deserializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetBreakdownRequest.FromString,
                     response_serializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetBreakdownResponse.SerializeToString,
+            ),
+            'EraseUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseUser,
+                    request_deserializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.EraseUserRequest.FromString,
+                    response_serializer=sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.EraseUserResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +290,33 @@ class TelemetryService:
             '/sluice.telemetry.v1.TelemetryService/GetBreakdown',
             sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetBreakdownRequest.SerializeToString,
             sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.GetBreakdownResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.telemetry.v1.TelemetryService/EraseUser',
+            sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.EraseUserRequest.SerializeToString,
+            sluice_dot_telemetry_dot_v1_dot_telemetry__pb2.EraseUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,13 +27,20 @@ from opentelemetry import trace
 from sluice.core.errors import (
     HTTP_STATUS_HEADER,
     DeadlineExceededError,
+    FieldViolation,
     InternalError,
+    InvalidInputError,
     SluiceError,
     status_code,
     to_rpc_status,
 )
 from sluice.core.grpcx.calls import CallRecord
-from sluice.core.grpcx.handlers import StreamBehaviour, UnaryBehaviour, wrap_handler
+from sluice.core.grpcx.handlers import (
+    StreamBehaviour,
+    UnaryBehaviour,
+    UndecodableRequest,
+    wrap_handler,
+)
 from sluice.core.grpcx.request_context import request_id_var
 from sluice.core.grpcx.types import ServicerContext
 from sluice.core.telemetry.error_reporting import ErrorReporter
@@ -121,6 +128,16 @@ class ServerPipeline(grpc.aio.ServerInterceptor):
             self._failed_spans,
         )
 
+    @staticmethod
+    def _check_request(method: str, request: Any) -> None:
+        if isinstance(request, UndecodableRequest):
+            message = f"the request body is not a valid {method.rsplit('/', 1)[-1]} message"
+            raise InvalidInputError(
+                message,
+                metadata={"cause": "undecodable", "error": request.problem[:64]},
+                field_violations=[FieldViolation("request", message)],
+            )
+
     async def _check_deadline(self, context: ServicerContext) -> None:
         remaining = context.time_remaining()
         if remaining is not None and remaining < self._min_deadline_s:
@@ -169,6 +186,7 @@ class ServerPipeline(grpc.aio.ServerInterceptor):
             call = self._begin(method, traced, context)
             failure: BaseException | None = None
             try:
+                self._check_request(method, request)
                 await self._check_deadline(context)
                 return await behaviour(request, context)
             except grpc.aio.AbortError as err:
@@ -198,6 +216,7 @@ class ServerPipeline(grpc.aio.ServerInterceptor):
             failure: BaseException | None = None
             responses: Any = None
             try:
+                self._check_request(method, request)
                 await self._check_deadline(context)
                 responses = behaviour(request, context)
                 if hasattr(responses, "__aiter__"):

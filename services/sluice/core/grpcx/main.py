@@ -19,7 +19,12 @@ def service_main(section: str, settings_cls: type[S], build: Callable[[S], Servi
     except ConfigError as err:
         print(f"sluice-{section}: {err}", file=sys.stderr)
         raise SystemExit(2) from err
-    log_provider = configure_logging(f"sluice-{section}", settings.log_level, settings.log_export)
+    log_provider = configure_logging(
+        f"sluice-{section}",
+        settings.log_level,
+        settings.log_export,
+        redact_pii=settings.privacy.redact_pii,
+    )
 
     async def main() -> None:
         try:

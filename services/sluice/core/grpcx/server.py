@@ -91,6 +91,7 @@ class ServiceHost:
             settings.tracing,
             self.spans_dropped.inc,
             tls=client_tls(security, name, "telemetry"),
+            redact_pii=settings.privacy.redact_pii,
         )
         self.metrics = RpcMetrics(name, self.registry)
         # With export off, spans would be built only to be dropped: skip them entirely.
@@ -98,7 +99,9 @@ class ServiceHost:
         tracer = (
             self.tracer_provider.get_tracer("sluice.core.grpcx") if self.tracing_active else None
         )
-        self.error_reporter = build_reporter(settings.error_reporting, name)
+        self.error_reporter = build_reporter(
+            settings.error_reporting, name, redact_pii=settings.privacy.redact_pii
+        )
         self.rpc_pipeline = ServerPipeline(
             self.metrics,
             tracer,

@@ -22,6 +22,7 @@ from sentry_sdk.utils import (
 )
 
 from sluice.core.errors import SluiceError
+from sluice.core.privacy import redact
 
 log = logging.getLogger("sluice.error_reporting")
 
@@ -56,10 +57,22 @@ def _without_frame_variables(event: Event, _hint: dict[str, Any]) -> Event:
     return event
 
 
+def _redacted(event: Event, hint: dict[str, Any]) -> Event:
+    """`_without_frame_variables`, then every exception's message redacted
+    (core/privacy.py), for `privacy.redact_pii`."""
+    event = _without_frame_variables(event, hint)
+    for value in event.get("exception", {}).get("values", []):
+        if isinstance(value.get("value"), str):
+            value["value"] = redact(value["value"])
+    return event
+
+
 class ErrorReporter:
     """Sends server-side failures to Sentry."""
 
-    def __init__(self, settings: ErrorReportingSettings, service: str) -> None:
+    def __init__(
+        self, settings: ErrorReportingSettings, service: str, *, redact_pii: bool = False
+    ) -> None:
         self._service = service
         self._client = sentry_sdk.Client(
             dsn=settings.sentry_dsn,
@@ -71,7 +84,7 @@ class ErrorReporter:
             default_integrations=False,
             auto_enabling_integrations=False,
             traces_sample_rate=0.0,
-            before_send=_without_frame_variables,
+            before_send=_redacted if redact_pii else _without_frame_variables,
         )
         self._scope = sentry_sdk.Scope(client=self._client)
         self._scope.set_tag("service", service)
@@ -115,8 +128,10 @@ class ErrorReporter:
         self._client.close(timeout=timeout_s)
 
 
-def build_reporter(settings: ErrorReportingSettings, service: str) -> ErrorReporter | None:
+def build_reporter(
+    settings: ErrorReportingSettings, service: str, *, redact_pii: bool = False
+) -> ErrorReporter | None:
     """A reporter when a DSN is configured, else None."""
     if not settings.sentry_dsn:
         return None
-    return ErrorReporter(settings, service)
+    return ErrorReporter(settings, service, redact_pii=redact_pii)

@@ -16,6 +16,7 @@ from opentelemetry.sdk.resources import Resource
 
 from sluice.core.config import LogExportSettings
 from sluice.core.grpcx.request_context import current_request_id
+from sluice.core.privacy import RedactingLogFilter
 
 # The exporter's own logs (and gRPC's) are not exported: a failing export would feed itself.
 _NOT_EXPORTED = ("opentelemetry", "grpc")
@@ -46,6 +47,8 @@ class JsonFormatter(logging.Formatter):
             entry["request_id"] = request_id
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # already formatted (and redacted, core/privacy.py)
+            entry["exception"] = record.exc_text
         return json.dumps(entry, ensure_ascii=False)
 
 
@@ -81,9 +84,14 @@ def otlp_log_handler(
 
 
 def configure_logging(
-    service: str, level: str, export: LogExportSettings | None = None
+    service: str,
+    level: str,
+    export: LogExportSettings | None = None,
+    *,
+    redact_pii: bool = False,
 ) -> LoggerProvider | None:
-    """Route all logging to stderr as JSON lines, and over OTLP when an endpoint is set.
+    """Route all logging to stderr as JSON lines, and over OTLP when an endpoint is set;
+    with `redact_pii`, every record is redacted first (core/privacy.py).
 
     Returns the OTLP logger provider (to flush at exit), or None when not exporting.
     """
@@ -94,6 +102,9 @@ def configure_logging(
     if export is not None and export.endpoint:
         otlp, provider = otlp_log_handler(service, export)
         handlers.append(otlp)
+    if redact_pii:
+        for each in handlers:
+            each.addFilter(RedactingLogFilter())
     root = logging.getLogger()
     root.handlers[:] = handlers
     root.setLevel(level)

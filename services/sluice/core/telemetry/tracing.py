@@ -25,7 +25,7 @@ from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes, AttributeValue
 
 from sluice.core.config import MIN_SAMPLING_RATIO, TracingSettings
-from sluice.core.telemetry.span_export import CountingSpanExporter
+from sluice.core.telemetry.span_export import CountingSpanExporter, RedactingSpanExporter
 
 if TYPE_CHECKING:
     # Only the type: core/grpcx imports this module.
@@ -214,11 +214,13 @@ def build_tracer_provider(
     *,
     processor: SpanProcessor | None = None,
     tls: ClientTls | None = None,
+    redact_pii: bool = False,
 ) -> TracerProvider:
     """A provider that samples new traces at the configured ratio and exports in batches.
 
     `on_dropped` hears how many spans each failed export lost; `processor` replaces the
-    OTLP batch export (tests use an in-memory one); `tls` exports over mutual TLS.
+    OTLP batch export (tests use an in-memory one); `tls` exports over mutual TLS;
+    `redact_pii` redacts every exported span first (core/privacy.py).
     """
     resource = Resource.create({"service.name": service_name, "service.namespace": "sluice"})
     provider = SluiceTracerProvider(
@@ -238,6 +240,8 @@ def build_tracer_provider(
                     timeout=5,
                 )
             )
+            if redact_pii:
+                exporter = RedactingSpanExporter(exporter)
             if on_dropped is not None:
                 exporter = CountingSpanExporter(exporter, on_dropped)
             processor = BatchSpanProcessor(

@@ -18,6 +18,7 @@ from sluice.launcher.envoy.names import (
 )
 from sluice.launcher.replicas import endpoints, replicas
 from sluice.launcher.settings import EdgeCircuitBreakerSettings, SuiteSettings
+from sluice.router.settings import HTTP_HEALTH_PATH
 
 
 def discovery_type(host: str) -> str:
@@ -41,6 +42,7 @@ def cluster(
     connect_timeout: str = "1s",
     http2: dict[str, Any] | None = None,
     health_service: str | None = None,
+    health_path: str | None = None,
     health_interval_ms: int = 0,
     circuit_breakers: EdgeCircuitBreakerSettings | None = None,
     more_hosts: Sequence[tuple[str, int]] = (),
@@ -49,9 +51,9 @@ def cluster(
 ) -> dict[str, Any]:
     """One cluster of host:port and `more_hosts` (further replicas). `http2` (its protocol
     options) makes it HTTP/2; `health_service` adds an active gRPC health check, which
-    needs HTTP/2, `tcp_health_check` a connect-only one; `max_retries` overrides the
-    breakers' bound on retries in flight (launcher/envoy/retries.py). Without a `kind`,
-    the host decides it (`discovery_type`)."""
+    needs HTTP/2; `health_path` an HTTP one (GET, 200 is healthy), `tcp_health_check` a
+    connect-only one; `max_retries` overrides the breakers' bound on retries in flight
+    (launcher/envoy/retries.py). Without a `kind`, the host decides it (`discovery_type`)."""
     kind = kind or discovery_type(host)
     built: dict[str, Any] = {"name": name, "type": kind, "connect_timeout": connect_timeout}
     if kind != "STATIC":
@@ -90,8 +92,15 @@ def cluster(
             }
         ],
     }
-    if health_service is not None or tcp_health_check:
+    if health_service is not None or health_path is not None or tcp_health_check:
         interval = seconds(health_interval_ms / 1000)
+        check: dict[str, Any] = (
+            {"grpc_health_check": {"service_name": health_service}}
+            if health_service is not None
+            else {"http_health_check": {"path": health_path}}
+            if health_path is not None
+            else {"tcp_health_check": {}}
+        )
         built["health_checks"] = [
             {
                 "timeout": "1s",
@@ -101,11 +110,7 @@ def cluster(
                 "no_traffic_interval": interval,
                 "unhealthy_threshold": 2,
                 "healthy_threshold": 1,
-                **(
-                    {"grpc_health_check": {"service_name": health_service}}
-                    if health_service is not None
-                    else {"tcp_health_check": {}}
-                ),
+                **check,
             }
         ]
         # Never send traffic to a host that fails its health check (no panic routing).
@@ -139,18 +144,18 @@ def clusters(settings: SuiteSettings) -> list[dict[str, Any]]:
         )
     ]
     if router.http_api.enabled:
-        # The OpenAI-compatible listener speaks HTTP/1.1.
+        # The OpenAI-compatible listener speaks HTTP/1.1; it fails its health check once
+        # the router drains, so a stopping router gets no new HTTP request either.
         built.append(
             cluster(
                 HTTP_API_CLUSTER,
                 router.http_api.host,
                 router.http_api.port,
+                # GET /healthz turns 503 when the router starts draining (every replica).
+                health_path=HTTP_HEALTH_PATH,
+                health_interval_ms=envoy.health_check_interval_ms,
                 circuit_breakers=envoy.circuit_breakers,
                 more_hosts=endpoints(routers[1:], http=True),
-                # Its only health signal is the listener accepting connections: the
-                # router's gRPC health needs an HTTP/2 cluster.
-                tcp_health_check=several,
-                health_interval_ms=envoy.health_check_interval_ms,
                 max_retries=max_retries,
             )
         )

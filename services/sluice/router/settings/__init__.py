@@ -133,6 +133,11 @@ class ResilienceSettings(BaseModel):
     """Approximate per-key request rate the router enforces itself while the limiter is down."""
 
 
+HTTP_HEALTH_PATH = "/healthz"
+"""The HTTP listener's health check (Envoy's, launcher/envoy/clusters.py): 200 while the
+router serves, 503 once it drains (router/openai_http.py). The edge routes no client here."""
+
+
 class HttpApiSettings(BaseModel):
     """The OpenAI-compatible HTTP listener (Envoy routes /v1/chat/completions here)."""
 
@@ -185,10 +190,13 @@ class RouterSettings(ServiceSettings):
             "sluice.router.v1.RouterService": ["envoy", "operator"],
             # The HTTP listener (OpenAI-compatible API, WebSocket, web page): router/http_tls.py.
             "http": ["envoy", "operator"],
+            # Erasure of cached answers (router/admin.py): operators only.
+            "sluice.router.v1.RouterAdminService": ["operator"],
+            "/sluice.router.v1.RouterAdminService/EraseUser": ["operator"],
         }
     )
-    """Under mtls: clients come through Envoy; operators may call directly (grpcurl). The
-    key `http` is the HTTP listener's list."""
+    """Under mtls: clients come through Envoy; operators may call directly (grpcurl) and
+    alone may call the admin service. The key `http` is the HTTP listener's list."""
     limiter_address: str = "127.0.0.1:50052"
     """host:port of the limiter service."""
     provider_address: str = "127.0.0.1:50053"

@@ -6,8 +6,22 @@ import {
 
 const SERVICE = "/sluice.router.v1.RouterService";
 const $ = (id) => document.getElementById(id);
-// ?grpc_web=<origin> sends the gRPC-Web calls to another origin (exercises CORS).
-const grpcWebBase = new URLSearchParams(location.search).get("grpc_web") || "";
+// ?grpc_web=<url> sends the gRPC-Web calls to that base URL, on this page's own origin
+// only: the calls carry the pasted API key, so another origin is ignored (and refused by
+// the page's connect-src 'self' anyway).
+function sameOriginBase(value) {
+  if (!value) return "";
+  try {
+    const url = new URL(value, location.href);
+    if (url.origin === location.origin) return url.href.replace(/\/$/, "");
+  } catch (_) {
+    // not a URL: ignored like another origin
+  }
+  console.warn("ignoring ?grpc_web= outside this page's origin");
+  document.body.dataset.grpcWebIgnored = "1";
+  return "";
+}
+const grpcWebBase = sameOriginBase(new URLSearchParams(location.search).get("grpc_web"));
 
 let controller = null;
 
