@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sluice.core.grpcx.certs import SUITE_IDENTITIES, write_suite_certs
 from sluice.launcher.envoy import descriptor_path, render
 from sluice.launcher.envoy.clusters import cluster, discovery_type
 from sluice.launcher.settings import load_suite
@@ -43,6 +44,8 @@ def test_an_explicit_kind_wins() -> None:
 
 
 def _clusters(tmp_path: Path, host: str) -> dict[str, dict[str, object]]:
+    certs = tmp_path / "certs"
+    write_suite_certs(certs, SUITE_IDENTITIES, days=1)
     path = tmp_path / "suite.yaml"
     path.write_text(
         yaml.safe_dump(
@@ -50,6 +53,8 @@ def _clusters(tmp_path: Path, host: str) -> dict[str, dict[str, object]]:
                 "router": {"server": {"host": host}, "http_api": {"host": host}},
                 "limiter": {"server": {"host": host}},
                 "envoy": {"rate_limit": {"enabled": True}},
+                # mTLS on, as by default: the DNS clusters carry their TLS transport too.
+                "security": {"certs_dir": str(certs)},
             }
         )
     )
