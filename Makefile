@@ -129,7 +129,9 @@ docs-gen: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-lint: $(STAMP) lock-check semgrep
+## lint: the lock, semgrep (our rules, deploy/semgrep), checkov over deploy/, hadolint on
+## the Containerfile, buf, ruff, mypy and bandit.
+lint: $(STAMP) lock-check semgrep checkov hadolint
 	$(BIN)/buf lint gen/sluice.binpb --path sluice --config buf.yaml
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

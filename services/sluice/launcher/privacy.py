@@ -35,9 +35,11 @@ def _channel(
         security = security.model_copy(update={"certs_dir": Path(".run/certs")})
     operator = security.model_copy(update={"identity": OPERATOR})
     tls = client_tls(operator, OPERATOR, server)
-    if tls is None:
-        return grpc.insecure_channel(address)
-    return grpc.secure_channel(address, tls.credentials, options=tls.options)
+    return (
+        grpc.insecure_channel(address)
+        if tls is None
+        else grpc.secure_channel(address, tls.credentials, options=tls.options)
+    )
 
 
 def erase(
