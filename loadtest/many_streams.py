@@ -84,6 +84,7 @@ def suite_config(ports: dict[str, int], args: argparse.Namespace) -> dict[str, A
             "limiter_address": f"127.0.0.1:{ports['limiter']}",
             "provider_address": f"127.0.0.1:{ports['provider']}",
             "resilience": {"local_limit_rps": 100_000},
+            "dev_mode": True,  # the streams use the public development key
         },
         "limiter": {
             "server": {"port": ports["limiter"], "metrics_port": ports["limiter_metrics"]},
