@@ -45,6 +45,8 @@ async def test_envoy_resolves_a_named_router_and_streams_through_it(
         yaml.safe_dump(
             {
                 "tracing": {"enabled": False},
+                # The in-process suite (tests/support.py) serves plaintext.
+                "security": {"mtls": False},
                 "router": {"server": {"host": "localhost", "port": suite.router.port}},
                 "envoy": {"port": edge, "admin_port": admin, "health_check_interval_ms": 200},
             }

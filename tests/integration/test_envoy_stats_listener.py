@@ -24,6 +24,8 @@ def test_the_stats_listener_serves_ready_and_metrics_only(tmp_path: Path) -> Non
         yaml.safe_dump(
             {
                 "tracing": {"enabled": False},
+                # No upstream is reached here: plaintext keeps the render free of certificates.
+                "security": {"mtls": False},
                 "envoy": {"port": edge, "admin_port": admin, "stats_port": stats},
             }
         )

@@ -55,6 +55,8 @@ async def test_a_draining_router_is_taken_out_of_http_rotation(
         yaml.safe_dump(
             {
                 "tracing": {"enabled": False},
+                # The in-process suite (tests/support.py) serves plaintext.
+                "security": {"mtls": False},
                 "router": {
                     "server": {"port": router.port},
                     "http_api": {"port": router.http_port},

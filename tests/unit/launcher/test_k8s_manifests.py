@@ -367,11 +367,18 @@ def test_grpc_services_are_headless_and_addresses_name_them() -> None:
 
 
 def test_the_suite_file_says_plaintext_since_kubelet_probes_have_no_certificate() -> None:
-    # Mutual TLS is the default elsewhere; the gRPC probes above could not pass it.
+    # Mutual TLS is the default elsewhere; the kubelet's gRPC probes could not pass it.
+    # Production turns it on (values' mtls.enabled) with exec probes and mounted Secrets.
     for output in ("base", "staging", "production", "podman"):
-        [config_map] = _of_kind(output, "ConfigMap")
+        [config_map] = [
+            c for c in _of_kind(output, "ConfigMap") if "sluice.yaml" in c.get("data", {})
+        ]
         config = yaml.safe_load(config_map["data"]["sluice.yaml"])
-        assert config["security"]["mtls"] is False, output
+        if output == "production":
+            assert config["security"]["mtls"] is True
+            assert config["security"]["certs_dir"] == "/etc/sluice/certs"
+        else:
+            assert config["security"]["mtls"] is False, output
     chosen = plaintext_unless_set({"security": {"mtls": True, "certs_dir": "/etc/sluice/m"}})
     assert chosen["security"]["mtls"] is True  # the values' own choice is kept
 

@@ -28,7 +28,8 @@ BIN = Path(sys.executable).parent
 
 
 def suite(config: dict[str, Any]) -> SuiteSettings:
-    return load_suite(data=config)
+    # Plaintext unless a test says otherwise: these check ports and clusters, not TLS.
+    return load_suite(data={"security": {"mtls": False}} | config)
 
 
 def test_replicas_take_declared_ports_else_the_base_ports_plus_100_per_replica() -> None:
@@ -150,7 +151,8 @@ def test_envoy_balances_over_every_router_and_retries_what_none_answered(tmp_pat
     assert hosts("router_http") == [8090, 8190]
     assert hosts("limiter") == [50052, 50152]
     assert "grpc_health_check" in clusters["router"]["health_checks"][0]
-    assert clusters["router_http"]["health_checks"][0]["tcp_health_check"] == {}
+    # Every HTTP listener is checked by GET /healthz, which turns 503 when it drains.
+    assert clusters["router_http"]["health_checks"][0]["http_health_check"] == {"path": "/healthz"}
     [threshold] = clusters["router"]["circuit_breakers"]["thresholds"]
     assert threshold["max_retries"] == threshold["max_requests"]
     by_target = [r for r in routes(bootstrap) if "route" in r]
@@ -180,10 +182,15 @@ def test_envoy_balances_over_every_router_and_retries_what_none_answered(tmp_pat
 
 
 def test_one_router_renders_as_before() -> None:
-    bootstrap = render(suite({}), Path("/x.binpb"))
+    settings = suite({})
+    bootstrap = render(settings, Path("/x.binpb"))
     clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
-    assert "health_checks" not in clusters["router_http"]
-    assert "max_retries" not in clusters["router"]["circuit_breakers"]["thresholds"][0]
+    [check] = clusters["router_http"]["health_checks"]
+    assert check["http_health_check"] == {"path": "/healthz"}
+    # The breakers' own retry bound (settings), not the replicas' one (= max_requests).
+    [threshold] = clusters["router"]["circuit_breakers"]["thresholds"]
+    assert threshold["max_retries"] == settings.envoy.circuit_breakers.max_retries
+    assert threshold["max_retries"] != threshold["max_requests"]
     assert not any("retry_policy" in r.get("route", {}) for r in routes(bootstrap))
 
 

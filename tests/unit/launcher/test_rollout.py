@@ -113,7 +113,8 @@ def test_endpoints_file_weights_pins_and_drains(tmp_path: Path) -> None:
 
 
 def test_pooled_bootstrap_reads_router_endpoints_from_files(tmp_path: Path) -> None:
-    bootstrap = pooled(render(load_suite(data={}), descriptor_path()), tmp_path)
+    plaintext = {"security": {"mtls": False}}  # this checks the endpoint files, not TLS
+    bootstrap = pooled(render(load_suite(data=plaintext), descriptor_path()), tmp_path)
     clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
     router = clusters["router"]
     assert router["type"] == "EDS" and "load_assignment" not in router
