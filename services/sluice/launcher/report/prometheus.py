@@ -1,11 +1,16 @@
-"""A small client of Prometheus's HTTP query API (instant and range queries)."""
+"""A small client of Prometheus's HTTP query API (instant and range queries).
+
+The standard library's urllib, not httpx: `sluice report` ships in the runtime install
+(the image), where httpx is a development tool only (docs/dependencies.md)."""
 
 from __future__ import annotations
 
+import json
 import math
+import urllib.error
+import urllib.parse
+import urllib.request
 from typing import Any
-
-import httpx
 
 
 class PrometheusError(RuntimeError):
@@ -16,26 +21,31 @@ class Prometheus:
     """Instant and range queries against one Prometheus server."""
 
     def __init__(self, base_url: str, timeout_s: float = 10.0) -> None:
-        self._client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s)
+        scheme = urllib.parse.urlsplit(base_url).scheme
+        if scheme not in ("http", "https"):
+            raise PrometheusError(f"Prometheus URL must be http(s): {base_url!r}")
+        self._base = base_url.rstrip("/")
+        self._timeout_s = timeout_s
 
     def close(self) -> None:
-        """Close the HTTP connection pool."""
-        self._client.close()
+        """Nothing to release: each query is its own request."""
 
     def _get(self, path: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        url = f"{self._base}{path}?{urllib.parse.urlencode(params)}"
         try:
-            answer = self._client.get(path, params=params)
-        except httpx.HTTPError as error:
+            # The scheme is checked in __init__ (http or https only).
+            with urllib.request.urlopen(url, timeout=self._timeout_s) as answer:  # noqa: S310  # nosec B310
+                status, text = answer.status, answer.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as error:
+            status, text = error.code, error.read().decode("utf-8", "replace")
+        except (urllib.error.URLError, OSError) as error:
             raise PrometheusError(f"Prometheus unreachable: {error}") from error
-        body = (
-            answer.json()
-            if answer.headers.get("content-type", "").startswith("application/json")
-            else {}
-        )
-        if answer.status_code != 200 or body.get("status") != "success":
-            raise PrometheusError(
-                f"query failed ({answer.status_code}): {body.get('error', answer.text[:200])}"
-            )
+        try:
+            body = json.loads(text)
+        except json.JSONDecodeError:
+            body = {}
+        if status != 200 or body.get("status") != "success":
+            raise PrometheusError(f"query failed ({status}): {body.get('error', text[:200])}")
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
 
