@@ -179,7 +179,8 @@ def smoke(edge_port: int, telemetry_port: int) -> list[str]:
     services: set[str] = set()
     with grpc.insecure_channel(f"127.0.0.1:{telemetry_port}") as channel:
         telemetry = telemetry_pb2_grpc.TelemetryServiceStub(channel)
-        deadline = time.monotonic() + 20
+        # Envoy batches its spans; the first trace after a cold start has taken over 20 s.
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not {"sluice-envoy", "sluice-router"} <= services:
             with contextlib.suppress(grpc.RpcError):
                 reply = telemetry.GetTrace(
