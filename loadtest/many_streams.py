@@ -66,7 +66,7 @@ _TAIL = 16  # bytes kept across chunk boundaries when looking for a marker
 
 def suite_config(ports: dict[str, int], args: argparse.Namespace) -> dict[str, Any]:
     """The suite of the run: defaults everywhere except ports, the simulated model's pace,
-    and request limits high enough that the key's rate limit never refuses a stream."""
+    and request and stream limits high enough that the key's limits never refuse a stream."""
     tokens = answer_tokens(args)
     backend = {
         "time_to_first_token_ms": args.model_ttft_ms,
@@ -85,6 +85,9 @@ def suite_config(ports: dict[str, int], args: argparse.Namespace) -> dict[str, A
             "provider_address": f"127.0.0.1:{ports['provider']}",
             "resilience": {"local_limit_rps": 100_000},
             "dev_mode": True,  # the streams use the public development key
+            # Every stream uses the one key: its stream cap (256 by default) would refuse
+            # the rest with 429 and measure the cap, not the suite's capacity.
+            "streams": {"max_concurrent_streams": MAX_STREAMS},
         },
         "limiter": {
             "server": {"port": ports["limiter"], "metrics_port": ports["limiter_metrics"]},

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.many_streams import PARTS, measure, parse, running_suite
+from loadtest.many_streams import PARTS, PORTS, measure, parse, running_suite, suite_config
+from sluice.launcher.settings import load_suite
 
 pytestmark = pytest.mark.e2e
 
@@ -35,3 +36,13 @@ def test_a_hundred_concurrent_streams_all_complete_without_refusals(tmp_path: Pa
         assert figures["rss_peak_mb"][part] > 10, part
     peaks = figures["rss_peak_mb"].values()
     assert max(peaks) < figures["suite_rss_peak_mb"] <= sum(peaks) + 1, figures
+
+
+def test_the_run_config_lets_one_key_hold_every_stream() -> None:
+    """All streams share the development key: its stream cap (256 by default) must not
+    be what a 2,000- or 5,000-stream run measures (it once refused 64,028 of them)."""
+    args = parse(["--streams", "5000"])
+    ports = {name: 20000 + i for i, name in enumerate(PORTS)}
+    suite = load_suite(data=suite_config(ports, args))
+    assert suite.router.streams.max_concurrent_streams >= 5000
+    assert suite.router.dev_mode
