@@ -55,9 +55,7 @@ WINDOWS = {
     "5m": "5s",
     "30m": "10s",
     "1h": "15s",
-    "2h": "20s",
     "6h": "25s",
-    "1d": "30s",
     "3d": "40s",
 }
 SLACK_TOKEN = "T0TEST/B0TEST/not-a-real-token"

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import yaml
 
+from sluice.launcher import sli
 from tests.e2e.conftest import DEV_KEY, free_ports, start_suite
 
 pytestmark = pytest.mark.e2e
@@ -97,7 +98,7 @@ def test_prometheus_scrapes_the_suite_and_sees_the_request_rate(tmp_path: Path) 
                     recorded = query(base, "sluice:rpc_server_errors:ratio_rate5m")
                 except httpx.HTTPError:
                     pass  # not listening yet
-                if len(up) == 5 and rate and float(rate[0]["value"][1]) > 0 and recorded:
+                if len(up) == 6 and rate and float(rate[0]["value"][1]) > 0 and recorded:
                     break
                 time.sleep(0.5)
             assert {series["metric"]["job"] for series in up} == {
@@ -111,7 +112,6 @@ def test_prometheus_scrapes_the_suite_and_sees_the_request_rate(tmp_path: Path) 
             assert rate and float(rate[0]["value"][1]) > 0
             rules = httpx.get(f"{base}/api/v1/rules", timeout=5).json()["data"]["groups"]
             assert {group["name"] for group in rules} == {
-                "sluice-slo-recording",
                 "sluice-alerts",
                 "sluice-backend-errors",
                 "sluice-resilience",
@@ -120,6 +120,21 @@ def test_prometheus_scrapes_the_suite_and_sees_the_request_rate(tmp_path: Path) 
                 "sluice-runtime",
             }
             assert recorded and float(recorded[0]["value"][1]) == 0.0
+            # Envoy health-checks the router: real series the SLI's selector leaves out.
+            health = query(
+                base,
+                f'sum(increase(sluice_rpc_requests_total{{service="router",'
+                f'method=~"{sli.INFRASTRUCTURE_METHODS}"}}[1m]))',
+            )
+            client = query(
+                base, f"sum(increase(sluice_rpc_requests_total{{{sli.ROUTER_RPCS}}}[1m]))"
+            )
+            everything = query(
+                base, 'sum(increase(sluice_rpc_requests_total{service="router"}[1m]))'
+            )
+            assert health and float(health[0]["value"][1]) > 0
+            assert client and float(client[0]["value"][1]) > 0
+            assert float(client[0]["value"][1]) < float(everything[0]["value"][1])
         finally:
             process.terminate()
             process.wait(timeout=20)

@@ -1,6 +1,8 @@
 """`sluice report sla` against a real Prometheus scraping a real suite: the figures in the
 report are checked against the router's own counters and histogram (read from its
-/metrics directly, not through Prometheus), with a known share of failed requests."""
+/metrics directly, not through Prometheus), with a known share of failed requests. Envoy
+health-checks the router all along (every 200 ms here): the report counts the client
+RPCs only, as the SLI says (launcher/sli.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sluice.launcher.report.sla import SERVER_ERROR_CODES
+from sluice.launcher import sli
 from tests.e2e.conftest import BIN, DEV_KEY, RunningSuite, free_ports, start_suite
 from tests.e2e.test_prometheus import query, render_config
 
@@ -29,32 +31,37 @@ PROVIDER = {
 }
 # Injected failures must reach the router as failures, not breaker fast-fails.
 ROUTER = {"resilience": {"breaker": {"failure_threshold": 100000}}}
-# No health-check RPCs inside the window, so the router's counters move only with ours.
-ENVOY = {"health_check_interval_ms": 60_000}
+# Health checks throughout the window: many more than our requests, none of them counted.
+ENVOY = {"health_check_interval_ms": 200}
 UNARY = re.compile(r".*/(Generate|Converse)$")
 OK_REQUESTS, FAILED_REQUESTS = 40, 10
 
 
-def _router_counters(suite: RunningSuite) -> tuple[float, float, dict[float, float]]:
-    """Requests, server errors and the unary duration buckets (le -> count) right now."""
+def _router_counters(suite: RunningSuite) -> tuple[float, float, dict[float, float], float]:
+    """Client requests, their server errors, the unary duration buckets (le -> count) and
+    the health-check and reflection RPCs, right now."""
     text = httpx.get(suite.metrics_url("router"), timeout=5).text
-    total = errors = 0.0
+    total = errors = infrastructure = 0.0
     buckets: dict[float, float] = {}
-    errors_re = re.compile(f"^({SERVER_ERROR_CODES})$")
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = sample.labels
             if labels.get("service") != "router":
                 continue
-            if sample.name == "sluice_rpc_requests_total":
+            client = sli.is_client_method(labels["method"])
+            if sample.name == "sluice_rpc_requests_total" and not client:
+                infrastructure += sample.value
+            elif sample.name == "sluice_rpc_requests_total":
                 total += sample.value
-                errors += sample.value if errors_re.match(labels["code"]) else 0.0
-            elif sample.name == "sluice_rpc_duration_seconds_bucket" and not UNARY.match(
-                labels["method"]
+                errors += sample.value if labels["code"] in sli.SERVER_ERROR_CODES else 0.0
+            elif (
+                sample.name == "sluice_rpc_duration_seconds_bucket"
+                and client
+                and not UNARY.match(labels["method"])
             ):
                 le = float(labels["le"])
                 buckets[le] = buckets.get(le, 0.0) + sample.value
-    return total, errors, buckets
+    return total, errors, buckets, infrastructure
 
 
 def _quantile(q: float, buckets: dict[float, float]) -> float:
@@ -90,7 +97,7 @@ def _send(edge: str, ok: int, failed: int) -> None:
 
 
 def _settled(base: str, truth: float) -> bool:
-    found = query(base, 'sum(sluice_rpc_requests_total{service="router"})')
+    found = query(base, f"sum(sluice_rpc_requests_total{{{sli.ROUTER_RPCS}}})")
     return bool(found) and float(found[0]["value"][1]) >= truth
 
 
@@ -124,16 +131,17 @@ def test_sla_report_matches_the_routers_own_counters(tmp_path: Path) -> None:
         try:
             # Warm-up: every series the window needs exists and has been scraped.
             _send(suite.edge, 2, 1)
-            warm, _, _ = _router_counters(suite)
+            warm, _, _, _ = _router_counters(suite)
             _wait(lambda: _settled(base, warm), 60, "Prometheus scraping the warm-up", log)
             time.sleep(1.5)  # the before-load values scraped
             start = time.time()
-            total_0, errors_0, buckets_0 = _router_counters(suite)
+            total_0, errors_0, buckets_0, health_0 = _router_counters(suite)
             _send(suite.edge, OK_REQUESTS, FAILED_REQUESTS)
-            total_1, errors_1, buckets_1 = _router_counters(suite)
+            total_1, errors_1, buckets_1, _ = _router_counters(suite)
             _wait(lambda: _settled(base, total_1), 30, "Prometheus scraping the load", log)
             time.sleep(1.5)
             end = time.time()
+            _, _, _, health_1 = _router_counters(suite)
             run = subprocess.run(
                 [str(BIN / "sluice"), "report", "sla", "--prometheus", base,
                  "--since", f"{end - start:.1f}s", "--end", f"{end:.3f}",
@@ -151,8 +159,11 @@ def test_sla_report_matches_the_routers_own_counters(tmp_path: Path) -> None:
     assert "Targets: **not met**" in markdown
     total, errors = total_1 - total_0, errors_1 - errors_0
     assert (total, errors) == (OK_REQUESTS + FAILED_REQUESTS, FAILED_REQUESTS)
+    # Health checks ran all through the window: counted, they would show in the report's
+    # request count and lift its availability.
+    assert health_1 - health_0 >= 5
     # No part restarted, so the counts are exact deltas (no extrapolation).
-    assert _number(_row(markdown, "Requests (router RPCs)")[1]) == total
+    assert _number(_row(markdown, "Requests (router client RPCs)")[1]) == total
     availability = _row(markdown, "Availability")
     assert availability[3] == "**FAIL**"
     assert _number(availability[1]) == pytest.approx(100 * (1 - errors / total), abs=0.5)

@@ -30,7 +30,7 @@ from tests.support import (
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana").glob("*.json"))
-RULES = ROOT / "deploy" / "prometheus" / "rules" / "sluice.rules.yml"
+RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
 
 # PromQL words that are not metric names.
 FUNCTIONS = {
@@ -125,7 +125,7 @@ async def test_every_panel_queries_series_the_suite_exposes(stack: ServiceStack)
         for family in text_string_to_metric_families(await scrape(host.metrics_port)):
             exposed.update(sample.name for sample in family.samples)
     exposed.update(supervisor_series())
-    recorded = set(re.findall(r"record: (\S+)", RULES.read_text()))
+    recorded = {name for rules in RULES for name in re.findall(r"record: (\S+)", rules.read_text())}
 
     missing = [
         (board, title, name)

@@ -1,6 +1,6 @@
 """Each SLA alert (deploy/prometheus/rules/sla.rules.yml) is unit-tested with `promtool
 test rules` and links its runbook (tests/unit/deploy/test_alerts.py checks the file and
-runs its unit tests with every other rule file).
+runs its unit tests with every other rule file, and the error budget's burn-rate tiers).
 
 promtool comes from Debian's `prometheus` package (`make tools`); its absence fails
 these tests rather than skipping them.
@@ -44,17 +44,29 @@ def test_every_sla_alert_is_tested_and_links_its_runbook() -> None:
         annotations = rule["annotations"]
         assert isinstance(annotations, dict)
         assert ANCHOR.match(annotations["runbook_url"]), rule["alert"]
-        assert rule["labels"] in ({"severity": "page"}, {"severity": "ticket"}), rule["alert"]
+        labels = rule["labels"]
+        assert isinstance(labels, dict)
+        assert labels["severity"] in ("page", "ticket"), rule["alert"]
+        # Beside the severity only the burn-rate tier of the error-budget alert.
+        assert set(labels) - {"severity"} <= {"long_window", "short_window"}, rule["alert"]
     assert names == {
         "SluiceTargetDown",
         "SluiceCpuNearLimit",
         "SluiceMemoryNearLimit",
         "SluiceLatencyP99OverSLA",
         "SluiceErrorBudgetBurn",
-        "SluiceErrorBudgetSlowBurn",
         "SluiceRolloutFailed",
     }
     assert names <= tested  # each seen firing in a promtool test, not only silent
+    # Each tier of the budget alert too (test_alerts.py checks the tiers themselves).
+    fired = {
+        (expected["exp_labels"]["severity"], expected["exp_labels"]["long_window"])
+        for case in yaml.safe_load(TESTS.read_text())["tests"]
+        for check in case["alert_rule_test"]
+        if check["alertname"] == "SluiceErrorBudgetBurn"
+        for expected in check["exp_alerts"]
+    }
+    assert fired == {("page", "1h"), ("page", "6h"), ("ticket", "3d")}
 
 
 def test_prometheus_loads_the_sla_rules() -> None:

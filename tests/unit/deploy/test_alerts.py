@@ -7,32 +7,44 @@ rather than skipping them: unchecked alert rules are how an outage goes unnotice
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess  # nosec B404 - runs the Prometheus tools on our own files
 from pathlib import Path
 
 import pytest
+import yaml
+
+from sluice.launcher import sli
 
 ROOT = Path(__file__).resolve().parents[3]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 RULES = PROMETHEUS / "rules" / "sluice.rules.yml"
 RULE_TESTS = PROMETHEUS / "tests" / "sluice.rules.test.yml"
+SLA_RULES = PROMETHEUS / "rules" / "sla.rules.yml"
+SLA_TESTS = PROMETHEUS / "tests" / "sla.rules.test.yml"
 ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
+BUDGET_ALERT = "SluiceErrorBudgetBurn"
+# The SRE workbook's multi-window, multi-burn-rate tiers for a 30-day 99.9% objective:
+# (severity, long window, short window) -> burn rate.
+BUDGET_TIERS = {
+    ("page", "1h", "5m"): 14.4,
+    ("page", "6h", "30m"): 6.0,
+    ("ticket", "3d", "6h"): 1.0,
+}
 # The SLO and capacity alerts of sluice.rules.yml, each with its promtool unit tests.
 ALERTS = {
     "SluiceHighErrorRate",
     "SluiceTimeToFirstTokenP99OverSLA",
     "SluiceUnaryP99OverSLA",
-    "SluiceAvailabilityBudgetFastBurn",
-    "SluiceAvailabilityBudgetSlowBurn",
     "SluiceLimiterFallbackMode",
     "SluiceMemoryGrowth",
 }
 # (rule file, its promtool unit tests, how many rules it holds)
 RULE_FILES = [
-    ("rules/sluice.rules.yml", "tests/sluice.rules.test.yml", 11),
+    ("rules/sluice.rules.yml", "tests/sluice.rules.test.yml", 5),
     ("rules/resilience.rules.yml", "tests/resilience.rules.test.yml", 4),
-    ("rules/sla.rules.yml", "tests/sla.rules.test.yml", 10),
+    ("rules/sla.rules.yml", "tests/sla.rules.test.yml", 13),
     ("rules/runtime.yml", "tests/runtime.test.yml", 3),
 ]
 
@@ -66,6 +78,67 @@ def test_every_slo_alert_is_defined_and_has_unit_tests() -> None:
     assert {alert for alert in ALERTS if f"alertname: {alert}" not in tested} == set()
     defined = RULES.read_text()
     assert {alert for alert in ALERTS if f"alert: {alert}\n" in defined} == ALERTS
+
+
+def all_rules() -> list[dict[str, object]]:
+    return [
+        rule
+        for path in sorted((PROMETHEUS / "rules").glob("*.yml"))
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+    ]
+
+
+def test_the_error_budget_is_alerted_once_in_the_workbooks_tiers() -> None:
+    # Every alert on the SLI's ratios is the one budget alert: no second name for the
+    # same burn.
+    budget = [
+        rule
+        for rule in all_rules()
+        if "alert" in rule and "sluice:rpc_server_errors:" in str(rule["expr"])
+    ]
+    assert {rule["alert"] for rule in budget} == {BUDGET_ALERT}
+    tiers = {}
+    for rule in budget:
+        labels = rule["labels"]
+        assert isinstance(labels, dict)
+        tier = (labels["severity"], labels["long_window"], labels["short_window"])
+        thresholds = set()
+        for window in tier[1:]:
+            found = re.search(
+                rf"sluice:rpc_server_errors:ratio_rate{window} > \(?(?:([\d.]+) \* )?0\.001\)?",
+                str(rule["expr"]),
+            )
+            assert found, (tier, window, rule["expr"])
+            thresholds.add(float(found[1] or 1))
+        assert len(thresholds) == 1, tier  # both windows at the tier's burn rate
+        tiers[tier] = thresholds.pop()
+        annotations = rule["annotations"]
+        assert isinstance(annotations, dict)
+        assert annotations["runbook_url"] == "docs/runbooks.md#error-budget-burn"
+    assert tiers == BUDGET_TIERS
+
+
+def test_the_budget_tests_fail_when_health_checks_are_counted(tmp_path: Path) -> None:
+    # The SLA rules with the old SLI (every router RPC, health checks included): the
+    # promtool cases must notice, or they prove nothing about the selector.
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "tests").mkdir()
+    shutil.copy(RULES, tmp_path / "rules" / "sluice.rules.yml")
+    text = SLA_RULES.read_text()
+    assert sli.ROUTER_RPCS in text
+    (tmp_path / "rules" / "sla.rules.yml").write_text(
+        text.replace(sli.ROUTER_RPCS, 'service="router"')
+    )
+    shutil.copy(SLA_TESTS, tmp_path / "tests" / "sla.rules.test.yml")
+
+    result = run(tool("promtool"), "test", "rules", "tests/sla.rules.test.yml", cwd=tmp_path)
+
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert BUDGET_ALERT in output
+    # Failing health checks alone (the case with no client traffic) would page.
+    assert "router: 100% of requests fail" in output
 
 
 def test_a_broken_rule_file_is_caught(tmp_path: Path) -> None:
@@ -111,6 +184,11 @@ def test_alertmanager_config_is_valid_and_routes_pages_to_slack_and_email() -> N
         return routed.stdout.strip()
 
     assert route("alertname=SluiceHighErrorRate", "severity=page") == "oncall-page"
+    # The budget alert's tiers: pages to the on-call, the ticket to Slack.
+    for severity, long, short in BUDGET_TIERS:
+        receiver = "oncall-page" if severity == "page" else "slack-sluice"
+        labels = (f"severity={severity}", f"long_window={long}", f"short_window={short}")
+        assert route(f"alertname={BUDGET_ALERT}", *labels) == receiver
     assert route("alertname=SluiceBreakerOpen", "severity=ticket") == "slack-sluice"
     assert route("alertname=Other") == "slack-sluice"
 

@@ -13,7 +13,7 @@ from sluice.launcher.cli import main
 from sluice.launcher.report.bench import BenchFormatError, bench_report
 from sluice.launcher.report.model import Measure, Report
 from sluice.launcher.report.render import write
-from sluice.launcher.report.sla import SERVER_ERROR_CODES, parse_duration
+from sluice.launcher.report.sla import ERRORS, REQUESTS, SERVER_ERROR_CODES, parse_duration
 
 ROOT = Path(__file__).resolve().parents[3]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -123,10 +123,13 @@ def test_bad_durations(text: str) -> None:
 
 
 def test_the_sli_is_the_alert_rules_one() -> None:
-    """The report and the SLA alerts count the same gRPC codes as server errors."""
+    """The report and the SLA alerts count the same RPCs (the router's client RPCs, health
+    checks left out) and the same gRPC codes as server errors."""
     rules = yaml.safe_load((ROOT / "deploy/prometheus/rules/sla.rules.yml").read_text())
     exprs = [r["expr"] for g in rules["groups"] for r in g["rules"] if "record" in r]
     assert exprs and all(f'code=~"{SERVER_ERROR_CODES}"' in e for e in exprs)
+    assert all(REQUESTS in e and ERRORS in e for e in exprs)
+    assert "/grpc" in REQUESTS and "/grpc" in ERRORS
 
 
 def test_unjudged_measures_and_empty_charts(tmp_path: Path) -> None:

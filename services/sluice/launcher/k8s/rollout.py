@@ -8,14 +8,15 @@ Gates:
   in a cluster. The PodMonitor (k8s/monitoring.py) turns each pod's
   rollouts-pod-template-hash into the `pool` label the gates select on;
 - provider (thresholds in the values' `rollout.analysis`): the server-error ratio of its
-  RPCs on its canary pods, the codes of the SLO rules in
-  deploy/prometheus/rules/sluice.rules.yml, and p95 stream duration on its canary pods
+  client RPCs on its canary pods (launcher/sli.py: health checks left out, the SLI's
+  codes), and p95 stream duration on its canary pods
   relative to its stable pods (a stream lasts as long as its answer, so only a comparison
   says the new pods are slower).
 """
 
 from __future__ import annotations
 
+from sluice.launcher import sli
 from sluice.launcher.k8s.meta import Manifest, metadata, selector
 from sluice.launcher.k8s.suite import ClusterSuite, name_of
 from sluice.launcher.k8s.values import K8sValues
@@ -23,9 +24,8 @@ from sluice.launcher.k8s.workloads import pod_template
 from sluice.launcher.rollout import gates as host_gates
 from sluice.launcher.rollout.settings import RolloutSettings
 
-# The gRPC codes counted as the server's failures, as in the router's SLO recording
-# rules (deploy/prometheus/rules/sluice.rules.yml).
-SERVER_ERROR_CODES = "UNKNOWN|DEADLINE_EXCEEDED|UNIMPLEMENTED|INTERNAL|UNAVAILABLE|DATA_LOSS"
+# The gRPC codes counted as the server's failures (the SLI's, launcher/sli.py).
+SERVER_ERROR_CODES = sli.SERVER_ERRORS
 # Pods of a ReplicaSet of the Rollout are named <rollout>-<pod-template-hash>-<suffix>.
 _PODS = 'namespace="{{{{args.namespace}}}}",pod=~"{rollout}-{{{{args.{hash}}}}}-.*"'
 
@@ -40,10 +40,14 @@ def _pods(part: str, which: str = "canary-hash") -> str:
 
 
 def error_ratio_query(part: str = "router", window: str = "2m") -> str:
-    """Server-side errors per RPC of the part on its canary's pods (0 without errors)."""
+    """Server-side errors per client RPC of the part on its canary's pods (0 without
+    errors); the kubelet's health probes are no client's."""
     pods = _pods(part)
-    rpcs = f'sluice_rpc_requests_total{{service="{part}",{pods}}}'
-    errors = f'sluice_rpc_requests_total{{service="{part}",code=~"{SERVER_ERROR_CODES}",{pods}}}'
+    rpcs = f'sluice_rpc_requests_total{{service="{part}",{sli.CLIENT_RPCS},{pods}}}'
+    errors = (
+        f'sluice_rpc_requests_total{{service="{part}",{sli.CLIENT_RPCS},'
+        f'code=~"{SERVER_ERROR_CODES}",{pods}}}'
+    )
     return f"(sum(rate({errors}[{window}])) or vector(0)) / sum(rate({rpcs}[{window}]))"
 
 

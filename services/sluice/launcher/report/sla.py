@@ -1,10 +1,10 @@
 """The SLA report: availability, latency percentiles, error rate and CPU/memory use over a
 window, from a Prometheus that scrapes the suite with deploy/prometheus/prometheus.yml.
 
-The SLI is the one the alert rules use (deploy/prometheus/rules/sla.rules.yml): the
-router's RPCs, a server-side gRPC code counting as an error; latency is the router's
-unary RPCs (a whole answer), streams are shown by time to first token. A test checks the
-codes here match the rules file, so report and alerts cannot drift apart.
+The SLI is launcher/sli.py's, as the alert rules and the canary gates use it: the
+router's client RPCs (health checks and reflection left out), a server-side gRPC code
+counting as an error; latency is the router's unary client RPCs (a whole answer), streams
+are shown by time to first token.
 """
 
 from __future__ import annotations
@@ -13,15 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sluice.launcher import sli
 from sluice.launcher.report.model import Chart, Measure, Report
 from sluice.launcher.report.prometheus import Prometheus
 
-SERVER_ERROR_CODES = "UNKNOWN|DEADLINE_EXCEEDED|UNIMPLEMENTED|INTERNAL|UNAVAILABLE|DATA_LOSS"
-REQUESTS = 'sluice_rpc_requests_total{service="router"}'
-ERRORS = f'sluice_rpc_requests_total{{service="router",code=~"{SERVER_ERROR_CODES}"}}'
-UNARY_BUCKETS = (
-    'sluice_rpc_duration_seconds_bucket{service="router",method!~".*/(Generate|Converse)"}'
-)
+SERVER_ERROR_CODES = sli.SERVER_ERRORS
+REQUESTS = f"sluice_rpc_requests_total{{{sli.ROUTER_RPCS}}}"
+ERRORS = f'sluice_rpc_requests_total{{{sli.ROUTER_RPCS},code=~"{sli.SERVER_ERRORS}"}}'
+UNARY_BUCKETS = f"sluice_rpc_duration_seconds_bucket{{{sli.ROUTER_UNARY_RPCS}}}"
 TTFT_BUCKETS = "sluice_router_time_to_first_token_seconds_bucket"
 PARTS = '{job=~"sluice-.*"}'
 
@@ -118,7 +117,7 @@ def sla_report(
         )
     total = prometheus.scalar(_delta(REQUESTS, span, exact=exact), at)
     errors = prometheus.scalar(_delta(ERRORS, span, exact=exact), at) or 0.0
-    report.measures.append(Measure("Requests (router RPCs)", total, ""))
+    report.measures.append(Measure("Requests (router client RPCs)", total, ""))
     if not total:
         report.notes.append("No router requests in the window: availability is not judged.")
         availability = error_rate = None

@@ -19,20 +19,15 @@ from string import Template
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from sluice.launcher import sli
 from sluice.launcher.rollout.settings import RolloutSettings
 
-SERVER_ERROR_CODES = (
-    "UNKNOWN",
-    "DEADLINE_EXCEEDED",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-)
-"""Codes that count against the service (as the SLA rules in deploy/prometheus/rules)."""
-_SERVER_ERRORS = "|".join(SERVER_ERROR_CODES)
-_RPC = 'service="router",method!~"/grpc[.].*"'
-"""Router RPCs that serve clients (health checks and reflection left out)."""
+# Re-exported: the codes the gates count as the service's failures (launcher/sli.py).
+SERVER_ERROR_CODES = sli.SERVER_ERROR_CODES
+
+_SERVER_ERRORS = sli.SERVER_ERRORS
+_RPC = sli.ROUTER_RPCS
+"""Router RPCs that serve clients (health checks and reflection left out): the SLI."""
 
 REQUESTS = "sluice_rpc_requests_total"
 DURATION = "sluice_rpc_duration_seconds"
@@ -177,9 +172,9 @@ def parse_figures(text: str) -> Figures:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = sample.labels
-            client_rpc = labels.get("service") == "router" and not labels.get(
-                "method", ""
-            ).startswith("/grpc.")
+            client_rpc = labels.get("service") == "router" and sli.is_client_method(
+                labels.get("method", "")
+            )
             if sample.name == REQUESTS and client_rpc:
                 figures.requests += sample.value
                 if labels.get("code") in SERVER_ERROR_CODES:
