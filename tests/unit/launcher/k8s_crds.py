@@ -79,17 +79,15 @@ def _registry() -> Registry:
     return Resource.from_contents(_definitions()) @ Registry()
 
 
-def validate(resource: dict[str, Any]) -> None:
-    """Raises jsonschema.ValidationError when the resource breaks its kind's CRD."""
-    schema, _ = crds()[resource["kind"]]
-    jsonschema.Draft202012Validator(schema, registry=_registry()).validate(resource)
+@cache
+def _validator(kind: str) -> jsonschema.Draft202012Validator:
+    schema, _ = crds()[kind]
+    return jsonschema.Draft202012Validator(schema, registry=_registry())
 
 
 def errors(resource: dict[str, Any]) -> list[jsonschema.ValidationError]:
     """Every way the resource breaks its kind's CRD (none when it is valid)."""
-    schema, _ = crds()[resource["kind"]]
-    validator = jsonschema.Draft202012Validator(schema, registry=_registry())
-    return list(validator.iter_errors(resource))
+    return list(_validator(resource["kind"]).iter_errors(resource))
 
 
 def undeclared(error: jsonschema.ValidationError) -> set[str]:
