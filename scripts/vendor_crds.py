@@ -84,15 +84,15 @@ SOURCES = (
         kinds={"Certificate": "package/cert-manager.io/v1/Certificate.js"},
     ),
     Source(
-        directory="prometheus-operator-master",
+        directory="prometheus-operator-v0.57.0",
         project="prometheus-operator/prometheus-operator",
-        upstream_version="master (commit not recorded by the package)",
+        upstream_version="v0.57.0",
         package="@kubernetes-models/prometheus-operator",
-        version="1.6.3",
-        sha256="e3ce4abdc4e161506e4b2c63566bc114089cc357756e70dd1885c91c0af14d66",
+        version="4.0.0",
+        sha256="ba02343671d84921cc03f67f56f354fe7a791ff809a59e80edda8d51a1196ee5",
         upstream=(
-            "https://raw.githubusercontent.com/prometheus-operator/prometheus-operator/master/example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml",
-            "https://raw.githubusercontent.com/prometheus-operator/prometheus-operator/master/example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml",
+            "https://raw.githubusercontent.com/prometheus-operator/prometheus-operator/v0.57.0/example/prometheus-operator-crd-full/monitoring.coreos.com_podmonitors.yaml",
+            "https://raw.githubusercontent.com/prometheus-operator/prometheus-operator/v0.57.0/example/prometheus-operator-crd-full/monitoring.coreos.com_prometheusrules.yaml",
         ),
         kinds={
             "PodMonitor": "package/monitoring.coreos.com/v1/PodMonitor.js",
