@@ -1,202 +1,115 @@
-"""Schemas of the custom resources `sluice k8s render` writes, for jsonschema.
+"""The custom resources' schemas, from the CRDs vendored under deploy/k8s/crds/.
 
-Written by hand from the fields each CRD's openAPIV3Schema defines (field names and
-types as the projects' CRDs declare them: prometheus-operator's monitoring.coreos.com/v1
-PodMonitor and PrometheusRule, cert-manager's cert-manager.io/v1 Certificate), limited to
-the fields the renderer may write, and strict: `additionalProperties: false` at every
-level, like `kubectl apply --validate=strict`, which refuses fields the CRD does not
-declare. The CRD files themselves are not vendored (docs/kubernetes.md, "What was and was
-not verified"); a field added to the renderer must be added here from the CRD.
+Each CRD's openAPIV3Schema comes from an npm package built from the upstream CRD file
+(scripts/vendor_crds.py re-fetches and checks them; provenance.json in each directory
+names the package, its sha256 and the upstream version). Loading makes them act as the
+API server does with `kubectl apply --validate=strict`:
+
+- an object whose schema lists its properties refuses any other field (the API server
+  prunes, and strict field validation refuses, what a structural schema does not
+  declare). crd-generate dropped `x-kubernetes-preserve-unknown-fields`, so an object
+  the CRD leaves open shows no properties here and stays open: fields under it are not
+  checked (in these kinds: none the renderer writes, see test_k8s_custom_resources.py);
+- `nullable: true` allows null, and nothing else does;
+- `metadata` is the Kubernetes ObjectMeta of the pinned version (kubernetes-validate's
+  strict schemas), where crd-generate left a reference to it.
+
+`format` (int32, date-time...) is not checked, as jsonschema does not by default.
 """
 
 from __future__ import annotations
 
+import json
+from functools import cache
+from importlib import resources
+from pathlib import Path
 from typing import Any
+
+import jsonschema
+from referencing import Registry, Resource
 
 Schema = dict[str, Any]
 
-_STRING: Schema = {"type": "string"}
-_STRINGS: Schema = {"type": "array", "items": _STRING}
-_LABELS: Schema = {"type": "object", "additionalProperties": _STRING}
-_METADATA: Schema = {
-    "type": "object",
-    "required": ["name", "namespace"],
-    "additionalProperties": False,
-    "properties": {"name": _STRING, "namespace": _STRING, "labels": _LABELS},
-}
+ROOT = Path(__file__).resolve().parents[3]
+CRDS = ROOT / "deploy" / "k8s" / "crds"
+KUBERNETES_SCHEMAS = "v1.31.0-local-strict"  # as test_k8s_manifests.py's KUBERNETES_VERSION
+_OBJECT_META = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta#"
 
 
-def _object(properties: Schema, required: list[str] | None = None) -> Schema:
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": properties,
-        "required": required or [],
-    }
-
-
-def _resource(api_version: str, kind: str, spec: Schema) -> Schema:
-    return _object(
-        {
-            "apiVersion": {"const": api_version},
-            "kind": {"const": kind},
-            "metadata": _METADATA,
-            "spec": spec,
-        },
-        ["apiVersion", "kind", "metadata", "spec"],
+def _definitions() -> Schema:
+    path = resources.files("kubernetes_validate").joinpath(
+        f"kubernetes-json-schema/{KUBERNETES_SCHEMAS}/_definitions.json"
     )
+    found: Schema = json.loads(path.read_text())
+    return found
 
 
-_SELECTOR = _object({"matchLabels": _LABELS, "matchExpressions": {"type": "array"}})
-# RelabelConfig (monitoring.coreos.com/v1): `sourceLabels`, `separator`, `targetLabel`,
-# `regex`, `modulus`, `replacement`, `action`.
-_RELABEL = _object(
-    {
-        "sourceLabels": _STRINGS,
-        "separator": _STRING,
-        "targetLabel": _STRING,
-        "regex": _STRING,
-        "modulus": {"type": "integer"},
-        "replacement": _STRING,
-        "action": {
-            "enum": [
-                "replace",
-                "keep",
-                "drop",
-                "hashmod",
-                "labelmap",
-                "labeldrop",
-                "labelkeep",
-                "lowercase",
-                "uppercase",
-                "keepequal",
-                "dropequal",
-            ]
-        },
-    }
-)
-# monitoring.coreos.com/v1 Duration (Prometheus' duration syntax).
-_DURATION_PATTERN = (
-    "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
-)
-_DURATION: Schema = {"type": "string", "pattern": _DURATION_PATTERN}
-POD_MONITOR = _resource(
-    "monitoring.coreos.com/v1",
-    "PodMonitor",
-    _object(
-        {
-            "selector": _SELECTOR,
-            "namespaceSelector": _object({"any": {"type": "boolean"}, "matchNames": _STRINGS}),
-            "jobLabel": _STRING,
-            "podMetricsEndpoints": {
-                "type": "array",
-                "items": _object(
-                    {
-                        "port": _STRING,
-                        "path": _STRING,
-                        "scheme": {"enum": ["http", "https"]},
-                        "interval": _DURATION,
-                        "scrapeTimeout": _DURATION,
-                        "relabelings": {"type": "array", "items": _RELABEL},
-                        "metricRelabelings": {"type": "array", "items": _RELABEL},
-                    }
-                ),
-            },
-        },
-        ["selector"],
-    ),
-)
-_RULE = {
-    **_object(
-        {
-            "record": _STRING,
-            "alert": _STRING,
-            "expr": {"type": ["string", "integer"]},
-            "for": _DURATION,
-            "keep_firing_for": _DURATION,
-            "labels": _LABELS,
-            "annotations": _LABELS,
-        },
-        ["expr"],
-    ),
-    "oneOf": [{"required": ["record"]}, {"required": ["alert"]}],
-}
-PROMETHEUS_RULE = _resource(
-    "monitoring.coreos.com/v1",
-    "PrometheusRule",
-    _object(
-        {
-            "groups": {
-                "type": "array",
-                "items": _object(
-                    {
-                        "name": _STRING,
-                        "interval": _DURATION,
-                        "limit": {"type": "integer"},
-                        "partial_response_strategy": _STRING,
-                        "rules": {"type": "array", "items": _RULE},
-                    },
-                    ["name"],
-                ),
-            }
-        }
-    ),
-)
-# cert-manager.io/v1 Certificate: spec.secretName and spec.issuerRef are required.
-CERTIFICATE = _resource(
-    "cert-manager.io/v1",
-    "Certificate",
-    _object(
-        {
-            "secretName": _STRING,
-            "commonName": {"type": "string", "maxLength": 64},
-            "dnsNames": _STRINGS,
-            "uris": _STRINGS,
-            "ipAddresses": _STRINGS,
-            "duration": _STRING,
-            "renewBefore": _STRING,
-            "isCA": {"type": "boolean"},
-            "usages": {
-                "type": "array",
-                "items": {
-                    "enum": [
-                        "signing",
-                        "digital signature",
-                        "content commitment",
-                        "key encipherment",
-                        "key agreement",
-                        "data encipherment",
-                        "cert sign",
-                        "crl sign",
-                        "encipher only",
-                        "decipher only",
-                        "any",
-                        "server auth",
-                        "client auth",
-                        "code signing",
-                        "email protection",
-                        "s/mime",
-                        "ipsec end system",
-                        "ipsec tunnel",
-                        "ipsec user",
-                        "timestamping",
-                        "ocsp signing",
-                        "microsoft sgc",
-                        "netscape sgc",
-                    ]
-                },
-            },
-            "privateKey": _object(
-                {
-                    "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
-                    "encoding": {"enum": ["PKCS1", "PKCS8"]},
-                    "size": {"type": "integer"},
-                    "rotationPolicy": {"enum": ["Never", "Always"]},
-                }
-            ),
-            "issuerRef": _object({"name": _STRING, "kind": _STRING, "group": _STRING}, ["name"]),
-        },
-        ["secretName", "issuerRef"],
-    ),
-)
-SCHEMAS = {"PodMonitor": POD_MONITOR, "PrometheusRule": PROMETHEUS_RULE, "Certificate": CERTIFICATE}
+def _strict(node: Any, definitions_id: str) -> Any:
+    """The CRD schema node as the API server applies it (module docstring)."""
+    if isinstance(node, list):
+        return [_strict(item, definitions_id) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if node.get("$ref") == _OBJECT_META:
+        return {"$ref": f"{definitions_id}#/$defs/{_OBJECT_META.rstrip('#')}"}
+    strict = {k: _strict(v, definitions_id) for k, v in node.items() if k != "nullable"}
+    if node.get("nullable") is True and isinstance(node.get("type"), str):
+        strict["type"] = [node["type"], "null"]
+    properties = node.get("properties")
+    if isinstance(properties, dict) and properties and "additionalProperties" not in node:
+        strict["additionalProperties"] = False
+    return strict
+
+
+@cache
+def crds() -> dict[str, tuple[Schema, dict[str, Any]]]:
+    """Each vendored kind's schema (made strict) and its directory's provenance."""
+    definitions = _definitions()
+    found = {}
+    for provenance_path in sorted(CRDS.glob("*/provenance.json")):
+        provenance = json.loads(provenance_path.read_text())
+        for kind, name in provenance["kinds"].items():
+            raw = json.loads((provenance_path.parent / name).read_text())
+            found[kind] = (_strict(raw, definitions["$id"]), provenance)
+    return found
+
+
+@cache
+def _registry() -> Registry:
+    return Resource.from_contents(_definitions()) @ Registry()
+
+
+@cache
+def _validator(kind: str) -> jsonschema.Draft202012Validator:
+    schema, _ = crds()[kind]
+    return jsonschema.Draft202012Validator(schema, registry=_registry())
+
+
+def errors(resource: dict[str, Any]) -> list[jsonschema.ValidationError]:
+    """Every way the resource breaks its kind's CRD (none when it is valid)."""
+    return list(_validator(resource["kind"]).iter_errors(resource))
+
+
+def undeclared(error: jsonschema.ValidationError) -> set[str]:
+    """The fields an `additionalProperties: false` error is about (empty for other errors)."""
+    schema = error.schema
+    if error.validator != "additionalProperties" or not isinstance(error.instance, dict):
+        return set()
+    declared = schema.get("properties", {}) if isinstance(schema, dict) else {}
+    return set(error.instance) - set(declared)
+
+
+def is_pre_stop_sleep(error: jsonschema.ValidationError) -> bool:
+    """The one field the rendered Rollouts use that Argo Rollouts v1.5.0's CRD predates.
+
+    The CRD embeds the PodSpec of the Kubernetes libraries it was built with; the
+    lifecycle `sleep` action is Kubernetes 1.29+. The API server prunes a field its
+    structural schema lacks, so under that CRD the preStop handler would be emptied:
+    the cluster needs an Argo Rollouts whose CRD declares it (docs/kubernetes.md).
+    """
+    path = list(error.absolute_path)
+    return (
+        path[:4] == ["spec", "template", "spec", "containers"]
+        and path[-2:] == ["lifecycle", "preStop"]
+        and undeclared(error) == {"sleep"}
+    )

@@ -1,6 +1,7 @@
-"""The monitoring, autoscaling and certificate resources of deploy/k8s: valid against the
-fields their CRDs define, equal to the repository's rules and dashboards, and doing what
-they claim when Prometheus evaluates them (promtool over synthetic series)."""
+"""The custom, monitoring, autoscaling and certificate resources of deploy/k8s: valid
+against their CRDs' schemas (vendored in deploy/k8s/crds/), equal to the repository's
+rules and dashboards, and doing what they claim when Prometheus evaluates them (promtool
+over synthetic series)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import yaml
 
@@ -19,7 +19,7 @@ from sluice.core.config import ConfigError
 from sluice.core.grpcx.certs import CA_CERT, cert_file, key_file, spiffe_id
 from sluice.launcher.k8s.render import render
 from sluice.launcher.settings import load_suite
-from tests.unit.launcher.k8s_crds import SCHEMAS
+from tests.unit.launcher import k8s_crds
 
 ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "deploy" / "k8s"
@@ -54,36 +54,106 @@ def _promtool(tmp_path: Path, tests: dict[str, Any]) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+CRD_KINDS = {"Rollout", "AnalysisTemplate", "PodMonitor", "PrometheusRule", "Certificate"}
+
+
+def _crd_errors(resource: dict[str, Any]) -> list[str]:
+    """The CRD's complaints about a resource, but the one known gap (k8s_crds.py)."""
+    return [
+        f"{list(e.absolute_path)}: {e.message}"
+        for e in k8s_crds.errors(resource)
+        if not k8s_crds.is_pre_stop_sleep(e)
+    ]
+
+
+def test_every_custom_kind_has_a_vendored_crd_with_its_provenance() -> None:
+    crds = k8s_crds.crds()
+    assert set(crds) == CRD_KINDS
+    for kind, (schema, provenance) in crds.items():
+        assert schema["properties"]["kind"]["enum"] == [kind]
+        assert len(provenance["tarball_sha256"]) == 64
+        assert provenance["registry"] == "https://registry.npmjs.org/"
+    assert crds["Rollout"][1]["upstream_version"] == "v1.5.0"
+    assert crds["Certificate"][1]["upstream_version"] == "v1.11.2"
+    assert crds["PodMonitor"][1]["upstream_version"] == "v0.57.0"
+
+
 @pytest.mark.parametrize("output", OUTPUTS)
-def test_custom_resources_have_only_fields_their_crds_define(output: str) -> None:
+def test_custom_resources_validate_against_their_vendored_crds(output: str) -> None:
     kinds = set()
     for resource in _resources(output):
-        if resource["kind"] in SCHEMAS:
-            jsonschema.validate(resource, SCHEMAS[resource["kind"]])
-            kinds.add(resource["kind"])
-    expected = {"PodMonitor", "PrometheusRule"} | (
-        {"Certificate"} if output == "production" else set()
-    )
-    assert kinds == expected
+        if resource["kind"] not in CRD_KINDS:
+            continue
+        kinds.add(resource["kind"])
+        assert _crd_errors(resource) == [], resource["metadata"]["name"]
+    expected = {"Rollout", "AnalysisTemplate", "PodMonitor", "PrometheusRule"}
+    assert kinds == expected | ({"Certificate"} if output == "production" else set())
+
+
+def test_argo_rollouts_v1_5_crd_lacks_only_the_pre_stop_sleep_the_rollouts_use() -> None:
+    # The known gap is real and the only one: each Rollout container's preStop `sleep`.
+    # When the vendored CRD is upgraded to one declaring it, drop is_pre_stop_sleep.
+    for rollout in _of_kind("production", "Rollout"):
+        found = k8s_crds.errors(rollout)
+        containers = rollout["spec"]["template"]["spec"]["containers"]
+        assert len(found) == len(containers) >= 1
+        assert all(k8s_crds.is_pre_stop_sleep(e) for e in found)
+
+
+def _set(resource: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
+    target: Any = resource
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
 
 
 @pytest.mark.parametrize(
     ("kind", "path", "value"),
     [
+        # Fields the CRD does not declare (the API server would prune them).
+        ("Rollout", ("spec", "strategy", "canary", "stepz"), []),
+        ("Rollout", ("spec", "strategy", "canary", "analysis", "templates", 0, "name"), "x"),
+        ("Rollout", ("metadata", "labelz"), {}),  # ObjectMeta, strict
+        ("AnalysisTemplate", ("spec", "metrics", 0, "provider", "prometheus", "querry"), "up"),
         ("PodMonitor", ("spec", "podMetricsEndpoints", 0, "intervall"), "15s"),
-        ("PodMonitor", ("spec", "podMetricsEndpoints", 0, "interval"), "15 seconds"),
         ("PrometheusRule", ("spec", "groups", 0, "rules", 0, "exp"), "up"),
+        ("Certificate", ("spec", "dnsName"), ["router"]),
+        # Wrong types, missing required fields and values outside an enum.
+        ("Rollout", ("spec", "strategy", "canary", "steps", 0, "setWeight"), "five"),
+        ("Rollout", ("spec", "replicas"), "2"),
+        ("Rollout", ("spec", "strategy", "canary", "analysis", "args", 0, "name"), None),
+        ("AnalysisTemplate", ("spec", "metrics"), {"name": "x"}),
+        ("AnalysisTemplate", ("spec", "metrics", 0, "provider", "prometheus", "query"), 7),
+        ("PodMonitor", ("spec", "podMetricsEndpoints", 0, "relabelings"), "job"),
+        ("PodMonitor", ("spec", "podMetricsEndpoints", 0, "interval"), "15 seconds"),
+        ("PrometheusRule", ("spec", "groups", 0, "name"), None),
         ("Certificate", ("spec", "privateKey", "algorithm"), "DSA"),
+        ("Certificate", ("spec", "isCA"), "no"),
+        ("Certificate", ("spec", "issuerRef"), {"kind": "ClusterIssuer"}),
     ],
 )
-def test_a_field_the_crd_lacks_is_refused(kind: str, path: tuple[Any, ...], value: str) -> None:
+def test_the_vendored_crd_refuses_a_field_it_lacks_or_a_wrong_type(
+    kind: str, path: tuple[Any, ...], value: Any
+) -> None:
     resource = copy.deepcopy(_of_kind("production", kind)[0])
-    target: Any = resource
-    for step in path[:-1]:
-        target = target[step]
-    target[path[-1]] = value
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(resource, SCHEMAS[kind])
+    assert _crd_errors(resource) == []
+    _set(resource, path, value)
+    assert _crd_errors(resource), (kind, path, value)
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_the_renderer_writes_nothing_the_crds_leave_unchecked(output: str) -> None:
+    # What is not checked: the objects these CRDs declare without their fields (the
+    # Rollout's traffic-routing plugins and anti-affinity terms, the AnalysisTemplate's
+    # plugin provider and web JSON body) accept anything. The renderer writes none of them.
+    for rollout in _of_kind(output, "Rollout"):
+        canary = rollout["spec"]["strategy"]["canary"]
+        assert "trafficRouting" not in canary and "antiAffinity" not in canary
+    for template in _of_kind(output, "AnalysisTemplate"):
+        assert all(set(m["provider"]) == {"prometheus"} for m in template["spec"]["metrics"])
+    rollout = copy.deepcopy(_of_kind(output, "Rollout")[0])
+    rollout["spec"]["strategy"]["canary"]["trafficRouting"] = {"plugins": {"any": {"x": 1}}}
+    assert _crd_errors(rollout) == []  # indeed open
 
 
 def test_prometheus_rules_are_the_rule_files_except_the_supervisors() -> None:
