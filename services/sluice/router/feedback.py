@@ -20,6 +20,7 @@ canary's error and latency gates read.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,10 +34,10 @@ from sluice.core.errors import (
     SluiceError,
     ValidationError,
 )
-from sluice.core.grpcx.call_context import CallContext
+from sluice.core.grpcx.call_context import CallContext, Metadata
 from sluice.core.grpcx.request_context import MAX_REQUEST_ID, accept_request_id, request_id_var
+from sluice.router.auth import Principal
 from sluice.router.openai_http import error_response
-from sluice.router.pipeline import Pipeline
 from sluice.router.recent_requests import RecentRequests
 
 PATH = "/v1/feedback"
@@ -133,14 +134,14 @@ class FeedbackApi:
 
     def __init__(
         self,
-        pipeline: Pipeline,
+        authenticate: Callable[[Metadata], Principal],
         recent: RecentRequests,
         metrics: FeedbackMetrics,
         *,
         max_comment_chars: int,
         max_json_depth: int,
     ) -> None:
-        self._pipeline = pipeline
+        self._authenticate = authenticate
         self._recent = recent
         self._metrics = metrics
         self._max_comment_chars = max_comment_chars
@@ -155,7 +156,7 @@ class FeedbackApi:
         call = CallContext.of_http(request.headers, request.remote)
         request_id_var.set(accept_request_id(call.metadata))
         try:
-            principal = self._pipeline.authenticate(call.metadata)
+            principal = self._authenticate(call.metadata)
             feedback = parse_feedback(
                 await self._body(request), max_comment_chars=self._max_comment_chars
             )

@@ -240,7 +240,7 @@ def _serve_http_api(
         from sluice.router.feedback import FeedbackApi, FeedbackMetrics  # noqa: PLC0415
 
         FeedbackApi(
-            pipeline,
+            pipeline.authenticate,
             recent,
             FeedbackMetrics(host.registry, recent),
             max_comment_chars=settings.feedback.max_comment_chars,
