@@ -345,6 +345,10 @@ def _feedback_operation() -> dict[str, Any]:
         for code, text in _ERROR_STATUSES.items()
         if code in ("400", "401", "404", "413", "429", "503")
     }
+    errors["400"]["description"] = (
+        "Invalid body (over 16 KiB, not a JSON object, a field missing, of the wrong type or "
+        "out of range, an unknown field): `error.param` names the field."
+    )
     request = {
         "type": "object",
         "required": ["request_id", "score"],
@@ -386,6 +390,13 @@ def _feedback_operation() -> dict[str, Any]:
         "post": {
             "operationId": "Feedback_Submit",
             "summary": "Score an earlier answer (a canary signal; docs/deployment.md).",
+            "description": (
+                "Scores an answer this key got (its `x-request-id`) from 1 to 5. A score "
+                "counts once per request, only from the key that made it, within "
+                "`router.feedback.window_s`; counted scores feed "
+                "`sluice_router_feedback_score` per rollout pool, which the optional "
+                "`feedback_score` canary gate compares. Errors use OpenAI's error shape."
+            ),
             "security": [{"bearer": []}],
             "requestBody": {
                 "required": True,
