@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from sluice.core.errors import MissingParameterError, ValidationError
+from sluice.core.telemetry.metrics import with_labels
 from sluice.router.auth import ApiKeyAuthenticator
 from sluice.router.feedback import (
     MAX_BODY_BYTES,
@@ -201,6 +202,9 @@ async def test_a_score_counts_once_and_only_from_the_requests_key(
         f"{s.name}{s.labels}{s.value}" for m in registry.collect() for s in m.samples
     )
     assert "secret@example.com" not in exposition
+    # A rollout's router exports every series with its pool (core/grpcx/server.py).
+    pooled = with_labels(registry, {"pool": "green"})
+    assert pooled.get_sample_value("sluice_router_feedback_score_count", {"pool": "green"}) == 1
 
 
 @pytest.mark.parametrize(
