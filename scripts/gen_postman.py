@@ -161,7 +161,9 @@ def _feedback_requests() -> list[dict[str, Any]]:
             unknown,
             _script(
                 "pm.test('status 202', () => pm.response.to.have.status(202));",
-                "pm.test('not counted', () => pm.expect(pm.response.json().counted).to.eql(false));",
+                "pm.test('not counted', () => {",
+                "  pm.expect(pm.response.json().counted).to.eql(false);",
+                "});",
             ),
         ),
         _request(
