@@ -1,7 +1,8 @@
 """`POST /v1/feedback` through the real Envoy and router (`sluice up`): a score of an
 answer the key got is counted once, in the router's metrics as the canary gate reads
 them; another key cannot score it; no key is 401; bad bodies are typed 400s (413 from
-the edge past its body limit), never a 5xx."""
+the edge past its body limit), and hostile bodies and headers (the strategies of
+tests/e2e/test_fuzz_edge.py) never a 5xx."""
 
 from __future__ import annotations
 
@@ -12,9 +13,21 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sluice.launcher.rollout.gates import parse_figures
 from tests.e2e.conftest import DEV_KEY, RunningSuite, start_suite
+from tests.e2e.test_fuzz_edge import (
+    AUTHED,
+    FUZZ,
+    HEADERS,
+    JSON_TYPE,
+    JSON_VALUES,
+    assert_typed,
+    body_strategy,
+    send,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -167,3 +180,30 @@ def test_the_edge_limits_the_body_and_the_method(edge: RunningSuite) -> None:
     assert huge.json()["details"][0]["reason"] == "INVALID_INPUT"
     wrong_method = httpx.get(f"{edge.edge}/v1/feedback", headers=_auth(DEV_KEY), timeout=10)
     assert wrong_method.status_code == 404
+
+
+FEEDBACK = st.fixed_dictionaries(
+    {},
+    optional={
+        "request_id": st.one_of(st.text(max_size=80), JSON_VALUES),
+        "score": st.one_of(st.integers(-2, 7), st.just(10**400), st.floats(), JSON_VALUES),
+        "comment": st.one_of(st.text(max_size=3000), JSON_VALUES),
+        "rating": JSON_VALUES,
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def client(edge: RunningSuite) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=edge.edge, timeout=30) as opened:
+        yield opened
+
+
+@FUZZ
+@given(body=body_strategy(FEEDBACK), headers=HEADERS, authed=st.booleans())
+def test_hostile_feedback_is_answered_never_a_5xx(
+    client: httpx.Client, body: bytes, headers: list[tuple[str, bytes]], authed: bool
+) -> None:
+    answer = send(client, "POST", "/v1/feedback", headers, body, AUTHED if authed else JSON_TYPE)
+    assert_typed(answer, "POST /v1/feedback")
+    assert answer.status_code in (202, 400, 401, 413, 429, 431), answer.text[:300]
