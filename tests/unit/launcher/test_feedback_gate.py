@@ -175,3 +175,40 @@ def test_prometheus_and_the_host_judge_the_feedback_gate_alike(tmp_path: Path) -
         [promtool, "test", "rules", str(path)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _exposition(pool: str, votes: dict[int, int]) -> str:
+    """A router's /metrics text after `votes[s]` scores of s (what the host scrapes)."""
+    lines = ["# TYPE sluice_router_feedback_score histogram"]
+    running = 0
+    for bound in (1, 2, 3, 4, 5):
+        running += votes.get(bound, 0)
+        lines.append(
+            f'sluice_router_feedback_score_bucket{{le="{bound}.0",pool="{pool}"}} {running}'
+        )
+    lines.append(f'sluice_router_feedback_score_bucket{{le="+Inf",pool="{pool}"}} {running}')
+    lines.append(f'sluice_router_feedback_score_count{{pool="{pool}"}} {running}')
+    total = sum(s * n for s, n in votes.items())
+    lines.append(f'sluice_router_feedback_score_sum{{pool="{pool}"}} {total}')
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("canary_votes", "rolls_back"),
+    [
+        ({5: 25, 4: 10, 1: 5}, False),  # mean 4.1 against 4.3
+        ({5: 10, 2: 10, 1: 20}, True),  # mean 2.25 against 4.3
+        ({1: 10}, True),  # 10 votes of 1 ...
+    ],
+)
+def test_scraped_metric_text_rolls_a_canary_back_or_lets_it_pass(
+    canary_votes: dict[int, int], rolls_back: bool
+) -> None:
+    start = parse_figures(_exposition("blue", {}))
+    baseline = parse_figures(_exposition("blue", {5: 200, 4: 60, 1: 40})).since(start)
+    settings = ON if canary_votes != {1: 10} else ON.model_copy(update={"min_feedback_samples": 5})
+    candidate = parse_figures(_exposition("green", canary_votes)).since(Figures())
+    crossed = [r.gate for r in failed(evaluate(candidate, baseline, settings))]
+    assert crossed == (["feedback_score"] if rolls_back else [])
+    # ... which the default minimum (30) would not yet judge.
+    assert failed(evaluate(parse_figures(_exposition("green", {1: 10})), baseline, ON)) == []
