@@ -21,6 +21,8 @@ from sluice.launcher.openapi import render_openapi
 ROOT = Path(__file__).resolve().parent.parent
 DESCRIPTOR = ROOT / "gen" / "sluice.binpb"
 EXAMPLE = {"model": "default", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
+FEEDBACK_EXAMPLE = {"request_id": "6c1f0e0e-3c3b-4b8e-9d0e-1b2f3a4b5c6d", "score": 5}
+"""A score of an earlier answer (router/feedback.py): its x-request-id and 1..5."""
 # Example answers by status (the shapes docs/reference/http.md documents).
 ERROR_EXAMPLE = {
     "code": 16,
@@ -51,7 +53,14 @@ def _body(lines: list[str], content: str) -> None:
     lines += ["    + Body", "", *_indent(content, 12), ""]
 
 
+def _success_status(operation: dict[str, Any]) -> str:
+    return "200" if "200" in operation["responses"] else "202"
+
+
 def _success_example(operation: dict[str, Any]) -> tuple[str, str]:
+    if operation["operationId"].startswith("Feedback_"):
+        answer = {"request_id": FEEDBACK_EXAMPLE["request_id"], "counted": True}
+        return "application/json", json.dumps(answer, indent=2)
     content = operation["responses"]["200"]["content"]
     if "text/event-stream" in content and "application/json" not in content:
         events = [
@@ -80,16 +89,18 @@ def render(document: dict[str, Any]) -> str:
     for path, verbs in document["paths"].items():
         lines += [f"## Route {path.lstrip('/')} [{path}]", ""]
         for verb, operation in verbs.items():
-            openai = operation["operationId"].startswith("OpenAI_")
+            # Routes of the router's HTTP listener answer errors in OpenAI's shape.
+            openai = operation["operationId"].startswith(("OpenAI_", "Feedback_"))
+            feedback = operation["operationId"].startswith("Feedback_")
             lines += [f"### {operation['operationId']} [{verb.upper()}]", ""]
             lines += [operation.get("description") or operation["summary"], ""]
             media = "application/json" if "requestBody" in operation else None
             lines += [f"+ Request{f' ({media})' if media else ''}", ""]
             lines += ["    + Headers", "", "            authorization: Bearer sk-sluice-dev", ""]
             if media:
-                _body(lines, json.dumps(EXAMPLE, indent=2))
+                _body(lines, json.dumps(FEEDBACK_EXAMPLE if feedback else EXAMPLE, indent=2))
             kind, example = _success_example(operation)
-            lines += [f"+ Response 200 ({kind})", ""]
+            lines += [f"+ Response {_success_status(operation)} ({kind})", ""]
             _body(lines, example)
             error = OPENAI_ERROR_EXAMPLE if openai else ERROR_EXAMPLE
             lines += ["+ Response 401 (application/json)", ""]

@@ -91,8 +91,8 @@ def _contract_requests(document: dict[str, Any]) -> list[dict[str, Any]]:
     items = []
     for path, verbs in document["paths"].items():
         for verb, operation in verbs.items():
-            if operation["operationId"].startswith("OpenAI_"):
-                continue
+            if operation["operationId"].startswith(("OpenAI_", "Feedback_")):
+                continue  # described by hand (openapi.py): their own items below
             body = None
             if "requestBody" in operation:
                 ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
@@ -144,6 +144,37 @@ def _openai_requests() -> list[dict[str, Any]]:
                 "  const chunks = lines.slice(0, -1).map((l) => JSON.parse(l.slice(6)));",
                 "  chunks.forEach((c) => pm.expect(c.object).to.eql('chat.completion.chunk'));",
                 "  pm.expect(chunks[chunks.length - 1].usage.total_tokens).to.be.above(0);",
+                "});",
+            ),
+        ),
+    ]
+
+
+def _feedback_requests() -> list[dict[str, Any]]:
+    # An id this key never got: accepted, not counted (router/feedback.py).
+    unknown = {"request_id": "not-a-request-of-this-key", "score": 5}
+    return [
+        _request(
+            "Feedback on an unknown request is accepted, not counted",
+            "post",
+            "/v1/feedback",
+            unknown,
+            _script(
+                "pm.test('status 202', () => pm.response.to.have.status(202));",
+                "pm.test('not counted', () => {",
+                "  pm.expect(pm.response.json().counted).to.eql(false);",
+                "});",
+            ),
+        ),
+        _request(
+            "Feedback with a score out of range is 400",
+            "post",
+            "/v1/feedback",
+            {**unknown, "score": 9},
+            _script(
+                "pm.test('status 400', () => pm.response.to.have.status(400));",
+                "pm.test('names the field', () => {",
+                "  pm.expect(pm.response.json().error.param).to.eql('score');",
                 "});",
             ),
         ),
@@ -212,6 +243,7 @@ def build(document: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         "item": [
             {"name": "Sluice API (from the contract)", "item": _contract_requests(document)},
             {"name": "OpenAI-compatible", "item": _openai_requests()},
+            {"name": "Feedback", "item": _feedback_requests()},
             {"name": "Errors", "item": _error_requests()},
         ],
     }

@@ -30,15 +30,23 @@ def fast_edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuite
 def test_every_annotated_rpc_is_an_operation() -> None:
     document = render_openapi(descriptor_path())
     paths = document["paths"]
-    assert set(paths) == {"/v1/generate", "/v1/complete", "/v1/models", "/v1/chat/completions"}
+    assert set(paths) == {
+        "/v1/generate",
+        "/v1/complete",
+        "/v1/models",
+        "/v1/chat/completions",
+        "/v1/feedback",
+    }
     assert set(paths["/v1/generate"]) == {"post"}
     assert "text/event-stream" in paths["/v1/generate"]["post"]["responses"]["200"]["content"]
     request = document["components"]["schemas"]["sluice.router.v1.GenerateRequest"]
     assert {"model", "messages", "max_tokens", "temperature", "stop"} <= set(request["properties"])
     assert request["properties"]["model"]["description"].startswith("Model alias")
-    for operations in paths.values():
+    for path, operations in paths.items():
         for operation in operations.values():
-            assert {"200", "400", "401", "429", "503"} <= set(operation["responses"])
+            # Feedback is accepted (202), not answered (router/feedback.py).
+            success = "202" if path == "/v1/feedback" else "200"
+            assert {success, "400", "401", "429", "503"} <= set(operation["responses"])
 
 
 def test_openapi_json_is_served_through_envoy(fast_edge: RunningSuite) -> None:

@@ -5,8 +5,8 @@ operation; its request and response messages (and everything they reference) bec
 schemas in the proto3 JSON mapping Envoy's transcoder uses (proto field names, enums as
 names, 64-bit integers as strings); proto comments become descriptions. A server stream
 is documented as `text/event-stream` whose `data:` lines each hold one message. The
-OpenAI-compatible routes (router/openai_http.py) have no proto; they are described here
-by hand, as OpenAI's wire format.
+OpenAI-compatible routes (router/openai_http.py) and the feedback route
+(router/feedback.py) have no proto; they are described here by hand.
 
 Envoy serves the result at `/openapi.json` (launcher/envoy/routes.py).
 """
@@ -338,6 +338,81 @@ def _openai_operations() -> dict[str, Any]:
     }
 
 
+def _feedback_operation() -> dict[str, Any]:
+    """`POST /v1/feedback` as services/sluice/router/feedback.py (parse_feedback) reads it."""
+    errors = {
+        code: {"description": text, "content": {"application/json": {"schema": _OPENAI_ERROR}}}
+        for code, text in _ERROR_STATUSES.items()
+        if code in ("400", "401", "404", "413", "429", "503")
+    }
+    errors["400"]["description"] = (
+        "Invalid body (over 16 KiB, not a JSON object, a field missing, of the wrong type or "
+        "out of range, an unknown field): `error.param` names the field."
+    )
+    request = {
+        "type": "object",
+        "required": ["request_id", "score"],
+        "additionalProperties": False,
+        "properties": {
+            "request_id": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 64,
+                "description": "The `x-request-id` of an answer this key got from the gateway.",
+            },
+            "score": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 5,
+                "description": "The rating: 1 worst, 5 best (thumbs up/down: 5 or 1).",
+            },
+            "comment": {
+                "type": "string",
+                "maxLength": 2000,
+                "description": "Free text; checked, then dropped: never stored or logged.",
+            },
+        },
+    }
+    accepted = {
+        "type": "object",
+        "required": ["request_id", "counted"],
+        "properties": {
+            "request_id": {"type": "string"},
+            "counted": {
+                "type": "boolean",
+                "description": "Whether the score counts: only once per request, and only "
+                "from the key that made it, on the router that answered it, within "
+                "`router.feedback.window_s`.",
+            },
+        },
+    }
+    return {
+        "post": {
+            "operationId": "Feedback_Submit",
+            "summary": "Score an earlier answer (a canary signal; docs/deployment.md).",
+            "description": (
+                "Scores an answer this key got (its `x-request-id`) from 1 to 5. A score "
+                "counts once per request, only from the key that made it, within "
+                "`router.feedback.window_s`; counted scores feed "
+                "`sluice_router_feedback_score` per rollout pool, which the optional "
+                "`feedback_score` canary gate compares. Errors use OpenAI's error shape."
+            ),
+            "security": [{"bearer": []}],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": request}},
+            },
+            "responses": {
+                "202": {
+                    "description": "Accepted; `counted` says whether the score was counted.",
+                    "content": {"application/json": {"schema": accepted}},
+                },
+                **errors,
+            },
+        }
+    }
+
+
 def render_openapi(descriptor: Path) -> dict[str, Any]:
     """The OpenAPI document for the edge, from the descriptor image."""
     contract = _Contract(descriptor_pb2.FileDescriptorSet.FromString(descriptor.read_bytes()))
@@ -346,6 +421,7 @@ def render_openapi(descriptor: Path) -> dict[str, Any]:
     openai_paths = _openai_operations()
     # GET /v1/models answers in OpenAI's shape too (`object`, `data`) beside `models`.
     paths.update({p: {**paths.get(p, {}), **ops} for p, ops in openai_paths.items()})
+    paths["/v1/feedback"] = _feedback_operation()
     return {
         "openapi": "3.1.0",
         "info": {

@@ -38,6 +38,7 @@ from sluice.router.buffer import adaptive
 from sluice.router.degradation import MemoryGuard
 from sluice.router.fallback import FallbackChain
 from sluice.router.limits import Limits
+from sluice.router.recent_requests import RecentRequests
 from sluice.router.relay import StreamState
 from sluice.router.settings import ModelAliasSettings, RouterSettings
 from sluice.router.stream_caps import KeyCaps, StreamSlot
@@ -100,8 +101,10 @@ class GeneratePipeline:
         admission: Admission | None = None,
         audit: AuditLog | None = None,
         caps: KeyCaps | None = None,
+        recent: RecentRequests | None = None,
     ) -> None:
         self._settings = settings
+        self._recent = recent
         self._audit = audit
         self._auth = authenticator
         self._limits = limits
@@ -234,6 +237,8 @@ class GeneratePipeline:
             if own is not None:
                 own.release()
             self._limits.settle(request, principal, state)
+            if self._recent is not None:  # an answered request may be scored (router/feedback.py)
+                self._recent.remember(current_request_id(), principal.key_id)
             if state.output_tokens:
                 self._metrics.tokens_streamed.labels(request.model, state.backend).inc(
                     state.output_tokens

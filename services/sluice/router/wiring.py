@@ -30,6 +30,7 @@ from sluice.router.provider_streams import (
     StreamCalls,
     split_target,
 )
+from sluice.router.recent_requests import RecentRequests
 from sluice.router.service import RouterServicer
 from sluice.router.settings import RouterSettings
 from sluice.router.stream_caps import KeyCaps
@@ -122,6 +123,13 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Rou
         clock=clock,
         timeout_s=settings.limiter_timeout_ms / 1000.0,
     )
+    feedback = settings.feedback
+    # Only when someone can send feedback: otherwise remembering ids is wasted work.
+    recent = (
+        RecentRequests(feedback.recent_requests, feedback.window_s, clock.monotonic)
+        if feedback.enabled and settings.http_api.enabled
+        else None
+    )
     pipeline = GeneratePipeline(
         settings,
         authenticator=_authenticator(settings, clock),
@@ -147,6 +155,7 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Rou
         ),
         audit=host.audit,
         caps=KeyCaps(host.registry, clock.monotonic),
+        recent=recent,
     )
     converser = Converser(
         pipeline,
@@ -173,7 +182,7 @@ def build_server(settings: RouterSettings, *, clock: Clock | None = None) -> Rou
 
     host.add_cleanup(close_channels)
     if settings.http_api.enabled:
-        _serve_http_api(host, settings, pipeline, converser)
+        _serve_http_api(host, settings, pipeline, converser, recent)
     return host
 
 
@@ -201,9 +210,14 @@ def _authenticator(settings: RouterSettings, clock: Clock) -> ApiKeyAuthenticato
 
 
 def _serve_http_api(
-    host: RouterHost, settings: RouterSettings, pipeline: GeneratePipeline, converser: Converser
+    host: RouterHost,
+    settings: RouterSettings,
+    pipeline: GeneratePipeline,
+    converser: Converser,
+    recent: RecentRequests | None,
 ) -> None:
-    """The OpenAI-compatible HTTP listener (and the WebSocket bridge on it)."""
+    """The OpenAI-compatible HTTP listener (and the WebSocket bridge and the feedback
+    route on it)."""
     # Imported only when enabled: aiohttp is not needed otherwise.
     from sluice.router.openai_http import OpenAIHttpApi  # noqa: PLC0415
     from sluice.router.websocket_bridge import WebSocketBridge  # noqa: PLC0415
@@ -221,6 +235,16 @@ def _serve_http_api(
     if settings.converse.websocket_enabled:
         WebSocketBridge(
             converser, host.metrics, tracer, max_json_depth=settings.http_api.max_json_depth
+        ).register(api.app)
+    if recent is not None:
+        from sluice.router.feedback import FeedbackApi, FeedbackMetrics  # noqa: PLC0415
+
+        FeedbackApi(
+            pipeline.authenticate,
+            recent,
+            FeedbackMetrics(host.registry, recent),
+            max_comment_chars=settings.feedback.max_comment_chars,
+            max_json_depth=settings.http_api.max_json_depth,
         ).register(api.app)
     context = None
     security = settings.security

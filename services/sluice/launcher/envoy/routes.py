@@ -22,6 +22,8 @@ from sluice.launcher.openapi import render_openapi_json
 from sluice.launcher.settings import SuiteSettings
 
 _HTTP_API_ROUTES = (("/v1/chat/completions", "POST"), ("/v1/models", "GET"))
+_FEEDBACK_ROUTE = ("/v1/feedback", "POST")
+"""Feedback on an answer (router/feedback.py), when `router.feedback.enabled`."""
 
 
 def _grpc_route(prefix: str, timeout: str, retries: dict[str, Any]) -> dict[str, Any]:
@@ -35,6 +37,9 @@ def _http_api_routes(settings: SuiteSettings) -> list[dict[str, Any]]:
     """Plain HTTP routes to the router's HTTP listener, past the transcoder."""
     if not settings.router.http_api.enabled:
         return []
+    paths = [*_HTTP_API_ROUTES]
+    if settings.router.feedback.enabled:
+        paths.append(_FEEDBACK_ROUTE)
     return [
         {
             # Other methods fall through to the catch-all 404 (JSON, like every local reply).
@@ -46,7 +51,7 @@ def _http_api_routes(settings: SuiteSettings) -> list[dict[str, Any]]:
                 **body_limit(settings.envoy.max_request_bytes),
             },
         }
-        for path, method in _HTTP_API_ROUTES
+        for path, method in paths
     ]
 
 

@@ -76,11 +76,11 @@ def router_gate_queries(settings: RolloutSettings, window: str) -> dict[str, str
     while the canary answered fewer than `min_requests` within `window`."""
     requests = host_gates.requests_promql(CANARY_POOL, window)
     queries = {}
-    for gate in host_gates.PROMQL:
+    for gate in host_gates.gate_names(settings):
         excess = host_gates.excess_promql(
             gate,
-            host_gates.promql(gate, CANARY_POOL, window),
-            host_gates.promql(gate, STABLE_POOL, window),
+            host_gates.promql(gate, CANARY_POOL, window, settings=settings),
+            host_gates.promql(gate, STABLE_POOL, window, settings=settings),
             settings,
         )
         queries[gate] = host_gates.judged_promql(excess, requests, settings)

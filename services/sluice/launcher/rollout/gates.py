@@ -7,7 +7,8 @@ same quantity as PromQL over a `pool` label, for Prometheus-driven analysis (an 
 Rollouts AnalysisTemplate, dashboards). docs/deployment.md lists them.
 
 Gate names: `error_rate`, `upstream_error_rate`, `success_rate`, `latency_p99`,
-`ttft_p99`.
+`ttft_p99`, and `feedback_score` when `rollout.feedback_gate` is on (users' scores of
+answers, router/feedback.py; off by default, so the default analysis is unchanged).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ DURATION = "sluice_rpc_duration_seconds"
 TTFT = "sluice_router_time_to_first_token_seconds"
 ATTEMPTS = "sluice_router_backend_attempts_total"
 BACKEND_ERRORS = "sluice_router_backend_errors_total"
+FEEDBACK_SCORE = "sluice_router_feedback_score"
+"""Histogram of counted feedback scores (1..5), labelled with the pool that answered."""
 
 _SERIES = {
     "requests": f"{REQUESTS}{{{_RPC},$pool}}",
@@ -62,6 +65,20 @@ PROMQL: dict[str, str] = {
 """Each gate's quantity for one pool: `$pool` is a label matcher (`pool_selector`),
 `$window` a range such as `1m` (string.Template placeholders)."""
 
+FEEDBACK_GATE = "feedback_score"
+FEEDBACK_PROMQL = (
+    f"(sum(rate({FEEDBACK_SCORE}_sum{{$pool}}[$window]))"
+    f" / sum(rate({FEEDBACK_SCORE}_count{{$pool}}[$window])) >= 0)"
+    f" and on() (sum(increase({FEEDBACK_SCORE}_count{{$pool}}[$window])) >= $samples)"
+)
+"""A pool's mean feedback score within the window, only once it has `$samples` scores
+(none otherwise: too few votes are no figure)."""
+
+
+def gate_names(settings: RolloutSettings) -> list[str]:
+    """The gates `settings` turn on, in report order."""
+    return [*PROMQL, *([FEEDBACK_GATE] if settings.feedback_gate else [])]
+
 
 REQUESTS_PROMQL = f"sum(increase({_SERIES['requests']}[$window]))"
 """Client requests a pool answered within the window: the `min_requests` guard."""
@@ -74,10 +91,21 @@ def pool_selector(pool: str, *, baseline: bool = False) -> str:
     return f'pool{"!=" if baseline else "="}"{pool}"'
 
 
-def promql(gate: str, pool: str, window: str, *, baseline: bool = False) -> str:
-    """The PromQL of `gate` for the candidate `pool` (or its baseline)."""
-    template = Template(PROMQL[gate])
-    return template.substitute(pool=pool_selector(pool, baseline=baseline), window=window)
+def promql(
+    gate: str,
+    pool: str,
+    window: str,
+    *,
+    baseline: bool = False,
+    settings: RolloutSettings | None = None,
+) -> str:
+    """The PromQL of `gate` for the candidate `pool` (or its baseline); `settings` give
+    `feedback_score` its minimum sample count."""
+    selector = pool_selector(pool, baseline=baseline)
+    if gate == FEEDBACK_GATE:
+        samples = (settings or RolloutSettings()).min_feedback_samples
+        return Template(FEEDBACK_PROMQL).substitute(pool=selector, window=window, samples=samples)
+    return Template(PROMQL[gate]).substitute(pool=selector, window=window)
 
 
 def requests_promql(pool: str, window: str, *, baseline: bool = False) -> str:
@@ -113,6 +141,9 @@ def excess_promql(gate: str, candidate: str, baseline: str, settings: RolloutSet
             else (settings.max_ttft_p99_ratio, settings.ttft_slack_ms)
         )
         excess = f"{known(candidate)} - ({ratio:g} * {known(baseline)} + {slack_ms / 1000:g})"
+    elif gate == FEEDBACK_GATE:
+        # Both sides come without a sample below min_feedback_samples: then it passes.
+        excess = f"(({baseline}) - {settings.max_feedback_score_drop:g}) - ({candidate})"
     else:
         raise KeyError(gate)
     return f"({excess}) or vector(0)"
@@ -136,6 +167,9 @@ class Figures:
     latency: dict[float, float] = field(default_factory=dict)
     """Cumulative histogram buckets (upper bound → count) of client RPC durations."""
     ttft: dict[float, float] = field(default_factory=dict)
+    feedback_sum: float = 0.0
+    """Sum of the counted feedback scores."""
+    feedback_count: float = 0.0
 
     def add(self, other: Figures) -> None:
         """Sum another replica's figures into these."""
@@ -144,6 +178,8 @@ class Figures:
         self.ok += other.ok
         self.attempts += other.attempts
         self.backend_errors += other.backend_errors
+        self.feedback_sum += other.feedback_sum
+        self.feedback_count += other.feedback_count
         for bound, count in other.latency.items():
             self.latency[bound] = self.latency.get(bound, 0.0) + count
         for bound, count in other.ttft.items():
@@ -163,6 +199,8 @@ class Figures:
             backend_errors=delta(self.backend_errors, start.backend_errors),
             latency={b: delta(c, start.latency.get(b, 0.0)) for b, c in self.latency.items()},
             ttft={b: delta(c, start.ttft.get(b, 0.0)) for b, c in self.ttft.items()},
+            feedback_sum=delta(self.feedback_sum, start.feedback_sum),
+            feedback_count=delta(self.feedback_count, start.feedback_count),
         )
 
 
@@ -191,6 +229,10 @@ def parse_figures(text: str) -> Figures:
                 figures.attempts += sample.value
             elif sample.name == BACKEND_ERRORS:
                 figures.backend_errors += sample.value
+            elif sample.name == f"{FEEDBACK_SCORE}_sum":
+                figures.feedback_sum += sample.value
+            elif sample.name == f"{FEEDBACK_SCORE}_count":
+                figures.feedback_count += sample.value
     return figures
 
 
@@ -233,7 +275,13 @@ class GateResult:
         def show(value: float | None) -> str:
             return "n/a" if value is None else f"{value:.4g}"
 
-        relation = "within" if self.passed else ">" if self.gate != "success_rate" else "<"
+        relation = (
+            "within"
+            if self.passed
+            else "<"
+            if self.gate in ("success_rate", FEEDBACK_GATE)
+            else ">"
+        )
         return (
             f"{self.gate} {show(self.candidate)} {relation} limit {show(self.limit)} "
             f"(baseline {show(self.baseline)})"
@@ -284,7 +332,27 @@ def evaluate(candidate: Figures, baseline: Figures, settings: RolloutSettings) -
         bound = None if base is None else base * ratio + slack_ms / 1000
         passed = value is None or bound is None or value <= bound
         results.append(GateResult(gate, value, base, bound, passed))
+    if settings.feedback_gate:
+        results.append(feedback_result(candidate, baseline, settings))
     return results
+
+
+def mean_score(figures: Figures, min_samples: int) -> float | None:
+    """The mean feedback score, None with fewer than `min_samples` scores."""
+    if figures.feedback_count < max(1, min_samples):
+        return None
+    return figures.feedback_sum / figures.feedback_count
+
+
+def feedback_result(candidate: Figures, baseline: Figures, settings: RolloutSettings) -> GateResult:
+    """Gate `feedback_score`: the candidate's mean score at least the baseline's minus
+    `max_feedback_score_drop`; it passes while either side has fewer than
+    `min_feedback_samples` scores (no comparison yet)."""
+    value = mean_score(candidate, settings.min_feedback_samples)
+    base = mean_score(baseline, settings.min_feedback_samples)
+    floor = None if base is None else base - settings.max_feedback_score_drop
+    passed = value is None or floor is None or value >= floor
+    return GateResult(FEEDBACK_GATE, value, base, floor, passed)
 
 
 def failed(results: Iterable[GateResult]) -> list[GateResult]:

@@ -49,6 +49,16 @@ class RolloutSettings(BaseSettings):
     baseline's …"""
     ttft_slack_ms: float = Field(150.0, ge=0.0)
     """… plus this many milliseconds."""
+    feedback_gate: bool = False
+    """Gate `feedback_score` (off by default): users' feedback scores (1..5,
+    `POST /v1/feedback`) on the candidate's answers against the baseline's."""
+    max_feedback_score_drop: float = Field(0.5, ge=0.0, le=4.0)
+    """Gate `feedback_score`: the candidate's mean score may fall below the baseline's
+    by at most this (on the 1..5 scale)."""
+    min_feedback_samples: int = Field(30, ge=1)
+    """Gate `feedback_score`: scores each side must have in the step (the analysis
+    window in a cluster) before means are compared; with fewer the gate passes, so a few
+    votes never roll a canary back."""
     auto_promote: bool = True
     """Canary: promote once the last step passed; off waits for `sluice rollout promote`."""
     canary_replicas: int = Field(1, ge=1, le=64)

@@ -18,6 +18,7 @@ from sluice.core.resilience.bulkhead import BulkheadSettings
 from sluice.core.resilience.retry import RetrySettings
 from sluice.router.settings.admission import AdmissionSettings
 from sluice.router.settings.budgets import BudgetSettings
+from sluice.router.settings.feedback import FeedbackSettings
 from sluice.router.settings.keys import KeyStoreSettings, StreamCapSettings
 from sluice.router.settings.streams import BufferSettings, MultiplexSettings
 
@@ -257,6 +258,8 @@ class RouterSettings(ServiceSettings):
     """Currency budgets per API key per period, from per-model prices."""
     converse: ConverseSettings = ConverseSettings()
     """The Converse RPC's history bounds and its WebSocket bridge (/v1/ws)."""
+    feedback: FeedbackSettings = FeedbackSettings()
+    """User feedback on answers (`POST /v1/feedback` on the HTTP listener)."""
 
     @model_validator(mode="after")
     def _unique_key_ids(self) -> RouterSettings:
