@@ -189,11 +189,12 @@ class Rollouts:
         stats = self.envoy_hosts().get((ROUTER_CLUSTER, f"{replica.host}:{replica.grpc_port}"))
         return stats is not None and stats.get("health_flags") == "healthy"
 
-    def envoy_sees_a_healthy_router(self) -> bool:
-        """Whether Envoy has at least one router replica passing its health check."""
+    def envoy_sees_a_healthy_router(self, cluster: str = ROUTER_CLUSTER) -> bool:
+        """Whether Envoy has at least one router replica in `cluster` (gRPC, or the HTTP
+        API's) passing its health check."""
         return any(
-            cluster == ROUTER_CLUSTER and stats.get("health_flags") == "healthy"
-            for (cluster, _), stats in self.envoy_hosts().items()
+            name == cluster and stats.get("health_flags") == "healthy"
+            for (name, _), stats in self.envoy_hosts().items()
         )
 
     def in_flight(self, replica: Replica) -> int:
