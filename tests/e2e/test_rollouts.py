@@ -178,7 +178,7 @@ def control(
     response = httpx.request(
         method, url + path, json=body, headers={"authorization": f"Bearer {token}"}, timeout=10
     )
-    assert response.status_code == 200, response.text
+    assert response.status_code in (200, 202), response.text
     result: dict[str, Any] = response.json()
     return result
 
