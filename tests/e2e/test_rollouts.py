@@ -1,14 +1,23 @@
-"""Rollouts on the real suite and Envoy under steady mixed load (SSE, native gRPC and
-OpenAI-compatible streams through the edge): rolling, blue-green and canary each finish
-with no failed request and no truncated stream; a candidate whose model fails 5 % of
-attempts is rolled back during the canary's first step. Every decision reaches the
-webhook (Alertmanager's format), the supervisor's /metrics and `sluice rollout status`.
-Each test prints p99 during the rollout beside the steady state before it."""
+"""Rollouts on the real suite (two router replicas) and Envoy under steady mixed load
+(SSE, native gRPC and OpenAI-compatible streams through the edge): rolling, blue-green
+and canary each finish with no failed request and no truncated stream; a rolling rollout
+whose second candidate fails its smoke request restarts the replaced replica on the
+baseline; a candidate whose model fails 5 % of attempts is rolled back during the
+canary's first step, and one that stops answering health checks too; a canary without
+auto-promotion holds until `sluice rollout promote`. Every decision reaches the webhook
+(Alertmanager's format), the supervisor's /metrics and `sluice rollout status`. Each test
+prints p99 during the rollout beside the steady state before it.
+
+One suite serves every test (each leaves one stable pool of two replicas behind): its
+start and each router's start are the cost, so `sluice rollout` runs in this process
+(`main()`, as the executable would) and status is polled from the control endpoint
+rather than through a new interpreter per look."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import re
@@ -16,19 +25,22 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 import yaml
 
 from loadtest.soak import KINDS, Run, pct, worker
-from tests.e2e.conftest import BIN, RunningSuite, start_suite
+from sluice.launcher.cli import main as sluice_main
+from tests.e2e.conftest import BIN, RunningSuite, free_ports, start_suite
 
 pytestmark = pytest.mark.timeout(240)
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[2]
 CONCURRENCY = 9
@@ -72,9 +84,12 @@ def rollout_suite(
 ) -> Iterator[tuple[RunningSuite, Webhook]]:
     hook = Webhook()
     tmp = tmp_path_factory.mktemp("rollouts")
+    grpc_port, metrics_port, http_port = free_ports(3)
+    second = {"port": grpc_port, "metrics_port": metrics_port, "http_port": http_port}
     try:
         with start_suite(
             tmp,
+            supervisor={"replicas": {"router": 2}, "replica_ports": {"router": [second]}},
             router={"resilience": {"local_limit_rps": 5000}, "progress_interval_ms": 1000},
             limiter={"per_key": {"capacity": 100_000, "refill_per_second": 100_000}},
             provider={"backends": {"simulated": FAST_MODEL}},
@@ -121,6 +136,7 @@ def candidate_file(suite: RunningSuite, name: str, **changes: Any) -> Path:
 
 
 def sluice_rollout(suite: RunningSuite, *args: str) -> subprocess.CompletedProcess[str]:
+    """`sluice rollout ARGS` as its own process (the installed executable)."""
     assert suite.run_dir is not None
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     return subprocess.run(
@@ -133,11 +149,60 @@ def sluice_rollout(suite: RunningSuite, *args: str) -> subprocess.CompletedProce
     )
 
 
-async def under_load(
-    suite: RunningSuite, *args: str
-) -> tuple[subprocess.CompletedProcess[str], Run, float, float]:
-    """Run `sluice rollout ARGS --wait` while the mixed load runs; returns the command's
-    result, the load's results and the rollout's start and end (monotonic)."""
+_CLI_LOCK = threading.Lock()
+"""The CLI prints to sys.stdout, swapped for one call at a time."""
+
+
+def sluice_cli(suite: RunningSuite, *args: str) -> subprocess.CompletedProcess[str]:
+    """`sluice rollout ARGS --json` through the CLI's `main()` in this process: the same
+    parsing, control calls, `--wait` loop and exit code as the executable, without a
+    new interpreter's imports (seconds each on a loaded machine)."""
+    assert suite.run_dir is not None
+    argv = ["rollout", *args, "--run-dir", str(suite.run_dir), "--json"]
+    out, err = io.StringIO(), io.StringIO()
+    with _CLI_LOCK, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = sluice_main(argv)
+        except SystemExit as exited:  # argparse's errors
+            code = exited.code if isinstance(exited.code, int) else 2
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+def control(
+    suite: RunningSuite, method: str = "GET", path: str = "/v1/rollout", body: Any = None
+) -> dict[str, Any]:
+    """One call to the suite's rollout control endpoint (what `sluice rollout` calls)."""
+    assert suite.run_dir is not None
+    url = (suite.run_dir / "rollout.url").read_text().strip()
+    token = (suite.run_dir / "rollout.token").read_text().strip()
+    response = httpx.request(
+        method, url + path, json=body, headers={"authorization": f"Bearer {token}"}, timeout=10
+    )
+    assert response.status_code in (200, 202), response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def wait_for(
+    suite: RunningSuite, done: Callable[[dict[str, Any]], bool], seconds: float, what: str
+) -> dict[str, Any]:
+    """Poll the rollout's status until `done` holds."""
+    deadline = time.monotonic() + seconds
+    status = control(suite)
+    while not done(status):
+        assert time.monotonic() < deadline, f"{what}: {json.dumps(status)[:2000]}"
+        time.sleep(0.1)
+        status = control(suite)
+    return status
+
+
+def phase(status: dict[str, Any]) -> str:
+    return str(status["phase"] or "")
+
+
+async def with_load(suite: RunningSuite, action: Callable[[], T]) -> tuple[T, Run, float, float]:
+    """Run `action` (in a thread) while the mixed load runs; returns its result, the
+    load's results and the action's start and end (monotonic)."""
     run = Run(origin=time.monotonic())
     tasks = [
         asyncio.create_task(worker(run, KINDS[i % len(KINDS)], suite.edge, i, CONCURRENCY))
@@ -146,13 +211,21 @@ async def under_load(
     try:
         await asyncio.sleep(STEADY_S)
         began = time.monotonic()
-        result = await asyncio.to_thread(sluice_rollout, suite, *args, "--wait")
+        result = await asyncio.to_thread(action)
         ended = time.monotonic()
         await asyncio.sleep(0.5)
     finally:
         run.stop = True
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=60)
     return result, run, began, ended
+
+
+async def under_load(
+    suite: RunningSuite, *args: str
+) -> tuple[subprocess.CompletedProcess[str], Run, float, float]:
+    """Run `sluice rollout ARGS --wait` while the mixed load runs; returns the command's
+    result, the load's results and the rollout's start and end (monotonic)."""
+    return await with_load(suite, lambda: sluice_cli(suite, *args, "--wait"))
 
 
 def report(name: str, run: Run, began: float, ended: float) -> dict[str, Any]:
@@ -192,6 +265,139 @@ def _metrics_url(suite: RunningSuite) -> str:
     return f"http://127.0.0.1:{suite.ports['supervisor_metrics']}/metrics"
 
 
+CANDIDATE_CEILING = 6000
+"""The candidates' admission ceiling (router.admission.adaptive.max_limit): a
+configuration's mark in each router's /metrics (the suite's is the memory budget's)."""
+
+
+def ceiling(metrics_url: str) -> float | None:
+    """The replica's sluice_router_concurrency_ceiling, once it has served a request."""
+    with contextlib.suppress(httpx.HTTPError):
+        for line in httpx.get(metrics_url, timeout=2).text.splitlines():
+            if line.startswith("sluice_router_concurrency_ceiling{"):
+                return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_text()
+
+
+def ceilings_once_used(suite: RunningSuite, urls: list[str]) -> list[float | None]:
+    """Each replica's ceiling, after requests through the edge reached every one."""
+    body = {"model": "default", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    auth = {"authorization": "Bearer sk-sluice-dev"}
+    found: list[float | None] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = [ceiling(url) for url in urls]
+        if None not in found:
+            break
+        httpx.post(f"{suite.edge}/v1/generate", json=body, headers=auth, timeout=10)
+    return found
+
+
+def second_router_cannot_reach_a_model(suite: RunningSuite) -> Path:
+    """A candidate installation (`--candidate-bin`) whose first router is sound and
+    whose second points at a closed port for its provider: it becomes SERVING (health
+    does not depend on the provider) but fails its smoke request."""
+    assert suite.run_dir is not None
+    folder = suite.run_dir.parent / "candidate-bin"
+    folder.mkdir(exist_ok=True)
+    starts, script = folder / "router-starts", folder / "sluice"
+    starts.unlink(missing_ok=True)
+    closed = free_ports(1)[0]
+    script.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$2" = router ]; then echo x >> "{starts}"; fi\n'
+        f'if [ "$2" = router ] && [ "$(wc -l < "{starts}")" -ge 2 ]; then\n'
+        f"  export SLUICE_ROUTER_PROVIDER_ADDRESS=127.0.0.1:{closed}\n"
+        "fi\n"
+        f'exec "{BIN / "sluice"}" "$@"\n'
+    )
+    script.chmod(0o755)
+    return script
+
+
+async def test_rolling_rollback_restarts_the_replaced_replica_on_the_baseline(
+    rollout_suite: tuple[RunningSuite, Webhook],
+) -> None:
+    suite, hook = rollout_suite
+    assert suite.run_dir is not None
+    before = control(suite)
+    stable = before["stable_pool"]
+    old = {r["name"]: r["pid"] for r in before["pools"][0]["replicas"]}
+    assert len(old) == 2, before
+    baseline_config = environ(next(iter(old.values())))["SLUICE_CONFIG"]
+    adaptive = {"adaptive": {"max_limit": CANDIDATE_CEILING}}
+    candidate = candidate_file(suite, "v1-second-fails", router={"admission": adaptive})
+    binary = second_router_cannot_reach_a_model(suite)
+    seen: dict[str, float] = {}
+
+    def roll() -> subprocess.CompletedProcess[str]:
+        with ThreadPoolExecutor(1) as pool:
+            rolling = pool.submit(
+                sluice_cli, suite, "rolling", "--candidate", str(candidate),
+                "--candidate-bin", str(binary), "--wait",
+            )  # fmt: skip
+            # The candidate's first replica serves its share meanwhile: its ceiling shows
+            # the candidate's configuration is the one running there.
+            while not rolling.done():
+                for found in control(suite)["pools"]:
+                    for replica in found["replicas"] if found["name"] != stable else []:
+                        value = ceiling(replica["metrics"])
+                        if value is not None:
+                            seen[replica["name"]] = value
+                time.sleep(0.3)
+            return rolling.result()
+
+    result, run, began, ended = await with_load(suite, roll)
+    figures = report("rolling, rolled back at the second replica", run, began, ended)
+    status = json.loads(result.stdout)
+    assert result.returncode == 1, (result.stderr, status)
+    assert status["state"] == "rolled_back" and status["reason"] == "smoke", status
+    assert (status["step"], status["steps"]) == (2, 2), status
+    assert figures["failed"] == 0, figures
+    assert CANDIDATE_CEILING in seen.values(), seen
+    decisions = [d for d in status["decisions"] if d["version"] == "v1-second-fails"]
+    steps = [d["message"] for d in decisions if d["decision"] == "step"]
+    assert len(steps) == 1 and "replica 1/2" in steps[0], decisions
+    replaced = steps[0].rsplit(" replaced ", 1)[1]
+    assert replaced in old, steps
+    message = decisions[-1]["message"]
+    assert decisions[-1]["decision"] == "rolled_back", decisions
+    assert "smoke request to" in message and f"{replaced} restarted on the baseline" in message
+    # Every replica runs the baseline again: the replaced one restarted (a new process on
+    # its own ports), the other never stopped; none is the candidate's.
+    assert stable == status["stable_pool"] and edge_pools(suite) == {stable}
+    assert [p["name"] for p in status["pools"]] == [stable]
+    now = {r["name"]: r for r in status["pools"][0]["replicas"]}
+    assert set(now) == set(old), now
+    assert all(r["alive"] and not r["draining"] for r in now.values()), now
+    assert now[replaced]["pid"] != old[replaced]
+    assert [now[name]["pid"] for name in old if name != replaced] == [
+        pid for name, pid in old.items() if name != replaced
+    ]
+    for replica in now.values():
+        assert environ(replica["pid"])["SLUICE_CONFIG"] == baseline_config
+        assert str(binary) not in cmdline(replica["pid"])
+    # …and behaves as the baseline: its admission ceiling is the suite's.
+    ceilings = ceilings_once_used(suite, [r["metrics"] for r in now.values()])
+    assert None not in ceilings and CANDIDATE_CEILING not in ceilings, ceilings
+    assert ("rolled_back", "smoke") in hook.decisions()
+    assert (
+        supervisor_metric_total(
+            suite, "sluice_rollout_rollbacks_total", version="v1-second-fails", reason="smoke"
+        )
+        == 1
+    )
+
+
 async def test_rolling_rollout_fails_nothing(rollout_suite: tuple[RunningSuite, Webhook]) -> None:
     suite, hook = rollout_suite
     candidate = candidate_file(suite, "v2-rolling", router={"progress_interval_ms": 900})
@@ -213,7 +419,7 @@ def test_envoy_hot_restart_after_a_rollout_keeps_the_new_pool(
     assert suite.run_dir is not None
     pid_file = suite.run_dir / "envoy.pid"
     before = pid_file.read_text()
-    stable = json.loads(sluice_rollout(suite, "status").stdout)["stable_pool"]
+    stable = control(suite)["stable_pool"]
     os.kill(suite.process.pid, signal.SIGHUP)
     deadline = time.monotonic() + 60
     while pid_file.read_text() == before and time.monotonic() < deadline:
@@ -252,7 +458,7 @@ def test_envoy_hot_restart_after_a_rollout_keeps_the_new_pool(
 
 async def test_blue_green_switch_fails_nothing(rollout_suite: tuple[RunningSuite, Webhook]) -> None:
     suite, hook = rollout_suite
-    stable = json.loads(sluice_rollout(suite, "status").stdout)["stable_pool"]
+    stable = control(suite)["stable_pool"]
     candidate = candidate_file(suite, "v3-blue-green", router={"progress_interval_ms": 800})
     result, run, began, ended = await under_load(suite, "blue-green", "--candidate", str(candidate))
     figures = report("blue-green", run, began, ended)
@@ -287,7 +493,7 @@ async def test_bad_canary_is_rolled_back_in_its_first_step(
     rollout_suite: tuple[RunningSuite, Webhook],
 ) -> None:
     suite, hook = rollout_suite
-    stable = json.loads(sluice_rollout(suite, "status").stdout)["stable_pool"]
+    stable = control(suite)["stable_pool"]
     faulty = {"simulated": {**FAST_MODEL, "faults": {"error_rate": 0.05}}}
     candidate = candidate_file(suite, "v5-faulty", provider={"backends": faulty})
     # A long first step: the rollback must come from the gates, not the window's end.
@@ -341,6 +547,131 @@ async def test_bad_canary_is_rolled_back_in_its_first_step(
     assert [name for name in queried if f"\n{name}" not in exposed] == []
 
 
+async def test_canary_failing_its_health_check_is_rolled_back(
+    rollout_suite: tuple[RunningSuite, Webhook],
+) -> None:
+    suite, hook = rollout_suite
+    stable = control(suite)["stable_pool"]
+    candidate = candidate_file(suite, "v7-hangs", router={"progress_interval_ms": 500})
+    stopped: list[int] = []
+
+    def hang_the_candidate() -> subprocess.CompletedProcess[str]:
+        with ThreadPoolExecutor(1) as pool:
+            # A long first step: only the health check can end it early.
+            canary = pool.submit(
+                sluice_cli, suite, "canary", "--candidate", str(candidate),
+                "--analysis-window", "60", "--wait",
+            )  # fmt: skip
+            status = wait_for(
+                suite,
+                lambda s: "analysing" in phase(s) or s["state"] != "running",
+                150,
+                "the first step",
+            )
+            assert status["state"] == "running", status
+            pool_ = next(p for p in status["pools"] if p["name"] == status["candidate_pool"])
+            pid = pool_["replicas"][0]["pid"]
+            os.kill(pid, signal.SIGSTOP)  # alive, but answers nothing: not SERVING
+            stopped.append(pid)
+            try:
+                wait_for(
+                    suite,
+                    lambda s: s["state"] != "running" or phase(s).startswith(("rolling", "drain")),
+                    60,
+                    "the rollback",
+                )
+            finally:
+                # The rollback has begun; a stopped process would only hold its stop
+                # (SIGTERM, then the grace, then SIGKILL) for 20 s.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            return canary.result()
+
+    result, run, began, ended = await with_load(suite, hang_the_candidate)
+    figures = report("canary failing its health check", run, began, ended)
+    status = json.loads(result.stdout)
+    assert result.returncode == 1, (result.stderr, status)
+    assert status["state"] == "rolled_back" and status["reason"] == "health_check", status
+    assert status["step"] == 1, status
+    rolled_back = [d for d in status["decisions"] if d["decision"] == "rolled_back"][-1]
+    assert "fails Envoy's health check" in rolled_back["message"], rolled_back
+    assert status["stable_pool"] == stable and edge_pools(suite) == {stable}
+    assert [p["name"] for p in status["pools"]] == [stable]
+    # Only the candidate's 5 % share could fail (the streams it held when it stopped).
+    assert figures["failed"] <= 0.05 * figures["requests"], figures
+    assert ("rolled_back", "health_check") in hook.decisions()
+    assert (
+        supervisor_metric_total(
+            suite, "sluice_rollout_rollbacks_total", version="v7-hangs", reason="health_check"
+        )
+        == 1
+    )
+
+
+async def test_canary_without_auto_promote_holds_until_promoted(
+    rollout_suite: tuple[RunningSuite, Webhook],
+) -> None:
+    suite, hook = rollout_suite
+    stable = control(suite)["stable_pool"]
+    candidate = candidate_file(suite, "v8-manual", router={"progress_interval_ms": 400})
+    # As many replicas as the baseline: each takes its pool's share, so the gates compare
+    # like with like (they are not this test's subject: generous latency slack, as the
+    # machine's load, not the candidate, sets a p99 here).
+    settings = {
+        "auto_promote": False,
+        "steps": [50, 100],
+        "analysis_window_s": 1,
+        "canary_replicas": 2,
+        "latency_slack_ms": 5000,
+        "ttft_slack_ms": 5000,
+    }
+    held: list[dict[str, Any]] = []
+
+    def hold_then_promote() -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+        body = {"strategy": "canary", "candidate": str(candidate), "settings": settings}
+        assert control(suite, "POST", "/v1/rollout", body)["state"] == "running"
+        status = wait_for(
+            suite, lambda s: "promote" in phase(s) or s["state"] != "running", 150, "the hold"
+        )
+        assert status["state"] == "running", status
+        # Held: several analysis windows (and gate evaluations) pass, nothing moves on.
+        until = time.monotonic() + 3.0
+        while time.monotonic() < until:
+            held.append(status)
+            time.sleep(0.25)
+            status = control(suite)
+        held.append(status)
+        promoted = sluice_cli(suite, "promote")
+        return promoted, wait_for(suite, lambda s: s["state"] != "running", 120, "the promotion")
+
+    (promoted, status), run, began, ended = await with_load(suite, hold_then_promote)
+    figures = report("canary held, then promoted", run, began, ended)
+    assert promoted.returncode == 0, promoted.stderr
+    for look in held:
+        assert look["state"] == "running", look
+        assert "waiting for `sluice rollout promote`" in look["phase"], look
+        assert (look["step"], look["steps"]) == (2, 2), look
+        assert look["stable_pool"] == stable, look
+        pools = {p["name"]: p for p in look["pools"]}
+        assert set(pools) == {stable, look["candidate_pool"]}, look
+        # The baseline stays up beside the candidate, ready to take the traffic back.
+        assert [r["alive"] and not r["draining"] for r in pools[stable]["replicas"]] == [
+            True,
+            True,
+        ], look
+        assert pools[look["candidate_pool"]]["share_percent"] == 100, look
+    assert status["state"] == "promoted", status
+    assert status["stable_pool"] != stable and edge_pools(suite) == {status["stable_pool"]}
+    assert [p["name"] for p in status["pools"]] == [status["stable_pool"]]
+    assert len(status["pools"][0]["replicas"]) == 2, status
+    assert figures["failed"] == 0, figures
+    steps = [
+        d for d in status["decisions"] if d["decision"] == "step" and d["version"] == "v8-manual"
+    ]
+    assert [d["weight_percent"] for d in steps] == [50, 100], steps
+    assert ("promoted", "") in hook.decisions()
+
+
 def supervisor_text(suite: RunningSuite) -> str:
     return httpx.get(_metrics_url(suite), timeout=5).text
 
@@ -360,28 +691,23 @@ def test_abort_switches_back_to_blue_within_the_rollback_window(
     rollout_suite: tuple[RunningSuite, Webhook],
 ) -> None:
     suite, hook = rollout_suite
-    stable = json.loads(sluice_rollout(suite, "status").stdout)["stable_pool"]
+    stable = control(suite)["stable_pool"]
     candidate = candidate_file(suite, "v6-aborted", router={"progress_interval_ms": 600})
-    started = sluice_rollout(
+    started = sluice_cli(
         suite, "blue-green", "--candidate", str(candidate), "--rollback-window", "120"
     )
     assert started.returncode == 0, started.stderr
-    deadline = time.monotonic() + 90
-    status = json.loads(started.stdout)
-    while "warm" not in (status["phase"] or "") and time.monotonic() < deadline:
-        time.sleep(0.5)
-        status = json.loads(sluice_rollout(suite, "status").stdout)
+    status = wait_for(suite, lambda s: "warm" in phase(s) or s["state"] != "running", 90, "warm")
     assert status["state"] == "running" and "warm" in status["phase"], status
     assert edge_pools(suite) == {status["candidate_pool"]}
+    # The executable itself, once: the other calls run its main() in this process.
     assert json.loads(sluice_rollout(suite, "abort").stdout)["state"] == "running"
-    while status["state"] == "running" and time.monotonic() < deadline:
-        time.sleep(0.5)
-        status = json.loads(sluice_rollout(suite, "status").stdout)
+    status = wait_for(suite, lambda s: s["state"] != "running", 90, "the abort")
     assert status["state"] == "aborted" and status["reason"] == "manual", status
     assert edge_pools(suite) == {stable}
     assert [p["name"] for p in status["pools"]] == [stable]
     assert ("aborted", "manual") in hook.decisions()
-    again = sluice_rollout(suite, "abort")
+    again = sluice_cli(suite, "abort")
     assert again.returncode == 1 and "NO_ROLLOUT" in again.stderr
 
 

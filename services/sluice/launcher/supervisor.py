@@ -390,9 +390,9 @@ class Suite:
         )
         http_api = self.settings.router.http_api
         if ready and http_api.enabled and len(replicas(self.settings, "router")) > 1:
-            # Several routers: the HTTP cluster is health-checked too (envoy/clusters.py).
-            healthy = f"{HTTP_API_CLUSTER}::{http_api.host}:{http_api.port}::health_flags::healthy"
-            return http_ok(f"{admin}/clusters", healthy)
+            # Several routers: the HTTP cluster is health-checked too (envoy/clusters.py);
+            # any replica again, not the configured port's.
+            return self.rollouts.envoy_sees_a_healthy_router(HTTP_API_CLUSTER)
         return ready
 
     def _start_envoy(self) -> None:

@@ -47,6 +47,7 @@ from sluice.launcher.settings import SuiteSettings, load_suite
 from sluice.router.settings import DEV_KEY_SHA256
 
 if TYPE_CHECKING:
+    from sluice.core.grpcx.tls import ClientTls
     from sluice.launcher.parts import Part
     from sluice.launcher.supervisor import Suite
 
@@ -188,11 +189,12 @@ class Rollouts:
         stats = self.envoy_hosts().get((ROUTER_CLUSTER, f"{replica.host}:{replica.grpc_port}"))
         return stats is not None and stats.get("health_flags") == "healthy"
 
-    def envoy_sees_a_healthy_router(self) -> bool:
-        """Whether Envoy has at least one router replica passing its health check."""
+    def envoy_sees_a_healthy_router(self, cluster: str = ROUTER_CLUSTER) -> bool:
+        """Whether Envoy has at least one router replica in `cluster` (gRPC, or the HTTP
+        API's) passing its health check."""
         return any(
-            cluster == ROUTER_CLUSTER and stats.get("health_flags") == "healthy"
-            for (cluster, _), stats in self.envoy_hosts().items()
+            name == cluster and stats.get("health_flags") == "healthy"
+            for (name, _), stats in self.envoy_hosts().items()
         )
 
     def in_flight(self, replica: Replica) -> int:
@@ -458,29 +460,51 @@ class Rollouts:
     def add_replica(self, pool: Pool, provider_address: str, key: str) -> Replica:
         """Start one router of the pool; SERVING, smoke-tested and healthy in Envoy (with
         no share yet unless the pool has one), or RollBack."""
+        return self.add_replicas(pool, provider_address, key, 1)[0]
+
+    def add_replicas(
+        self, pool: Pool, provider_address: str, key: str, count: int
+    ) -> list[Replica]:
+        """Start `count` routers of the pool at once (a start is mostly the interpreter's
+        imports: in parallel they take about as long as one), then admit each as
+        add_replica does; RollBack at the first that fails."""
         if pool.config is None:
             raise RollBack("internal", f"pool {pool.name} has no configuration file")
-        index = 1 + max((int(r.part.name.rsplit("-", 1)[1]) for r in pool.replicas), default=0)
         tls = self.suite._probe_tls("router")
-        part = router_part(
-            pool.name,
-            index=index,
-            config=pool.config,
-            binary=pool.binary,
-            suite=self.suite.settings,
-            provider_address=provider_address,
-            tls=tls,
-        )
         # The suite's limiter target as its own routers have it (every limiter replica).
         baseline = next((p for p in self.suite.parts if p.role == "router"), None)
         limiters = (baseline.env if baseline else {}).get("SLUICE_ROUTER_LIMITER_ADDRESS")
-        if limiters:
-            part.env["SLUICE_ROUTER_LIMITER_ADDRESS"] = limiters
-        self.set_phase(f"starting {part.name}")
-        self._in_main(self._start_part, part)
-        replica = Replica.of(part)
-        with self._lock:
-            pool.replicas.append(replica)
+        started: list[Replica] = []
+        for _ in range(count):
+            index = 1 + max((int(r.part.name.rsplit("-", 1)[1]) for r in pool.replicas), default=0)
+            part = router_part(
+                pool.name,
+                index=index,
+                config=pool.config,
+                binary=pool.binary,
+                suite=self.suite.settings,
+                provider_address=provider_address,
+                tls=tls,
+            )
+            if limiters:
+                part.env["SLUICE_ROUTER_LIMITER_ADDRESS"] = limiters
+            self.set_phase(f"starting {part.name}")
+            self._in_main(self._start_part, part)
+            replica = Replica.of(part)
+            # Not given traffic until admitted: a rollback publishes the pools again (a
+            # rolling one while the candidate's admitted replicas still take a share),
+            # and a replica may pass Envoy's health check while failing every request.
+            replica.draining = True
+            with self._lock:
+                pool.replicas.append(replica)
+            started.append(replica)
+        for replica in started:
+            self._admit(pool, replica, key, tls)
+        return started
+
+    def _admit(self, pool: Pool, replica: Replica, key: str, tls: ClientTls | None) -> None:
+        """SERVING, a smoke request straight to it, then healthy in Envoy; or RollBack."""
+        part = replica.part
         for helper in pool.helpers:
             self._await_ready(helper, "its provider")
         self._await_ready(part, "router")
@@ -488,15 +512,23 @@ class Rollouts:
         problem = smoke_direct(replica, key, self.settings.smoke_model, tls)
         if problem is not None:
             raise RollBack("smoke", f"smoke request to {part.name} failed: {problem}")
+        with self._lock:
+            replica.draining = False
         self.publish()
         self.set_phase(f"waiting for Envoy to see {part.name} healthy")
+        if not self._await_envoy_healthy(replica):
+            raise RollBack("health_check", f"Envoy never saw {part.name} healthy")
+
+    def _await_envoy_healthy(self, replica: Replica, *, abortable: bool = True) -> bool:
+        """Wait (up to the ready timeout) for Envoy's health check to pass for the replica."""
         deadline = time.monotonic() + self.settings.ready_timeout_s
         while not self.envoy_healthy(replica):
-            self.check_abort()
-            if time.monotonic() > deadline:
-                raise RollBack("health_check", f"Envoy never saw {part.name} healthy")
+            if abortable:
+                self.check_abort()
+            if time.monotonic() > deadline or not replica.alive():
+                return False
             self.wait(0.1)
-        return replica
+        return True
 
     def smoke_through_envoy(self, pool: Pool, key: str) -> None:
         """A request pinned to the pool through Envoy (skipped when the edge speaks TLS)."""
@@ -614,21 +646,27 @@ class Rollouts:
             self.pools.pop(pool.name, None)
         self.publish()
 
-    def relaunch(self, pool: Pool, part: Part) -> None:
-        """Start a stopped replica again on its own ports (a rolling rollback)."""
+    def relaunch(self, pool: Pool, part: Part) -> str | None:
+        """Start a replaced replica again, as it ran before (its command, configuration
+        and ports), for a rolling rollback; wait until it is SERVING and healthy in Envoy.
+        Returns what went wrong, if it did not come back (the supervisor keeps restarting
+        it like any part)."""
         part.process = None
         part.restarts = 0
+        self.set_phase(f"rolling back: restarting {part.name} on the baseline")
         self._in_main(self._start_part, part)
         replica = Replica.of(part)
         with self._lock:
             pool.replicas.append(replica)
-        self._await_ready_quietly(part)
-        self.publish()
-
-    def _await_ready_quietly(self, part: Part) -> None:
         deadline = time.monotonic() + self.settings.ready_timeout_s
-        while time.monotonic() < deadline and not part.ready():
+        while not part.ready():
+            if time.monotonic() > deadline:
+                return f"{part.name} not SERVING within the ready timeout"
             self.wait(0.1)
+        self.publish()
+        if not self._await_envoy_healthy(replica, abortable=False):
+            return f"Envoy never saw {part.name} healthy"
+        return None
 
     def finish(self, state: str, reason: str = "") -> None:
         """Record how the rollout ended."""

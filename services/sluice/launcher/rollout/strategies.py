@@ -88,8 +88,7 @@ def blue_green(rollouts: Rollouts, settings: SuiteSettings, key: str) -> None:
     if rollouts.run is not None:
         rollouts.run.steps = 2
         rollouts.run.step = 1
-    for _ in range(max(1, len(stable.live()))):
-        rollouts.add_replica(candidate, address, key)
+    rollouts.add_replicas(candidate, address, key, max(1, len(stable.live())))
     rollouts.smoke_through_envoy(candidate, key)
     rollouts.check_abort()
     rollouts.shift({candidate.name: 1.0, stable.name: 0.0})
@@ -119,8 +118,7 @@ def canary(rollouts: Rollouts, settings: SuiteSettings, key: str) -> None:
     stable, candidate = rollouts.stable_pool(), rollouts.candidate_pool()
     address = rollouts.start_helpers(candidate, settings)
     config = rollouts.settings
-    for _ in range(config.canary_replicas):
-        rollouts.add_replica(candidate, address, key)
+    rollouts.add_replicas(candidate, address, key, config.canary_replicas)
     rollouts.smoke_through_envoy(candidate, key)
     steps = config.steps
     if rollouts.run is not None:
@@ -142,8 +140,9 @@ def canary(rollouts: Rollouts, settings: SuiteSettings, key: str) -> None:
         rollouts.analyse(0.0, until_promoted=True)
     rollouts.set_phase("promoting")
     rollouts.shift({candidate.name: 1.0, stable.name: 0.0})
-    while len(candidate.live()) < len(stable.live()):
-        rollouts.add_replica(candidate, address, key)
+    missing = len(stable.live()) - len(candidate.live())
+    if missing > 0:
+        rollouts.add_replicas(candidate, address, key, missing)
     rollouts.retire(stable)
     rollouts.promoted()
     rollouts.finish("promoted")
@@ -156,8 +155,12 @@ def _roll_back(rollouts: Rollouts, back: RollBack, stopped: list[Part]) -> None:
         return
     rollouts.set_phase(f"rolling back: {back}")
     stable, candidate = rollouts.stable_pool(), rollouts.pools.get(run.candidate)
-    for part in stopped:
-        rollouts.relaunch(stable, part)
+    # A rolling rollout's replaced replicas come back first, each healthy in Envoy
+    # before the next: meanwhile the candidate's admitted replicas keep their share, so
+    # the stable pool never holds fewer replicas than it had at the failure.
+    problems = [problem for part in stopped if (problem := rollouts.relaunch(stable, part))]
+    for problem in problems:
+        log.error("rolling back: %s", problem)
     shares = {stable.name: 1.0}
     if candidate is not None:
         shares[candidate.name] = 0.0
@@ -169,10 +172,16 @@ def _roll_back(rollouts: Rollouts, back: RollBack, stopped: list[Part]) -> None:
     rollouts.metrics.rollbacks.labels("router", run.version, run.strategy, back.reason).inc()
     rollouts.finish("aborted" if aborted else "rolled_back", back.reason)
     seconds = time.monotonic() - run.started_monotonic
+    restarted = ""
+    if stopped:
+        names = ", ".join(part.name for part in stopped)
+        restarted = f"; {names} restarted on the baseline"
+        if problems:
+            restarted += f" ({'; '.join(problems)})"
     _decide(
         rollouts,
         "aborted" if aborted else "rolled_back",
-        f"{back} — traffic back on {stable.name}, {seconds:.1f} s after the start",
+        f"{back} — traffic back on {stable.name}{restarted}, {seconds:.1f} s after the start",
         back.reason,
     )
 
