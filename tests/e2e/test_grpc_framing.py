@@ -187,14 +187,16 @@ def test_native_grpc_bad_framing_is_refused_at_once(
     assert_refused(answer, key)
 
 
-COMPRESSORS = {"gzip": gzip.compress, "deflate": zlib.compress}
+def compress(encoding: str, data: bytes) -> bytes:
+    """What a gRPC client sends under grpc-encoding gzip or deflate (zlib format)."""
+    return gzip.compress(data) if encoding == "gzip" else zlib.compress(data)
 
 
-@pytest.mark.parametrize("encoding", list(COMPRESSORS))
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 def test_a_compressed_message_with_its_encoding_is_served(
     suite: RunningSuite, encoding: str
 ) -> None:
-    body = frame(COMPRESSORS[encoding](LIST), 1)
+    body = frame(compress(encoding, LIST), 1)
     response = grpc_web(suite, "ListModels", body, **{"grpc-encoding": encoding})
     assert response.status_code == 200 and web_status(response)["grpc-status"] == "0"
     flags, length = struct.unpack(">BI", response.content[:5])
