@@ -121,7 +121,8 @@ end
 
 def _lua_string(text: str) -> str:
     """A Lua string literal (JSON's escapes are Lua's for ASCII text)."""
-    assert text.isascii(), text
+    if not text.isascii():
+        raise ValueError(f"not ASCII: {text!r}")
     return json.dumps(text)
 
 
