@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sluice.core.errors import DOMAIN, ERROR_TYPES, HTTP_STATUS_HEADER, SluiceError
 from sluice.launcher.envoy.errors import LOCAL_REPLIES
+from sluice.launcher.envoy.grpc_framing import OVERSIZED_MESSAGE, REFUSALS
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "errors.md"
@@ -59,6 +60,19 @@ timeouts). It rewrites those replies into the same JSON shape, with these reason
 """
 
 
+_FRAMING_INTRO = """
+## Refused gRPC framing
+
+For the router's methods that take one request message (all but `Converse`), Envoy
+checks a gRPC or gRPC-Web body before the router sees it (docs/envoy.md, "Request
+framing") and answers a bad one itself, trailers-only (HTTP 200), with
+`grpc-status-details-bin` carrying the reason:
+
+| grpc-message | reason | gRPC code |
+|---|---|---|
+"""
+
+
 def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
@@ -82,6 +96,10 @@ def render() -> str:
     lines += [_REPLIES_INTRO, "| HTTP | reason | gRPC code |", "|---|---|---|"]
     for http, error in LOCAL_REPLIES:
         lines.append(f"| {http} | `{error.reason}` | `{error.code.name}` |")
+    lines.append(_FRAMING_INTRO.rstrip("\n"))
+    for _, error, message in REFUSALS:
+        lines.append(f"| {_cell(message)} | `{error.reason}` | `{error.code.name}` |")
+    lines.append(f"| {OVERSIZED_MESSAGE} (Envoy's 413) | `INVALID_INPUT` | `INVALID_ARGUMENT` |")
     return "\n".join(lines) + "\n"
 
 

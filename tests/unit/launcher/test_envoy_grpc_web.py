@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sluice.launcher.envoy import GRPC_WEB_EXPOSE_HEADERS, ROUTER_SERVICE
+from sluice.launcher.envoy.grpc_framing import unary_request_methods
 from tests.unit.launcher.envoy_bootstrap import connection_manager as manager
 from tests.unit.launcher.envoy_bootstrap import render_suite as rendered
 from tests.unit.launcher.envoy_bootstrap import routes
@@ -29,7 +30,8 @@ def test_grpc_web_routes_come_before_the_grpc_routes(tmp_path: Path) -> None:
         in r["match"].get("headers", [])
     ]
     grpc = [i for i, r in enumerate(table) if "grpc" in r["match"]]
-    assert len(grpc_web) == 2 and len(preflight) == 1 and grpc
+    # One route per method taking one request message (framing checked), then the rest.
+    assert len(grpc_web) == len(unary_request_methods()) + 1 and len(preflight) == 1 and grpc
     assert max(grpc_web + preflight) < min(grpc)
     for index in grpc_web + preflight:
         route = table[index]

@@ -13,6 +13,7 @@ from sluice.core import headers
 from sluice.launcher.envoy.browsers import browser_filters
 from sluice.launcher.envoy.clusters import clusters
 from sluice.launcher.envoy.errors import error_status_filter, local_reply_config
+from sluice.launcher.envoy.grpc_framing import framing_filter
 from sluice.launcher.envoy.hardening import body_limit_filter, client_limits, tls_transport_socket
 from sluice.launcher.envoy.names import (
     HTTP_API_CLUSTER,
@@ -102,6 +103,8 @@ def _connection_manager(settings: SuiteSettings, descriptor: Path) -> dict[str, 
         "http_filters": [
             error_status_filter(),
             *browser_filters(),
+            # After grpc_web: it sees gRPC framing for gRPC-Web too. On per route only.
+            framing_filter(),
             body_limit_filter(),
             _transcoder(settings, descriptor),
             # After the transcoder: JSON requests are limited by the gRPC route they map to.

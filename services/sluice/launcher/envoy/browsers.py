@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sluice.launcher.envoy.grpc_framing import framing_checked, unary_request_methods
 from sluice.launcher.envoy.names import (
     HTTP_API_CLUSTER,
     ROUTER_CLUSTER,
@@ -76,11 +77,22 @@ def grpc_web_routes(settings: SuiteSettings) -> list[dict[str, Any]]:
     unary_timeout = seconds(settings.envoy.unary_timeout_s)
     retries = retry_policy(settings)
     return [
-        {
-            "match": {"path": f"{prefix}Generate", "headers": [grpc_web]},
-            "route": {"cluster": ROUTER_CLUSTER, "timeout": "0s", **retries},
-            "typed_per_filter_config": per_filter,
-        },
+        # Methods taking one request message get their body's framing checked; server
+        # streams (Generate) have no route timeout.
+        *(
+            framing_checked(
+                {
+                    "match": {"path": f"{prefix}{method.name}", "headers": [grpc_web]},
+                    "route": {
+                        "cluster": ROUTER_CLUSTER,
+                        "timeout": "0s" if method.server_streaming else unary_timeout,
+                        **retries,
+                    },
+                    "typed_per_filter_config": per_filter,
+                }
+            )
+            for method in unary_request_methods()
+        ),
         {
             "match": {"prefix": prefix, "headers": [grpc_web]},
             "route": {"cluster": ROUTER_CLUSTER, "timeout": unary_timeout, **retries},

@@ -16,6 +16,7 @@ from sluice.core.errors import (
     SluiceError,
     UnsupportedOperationError,
 )
+from sluice.launcher.envoy.grpc_framing import oversized_grpc_reply
 
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 
@@ -79,7 +80,8 @@ def local_reply_config() -> dict[str, Any]:
         "body_format_override": {"text_format_source": {"inline_string": ""}},
     }
     return {
-        "mappers": [passthrough, redirects, *mappers],
+        # First match wins: a gRPC request's 413 before the JSON one.
+        "mappers": [passthrough, redirects, oversized_grpc_reply(_status_is(413)), *mappers],
         "body_format": _status_body(InternalError),
     }
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from sluice.launcher.envoy.browsers import grpc_web_routes, web_page_routes
 from sluice.launcher.envoy.descriptor import descriptor_path
+from sluice.launcher.envoy.grpc_framing import framing_checked, unary_request_methods
 from sluice.launcher.envoy.hardening import body_limit
 from sluice.launcher.envoy.names import (
     HTTP_API_CLUSTER,
@@ -31,6 +32,27 @@ def _grpc_route(prefix: str, timeout: str, retries: dict[str, Any]) -> dict[str,
         "match": {"prefix": prefix, "grpc": {}},
         "route": {"cluster": ROUTER_CLUSTER, "timeout": timeout, **retries},
     }
+
+
+def _unary_request_routes(settings: SuiteSettings, retries: dict[str, Any]) -> list[dict[str, Any]]:
+    """One route per router method taking one request message, its body's framing checked
+    (grpc_framing.py). Server streams (Generate) run as long as they produce; idle ones are
+    cut by stream_idle_timeout (the default route timeout would cut them: docs/envoy.md,
+    "Transcoding")."""
+    unary_timeout = seconds(settings.envoy.unary_timeout_s)
+    return [
+        framing_checked(
+            {
+                "match": {"path": f"/{ROUTER_SERVICE}/{method.name}", "grpc": {}},
+                "route": {
+                    "cluster": ROUTER_CLUSTER,
+                    "timeout": "0s" if method.server_streaming else unary_timeout,
+                    **retries,
+                },
+            }
+        )
+        for method in unary_request_methods()
+    ]
 
 
 def _http_api_routes(settings: SuiteSettings) -> list[dict[str, Any]]:
@@ -103,9 +125,8 @@ def routes(settings: SuiteSettings) -> list[dict[str, Any]]:
         *web_page_routes(settings),
         *grpc_web_routes(settings),
         *_websocket_routes(settings),
-        # Streams run as long as they produce; idle ones are cut by stream_idle_timeout
-        # (the default route timeout would cut them: docs/envoy.md, "Transcoding").
-        _grpc_route(f"/{ROUTER_SERVICE}/Generate", "0s", retries),
+        *_unary_request_routes(settings, retries),
+        # Bidirectional: never buffered, no route timeout (as Generate above).
         _grpc_route(f"/{ROUTER_SERVICE}/Converse", "0s", retries),
         _grpc_route(f"/{ROUTER_SERVICE}/", seconds(settings.envoy.unary_timeout_s), retries),
         _grpc_route("/grpc.health.v1.Health/", "5s", retries),
