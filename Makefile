@@ -20,7 +20,7 @@ RUNTIME_STAMP := $(VENV)/.synced-runtime
 	bench bench-limiter bench-overload envoy-config clean \
 	podman-deps containers-conf base-image image image-check podman-smoke podman-e2e k8s checkov \
 	semgrep hadolint scan build test-unit test-integration deploy-staging smoke \
-	deploy-production health-check pipeline publish-image deploy-cluster
+	deploy-production health-check production-down pipeline publish-image deploy-cluster
 
 $(UV): requirements/uv.txt
 	$(PYTHON) -m venv $(UV_HOME)
@@ -328,9 +328,16 @@ deploy-production: $(STAMP)
 health-check: $(STAMP)
 	$(PRODUCTION) health
 
+## production-down: stop production. It is long-lived by design (the next deploy
+## canary-rolls out to it), so the pipeline leaves it running; this SIGTERMs its
+## `sluice up`, which stops every part in order (SIGKILL after 40 s).
+production-down: $(STAMP)
+	$(PRODUCTION) down
+
 ## pipeline: the 10 stages in order, each a make target (scripts/pipeline.py prints each
-## stage's name and time and stops at the first failure, naming it).
-## PIPELINE_FAIL_STAGE=smoke fails that stage on purpose (proves nothing after it runs).
+## stage's name and time, stops at the first failure, naming it, and ends with a table of
+## every stage's time). PIPELINE_FAIL_STAGE=smoke fails that stage on purpose (proves
+## nothing after it runs); PIPELINE_FROM=container starts at that stage (a re-run aid).
 pipeline:
 	$(PYTHON) scripts/pipeline.py
 

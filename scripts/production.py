@@ -11,14 +11,22 @@ its own (this machine), `--traffic-rps` sends a bounded trickle of small complet
 through the edge while the rollout runs, with the key in PROD_TRAFFIC_KEY.
 
 `health`: production's Envoy is ready and every router host behind it passes Envoy's
-active health check. docs/pipeline.md.
+active health check.
+
+`down`: stops the production this script started (the process group of the pid in
+RUN_DIR.pid: `sluice up` and every part it runs), SIGTERM first so that it drains, then
+SIGKILL after --grace seconds. Production is long-lived by design (the next deploy rolls
+out to it), so the pipeline leaves it running; `make production-down` runs this.
+docs/pipeline.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess  # nosec B404 - runs sluice with fixed argument lists
 import sys
 import threading
@@ -84,14 +92,71 @@ def _start(sluice: str, config: str, run_dir: Path, wait_s: float) -> int:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             print(f"production: `sluice up` exited {process.returncode}; see {logs}")
+            pid_file.unlink(missing_ok=True)
             return 1
         if not health(config):
             print(f"production started (first deploy): pid {process.pid} in {pid_file}; "
-                  f"stop it with: kill $(cat {pid_file})")  # fmt: skip
+                  "stop it with: make production-down")  # fmt: skip
             return 0
         time.sleep(1.0)
-    print(f"production: not healthy {wait_s:.0f} s after start; see {logs}")
+    # A first deploy that never became healthy leaves nothing behind.
+    print(f"production: not healthy {wait_s:.0f} s after start, stopped; see {logs}")
+    _stop(process.pid, 30.0)
+    with contextlib.suppress(ChildProcessError):
+        process.wait(timeout=5.0)
+    pid_file.unlink(missing_ok=True)
     return 1
+
+
+def _running(pid: int) -> bool:
+    """`pid` exists and is not a zombie (one nobody has reaped yet has stopped all the same)."""
+    try:
+        os.kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _stop(pid: int, grace_s: float) -> bool:
+    """SIGTERM the process group `pid` leads, SIGKILL it after `grace_s`; True when the
+    leader is gone."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        # Our own child when stopping a start that failed: reap it.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        if not _running(pid):
+            return True
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    return False
+
+
+def down(run_dir: Path, grace_s: float) -> int:
+    """Stop production when this script started it and it still runs."""
+    pid_file = run_dir.with_suffix(".pid")
+    pid = _alive(pid_file)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        print("production is not running (nothing to stop)")
+        return 0
+    # A stale pid file may name a pid reused by something else: only ever our `sluice up`.
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    if b"up" not in argv or str(run_dir).encode() not in argv:
+        pid_file.unlink(missing_ok=True)
+        print(f"production is not running (pid {pid} is not its `sluice up`; nothing stopped)")
+        return 0
+    drained = _stop(pid, grace_s)
+    pid_file.unlink(missing_ok=True)
+    how = "stopped" if drained else f"killed (not stopped {grace_s:.0f} s after SIGTERM)"
+    print(f"production (pid {pid}) {how}")
+    return 0
 
 
 def _alive(pid_file: Path) -> int | None:
@@ -184,7 +249,11 @@ def main(argv: list[str] | None = None) -> int:
         "--traffic-rps", type=float, default=0.0, help="synthetic requests/s during a rollout"
     )
     commands.add_parser("health", help="Envoy ready, every router host healthy")
+    down_command = commands.add_parser("down", help="stop the production started here")
+    down_command.add_argument("--grace", type=float, default=40.0, help="seconds to drain")
     args = parser.parse_args(argv)
+    if args.command == "down":
+        return down(Path(args.run_dir), args.grace)
     try:
         if args.command == "deploy":
             return deploy(args)

@@ -1,7 +1,8 @@
 """The pipeline's production stages on a real suite (scripts/production.py, docs/pipeline.md):
 the first `deploy` starts production with `sluice up` and waits until it is healthy;
 `health` then passes, and fails once production is gone; a second `deploy` rolls out by
-`sluice rollout canary` — or, where this sluice has no rollout command, fails saying so.
+`sluice rollout canary` — or, where this sluice has no rollout command, fails saying so;
+`down` (make production-down) stops it.
 """
 
 from __future__ import annotations
@@ -54,6 +55,24 @@ def stop(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return "gone"
+
+
+def _children_of(pid: int) -> list[int]:
+    """Live processes whose parent is `pid` (the parts `sluice up` ran)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(stat.parent.name))
+    return found
+
+
 @pytest.fixture
 def prod(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
@@ -103,6 +122,18 @@ def test_first_deploy_starts_production_then_health_passes_and_a_redeploy_rolls_
     # Still the one production started first: a redeploy never starts a second suite.
     assert int(run_dir.with_suffix(".pid").read_text()) == pid
 
-    stop(pid)
+    # `down` (make production-down) stops it: the leader and every part it ran.
+    parts = _children_of(pid)
+    assert parts, "sluice up runs its parts as its children"
+    stopped = production(config, run_dir, "down")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert f"production (pid {pid}) stopped" in stopped.stdout
+    assert not run_dir.with_suffix(".pid").exists()
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    assert not Path(f"/proc/{pid}").exists() or "Z" in _state(pid)
+    assert all(_state(part) in {"gone", "Z"} for part in parts), [_state(p) for p in parts]
     gone = production(config, run_dir, "health")
     assert gone.returncode == 1 and "Envoy is not ready" in gone.stdout
+    again = production(config, run_dir, "down")
+    assert again.returncode == 0 and "not running" in again.stdout

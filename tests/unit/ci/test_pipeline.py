@@ -135,3 +135,59 @@ def test_unknown_stage_in_the_environment_exits_2() -> None:
     )
     assert done.returncode == 2
     assert "no stage prod" in done.stderr
+
+
+def test_the_run_ends_with_every_stage_timed_and_the_total(tmp_path: Path) -> None:
+    ticks = iter(float(n) for n in range(100))
+    out = io.StringIO()
+    result = pipeline.run_pipeline(
+        fake_stages(tmp_path, failing="smoke"), out=out, clock=lambda: next(ticks)
+    )
+    # Each stage reads the clock twice (start, end) and the total once more.
+    assert [name for name, _ in result.timings] == [s.name for s in pipeline.STAGES][:8]
+    assert all(seconds == 1.0 for _, seconds in result.timings)
+    table = out.getvalue().split("stage timings:\n", 1)[1].splitlines()
+    assert table[0].split() == ["commit", "1.0", "s", "ok"]
+    assert table[7].split() == ["smoke", "tests", "1.0", "s", "FAILED"]
+    assert table[8].split() == ["deploy", "to", "production", "-", "not", "run"]
+    assert table[9].split() == ["health", "check", "-", "not", "run"]
+    assert table[10].split()[0] == "total"
+    # A run that reached no production stage says nothing about stopping production.
+    assert "make production-down" not in out.getvalue()
+
+
+def test_a_run_that_reaches_production_says_how_to_stop_it(tmp_path: Path) -> None:
+    out = io.StringIO()
+    result = pipeline.run_pipeline(fake_stages(tmp_path), out=out)
+    assert result.exit_code == 0
+    assert "`make production-down` stops it" in out.getvalue()
+
+
+def test_from_starts_at_that_stage_and_names_the_stages_left_out() -> None:
+    stages = pipeline.select(pipeline.STAGES, None, "container")
+    assert [stage.key for stage in stages] == [
+        "container", "staging", "smoke", "production", "health",
+    ]  # fmt: skip
+    # With PIPELINE_STAGES too: only the selected ones from that stage on.
+    both = pipeline.select(pipeline.STAGES, "unit,smoke,health", "smoke")
+    assert [stage.key for stage in both] == ["smoke", "health"]
+    with pytest.raises(pipeline.UnknownStageError, match="no stage smok"):
+        pipeline.select(pipeline.STAGES, None, "smok")
+
+
+def test_from_on_the_command_line_stops_at_smoke_and_never_deploys() -> None:
+    env = os.environ | {"PIPELINE_FAIL_STAGE": "smoke"}
+    env.pop("PIPELINE_STAGES", None)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--from", "smoke"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "==> stage 1/3: smoke tests" in done.stdout
+    assert "pipeline FAILED at stage 'smoke tests'" in done.stdout
+    assert "deploy-production" not in done.stdout
+    assert "not selected (PIPELINE_STAGES/PIPELINE_FROM): commit, build," in done.stdout
