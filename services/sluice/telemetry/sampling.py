@@ -25,7 +25,7 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp_trace
 
 from sluice.core.clock import Clock
-from sluice.telemetry.memory import span_bytes
+from sluice.telemetry.memory import DECISION_BYTES, span_bytes
 
 ERROR = otlp_trace.Status.STATUS_CODE_ERROR
 _M = TypeVar("_M", resource_pb2.Resource, otlp_common.InstrumentationScope)
@@ -142,10 +142,21 @@ class TailSampler:
         """Estimated bytes of the spans waiting for a decision."""
         # Insertion order = order of last activity (moved to the end on every span).
         self._pending: OrderedDict[bytes, PendingTrace] = OrderedDict()
-        # Recent decisions, for late spans; bounded like the pending set.
+        # Recent decisions, for late spans; bounded like the pending set (fixed-size
+        # entries: DECISION_BYTES each, reported as the store `decisions`).
         self._decided: OrderedDict[bytes, Decision] = OrderedDict()
         self._forced: list[DecidedTrace] = []
         self._late: dict[bytes, tuple[Decision, list[StoredSpan]]] = {}
+
+    @property
+    def max_decided_bytes(self) -> int:
+        """Most bytes the remembered decisions take (`max_pending_traces` of them)."""
+        return self._max_pending * DECISION_BYTES
+
+    @property
+    def decided_bytes(self) -> int:
+        """Estimated bytes of the remembered decisions."""
+        return len(self._decided) * DECISION_BYTES
 
     def add(self, item: StoredSpan) -> bool:
         """Hold one span; False when it is rejected (its trace is at the span limit)."""

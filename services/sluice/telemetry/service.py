@@ -82,6 +82,10 @@ class TracePipeline:
                         lambda: self.sampler.pending_bytes,
                     ),
                     "stats_samples": (self.stats.max_bytes, lambda: self.stats.bytes_used),
+                    "decisions": (
+                        self.sampler.max_decided_bytes,
+                        lambda: self.sampler.decided_bytes,
+                    ),
                 }
             )
         )

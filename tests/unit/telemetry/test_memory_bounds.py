@@ -5,10 +5,12 @@ from __future__ import annotations
 import ctypes
 import os
 import random
+import tracemalloc
 
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from sluice.telemetry.memory import (
+    DECISION_BYTES,
     MEMORY_PER_WIRE_BYTE,
     SPAN_OVERHEAD_BYTES,
     span_bytes,
@@ -191,3 +193,33 @@ def test_kept_spans_do_not_hold_their_export_requests_memory() -> None:
     # ~1.5 MiB: the kept spans (below their estimate, telemetry/memory.py), the maps of
     # traces and decisions.
     assert held < 3 * store.max_bytes, f"{held / 2**20:.1f} MiB held for a 1 MiB store"
+
+
+def test_remembered_decisions_take_at_most_their_byte_bound() -> None:
+    """The decisions kept for late spans: a count bound of fixed-size entries, reported
+    in bytes (telemetry/memory.py); the entry size covers what Python really holds."""
+    clock = FakeClock()
+    tail = TailSampler(
+        clock=clock,
+        decision_wait_s=1.0,
+        keep_ratio=0.0,
+        slow_threshold_ms=1e9,
+        max_pending_traces=10_000,
+        max_spans_per_trace=10,
+    )
+    spans = [stored("router", trace_id=os.urandom(16)) for _ in range(30_000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for start in range(0, len(spans), 5_000):
+            for item in spans[start : start + 5_000]:
+                tail.add(item)
+            clock.advance(2.0)
+            tail.due()
+            assert tail.decided_bytes <= tail.max_decided_bytes
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(tail) == 0
+    assert tail.decided_bytes == tail.max_decided_bytes == 10_000 * DECISION_BYTES
+    assert held <= tail.decided_bytes, f"{held} bytes held for 10,000 decisions"
