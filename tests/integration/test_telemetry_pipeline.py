@@ -292,6 +292,10 @@ async def test_forwarding_reaches_every_live_endpoint_while_one_is_dead(
             >= 1
         )
         assert await metric(port, "sluice_telemetry_forward_buffer_spans", endpoint=dead) <= 2
+        # Three buffers of 16 MiB each (the default), reported as one store.
+        store = {"store": "forward_buffers"}
+        assert await metric(port, "sluice_telemetry_memory_bound_bytes", **store) == 48 * 2**20
+        assert 0 <= await metric(port, "sluice_telemetry_memory_used_bytes", **store) <= 48 * 2**20
         assert await metric(port, "sluice_telemetry_forward_retries_total", endpoint=dead) >= 1
         assert (
             await metric(

@@ -8,7 +8,9 @@ import random
 import tracemalloc
 
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from prometheus_client import CollectorRegistry
 
+from sluice.telemetry.forward import ForwardMetrics, build_forwarders
 from sluice.telemetry.memory import (
     DECISION_BYTES,
     MEMORY_PER_WIRE_BYTE,
@@ -17,6 +19,7 @@ from sluice.telemetry.memory import (
     spans_bytes,
 )
 from sluice.telemetry.sampling import StoredSpan, TailSampler
+from sluice.telemetry.settings import ForwardSettings
 from sluice.telemetry.stats import WindowStats
 from sluice.telemetry.store import SpanStore, service_name
 from tests.support import FakeClock
@@ -223,3 +226,24 @@ def test_remembered_decisions_take_at_most_their_byte_bound() -> None:
     assert len(tail) == 0
     assert tail.decided_bytes == tail.max_decided_bytes == 10_000 * DECISION_BYTES
     assert held <= tail.decided_bytes, f"{held} bytes held for 10,000 decisions"
+
+
+async def test_a_forward_buffer_drops_its_oldest_spans_beyond_its_byte_bound() -> None:
+    """An endpoint that is down: 20,000 spans fit the count bound, not the bytes."""
+    registry = CollectorRegistry()
+    target = ForwardSettings(endpoint="127.0.0.1:1", max_buffer_bytes=1024 * KIB)
+    (sender,) = build_forwarders([target], ForwardMetrics(registry))  # never started
+    for _ in range(200):
+        trace_id = os.urandom(16)
+        sender.offer([fat(trace_id, 2_000) for _ in range(5)])
+        assert sender.bytes_used <= sender.max_bytes
+    dropped = registry.get_sample_value(
+        "sluice_telemetry_forwarded_spans_total", {"endpoint": target.name, "result": "dropped"}
+    )
+    buffered = registry.get_sample_value(
+        "sluice_telemetry_forward_buffer_spans", {"endpoint": target.name}
+    )
+    assert dropped is not None and buffered is not None
+    assert 50 <= buffered <= 100  # ~12 KiB a span
+    assert dropped + buffered == 1_000
+    await sender.close(0.01)
