@@ -318,7 +318,9 @@ def summarise(run: Run, elapsed_s: float) -> dict[str, Any]:
             "threads_last": samples[-1].threads,
             "restarts": len({s.pid for s in samples}) - 1,
         }
-    first, last = (run.intervals[0], run.intervals[-1]) if run.intervals else ({}, {})
+    # Label sets appear as the first requests pass: series count from the first interval
+    # under load.
+    first, last = (run.intervals[1], run.intervals[-1]) if len(run.intervals) > 1 else ({}, {})
     return {
         "elapsed_s": round(elapsed_s, 1),
         "requests": len(results),
@@ -351,10 +353,17 @@ async def soak(args: argparse.Namespace, edge: str, run_dir: Path) -> dict[str, 
     ]
     end = run.origin + args.duration
     since = run.origin
+    # SIGTERM or SIGINT ends a long run early with its figures so far.
+    ending = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(ValueError, RuntimeError):  # not the main thread (the test)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, ending.set)
     sample(run, run_dir, since)  # the processes before the load has grown anything
     try:
-        while (now := time.monotonic()) < end:
-            await asyncio.sleep(min(args.interval, end - now))
+        while (now := time.monotonic()) < end and not ending.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ending.wait(), min(args.interval, end - now))
             interval = sample(run, run_dir, since)
             since = time.monotonic()
             if not args.quiet:
@@ -430,8 +439,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    # While the suite starts or stops, SIGTERM and SIGINT (ignored by a shell's background
+    # job) interrupt, so the suite is still stopped; during the load, `soak` handles them.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _interrupt)
     with contextlib.ExitStack() as stack:
         if args.keep:
             workdir = Path(args.keep)
@@ -440,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sluice-soak-")))
         edge, run_dir, _ = stack.enter_context(running_suite(workdir))
         figures = asyncio.run(soak(args, edge, run_dir))
+        for signum in (signal.SIGTERM, signal.SIGINT):  # asyncio.run reset them
+            signal.signal(signum, _interrupt)
     print(json.dumps(figures) if args.json else json.dumps(figures, indent=2), flush=True)
     return 0
 
