@@ -6,7 +6,9 @@ through Envoy for `--duration` seconds, spread evenly over three kinds: SSE
 streams (`POST /v1/chat/completions`, `stream: true`). A request succeeds when its
 stream ends properly (`complete`, or `finish_reason` then `[DONE]`). Every `--interval`
 seconds it samples each process of the suite (resident memory, open files, threads,
-from /proc) and the interval's requests, error rate and p99 latency. At the end it
+from /proc), each service's /metrics (how many series: labels that grow with ids would
+show; every in-memory store's `*_used_bytes` against its `*_bound_bytes`) and the
+interval's requests, error rate and p99 latency. At the end it
 prints availability, p99 drift (last interval against the first) and the memory slope
 per process in MB/hour (least squares over the samples after the first tenth, so
 start-up growth does not count, and over the second half, once the in-memory stores
@@ -46,6 +48,7 @@ DEV_KEY = "sk-sluice-dev"
 AUTH = {"authorization": f"Bearer {DEV_KEY}"}
 KINDS = ("sse", "grpc", "openai")
 PARTS = ("router", "limiter", "provider", "telemetry", "envoy")
+SERVICES = ("router", "limiter", "provider", "telemetry")
 PORTS = (
     "router", "router_metrics", "router_http", "limiter", "limiter_metrics", "provider",
     "provider_metrics", "telemetry", "telemetry_metrics", "envoy", "envoy_admin", "supervisor",
@@ -128,6 +131,8 @@ class Run:
     origin: float
     results: list[Result] = field(default_factory=list)
     samples: dict[str, list[ProcessSample]] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+    """Each service's /metrics port (read from the suite's config)."""
     intervals: list[dict[str, Any]] = field(default_factory=list)
     stop: bool = False
 
@@ -205,6 +210,37 @@ def read_process(pid: int) -> tuple[float, int, int] | None:
     return rss_kb / 1024, open_files, int(fields["Threads"])
 
 
+def read_metrics(port: int) -> tuple[int, dict[str, list[float]]]:
+    """(series, {store: [used MB, bound MB]}) from one service's /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5, trust_env=False).text
+    series = 0
+    stores: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series += 1
+        name, _, value = line.rpartition(" ")
+        for kind, index in (("_used_bytes", 0), ("_bound_bytes", 1)):
+            metric, _, labels = name.partition("{")
+            if metric.endswith(kind):
+                store = metric.removesuffix(kind).removeprefix("sluice_")
+                label = labels.rstrip("}").partition('store="')[2].partition('"')[0]
+                entry = stores.setdefault(f"{store}:{label}" if label else store, [0.0, 0.0])
+                entry[index] = round(float(value) / 2**20, 2)
+    return series, stores
+
+
+def sample_metrics(run: Run) -> tuple[dict[str, int], dict[str, list[float]]]:
+    """Series per service and every store's [used MB, bound MB]."""
+    series: dict[str, int] = {}
+    stores: dict[str, list[float]] = {}
+    for part, port in run.metrics_ports.items():
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            series[part], found = read_metrics(port)
+            stores.update(found)
+    return series, stores
+
+
 def pct(values: list[float], q: float) -> float | None:
     """The q-th percentile (nearest rank) in milliseconds."""
     if not values:
@@ -228,6 +264,7 @@ def sample(run: Run, run_dir: Path, since: float) -> dict[str, Any]:
                 )
     recent = [r for r in run.results if since <= r.started + r.seconds < now]
     failed = sum(not r.ok for r in recent)
+    series, stores = sample_metrics(run)
     interval = {
         "t_s": t_s,
         "requests": len(recent),
@@ -235,6 +272,8 @@ def sample(run: Run, run_dir: Path, since: float) -> dict[str, Any]:
         "error_rate": round(failed / len(recent), 5) if recent else None,
         "p99_ms": pct([r.seconds for r in recent if r.ok], 99),
         "rss_mb": {part: s[-1].rss_mb for part, s in run.samples.items() if s},
+        "series": series,
+        "stores_mb": stores,
     }
     run.intervals.append(interval)
     return interval
@@ -279,6 +318,9 @@ def summarise(run: Run, elapsed_s: float) -> dict[str, Any]:
             "threads_last": samples[-1].threads,
             "restarts": len({s.pid for s in samples}) - 1,
         }
+    # Label sets appear as the first requests pass: series count from the first interval
+    # under load.
+    first, last = (run.intervals[1], run.intervals[-1]) if len(run.intervals) > 1 else ({}, {})
     return {
         "elapsed_s": round(elapsed_s, 1),
         "requests": len(results),
@@ -292,23 +334,36 @@ def summarise(run: Run, elapsed_s: float) -> dict[str, Any]:
         "p99_ms_last_interval": p99s[-1] if p99s else None,
         "p99_drift_ms": round(p99s[-1] - p99s[0], 1) if len(p99s) > 1 else None,
         "processes": processes,
+        # Labels that grow with request, trace or user ids would show as growing series.
+        "series_first": first.get("series", {}),
+        "series_last": last.get("series", {}),
+        # [used MB, bound MB] of every in-memory store at the end: at its bound, a store
+        # has stopped growing, so the slope after that is the plateau (or a leak).
+        "stores_mb_last": last.get("stores_mb", {}),
         "intervals": len(run.intervals),
     }
 
 
 async def soak(args: argparse.Namespace, edge: str, run_dir: Path) -> dict[str, Any]:
     """Hold the load for the duration, sampling every interval; return the figures."""
-    run = Run(origin=time.monotonic())
+    run = Run(origin=time.monotonic(), metrics_ports=metrics_ports(run_dir))
     tasks = [
         asyncio.create_task(worker(run, KINDS[i % len(KINDS)], edge, i, args.concurrency))
         for i in range(args.concurrency)
     ]
     end = run.origin + args.duration
     since = run.origin
+    # SIGTERM or SIGINT ends a long run early with its figures so far.
+    ending = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(ValueError, RuntimeError):  # not the main thread (the test)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, ending.set)
     sample(run, run_dir, since)  # the processes before the load has grown anything
     try:
-        while (now := time.monotonic()) < end:
-            await asyncio.sleep(min(args.interval, end - now))
+        while (now := time.monotonic()) < end and not ending.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ending.wait(), min(args.interval, end - now))
             interval = sample(run, run_dir, since)
             since = time.monotonic()
             if not args.quiet:
@@ -318,6 +373,15 @@ async def soak(args: argparse.Namespace, edge: str, run_dir: Path) -> dict[str, 
         # Every request has a 30 s timeout, so the workers end.
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=60)
     return summarise(run, time.monotonic() - run.origin)
+
+
+def metrics_ports(run_dir: Path) -> dict[str, int]:
+    """Each service's metrics port, from the config `running_suite` wrote beside run_dir."""
+    config = run_dir.parent / "soak.yaml"
+    if not config.is_file():
+        return {}
+    suite = yaml.safe_load(config.read_text())
+    return {part: int(suite[part]["server"]["metrics_port"]) for part in SERVICES}
 
 
 @contextlib.contextmanager
@@ -375,8 +439,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    # While the suite starts or stops, SIGTERM and SIGINT (ignored by a shell's background
+    # job) interrupt, so the suite is still stopped; during the load, `soak` handles them.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _interrupt)
     with contextlib.ExitStack() as stack:
         if args.keep:
             workdir = Path(args.keep)
@@ -385,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sluice-soak-")))
         edge, run_dir, _ = stack.enter_context(running_suite(workdir))
         figures = asyncio.run(soak(args, edge, run_dir))
+        for signum in (signal.SIGTERM, signal.SIGINT):  # asyncio.run reset them
+            signal.signal(signum, _interrupt)
     print(json.dumps(figures) if args.json else json.dumps(figures, indent=2), flush=True)
     return 0
 

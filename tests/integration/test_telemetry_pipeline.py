@@ -292,6 +292,10 @@ async def test_forwarding_reaches_every_live_endpoint_while_one_is_dead(
             >= 1
         )
         assert await metric(port, "sluice_telemetry_forward_buffer_spans", endpoint=dead) <= 2
+        # Three buffers of 16 MiB each (the default), reported as one store.
+        store = {"store": "forward_buffers"}
+        assert await metric(port, "sluice_telemetry_memory_bound_bytes", **store) == 48 * 2**20
+        assert 0 <= await metric(port, "sluice_telemetry_memory_used_bytes", **store) <= 48 * 2**20
         assert await metric(port, "sluice_telemetry_forward_retries_total", endpoint=dead) >= 1
         assert (
             await metric(
@@ -347,7 +351,7 @@ async def test_metrics_report_every_memory_bound_and_its_use(stack: ServiceStack
     receiver, _ = stubs(stack, host)
     bound = await metric(host.metrics_port, "sluice_telemetry_memory_bound_bytes", store="traces")
     assert bound == 2 * 1024 * 1024
-    for store in ("pending_traces", "stats_samples"):
+    for store in ("pending_traces", "stats_samples", "decisions"):
         assert await metric(host.metrics_port, "sluice_telemetry_memory_bound_bytes", store=store)
     trace_id = os.urandom(16)
     await receiver.Export(export_request("router", span(trace_id, error=True)))
@@ -357,3 +361,11 @@ async def test_metrics_report_every_memory_bound_and_its_use(stack: ServiceStack
         within_s=5,
     )
     assert 0 < used <= bound
+    decisions = await metric(
+        host.metrics_port, "sluice_telemetry_memory_used_bytes", store="decisions"
+    )
+    assert (
+        0
+        < decisions
+        <= await metric(host.metrics_port, "sluice_telemetry_memory_bound_bytes", store="decisions")
+    )

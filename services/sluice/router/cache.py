@@ -119,9 +119,15 @@ class ResponseCache:
     """In-memory LRU with TTL over the injected clock, bounded by entries and by bytes.
 
     An answer may be up to `max_entry_chars` long, so a count alone lets the cache grow
-    to entries x that; each entry is charged at least max_bytes / max_entries, so both
-    bounds hold with one cachetools size bound. Each entry keeps the user ids of the
-    requests it answered (identical requests of several users share it), for erasure.
+    to entries x that: cachetools bounds the entries' estimated bytes, `put` their count.
+    Each entry keeps the user ids of the requests it answered (identical requests of
+    several users share it), for erasure.
+
+    /metrics is served from another thread: a scrape reads only `currsize` (an int kept
+    by cachetools), never the entries. Iterating a TTLCache reads each entry through
+    `__getitem__`, which moves it in the LRU order: a scrape failed with a KeyError (HTTP
+    500) while the serving thread evicted, and made a `put` there fail with "OrderedDict
+    mutated during iteration".
     """
 
     def __init__(
@@ -134,20 +140,21 @@ class ResponseCache:
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.max_bytes = max_bytes
-        self._floor = max(1, max_bytes // max_entries)
+        self._max_entries = max_entries
         self._entries: TTLCache[str, tuple[int, CachedAnswer, frozenset[str]]] = TTLCache(
-            maxsize=max_bytes, ttl=ttl_s, timer=clock.monotonic, getsizeof=self._charge
+            maxsize=max_bytes, ttl=ttl_s, timer=clock.monotonic, getsizeof=self._size
         )
         if registry is not None:
             registry.register(_CacheMemoryCollector(self))
 
-    def _charge(self, value: tuple[int, CachedAnswer, frozenset[str]]) -> int:
-        return max(self._floor, value[0])
+    @staticmethod
+    def _size(value: tuple[int, CachedAnswer, frozenset[str]]) -> int:
+        return value[0]
 
     @property
     def bytes_used(self) -> int:
-        """Estimated bytes held (the entries' sizes, not what they are charged)."""
-        return sum(entry[0] for entry in self._entries.values())
+        """Estimated bytes held (expired entries count until the next write drops them)."""
+        return int(self._entries.currsize)
 
     async def get(self, key: str) -> CachedAnswer | None:
         """The cached answer, if fresh."""
@@ -161,8 +168,12 @@ class ResponseCache:
         if user:
             users |= {user}
         size = answer_bytes(key, answer, users)
-        if max(self._floor, size) > self.max_bytes:
+        if size > self.max_bytes:
             return
+        if previous is None:
+            self._entries.expire()
+            while len(self._entries) >= self._max_entries:
+                self._entries.popitem()  # the least recently used
         self._entries[key] = (size, answer, users)
 
     async def erase_user(self, user: str) -> int:

@@ -31,6 +31,11 @@ SPAN_OVERHEAD_BYTES = 128
 # A statistics sample: a slotted dataclass of nine fields, its float objects and deque
 # slot; the strings it names are counted by length on top.
 SAMPLE_OVERHEAD_BYTES = 240
+# One remembered decision (for late spans): the 16-byte trace id object and its
+# OrderedDict slot, 188 bytes with tracemalloc in the running sampler (tests/unit/
+# telemetry/test_memory_bounds.py), with room for the table's growth. Every entry has
+# this size, so the count bound (`sampling.max_pending_traces`) is a byte bound.
+DECISION_BYTES = 240
 
 
 def span_bytes(item: StoredSpan) -> int:

@@ -7,7 +7,9 @@ the way OpenTelemetry's TraceIdRatioBased does (its lower 64 bits against
 ratio * 2^64), so every replica decides the same. Late spans of a decided trace follow
 the decision already taken. Memory is bounded: at most `max_pending_traces` traces wait,
 holding at most `max_pending_bytes` (estimated, telemetry/memory.py), beyond which the
-oldest are decided early; at most `max_spans_per_trace` spans each.
+oldest are decided early; at most `max_spans_per_trace` spans each. The spans of a kept
+trace are copied out of the export requests they came in (`detached`), so what the store
+and the forwarders hold is the kept spans alone.
 """
 
 from __future__ import annotations
@@ -16,15 +18,17 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any, TypeVar, cast
 
 from opentelemetry.proto.common.v1 import common_pb2 as otlp_common
 from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp_trace
 
 from sluice.core.clock import Clock
-from sluice.telemetry.memory import span_bytes
+from sluice.telemetry.memory import DECISION_BYTES, span_bytes
 
 ERROR = otlp_trace.Status.STATUS_CODE_ERROR
+_M = TypeVar("_M", resource_pb2.Resource, otlp_common.InstrumentationScope)
 
 
 @dataclass(slots=True)
@@ -35,6 +39,32 @@ class StoredSpan:
     span: otlp_trace.Span
     resource: resource_pb2.Resource
     scope: otlp_common.InstrumentationScope
+
+
+def detached(items: list[StoredSpan]) -> list[StoredSpan]:
+    """Copies of one trace's spans that share no memory with their export requests.
+
+    A span parsed from an export shares the whole request's memory (upb keeps one arena
+    per parsed message): holding one span keeps every span of that export alive, those
+    of dropped traces too. With a keep ratio of 0.1, a store bounded at 8 MiB (estimated)
+    held ~100 MB this way. The copies live in one arena per trace (a ScopeSpans holder),
+    freed with the trace; resources and scopes are copied once per trace. ~1.5 us a span.
+    """
+    holder = otlp_trace.ScopeSpans()
+    holder.spans.extend(item.span for item in items)
+    copies: dict[int, Any] = {}
+
+    def own(message: _M) -> _M:
+        copy = copies.get(id(message))
+        if copy is None:
+            copy = copies[id(message)] = type(message)()
+            copy.CopyFrom(message)
+        return cast("_M", copy)
+
+    return [
+        StoredSpan(item.service_name, span, own(item.resource), own(item.scope))
+        for item, span in zip(items, holder.spans, strict=True)
+    ]
 
 
 class Decision(Enum):
@@ -112,10 +142,21 @@ class TailSampler:
         """Estimated bytes of the spans waiting for a decision."""
         # Insertion order = order of last activity (moved to the end on every span).
         self._pending: OrderedDict[bytes, PendingTrace] = OrderedDict()
-        # Recent decisions, for late spans; bounded like the pending set.
+        # Recent decisions, for late spans; bounded like the pending set (fixed-size
+        # entries: DECISION_BYTES each, reported as the store `decisions`).
         self._decided: OrderedDict[bytes, Decision] = OrderedDict()
         self._forced: list[DecidedTrace] = []
         self._late: dict[bytes, tuple[Decision, list[StoredSpan]]] = {}
+
+    @property
+    def max_decided_bytes(self) -> int:
+        """Most bytes the remembered decisions take (`max_pending_traces` of them)."""
+        return self._max_pending * DECISION_BYTES
+
+    @property
+    def decided_bytes(self) -> int:
+        """Estimated bytes of the remembered decisions."""
+        return len(self._decided) * DECISION_BYTES
 
     def add(self, item: StoredSpan) -> bool:
         """Hold one span; False when it is rejected (its trace is at the span limit)."""
@@ -193,7 +234,7 @@ class TailSampler:
         """Decide every trace quiet for the decision wait (all of them with flush=True)."""
         decided, self._forced = self._forced, []
         for trace_id, (decision, late) in self._late.items():
-            decided.append(DecidedTrace(trace_id, late, decision, late=True))
+            decided.append(DecidedTrace(trace_id, detached(late), decision, late=True))
         self._late = {}
         cutoff = self._clock.monotonic() - self._wait
         while self._pending:
@@ -217,7 +258,8 @@ class TailSampler:
         self._decided[trace_id] = decision
         if len(self._decided) > self._max_pending:
             self._decided.popitem(last=False)
-        return DecidedTrace(trace_id, pending.spans, decision)
+        spans = detached(pending.spans) if decision.kept else pending.spans
+        return DecidedTrace(trace_id, spans, decision)
 
     def __len__(self) -> int:
         return len(self._pending)

@@ -73,19 +73,19 @@ class TracePipeline:
             max_bytes=settings.stats.max_bytes,
         )
         host.registry.register(StatsCollector(self.stats))
-        host.registry.register(
-            MemoryCollector(
-                {
-                    "traces": (self.store.max_bytes, lambda: self.store.bytes_used),
-                    "pending_traces": (
-                        self.sampler.max_pending_bytes,
-                        lambda: self.sampler.pending_bytes,
-                    ),
-                    "stats_samples": (self.stats.max_bytes, lambda: self.stats.bytes_used),
-                }
-            )
-        )
         self.forwarders = build_forwarders(settings.forward, ForwardMetrics(host.registry))
+        stores = {
+            "traces": (self.store.max_bytes, lambda: self.store.bytes_used),
+            "pending_traces": (self.sampler.max_pending_bytes, lambda: self.sampler.pending_bytes),
+            "stats_samples": (self.stats.max_bytes, lambda: self.stats.bytes_used),
+            "decisions": (self.sampler.max_decided_bytes, lambda: self.sampler.decided_bytes),
+        }
+        if self.forwarders:
+            stores["forward_buffers"] = (
+                sum(f.max_bytes for f in self.forwarders),
+                lambda: sum(f.bytes_used for f in self.forwarders),
+            )
+        host.registry.register(MemoryCollector(stores))
         self._queue: asyncio.Queue[list[otlp_trace.ResourceSpans]] = asyncio.Queue()
         self._queued_spans = 0
         self._max_queued = settings.ingest_queue_spans

@@ -57,6 +57,10 @@ class ForwardSettings(BaseModel):
     """azure_monitor: file holding the connection string (read once at start-up)."""
     max_buffer_spans: int = Field(20_000, ge=1)
     """Spans buffered for this endpoint; the oldest are dropped (and counted) beyond."""
+    max_buffer_bytes: int = Field(16 * MIB, ge=MIB)
+    """Estimated bytes of the spans buffered for this endpoint (telemetry/memory.py); the
+    oldest are dropped (and counted) beyond. Spans may be large: the count alone does not
+    bound memory while the endpoint is down."""
     max_batch_spans: int = Field(512, ge=1)
     """Spans per export request."""
     timeout_s: float = Field(5.0, gt=0.0, le=60.0)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
+import threading
+
+from prometheus_client import CollectorRegistry, generate_latest
 
 from sluice.common.v1 import common_pb2
 from sluice.router.cache import CachedAnswer, ResponseCache, answer_bytes
@@ -50,3 +52,38 @@ async def test_bound_and_use_are_reported_as_metrics() -> None:
     assert registry.get_sample_value("sluice_router_cache_bound_bytes") == 2 * MIB
     used = registry.get_sample_value("sluice_router_cache_used_bytes")
     assert used == answer_bytes("a", answer(1_000))
+
+
+async def test_scrapes_from_the_metrics_thread_never_fail_nor_break_a_put() -> None:
+    """/metrics is served from its own thread while the event loop writes: a scrape that
+    iterated the entries failed (HTTP 500, KeyError) and made a put fail (RuntimeError)."""
+    registry = CollectorRegistry()
+    cache = ResponseCache(
+        max_entries=500, ttl_s=60.0, clock=FakeClock(), max_bytes=MIB, registry=registry
+    )
+    errors: list[str] = []
+    scrapes = 0
+    stop = threading.Event()
+
+    def scrape() -> None:
+        nonlocal scrapes
+        while not stop.is_set():
+            try:
+                generate_latest(registry)
+                scrapes += 1
+            except Exception as err:
+                errors.append(repr(err))
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
+    try:
+        for index in range(20_000):  # evicting all along: 500 entries at most
+            await cache.put(f"k{index}", answer(10))
+    finally:
+        stop.set()
+        scraper.join(timeout=10)
+    assert errors == []
+    assert scrapes > 0
+    assert len(cache) == 500
+    assert cache.bytes_used == 500 * answer_bytes("k19999", answer(10))
+    assert registry.get_sample_value("sluice_router_cache_used_bytes") == cache.bytes_used

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import random
+import tracemalloc
 
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from prometheus_client import CollectorRegistry
+
+from sluice.telemetry.forward import ForwardMetrics, build_forwarders
 from sluice.telemetry.memory import (
+    DECISION_BYTES,
     MEMORY_PER_WIRE_BYTE,
     SPAN_OVERHEAD_BYTES,
     span_bytes,
     spans_bytes,
 )
 from sluice.telemetry.sampling import StoredSpan, TailSampler
+from sluice.telemetry.settings import ForwardSettings
 from sluice.telemetry.stats import WindowStats
-from sluice.telemetry.store import SpanStore
+from sluice.telemetry.store import SpanStore, service_name
 from tests.support import FakeClock
 from tests.unit.telemetry.spans import stored
 
@@ -113,3 +122,128 @@ def test_pending_traces_are_decided_early_beyond_their_byte_bound() -> None:
     assert len(early) > 400
     tail.due(flush=True)
     assert tail.pending_bytes == 0
+
+
+class _MallInfo2(ctypes.Structure):
+    # The layout of glibc's struct mallinfo2.
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd",
+            "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+def malloc_in_use() -> int:
+    """Bytes glibc's malloc has handed out (upb allocates message memory there, where
+    tracemalloc does not look)."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+def export(rng: random.Random, traces: int, spans_per_trace: int) -> bytes:
+    """One serialized export of the router: many traces' spans in one request."""
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    name = resource_spans.resource.attributes.add(key="service.name")
+    name.value.string_value = "sluice-router"
+    scope_spans = resource_spans.scope_spans.add()
+    for _ in range(traces):
+        trace_id = rng.randbytes(16)
+        for _ in range(spans_per_trace):
+            span = scope_spans.spans.add(
+                trace_id=trace_id, span_id=rng.randbytes(8), name="op", kind=2
+            )
+            for key in range(8):
+                span.attributes.add(key=f"attribute.{key}").value.string_value = "v" * 20
+    return request.SerializeToString()
+
+
+def test_kept_spans_do_not_hold_their_export_requests_memory() -> None:
+    """A stored span parsed from an export shared the request's memory: at a keep ratio
+    of 0.02 a store bounded at 1 MiB held 22 MiB, the dropped traces' spans included."""
+    clock = FakeClock()
+    tail = TailSampler(
+        clock=clock,
+        decision_wait_s=1.0,
+        keep_ratio=0.02,
+        slow_threshold_ms=1e9,
+        max_pending_traces=100_000,
+        max_spans_per_trace=100,
+    )
+    store = SpanStore(max_traces=100_000, max_spans_per_trace=100, max_bytes=1024 * KIB)
+    rng = random.Random(7)
+    exports = [export(rng, traces=64, spans_per_trace=8) for _ in range(100)]
+    before = malloc_in_use()
+    for raw in exports:
+        request = trace_service_pb2.ExportTraceServiceRequest.FromString(raw)  # as gRPC does
+        for resource_spans in request.resource_spans:
+            service = service_name(resource_spans)
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    tail.add(StoredSpan(service, span, resource_spans.resource, scope_spans.scope))
+        del request, resource_spans, scope_spans, span
+        clock.advance(2.0)
+        for decided in tail.due():
+            if decided.decision.kept:
+                store.add(decided.trace_id, decided.spans)
+    assert store.evicted > 0  # the store reached its bound
+    assert store.bytes_used <= store.max_bytes
+    held = malloc_in_use() - before
+    # ~1.5 MiB: the kept spans (below their estimate, telemetry/memory.py), the maps of
+    # traces and decisions.
+    assert held < 3 * store.max_bytes, f"{held / 2**20:.1f} MiB held for a 1 MiB store"
+
+
+def test_remembered_decisions_take_at_most_their_byte_bound() -> None:
+    """The decisions kept for late spans: a count bound of fixed-size entries, reported
+    in bytes (telemetry/memory.py); the entry size covers what Python really holds."""
+    clock = FakeClock()
+    tail = TailSampler(
+        clock=clock,
+        decision_wait_s=1.0,
+        keep_ratio=0.0,
+        slow_threshold_ms=1e9,
+        max_pending_traces=10_000,
+        max_spans_per_trace=10,
+    )
+    spans = [stored("router", trace_id=os.urandom(16)) for _ in range(30_000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for start in range(0, len(spans), 5_000):
+            for item in spans[start : start + 5_000]:
+                tail.add(item)
+            clock.advance(2.0)
+            tail.due()
+            assert tail.decided_bytes <= tail.max_decided_bytes
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(tail) == 0
+    assert tail.decided_bytes == tail.max_decided_bytes == 10_000 * DECISION_BYTES
+    assert held <= tail.decided_bytes, f"{held} bytes held for 10,000 decisions"
+
+
+async def test_a_forward_buffer_drops_its_oldest_spans_beyond_its_byte_bound() -> None:
+    """An endpoint that is down: 20,000 spans fit the count bound, not the bytes."""
+    registry = CollectorRegistry()
+    target = ForwardSettings(endpoint="127.0.0.1:1", max_buffer_bytes=1024 * KIB)
+    (sender,) = build_forwarders([target], ForwardMetrics(registry))  # never started
+    for _ in range(200):
+        trace_id = os.urandom(16)
+        sender.offer([fat(trace_id, 2_000) for _ in range(5)])
+        assert sender.bytes_used <= sender.max_bytes
+    dropped = registry.get_sample_value(
+        "sluice_telemetry_forwarded_spans_total", {"endpoint": target.name, "result": "dropped"}
+    )
+    buffered = registry.get_sample_value(
+        "sluice_telemetry_forward_buffer_spans", {"endpoint": target.name}
+    )
+    assert dropped is not None and buffered is not None
+    assert 50 <= buffered <= 100  # ~12 KiB a span
+    assert dropped + buffered == 1_000
+    await sender.close(0.01)

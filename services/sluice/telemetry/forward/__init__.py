@@ -54,6 +54,7 @@ def build_forwarders(targets: list[ForwardSettings], metrics: ForwardMetrics) ->
             sink,
             metrics=metrics,
             max_buffer_spans=target.max_buffer_spans,
+            max_buffer_bytes=target.max_buffer_bytes,
             max_batch_spans=target.max_batch_spans,
             backoff_initial_s=target.backoff_initial_s,
             backoff_max_s=target.backoff_max_s,

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from sluice.telemetry.memory import span_bytes
 from sluice.telemetry.sampling import StoredSpan
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class Forwarder:
         *,
         metrics: ForwardMetrics,
         max_buffer_spans: int,
+        max_buffer_bytes: int,
         max_batch_spans: int,
         backoff_initial_s: float,
         backoff_max_s: float,
@@ -106,6 +108,9 @@ class Forwarder:
         self._sink = sink
         self._buffer: deque[StoredSpan] = deque()
         self._max_buffer = max_buffer_spans
+        self.max_bytes = max_buffer_bytes
+        self.bytes_used = 0
+        """Estimated bytes of the buffered spans (telemetry/memory.py)."""
         self._max_batch = max_batch_spans
         self._backoff = (backoff_initial_s, backoff_max_s)
         self._max_attempts = max_attempts
@@ -119,13 +124,18 @@ class Forwarder:
         self._random = random.Random()  # noqa: S311  # nosec B311
 
     def offer(self, spans: list[StoredSpan]) -> None:
-        """Queue spans for sending; never blocks. The oldest are dropped beyond the bound."""
+        """Queue spans for sending; never blocks. The oldest are dropped beyond the bounds
+        (spans, estimated bytes): a span may be large, so a count alone bounds nothing."""
         self._buffer.extend(spans)
-        overflow = len(self._buffer) - self._max_buffer
-        if overflow > 0:
-            for _ in range(overflow):
-                self._buffer.popleft()
-            self._dropped.inc(overflow)
+        self.bytes_used += sum(map(span_bytes, spans))
+        dropped = 0
+        while self._buffer and (
+            len(self._buffer) > self._max_buffer or self.bytes_used > self.max_bytes
+        ):
+            self.bytes_used -= span_bytes(self._buffer.popleft())
+            dropped += 1
+        if dropped:
+            self._dropped.inc(dropped)
         self._gauge.set(len(self._buffer))
         self._ready.set()
 
@@ -137,6 +147,7 @@ class Forwarder:
 
     def _take(self) -> list[StoredSpan]:
         batch = [self._buffer.popleft() for _ in range(min(self._max_batch, len(self._buffer)))]
+        self.bytes_used -= sum(map(span_bytes, batch))
         self._gauge.set(len(self._buffer))
         return batch
 
