@@ -100,12 +100,12 @@ def undeclared(error: jsonschema.ValidationError) -> set[str]:
 
 
 def is_pre_stop_sleep(error: jsonschema.ValidationError) -> bool:
-    """The one field the rendered Rollouts use that Argo Rollouts v1.5.0's CRD predates.
+    """A preStop `sleep` action, which Argo Rollouts v1.5.0's CRD predates.
 
     The CRD embeds the PodSpec of the Kubernetes libraries it was built with; the
     lifecycle `sleep` action is Kubernetes 1.29+. The API server prunes a field its
-    structural schema lacks, so under that CRD the preStop handler would be emptied:
-    the cluster needs an Argo Rollouts whose CRD declares it (docs/kubernetes.md).
+    structural schema lacks, so under that CRD such a preStop handler would be emptied:
+    the rendered pods use an exec `sleep` instead (docs/kubernetes.md).
     """
     path = list(error.absolute_path)
     return (

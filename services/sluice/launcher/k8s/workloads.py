@@ -321,7 +321,10 @@ def part_container(values: K8sValues, suite: ClusterSuite, part: str) -> Manifes
         "resources": resources(values.parts[part], values.sizing),
         "securityContext": container_security(),
         # Stay in the endpoints' view while they are updated, then SIGTERM starts the drain.
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_S}}},
+        # An exec `sleep` (coreutils is in the image), not the native `sleep` action: that
+        # needs Kubernetes >= 1.30, and Argo Rollouts' CRD (deploy/k8s/crds/) predates it,
+        # so the API server would prune it from a Rollout's pods and skip the grace.
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRE_STOP_S)]}}},
         "volumeMounts": mounts,
         **probes,
     }
