@@ -94,10 +94,17 @@ def test_a_grpc_413_is_invalid_argument_before_the_json_one(tmp_path: Path) -> N
     added = {h["header"]["key"]: h["header"]["value"] for h in mapper["headers_to_add"]}
     assert added["grpc-status"] == "3" and added["grpc-message"] == OVERSIZED_MESSAGE
     assert mapper["body_format_override"]["text_format_source"]["inline_string"] == ""
-    status_filter, request_filter = mapper["filter"]["and_filter"]["filters"]
+    status_filter, request_filter, transcoded = mapper["filter"]["and_filter"]["filters"]
     assert status_filter["status_code_filter"]["comparison"]["value"]["default_value"] == 413
     assert request_filter["header_filter"]["header"]["string_match"] == {
         "prefix": "application/grpc"
+    }
+    # A JSON request the transcoder turned into gRPC keeps its JSON 413
+    # (tests/e2e/test_edge_hardening.py sends one).
+    assert transcoded["header_filter"]["header"] == {
+        "name": "x-envoy-original-path",
+        "present_match": True,
+        "invert_match": True,
     }
     json_413 = next(
         i

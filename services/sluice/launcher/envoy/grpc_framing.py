@@ -182,6 +182,17 @@ def oversized_grpc_reply(status_is: dict[str, Any]) -> dict[str, Any]:
             "header": {"name": "content-type", "string_match": {"prefix": "application/grpc"}}
         }
     }
+    # The JSON transcoder also rewrites a JSON request's content-type to application/grpc;
+    # it records the client's path in x-envoy-original-path, and that client wants JSON.
+    not_transcoded = {
+        "header_filter": {
+            "header": {
+                "name": "x-envoy-original-path",
+                "present_match": True,
+                "invert_match": True,
+            }
+        }
+    }
     headers = {
         "content-type": "application/grpc",
         "grpc-status": str(error.code.value[0]),
@@ -189,7 +200,7 @@ def oversized_grpc_reply(status_is: dict[str, Any]) -> dict[str, Any]:
         "grpc-status-details-bin": status_details(error),
     }
     return {
-        "filter": {"and_filter": {"filters": [status_is, grpc_request]}},
+        "filter": {"and_filter": {"filters": [status_is, grpc_request, not_transcoded]}},
         "status_code": 200,
         "headers_to_add": [
             {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
