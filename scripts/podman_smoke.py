@@ -168,30 +168,40 @@ def smoke(edge_port: int, telemetry_port: int) -> list[str]:
     check(refused.status_code == 401, f"no key: {refused.status_code}")
     passed.append("no API key: 401")
 
-    trace_id, parent = os.urandom(16).hex(), os.urandom(8).hex()
-    done = httpx.post(
-        f"{edge}/v1/complete",
-        json=BODY,
-        headers={**AUTH, "traceparent": f"00-{trace_id}-{parent}-01"},
-        timeout=30,
-    )
-    check(done.status_code == 200, f"/v1/complete status {done.status_code}")
-    services: set[str] = set()
     wanted = {"sluice-envoy", "sluice-router", "sluice-provider"}
+    services: set[str] = set()
+    sent = 0
     with grpc.insecure_channel(f"127.0.0.1:{telemetry_port}") as channel:
         telemetry = telemetry_pb2_grpc.TelemetryServiceStub(channel)
-        # Envoy batches its spans; the first trace after a cold start has taken over 20 s.
-        deadline = time.monotonic() + 60
-        # Each part exports on its own schedule: wait for all three, not the first two.
+        deadline = time.monotonic() + 120
+        # Span export is best effort (an OTLP batch lost on a cold connection is dropped,
+        # not retried), so a trace that stays incomplete for 30 s is followed by a new one:
+        # the check is that one whole trace, Envoy's, the router's and the provider's
+        # spans, reaches the store, and the line says how many traced requests it took.
         while time.monotonic() < deadline and not wanted <= services:
-            with contextlib.suppress(grpc.RpcError):
-                reply = telemetry.GetTrace(
-                    telemetry_pb2.GetTraceRequest(trace_id=trace_id), timeout=5
-                )
-                services = {span.service_name for span in reply.spans}
-            time.sleep(0.2)
-    check(wanted <= services, f"trace {services}")
-    passed.append(f"one trace stored, spans from {sorted(services)}")
+            trace_id, parent = os.urandom(16).hex(), os.urandom(8).hex()
+            done = httpx.post(
+                f"{edge}/v1/complete",
+                json=BODY,
+                headers={**AUTH, "traceparent": f"00-{trace_id}-{parent}-01"},
+                timeout=30,
+            )
+            sent += 1
+            check(done.status_code == 200, f"/v1/complete status {done.status_code}")
+            services = set()
+            # Each part exports on its own schedule (Envoy batches): wait for all three.
+            wait_until = min(deadline, time.monotonic() + 30)
+            while time.monotonic() < wait_until and not wanted <= services:
+                with contextlib.suppress(grpc.RpcError):
+                    reply = telemetry.GetTrace(
+                        telemetry_pb2.GetTraceRequest(trace_id=trace_id), timeout=5
+                    )
+                    services = {span.service_name for span in reply.spans}
+                time.sleep(0.2)
+            if not wanted <= services:
+                print(f"trace {trace_id} incomplete after 30 s: {sorted(services)}")
+    check(wanted <= services, f"trace {services} after {sent} traced requests")
+    passed.append(f"one trace stored, spans from {sorted(services)} ({sent} traced requests)")
     return passed
 
 
