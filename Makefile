@@ -286,7 +286,9 @@ scan: $(STAMP) semgrep checkov hadolint
 build: $(STAMP) sbom
 	$(UV) build --wheel --quiet --out-dir build/dist
 
-test-unit: $(STAMP)
+## test-unit: the unit tests; some run promtool and amtool (alert rules, analysis queries),
+## so on a fresh machine this stage installs them too, as test-integration does.
+test-unit: $(STAMP) tools
 	$(BIN)/python -m pytest -q tests/unit
 
 ## test-integration: real processes: services, Envoy, Redis, Prometheus (and the docs' tests).

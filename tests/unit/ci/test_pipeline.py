@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -191,3 +192,13 @@ def test_from_on_the_command_line_stops_at_smoke_and_never_deploys() -> None:
     assert "pipeline FAILED at stage 'smoke tests'" in done.stdout
     assert "deploy-production" not in done.stdout
     assert "not selected (PIPELINE_STAGES/PIPELINE_FROM): commit, build," in done.stdout
+
+
+@pytest.mark.parametrize("target", ["test", "test-unit", "test-integration"])
+def test_every_test_target_installs_the_system_tools_its_tests_run(target: str) -> None:
+    # A fresh machine's `make pipeline` failed its unit stage: promtool and amtool were
+    # installed only by `make test`, which the pipeline does not run.
+    makefile = (ROOT / "Makefile").read_text()
+    rule = re.search(rf"^{re.escape(target)}:(.*)$", makefile, re.MULTILINE)
+    assert rule is not None, target
+    assert "tools" in rule.group(1).split(), f"{target}: {rule.group(0)}"
