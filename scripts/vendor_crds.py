@@ -53,51 +53,66 @@ class Source:
     kinds: dict[str, str] = field(default_factory=dict)  # kind -> file in the tarball
 
 
+def kubernetes_models(
+    project: str,
+    upstream_version: str,
+    version: str,
+    sha256: str,
+    *,
+    upstream: tuple[str, ...],
+    apis: tuple[str, ...],
+) -> Source:
+    """The `@kubernetes-models/<repository>` package built from `project`'s CRDs, vendored
+    under <repository>-<upstream_version>/; each API "group/version/Kind" is read from the
+    package's <group>/<version>/<Kind>.js."""
+    repository = project.rsplit("/", 1)[1]
+    return Source(
+        directory=f"{repository}-{upstream_version}",
+        project=project,
+        upstream_version=upstream_version,
+        package=f"@kubernetes-models/{repository}",
+        version=version,
+        sha256=sha256,
+        upstream=upstream,
+        kinds={api.rsplit("/", 1)[1]: f"package/{api}.js" for api in apis},
+    )
+
+
+# Each: the upstream project and its release, then the package's version and its tarball's
+# sha256.
 SOURCES = (
-    Source(
-        directory="argo-rollouts-v1.5.0",
-        project="argoproj/argo-rollouts",
-        upstream_version="v1.5.0",
-        package="@kubernetes-models/argo-rollouts",
-        version="0.3.2",
-        sha256="e90e3f33e0c815ce390b21bf51d3cc01800d05fd9f3d81324727e08ff1d790c3",
+    kubernetes_models(
+        "argoproj/argo-rollouts",
+        "v1.5.0",
+        "0.3.2",
+        "e90e3f33e0c815ce390b21bf51d3cc01800d05fd9f3d81324727e08ff1d790c3",
         upstream=(
             "https://github.com/argoproj/argo-rollouts/releases/download/v1.5.0/install.yaml",
         ),
-        kinds={
-            "Rollout": "package/argoproj.io/v1alpha1/Rollout.js",
-            "AnalysisTemplate": "package/argoproj.io/v1alpha1/AnalysisTemplate.js",
-        },
+        apis=("argoproj.io/v1alpha1/Rollout", "argoproj.io/v1alpha1/AnalysisTemplate"),
     ),
-    Source(
-        directory="cert-manager-v1.11.2",
-        project="cert-manager/cert-manager",
-        upstream_version="v1.11.2",
-        package="@kubernetes-models/cert-manager",
-        version="4.3.1",
-        sha256="bbfced6629571e030fa9b7d7024454275628104354b93323273b5f4fb7e630fd",
+    kubernetes_models(
+        "cert-manager/cert-manager",
+        "v1.11.2",
+        "4.3.1",
+        "bbfced6629571e030fa9b7d7024454275628104354b93323273b5f4fb7e630fd",
         # The last cert-manager input of the package's list: its cert-manager.io/v1
         # kinds come from this release (the earlier inputs only define older versions).
         upstream=(
             "https://github.com/jetstack/cert-manager/releases/download/v1.11.2/cert-manager.crds.yaml",
         ),
-        kinds={"Certificate": "package/cert-manager.io/v1/Certificate.js"},
+        apis=("cert-manager.io/v1/Certificate",),
     ),
-    Source(
-        directory="prometheus-operator-v0.57.0",
-        project="prometheus-operator/prometheus-operator",
-        upstream_version="v0.57.0",
-        package="@kubernetes-models/prometheus-operator",
-        version="4.0.0",
-        sha256="ba02343671d84921cc03f67f56f354fe7a791ff809a59e80edda8d51a1196ee5",
+    kubernetes_models(
+        "prometheus-operator/prometheus-operator",
+        "v0.57.0",
+        "4.0.0",
+        "ba02343671d84921cc03f67f56f354fe7a791ff809a59e80edda8d51a1196ee5",
         upstream=(
             "https://raw.githubusercontent.com/prometheus-operator/prometheus-operator/v0.57.0/example/prometheus-operator-crd-full/monitoring.coreos.com_podmonitors.yaml",
             "https://raw.githubusercontent.com/prometheus-operator/prometheus-operator/v0.57.0/example/prometheus-operator-crd-full/monitoring.coreos.com_prometheusrules.yaml",
         ),
-        kinds={
-            "PodMonitor": "package/monitoring.coreos.com/v1/PodMonitor.js",
-            "PrometheusRule": "package/monitoring.coreos.com/v1/PrometheusRule.js",
-        },
+        apis=("monitoring.coreos.com/v1/PodMonitor", "monitoring.coreos.com/v1/PrometheusRule"),
     ),
 )
 

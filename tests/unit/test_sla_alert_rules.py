@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.unit.deploy.test_alerts import run, tool
+from tests.prometheus_tools import run, tool
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = DEPLOY / "rules" / "sla.rules.yml"

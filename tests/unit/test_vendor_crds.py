@@ -5,31 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import io
 import json
-import sys
 import tarfile
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.scripts import load_script
 
-
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "vendor_crds", ROOT / "scripts" / "vendor_crds.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["vendor_crds"] = module  # dataclasses resolve the module by name
-    spec.loader.exec_module(module)
-    return module
-
-
-vendor = _script()
+vendor = load_script("vendor_crds")
 
 
 def _tarball(path: Path, package_json: dict[str, object], files: dict[str, str]) -> Path:

@@ -4,26 +4,9 @@ scan's warning, or its failure under REQUIRE_AUDIT); all checked and clean is 0.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
+from tests.scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "sluice_audit_script", ROOT / "scripts" / "audit.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-audit = _load()
+audit = load_script("audit")
 
 CLEAN = {"name": "idna", "version": "3.10", "vulns": []}
 SKIPPED = {"name": "grpcio", "version": "1.70.0", "skip_reason": "Dependency not found on PyPI"}

@@ -16,10 +16,11 @@ import tree_sitter
 import tree_sitter_groovy
 import yaml
 
-from tests.unit.ci.test_pipeline import pipeline
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
+pipeline = load_script("pipeline")
 STAGE_TARGETS = [stage.command[2] for stage in pipeline.STAGES]
 # Targets a CI job may add before or after a stage's own (the image is rebuilt on a fresh
 # runner before staging; the image check rides with the build) and settings it may pass.

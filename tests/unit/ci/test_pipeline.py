@@ -7,31 +7,36 @@ stages (make targets) take far too long for `make test` (docs/pipeline.md has a 
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = ROOT / "scripts" / "pipeline.py"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("sluice_pipeline_script", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through it
-    spec.loader.exec_module(module)
-    return module
+pipeline = load_script("pipeline")
 
 
-pipeline = _load()
+def run_entry_point(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """`python scripts/pipeline.py ARGS` with only the given PIPELINE_* settings in its
+    environment (none inherited from the shell that runs the tests)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PIPELINE_")}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        env=env | settings,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def fake_stages(marks: Path, failing: str | None = None) -> list[object]:
@@ -105,18 +110,7 @@ def test_an_unknown_stage_is_refused(tmp_path: Path) -> None:
 def test_make_pipeline_entry_point_stops_at_smoke_and_never_deploys() -> None:
     # The real runner and stage list from the command line: only smoke and the two
     # production stages selected, smoke failed on purpose, so no make target runs.
-    env = os.environ | {
-        "PIPELINE_STAGES": "smoke,production,health",
-        "PIPELINE_FAIL_STAGE": "smoke",
-    }
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_entry_point(PIPELINE_STAGES="smoke,production,health", PIPELINE_FAIL_STAGE="smoke")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "==> stage 1/3: smoke tests" in done.stdout
     assert "pipeline FAILED at stage 'smoke tests'" in done.stdout
@@ -125,15 +119,7 @@ def test_make_pipeline_entry_point_stops_at_smoke_and_never_deploys() -> None:
 
 
 def test_unknown_stage_in_the_environment_exits_2() -> None:
-    env = os.environ | {"PIPELINE_STAGES": "smoke,prod"}
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_entry_point(PIPELINE_STAGES="smoke,prod")
     assert done.returncode == 2
     assert "no stage prod" in done.stderr
 
@@ -177,16 +163,7 @@ def test_from_starts_at_that_stage_and_names_the_stages_left_out() -> None:
 
 
 def test_from_on_the_command_line_stops_at_smoke_and_never_deploys() -> None:
-    env = os.environ | {"PIPELINE_FAIL_STAGE": "smoke"}
-    env.pop("PIPELINE_STAGES", None)
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--from", "smoke"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_entry_point("--from", "smoke", PIPELINE_FAIL_STAGE="smoke")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "==> stage 1/3: smoke tests" in done.stdout
     assert "pipeline FAILED at stage 'smoke tests'" in done.stdout

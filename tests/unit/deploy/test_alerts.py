@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess  # nosec B404 - runs the Prometheus tools on our own files
 from pathlib import Path
 
 import pytest
 import yaml
 
 from sluice.launcher import sli
+from tests.prometheus_tools import run, tool
 
 ROOT = Path(__file__).resolve().parents[3]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
@@ -47,18 +47,6 @@ RULE_FILES = [
     ("rules/sla.rules.yml", "tests/sla.rules.test.yml", 13),
     ("rules/runtime.yml", "tests/runtime.test.yml", 3),
 ]
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    assert path, f"{name} is not installed: run `make tools` (Debian prometheus packages)"
-    return path
-
-
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # nosec B603
-        args, cwd=cwd, capture_output=True, text=True, timeout=60, check=False
-    )
 
 
 @pytest.mark.parametrize(("rules", "unit_tests", "count"), RULE_FILES)

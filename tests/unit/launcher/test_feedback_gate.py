@@ -4,13 +4,10 @@ rendered PromQL in Prometheus (promtool over synthetic canary and stable series)
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from sluice.launcher.k8s.render import manifests
 from sluice.launcher.k8s.rollout import CANARY_POOL, STABLE_POOL, router_gate_queries
@@ -18,6 +15,7 @@ from sluice.launcher.k8s.values import load_values
 from sluice.launcher.rollout import gates
 from sluice.launcher.rollout.gates import Figures, evaluate, failed, parse_figures
 from sluice.launcher.rollout.settings import RolloutSettings
+from tests.prometheus_tools import assert_promtool_tests_pass
 
 ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "deploy" / "k8s"
@@ -167,14 +165,7 @@ def test_prometheus_and_the_host_judge_the_feedback_gate_alike(tmp_path: Path) -
         "too few stable votes": True,
         "no stable votes": True,
     }
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is missing: run `make tools` (apt-get install prometheus)"
-    path = tmp_path / "feedback.test.yml"
-    path.write_text(yaml.safe_dump({"rule_files": [], "tests": tests}))
-    done = subprocess.run(
-        [promtool, "test", "rules", str(path)], capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert_promtool_tests_pass(tmp_path / "feedback.test.yml", {"rule_files": [], "tests": tests})
 
 
 def _exposition(pool: str, votes: dict[int, int]) -> str:

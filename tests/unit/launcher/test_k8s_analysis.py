@@ -7,8 +7,6 @@ PodMonitor gives each Rollout pod the `pool` label they select on, and Prometheu
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from sluice.launcher.k8s.rollout import CANARY_POOL, STABLE_POOL, router_gate_qu
 from sluice.launcher.k8s.values import load_values
 from sluice.launcher.rollout import gates
 from sluice.launcher.rollout.settings import RolloutSettings
+from tests.prometheus_tools import assert_promtool_tests_pass
 
 ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "deploy" / "k8s"
@@ -209,14 +208,7 @@ SCENARIOS: dict[str, tuple[Minute, Minute | None, str]] = {
 
 
 def _promtool(tmp_path: Path, tests: list[dict[str, Any]]) -> None:
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is missing: run `make tools` (apt-get install prometheus)"
-    path = tmp_path / "analysis.test.yml"
-    path.write_text(yaml.safe_dump({"rule_files": [], "tests": tests}))
-    done = subprocess.run(
-        [promtool, "test", "rules", str(path)], capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert_promtool_tests_pass(tmp_path / "analysis.test.yml", {"rule_files": [], "tests": tests})
 
 
 def test_prometheus_and_the_host_judge_a_canary_alike_with_promtool(tmp_path: Path) -> None:

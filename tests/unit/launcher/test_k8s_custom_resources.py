@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from sluice.core.config import ConfigError
 from sluice.core.grpcx.certs import CA_CERT, cert_file, key_file, spiffe_id
 from sluice.launcher.k8s.render import render
 from sluice.launcher.settings import load_suite
+from tests.prometheus_tools import assert_promtool_tests_pass
 from tests.unit.launcher import k8s_crds
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -41,17 +40,6 @@ def _of_kind(output: str, kind: str) -> list[dict[str, Any]]:
 def _named(output: str, kind: str, name: str) -> dict[str, Any]:
     (found,) = [r for r in _of_kind(output, kind) if r["metadata"]["name"] == name]
     return found
-
-
-def _promtool(tmp_path: Path, tests: dict[str, Any]) -> None:
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is missing: run `make tools` (apt-get install prometheus)"
-    path = tmp_path / "test.yml"
-    path.write_text(yaml.safe_dump(tests))
-    done = subprocess.run(
-        [promtool, "test", "rules", str(path)], capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 CRD_KINDS = {"Rollout", "AnalysisTemplate", "PodMonitor", "PrometheusRule", "Certificate"}
@@ -315,7 +303,7 @@ def test_the_adapter_rules_give_each_pod_its_queue_and_ttft_with_promtool(tmp_pa
             }
         ],
     }
-    _promtool(tmp_path, tests)
+    assert_promtool_tests_pass(tmp_path / "test.yml", tests)
 
 
 def test_the_provider_gate_compares_canary_and_stable_with_promtool(tmp_path: Path) -> None:
@@ -365,7 +353,7 @@ def test_the_provider_gate_compares_canary_and_stable_with_promtool(tmp_path: Pa
             }
         ],
     }
-    _promtool(tmp_path, tests)
+    assert_promtool_tests_pass(tmp_path / "test.yml", tests)
     assert gate["successCondition"].endswith("result[0] <= 1.25")  # so this canary fails
 
 

@@ -1,4 +1,4 @@
-"""Builders of OTLP spans for telemetry unit tests."""
+"""Builders of OTLP spans, and of the tail sampler that holds them, for telemetry unit tests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from opentelemetry.proto.common.v1 import common_pb2 as otlp_common
 from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp_trace
 
-from sluice.telemetry.sampling import StoredSpan
+from sluice.telemetry.sampling import StoredSpan, TailSampler
+from tests.support import FakeClock
 
 SCOPE = otlp_common.InstrumentationScope(name="test")
 
@@ -63,3 +64,25 @@ def stored(
     if error:
         span.status.code = otlp_trace.Status.STATUS_CODE_ERROR
     return StoredSpan(service, span, resource(service), SCOPE)
+
+
+def sampler(clock: FakeClock, **overrides: float) -> TailSampler:
+    """A tail sampler with small bounds and a 2 s wait; `overrides` set any of them."""
+    values: dict[str, float] = {
+        "decision_wait_s": 2.0,
+        "keep_ratio": 0.0,
+        "slow_threshold_ms": 1_000,
+        "max_pending_traces": 100,
+        "max_spans_per_trace": 100,
+        "max_pending_bytes": 64 * 1024 * 1024,
+    }
+    values.update(overrides)
+    return TailSampler(
+        clock=clock,
+        decision_wait_s=values["decision_wait_s"],
+        keep_ratio=values["keep_ratio"],
+        slow_threshold_ms=values["slow_threshold_ms"],
+        max_pending_traces=int(values["max_pending_traces"]),
+        max_spans_per_trace=int(values["max_spans_per_trace"]),
+        max_pending_bytes=int(values["max_pending_bytes"]),
+    )

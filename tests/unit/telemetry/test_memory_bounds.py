@@ -23,7 +23,7 @@ from sluice.telemetry.settings import ForwardSettings
 from sluice.telemetry.stats import WindowStats
 from sluice.telemetry.store import SpanStore, service_name
 from tests.support import FakeClock
-from tests.unit.telemetry.spans import stored
+from tests.unit.telemetry.spans import sampler, stored
 
 KIB = 1024
 
@@ -104,13 +104,12 @@ def test_stats_samples_are_bounded_by_bytes_and_freed_by_the_window() -> None:
 
 def test_pending_traces_are_decided_early_beyond_their_byte_bound() -> None:
     clock = FakeClock()
-    tail = TailSampler(
-        clock=clock,
+    tail = sampler(
+        clock,
         decision_wait_s=30.0,
         keep_ratio=1.0,
         slow_threshold_ms=10_000,
         max_pending_traces=100_000,
-        max_spans_per_trace=100,
         max_pending_bytes=100 * KIB,
     )
     for _ in range(500):
@@ -162,18 +161,17 @@ def export(rng: random.Random, traces: int, spans_per_trace: int) -> bytes:
     return request.SerializeToString()
 
 
+def prompt_sampler(clock: FakeClock, **bounds: float) -> TailSampler:
+    """A sampler that decides each trace 1 s after its last span, never for slowness (so
+    a 2 s step of the clock decides everything added before it)."""
+    return sampler(clock, decision_wait_s=1.0, slow_threshold_ms=1e9, **bounds)
+
+
 def test_kept_spans_do_not_hold_their_export_requests_memory() -> None:
     """A stored span parsed from an export shared the request's memory: at a keep ratio
     of 0.02 a store bounded at 1 MiB held 22 MiB, the dropped traces' spans included."""
     clock = FakeClock()
-    tail = TailSampler(
-        clock=clock,
-        decision_wait_s=1.0,
-        keep_ratio=0.02,
-        slow_threshold_ms=1e9,
-        max_pending_traces=100_000,
-        max_spans_per_trace=100,
-    )
+    tail = prompt_sampler(clock, keep_ratio=0.02, max_pending_traces=100_000)
     store = SpanStore(max_traces=100_000, max_spans_per_trace=100, max_bytes=1024 * KIB)
     rng = random.Random(7)
     exports = [export(rng, traces=64, spans_per_trace=8) for _ in range(100)]
@@ -202,14 +200,7 @@ def test_remembered_decisions_take_at_most_their_byte_bound() -> None:
     """The decisions kept for late spans: a count bound of fixed-size entries, reported
     in bytes (telemetry/memory.py); the entry size covers what Python really holds."""
     clock = FakeClock()
-    tail = TailSampler(
-        clock=clock,
-        decision_wait_s=1.0,
-        keep_ratio=0.0,
-        slow_threshold_ms=1e9,
-        max_pending_traces=10_000,
-        max_spans_per_trace=10,
-    )
+    tail = prompt_sampler(clock, max_pending_traces=10_000, max_spans_per_trace=10)
     spans = [stored("router", trace_id=os.urandom(16)) for _ in range(30_000)]
     tracemalloc.start()
     try:

@@ -6,30 +6,11 @@ import os
 
 import pytest
 
-from sluice.telemetry.sampling import Decision, TailSampler, ratio_keeps
+from sluice.telemetry.sampling import Decision, ratio_keeps
 from tests.support import FakeClock
-from tests.unit.telemetry.spans import stored
+from tests.unit.telemetry.spans import sampler, stored
 
 MS = 1_000_000
-
-
-def sampler(clock: FakeClock, **overrides: float) -> TailSampler:
-    values: dict[str, float] = {
-        "decision_wait_s": 2.0,
-        "keep_ratio": 0.0,
-        "slow_threshold_ms": 1_000,
-        "max_pending_traces": 100,
-        "max_spans_per_trace": 100,
-    }
-    values.update(overrides)
-    return TailSampler(
-        clock=clock,
-        decision_wait_s=values["decision_wait_s"],
-        keep_ratio=values["keep_ratio"],
-        slow_threshold_ms=values["slow_threshold_ms"],
-        max_pending_traces=int(values["max_pending_traces"]),
-        max_spans_per_trace=int(values["max_spans_per_trace"]),
-    )
 
 
 def test_decides_only_after_the_trace_is_quiet_for_the_wait() -> None:
