@@ -34,6 +34,35 @@ def test_tracer_exports_to_the_telemetry_endpoint_at_the_head_ratio(tmp_path: Pa
     assert "http2_protocol_options" in str(clusters[TELEMETRY_CLUSTER])
 
 
+def seconds(duration: str) -> float:
+    """A protobuf JSON Duration ("0.25s") in seconds."""
+    assert duration.endswith("s"), duration
+    return float(duration.removesuffix("s"))
+
+
+def test_exports_are_retried_on_connect_failure_within_their_timeout(tmp_path: Path) -> None:
+    # A batch exported before the telemetry service listens, or while it restarts, is
+    # otherwise dropped: Envoy does not retry an export on its own.
+    bootstrap = rendered(tmp_path, {"endpoint": "127.0.0.1:14317"})
+
+    grpc_service = connection_manager(bootstrap)["tracing"]["provider"]["typed_config"][
+        "grpc_service"
+    ]
+
+    policy = grpc_service["retry_policy"]
+    assert {"connect-failure", "refused-stream", "unavailable", "reset"} <= set(
+        policy["retry_on"].split(",")
+    )
+    assert policy["num_retries"] >= 3
+    back_off = policy["retry_back_off"]
+    base, most = seconds(back_off["base_interval"]), seconds(back_off["max_interval"])
+    assert 0 < base <= most
+    # Envoy waits up to base, 2 x base, ... (capped at max_interval) before each retry, all
+    # within the export's one timeout: it must outlast every wait.
+    waits = [min(base * 2**retry, most) for retry in range(policy["num_retries"])]
+    assert seconds(grpc_service["timeout"]) > sum(waits)
+
+
 def test_no_tracer_and_no_telemetry_cluster_when_tracing_is_off(tmp_path: Path) -> None:
     bootstrap = rendered(tmp_path, {"enabled": False})
 

@@ -20,9 +20,17 @@ def tracing(settings: SuiteSettings) -> dict[str, Any]:
             "name": "envoy.tracers.opentelemetry",
             "typed_config": {
                 "@type": _OTEL_TRACER,
+                # Envoy does not retry a failed export on its own: a batch sent before
+                # the telemetry service listens (containers of a pod start in parallel)
+                # or while it restarts was dropped. Retried here, within the timeout.
                 "grpc_service": {
                     "envoy_grpc": {"cluster_name": TELEMETRY_CLUSTER},
-                    "timeout": "1s",
+                    "timeout": "5s",
+                    "retry_policy": {
+                        "retry_back_off": {"base_interval": "0.25s", "max_interval": "1s"},
+                        "num_retries": 5,
+                        "retry_on": "connect-failure,refused-stream,unavailable,reset",
+                    },
                 },
                 "service_name": "sluice-envoy",
             },
