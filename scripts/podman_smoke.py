@@ -227,8 +227,10 @@ def envoy_export_stats() -> str:
     lines = [
         line
         for line in shown.stdout.splitlines()
-        if line.startswith(("tracing.", "cluster.telemetry."))
-        and ("rq" in line or "cx" in line)
+        if (
+            line.startswith("tracing.")
+            or (line.startswith("cluster.telemetry.") and ("rq" in line or "cx" in line))
+        )
         and not line.endswith(": 0")
     ]
     return "Envoy's export stats:\n  " + "\n  ".join(lines or ["(none moved)"])
