@@ -315,10 +315,12 @@ PROD_STEPS      ?= 5,25,50,100
 PROD_ANALYSIS_S ?= 30
 # A canary step is judged once the candidate has answered enough requests: a production
 # without traffic of its own (this machine) gets PROD_TRAFFIC_RPS small completions/s
-# through its edge during the rollout, with PROD_TRAFFIC_KEY (the development key of the
-# default configuration here; 0 turns it off where real traffic flows).
+# through its edge during the rollout (0 turns it off where real traffic flows), with
+# production's own key (made by the first deploy with `sluice keys create`, in
+# PROD_RUN_DIR/production.key, owner-only), or PROD_TRAFFIC_KEY when set. Never the
+# development key: production runs without dev mode.
 PROD_TRAFFIC_RPS ?= 5
-PROD_TRAFFIC_KEY ?= sk-sluice-dev
+PROD_TRAFFIC_KEY ?=
 export PROD_TRAFFIC_KEY
 PRODUCTION := $(BIN)/python scripts/production.py --sluice $(BIN)/sluice \
 	--config $(PROD_CONFIG) --run-dir $(PROD_RUN_DIR)

@@ -1,18 +1,23 @@
 """The pipeline's production stages on a real suite (scripts/production.py, docs/pipeline.md):
-the first `deploy` starts production with `sluice up` and waits until it is healthy;
-`health` then passes, and fails once production is gone; a second `deploy` rolls out by
-`sluice rollout canary` — or, where this sluice has no rollout command, fails saying so;
-`down` (make production-down) stops it.
+the first `deploy` creates production's own API key (owner-only file) and starts
+production with `sluice up`, out of dev mode like deploy/sluice.example.yaml, and waits
+until it is healthy; `health` then passes, and fails once production is gone; a second
+`deploy` rolls out by `sluice rollout canary`, smoke requests and traffic with that key
+— or, where this sluice has no rollout command, fails saying so; `down` (make
+production-down) stops it. The key is never in a log, an output or an argv.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,8 +34,12 @@ BIN = Path(sys.executable).parent
 
 
 def production(config: Path, run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
-    env["PROD_TRAFFIC_KEY"] = "sk-sluice-dev"  # the default configuration's development key
+    # No PROD_TRAFFIC_KEY: the trickle uses the key production made for itself.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("SLUICE_") and k != "PROD_TRAFFIC_KEY"
+    }
     return subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "production.py"), "--sluice",
          str(BIN / "sluice"), "--config", str(config), "--run-dir", str(run_dir), *args],
@@ -55,6 +64,32 @@ def stop(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def models_status(edge: str, key: str) -> int:
+    request = urllib.request.Request(
+        f"{edge}/v1/models", headers={"authorization": f"Bearer {key}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def holders(secret: str, *roots: Path) -> list[str]:
+    """Files under `roots`, and processes' command lines, that hold `secret`."""
+    found = [
+        str(path)
+        for root in roots
+        for path in root.rglob("*")
+        if path.is_file() and secret.encode() in path.read_bytes()
+    ]
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if secret.encode() in cmdline.read_bytes():
+                found.append(str(cmdline))
+    return found
+
+
 def _state(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
@@ -77,7 +112,11 @@ def _children_of(pid: int) -> list[int]:
 def prod(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
     config = tmp_path / "production.yaml"
-    config.write_text(yaml.safe_dump(suite_config(ports)))
+    # deploy/sluice.example.yaml's shape: the development key listed, dev mode off.
+    settings = suite_config(
+        ports, router={"dev_mode": False}, audit={"directory": str(tmp_path / "audit")}
+    )
+    config.write_text(yaml.safe_dump(settings))
     run_dir = tmp_path / "production"
     try:
         yield config, run_dir
@@ -98,7 +137,22 @@ def test_first_deploy_starts_production_then_health_passes_and_a_redeploy_rolls_
     started = production(config, run_dir, "deploy", "--label", "first")
     assert started.returncode == 0, started.stdout + started.stderr
     assert "production started (first deploy)" in started.stdout
+    assert "created its API key 'production'" in started.stdout
     pid = int(run_dir.with_suffix(".pid").read_text())
+
+    # Production's own key, owner-only, and the generated config that points at it.
+    key_file = run_dir / "production.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    key = key_file.read_text().strip()
+    assert key and key != "sk-sluice-dev"
+    generated = yaml.safe_load((run_dir / "production.yaml").read_text())
+    assert generated["router"]["dev_mode"] is False
+    assert generated["rollout"]["smoke_api_key_file"] == str(key_file.absolute())
+    assert generated["router"]["keys"]["store_path"].startswith(str(run_dir.absolute()))
+    edge = f"http://127.0.0.1:{yaml.safe_load(config.read_text())['envoy']['port']}"
+    assert models_status(edge, key) == 200
+    assert models_status(edge, "sk-sluice-dev") == 401  # out of dev mode
+    assert key not in started.stdout + started.stderr
 
     healthy = production(config, run_dir, "health")
     assert healthy.returncode == 0, healthy.stdout
@@ -115,10 +169,19 @@ def test_first_deploy_starts_production_then_health_passes_and_a_redeploy_rolls_
         assert redeploy.returncode == 3
         assert "has no `rollout` command" in redeploy.stderr
     else:
-        # Promoted or rolled back by its gates: either way production stays healthy.
-        assert "sluice rollout canary" in redeploy.stdout, redeploy.stdout + redeploy.stderr
-        assert "traffic during the rollout" in redeploy.stdout
+        out = redeploy.stdout + redeploy.stderr
+        # The candidate reads the generated config, so its routers accept the same key.
+        assert f"--candidate {run_dir / 'production.yaml'}" in redeploy.stdout, out
+        assert re.search(r"^state\s+promoted$", redeploy.stdout, re.MULTILINE), out
+        assert redeploy.returncode == 0, out
+        traffic = re.search(r"traffic during the rollout: (\d+) answered, (\d+) failed", out)
+        assert traffic is not None, out
+        assert int(traffic[1]) > 0 and int(traffic[2]) == 0, traffic[0]
+        assert "stopped early" not in out
     assert production(config, run_dir, "health").returncode == 0
+    assert models_status(edge, key) == 200  # the promoted routers read the same store
+    assert key not in redeploy.stdout + redeploy.stderr
+    assert holders(key, run_dir, config.parent / "audit") == [str(key_file)]
     # Still the one production started first: a redeploy never starts a second suite.
     assert int(run_dir.with_suffix(".pid").read_text()) == pid
 

@@ -12,6 +12,7 @@ import pytest
 from sluice.core.config import ConfigError
 from sluice.launcher.envoy import descriptor_path, render
 from sluice.launcher.envoy.pools import Endpoint, endpoints_path, pooled, write_endpoints
+from sluice.launcher.rollout.controller import DEV_KEY, RolloutError
 from sluice.launcher.rollout.gates import (
     PROMQL,
     Figures,
@@ -24,6 +25,7 @@ from sluice.launcher.rollout.gates import (
 from sluice.launcher.rollout.notify import Decision, alertmanager_payload
 from sluice.launcher.rollout.settings import RolloutSettings
 from sluice.launcher.settings import load_suite
+from sluice.launcher.supervisor import Suite
 
 METRICS = """\
 # TYPE sluice_rpc_requests_total counter
@@ -148,3 +150,43 @@ def test_webhook_payload_is_alertmanagers() -> None:
 def test_bad_steps_are_named(steps: list[int], words: str) -> None:
     with pytest.raises(ConfigError, match=rf"rollout.*{words}"):
         load_suite(data={"rollout": {"steps": steps}})
+
+
+def test_the_smoke_key_is_the_development_key_only_in_dev_mode(tmp_path: Path) -> None:
+    # The default router.api_keys lists the development key in both suites.
+    dev = Suite(load_suite(data={"router": {"dev_mode": True}}), run_dir=tmp_path / "dev")
+    assert dev.rollouts.smoke_key() == DEV_KEY
+    prod = Suite(load_suite(data={"router": {"dev_mode": False}}), run_dir=tmp_path / "prod")
+    with pytest.raises(
+        RolloutError, match=r"rollout\.smoke_api_key_file.*sluice keys create"
+    ) as err:
+        prod.rollouts.smoke_key()
+    assert err.value.reason == "SMOKE_KEY"
+
+
+def test_a_smoke_key_file_is_used_in_or_out_of_dev_mode(tmp_path: Path) -> None:
+    key_file = tmp_path / "smoke.key"
+    key_file.write_text("sk-made-by-sluice-keys\n")
+    for dev_mode in (False, True):
+        settings = load_suite(
+            data={
+                "router": {"dev_mode": dev_mode},
+                "rollout": {"smoke_api_key_file": str(key_file)},
+            }
+        )
+        assert Suite(settings, run_dir=tmp_path).rollouts.smoke_key() == "sk-made-by-sluice-keys"
+    missing = load_suite(data={"rollout": {"smoke_api_key_file": str(tmp_path / "none")}})
+    with pytest.raises(RolloutError, match=r"rollout\.smoke_api_key_file: .*No such file") as err:
+        Suite(missing, run_dir=tmp_path).rollouts.smoke_key()
+    assert err.value.reason == "SMOKE_KEY"
+
+
+def test_a_rollout_without_a_usable_smoke_key_starts_nothing(tmp_path: Path) -> None:
+    suite = Suite(load_suite(data={"router": {"dev_mode": False}}), run_dir=tmp_path)
+    candidate = tmp_path / "candidate.yaml"
+    candidate.write_text("router: {dev_mode: false}\n")
+    with pytest.raises(RolloutError, match="smoke_api_key_file") as err:
+        suite.rollouts.start("canary", str(candidate), None, "v2")
+    assert err.value.reason == "SMOKE_KEY"
+    assert suite.rollouts.run is None and suite.rollouts.candidate is None
+    assert suite.rollouts.pools == {} and suite.parts == []

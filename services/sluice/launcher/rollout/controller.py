@@ -249,17 +249,24 @@ class Rollouts:
     # -- requests from the control endpoint ----------------------------------------------
 
     def smoke_key(self) -> str:
-        """The API key of smoke requests."""
+        """The API key of smoke requests: rollout.smoke_api_key_file's, else the development
+        key in dev mode when router.api_keys lists it."""
         path = self.settings.smoke_api_key_file
         if path is not None:
             try:
                 return path.read_text(encoding="utf-8").strip()
             except OSError as err:
                 raise RolloutError("SMOKE_KEY", f"rollout.smoke_api_key_file: {err}") from err
-        if any(key.sha256 == DEV_KEY_SHA256 for key in self.suite.settings.router.api_keys):
+        router = self.suite.settings.router
+        # Outside dev mode every router refuses the development key (router/auth.py), so
+        # falling back to it would only fail the first smoke request, after the start.
+        if router.dev_mode and any(key.sha256 == DEV_KEY_SHA256 for key in router.api_keys):
             return DEV_KEY
         raise RolloutError(
-            "SMOKE_KEY", "set rollout.smoke_api_key_file: smoke requests need an API key"
+            "SMOKE_KEY",
+            "smoke requests need an API key the routers accept: set "
+            "rollout.smoke_api_key_file to a file holding one (a key made with `sluice keys "
+            "create`); the development key is accepted only in dev mode",
         )
 
     def start(

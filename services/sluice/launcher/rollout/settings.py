@@ -73,8 +73,9 @@ class RolloutSettings(BaseSettings):
     """A new replica must be SERVING, healthy in Envoy and pass its smoke request within
     this, or the rollout rolls back."""
     smoke_api_key_file: Path | None = None
-    """File holding the API key of the smoke request; default: the development key when
-    router.api_keys has it (a rollout refuses to start without a key)."""
+    """File holding the API key of the smoke request (e.g. one made with `sluice keys
+    create`); default: the development key when router.api_keys has it and
+    router.dev_mode is on (a rollout refuses to start without a key)."""
     smoke_model: str = "default"
     """Model alias the smoke request asks for."""
     webhook_url: HttpUrl | None = None
