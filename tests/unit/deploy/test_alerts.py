@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from google.protobuf import descriptor_pb2
 
 from sluice.launcher import sli
 from tests.prometheus_tools import run, tool
@@ -75,6 +76,31 @@ def all_rules() -> list[dict[str, object]]:
         for group in yaml.safe_load(path.read_text())["groups"]
         for rule in group["rules"]
     ]
+
+
+def streaming_methods() -> set[str]:
+    """Every streaming RPC of our contracts, as `sluice_rpc_*` label it (gen/sluice.binpb)."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(
+        (ROOT / "gen" / "sluice.binpb").read_bytes()
+    )
+    return {
+        f"/{proto.package}.{service.name}/{method.name}"
+        for proto in files.file
+        if proto.package.startswith("sluice.")
+        for service in proto.service
+        for method in service.method
+        if method.client_streaming or method.server_streaming
+    }
+
+
+def test_the_unary_latency_alert_leaves_out_every_streaming_method() -> None:
+    (rule,) = [r for r in all_rules() if r.get("alert") == "SluiceUnaryP99OverSLA"]
+    excluded = re.findall(r'method!~"([^"]+)"', str(rule["expr"]))
+    streams = streaming_methods()
+    assert {"/sluice.provider.v1.ProviderService/Multiplex"} <= streams  # the set is real
+    for method in sorted(streams):
+        assert any(re.fullmatch(pattern, method) for pattern in excluded), method
+    assert not any(re.fullmatch(p, "/sluice.limiter.v1.LimiterService/Acquire") for p in excluded)
 
 
 def test_the_error_budget_is_alerted_once_in_the_workbooks_tiers() -> None:
