@@ -26,15 +26,12 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sluice.core.audit import AuditSettings
+from sluice.core.config_error import ConfigError as ConfigError  # noqa: PLC0414 - re-export
 from sluice.core.privacy import PrivacySettings
 from sluice.core.telemetry.error_reporting import ErrorReportingSettings
 
 CONFIG_ENV = "SLUICE_CONFIG"
 SHARED_SECTIONS = ("tracing", "security", "audit", "privacy")
-
-
-class ConfigError(Exception):
-    """Configuration that cannot be loaded or does not validate."""
 
 
 MIN_SAMPLING_RATIO = 1e-4

@@ -19,22 +19,14 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-import grpc
-
-from sluice.core.config import CONFIG_ENV, ConfigError
-from sluice.core.grpcx.certs import SUITE_IDENTITIES, write_suite_certs
-from sluice.core.grpcx.tls import OPERATOR, client_tls
+# Only light modules here: every command, `sluice --version` too, builds the whole parser,
+# while the settings, gRPC, Sentry and OpenTelemetry modules take seconds of CPU to import
+# on a loaded machine. Each handler imports what its command runs.
+from sluice.core.config_error import ConfigError
 from sluice.launcher import keys, privacy
-from sluice.launcher.envoy import descriptor_path, render_yaml
-from sluice.launcher.k8s.render import render, stale, write
-from sluice.launcher.parts import SERVICES, StartupError, envoy_argv, write_envoy_config
-from sluice.launcher.replicas import MAX_REPLICAS, REPLICATED
+from sluice.launcher.names import MAX_REPLICAS, REPLICATED, SERVICES
 from sluice.launcher.report import cli as report_commands
 from sluice.launcher.rollout.commands import add_commands as add_rollout_commands
-from sluice.launcher.settings import load_suite, with_certs_dir
-from sluice.launcher.supervisor import Suite
-from sluice.launcher.top import fetch
-from sluice.launcher.version import version_text
 
 RUN_DIR_ENV = "SLUICE_RUN_DIR"
 """Where `sluice envoy` writes its rendered bootstrap (a writable path in the image)."""
@@ -53,6 +45,8 @@ class _VersionAction(argparse.Action):
         values: object,
         option_string: str | None = None,
     ) -> None:
+        from sluice.launcher.version import version_text  # importlib.metadata: when asked
+
         print(version_text())
         parser.exit()
 
@@ -61,6 +55,10 @@ _TICK_S = 0.1
 
 
 def _up(args: argparse.Namespace) -> int:
+    from sluice.launcher.parts import StartupError
+    from sluice.launcher.settings import load_suite
+    from sluice.launcher.supervisor import Suite
+
     settings = load_suite(args.config)
     if args.dev:
         router = settings.router.model_copy(update={"dev_mode": True})
@@ -135,6 +133,8 @@ def parse_replicas(text: str) -> dict[str, int]:
 def _serve(args: argparse.Namespace) -> int:
     # The part's own entry point (its package's __main__, what `sluice up` starts as a
     # child), run in this process so the container's init signals the service itself.
+    from sluice.core.config import CONFIG_ENV
+
     if args.config:
         os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
     runpy.run_module(f"sluice.{args.part}", run_name="__main__", alter_sys=True)
@@ -142,6 +142,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _envoy(args: argparse.Namespace) -> int:
+    from sluice.launcher.parts import StartupError, envoy_argv, write_envoy_config
+    from sluice.launcher.settings import load_suite
+
     settings = load_suite(args.config)
     try:
         argv = envoy_argv(settings, write_envoy_config(settings, Path(args.run_dir)))
@@ -158,6 +161,9 @@ def _envoy(args: argparse.Namespace) -> int:
 
 
 def _envoy_config(args: argparse.Namespace) -> int:
+    from sluice.launcher.envoy import descriptor_path, render_yaml
+    from sluice.launcher.settings import load_suite, with_certs_dir
+
     settings = load_suite(args.config)
     if args.certs_dir:
         settings = with_certs_dir(settings, Path(args.certs_dir))
@@ -171,6 +177,8 @@ def _envoy_config(args: argparse.Namespace) -> int:
 
 
 def _k8s_render(args: argparse.Namespace) -> int:
+    from sluice.launcher.k8s.render import render, stale, write
+
     texts = render(Path(args.values))
     output = Path(args.output)
     if args.check:
@@ -189,6 +197,12 @@ def _k8s_render(args: argparse.Namespace) -> int:
 
 
 def _top(args: argparse.Namespace) -> int:
+    import grpc
+
+    from sluice.core.grpcx.tls import OPERATOR, client_tls
+    from sluice.launcher.settings import load_suite
+    from sluice.launcher.top import fetch
+
     telemetry = load_suite(args.config).telemetry
     address = args.address or f"{telemetry.server.host}:{telemetry.server.port}"
     security = telemetry.security
@@ -211,6 +225,8 @@ def _top(args: argparse.Namespace) -> int:
 
 
 def _certs(args: argparse.Namespace) -> int:
+    from sluice.core.grpcx.certs import SUITE_IDENTITIES, write_suite_certs
+
     directory = Path(args.dir)
     identities = tuple(args.identity) if args.identity else SUITE_IDENTITIES
     try:

@@ -144,8 +144,6 @@ def http_ok(url: str, contains: str | None = None) -> bool:
     return contains is None or contains in body
 
 
-SERVICES = ("telemetry", "limiter", "provider", "router")
-"""The suite's gRPC services, in start order."""
 HEALTH_SERVICES = {
     "telemetry": "opentelemetry.proto.collector.trace.v1.TraceService",
     "limiter": "sluice.limiter.v1.LimiterService",

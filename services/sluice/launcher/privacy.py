@@ -11,15 +11,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import grpc
+if TYPE_CHECKING:
+    import grpc
 
-from sluice.core.config import SecuritySettings
-from sluice.core.erasure import user_digest
-from sluice.core.grpcx.tls import OPERATOR, client_tls
-from sluice.launcher.settings import load_suite
-from sluice.router.v1 import admin_pb2, admin_pb2_grpc
-from sluice.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
+    from sluice.core.config import SecuritySettings
+
+# gRPC, the settings and the stubs are imported inside the functions that call them:
+# add_parser runs for every `sluice` command (launcher/cli.py), these only for this one.
 
 TIMEOUT_S = 10.0
 
@@ -29,6 +29,10 @@ def _channel(
 ) -> grpc.Channel:
     """A channel to `server` at `address`, as the operator under mtls (certificates from
     `certs`, else the settings', else `.run/certs` as `sluice up` makes them)."""
+    import grpc  # noqa: PLC0415
+
+    from sluice.core.grpcx.tls import OPERATOR, client_tls  # noqa: PLC0415
+
     if certs is not None:
         security = security.model_copy(update={"certs_dir": certs, "ca_path": None})
     elif security.mtls and security.certs_dir is None and security.ca_path is None:
@@ -51,6 +55,10 @@ def erase(
     certs: Path | None = None,
 ) -> list[str]:
     """Erase `user` everywhere; one line of outcome per service (raises grpc.RpcError)."""
+    from sluice.launcher.settings import load_suite  # noqa: PLC0415
+    from sluice.router.v1 import admin_pb2, admin_pb2_grpc  # noqa: PLC0415
+    from sluice.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc  # noqa: PLC0415
+
     suite = load_suite(config)
     lines = []
     address = telemetry or f"{suite.telemetry.server.host}:{suite.telemetry.server.port}"
@@ -74,6 +82,10 @@ def erase(
 
 def run(args: argparse.Namespace) -> int:
     """The `sluice privacy` command."""
+    import grpc  # noqa: PLC0415
+
+    from sluice.core.erasure import user_digest  # noqa: PLC0415
+
     if args.privacy_command == "digest":
         print(user_digest(args.user))
         return 0

@@ -17,14 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
+from sluice.launcher.names import REPLICATED
 from sluice.launcher.settings import ReplicatedPart, SuiteSettings
 
 PORT_STEP = 100
 """Offset between the ports of consecutive replicas when none are declared."""
-REPLICATED = ("limiter", "provider", "router")
-"""The parts that may run several processes."""
-MAX_REPLICAS = 16
-"""Most processes of one part (`supervisor.replicas` allows as many)."""
 
 
 class ReplicaConfigError(ValueError):

@@ -6,13 +6,13 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sluice.launcher.report.bench import BenchFormatError, bench_report
-from sluice.launcher.report.model import Report
-from sluice.launcher.report.prometheus import Prometheus, PrometheusError
-from sluice.launcher.report.render import ChartsUnavailableError, write
-from sluice.launcher.report.sla import Window, parse_duration, sla_report
+if TYPE_CHECKING:
+    from sluice.launcher.report.model import Report
+
+# Each handler imports what it runs: the parser is built by every `sluice` command
+# (launcher/cli.py), and the Prometheus client alone loads urllib.request and http.client.
 
 
 def add_commands(commands: Any) -> None:
@@ -46,6 +46,8 @@ def add_commands(commands: Any) -> None:
 
 
 def _finish(report: Report, output: str) -> int:
+    from sluice.launcher.report.render import ChartsUnavailableError, write  # noqa: PLC0415
+
     try:
         path = write(report, Path(output))
     except (OSError, ChartsUnavailableError) as err:
@@ -57,6 +59,9 @@ def _finish(report: Report, output: str) -> int:
 
 
 def _sla(args: argparse.Namespace) -> int:
+    from sluice.launcher.report.prometheus import Prometheus, PrometheusError  # noqa: PLC0415
+    from sluice.launcher.report.sla import Window, parse_duration, sla_report  # noqa: PLC0415
+
     try:
         window = Window(parse_duration(args.since), args.end or time.time(), args.rate_window)
     except ValueError as err:
@@ -77,6 +82,8 @@ def _sla(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from sluice.launcher.report.bench import BenchFormatError, bench_report  # noqa: PLC0415
+
     try:
         report = bench_report(Path(args.result))
     except (OSError, BenchFormatError) as err:

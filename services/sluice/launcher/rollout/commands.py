@@ -1,5 +1,5 @@
 """`sluice rollout rolling|blue-green|canary|status|promote|abort`: talk to the running
-suite's control endpoint (control.py) found through `--run-dir`."""
+suite's control endpoint (control.py, through client.py) found through `--run-dir`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-from sluice.launcher.rollout.control import ControlError, call
 
 _FINAL = {"completed": 0, "promoted": 0, "rolled_back": 1, "aborted": 1, "failed": 1}
 
@@ -60,6 +58,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Imported here: urllib.request costs tens of milliseconds, and the parser is built by
+    # every `sluice` command (launcher/cli.py).
+    from sluice.launcher.rollout.client import ControlError, call  # noqa: PLC0415
+
     run_dir = Path(args.run_dir)
     try:
         if args.rollout_command in ("rolling", "blue-green", "canary"):
