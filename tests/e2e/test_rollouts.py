@@ -562,13 +562,19 @@ async def test_canary_failing_its_health_check_is_rolled_back(
                 sluice_cli, suite, "canary", "--candidate", str(candidate),
                 "--analysis-window", "60", "--wait",
             )  # fmt: skip
-            status = wait_for(
-                suite,
-                lambda s: "analysing" in phase(s) or s["state"] != "running",
-                150,
-                "the first step",
-            )
-            assert status["state"] == "running", status
+            try:
+                status = wait_for(
+                    suite,
+                    lambda s: "analysing" in phase(s) or s["state"] != "running",
+                    150,
+                    "the first step",
+                )
+                assert status["state"] == "running", status
+            except BaseException:
+                # Else the 60 s steps run on, and the test's timeout hides this failure.
+                with contextlib.suppress(Exception):
+                    control(suite, "POST", "/v1/rollout/abort")
+                raise
             pool_ = next(p for p in status["pools"] if p["name"] == status["candidate_pool"])
             pid = pool_["replicas"][0]["pid"]
             os.kill(pid, signal.SIGSTOP)  # alive, but answers nothing: not SERVING
@@ -580,6 +586,10 @@ async def test_canary_failing_its_health_check_is_rolled_back(
                     60,
                     "the rollback",
                 )
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    control(suite, "POST", "/v1/rollout/abort")
+                raise
             finally:
                 # The rollback has begun; a stopped process would only hold its stop
                 # (SIGTERM, then the grace, then SIGKILL) for 20 s.
