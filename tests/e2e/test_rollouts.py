@@ -565,7 +565,12 @@ async def test_canary_failing_its_health_check_is_rolled_back(
             try:
                 status = wait_for(
                     suite,
-                    lambda s: "analysing" in phase(s) or s["state"] != "running",
+                    # This rollout's status: until the thread's canary starts, the
+                    # endpoint still shows the previous one (rolled back, not running).
+                    lambda s: (
+                        s.get("version") == "v7-hangs"
+                        and ("analysing" in phase(s) or s["state"] != "running")
+                    ),
                     150,
                     "the first step",
                 )
